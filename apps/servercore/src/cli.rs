@@ -1,0 +1,119 @@
+//! Command-line arguments and dispatch to the subcommands.
+
+use std::net::SocketAddr;
+
+use clap::{Args, Parser, Subcommand};
+use servercore::Backend;
+
+/// servercore: a TCP game-server engine on io_uring, with its sample apps.
+#[derive(Debug, Parser)]
+#[command(name = "servercore", version, about, long_about = None)]
+pub struct Cli {
+    /// Log filter (tracing syntax, e.g. `info` or `servercore=debug`);
+    /// defaults to $SERVERCORE_LOG or `warn`.
+    #[arg(long, global = true, value_name = "FILTER")]
+    pub log: Option<String>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Echo server: sends every received byte back.
+    Echo(EchoArgs),
+    /// The classic dummy client: sends "Hello World" and again a second
+    /// after each reply.
+    Hello(HelloArgs),
+    /// The sample game server: login, enter game, chat rooms, embedded database.
+    Server(crate::game::ServerArgs),
+    /// Dummy game clients: log in, enter, chat at a rate; prints throughput
+    /// and latency percentiles.
+    Client(crate::client::ClientArgs),
+    /// Server and clients in one process: a newcomer's first run.
+    Demo(DemoArgs),
+    /// Scripted benchmarks against the engine and a plain tokio baseline.
+    Bench(crate::bench::BenchArgs),
+    /// A benchmark server process (started by `bench`).
+    #[command(hide = true)]
+    BenchServer(crate::bench::BenchServerArgs),
+}
+
+/// Options every command that runs sessions shares.
+#[derive(Debug, Clone, Args)]
+pub struct EngineArgs {
+    /// I/O backend: auto (io_uring if the kernel allows, else poll), uring, poll.
+    #[arg(long, env = "SERVERCORE_BACKEND", default_value = "auto", value_parser = parse_backend)]
+    pub backend: Backend,
+
+    /// Worker threads (default: available cores).
+    #[arg(long)]
+    pub workers: Option<usize>,
+}
+
+fn parse_backend(value: &str) -> Result<Backend, String> {
+    value.parse().map_err(|error: servercore::BackendError| error.to_string())
+}
+
+/// `servercore echo`.
+#[derive(Debug, Args)]
+pub struct EchoArgs {
+    /// Address to listen on (IPv4 or IPv6, e.g. [::1]:7777).
+    #[arg(long, default_value = "127.0.0.1:7777")]
+    pub addr: SocketAddr,
+
+    /// Print `OnRecv Len = N` and `OnSend Len = N` for every event.
+    #[arg(long, short)]
+    pub verbose: bool,
+
+    /// Most sessions at once; connections past it are refused.
+    #[arg(long, default_value_t = 10_000)]
+    pub max_sessions: usize,
+
+    #[command(flatten)]
+    pub engine: EngineArgs,
+}
+
+/// `servercore hello`.
+#[derive(Debug, Args)]
+pub struct HelloArgs {
+    /// Server address.
+    #[arg(long, default_value = "127.0.0.1:7777")]
+    pub addr: SocketAddr,
+
+    /// How many client sessions to connect.
+    #[arg(long, default_value_t = 1)]
+    pub sessions: usize,
+
+    #[command(flatten)]
+    pub engine: EngineArgs,
+}
+
+/// `servercore demo`.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// How long the clients run, in seconds.
+    #[arg(long, default_value_t = 5)]
+    pub seconds: u64,
+
+    /// How many hello clients.
+    #[arg(long, default_value_t = 10)]
+    pub clients: usize,
+
+    #[command(flatten)]
+    pub engine: EngineArgs,
+}
+
+/// Runs the chosen subcommand.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Echo(args) => crate::echo::run(args),
+        Command::Hello(args) => crate::hello::run(args),
+        Command::Server(args) => crate::game::run(args),
+        Command::Client(args) => crate::client::run(args),
+        Command::Demo(args) => crate::demo::run(args),
+        Command::Bench(args) => crate::bench::run(args),
+        Command::BenchServer(args) => crate::bench::run_server(args),
+    }
+}

@@ -1,0 +1,261 @@
+//! [`ClientService`]: connects sessions to a server and runs them with the
+//! same callbacks as accepted ones (the course's dummy-client service).
+//!
+//! Connecting happens on one connector thread (blocking connects with a
+//! timeout), which hands each connected stream to a worker round-robin; a
+//! failed connect is reported through the `on_connect_error` callback and the
+//! `failed` counter.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use socket2::{Domain, Protocol, Socket, Type};
+
+use super::config::{common_builder_methods, ServiceConfig};
+use super::engine::{Engine, ServiceStats, SessionFactory};
+use super::StartError;
+use crate::{Backend, Session};
+
+/// A connect that failed.
+#[derive(Debug)]
+pub struct ConnectError {
+    /// Which session (0-based, in connect order).
+    pub index: usize,
+    /// The address tried.
+    pub addr: SocketAddr,
+    /// What went wrong.
+    pub error: io::Error,
+}
+
+type ConnectErrorHook = Box<dyn Fn(&ConnectError) + Send + Sync>;
+
+/// Configures and starts a [`ClientService`].
+pub struct ClientServiceBuilder {
+    addr: String,
+    resolved: io::Result<Vec<SocketAddr>>,
+    config: ServiceConfig,
+    factory: Option<SessionFactory>,
+    sessions: usize,
+    sources: Vec<IpAddr>,
+    connect_timeout: Duration,
+    on_connect_error: Option<ConnectErrorHook>,
+}
+
+impl ClientServiceBuilder {
+    common_builder_methods!();
+
+    /// How many sessions to connect (default 1).
+    pub fn sessions(mut self, sessions: usize) -> Self {
+        self.sessions = sessions;
+        self.config.max_sessions = sessions.max(1);
+        self
+    }
+
+    /// Local source addresses used in turn (for more connections than one
+    /// address has ports). Empty: the system picks.
+    pub fn source_addrs(mut self, sources: Vec<IpAddr>) -> Self {
+        self.sources = sources;
+        self
+    }
+
+    /// Time allowed for each connect (default 5 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Called on the connector thread for every connect that fails.
+    pub fn on_connect_error(mut self, hook: impl Fn(&ConnectError) + Send + Sync + 'static) -> Self {
+        self.on_connect_error = Some(Box::new(hook));
+        self
+    }
+
+    /// The factory that builds each connection's session.
+    pub fn session<S, F>(mut self, factory: F) -> Self
+    where
+        S: Session,
+        F: Fn() -> S + Send + Sync + 'static,
+    {
+        self.factory = Some(Box::new(move || Box::new(factory()) as Box<dyn Session>));
+        self
+    }
+
+    /// Starts the workers and begins connecting in the background.
+    pub fn start(self) -> Result<ClientService, StartError> {
+        let factory = self
+            .factory
+            .ok_or_else(|| StartError::Config("no session factory: call .session(..)".into()))?;
+        let addrs = self.resolved.map_err(|source| StartError::Bind {
+            addr: self.addr.clone(),
+            source,
+        })?;
+        let target = *addrs.first().ok_or_else(|| StartError::Bind {
+            addr: self.addr.clone(),
+            source: io::Error::new(io::ErrorKind::InvalidInput, "address resolved to nothing"),
+        })?;
+        let engine = Arc::new(Engine::start(self.config, factory, None)?);
+        let counters = Arc::new(ConnectCounters::default());
+        let connector = {
+            let engine = Arc::clone(&engine);
+            let counters = Arc::clone(&counters);
+            let plan = ConnectPlan {
+                target,
+                sessions: self.sessions,
+                sources: self.sources,
+                timeout: self.connect_timeout,
+                hook: self.on_connect_error,
+            };
+            std::thread::Builder::new()
+                .name("servercore-connect".into())
+                .spawn(move || plan.run(&engine, &counters))
+                .map_err(StartError::Worker)?
+        };
+        Ok(ClientService {
+            engine,
+            counters,
+            connector: Mutex::new(Some(connector)),
+        })
+    }
+}
+
+#[derive(Default)]
+struct ConnectCounters {
+    connected: AtomicU64,
+    failed: AtomicU64,
+    done: AtomicBool,
+}
+
+struct ConnectPlan {
+    target: SocketAddr,
+    sessions: usize,
+    sources: Vec<IpAddr>,
+    timeout: Duration,
+    hook: Option<ConnectErrorHook>,
+}
+
+impl ConnectPlan {
+    fn run(self, engine: &Engine, counters: &ConnectCounters) {
+        for index in 0..self.sessions {
+            if engine.is_stopping() {
+                break;
+            }
+            let source = (!self.sources.is_empty()).then(|| self.sources[index % self.sources.len()]);
+            match connect(self.target, source, self.timeout) {
+                Ok(stream) if engine.shared.try_reserve_session() => {
+                    counters.connected.fetch_add(1, Ordering::AcqRel);
+                    engine.shared.hand_out(stream, self.target);
+                }
+                Ok(_) => break,
+                Err(error) => {
+                    counters.failed.fetch_add(1, Ordering::AcqRel);
+                    let failure = ConnectError {
+                        index,
+                        addr: self.target,
+                        error,
+                    };
+                    tracing::debug!(index, addr = %self.target, error = %failure.error, "connect failed");
+                    if let Some(hook) = &self.hook {
+                        hook(&failure);
+                    }
+                }
+            }
+        }
+        counters.done.store(true, Ordering::Release);
+    }
+}
+
+fn connect(target: SocketAddr, source: Option<IpAddr>, timeout: Duration) -> io::Result<TcpStream> {
+    let socket = Socket::new(Domain::for_address(target), Type::STREAM, Some(Protocol::TCP))?;
+    if let Some(source) = source {
+        socket.bind(&SocketAddr::new(source, 0).into())?;
+    }
+    socket.connect_timeout(&target.into(), timeout)?;
+    Ok(socket.into())
+}
+
+/// Running client sessions connected to one server.
+///
+/// Dropping it stops it gracefully and waits for the workers.
+pub struct ClientService {
+    engine: Arc<Engine>,
+    counters: Arc<ConnectCounters>,
+    connector: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl ClientService {
+    /// Starts configuring clients of the server at `addr`.
+    pub fn builder(addr: impl ToSocketAddrs + std::fmt::Debug) -> ClientServiceBuilder {
+        let shown = format!("{addr:?}").trim_matches('"').to_string();
+        ClientServiceBuilder {
+            resolved: addr.to_socket_addrs().map(Iterator::collect),
+            addr: shown,
+            config: ServiceConfig::default(),
+            factory: None,
+            sessions: 1,
+            sources: Vec::new(),
+            connect_timeout: Duration::from_secs(5),
+            on_connect_error: None,
+        }
+    }
+
+    /// The backend the workers run on (never `Auto`).
+    pub fn backend(&self) -> Backend {
+        self.engine.backend
+    }
+
+    /// Connects that succeeded so far.
+    pub fn connected(&self) -> u64 {
+        self.counters.connected.load(Ordering::Acquire)
+    }
+
+    /// Connects that failed so far.
+    pub fn failed(&self) -> u64 {
+        self.counters.failed.load(Ordering::Acquire)
+    }
+
+    /// True once every connect was attempted.
+    pub fn connecting_done(&self) -> bool {
+        self.counters.done.load(Ordering::Acquire)
+    }
+
+    /// Counters: active sessions, totals, live slots.
+    pub fn stats(&self) -> ServiceStats {
+        self.engine.stats()
+    }
+
+    /// Queues `data` to every connected session; the buffer is shared.
+    pub fn broadcast(&self, data: Bytes) {
+        self.engine.broadcast(data);
+    }
+
+    /// Graceful stop, as for the server.
+    pub fn stop(&self) {
+        self.engine.stop();
+    }
+
+    /// True once `stop` was called.
+    pub fn is_stopping(&self) -> bool {
+        self.engine.is_stopping()
+    }
+
+    /// Waits for the connector and the workers to end.
+    pub fn join(&self) {
+        if let Some(connector) = self.connector.lock().take() {
+            let _ = connector.join();
+        }
+        self.engine.join();
+    }
+}
+
+impl Drop for ClientService {
+    fn drop(&mut self) {
+        self.stop();
+        self.join();
+    }
+}

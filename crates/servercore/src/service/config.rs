@@ -1,0 +1,145 @@
+//! Settings shared by server and client services, with their defaults.
+
+use std::time::Duration;
+
+use crate::driver::{Backend, DriverConfig};
+use crate::session::{OverflowPolicy, SendLimits};
+
+/// Everything a running service needs to know; built by the builders.
+#[derive(Debug, Clone)]
+pub(crate) struct ServiceConfig {
+    pub workers: usize,
+    pub backend: Backend,
+    pub max_sessions: usize,
+    pub send: SendLimits,
+    pub idle_timeout: Option<Duration>,
+    pub shutdown_timeout: Duration,
+    pub disconnect_linger: Duration,
+    pub max_receive_backlog: usize,
+    pub driver: DriverConfig,
+    pub nodelay: bool,
+    pub job_slice: Duration,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        ServiceConfig {
+            workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            backend: Backend::Auto,
+            max_sessions: 10_000,
+            send: SendLimits {
+                high_watermark: 256 * 1024,
+                low_watermark: 64 * 1024,
+                hard_limit: 4 * 1024 * 1024,
+                policy: OverflowPolicy::Disconnect,
+            },
+            idle_timeout: None,
+            shutdown_timeout: Duration::from_secs(5),
+            disconnect_linger: Duration::from_secs(2),
+            max_receive_backlog: 256 * 1024,
+            driver: DriverConfig::default(),
+            nodelay: true,
+            job_slice: Duration::from_millis(10),
+        }
+    }
+}
+
+impl ServiceConfig {
+    /// Checks the settings for contradictions.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.workers == 0 {
+            return Err("workers must be at least 1".into());
+        }
+        if self.workers > u16::MAX as usize {
+            return Err("too many workers".into());
+        }
+        if self.max_sessions == 0 {
+            return Err("max_sessions must be at least 1".into());
+        }
+        let send = &self.send;
+        if send.low_watermark > send.high_watermark || send.high_watermark > send.hard_limit {
+            return Err(format!(
+                "send limits must satisfy low ({}) <= high ({}) <= hard ({})",
+                send.low_watermark, send.high_watermark, send.hard_limit
+            ));
+        }
+        if self.driver.recv_buffer_size < 64 || self.driver.recv_buffer_size > 16 * 1024 * 1024 {
+            return Err("receive buffer size must be between 64 B and 16 MiB".into());
+        }
+        if !self.driver.recv_ring_entries.is_power_of_two() {
+            return Err("receive ring entries must be a power of two".into());
+        }
+        if self.max_receive_backlog == 0 {
+            return Err("max_receive_backlog must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+/// Adds the setters every service builder shares.
+macro_rules! common_builder_methods {
+    () => {
+        /// Worker threads (default: available cores).
+        pub fn workers(mut self, workers: usize) -> Self {
+            self.config.workers = workers;
+            self
+        }
+
+        /// I/O backend (default: [`Backend::Auto`]).
+        pub fn backend(mut self, backend: $crate::Backend) -> Self {
+            self.config.backend = backend;
+            self
+        }
+
+        /// Send queue watermarks in bytes: `is_writable()` turns false above
+        /// `high` and true again at `low`; past `hard` the overflow policy
+        /// applies (defaults 256 KiB, 64 KiB, 4 MiB).
+        pub fn send_limits(mut self, low: usize, high: usize, hard: usize) -> Self {
+            self.config.send.low_watermark = low;
+            self.config.send.high_watermark = high;
+            self.config.send.hard_limit = hard;
+            self
+        }
+
+        /// What to do when a send queue passes its hard limit.
+        pub fn overflow_policy(mut self, policy: $crate::session::OverflowPolicy) -> Self {
+            self.config.send.policy = policy;
+            self
+        }
+
+        /// Disconnects sessions that receive nothing for `timeout`
+        /// ([`DisconnectReason::IdleTimeout`](crate::DisconnectReason)). Off by default.
+        pub fn idle_timeout(mut self, timeout: std::time::Duration) -> Self {
+            self.config.idle_timeout = Some(timeout);
+            self
+        }
+
+        /// How long `stop` waits for queued sends to be written (default 5 s).
+        pub fn shutdown_timeout(mut self, timeout: std::time::Duration) -> Self {
+            self.config.shutdown_timeout = timeout;
+            self
+        }
+
+        /// Most unconsumed received bytes a session may hold before it is
+        /// disconnected with `ReceiveOverflow` (default 256 KiB).
+        pub fn max_receive_backlog(mut self, bytes: usize) -> Self {
+            self.config.max_receive_backlog = bytes;
+            self
+        }
+
+        /// Receive buffers: `size` bytes each; on io_uring a ring of
+        /// `ring_entries` (a power of two) per worker. Defaults: 16 KiB x 256.
+        pub fn receive_buffers(mut self, size: usize, ring_entries: u16) -> Self {
+            self.config.driver.recv_buffer_size = size;
+            self.config.driver.recv_ring_entries = ring_entries;
+            self
+        }
+
+        /// Sets `TCP_NODELAY` on every connection (default: on).
+        pub fn nodelay(mut self, nodelay: bool) -> Self {
+            self.config.nodelay = nodelay;
+            self
+        }
+    };
+}
+pub(crate) use common_builder_methods;

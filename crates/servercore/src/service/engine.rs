@@ -1,0 +1,214 @@
+//! The running core shared by server and client services: the worker
+//! threads, their mailboxes, the session factory and the global counters.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+
+use super::config::ServiceConfig;
+use super::worker;
+use super::StartError;
+use crate::driver::{resolve_backend, Backend};
+use crate::session::{Mailbox, Request, Session};
+
+/// Builds the session object of each new connection.
+pub(crate) type SessionFactory = Box<dyn Fn() -> Box<dyn Session> + Send + Sync>;
+
+/// Counters of a running service.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ServiceStats {
+    /// Sessions connected now (including ones still closing).
+    pub active_sessions: usize,
+    /// Sessions ever started.
+    pub sessions_total: u64,
+    /// Connections refused because `max_sessions` was reached.
+    pub refused_total: u64,
+    /// Worker slots still holding a session (0 after a clean stop).
+    pub live_slots: usize,
+}
+
+/// State every worker of one service shares.
+pub(crate) struct EngineShared {
+    pub config: ServiceConfig,
+    pub factory: SessionFactory,
+    pub mailboxes: Vec<Arc<Mailbox>>,
+    pub active: AtomicUsize,
+    pub live_slots: AtomicUsize,
+    pub sessions_total: AtomicU64,
+    pub refused_total: AtomicU64,
+    pub next_worker: AtomicUsize,
+    pub stopping: AtomicBool,
+}
+
+impl EngineShared {
+    /// Reserves a place for one more session, or says the service is full.
+    pub fn try_reserve_session(&self) -> bool {
+        let previous = self.active.fetch_add(1, Ordering::AcqRel);
+        if previous >= self.config.max_sessions || self.stopping.load(Ordering::Acquire) {
+            self.active.fetch_sub(1, Ordering::AcqRel);
+            return false;
+        }
+        true
+    }
+
+    pub fn release_session(&self) {
+        self.active.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Picks the worker of the next session, round-robin.
+    pub fn pick_worker(&self) -> usize {
+        self.next_worker.fetch_add(1, Ordering::Relaxed) % self.mailboxes.len()
+    }
+
+    /// Hands a connected stream to a worker (round-robin).
+    pub fn hand_out(&self, stream: TcpStream, peer: SocketAddr) {
+        let index = self.pick_worker();
+        self.mailboxes[index].push(Request::Adopt(stream, peer));
+    }
+}
+
+/// A started set of workers.
+pub(crate) struct Engine {
+    pub shared: Arc<EngineShared>,
+    pub backend: Backend,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Engine {
+    /// Starts the workers; `listener`, if any, is served by worker 0.
+    pub fn start(
+        config: ServiceConfig,
+        factory: SessionFactory,
+        listener: Option<TcpListener>,
+    ) -> Result<Engine, StartError> {
+        config.validate().map_err(StartError::Config)?;
+        let resolved = resolve_backend(config.backend)?;
+        let backend = resolved.as_backend();
+        tracing::info!(backend = %backend, workers = config.workers, "starting service");
+
+        let mut listener = listener;
+        let mut threads = Vec::with_capacity(config.workers);
+        let mut mailboxes = Vec::with_capacity(config.workers);
+        let mut activations = Vec::with_capacity(config.workers);
+        for index in 0..config.workers {
+            let (ready_tx, ready_rx) = crossbeam_channel::bounded(1);
+            let (go_tx, go_rx) = crossbeam_channel::bounded::<Arc<EngineShared>>(1);
+            let worker_listener = if index == 0 { listener.take() } else { None };
+            let driver_config = config.driver.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("servercore-w{index}"))
+                .spawn(move || {
+                    worker::run_thread(
+                        resolved,
+                        index as u16,
+                        driver_config,
+                        worker_listener,
+                        ready_tx,
+                        go_rx,
+                    )
+                })
+                .map_err(StartError::Worker)?;
+            let mailbox = match ready_rx.recv() {
+                Ok(Ok(mailbox)) => mailbox,
+                Ok(Err(error)) => {
+                    drop(go_tx);
+                    let _ = spawned.join();
+                    abort_started(&mut activations, &mut threads);
+                    return Err(StartError::Worker(error));
+                }
+                Err(_) => {
+                    let _ = spawned.join();
+                    abort_started(&mut activations, &mut threads);
+                    return Err(StartError::Worker(std::io::Error::other(
+                        "worker thread exited during start",
+                    )));
+                }
+            };
+            mailboxes.push(mailbox);
+            activations.push(go_tx);
+            threads.push(spawned);
+        }
+
+        let shared = Arc::new(EngineShared {
+            config,
+            factory,
+            mailboxes,
+            active: AtomicUsize::new(0),
+            live_slots: AtomicUsize::new(0),
+            sessions_total: AtomicU64::new(0),
+            refused_total: AtomicU64::new(0),
+            next_worker: AtomicUsize::new(0),
+            stopping: AtomicBool::new(false),
+        });
+        for go in activations {
+            let _ = go.send(Arc::clone(&shared));
+        }
+        Ok(Engine {
+            shared,
+            backend,
+            threads: Mutex::new(threads),
+        })
+    }
+
+    pub fn stats(&self) -> ServiceStats {
+        let shared = &self.shared;
+        ServiceStats {
+            active_sessions: shared.active.load(Ordering::Acquire),
+            sessions_total: shared.sessions_total.load(Ordering::Acquire),
+            refused_total: shared.refused_total.load(Ordering::Acquire),
+            live_slots: shared.live_slots.load(Ordering::Acquire),
+        }
+    }
+
+    /// Queues `data` to every connected session; one buffer for all.
+    pub fn broadcast(&self, data: Bytes) {
+        for mailbox in &self.shared.mailboxes {
+            mailbox.push(Request::Broadcast(data.clone()));
+        }
+    }
+
+    /// Asks every worker to stop (graceful: flush, then `Shutdown`).
+    pub fn stop(&self) {
+        if !self.shared.stopping.swap(true, Ordering::AcqRel) {
+            tracing::info!("stopping service");
+            for mailbox in &self.shared.mailboxes {
+                mailbox.push(Request::Stop);
+            }
+        }
+    }
+
+    pub fn is_stopping(&self) -> bool {
+        self.shared.stopping.load(Ordering::Acquire)
+    }
+
+    /// Waits for every worker thread to end.
+    pub fn join(&self) {
+        let threads: Vec<_> = std::mem::take(&mut *self.threads.lock());
+        for thread in threads {
+            if thread.join().is_err() {
+                tracing::error!("a worker thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.stop();
+        self.join();
+    }
+}
+
+fn abort_started(
+    activations: &mut Vec<crossbeam_channel::Sender<Arc<EngineShared>>>,
+    threads: &mut Vec<JoinHandle<()>>,
+) {
+    activations.clear();
+    for thread in threads.drain(..) {
+        let _ = thread.join();
+    }
+}

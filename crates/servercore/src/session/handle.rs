@@ -1,0 +1,396 @@
+//! [`SessionHandle`]: the thread-safe face of a session, and the mailbox
+//! through which any thread asks the owning worker to flush or disconnect it.
+
+use std::cell::Cell;
+use std::collections::VecDeque;
+use std::fmt;
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use crossbeam_queue::SegQueue;
+use parking_lot::Mutex;
+
+use super::DisconnectReason;
+use crate::driver::Wake;
+
+/// Identifies one session for its whole life. Ids carry the slot's
+/// generation, so the id of a closed session never names a newer one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SessionId(u64);
+
+impl SessionId {
+    pub(crate) fn new(worker: u16, slot: u32, generation: u16) -> SessionId {
+        SessionId(((worker as u64) << 48) | ((generation as u64) << 32) | slot as u64)
+    }
+
+    /// The id as one number, unique among the sessions of a service.
+    pub fn as_u64(self) -> u64 {
+        self.0
+    }
+
+    /// Index of the worker thread that owns the session.
+    pub fn worker(self) -> usize {
+        (self.0 >> 48) as usize
+    }
+
+    pub(crate) fn slot(self) -> u32 {
+        self.0 as u32
+    }
+
+    /// The driver token: slot and generation, without the worker.
+    pub(crate) fn token(self) -> u64 {
+        self.0 & 0x0000_FFFF_FFFF_FFFF
+    }
+}
+
+impl fmt::Display for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}.{}",
+            self.worker(),
+            self.slot(),
+            (self.0 >> 32) as u16
+        )
+    }
+}
+
+/// Why a send was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    /// The session is closed or closing.
+    #[error("the session is closed")]
+    Closed,
+    /// The send queue is past its hard limit; the configured overflow policy
+    /// has been applied.
+    #[error("the send queue is full")]
+    QueueFull,
+}
+
+/// What happens when a session's queued bytes pass the hard limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OverflowPolicy {
+    /// Disconnect with [`DisconnectReason::SendQueueOverflow`] (default).
+    #[default]
+    Disconnect,
+    /// Refuse the new data with [`SendError::QueueFull`]; the session stays.
+    DropNewest,
+}
+
+/// Send-queue watermarks, in bytes queued and not yet written.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SendLimits {
+    /// `is_writable()` turns false above this...
+    pub high_watermark: usize,
+    /// ...and true again at or below this.
+    pub low_watermark: usize,
+    /// Past this the overflow policy applies.
+    pub hard_limit: usize,
+    pub policy: OverflowPolicy,
+}
+
+/// A request to the worker that owns a session.
+pub(crate) enum Request {
+    /// The session has queued bytes to write.
+    Flush(Arc<SessionShared>),
+    /// The session was asked to disconnect (its reason is stored).
+    Disconnect(Arc<SessionShared>),
+    /// Adopt a connected stream as a new session (round-robin hand-out).
+    Adopt(TcpStream, SocketAddr),
+    /// Queue one shared buffer to every session of the worker.
+    Broadcast(Bytes),
+    /// Stop: close listeners, flush, disconnect everything, exit.
+    Stop,
+}
+
+/// A worker's inbox, usable from any thread. A push wakes the worker only
+/// when the inbox was idle, and never from the worker's own thread (it
+/// drains its inbox before it blocks).
+pub(crate) struct Mailbox {
+    queue: SegQueue<Request>,
+    notified: AtomicBool,
+    waker: Arc<dyn Wake>,
+}
+
+thread_local! {
+    /// The mailbox of the worker running on this thread (its address).
+    static CURRENT_MAILBOX: Cell<usize> = const { Cell::new(0) };
+}
+
+impl Mailbox {
+    pub(crate) fn new(waker: Arc<dyn Wake>) -> Mailbox {
+        Mailbox {
+            queue: SegQueue::new(),
+            notified: AtomicBool::new(false),
+            waker,
+        }
+    }
+
+    pub(crate) fn push(&self, request: Request) {
+        self.queue.push(request);
+        if self.is_current() {
+            return;
+        }
+        if !self.notified.swap(true, Ordering::AcqRel) {
+            self.waker.wake();
+        }
+    }
+
+    /// Marks this thread as the mailbox's worker.
+    pub(crate) fn enter_worker_thread(&self) {
+        CURRENT_MAILBOX.with(|current| current.set(self as *const Mailbox as usize));
+    }
+
+    fn is_current(&self) -> bool {
+        CURRENT_MAILBOX.with(|current| current.get() == self as *const Mailbox as usize)
+    }
+
+    /// Takes the next request. Call `rearm` before draining a round so a push
+    /// racing with the drain wakes the worker again.
+    pub(crate) fn pop(&self) -> Option<Request> {
+        self.queue.pop()
+    }
+
+    pub(crate) fn rearm(&self) {
+        self.notified.store(false, Ordering::Release);
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    pub(crate) fn wake(&self) {
+        self.waker.wake();
+    }
+}
+
+const OPEN: u8 = 0;
+const CLOSING: u8 = 1;
+
+/// State of one session shared between its handles and its worker.
+pub(crate) struct SessionShared {
+    pub(crate) id: SessionId,
+    pub(crate) peer: SocketAddr,
+    pub(crate) local: SocketAddr,
+    state: AtomicU8,
+    reason: Mutex<Option<DisconnectReason>>,
+    queue: Mutex<VecDeque<Bytes>>,
+    queued: AtomicUsize,
+    writable: AtomicBool,
+    flush_scheduled: AtomicBool,
+    limits: SendLimits,
+    pub(crate) mailbox: Arc<Mailbox>,
+}
+
+impl SessionShared {
+    pub(crate) fn new(
+        id: SessionId,
+        peer: SocketAddr,
+        local: SocketAddr,
+        limits: SendLimits,
+        mailbox: Arc<Mailbox>,
+    ) -> SessionShared {
+        SessionShared {
+            id,
+            peer,
+            local,
+            state: AtomicU8::new(OPEN),
+            reason: Mutex::new(None),
+            queue: Mutex::new(VecDeque::new()),
+            queued: AtomicUsize::new(0),
+            writable: AtomicBool::new(true),
+            flush_scheduled: AtomicBool::new(false),
+            limits,
+            mailbox,
+        }
+    }
+
+    pub(crate) fn is_open(&self) -> bool {
+        self.state.load(Ordering::Acquire) == OPEN
+    }
+
+    /// Moves the session to closing with `reason`; true for the first caller.
+    pub(crate) fn begin_close(&self, reason: DisconnectReason) -> bool {
+        if self
+            .state
+            .compare_exchange(OPEN, CLOSING, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            *self.reason.lock() = Some(reason);
+            true
+        } else {
+            false
+        }
+    }
+
+    pub(crate) fn peek_reason(&self) -> Option<DisconnectReason> {
+        self.reason.lock().clone()
+    }
+
+    pub(crate) fn take_reason(&self) -> DisconnectReason {
+        self.reason.lock().take().unwrap_or(DisconnectReason::ClosedByApp)
+    }
+
+    /// Appends everything queued to `out`; returns how many buffers moved.
+    pub(crate) fn drain_queue_into(&self, out: &mut Vec<Bytes>) -> usize {
+        self.flush_scheduled.store(false, Ordering::Release);
+        let mut queue = self.queue.lock();
+        let count = queue.len();
+        out.extend(queue.drain(..));
+        count
+    }
+
+    /// Bytes queued or in flight.
+    pub(crate) fn queued_bytes(&self) -> usize {
+        self.queued.load(Ordering::Acquire)
+    }
+
+    /// Called by the worker when `written` bytes reached the socket.
+    pub(crate) fn note_written(&self, written: usize) {
+        let left = self.queued.fetch_sub(written, Ordering::AcqRel) - written;
+        if left <= self.limits.low_watermark {
+            self.writable.store(true, Ordering::Release);
+        }
+    }
+
+    /// Drops whatever is still queued (the session is closed).
+    pub(crate) fn discard_queue(&self) {
+        let mut queue = self.queue.lock();
+        let dropped: usize = queue.drain(..).map(|b| b.len()).sum();
+        self.queued.fetch_sub(dropped, Ordering::AcqRel);
+    }
+
+    pub(crate) fn has_queued(&self) -> bool {
+        !self.queue.lock().is_empty()
+    }
+}
+
+/// A session as seen from anywhere: cheap to clone, `Send + Sync`.
+///
+/// Sends are queued in order and written by the owning worker, gathered into
+/// one write per round. Using a handle after its session closed is safe:
+/// sends return [`SendError::Closed`].
+#[derive(Clone)]
+pub struct SessionHandle {
+    pub(crate) inner: Arc<SessionShared>,
+}
+
+impl SessionHandle {
+    pub(crate) fn from_shared(inner: Arc<SessionShared>) -> SessionHandle {
+        SessionHandle { inner }
+    }
+
+    /// The session's id.
+    pub fn id(&self) -> SessionId {
+        self.inner.id
+    }
+
+    /// The remote address.
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.inner.peer
+    }
+
+    /// The local address of the connection.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.inner.local
+    }
+
+    /// True until the session starts closing.
+    pub fn is_connected(&self) -> bool {
+        self.inner.is_open()
+    }
+
+    /// False while queued bytes are above the high watermark (true again at
+    /// the low watermark): lets the game shed load before the hard limit.
+    pub fn is_writable(&self) -> bool {
+        self.inner.writable.load(Ordering::Acquire) && self.inner.is_open()
+    }
+
+    /// Bytes queued and not yet written to the socket.
+    pub fn queued_bytes(&self) -> usize {
+        self.inner.queued_bytes()
+    }
+
+    /// Queues `data` for sending. The buffer is shared, never copied: one
+    /// broadcast `Bytes` can be given to every receiver.
+    pub fn send(&self, data: Bytes) -> Result<(), SendError> {
+        let shared = &*self.inner;
+        if data.is_empty() {
+            return if shared.is_open() { Ok(()) } else { Err(SendError::Closed) };
+        }
+        let len = data.len();
+        let queued = {
+            let mut queue = shared.queue.lock();
+            if !shared.is_open() {
+                return Err(SendError::Closed);
+            }
+            let queued = shared.queued.load(Ordering::Acquire) + len;
+            if queued > shared.limits.hard_limit {
+                drop(queue);
+                return Err(self.overflow());
+            }
+            shared.queued.store(queued, Ordering::Release);
+            queue.push_back(data);
+            queued
+        };
+        if queued > shared.limits.high_watermark {
+            shared.writable.store(false, Ordering::Release);
+        }
+        if !shared.flush_scheduled.swap(true, Ordering::AcqRel) {
+            shared
+                .mailbox
+                .push(Request::Flush(Arc::clone(&self.inner)));
+        }
+        Ok(())
+    }
+
+    /// Copies `data` into a new buffer and queues it.
+    pub fn send_copy(&self, data: &[u8]) -> Result<(), SendError> {
+        self.send(Bytes::copy_from_slice(data))
+    }
+
+    /// Closes the session once what is already queued has been written.
+    /// The reason given to `on_disconnected` is [`DisconnectReason::ClosedByApp`].
+    pub fn disconnect(&self) {
+        self.disconnect_with(DisconnectReason::ClosedByApp);
+    }
+
+    /// Closes the session with a reason of the caller's choosing (a packet
+    /// layer reports [`DisconnectReason::MalformedPacket`] this way). The
+    /// first reason given wins.
+    pub fn disconnect_with(&self, reason: DisconnectReason) {
+        if self.inner.begin_close(reason) {
+            self.inner
+                .mailbox
+                .push(Request::Disconnect(Arc::clone(&self.inner)));
+        }
+    }
+
+    fn overflow(&self) -> SendError {
+        match self.inner.limits.policy {
+            OverflowPolicy::Disconnect => {
+                tracing::warn!(
+                    session = %self.id(),
+                    peer = %self.peer_addr(),
+                    queued = self.queued_bytes(),
+                    "send queue overflow, disconnecting"
+                );
+                self.disconnect_with(DisconnectReason::SendQueueOverflow);
+            }
+            OverflowPolicy::DropNewest => {}
+        }
+        SendError::QueueFull
+    }
+}
+
+impl fmt::Debug for SessionHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionHandle")
+            .field("id", &self.id())
+            .field("peer", &self.peer_addr())
+            .field("connected", &self.is_connected())
+            .finish()
+    }
+}

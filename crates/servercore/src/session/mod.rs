@@ -1,0 +1,59 @@
+//! The session layer: what one connection is to the application.
+//!
+//! This module owns the [`Session`] callbacks trait, the thread-safe
+//! [`SessionHandle`] (send queue, connection state, disconnect reason) and
+//! [`DisconnectReason`]. The per-connection state that only the owning worker
+//! touches (receive leftovers, the write in flight) lives in
+//! `service::worker`, beside the loop that drives it.
+
+mod handle;
+mod reason;
+
+pub use handle::{OverflowPolicy, SendError, SessionHandle, SessionId};
+pub(crate) use handle::{Mailbox, Request, SendLimits, SessionShared};
+pub use reason::DisconnectReason;
+
+/// A connection's behaviour: the course's `OnConnected / OnRecv / OnSend /
+/// OnDisconnected`.
+///
+/// Every callback of one session runs on the worker thread that owns the
+/// connection, one at a time, so they take `&mut self` and need no lock. A
+/// panic inside a callback disconnects this session only
+/// ([`DisconnectReason::CallbackPanic`]) and is logged.
+pub trait Session: 'static {
+    /// The connection is established; `session` can already send.
+    fn on_connected(&mut self, session: &SessionHandle) {
+        let _ = session;
+    }
+
+    /// Bytes arrived. Returns how many bytes of `data` were consumed; the
+    /// rest is kept and shown again, in front of the next bytes received.
+    /// Returning 0 means "wait for more".
+    fn on_recv(&mut self, session: &SessionHandle, data: &[u8]) -> usize;
+
+    /// A write of `len` bytes to the socket completed.
+    fn on_send(&mut self, session: &SessionHandle, len: usize) {
+        let _ = (session, len);
+    }
+
+    /// The connection ended. Runs exactly once for every session whose
+    /// `on_connected` ran; nothing is called after it.
+    fn on_disconnected(&mut self, session: &SessionHandle, reason: &DisconnectReason) {
+        let _ = (session, reason);
+    }
+}
+
+impl Session for Box<dyn Session> {
+    fn on_connected(&mut self, session: &SessionHandle) {
+        (**self).on_connected(session)
+    }
+    fn on_recv(&mut self, session: &SessionHandle, data: &[u8]) -> usize {
+        (**self).on_recv(session, data)
+    }
+    fn on_send(&mut self, session: &SessionHandle, len: usize) {
+        (**self).on_send(session, len)
+    }
+    fn on_disconnected(&mut self, session: &SessionHandle, reason: &DisconnectReason) {
+        (**self).on_disconnected(session, reason)
+    }
+}
