@@ -93,13 +93,25 @@ pub struct HelloArgs {
 /// `servercore demo`.
 #[derive(Debug, Args)]
 pub struct DemoArgs {
-    /// How long the clients run, in seconds.
-    #[arg(long, default_value_t = 5)]
+    /// How long the clients chat, in seconds.
+    #[arg(long, default_value_t = 10)]
     pub seconds: u64,
 
-    /// How many hello clients.
-    #[arg(long, default_value_t = 10)]
+    /// How many dummy clients.
+    #[arg(long, default_value_t = 200)]
     pub clients: usize,
+
+    /// Chat messages per second per client.
+    #[arg(long, default_value_t = 1.0)]
+    pub rate: f64,
+
+    /// Also write the clients' report as JSON to FILE (`-`: standard output).
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<std::path::PathBuf>,
+
+    /// No live progress display.
+    #[arg(long)]
+    pub no_progress: bool,
 
     #[command(flatten)]
     pub engine: EngineArgs,

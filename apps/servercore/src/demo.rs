@@ -1,42 +1,66 @@
-//! `servercore demo`: an echo server and hello clients in one process.
+//! `servercore demo`: the game server and its dummy clients in one process,
+//! a newcomer's first run.
+//!
+//! Starts the game server on a free loopback port with an in-memory
+//! database (nothing to set up, nothing left behind), runs `--clients`
+//! dummy clients against it for `--seconds` (log in, enter, chat at
+//! `--rate`) with the live progress display, then stops both and prints the
+//! clients' table and the server's counters.
 
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::cli::DemoArgs;
-use crate::hello::HelloCounters;
+use crate::client::{run_load_until, LoadConfig};
+use crate::game::GameConfig;
 use crate::shutdown::StopSignal;
 
-/// Runs the demo for `args.seconds` and prints a one-line summary.
+/// Runs the demo; fails only if the server cannot start or no client could
+/// connect.
 pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     let stop = StopSignal::install();
-    let server = crate::echo::start("127.0.0.1:0".parse()?, &args.engine, 10_000, false)?;
+    let mut game = GameConfig::in_memory("127.0.0.1:0".parse()?);
+    game.backend = args.engine.backend;
+    game.workers = args.engine.workers;
+    game.max_sessions = game.max_sessions.max(args.clients + 16);
+    let server = crate::game::start(game)?;
     let addr = server.local_addr();
     println!(
-        "demo: echo server on {addr} (backend {}), {} hello clients for {} s",
+        "demo: game server on {addr} (backend {}, in-memory database); \
+         {} dummy clients chat {} msg/s each for {} s",
         server.backend(),
         args.clients,
+        args.rate,
         args.seconds
     );
-    let counters = Arc::new(HelloCounters::default());
-    let started = Instant::now();
-    let clients = crate::hello::start(addr, args.clients, &args.engine, false, Arc::clone(&counters))?;
-    stop.wait(Duration::from_secs(args.seconds));
-    clients.stop();
-    clients.join();
-    server.stop();
-    server.join();
-    let stats = server.stats();
-    println!(
-        "demo: {} clients connected ({} failed), {} bytes sent, {} bytes echoed back in {:.1} s; server served {} sessions, {} live at exit",
-        clients.connected(),
-        clients.failed(),
-        counters.sent_bytes.load(Ordering::Relaxed),
-        counters.received_bytes.load(Ordering::Relaxed),
-        started.elapsed().as_secs_f64(),
-        stats.sessions_total,
-        stats.live_slots,
+
+    let mut load = LoadConfig::new(addr);
+    load.sessions = args.clients;
+    load.rate = args.rate;
+    load.duration = Duration::from_secs(args.seconds);
+    load.backend = args.engine.backend;
+    load.workers = args.engine.workers;
+    load.account_prefix = "demo".to_owned();
+    let report = run_load_until(load, !args.no_progress, &stop);
+
+    let sessions = server.service_stats();
+    let stats = server.stop_and_join();
+    let report = report?;
+    let json_to_stdout = args.json.as_deref() == Some(std::path::Path::new("-"));
+    if json_to_stdout {
+        eprintln!("{}", report.table());
+    } else {
+        println!("{}", report.table());
+        println!(
+            "server: {} sessions served; {stats}",
+            sessions.sessions_total
+        );
+    }
+    if let Some(path) = &args.json {
+        report.write_json(path)?;
+    }
+    anyhow::ensure!(
+        report.sessions.requested == 0 || report.sessions.connected > 0,
+        "no client could connect to the game server"
     );
     Ok(())
 }

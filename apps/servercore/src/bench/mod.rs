@@ -1,15 +1,622 @@
-//! Benchmarks (placeholder until written).
+//! `servercore bench`: scripted benchmarks of the engine against a plain
+//! tokio baseline, one after the other in one run, printed as tables of
+//! ratios (see `docs/BENCHMARKS.md`).
+//!
+//! This module owns the whole harness:
+//! - the command-line options ([`BenchArgs`], and [`BenchServerArgs`] of the
+//!   hidden `bench-server` subcommand) and the run loop ([`run`]);
+//! - [`server`]: the `bench-server` process (engine echo, the engine chat
+//!   server of [`engine_chat`], or the tokio baseline of [`tokio_server`]),
+//!   and [`child`], the harness's handle on it;
+//! - [`load`]: the load generators (echo clients, chatting game clients,
+//!   idle connections) on a tokio runtime in the harness process;
+//! - [`chat`] and [`proto`]: the room logic and the game protocol that both
+//!   chat servers and the load generator share;
+//! - [`procfs`]: CPU time and RSS of the server from `/proc`;
+//! - [`report`] and [`chart`]: tables, targets, JSON and the SVG chart;
+//! - [`progress`]: the progress bar.
+//!
+//! The server under test always runs in its own process, so the load
+//! generator's CPU and memory are never counted. Targets are printed beside
+//! the results; nothing is asserted.
+
+mod chart;
+mod chat;
+mod child;
+mod engine_chat;
+mod load;
+mod procfs;
+mod progress;
+mod proto;
+mod report;
+mod server;
+mod tokio_server;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use servercore::Backend;
+
+use child::ServerProcess;
+use load::{Sources, Timing};
+use progress::Progress;
+use report::{BroadcastResult, EchoResult, IdleResult, Latency, Report, Settings};
+
+/// A benchmark scenario.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Scenario {
+    /// Ping-pong 128-byte echo at several client counts.
+    Echo,
+    /// Chat broadcast in one room of many sessions.
+    Broadcast,
+    /// Many idle connections: server memory per session.
+    Idle,
+}
+
+impl Scenario {
+    /// Every scenario, in run order.
+    pub const ALL: [Scenario; 3] = [Scenario::Echo, Scenario::Broadcast, Scenario::Idle];
+
+    /// The name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::Echo => "echo",
+            Scenario::Broadcast => "broadcast",
+            Scenario::Idle => "idle",
+        }
+    }
+}
+
+/// A server implementation under test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Impl {
+    /// servercore on its io_uring backend.
+    Uring,
+    /// servercore on its poll (mio) backend.
+    Poll,
+    /// The plain tokio baseline.
+    Tokio,
+}
+
+impl Impl {
+    /// The name on the command line and in tables.
+    pub fn name(self) -> &'static str {
+        match self {
+            Impl::Uring => "uring",
+            Impl::Poll => "poll",
+            Impl::Tokio => "tokio",
+        }
+    }
+
+    fn from_backend(backend: Backend) -> Option<Impl> {
+        match backend {
+            Backend::IoUring => Some(Impl::Uring),
+            Backend::Poll => Some(Impl::Poll),
+            Backend::Auto => None,
+        }
+    }
+}
+
 /// `servercore bench` options.
 #[derive(Debug, clap::Args)]
-pub struct BenchArgs {}
-/// `servercore bench-server` options.
-#[derive(Debug, clap::Args)]
-pub struct BenchServerArgs {}
-/// Runs the benchmarks.
-pub fn run(_args: BenchArgs) -> anyhow::Result<()> {
-    anyhow::bail!("not built yet")
+pub struct BenchArgs {
+    /// Scenarios to run, in this order (default: echo broadcast idle).
+    #[arg(value_enum, value_name = "SCENARIO")]
+    pub scenarios: Vec<Scenario>,
+
+    /// Length of each measured window, in seconds.
+    #[arg(long, default_value_t = 5.0, value_name = "SECONDS")]
+    pub duration: f64,
+
+    /// Load before each window opens, in seconds (default 1, --quick 0.3;
+    /// broadcast waits at least two chat intervals).
+    #[arg(long, value_name = "SECONDS")]
+    pub warmup: Option<f64>,
+
+    /// Short windows and small counts: a smoke test for CI.
+    #[arg(long)]
+    pub quick: bool,
+
+    /// Also write every result as JSON to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+
+    /// Draw latency against load into an SVG file.
+    #[arg(long, value_name = "FILE.svg")]
+    pub chart: Option<PathBuf>,
+
+    /// Implementations to compare, comma-separated: uring, poll, tokio
+    /// (default: each available backend and tokio; ratios need tokio).
+    #[arg(long, value_enum, value_delimiter = ',', value_name = "LIST")]
+    pub backends: Vec<Impl>,
+
+    /// Server worker threads, engine and tokio alike (default: available cores).
+    #[arg(long)]
+    pub workers: Option<usize>,
+
+    /// Echo client counts, comma-separated (default 50,500; --quick 10,50).
+    #[arg(long, value_delimiter = ',', value_name = "LIST")]
+    pub echo_clients: Vec<usize>,
+
+    /// Sessions in the broadcast room (default 1000; --quick 100).
+    #[arg(long, value_name = "N")]
+    pub broadcast_sessions: Option<usize>,
+
+    /// Milliseconds between two chats of one broadcast session.
+    #[arg(long, default_value_t = 1000, value_name = "MS")]
+    pub chat_interval_ms: u64,
+
+    /// Idle connections (default 15000; --quick 1000).
+    #[arg(long, value_name = "N")]
+    pub idle_sessions: Option<usize>,
+
+    /// Client source addresses 127.0.0.1 ..= 127.0.0.N, used round-robin.
+    #[arg(long, default_value_t = 16, value_name = "N")]
+    pub sources: u8,
 }
-/// Runs one benchmark server.
-pub fn run_server(_args: BenchServerArgs) -> anyhow::Result<()> {
-    anyhow::bail!("not built yet")
+
+/// `servercore bench-server` options (started by `bench`).
+#[derive(Debug, clap::Args)]
+pub struct BenchServerArgs {
+    /// Implementation: uring, poll or tokio.
+    #[arg(long = "impl", value_enum)]
+    pub implementation: Impl,
+
+    /// Which server: echo (echo and idle) or the broadcast chat server.
+    #[arg(long, value_enum)]
+    pub scenario: Scenario,
+
+    /// Address to listen on; the bound address is the first stdout line.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub addr: SocketAddr,
+
+    /// Worker threads (default: available cores).
+    #[arg(long)]
+    pub workers: Option<usize>,
+
+    /// Most sessions at once (engine servers).
+    #[arg(long, default_value_t = 20_000)]
+    pub max_sessions: usize,
+}
+
+/// Runs one benchmark server until its stdin ends.
+pub fn run_server(args: BenchServerArgs) -> anyhow::Result<()> {
+    server::run(args)
+}
+
+/// Descriptors kept free for everything but the benchmark's connections.
+const SPARE_FDS: u64 = 512;
+
+/// The run's resolved settings.
+struct Plan {
+    scenarios: Vec<Scenario>,
+    implementations: Vec<Impl>,
+    timing: Timing,
+    broadcast_warmup: Duration,
+    echo_clients: Vec<usize>,
+    broadcast_sessions: usize,
+    chat_interval: Duration,
+    idle_sessions: usize,
+    workers: Option<usize>,
+    max_sessions: usize,
+}
+
+impl Plan {
+    fn new(args: &BenchArgs, open_file_limit: u64, notes: &mut Vec<String>) -> anyhow::Result<Plan> {
+        anyhow::ensure!(
+            args.duration.is_finite() && args.duration > 0.0,
+            "--duration must be positive"
+        );
+        let scenarios = if args.scenarios.is_empty() {
+            Scenario::ALL.to_vec()
+        } else {
+            let mut scenarios = args.scenarios.clone();
+            scenarios.dedup();
+            scenarios
+        };
+        let mut implementations: Vec<Impl> = servercore::driver::available_backends()
+            .into_iter()
+            .filter_map(Impl::from_backend)
+            .collect();
+        implementations.push(Impl::Tokio);
+        if !args.backends.is_empty() {
+            for wanted in &args.backends {
+                if !implementations.contains(wanted) {
+                    let why = servercore::driver::uring_unavailable_reason().unwrap_or_default();
+                    notes.push(format!("{} is not available here and was skipped: {why}", wanted.name()));
+                }
+            }
+            implementations.retain(|imp| args.backends.contains(imp));
+        }
+        anyhow::ensure!(!implementations.is_empty(), "no implementation left to run");
+        if !implementations.contains(&Impl::Tokio) {
+            notes.push("tokio is not in --backends: no ratios".into());
+        }
+
+        let quick = args.quick;
+        let duration = if quick && args.duration == 5.0 {
+            1.0
+        } else {
+            args.duration
+        };
+        let warmup = args.warmup.unwrap_or(if quick { 0.3 } else { 1.0 }).max(0.0);
+        let chat_interval = Duration::from_millis(args.chat_interval_ms.max(1));
+        let timing = Timing {
+            warmup: Duration::from_secs_f64(warmup),
+            duration: Duration::from_secs_f64(duration),
+        };
+        let echo_clients = if !args.echo_clients.is_empty() {
+            args.echo_clients.iter().copied().filter(|&c| c > 0).collect()
+        } else if quick {
+            vec![10, 50]
+        } else {
+            vec![50, 500]
+        };
+        let broadcast_sessions = args
+            .broadcast_sessions
+            .unwrap_or(if quick { 100 } else { 1000 })
+            .max(1);
+        let mut idle_sessions = args
+            .idle_sessions
+            .unwrap_or(if quick { 1000 } else { 15_000 })
+            .max(1);
+        let usable = open_file_limit.saturating_sub(SPARE_FDS) as usize;
+        let biggest_load = echo_clients.iter().copied().max().unwrap_or(0).max(broadcast_sessions);
+        anyhow::ensure!(
+            biggest_load <= usable,
+            "the open-file limit ({open_file_limit}) is too low for {biggest_load} connections"
+        );
+        if scenarios.contains(&Scenario::Idle) && idle_sessions > usable {
+            notes.push(format!(
+                "idle scaled down from {idle_sessions} to {usable} sessions: the open-file limit is {open_file_limit}"
+            ));
+            idle_sessions = usable;
+        }
+        let max_sessions = idle_sessions.max(biggest_load) + 1000;
+        Ok(Plan {
+            scenarios,
+            implementations,
+            timing,
+            broadcast_warmup: timing.warmup.max(chat_interval * 2),
+            echo_clients,
+            broadcast_sessions,
+            chat_interval,
+            idle_sessions,
+            workers: args.workers,
+            max_sessions,
+        })
+    }
+}
+
+/// What the run loop carries between measurements.
+struct Bench {
+    plan: Plan,
+    runtime: tokio::runtime::Runtime,
+    sources: Sources,
+    progress: Progress,
+    report: Report,
+    failures: usize,
+}
+
+/// Runs the benchmarks.
+pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let mut notes = Vec::new();
+    let open_file_limit = match procfs::raise_nofile_limit() {
+        Ok(limit) => limit,
+        Err(error) => {
+            notes.push(format!("could not read or raise the open-file limit: {error}"));
+            1024
+        }
+    };
+    let plan = Plan::new(&args, open_file_limit, &mut notes)?;
+    let machine = procfs::MachineInfo::read();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(machine.cores)
+        .enable_all()
+        .build()
+        .context("starting the load generator's runtime")?;
+    let sources = Sources::loopback(args.sources);
+    if sources.len() < usize::from(args.sources) {
+        notes.push(format!(
+            "only {} of {} client source addresses could be bound",
+            sources.len(),
+            args.sources
+        ));
+    }
+    let columns: Vec<String> = plan.implementations.iter().map(|imp| imp.name().to_string()).collect();
+    let settings = Settings {
+        duration_seconds: plan.timing.duration.as_secs_f64(),
+        warmup_seconds: plan.timing.warmup.as_secs_f64(),
+        quick: args.quick,
+        scenarios: plan.scenarios.iter().map(|s| s.name().to_string()).collect(),
+        implementations: columns.clone(),
+        workers: plan.workers,
+        echo_clients: plan.echo_clients.clone(),
+        broadcast_sessions: plan.broadcast_sessions,
+        idle_sessions: plan.idle_sessions,
+        source_addresses: sources.len(),
+        open_file_limit,
+    };
+    println!(
+        "servercore bench: {} cores, kernel {}, {}",
+        machine.cores, machine.kernel, machine.cpu
+    );
+    println!(
+        "implementations {} (ratios against {}); server workers {}; window {:.1} s after {:.1} s warm-up; {} client source addresses; open-file limit {}",
+        columns.join(", "),
+        report::BASELINE,
+        plan.workers.map_or_else(|| format!("{} (cores)", machine.cores), |w| w.to_string()),
+        settings.duration_seconds,
+        settings.warmup_seconds,
+        sources.len(),
+        open_file_limit
+    );
+    println!();
+    let mut bench = Bench {
+        plan,
+        runtime,
+        sources,
+        progress: Progress::new(),
+        report: Report {
+            machine,
+            settings,
+            echo: Vec::new(),
+            broadcast: Vec::new(),
+            idle: Vec::new(),
+            targets: Vec::new(),
+            notes,
+        },
+        failures: 0,
+    };
+    let duration = bench.report.settings.duration_seconds;
+    for scenario in bench.plan.scenarios.clone() {
+        for imp in bench.plan.implementations.clone() {
+            let result = match scenario {
+                Scenario::Echo => bench.echo(imp),
+                Scenario::Broadcast => bench.broadcast(imp),
+                Scenario::Idle => bench.idle(imp),
+            };
+            if let Err(error) = result {
+                bench.failures += 1;
+                let note = format!("{} on {} failed: {error:#}", scenario.name(), imp.name());
+                bench.progress.eprintln(&format!("  {note}"));
+                bench.report.notes.push(note);
+            }
+        }
+        let sections = match scenario {
+            Scenario::Echo => report::echo_sections(&bench.report.echo, &columns, duration),
+            Scenario::Broadcast => {
+                report::broadcast_section(&bench.report.broadcast, &columns, duration).into_iter().collect()
+            }
+            Scenario::Idle => report::idle_section(&bench.report.idle, &columns).into_iter().collect(),
+        };
+        for section in sections {
+            bench.progress.println(&section.render());
+        }
+    }
+    bench.progress.finish();
+
+    bench.report.targets = report::evaluate_targets(&bench.report);
+    if !bench.report.targets.is_empty() {
+        println!("targets (reported, not asserted):");
+        print!("{}", report::render_targets(&bench.report.targets));
+        println!();
+    }
+    if !bench.report.notes.is_empty() {
+        println!("notes:");
+        for note in &bench.report.notes {
+            println!("  - {note}");
+        }
+        println!();
+    }
+    if let Some(path) = &args.json {
+        let text = serde_json::to_string_pretty(&bench.report)?;
+        std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
+        println!("results written to {}", path.display());
+    }
+    if let Some(path) = &args.chart {
+        chart::write(path, &columns, &bench.report.echo, &bench.report.broadcast)?;
+        println!("chart written to {}", path.display());
+    }
+    anyhow::ensure!(
+        bench.failures == 0,
+        "{} measurement(s) failed (see the notes above)",
+        bench.failures
+    );
+    Ok(())
+}
+
+impl Bench {
+    fn spawn(&self, imp: Impl, scenario: Scenario) -> anyhow::Result<ServerProcess> {
+        self.progress.phase(
+            &format!("{} · {}", scenario.name(), imp.name()),
+            "starting the server",
+            0,
+        );
+        ServerProcess::spawn(imp, scenario, self.plan.workers, self.plan.max_sessions, &self.progress)
+    }
+
+    /// Stops a server and records anything unusual it did.
+    fn finish(&mut self, server: ServerProcess) {
+        let (note, stderr) = server.stop(Duration::from_secs(15));
+        self.report.notes.extend(note);
+        if let Some(first) = stderr.first() {
+            self.report.notes.push(format!(
+                "the server wrote {} line(s) to stderr; first: {first}",
+                stderr.len()
+            ));
+        }
+    }
+
+    fn echo(&mut self, imp: Impl) -> anyhow::Result<()> {
+        let server = self.spawn(imp, Scenario::Echo)?;
+        for clients in self.plan.echo_clients.clone() {
+            self.progress
+                .phase(&format!("echo {clients} · {}", imp.name()), "connecting", clients as u64);
+            let outcome = self.runtime.block_on(load::echo(
+                server.addr(),
+                server.pid(),
+                clients,
+                self.plan.timing,
+                &self.sources,
+                &self.progress,
+            ));
+            let outcome = match outcome {
+                Ok(outcome) => outcome,
+                Err(error) => {
+                    self.finish(server);
+                    return Err(error);
+                }
+            };
+            let seconds = outcome.window.elapsed.as_secs_f64();
+            let cpu = outcome.window.server_cpu.as_secs_f64();
+            if !outcome.errors.is_empty() {
+                self.report.notes.push(format!(
+                    "echo {clients} on {}: {} client(s) failed; first: {}",
+                    imp.name(),
+                    outcome.errors.len(),
+                    outcome.errors[0]
+                ));
+            }
+            self.report.echo.push(EchoResult {
+                implementation: imp.name().to_string(),
+                clients,
+                requests: outcome.requests,
+                seconds,
+                requests_per_sec: outcome.requests as f64 / seconds,
+                server_cpu_seconds: cpu,
+                server_cpu_us_per_request: (outcome.requests > 0).then(|| cpu * 1e6 / outcome.requests as f64),
+                server_cpu_cores: cpu / seconds,
+                load_cpu_cores: outcome.window.load_cpu.as_secs_f64() / seconds,
+                latency: Latency::from_histogram(&outcome.latency),
+                errors: outcome.errors,
+            });
+        }
+        self.finish(server);
+        Ok(())
+    }
+
+    fn broadcast(&mut self, imp: Impl) -> anyhow::Result<()> {
+        let server = self.spawn(imp, Scenario::Broadcast)?;
+        let sessions = self.plan.broadcast_sessions;
+        self.progress.phase(
+            &format!("broadcast {sessions} · {}", imp.name()),
+            "connecting",
+            sessions as u64,
+        );
+        let timing = Timing {
+            warmup: self.plan.broadcast_warmup,
+            duration: self.plan.timing.duration,
+        };
+        let outcome = self.runtime.block_on(load::broadcast(
+            server.addr(),
+            server.pid(),
+            sessions,
+            self.plan.chat_interval,
+            timing,
+            &self.sources,
+            &self.progress,
+        ));
+        let outcome = match outcome {
+            Ok(outcome) => outcome,
+            Err(error) => {
+                self.finish(server);
+                return Err(error);
+            }
+        };
+        self.finish(server);
+        let seconds = outcome.window.elapsed.as_secs_f64();
+        let cpu = outcome.window.server_cpu.as_secs_f64();
+        if outcome.disconnects > 0 {
+            self.report.notes.push(format!(
+                "broadcast on {}: {} session(s) lost; first errors: {}",
+                imp.name(),
+                outcome.disconnects,
+                outcome.errors.join(" | ")
+            ));
+        }
+        let sessions = outcome.sessions as f64;
+        self.report.broadcast.push(BroadcastResult {
+            implementation: imp.name().to_string(),
+            sessions: outcome.sessions,
+            interval_ms: outcome.interval.as_millis() as u64,
+            seconds,
+            chats_sent: outcome.chats_sent,
+            deliveries: outcome.deliveries,
+            expected_deliveries_per_sec: sessions * sessions / outcome.interval.as_secs_f64(),
+            deliveries_per_sec: outcome.deliveries as f64 / seconds,
+            server_cpu_seconds: cpu,
+            server_cpu_us_per_delivery: (outcome.deliveries > 0).then(|| cpu * 1e6 / outcome.deliveries as f64),
+            server_cpu_cores: cpu / seconds,
+            load_cpu_cores: outcome.window.load_cpu.as_secs_f64() / seconds,
+            latency: Latency::from_histogram(&outcome.latency),
+            disconnects: outcome.disconnects,
+            errors: outcome.errors,
+            setup_seconds: outcome.setup.as_secs_f64(),
+        });
+        Ok(())
+    }
+
+    fn idle(&mut self, imp: Impl) -> anyhow::Result<()> {
+        let mut server = self.spawn(imp, Scenario::Idle)?;
+        let result = self.measure_idle(imp, &mut server);
+        self.finish(server);
+        let result = result?;
+        if result.connect_failures > 0 {
+            self.report.notes.push(format!(
+                "idle on {}: {} connection(s) failed; first: {}",
+                imp.name(),
+                result.connect_failures,
+                result.first_error.clone().unwrap_or_default()
+            ));
+        }
+        self.report.idle.push(result);
+        Ok(())
+    }
+
+    fn measure_idle(&mut self, imp: Impl, server: &mut ServerProcess) -> anyhow::Result<IdleResult> {
+        let sessions = self.plan.idle_sessions;
+        self.progress.phase(
+            &format!("idle {sessions} · {}", imp.name()),
+            "settling",
+            0,
+        );
+        std::thread::sleep(Duration::from_millis(500));
+        let rss_before_kib = server.rss_kib()?;
+        let connected = self.runtime.block_on(load::connect_many(
+            server.addr(),
+            sessions,
+            &self.sources,
+            &self.progress,
+        ));
+        let open = connected.streams.len();
+        self.progress.step("waiting for the server", open as u64);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut server_sessions = server.sessions()?;
+        while server_sessions < open && Instant::now() < deadline {
+            self.progress.set_position(server_sessions as u64);
+            std::thread::sleep(Duration::from_millis(100));
+            server_sessions = server.sessions()?;
+        }
+        self.progress.step("settling", 0);
+        std::thread::sleep(Duration::from_secs(1));
+        let rss_after_kib = server.rss_kib()?;
+        let server_sessions = server.sessions()?;
+        let streams = connected.streams;
+        self.runtime.block_on(async move { drop(streams) });
+        let grown = rss_after_kib.saturating_sub(rss_before_kib) as f64 * 1024.0;
+        Ok(IdleResult {
+            implementation: imp.name().to_string(),
+            sessions_requested: sessions,
+            sessions_open: open,
+            server_sessions,
+            connect_failures: connected.failed,
+            first_error: connected.first_error,
+            rss_before_kib,
+            rss_after_kib,
+            bytes_per_session: (server_sessions > 0).then(|| grown / server_sessions as f64),
+        })
+    }
 }

@@ -1,8 +1,143 @@
-//! The dummy game client (placeholder until written).
+//! `servercore client`: the dummy game clients (the course's DummyClient).
+//!
+//! N sessions connect to a game server, log in, enter the game and send
+//! `C_CHAT` at a fixed rate, each message stamped with `client_time_us`;
+//! the latency of a message is measured when its sender receives its own
+//! `S_CHAT`. A live display shows progress; at the end a table (and, with
+//! `--json FILE`, the same numbers as JSON) reports sessions, messages,
+//! deliveries, latency percentiles and errors by kind.
+//!
+//! The library-style entry is [`run_load`] with a [`LoadConfig`], returning
+//! a [`LoadReport`]; `demo` and `bench` reuse it.
+//!
+//! Submodules:
+//! - `config`: [`LoadConfig`], the duration parser, source addresses;
+//! - `session`: one dummy client's conversation and the chat schedule;
+//! - `stats`: counters, latency histograms, errors by kind;
+//! - `load`: the run itself (set-up, chat, drain, stop);
+//! - `progress`: the live display (indicatif);
+//! - `report`: [`LoadReport`], its table and JSON.
+
+mod config;
+mod load;
+mod progress;
+mod report;
+mod session;
+mod stats;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[allow(unused_imports)] // part of the module's API for `bench`
+pub use config::{parse_duration, plan_source_addrs, LoadConfig, SESSIONS_PER_SOURCE_ADDR};
+#[allow(unused_imports)] // part of the module's API for `bench`
+pub use load::{run_load, run_load_until};
+#[allow(unused_imports)] // part of the module's API for `bench`
+pub use report::{LatencySummary, LoadReport, SessionSummary};
+
+use crate::cli::EngineArgs;
+use crate::shutdown::StopSignal;
+
 /// `servercore client` options.
 #[derive(Debug, clap::Args)]
-pub struct ClientArgs {}
-/// Runs the dummy clients.
-pub fn run(_args: ClientArgs) -> anyhow::Result<()> {
-    anyhow::bail!("not built yet")
+pub struct ClientArgs {
+    /// The game server's address.
+    #[arg(long, default_value = "127.0.0.1:7777")]
+    pub addr: SocketAddr,
+
+    /// How many sessions to connect.
+    #[arg(long, default_value_t = 500)]
+    pub sessions: usize,
+
+    /// C_CHAT messages per second per session (0: connect, enter and idle).
+    #[arg(long, default_value_t = 1.0)]
+    pub rate: f64,
+
+    /// How long the sessions chat once all are in game: 30s, 2m, 500ms, ...
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub duration: Duration,
+
+    /// Also write the report as JSON to FILE (`-`: standard output, with
+    /// the table on standard error).
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+
+    /// Bytes of chat text per message.
+    #[arg(long, default_value_t = 32)]
+    pub message_bytes: usize,
+
+    /// Local source addresses to spread the connections over, comma
+    /// separated (default: 127.0.0.1, 127.0.0.2, ... when a loopback target
+    /// needs more ports than one address has, else the system's choice).
+    #[arg(long, value_delimiter = ',', value_name = "IP,...")]
+    pub source_addrs: Option<Vec<IpAddr>>,
+
+    /// Time allowed for each connect.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub connect_timeout: Duration,
+
+    /// Longest wait for all sessions to be in game before the chat starts.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub setup_timeout: Duration,
+
+    /// Account names: this prefix and the session number.
+    #[arg(long, default_value = "dummy")]
+    pub account_prefix: String,
+
+    /// No live progress display (it is also hidden when stderr is not a
+    /// terminal).
+    #[arg(long)]
+    pub no_progress: bool,
+
+    #[command(flatten)]
+    pub engine: EngineArgs,
+}
+
+impl ClientArgs {
+    /// The run these options describe.
+    pub fn to_config(&self) -> LoadConfig {
+        let mut config = LoadConfig::new(self.addr);
+        config.sessions = self.sessions;
+        config.rate = self.rate;
+        config.duration = self.duration;
+        config.message_bytes = self.message_bytes;
+        config.backend = self.engine.backend;
+        config.workers = self.engine.workers;
+        config.source_addrs = self.source_addrs.clone();
+        config.connect_timeout = self.connect_timeout;
+        config.setup_timeout = self.setup_timeout;
+        config.account_prefix = self.account_prefix.clone();
+        config
+    }
+}
+
+/// Runs the dummy clients, prints the table, writes the JSON if asked.
+/// Fails (after reporting) when no session could connect at all.
+pub fn run(args: ClientArgs) -> anyhow::Result<()> {
+    let stop = StopSignal::install();
+    let config = args.to_config();
+    eprintln!(
+        "client: {} sessions -> {}, {} msg/s each for {}; Ctrl-C stops early",
+        config.sessions,
+        config.addr,
+        config.rate,
+        report::human_duration(config.duration)
+    );
+    let report = run_load_until(config, !args.no_progress, &stop)?;
+    let json_to_stdout = args.json.as_deref() == Some(std::path::Path::new("-"));
+    if json_to_stdout {
+        eprintln!("{}", report.table());
+    } else {
+        println!("{}", report.table());
+    }
+    if let Some(path) = &args.json {
+        report.write_json(path)?;
+    }
+    anyhow::ensure!(
+        report.sessions.requested == 0 || report.sessions.connected > 0,
+        "no session could connect to {}",
+        report.addr
+    );
+    Ok(())
 }

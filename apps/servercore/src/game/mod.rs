@@ -1,8 +1,322 @@
-//! The sample game server (placeholder until written).
+//! `servercore server`: the sample game server (the course's `GameServer`).
+//!
+//! It speaks the reference protocol (`proto/protocol.proto`):
+//! - `C_LOGIN { account }` → `S_LOGIN { success, players }`: the account is
+//!   found or created in the database (an empty name is a new guest account
+//!   every time); a new account gets three players (knight, mage, archer).
+//!   A second login on one session, or a name over 64 bytes, is answered
+//!   `success = false`.
+//! - `C_ENTER_GAME { player_index }` → `S_ENTER_GAME { success, player_id }`,
+//!   and the player joins the room. Entering before logging in, an index out
+//!   of range, entering twice, or entering with a player already in the room
+//!   from another session is answered `success = false`; the session stays.
+//! - `C_CHAT { msg, client_time_us }` → `S_CHAT { player_id, msg,
+//!   client_time_us }` to everyone in the room, the sender included, as one
+//!   shared buffer. `S_CHAT` has no success field, so a refused chat (sent
+//!   before entering, or longer than `max_chat_len` bytes) is dropped,
+//!   logged at debug level and counted in [`GameStats`]; the session stays.
+//! - A disconnect leaves the room.
+//!
+//! This module owns the configuration ([`GameConfig`], [`ServerArgs`]), the
+//! running server ([`GameServer`], [`start`]) and the command ([`run`]).
+//! Its submodules:
+//! - `db`: the SQLite schema, its migrations and the database thread;
+//! - `handler`: [`handler::GameSession`], the packet handler on the I/O
+//!   workers;
+//! - `player`: [`player::Player`], a connection's game state, an actor;
+//! - `room`: [`room::Room`], the room, an actor;
+//! - `stats`: the counters.
+//!
+//! Threads: the engine's I/O workers decode packets and push jobs; the
+//! actors (players, the room) run on whichever worker picks them up; the
+//! database runs on its own thread and answers by pushing a job onto the
+//! asking player's actor. No database call ever runs on an I/O worker.
+
+pub mod db;
+pub mod handler;
+pub mod player;
+pub mod room;
+pub mod stats;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use servercore::job::Actor;
+use servercore::packet::{PacketConfig, PacketSession, RateLimits, HEADER_SIZE, MAX_PACKET_SIZE};
+use servercore::{Backend, ServerService, ServiceStats};
+use servercore_protocol::SERVER_RECEIVES_IDS;
+
+use crate::cli::EngineArgs;
+use crate::shutdown::StopSignal;
+use db::{DbHandle, DbThread};
+use handler::GameSession;
+use room::Room;
+pub use stats::{GameCounters, GameStats};
+
+/// The default database file, relative to the working directory.
+pub const DEFAULT_DB_PATH: &str = "servercore-game.db";
+
+/// The largest `max_chat_len` accepted: an `S_CHAT` carrying it must still
+/// fit one packet.
+pub const MAX_CHAT_LEN_LIMIT: usize = 60_000;
+
 /// `servercore server` options.
-#[derive(Debug, clap::Args)]
-pub struct ServerArgs {}
-/// Runs the game server.
-pub fn run(_args: ServerArgs) -> anyhow::Result<()> {
-    anyhow::bail!("not built yet")
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServerArgs {
+    /// Address to listen on (IPv4 or IPv6; port 0 picks a free one).
+    #[arg(long, default_value = "127.0.0.1:7777")]
+    pub addr: SocketAddr,
+
+    /// The SQLite database file, created and migrated on start
+    /// (`:memory:` keeps nothing).
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_DB_PATH)]
+    pub db: PathBuf,
+
+    /// Most sessions at once; connections past it are refused.
+    #[arg(long, default_value_t = 10_000)]
+    pub max_sessions: usize,
+
+    /// Disconnect a session that sends nothing for this many seconds (0: never).
+    #[arg(long, value_name = "SECS", default_value_t = 60)]
+    pub idle_timeout: u64,
+
+    /// Longest chat message relayed, in bytes; longer ones are dropped.
+    #[arg(long, value_name = "BYTES", default_value_t = 256)]
+    pub max_chat_len: usize,
+
+    #[command(flatten)]
+    pub engine: EngineArgs,
+}
+
+/// Everything [`start`] needs.
+#[derive(Debug, Clone)]
+pub struct GameConfig {
+    /// Address to listen on (port 0 picks a free one; see
+    /// [`GameServer::local_addr`]).
+    pub addr: SocketAddr,
+    /// The SQLite file ([`db::IN_MEMORY`] for a database that keeps nothing).
+    pub db_path: PathBuf,
+    /// The I/O backend.
+    pub backend: Backend,
+    /// Worker threads (`None`: available cores).
+    pub workers: Option<usize>,
+    /// Most sessions at once.
+    pub max_sessions: usize,
+    /// Disconnect sessions silent for this long (`None`: never).
+    pub idle_timeout: Option<Duration>,
+    /// Longest chat message relayed, in bytes (at most
+    /// [`MAX_CHAT_LEN_LIMIT`]).
+    pub max_chat_len: usize,
+    /// Largest packet accepted, header included; raised to fit a chat of
+    /// `max_chat_len` with room to spare, so an over-long chat is refused
+    /// rather than treated as malformed. A packet above it disconnects.
+    pub max_packet_size: usize,
+    /// Per-session flood limits (default: the engine's, far above a
+    /// player's needs; a load test may want [`RateLimits::unlimited`]).
+    pub rate_limits: RateLimits,
+}
+
+impl Default for GameConfig {
+    /// `127.0.0.1:7777`, [`DEFAULT_DB_PATH`], the automatic backend, 10,000
+    /// sessions, a 60 s idle timeout, chats up to 256 bytes, packets up to
+    /// 8 KiB.
+    fn default() -> Self {
+        GameConfig {
+            addr: SocketAddr::from(([127, 0, 0, 1], 7777)),
+            db_path: PathBuf::from(DEFAULT_DB_PATH),
+            backend: Backend::Auto,
+            workers: None,
+            max_sessions: 10_000,
+            idle_timeout: Some(Duration::from_secs(60)),
+            max_chat_len: 256,
+            max_packet_size: 8 * 1024,
+            rate_limits: RateLimits::default(),
+        }
+    }
+}
+
+impl GameConfig {
+    /// The defaults, but on `addr` with an in-memory database: for running
+    /// the game server inside another program (demo, benchmarks).
+    #[cfg_attr(not(test), allow(dead_code))] // for the programs embedding the server
+    pub fn in_memory(addr: SocketAddr) -> GameConfig {
+        GameConfig {
+            addr,
+            db_path: PathBuf::from(db::IN_MEMORY),
+            ..GameConfig::default()
+        }
+    }
+
+    /// The configuration the command-line options describe.
+    pub fn from_args(args: &ServerArgs) -> GameConfig {
+        GameConfig {
+            addr: args.addr,
+            db_path: args.db.clone(),
+            backend: args.engine.backend,
+            workers: args.engine.workers,
+            max_sessions: args.max_sessions,
+            idle_timeout: (args.idle_timeout > 0).then(|| Duration::from_secs(args.idle_timeout)),
+            max_chat_len: args.max_chat_len,
+            ..GameConfig::default()
+        }
+    }
+
+    /// The packet size limit actually applied (see `max_packet_size`).
+    fn effective_max_packet_size(&self) -> usize {
+        self.max_packet_size
+            .max(self.max_chat_len.saturating_mul(2).saturating_add(64))
+            .clamp(HEADER_SIZE, MAX_PACKET_SIZE)
+    }
+}
+
+/// What every session of one game server shares.
+pub struct GameContext {
+    /// The room, an actor.
+    pub room: Actor<Room>,
+    /// Requests to the database thread.
+    pub db: DbHandle,
+    /// The counters.
+    pub counters: Arc<GameCounters>,
+    /// Longest chat message relayed, in bytes.
+    pub max_chat_len: usize,
+}
+
+/// A running game server: the engine's service, the database thread and
+/// the room. Dropping it stops it like [`GameServer::stop_and_join`].
+pub struct GameServer {
+    service: ServerService,
+    db: DbThread,
+    ctx: Arc<GameContext>,
+    stopped: bool,
+}
+
+/// Starts a game server: opens and migrates the database, starts its
+/// thread, then listens. Errors name what failed (a database that cannot be
+/// opened, an address in use, an unavailable backend).
+pub fn start(config: GameConfig) -> anyhow::Result<GameServer> {
+    anyhow::ensure!(
+        config.max_chat_len <= MAX_CHAT_LEN_LIMIT,
+        "max chat length {} is above the limit of {MAX_CHAT_LEN_LIMIT} bytes",
+        config.max_chat_len
+    );
+    let db = DbThread::start(&config.db_path)
+        .with_context(|| format!("opening the database {}", config.db_path.display()))?;
+    let counters = Arc::new(GameCounters::default());
+    let ctx = Arc::new(GameContext {
+        room: Actor::new(Room::new(Arc::clone(&counters))),
+        db: db.handle(),
+        counters,
+        max_chat_len: config.max_chat_len,
+    });
+    let packets = PacketConfig::default()
+        .with_max_packet_size(config.effective_max_packet_size())
+        .with_known_ids(SERVER_RECEIVES_IDS.iter().copied())
+        .with_rate_limits(config.rate_limits.clone());
+    let session_ctx = Arc::clone(&ctx);
+    let mut builder = ServerService::builder(config.addr)
+        .backend(config.backend)
+        .max_sessions(config.max_sessions)
+        .session(move || {
+            PacketSession::new(GameSession::new(Arc::clone(&session_ctx)), packets.clone())
+        });
+    if let Some(workers) = config.workers {
+        builder = builder.workers(workers);
+    }
+    if let Some(timeout) = config.idle_timeout {
+        builder = builder.idle_timeout(timeout);
+    }
+    let service = builder
+        .start()
+        .with_context(|| format!("starting the game server on {}", config.addr))?;
+    Ok(GameServer {
+        service,
+        db,
+        ctx,
+        stopped: false,
+    })
+}
+
+impl GameServer {
+    /// The address the server listens on (the real port if 0 was asked).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.service.local_addr()
+    }
+
+    /// The I/O backend the workers run on.
+    pub fn backend(&self) -> Backend {
+        self.service.backend()
+    }
+
+    /// The database file.
+    pub fn db_path(&self) -> &Path {
+        self.db.path()
+    }
+
+    /// The game's counters now.
+    pub fn stats(&self) -> GameStats {
+        self.ctx.counters.snapshot()
+    }
+
+    /// The engine's counters (sessions now, total, refused).
+    pub fn service_stats(&self) -> ServiceStats {
+        self.service.stats()
+    }
+
+    /// Stops cleanly: no new sessions, every session disconnected (each
+    /// player leaves the room), the database thread finishes what is queued
+    /// and stops. Waits up to a second for the players' last jobs, then
+    /// returns the final counters.
+    pub fn stop_and_join(mut self) -> GameStats {
+        self.shutdown();
+        self.stats()
+    }
+
+    fn shutdown(&mut self) {
+        if std::mem::replace(&mut self.stopped, true) {
+            return;
+        }
+        self.service.stop();
+        self.service.join();
+        self.db.stop_and_join();
+        // Leaving runs as jobs (player, then room); they finish on the job
+        // layer's threads shortly after the sessions are gone.
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while Instant::now() < deadline {
+            let stats = self.stats();
+            if stats.player_states == 0 && stats.players_in_room == 0 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+impl Drop for GameServer {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// Runs the game server until Ctrl-C, then stops it cleanly and prints its
+/// counters.
+pub fn run(args: ServerArgs) -> anyhow::Result<()> {
+    let stop = StopSignal::install();
+    let server = start(GameConfig::from_args(&args))?;
+    println!(
+        "game server listening on {} (backend {}, database {}); Ctrl-C stops it",
+        server.local_addr(),
+        server.backend(),
+        server.db_path().display()
+    );
+    while !stop.wait(Duration::from_secs(3600)) {}
+    let sessions = server.service_stats();
+    let stats = server.stop_and_join();
+    println!(
+        "stopped: sessions={} refused={} {stats}",
+        sessions.sessions_total, sessions.refused_total
+    );
+    Ok(())
 }

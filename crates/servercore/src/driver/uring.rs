@@ -35,7 +35,7 @@ use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::io;
 use std::net::{TcpListener, TcpStream};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -100,7 +100,11 @@ fn unpack(user_data: u64) -> (Option<Kind>, u32, u32) {
         7 => Some(Kind::CancelAll),
         _ => None,
     };
-    (kind, ((user_data >> 32) as u32) & GEN_MASK, user_data as u32)
+    (
+        kind,
+        ((user_data >> 32) as u32) & GEN_MASK,
+        user_data as u32,
+    )
 }
 
 fn os_error(negative_res: i32) -> io::Error {
@@ -113,29 +117,49 @@ fn os_error(negative_res: i32) -> io::Error {
 /// How the ring was set up (the first the kernel accepted).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum SetupMode {
-    /// `SINGLE_ISSUER | DEFER_TASKRUN` (Linux 6.1+).
+    /// `SUBMIT_ALL | SINGLE_ISSUER | DEFER_TASKRUN` (Linux 6.1+).
     DeferTaskrun,
-    /// `COOP_TASKRUN | TASKRUN_FLAG` (Linux 5.19+).
+    /// `SUBMIT_ALL | COOP_TASKRUN | TASKRUN_FLAG` (Linux 5.19+).
     CoopTaskrun,
-    /// No task-run flags.
+    /// Only `CQSIZE | CLAMP` (Linux 5.6+).
     Plain,
+}
+
+impl SetupMode {
+    /// Every mode, the cheapest first.
+    const ALL: [SetupMode; 3] = [
+        SetupMode::DeferTaskrun,
+        SetupMode::CoopTaskrun,
+        SetupMode::Plain,
+    ];
 }
 
 /// Builds a ring with `sq_entries` submission entries and a completion queue
 /// four times as large, trying the cheapest task-run mode first.
 pub(super) fn build_ring(sq_entries: u32) -> io::Result<(IoUring, SetupMode)> {
+    build_ring_with(sq_entries, &SetupMode::ALL)
+}
+
+/// Like [`build_ring`], trying only `modes`, in order.
+fn build_ring_with(sq_entries: u32, modes: &[SetupMode]) -> io::Result<(IoUring, SetupMode)> {
     let sq_entries = sq_entries.clamp(2, 32_768);
     let cq_entries = sq_entries.saturating_mul(4);
     let mut last_error = None;
-    for mode in [SetupMode::DeferTaskrun, SetupMode::CoopTaskrun, SetupMode::Plain] {
+    for &mode in modes {
         let mut builder = IoUring::builder();
-        builder.setup_clamp().setup_cqsize(cq_entries).setup_submit_all();
+        builder.setup_clamp().setup_cqsize(cq_entries);
         match mode {
             SetupMode::DeferTaskrun => {
-                builder.setup_single_issuer().setup_defer_taskrun();
+                builder
+                    .setup_submit_all()
+                    .setup_single_issuer()
+                    .setup_defer_taskrun();
             }
             SetupMode::CoopTaskrun => {
-                builder.setup_coop_taskrun().setup_taskrun_flag();
+                builder
+                    .setup_submit_all()
+                    .setup_coop_taskrun()
+                    .setup_taskrun_flag();
             }
             SetupMode::Plain => {}
         }
@@ -404,6 +428,9 @@ pub(crate) struct UringDriver {
     tokens: TokenMap,
     listeners: Vec<Option<Listener>>,
     deferred: VecDeque<Deferred>,
+    /// Spare send blocks. Boxed on purpose: a block's address is what the
+    /// kernel reads while its write is in flight.
+    #[allow(clippy::vec_box)]
     send_pool: Vec<Box<SendOp>>,
     /// Completions copied out of the queue for one dispatch pass.
     cqes: Vec<cqueue::Entry>,
@@ -570,7 +597,10 @@ impl UringDriver {
             Some(Kind::Wake) => self.on_wake(res),
             Some(Kind::CancelAll) => {}
             None => {
-                tracing::error!(user_data = cqe.user_data(), "io_uring: completion of unknown kind");
+                tracing::error!(
+                    user_data = cqe.user_data(),
+                    "io_uring: completion of unknown kind"
+                );
             }
         }
     }
@@ -678,7 +708,11 @@ impl UringDriver {
             // that nobody else owns.
             unsafe { TcpStream::from_raw_fd(res) }
         });
-        let Some(listener) = self.listeners.get_mut(index as usize).and_then(Option::as_mut) else {
+        let Some(listener) = self
+            .listeners
+            .get_mut(index as usize)
+            .and_then(Option::as_mut)
+        else {
             // Cannot happen; the accepted stream (if any) is dropped (closed).
             return;
         };
@@ -723,7 +757,11 @@ impl UringDriver {
     }
 
     fn listener_op_done(&mut self, index: u32) {
-        if let Some(listener) = self.listeners.get_mut(index as usize).and_then(Option::as_mut) {
+        if let Some(listener) = self
+            .listeners
+            .get_mut(index as usize)
+            .and_then(Option::as_mut)
+        {
             listener.ops -= 1;
         }
         self.listener_op_done_inner(index);
@@ -767,8 +805,10 @@ impl UringDriver {
     }
 }
 
-impl Driver for UringDriver {
-    fn new(config: &DriverConfig) -> io::Result<Self> {
+impl UringDriver {
+    /// Builds a driver whose ring is set up in the first of `modes` the
+    /// kernel accepts.
+    fn with_setup(config: &DriverConfig, modes: &[SetupMode]) -> io::Result<Self> {
         let entries = config.recv_ring_entries;
         if entries == 0 || !entries.is_power_of_two() || entries > 32_768 {
             return Err(io::Error::new(
@@ -782,16 +822,18 @@ impl Driver for UringDriver {
                 "recv_buffer_size must be between 1 byte and 4 GiB",
             ));
         }
-        let (ring, _mode) = build_ring(config.sq_entries)?;
+        let waker = Arc::new(EventFdWaker::new()?);
+        let bufs = BufRing::new(entries, config.recv_buffer_size)?;
+        let (ring, mode) = build_ring_with(config.sq_entries, modes)?;
         if !ring.params().is_feature_ext_arg() || !ring.params().is_feature_nodrop() {
             return Err(io::Error::new(
                 io::ErrorKind::Unsupported,
                 "io_uring lacks IORING_FEAT_EXT_ARG or IORING_FEAT_NODROP (Linux 5.11+)",
             ));
         }
-        let bufs = BufRing::new(entries, config.recv_buffer_size)?;
+        // Locals drop in reverse order: on failure the ring goes before the
+        // buffer ring it may have registered.
         bufs.register(&ring, BUF_GROUP)?;
-        let waker = Arc::new(EventFdWaker::new()?);
         let wake_buf = NonNull::from(Box::leak(Box::new(0u64)));
         let mut driver = UringDriver {
             sq: Sq {
@@ -812,8 +854,19 @@ impl Driver for UringDriver {
             wake_armed: false,
             shutting_down: false,
         };
+        tracing::debug!(
+            ?mode,
+            sq_entries = config.sq_entries,
+            "io_uring driver ready"
+        );
         driver.arm_wake();
         Ok(driver)
+    }
+}
+
+impl Driver for UringDriver {
+    fn new(config: &DriverConfig) -> io::Result<Self> {
+        Self::with_setup(config, &SetupMode::ALL)
     }
 
     fn add_listener(&mut self, listener: TcpListener) -> io::Result<()> {
@@ -919,9 +972,17 @@ impl Driver for UringDriver {
             });
             return;
         }
-        let mut op = self.send_pool.pop().unwrap_or_else(|| Box::new(SendOp::new()));
+        let mut op = self
+            .send_pool
+            .pop()
+            .unwrap_or_else(|| Box::new(SendOp::new()));
         op.iovs.clear();
-        for buf in batch.bufs.iter().filter(|buf| !buf.is_empty()).take(IOV_MAX) {
+        for buf in batch
+            .bufs
+            .iter()
+            .filter(|buf| !buf.is_empty())
+            .take(IOV_MAX)
+        {
             op.iovs.push(libc::iovec {
                 iov_base: buf.as_ptr().cast_mut().cast::<libc::c_void>(),
                 iov_len: buf.len(),
@@ -967,7 +1028,9 @@ impl Driver for UringDriver {
         let conn = slot.conn.as_mut().expect("token map points at a live slot");
         if mode == CloseMode::Abort {
             // The peer sees RST when the socket is finally closed.
-            if let Err(error) = socket2::SockRef::from(&conn.stream).set_linger(Some(Duration::ZERO)) {
+            if let Err(error) =
+                socket2::SockRef::from(&conn.stream).set_linger(Some(Duration::ZERO))
+            {
                 tracing::debug!(token, %error, "io_uring: SO_LINGER 0 failed");
             }
         }

@@ -62,7 +62,9 @@ impl<T: Send + 'static> Core<T> {
         };
         match placement {
             Placement::Here(slice_end) => self.execute(slice_end),
-            Placement::HandOff => self.scheduler.hand_off(Arc::clone(self) as Arc<dyn Runnable>),
+            Placement::HandOff => self
+                .scheduler
+                .hand_off(Arc::clone(self) as Arc<dyn Runnable>),
         }
     }
 

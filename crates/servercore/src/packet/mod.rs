@@ -99,6 +99,9 @@ pub fn decode_body<M: Packet>(body: &[u8]) -> Result<M, DispatchError> {
     })
 }
 
+/// What a packet handler returns: `Ok(())`, or why the packet was refused.
+pub type DispatchResult = Result<(), DispatchError>;
+
 /// Why a received packet could not be handled. A [`PacketSession`] turns
 /// every one into [`DisconnectReason::MalformedPacket`] carrying its text.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -47,7 +47,8 @@ impl Mapping {
         if ptr == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
-        let ptr = NonNull::new(ptr.cast::<u8>()).ok_or_else(|| io::Error::other("mmap returned null"))?;
+        let ptr =
+            NonNull::new(ptr.cast::<u8>()).ok_or_else(|| io::Error::other("mmap returned null"))?;
         Ok(Mapping { ptr, len })
     }
 
@@ -79,9 +80,9 @@ impl BufRing {
         debug_assert!(entries.is_power_of_two() && entries <= 32_768);
         let buf_size_u32 = u32::try_from(buf_size)
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "receive buffer too large"))?;
-        let data_len = usize::from(entries)
-            .checked_mul(buf_size)
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "receive buffers too large"))?;
+        let data_len = usize::from(entries).checked_mul(buf_size).ok_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidInput, "receive buffers too large")
+        })?;
         // SAFETY: sysconf has no preconditions.
         let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
         // The kernel pins the ring's pages, rounded up to whole pages.

@@ -1,0 +1,185 @@
+//! What the harness reads about a process from `/proc`: CPU time (utime +
+//! stime of `/proc/<pid>/stat`) and resident memory (`VmRSS` of
+//! `/proc/<pid>/status`), plus raising this process's open-file limit.
+//!
+//! The parsers are pure functions over the files' text so they can be
+//! tested without a running process.
+
+use std::time::Duration;
+
+use anyhow::Context;
+
+/// Clock ticks per second used by `/proc/<pid>/stat` (`_SC_CLK_TCK`, 100 if
+/// the system does not say).
+pub fn clock_ticks_per_second() -> u64 {
+    // SAFETY: sysconf has no preconditions; it only reads a constant.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if ticks > 0 {
+        ticks as u64
+    } else {
+        100
+    }
+}
+
+/// utime + stime, in clock ticks, from the text of `/proc/<pid>/stat`.
+///
+/// The command name (field 2) is in parentheses and may itself contain
+/// spaces and parentheses, so fields are counted from the last `)`.
+pub fn parse_stat_cpu_ticks(stat: &str) -> Option<u64> {
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    // After the name: field 3 (state) is index 0, so utime (field 14) is
+    // index 11 and stime (field 15) index 12.
+    let mut fields = after_name.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// The value in KiB of a `Name:   1234 kB` line of `/proc/<pid>/status`
+/// (`VmRSS`, `VmHWM`, ...).
+pub fn parse_status_kib(status: &str, name: &str) -> Option<u64> {
+    status.lines().find_map(|line| {
+        let rest = line.strip_prefix(name)?.strip_prefix(':')?;
+        let mut parts = rest.split_whitespace();
+        let value = parts.next()?.parse().ok()?;
+        match parts.next() {
+            Some("kB") | None => Some(value),
+            Some(_) => None,
+        }
+    })
+}
+
+/// CPU time (user + system) a process has used so far.
+pub fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
+    let path = format!("/proc/{pid}/stat");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    let ticks = parse_stat_cpu_ticks(&text).with_context(|| format!("parsing {path}"))?;
+    Ok(ticks_to_duration(ticks, clock_ticks_per_second()))
+}
+
+/// Converts clock ticks to a duration.
+pub fn ticks_to_duration(ticks: u64, per_second: u64) -> Duration {
+    let per_second = per_second.max(1);
+    Duration::from_secs(ticks / per_second)
+        + Duration::from_nanos((ticks % per_second) * 1_000_000_000 / per_second)
+}
+
+/// Resident memory of a process, in KiB.
+pub fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let path = format!("/proc/{pid}/status");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    parse_status_kib(&text, "VmRSS").with_context(|| format!("no VmRSS in {path}"))
+}
+
+/// Raises the soft open-file limit to the hard limit; returns the limit now
+/// in force.
+pub fn raise_nofile_limit() -> std::io::Result<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `limit` is a valid, writable rlimit for the call.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: `raised` is a valid rlimit; a soft limit up to the hard
+        // limit needs no privilege.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        limit = raised;
+    }
+    Ok(limit.rlim_cur as u64)
+}
+
+/// A few facts about the machine for the report: core count, kernel, CPU
+/// model.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct MachineInfo {
+    /// Cores available to this process.
+    pub cores: usize,
+    /// `/proc/sys/kernel/osrelease`.
+    pub kernel: String,
+    /// The first `model name` of `/proc/cpuinfo`.
+    pub cpu: String,
+}
+
+impl MachineInfo {
+    /// Reads the facts; unknown ones are `"?"`.
+    pub fn read() -> MachineInfo {
+        let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .map(|text| text.trim().to_string())
+            .unwrap_or_else(|_| "?".into());
+        let cpu = std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|text| parse_cpu_model(&text))
+            .unwrap_or_else(|| "?".into());
+        MachineInfo {
+            cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            kernel,
+            cpu,
+        }
+    }
+}
+
+/// The first `model name : ...` value of `/proc/cpuinfo`.
+pub fn parse_cpu_model(cpuinfo: &str) -> Option<String> {
+    cpuinfo.lines().find_map(|line| {
+        let (key, value) = line.split_once(':')?;
+        (key.trim() == "model name").then(|| value.trim().to_string())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_fields_are_counted_after_the_name() {
+        let stat = "4242 (serv er) (x)) S 1 4242 4242 0 -1 4194560 1234 0 0 0 \
+                    250 75 0 0 20 0 3 0 100 1000000 500 18446744073709551615";
+        assert_eq!(parse_stat_cpu_ticks(stat), Some(325));
+    }
+
+    #[test]
+    fn stat_of_this_process_parses() {
+        let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+        assert!(parse_stat_cpu_ticks(&stat).is_some());
+        assert!(cpu_time(std::process::id()).is_ok());
+    }
+
+    #[test]
+    fn truncated_stat_is_none() {
+        assert_eq!(parse_stat_cpu_ticks("1 (x) S 1 2 3"), None);
+        assert_eq!(parse_stat_cpu_ticks("no parenthesis"), None);
+    }
+
+    #[test]
+    fn status_values_in_kib() {
+        let status = "Name:\tservercore\nVmPeak:\t  20000 kB\nVmRSS:\t    5120 kB\nThreads:\t3\n";
+        assert_eq!(parse_status_kib(status, "VmRSS"), Some(5120));
+        assert_eq!(parse_status_kib(status, "VmPeak"), Some(20000));
+        assert_eq!(parse_status_kib(status, "Threads"), Some(3));
+        assert_eq!(parse_status_kib(status, "VmHWM"), None);
+        assert!(rss_kib(std::process::id()).unwrap() > 0);
+    }
+
+    #[test]
+    fn ticks_convert_exactly() {
+        assert_eq!(ticks_to_duration(250, 100), Duration::from_millis(2500));
+        assert_eq!(ticks_to_duration(3, 1000), Duration::from_millis(3));
+        assert_eq!(ticks_to_duration(0, 0), Duration::ZERO);
+    }
+
+    #[test]
+    fn cpu_model_line() {
+        let text = "processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 7B13\n";
+        assert_eq!(parse_cpu_model(text).as_deref(), Some("AMD EPYC 7B13"));
+        assert_eq!(parse_cpu_model("processor : 0\n"), None);
+    }
+}

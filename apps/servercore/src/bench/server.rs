@@ -1,0 +1,107 @@
+//! `servercore bench-server`: one benchmark server in its own process, so
+//! the harness can read its CPU time and memory from `/proc` without
+//! counting the load generator.
+//!
+//! Contract with the harness ([`super::child`]):
+//! - the first stdout line is `listening on ADDR (...)`;
+//! - each `sessions` line on stdin is answered with `sessions N` (the
+//!   connections the server holds now);
+//! - `quit` or the end of stdin stops the server and the process exits.
+
+use std::io::{BufRead, Write};
+
+use servercore::{Backend, ServerService};
+
+use super::tokio_server::{self, TokioServer};
+use super::{procfs, BenchServerArgs, Impl, Scenario};
+
+/// A running benchmark server of any implementation.
+enum Running {
+    Engine(ServerService),
+    Tokio(TokioServer),
+}
+
+impl Running {
+    fn start(args: &BenchServerArgs) -> anyhow::Result<Running> {
+        let backend = match args.implementation {
+            Impl::Uring => Backend::IoUring,
+            Impl::Poll => Backend::Poll,
+            Impl::Tokio => {
+                let kind = match args.scenario {
+                    Scenario::Echo | Scenario::Idle => tokio_server::Kind::Echo,
+                    Scenario::Broadcast => tokio_server::Kind::Chat,
+                };
+                return Ok(Running::Tokio(TokioServer::start(kind, args.addr, args.workers)?));
+            }
+        };
+        let service = match args.scenario {
+            Scenario::Echo | Scenario::Idle => {
+                let engine = crate::cli::EngineArgs {
+                    backend,
+                    workers: args.workers,
+                };
+                crate::echo::start(args.addr, &engine, args.max_sessions, false)?
+            }
+            Scenario::Broadcast => {
+                super::engine_chat::start(args.addr, backend, args.workers, args.max_sessions)?
+            }
+        };
+        Ok(Running::Engine(service))
+    }
+
+    fn local_addr(&self) -> std::net::SocketAddr {
+        match self {
+            Running::Engine(service) => service.local_addr(),
+            Running::Tokio(server) => server.local_addr(),
+        }
+    }
+
+    fn sessions(&self) -> usize {
+        match self {
+            Running::Engine(service) => service.stats().active_sessions,
+            Running::Tokio(server) => server.sessions(),
+        }
+    }
+
+    fn stop(self) {
+        match self {
+            Running::Engine(service) => {
+                service.stop();
+                service.join();
+            }
+            Running::Tokio(server) => server.stop(),
+        }
+    }
+}
+
+/// Runs one benchmark server until stdin ends.
+pub fn run(args: BenchServerArgs) -> anyhow::Result<()> {
+    if let Err(error) = procfs::raise_nofile_limit() {
+        tracing::warn!(%error, "could not raise the open-file limit");
+    }
+    let running = Running::start(&args)?;
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "listening on {} ({} {} server)",
+        running.local_addr(),
+        args.implementation.name(),
+        args.scenario.name()
+    )?;
+    out.flush()?;
+    for line in std::io::stdin().lock().lines() {
+        let line = match line {
+            Ok(line) => line,
+            Err(_) => break,
+        };
+        match line.trim() {
+            "sessions" => writeln!(out, "sessions {}", running.sessions())?,
+            "quit" => break,
+            "" => continue,
+            other => writeln!(out, "error unknown command {other:?}")?,
+        }
+        out.flush()?;
+    }
+    running.stop();
+    Ok(())
+}

@@ -1,0 +1,220 @@
+//! The plain tokio baseline every scenario is compared with, written the
+//! idiomatic way: one task per connection on a multi-thread runtime.
+//!
+//! - echo (and idle): the tokio tutorial's echo loop, `read` into a 1 KiB
+//!   buffer owned by the task, `write_all` it back;
+//! - broadcast: the same room logic as the engine's chat server
+//!   ([`super::chat`]); the connection task reads and handles packets, and a
+//!   writer task per session drains everything queued on its unbounded
+//!   channel (`recv_many`) into one `write_vectored` loop. A chat builds one
+//!   `Bytes` that every member's channel shares.
+
+use std::collections::HashMap;
+use std::io::IoSlice;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+
+use super::chat::{Action, ChatPeer, PlayerIds};
+use super::proto;
+
+/// Which server the baseline runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Echo every byte back.
+    Echo,
+    /// The chat room of the broadcast scenario.
+    Chat,
+}
+
+/// A running tokio baseline server.
+pub struct TokioServer {
+    runtime: tokio::runtime::Runtime,
+    local_addr: SocketAddr,
+    sessions: Arc<AtomicUsize>,
+}
+
+impl TokioServer {
+    /// Binds `addr` and starts serving on a runtime of `workers` threads
+    /// (default: available cores, tokio's own default).
+    pub fn start(kind: Kind, addr: SocketAddr, workers: Option<usize>) -> anyhow::Result<TokioServer> {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.enable_all();
+        if let Some(workers) = workers {
+            builder.worker_threads(workers);
+        }
+        let runtime = builder.build()?;
+        let listener = runtime.block_on(TcpListener::bind(addr))?;
+        let local_addr = listener.local_addr()?;
+        let sessions = Arc::new(AtomicUsize::new(0));
+        runtime.spawn(accept_loop(kind, listener, sessions.clone()));
+        Ok(TokioServer {
+            runtime,
+            local_addr,
+            sessions,
+        })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Connections open now.
+    pub fn sessions(&self) -> usize {
+        self.sessions.load(Ordering::Relaxed)
+    }
+
+    /// Stops serving and drops every connection.
+    pub fn stop(self) {
+        self.runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    }
+}
+
+/// Counts a connection for as long as it lives.
+struct Counted(Arc<AtomicUsize>);
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+async fn accept_loop(kind: Kind, listener: TcpListener, sessions: Arc<AtomicUsize>) {
+    let room = Arc::new(Room::default());
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(error) => {
+                // EMFILE and friends: back off a little and keep accepting.
+                tracing::warn!(%error, "tokio baseline: accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        sessions.fetch_add(1, Ordering::Relaxed);
+        let counted = Counted(sessions.clone());
+        match kind {
+            Kind::Echo => {
+                tokio::spawn(async move {
+                    let _counted = counted;
+                    echo(stream).await;
+                });
+            }
+            Kind::Chat => {
+                let room = room.clone();
+                tokio::spawn(async move {
+                    let _counted = counted;
+                    chat(stream, room).await;
+                });
+            }
+        }
+    }
+}
+
+async fn echo(mut stream: TcpStream) {
+    let mut buf = vec![0u8; 1024];
+    loop {
+        let n = match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if stream.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The one chat room: each member's outgoing channel, by connection number.
+#[derive(Default)]
+struct Room {
+    members: Mutex<HashMap<u64, mpsc::UnboundedSender<Bytes>>>,
+    ids: PlayerIds,
+    next_connection: AtomicU64,
+}
+
+impl Room {
+    fn broadcast(&self, packet: &Bytes) {
+        let members = self.members.lock().expect("room lock");
+        for member in members.values() {
+            let _ = member.send(packet.clone());
+        }
+    }
+}
+
+async fn chat(stream: TcpStream, room: Arc<Room>) {
+    let connection = room.next_connection.fetch_add(1, Ordering::Relaxed);
+    let (mut reader, writer) = stream.into_split();
+    let (tx, rx) = mpsc::unbounded_channel::<Bytes>();
+    let writer = tokio::spawn(write_queued(writer, rx));
+    let mut peer = ChatPeer::new();
+    let mut buf = BytesMut::with_capacity(4096);
+    'read: loop {
+        match reader.read_buf(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+        loop {
+            let (len, action) = match proto::split_frame(&buf) {
+                Ok(Some(frame)) => (frame.len, peer.handle(&room.ids, frame.id, frame.body)),
+                Ok(None) => break,
+                Err(_) => break 'read,
+            };
+            buf.advance(len);
+            match action {
+                Ok(None) => {}
+                Ok(Some(Action::Reply(packet))) => {
+                    let _ = tx.send(packet);
+                }
+                Ok(Some(Action::Enter { reply, .. })) => {
+                    room.members
+                        .lock()
+                        .expect("room lock")
+                        .insert(connection, tx.clone());
+                    let _ = tx.send(reply);
+                }
+                Ok(Some(Action::Broadcast(packet))) => room.broadcast(&packet),
+                Err(_) => break 'read,
+            }
+        }
+        buf.reserve(4096);
+    }
+    room.members.lock().expect("room lock").remove(&connection);
+    drop(tx);
+    let _ = writer.await;
+}
+
+/// The writer task of one chat session: waits for the first queued packet,
+/// takes everything else queued with it, and writes the lot with one
+/// gathered write (more only if the socket takes it partially).
+async fn write_queued(mut writer: OwnedWriteHalf, mut rx: mpsc::UnboundedReceiver<Bytes>) {
+    // IOV_MAX on Linux.
+    const MAX_BATCH: usize = 1024;
+    let mut batch = Vec::with_capacity(64);
+    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        if write_all_vectored(&mut writer, &batch).await.is_err() {
+            return;
+        }
+        batch.clear();
+    }
+}
+
+async fn write_all_vectored(writer: &mut OwnedWriteHalf, batch: &[Bytes]) -> std::io::Result<()> {
+    let mut slices: Vec<IoSlice<'_>> = batch.iter().map(|bytes| IoSlice::new(bytes)).collect();
+    let mut slices = &mut slices[..];
+    while !slices.is_empty() {
+        let written = writer.write_vectored(slices).await?;
+        if written == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        IoSlice::advance_slices(&mut slices, written);
+    }
+    Ok(())
+}

@@ -1,0 +1,242 @@
+//! The settings of a load run ([`LoadConfig`]), the `--duration` parser and
+//! the choice of local source addresses.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use servercore::Backend;
+
+/// Connections one local source address takes before the next one is used.
+/// Linux gives each source address its own ephemeral ports (28,232 by
+/// default), so this leaves room for the rest of the machine.
+pub const SESSIONS_PER_SOURCE_ADDR: usize = 20_000;
+
+/// Everything a load run needs: the target, how many sessions, how fast
+/// they chat and for how long, and the engine options of the client side.
+///
+/// ```ignore
+/// let mut config = LoadConfig::new("127.0.0.1:7777".parse()?);
+/// config.sessions = 200;
+/// config.duration = Duration::from_secs(10);
+/// let report = run_load(config, true)?;
+/// ```
+#[derive(Debug, Clone)]
+pub struct LoadConfig {
+    /// The game server.
+    pub addr: SocketAddr,
+    /// How many sessions to connect.
+    pub sessions: usize,
+    /// `C_CHAT` messages per second per session (0: log in, enter and stay
+    /// idle; fractions allowed: 0.5 is one message every 2 s).
+    pub rate: f64,
+    /// How long the sessions chat, from the moment every session entered
+    /// the game (or the set-up timeout passed).
+    pub duration: Duration,
+    /// Bytes of chat text per message.
+    pub message_bytes: usize,
+    /// The client side's I/O backend.
+    pub backend: Backend,
+    /// The client side's worker threads (None: available cores).
+    pub workers: Option<usize>,
+    /// Local source addresses to spread connections over. None: chosen
+    /// automatically (see [`plan_source_addrs`]); an empty list: the
+    /// system's choice.
+    pub source_addrs: Option<Vec<IpAddr>>,
+    /// Time allowed for each connect.
+    pub connect_timeout: Duration,
+    /// Longest wait for every session to connect, log in and enter before
+    /// the chat starts anyway.
+    pub setup_timeout: Duration,
+    /// Longest wait after the chat window for the last messages in flight.
+    pub drain_timeout: Duration,
+    /// Account names are this prefix followed by the session number, so a
+    /// second run against the same server reuses the same accounts.
+    pub account_prefix: String,
+}
+
+impl LoadConfig {
+    /// The defaults of `servercore client` against `addr`: 500 sessions,
+    /// one message per second each, for 30 s.
+    pub fn new(addr: SocketAddr) -> LoadConfig {
+        LoadConfig {
+            addr,
+            sessions: 500,
+            rate: 1.0,
+            duration: Duration::from_secs(30),
+            message_bytes: 32,
+            backend: Backend::Auto,
+            workers: None,
+            source_addrs: None,
+            connect_timeout: Duration::from_secs(5),
+            setup_timeout: Duration::from_secs(60),
+            drain_timeout: Duration::from_secs(5),
+            account_prefix: "dummy".to_owned(),
+        }
+    }
+
+    /// Checks the settings.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.rate.is_finite() && self.rate >= 0.0,
+            "rate must be a non-negative number of messages per second, not {}",
+            self.rate
+        );
+        anyhow::ensure!(
+            self.rate <= 1_000_000.0,
+            "rate {} is above one message per microsecond",
+            self.rate
+        );
+        anyhow::ensure!(
+            self.message_bytes <= 60_000,
+            "messages of {} bytes do not fit a packet",
+            self.message_bytes
+        );
+        Ok(())
+    }
+
+    /// The time between two messages of one session (None at rate 0).
+    pub fn period(&self) -> Option<Duration> {
+        (self.rate > 0.0).then(|| Duration::from_secs_f64(1.0 / self.rate))
+    }
+
+    /// The source addresses the run will use: the configured ones, or
+    /// [`plan_source_addrs`].
+    pub fn resolved_source_addrs(&self) -> Vec<IpAddr> {
+        match &self.source_addrs {
+            Some(addrs) => addrs.clone(),
+            None => plan_source_addrs(self.addr, self.sessions),
+        }
+    }
+}
+
+/// Local source addresses for `sessions` connections to `target`: none (the
+/// system picks) while one address has ports enough, else 127.0.0.1,
+/// 127.0.0.2, ... for an IPv4 loopback target (Linux routes the whole
+/// 127/8 to loopback), one address per [`SESSIONS_PER_SOURCE_ADDR`]
+/// connections. Other targets always get the system's choice.
+pub fn plan_source_addrs(target: SocketAddr, sessions: usize) -> Vec<IpAddr> {
+    let per_addr = SESSIONS_PER_SOURCE_ADDR.min(ephemeral_ports() * 3 / 4).max(1);
+    match target.ip() {
+        IpAddr::V4(ip) if ip.is_loopback() && sessions > per_addr => {
+            let count = sessions.div_ceil(per_addr).min(254);
+            (1..=count as u8)
+                .map(|last| IpAddr::V4(Ipv4Addr::new(127, 0, 0, last)))
+                .collect()
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// How many ephemeral ports one local address has (Linux's
+/// `ip_local_port_range`, or its default where it cannot be read).
+fn ephemeral_ports() -> usize {
+    const DEFAULT: usize = 60_999 - 32_768 + 1;
+    let Ok(text) = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range") else {
+        return DEFAULT;
+    };
+    let mut bounds = text.split_whitespace().map(str::parse::<usize>);
+    match (bounds.next(), bounds.next()) {
+        (Some(Ok(low)), Some(Ok(high))) if high >= low => high - low + 1,
+        _ => DEFAULT,
+    }
+}
+
+/// Parses a duration such as `30s`, `2m`, `500ms`, `1h`, `1m30s` or `1.5s`;
+/// a bare number is seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Err("empty duration".to_owned());
+    }
+    if let Ok(seconds) = text.parse::<f64>() {
+        return seconds_to_duration(seconds, text);
+    }
+    let mut total = 0.0f64;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let number_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(|| format!("{text:?}: a number needs a unit (ms, s, m, h)"))?;
+        if number_len == 0 {
+            return Err(format!("{text:?}: expected a number at {rest:?}"));
+        }
+        let number: f64 = rest[..number_len]
+            .parse()
+            .map_err(|_| format!("{text:?}: bad number {:?}", &rest[..number_len]))?;
+        rest = &rest[number_len..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let scale = match rest[..unit_len].trim() {
+            "us" | "µs" => 1e-6,
+            "ms" => 1e-3,
+            "s" | "sec" | "secs" => 1.0,
+            "m" | "min" | "mins" => 60.0,
+            "h" | "hr" | "hrs" => 3600.0,
+            unit => {
+                return Err(format!(
+                    "{text:?}: unknown unit {unit:?} (use us, ms, s, m or h)"
+                ))
+            }
+        };
+        total += number * scale;
+        rest = &rest[unit_len..];
+    }
+    seconds_to_duration(total, text)
+}
+
+fn seconds_to_duration(seconds: f64, text: &str) -> Result<Duration, String> {
+    Duration::try_from_secs_f64(seconds).map_err(|_| format!("{text:?}: not a valid duration"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        let ok = |text: &str, millis: u64| {
+            assert_eq!(parse_duration(text), Ok(Duration::from_millis(millis)), "{text}");
+        };
+        ok("30s", 30_000);
+        ok("2m", 120_000);
+        ok("500ms", 500);
+        ok("1h", 3_600_000);
+        ok("1m30s", 90_000);
+        ok("1.5s", 1_500);
+        ok("10", 10_000);
+        ok(" 0.25 ", 250);
+        ok("0s", 0);
+        assert_eq!(parse_duration("250us"), Ok(Duration::from_micros(250)));
+        for bad in ["", "s", "10x", "-1s", "1.2.3s", "ms10", "-5"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} should be refused");
+        }
+    }
+
+    #[test]
+    fn source_addresses() {
+        let loopback: SocketAddr = "127.0.0.1:7777".parse().unwrap();
+        assert!(plan_source_addrs(loopback, 500).is_empty());
+        let many = plan_source_addrs(loopback, 100_000);
+        assert!(many.len() >= 5, "{many:?}");
+        assert_eq!(many[0], IpAddr::V4(Ipv4Addr::LOCALHOST));
+        assert_eq!(many[1], "127.0.0.2".parse::<IpAddr>().unwrap());
+        let v6: SocketAddr = "[::1]:7777".parse().unwrap();
+        assert!(plan_source_addrs(v6, 100_000).is_empty());
+        let remote: SocketAddr = "192.0.2.1:7777".parse().unwrap();
+        assert!(plan_source_addrs(remote, 100_000).is_empty());
+    }
+
+    #[test]
+    fn config_checks() {
+        let mut config = LoadConfig::new("127.0.0.1:1".parse().unwrap());
+        assert!(config.validate().is_ok());
+        assert_eq!(config.period(), Some(Duration::from_secs(1)));
+        config.rate = 0.0;
+        assert_eq!(config.period(), None);
+        config.rate = f64::NAN;
+        assert!(config.validate().is_err());
+        config.rate = -1.0;
+        assert!(config.validate().is_err());
+    }
+}

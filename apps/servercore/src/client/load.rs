@@ -1,0 +1,216 @@
+//! [`run_load`]: one load run from start to report, for `servercore client`,
+//! `servercore demo` and the benchmarks.
+//!
+//! The phases:
+//! 1. **set-up**: the sessions connect (spread over the source addresses),
+//!    log in and enter the game; the run waits until every connected
+//!    session is in game or gave up, and every connect was tried (at most
+//!    [`LoadConfig::setup_timeout`]);
+//! 2. **chat**: the window opens for [`LoadConfig::duration`]; each session
+//!    sends at its staggered slot, once per period;
+//! 3. **drain**: sending stops; the run waits for the messages in flight
+//!    (every message back to its sender and deliveries quiet), at most
+//!    [`LoadConfig::drain_timeout`];
+//! 4. **stop**: the sessions are closed and the report built.
+//!
+//! Messages sent before every session has entered would reach fewer
+//! members; the set-up barrier keeps `deliveries = sent × members` exact on
+//! a healthy run.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use servercore::packet::{PacketConfig, PacketSession, RateLimits};
+use servercore::ClientService;
+use servercore_protocol::CLIENT_RECEIVES_IDS;
+
+use super::config::LoadConfig;
+use super::progress::Progress;
+use super::report::{LatencySummary, LoadReport, SessionSummary};
+use super::session::{GameClient, RunShared};
+use super::stats::{kind, LoadStats};
+use crate::shutdown::StopSignal;
+
+/// How often the run looks at its counters and redraws the progress.
+const TICK: Duration = Duration::from_millis(100);
+
+/// Connect failures logged one by one; the rest are only counted.
+const LOGGED_CONNECT_ERRORS: u64 = 5;
+
+/// Runs one load test as `config` says and returns its report. Shows the
+/// live progress on standard error when `progress` (and it is a terminal).
+/// Ctrl-C ends the chat early; the report then says `interrupted`.
+///
+/// Sessions that fail are counted in the report, never an error of this
+/// function, which fails only when the client service cannot start.
+pub fn run_load(config: LoadConfig, progress: bool) -> anyhow::Result<LoadReport> {
+    run_load_until(config, progress, &StopSignal::install())
+}
+
+/// [`run_load`] with the caller's stop signal.
+pub fn run_load_until(
+    config: LoadConfig,
+    progress: bool,
+    stop: &StopSignal,
+) -> anyhow::Result<LoadReport> {
+    config.validate()?;
+    let sources = config.resolved_source_addrs();
+    let shared = Arc::new(RunShared::new(
+        config.period(),
+        config.message_bytes,
+        &config.account_prefix,
+    ));
+    let mut display = Progress::new(progress, config.sessions);
+    let clients = start_clients(&config, &sources, &shared)?;
+    let stats = &shared.stats;
+
+    // 1. Set-up: everyone connects, logs in and enters.
+    let setup_end = Instant::now() + config.setup_timeout;
+    while Instant::now() < setup_end && !stop.is_set() {
+        display.setup(stats);
+        let settled = LoadStats::get(&stats.entered) + LoadStats::get(&stats.gave_up);
+        if clients.connecting_done() && settled >= clients.connected() {
+            break;
+        }
+        stop.wait(TICK);
+    }
+
+    // 2. Chat for the window.
+    display.start_chat(config.duration, stats);
+    let (chat_start, chat_end) = shared.open_chat(config.duration);
+    loop {
+        let now = Instant::now();
+        if now >= chat_end || stop.is_set() {
+            break;
+        }
+        display.chat(now - chat_start, stats);
+        stop.wait(TICK.min(chat_end - now));
+    }
+    shared.close_chat();
+    let chat_time = chat_start.elapsed().min(config.duration);
+    display.chat(chat_time, stats);
+
+    // 3. Drain what is in flight.
+    display.draining();
+    if config.period().is_some() {
+        drain(&config, stats, stop);
+    }
+
+    // 4. Stop the sessions; what ends now is not an error.
+    stats.finishing.store(true, Ordering::Release);
+    clients.stop();
+    clients.join();
+    display.finish();
+
+    Ok(build_report(
+        &config,
+        &sources,
+        &clients,
+        stats,
+        chat_time,
+        stop.is_set(),
+    ))
+}
+
+fn start_clients(
+    config: &LoadConfig,
+    sources: &[std::net::IpAddr],
+    shared: &Arc<RunShared>,
+) -> anyhow::Result<ClientService> {
+    let packet_config = PacketConfig::default()
+        .with_known_ids(CLIENT_RECEIVES_IDS.iter().copied())
+        .with_rate_limits(RateLimits::unlimited());
+    let on_error = Arc::clone(shared);
+    let factory = Arc::clone(shared);
+    let mut builder = ClientService::builder(config.addr)
+        .backend(config.backend)
+        .sessions(config.sessions)
+        .source_addrs(sources.to_vec())
+        .connect_timeout(config.connect_timeout)
+        .shutdown_timeout(Duration::from_secs(2))
+        .on_connect_error(move |failure| {
+            let stats = &on_error.stats;
+            let failed = stats.connect_failed.fetch_add(1, Ordering::Relaxed) + 1;
+            stats.error(kind::CONNECT_FAILED);
+            if failed <= LOGGED_CONNECT_ERRORS {
+                tracing::warn!(
+                    session = failure.index,
+                    addr = %failure.addr,
+                    "connect failed: {}",
+                    failure.error
+                );
+            }
+        })
+        .session(move || PacketSession::new(GameClient::new(Arc::clone(&factory)), packet_config.clone()));
+    if let Some(workers) = config.workers {
+        builder = builder.workers(workers);
+    }
+    Ok(builder.start()?)
+}
+
+/// Waits until every message sent came back to its sender and deliveries
+/// have been quiet for a moment, or deliveries stopped for a second, or the
+/// drain timeout passed.
+fn drain(config: &LoadConfig, stats: &LoadStats, stop: &StopSignal) {
+    const QUIET_WHEN_COMPLETE: Duration = Duration::from_millis(150);
+    const QUIET_GIVE_UP: Duration = Duration::from_secs(1);
+    let deadline = Instant::now() + config.drain_timeout;
+    let mut last = LoadStats::get(&stats.deliveries);
+    let mut quiet_since = Instant::now();
+    while Instant::now() < deadline && !stop.is_set() {
+        stop.wait(Duration::from_millis(25));
+        let now = Instant::now();
+        let deliveries = LoadStats::get(&stats.deliveries);
+        if deliveries != last {
+            last = deliveries;
+            quiet_since = now;
+            continue;
+        }
+        let quiet = now - quiet_since;
+        let complete = LoadStats::get(&stats.own_echoes) >= LoadStats::get(&stats.sent);
+        if (complete && quiet >= QUIET_WHEN_COMPLETE) || quiet >= QUIET_GIVE_UP {
+            break;
+        }
+    }
+}
+
+fn build_report(
+    config: &LoadConfig,
+    sources: &[std::net::IpAddr],
+    clients: &ClientService,
+    stats: &LoadStats,
+    chat_time: Duration,
+    interrupted: bool,
+) -> LoadReport {
+    let chat_secs = chat_time.as_secs_f64();
+    let per_sec = |n: u64| if chat_secs > 0.0 { n as f64 / chat_secs } else { 0.0 };
+    let sent = LoadStats::get(&stats.sent);
+    let deliveries = LoadStats::get(&stats.deliveries);
+    let connect_failed = clients.failed();
+    let errors = stats.errors();
+    LoadReport {
+        addr: config.addr.to_string(),
+        backend: clients.backend().to_string(),
+        rate_per_session: config.rate,
+        duration_secs: config.duration.as_secs_f64(),
+        chat_secs,
+        source_addrs: sources.iter().map(ToString::to_string).collect(),
+        interrupted,
+        sessions: SessionSummary {
+            requested: config.sessions as u64,
+            connected: clients.connected(),
+            logged_in: LoadStats::get(&stats.logged_in),
+            entered: LoadStats::get(&stats.entered),
+            failed: connect_failed + LoadStats::get(&stats.failed_sessions),
+        },
+        messages_sent: sent,
+        deliveries_received: deliveries,
+        own_echoes: LoadStats::get(&stats.own_echoes),
+        sent_per_sec: per_sec(sent),
+        deliveries_per_sec: per_sec(deliveries),
+        latency_us: LatencySummary::from_histogram(&stats.latency_snapshot()),
+        errors_total: errors.values().sum(),
+        errors,
+    }
+}

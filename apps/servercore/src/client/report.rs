@@ -1,0 +1,317 @@
+//! The result of a load run: [`LoadReport`], printed as a table for people
+//! and written as JSON for scripts (the same numbers in both).
+
+use std::collections::BTreeMap;
+use std::fmt::{self, Write as _};
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+
+/// Everything a load run measured. Serialises to the JSON that
+/// `servercore client --json FILE` writes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoadReport {
+    /// The server address.
+    pub addr: String,
+    /// The client side's backend (`io_uring` or `poll`).
+    pub backend: String,
+    /// `C_CHAT` messages per second per session, as configured.
+    pub rate_per_session: f64,
+    /// The chat window asked for, in seconds.
+    pub duration_secs: f64,
+    /// How long the sessions actually chatted, in seconds (shorter when the
+    /// run was interrupted).
+    pub chat_secs: f64,
+    /// The local source addresses the connections were spread over (empty:
+    /// the system's choice).
+    pub source_addrs: Vec<String>,
+    /// True if Ctrl-C ended the run early.
+    pub interrupted: bool,
+    /// What became of the sessions.
+    pub sessions: SessionSummary,
+    /// `C_CHAT` messages queued by all sessions.
+    pub messages_sent: u64,
+    /// `S_CHAT` messages received by all sessions: each message sent counts
+    /// once per room member who received it.
+    pub deliveries_received: u64,
+    /// `S_CHAT` messages that came back to their own sender: the latency
+    /// samples.
+    pub own_echoes: u64,
+    /// Messages sent per second of chat.
+    pub sent_per_sec: f64,
+    /// Deliveries received per second of chat.
+    pub deliveries_per_sec: f64,
+    /// Send-to-own-receive latency of the chat messages.
+    pub latency_us: LatencySummary,
+    /// Errors by kind: `connect_failed`, `login_refused`, `enter_refused`,
+    /// `malformed_reply`, `never_entered`, `disconnect:<reason>`.
+    pub errors: BTreeMap<String, u64>,
+    /// All errors.
+    pub errors_total: u64,
+}
+
+/// The sessions of a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionSummary {
+    /// Sessions asked for.
+    pub requested: u64,
+    /// Sessions whose connect succeeded.
+    pub connected: u64,
+    /// Sessions that logged in.
+    pub logged_in: u64,
+    /// Sessions that entered the game.
+    pub entered: u64,
+    /// Sessions that failed: connect failures plus connected sessions that
+    /// met an error (refused, disconnected early, malformed reply, never
+    /// entered).
+    pub failed: u64,
+}
+
+/// Latency percentiles in microseconds (all 0 without samples).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct LatencySummary {
+    /// Number of samples.
+    pub samples: u64,
+    /// Mean.
+    pub mean: f64,
+    /// Smallest sample.
+    pub min: u64,
+    /// Median.
+    pub p50: u64,
+    /// 90th percentile.
+    pub p90: u64,
+    /// 99th percentile.
+    pub p99: u64,
+    /// 99.9th percentile.
+    pub p999: u64,
+    /// Largest sample.
+    pub max: u64,
+}
+
+impl LatencySummary {
+    /// Summarises a histogram of microseconds.
+    pub fn from_histogram(histogram: &Histogram<u64>) -> LatencySummary {
+        if histogram.is_empty() {
+            return LatencySummary {
+                samples: 0,
+                mean: 0.0,
+                min: 0,
+                p50: 0,
+                p90: 0,
+                p99: 0,
+                p999: 0,
+                max: 0,
+            };
+        }
+        LatencySummary {
+            samples: histogram.len(),
+            mean: histogram.mean(),
+            min: histogram.min(),
+            p50: histogram.value_at_quantile(0.50),
+            p90: histogram.value_at_quantile(0.90),
+            p99: histogram.value_at_quantile(0.99),
+            p999: histogram.value_at_quantile(0.999),
+            max: histogram.max(),
+        }
+    }
+}
+
+impl LoadReport {
+    /// Writes the report as pretty JSON to `path` (`-`: standard output).
+    pub fn write_json(&self, path: &Path) -> anyhow::Result<()> {
+        let text = serde_json::to_string_pretty(self)? + "\n";
+        if path == Path::new("-") {
+            print!("{text}");
+            return Ok(());
+        }
+        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+    }
+
+    /// The report as a table, one metric a line.
+    pub fn table(&self) -> String {
+        let mut rows: Vec<(String, String)> = Vec::new();
+        let mut row = |name: &str, value: String| rows.push((name.to_owned(), value));
+        let s = &self.sessions;
+        row("sessions connected", format!("{} / {}", count(s.connected), count(s.requested)));
+        row("sessions in game", count(s.entered));
+        row("sessions failed", count(s.failed));
+        row(
+            "messages sent",
+            format!("{} ({}/s)", count(self.messages_sent), rate(self.sent_per_sec)),
+        );
+        row("deliveries received", count(self.deliveries_received));
+        row("deliveries per second", rate(self.deliveries_per_sec));
+        let l = &self.latency_us;
+        if l.samples == 0 {
+            row("latency", "no samples".to_owned());
+        } else {
+            row("latency p50", micros(l.p50));
+            row("latency p90", micros(l.p90));
+            row("latency p99", micros(l.p99));
+            row("latency p99.9", micros(l.p999));
+            row("latency max", micros(l.max));
+            row("latency samples", count(l.samples));
+        }
+        if self.errors.is_empty() {
+            row("errors", "none".to_owned());
+        } else {
+            for (kind, n) in &self.errors {
+                row(&format!("errors: {kind}"), count(*n));
+            }
+        }
+        let width = rows.iter().map(|(name, _)| name.len()).max().unwrap_or(0);
+        let value_width = rows.iter().map(|(_, value)| value.chars().count()).max().unwrap_or(0);
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "{} sessions -> {} (backend {}), {} msg/s each, {:.1} s of chat{}",
+            count(s.requested),
+            self.addr,
+            self.backend,
+            trim_float(self.rate_per_session),
+            self.chat_secs,
+            if self.interrupted { " (interrupted)" } else { "" }
+        );
+        let _ = writeln!(out, "  {:-<width$}  {:-<value_width$}", "", "");
+        for (name, value) in &rows {
+            let _ = writeln!(out, "  {name:<width$}  {value:>value_width$}");
+        }
+        let _ = write!(out, "  {:-<width$}  {:-<value_width$}", "", "");
+        out
+    }
+}
+
+impl fmt::Display for LoadReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.table())
+    }
+}
+
+/// An integer with thousands separators: `1,234,567`.
+pub fn count(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// A per-second figure: separators, one decimal below 100.
+pub fn rate(per_sec: f64) -> String {
+    if per_sec < 100.0 {
+        format!("{per_sec:.1}")
+    } else {
+        count(per_sec.round() as u64)
+    }
+}
+
+/// A latency in microseconds, in the unit that reads best.
+pub fn micros(us: u64) -> String {
+    human_duration(Duration::from_micros(us))
+}
+
+/// A duration as `850 µs`, `1.25 ms` or `2.40 s`.
+pub fn human_duration(d: Duration) -> String {
+    let us = d.as_micros();
+    if us < 1_000 {
+        format!("{us} µs")
+    } else if us < 1_000_000 {
+        format!("{:.2} ms", us as f64 / 1e3)
+    } else {
+        format!("{:.2} s", us as f64 / 1e6)
+    }
+}
+
+fn trim_float(x: f64) -> String {
+    let text = format!("{x:.3}");
+    text.trim_end_matches('0').trim_end_matches('.').to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> LoadReport {
+        let mut histogram = crate::client::stats::new_histogram();
+        for us in [100, 200, 300, 400, 5_000] {
+            histogram.record(us).unwrap();
+        }
+        LoadReport {
+            addr: "127.0.0.1:7777".into(),
+            backend: "poll".into(),
+            rate_per_session: 1.0,
+            duration_secs: 10.0,
+            chat_secs: 10.0,
+            source_addrs: vec![],
+            interrupted: false,
+            sessions: SessionSummary {
+                requested: 200,
+                connected: 200,
+                logged_in: 200,
+                entered: 200,
+                failed: 0,
+            },
+            messages_sent: 2_000,
+            deliveries_received: 400_000,
+            own_echoes: 2_000,
+            sent_per_sec: 200.0,
+            deliveries_per_sec: 40_000.0,
+            latency_us: LatencySummary::from_histogram(&histogram),
+            errors: BTreeMap::from([("disconnect:reset".to_owned(), 2)]),
+            errors_total: 2,
+        }
+    }
+
+    #[test]
+    fn formats() {
+        assert_eq!(count(0), "0");
+        assert_eq!(count(999), "999");
+        assert_eq!(count(1_000), "1,000");
+        assert_eq!(count(1_234_567), "1,234,567");
+        assert_eq!(rate(12.345), "12.3");
+        assert_eq!(rate(40_000.4), "40,000");
+        assert_eq!(micros(850), "850 µs");
+        assert_eq!(micros(1_250), "1.25 ms");
+        assert_eq!(micros(2_400_000), "2.40 s");
+        assert_eq!(trim_float(1.0), "1");
+        assert_eq!(trim_float(0.25), "0.25");
+    }
+
+    #[test]
+    fn table_and_json_carry_the_same_numbers() {
+        let report = sample();
+        let table = report.table();
+        for needle in [
+            "sessions connected",
+            "200 / 200",
+            "400,000",
+            "40,000",
+            "latency p99.9",
+            "5.00 ms",
+            "errors: disconnect:reset",
+        ] {
+            assert!(table.contains(needle), "{needle:?} missing from\n{table}");
+        }
+        let json = serde_json::to_string(&report).unwrap();
+        let back: LoadReport = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, report);
+        let value: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(value["sessions"]["connected"], 200);
+        assert_eq!(value["latency_us"]["p50"], 300);
+        assert_eq!(value["errors"]["disconnect:reset"], 2);
+    }
+
+    #[test]
+    fn empty_latency() {
+        let summary = LatencySummary::from_histogram(&crate::client::stats::new_histogram());
+        assert_eq!(summary.samples, 0);
+        assert_eq!(summary.max, 0);
+    }
+}

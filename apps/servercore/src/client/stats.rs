@@ -1,0 +1,195 @@
+//! What a load run measures, shared by every dummy session, the progress
+//! display and the final report: session counters, message counters, chat
+//! latency (hdrhistogram) and errors by kind.
+//!
+//! Counters are plain atomics. Latency samples (one per chat message that
+//! comes back to its sender) go into two histograms under one lock: the
+//! run's total, and a recent window the progress display reads and resets
+//! for its running p99.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use parking_lot::Mutex;
+
+/// Highest latency the histograms track exactly (60 s, in µs); larger
+/// samples are clamped to it.
+const MAX_TRACKED_US: u64 = 60_000_000;
+
+/// Microseconds since a process-wide monotonic epoch, never 0 (0 means
+/// "unset" for a proto3 field). Only ever compared within this process.
+pub fn now_us() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    let epoch = *EPOCH.get_or_init(Instant::now);
+    u64::try_from(epoch.elapsed().as_micros())
+        .unwrap_or(u64::MAX - 1)
+        .saturating_add(1)
+}
+
+/// A new latency histogram: 1 µs to 60 s, 3 significant figures.
+pub fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, MAX_TRACKED_US, 3).expect("static histogram bounds are valid")
+}
+
+/// Error kinds, as they appear in the report.
+pub mod kind {
+    /// A connect that failed.
+    pub const CONNECT_FAILED: &str = "connect_failed";
+    /// The server answered `S_LOGIN` with `success = false` (or no player).
+    pub const LOGIN_REFUSED: &str = "login_refused";
+    /// The server answered `S_ENTER_GAME` with `success = false`.
+    pub const ENTER_REFUSED: &str = "enter_refused";
+    /// A reply that did not decode, arrived out of order, or carried
+    /// impossible values.
+    pub const MALFORMED_REPLY: &str = "malformed_reply";
+    /// A session connected but had not entered the game when the chat
+    /// window closed.
+    pub const NEVER_ENTERED: &str = "never_entered";
+    /// Prefix of "the session was disconnected during the run", followed by
+    /// [`servercore::DisconnectReason::name`].
+    pub const DISCONNECT_PREFIX: &str = "disconnect:";
+}
+
+/// Counters and latency of one load run.
+#[derive(Default)]
+pub struct LoadStats {
+    /// Sessions whose connection was established.
+    pub connected: AtomicU64,
+    /// Connects that failed.
+    pub connect_failed: AtomicU64,
+    /// Sessions that got a successful `S_LOGIN`.
+    pub logged_in: AtomicU64,
+    /// Sessions that got a successful `S_ENTER_GAME`.
+    pub entered: AtomicU64,
+    /// Sessions that ended before entering the game, during the run
+    /// (refused, dropped, malformed replies).
+    pub gave_up: AtomicU64,
+    /// Sessions that connected and then failed in any way (each counted
+    /// once, under its first error).
+    pub failed_sessions: AtomicU64,
+    /// Sessions disconnected in any way, the run's own stop included.
+    pub disconnected: AtomicU64,
+    /// `C_CHAT` messages queued.
+    pub sent: AtomicU64,
+    /// `S_CHAT` messages received, by every session, from anyone.
+    pub deliveries: AtomicU64,
+    /// `S_CHAT` messages that came back to their own sender (latency samples).
+    pub own_echoes: AtomicU64,
+    /// Set when the run stops its sessions: disconnects after it are not
+    /// errors.
+    pub finishing: AtomicBool,
+    latency: Mutex<Latency>,
+    errors: Mutex<BTreeMap<String, u64>>,
+}
+
+struct Latency {
+    total: Histogram<u64>,
+    recent: Histogram<u64>,
+}
+
+impl Default for Latency {
+    fn default() -> Self {
+        Latency {
+            total: new_histogram(),
+            recent: new_histogram(),
+        }
+    }
+}
+
+impl LoadStats {
+    /// Adds one latency sample, in microseconds.
+    pub fn record_latency(&self, micros: u64) {
+        let micros = micros.clamp(1, MAX_TRACKED_US);
+        let mut latency = self.latency.lock();
+        latency.total.saturating_record(micros);
+        latency.recent.saturating_record(micros);
+    }
+
+    /// Counts one error of `kind`.
+    pub fn error(&self, kind: &str) {
+        let mut errors = self.errors.lock();
+        match errors.get_mut(kind) {
+            Some(count) => *count += 1,
+            None => {
+                errors.insert(kind.to_owned(), 1);
+            }
+        }
+    }
+
+    /// Errors by kind so far.
+    pub fn errors(&self) -> BTreeMap<String, u64> {
+        self.errors.lock().clone()
+    }
+
+    /// All errors so far.
+    pub fn error_total(&self) -> u64 {
+        self.errors.lock().values().sum()
+    }
+
+    /// The p99 of the samples since the last call (None without samples),
+    /// then starts a new window.
+    pub fn take_recent_p99(&self) -> Option<Duration> {
+        let mut latency = self.latency.lock();
+        let p99 = (!latency.recent.is_empty())
+            .then(|| Duration::from_micros(latency.recent.value_at_quantile(0.99)));
+        latency.recent.reset();
+        p99
+    }
+
+    /// A copy of the run's whole latency histogram.
+    pub fn latency_snapshot(&self) -> Histogram<u64> {
+        self.latency.lock().total.clone()
+    }
+
+    /// Reads a counter.
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+
+    /// Adds one to a counter.
+    pub fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// True once the run is stopping its sessions.
+    pub fn is_finishing(&self) -> bool {
+        self.finishing.load(Ordering::Acquire)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn now_us_is_monotonic_and_never_zero() {
+        let a = now_us();
+        let b = now_us();
+        assert!(a >= 1 && b >= a);
+    }
+
+    #[test]
+    fn errors_and_latency_accumulate() {
+        let stats = LoadStats::default();
+        stats.error(kind::LOGIN_REFUSED);
+        stats.error(kind::LOGIN_REFUSED);
+        for _ in 0..3 {
+            stats.error(kind::CONNECT_FAILED);
+        }
+        assert_eq!(stats.error_total(), 5);
+        assert_eq!(stats.errors().len(), 2);
+        for us in 1..=100 {
+            stats.record_latency(us * 1000);
+        }
+        stats.record_latency(u64::MAX);
+        let p99 = stats.take_recent_p99().unwrap();
+        assert!(p99 >= Duration::from_millis(99), "{p99:?}");
+        assert_eq!(stats.take_recent_p99(), None, "the window was reset");
+        let total = stats.latency_snapshot();
+        assert_eq!(total.len(), 101);
+        assert!(total.max() >= MAX_TRACKED_US - MAX_TRACKED_US / 1000);
+    }
+}

@@ -1,0 +1,97 @@
+//! The session handler: what runs on the I/O worker for each game
+//! connection (the course's `GameSession::OnRecvPacket` and
+//! `ClientPacketHandler`).
+//!
+//! [`GameSession`] is the [`PacketHandler`] inside the engine's
+//! [`PacketSession`](servercore::packet::PacketSession) adapter and
+//! implements the generated [`ServerHandler`]: each decoded `C_` packet is
+//! checked for what needs no state (a chat's length) and handed, as one job,
+//! to the connection's [`Player`] actor. A packet that does not decode, or an
+//! id the server does not take, disconnects the peer (`MalformedPacket`); the
+//! packet layer sees to that.
+
+use std::sync::Arc;
+
+use servercore::job::Actor;
+use servercore::packet::{DispatchError, PacketHandler};
+use servercore::{DisconnectReason, SessionHandle};
+use servercore_protocol::{dispatch_server, CChat, CEnterGame, CLogin, ServerHandler, ServerPacket};
+
+use super::player::Player;
+use super::stats::bump;
+use super::GameContext;
+
+/// One game connection's handler; its state lives in its [`Player`] actor.
+pub struct GameSession {
+    ctx: Arc<GameContext>,
+    player: Option<Actor<Player>>,
+}
+
+impl GameSession {
+    /// A handler for a new connection of the game server `ctx`.
+    pub fn new(ctx: Arc<GameContext>) -> GameSession {
+        GameSession { ctx, player: None }
+    }
+
+    fn forward(&self, packet: ServerPacket) {
+        if let Some(player) = &self.player {
+            player.do_async(move |player| player.on_packet(packet));
+        }
+    }
+}
+
+impl PacketHandler for GameSession {
+    fn on_connected(&mut self, session: &SessionHandle) {
+        tracing::debug!(session = %session.id(), peer = %session.peer_addr(), "connected");
+        self.player = Some(Player::spawn(session.clone(), Arc::clone(&self.ctx)));
+    }
+
+    fn on_packet(
+        &mut self,
+        session: &SessionHandle,
+        id: u16,
+        body: &[u8],
+    ) -> Result<(), DispatchError> {
+        dispatch_server(self, session, id, body)
+    }
+
+    fn on_disconnected(&mut self, session: &SessionHandle, reason: &DisconnectReason) {
+        tracing::debug!(session = %session.id(), peer = %session.peer_addr(), %reason, "disconnected");
+        if let Some(player) = self.player.take() {
+            player.do_async(Player::leave);
+        }
+    }
+}
+
+impl ServerHandler for GameSession {
+    fn handle_c_login(&mut self, _session: &SessionHandle, msg: CLogin) -> Result<(), DispatchError> {
+        self.forward(ServerPacket::CLogin(msg));
+        Ok(())
+    }
+
+    fn handle_c_enter_game(
+        &mut self,
+        _session: &SessionHandle,
+        msg: CEnterGame,
+    ) -> Result<(), DispatchError> {
+        self.forward(ServerPacket::CEnterGame(msg));
+        Ok(())
+    }
+
+    fn handle_c_chat(&mut self, session: &SessionHandle, msg: CChat) -> Result<(), DispatchError> {
+        if msg.msg.len() > self.ctx.max_chat_len {
+            // S_CHAT has no success field: the refusal is a drop, logged and
+            // counted; the session stays.
+            tracing::debug!(
+                session = %session.id(),
+                len = msg.msg.len(),
+                max = self.ctx.max_chat_len,
+                "chat refused: message too long"
+            );
+            bump(&self.ctx.counters.chats_refused_too_long);
+            return Ok(());
+        }
+        self.forward(ServerPacket::CChat(msg));
+        Ok(())
+    }
+}

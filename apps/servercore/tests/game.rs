@@ -1,0 +1,707 @@
+//! The game server end to end: `servercore server` runs as a child process
+//! on a loopback port with a database in a temporary directory, and blocking
+//! test clients (std `TcpStream`, the protocol crate's builders and
+//! decoders) talk to it. Every test runs on both backends (the io_uring one
+//! is skipped with a message where the kernel refuses it) and is bounded by
+//! read timeouts and deadlines.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use servercore::packet::Packet;
+use servercore::Backend;
+use servercore_protocol::{
+    make_packet, CChat, CEnterGame, CLogin, ClientPacket, PlayerType, SChat, SEnterGame, SLogin,
+};
+
+/// Generates `name::poll` and `name::uring` tests for `fn name(Backend)`.
+macro_rules! backend_tests {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[test]
+                fn poll() {
+                    super::$name(servercore::Backend::Poll);
+                }
+
+                #[test]
+                fn uring() {
+                    if let Some(reason) = servercore::driver::uring_unavailable_reason() {
+                        if std::env::var_os("SERVERCORE_REQUIRE_URING").is_some() {
+                            panic!("io_uring required but unavailable: {reason}");
+                        }
+                        eprintln!("skipping io_uring test: {reason}");
+                        return;
+                    }
+                    super::$name(servercore::Backend::IoUring);
+                }
+            }
+        )*
+    };
+}
+
+backend_tests!(
+    full_flow,
+    restart_keeps_players,
+    refused_cases,
+    pipelined_packets_keep_their_order,
+    malformed_packet_disconnects,
+    idle_sessions_time_out,
+    two_hundred_clients_chat,
+);
+
+/// How long a client waits for one expected packet.
+const READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client listens to be sure nothing more arrives.
+const QUIET: Duration = Duration::from_millis(300);
+
+// ---------------------------------------------------------------------------
+// The server process
+
+/// A `servercore server` child process; killed on drop if still running,
+/// with its log printed when the test failed.
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+    lines: mpsc::Receiver<String>,
+    log: Arc<Mutex<String>>,
+}
+
+impl Server {
+    /// Starts a server on a free loopback port with the database `db`.
+    fn start(backend: Backend, db: &Path, extra: &[&str]) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_servercore"))
+            .args(["--log", "warn", "server", "--addr", "127.0.0.1:0", "--workers", "2"])
+            .args(["--backend", backend.name()])
+            .arg("--db")
+            .arg(db)
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn servercore server");
+        let (tx, lines) = mpsc::channel();
+        let stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let log = Arc::new(Mutex::new(String::new()));
+        let stderr = child.stderr.take().unwrap();
+        let sink = Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let mut log = sink.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        let mut server = Server {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            lines,
+            log,
+        };
+        let banner = server.next_line("the listening banner");
+        // "game server listening on ADDR (backend NAME, database PATH); ..."
+        let rest = banner
+            .strip_prefix("game server listening on ")
+            .unwrap_or_else(|| panic!("unexpected banner: {banner}"));
+        let (addr, rest) = rest.split_once(' ').unwrap();
+        server.addr = addr.parse().unwrap();
+        assert!(
+            rest.starts_with(&format!("(backend {},", backend.name())),
+            "banner names the backend: {banner}"
+        );
+        server
+    }
+
+    fn next_line(&mut self, what: &str) -> String {
+        match self.lines.recv_timeout(READ_TIMEOUT) {
+            Ok(line) => line,
+            Err(_) => panic!(
+                "no {what} from the server within {READ_TIMEOUT:?}; its log:\n{}",
+                self.log.lock().unwrap()
+            ),
+        }
+    }
+
+    /// Ctrl-C (SIGINT), then the final counters it prints, parsed.
+    fn stop(mut self) -> Stats {
+        let status = Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success());
+        let line = self.next_line("final counters");
+        let stats = Stats::parse(&line);
+        let deadline = Instant::now() + READ_TIMEOUT;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                assert!(status.success(), "server exited with {status}");
+                break;
+            }
+            assert!(Instant::now() < deadline, "server did not exit after Ctrl-C");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        stats
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("server log:\n{}", self.log.lock().unwrap());
+        }
+    }
+}
+
+/// The `key=value` counters of the server's last line.
+struct Stats(HashMap<String, i64>);
+
+impl Stats {
+    fn parse(line: &str) -> Stats {
+        let rest = line
+            .strip_prefix("stopped: ")
+            .unwrap_or_else(|| panic!("unexpected last line: {line}"));
+        Stats(
+            rest.split_whitespace()
+                .map(|pair| {
+                    let (key, value) = pair.split_once('=').expect("key=value");
+                    (key.to_owned(), value.parse().expect("a number"))
+                })
+                .collect(),
+        )
+    }
+
+    fn get(&self, key: &str) -> i64 {
+        *self.0.get(key).unwrap_or_else(|| panic!("no counter {key}"))
+    }
+
+    /// Asserts the listed counters, and that nothing was left behind.
+    fn assert(&self, expected: &[(&str, i64)]) {
+        for (key, value) in expected {
+            assert_eq!(self.get(key), *value, "counter {key}");
+        }
+        assert_eq!(self.get("players_in_room"), 0, "players left in the room");
+        assert_eq!(self.get("player_states"), 0, "player states left alive");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The test client
+
+/// A blocking game client.
+struct Client {
+    stream: TcpStream,
+}
+
+impl Client {
+    fn connect(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect_timeout(&addr, READ_TIMEOUT).expect("connect");
+        stream.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
+        stream.set_write_timeout(Some(READ_TIMEOUT)).unwrap();
+        stream.set_nodelay(true).unwrap();
+        Client { stream }
+    }
+
+    fn send<M: Packet>(&mut self, msg: &M) {
+        self.stream.write_all(&make_packet(msg)).expect("send");
+    }
+
+    /// Reads one packet; `None` on a timeout or a closed connection.
+    fn try_recv(&mut self) -> Option<ClientPacket> {
+        let mut header = [0u8; 4];
+        match self.stream.read_exact(&mut header) {
+            Ok(()) => {}
+            Err(error) if is_timeout(&error) || error.kind() == ErrorKind::UnexpectedEof => {
+                return None;
+            }
+            Err(error) => panic!("read: {error}"),
+        }
+        let size = u16::from_le_bytes([header[0], header[1]]) as usize;
+        let id = u16::from_le_bytes([header[2], header[3]]);
+        assert!(size >= 4, "packet size {size} below the header");
+        let mut body = vec![0u8; size - 4];
+        self.stream.read_exact(&mut body).expect("packet body");
+        Some(ClientPacket::decode(id, &body).expect("a packet the client takes"))
+    }
+
+    fn recv(&mut self) -> ClientPacket {
+        self.try_recv()
+            .unwrap_or_else(|| panic!("no packet within {READ_TIMEOUT:?}"))
+    }
+
+    fn recv_login(&mut self) -> SLogin {
+        match self.recv() {
+            ClientPacket::SLogin(msg) => msg,
+            other => panic!("expected S_LOGIN, got {other:?}"),
+        }
+    }
+
+    fn recv_enter(&mut self) -> SEnterGame {
+        match self.recv() {
+            ClientPacket::SEnterGame(msg) => msg,
+            other => panic!("expected S_ENTER_GAME, got {other:?}"),
+        }
+    }
+
+    fn recv_chat(&mut self) -> SChat {
+        match self.recv() {
+            ClientPacket::SChat(msg) => msg,
+            other => panic!("expected S_CHAT, got {other:?}"),
+        }
+    }
+
+    fn login(&mut self, account: &str) -> SLogin {
+        self.send(&CLogin {
+            account: account.into(),
+        });
+        self.recv_login()
+    }
+
+    fn enter(&mut self, player_index: u64) -> SEnterGame {
+        self.send(&CEnterGame { player_index });
+        self.recv_enter()
+    }
+
+    fn chat(&mut self, msg: &str, client_time_us: u64) {
+        self.send(&CChat {
+            msg: msg.into(),
+            client_time_us,
+        });
+    }
+
+    /// Logs in and enters with the first player; returns its id.
+    fn join(addr: SocketAddr, account: &str) -> (Client, u64) {
+        let mut client = Client::connect(addr);
+        let login = client.login(account);
+        assert!(login.success);
+        let entered = client.enter(0);
+        assert!(entered.success);
+        assert_eq!(entered.player_id, login.players[0].id);
+        (client, entered.player_id)
+    }
+
+    /// Asserts that nothing arrives for a moment (and the connection stays).
+    fn expect_nothing(&mut self) {
+        self.stream.set_read_timeout(Some(QUIET)).unwrap();
+        let mut byte = [0u8; 1];
+        match self.stream.read(&mut byte) {
+            Ok(0) => panic!("the server closed the connection"),
+            Ok(_) => panic!("unexpected data from the server"),
+            Err(error) if is_timeout(&error) => {}
+            Err(error) => panic!("read: {error}"),
+        }
+        self.stream.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
+    }
+
+    /// Asserts that nothing is waiting to be read right now (after the
+    /// caller gave the server time to send).
+    fn expect_nothing_now(&mut self) {
+        self.stream.set_nonblocking(true).unwrap();
+        let mut byte = [0u8; 1];
+        match self.stream.read(&mut byte) {
+            Ok(0) => panic!("the server closed the connection"),
+            Ok(_) => panic!("unexpected data from the server"),
+            Err(error) if is_timeout(&error) => {}
+            Err(error) => panic!("read: {error}"),
+        }
+        self.stream.set_nonblocking(false).unwrap();
+    }
+
+    /// Asserts that the server closes the connection (EOF or reset).
+    fn expect_closed(&mut self) {
+        let mut byte = [0u8; 64];
+        loop {
+            match self.stream.read(&mut byte) {
+                Ok(0) => return,
+                Ok(_) => continue,
+                Err(error) if is_timeout(&error) => panic!("the server kept the connection"),
+                Err(_) => return, // reset
+            }
+        }
+    }
+}
+
+fn is_timeout(error: &std::io::Error) -> bool {
+    matches!(error.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut)
+}
+
+fn chat_of(player_id: u64, msg: &str, client_time_us: u64) -> SChat {
+    SChat {
+        player_id,
+        msg: msg.into(),
+        client_time_us,
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The tests
+
+/// Login (named and guest), enter, chat seen by everyone in order, leave.
+fn full_flow(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(backend, &dir.path().join("game.db"), &[]);
+    let addr = server.addr;
+
+    let mut alice = Client::connect(addr);
+    let login = alice.login("alice");
+    assert!(login.success);
+    let kinds: Vec<_> = login
+        .players
+        .iter()
+        .map(|p| (p.name.as_str(), p.player_type))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("alice_knight", PlayerType::Knight as i32),
+            ("alice_mage", PlayerType::Mage as i32),
+            ("alice_archer", PlayerType::Archer as i32),
+        ]
+    );
+    let mut bob = Client::connect(addr);
+    let bob_login = bob.login("bob");
+    let mut guest = Client::connect(addr);
+    let guest_login = guest.login("");
+    assert!(bob_login.success && guest_login.success);
+    assert_eq!(guest_login.players.len(), 3);
+    let mut ids: Vec<u64> = [&login, &bob_login, &guest_login]
+        .iter()
+        .flat_map(|l| l.players.iter().map(|p| p.id))
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 9, "every player has its own id");
+
+    // Each enters with another of its players.
+    let a = alice.enter(0);
+    assert_eq!((a.success, a.player_id), (true, login.players[0].id));
+    let b = bob.enter(1);
+    assert_eq!((b.success, b.player_id), (true, bob_login.players[1].id));
+    let g = guest.enter(2);
+    assert_eq!((g.success, g.player_id), (true, guest_login.players[2].id));
+
+    // Chats, one after another: everyone (the sender too) sees each.
+    let script = [
+        (0usize, "hello from alice", 11u64),
+        (1, "bob here", 22),
+        (2, "guest says hi", 33),
+        (0, "héllo again ✓", 44),
+    ];
+    let pids = [a.player_id, b.player_id, g.player_id];
+    for (from, msg, time) in script {
+        [&mut alice, &mut bob, &mut guest][from].chat(msg, time);
+        for client in [&mut alice, &mut bob, &mut guest] {
+            assert_eq!(client.recv_chat(), chat_of(pids[from], msg, time));
+        }
+    }
+
+    // A burst from two senders: each receiver sees each sender's in order.
+    for i in 0..20 {
+        alice.chat(&format!("a{i}"), i);
+        bob.chat(&format!("b{i}"), i);
+    }
+    for client in [&mut alice, &mut bob, &mut guest] {
+        let mut next = HashMap::from([(pids[0], 0u64), (pids[1], 0u64)]);
+        for _ in 0..40 {
+            let chat = client.recv_chat();
+            let expected = next.get_mut(&chat.player_id).expect("a sender in the room");
+            let prefix = if chat.player_id == pids[0] { "a" } else { "b" };
+            assert_eq!(chat, chat_of(chat.player_id, &format!("{prefix}{expected}"), *expected));
+            *expected += 1;
+        }
+    }
+
+    // Bob leaves: the others no longer reach him, and go on.
+    drop(bob);
+    std::thread::sleep(Duration::from_millis(100));
+    guest.chat("bye bob", 55);
+    for client in [&mut alice, &mut guest] {
+        assert_eq!(client.recv_chat(), chat_of(pids[2], "bye bob", 55));
+        client.expect_nothing();
+    }
+    drop(alice);
+    drop(guest);
+    let stats = server.stop();
+    stats.assert(&[
+        ("sessions", 3),
+        ("logins", 3),
+        ("logins_refused", 0),
+        ("enters", 3),
+        ("enters_refused", 0),
+        ("chats_relayed", 45),
+        ("chat_deliveries", 4 * 3 + 40 * 3 + 2),
+        ("chats_refused_not_in_room", 0),
+        ("chats_refused_too_long", 0),
+    ]);
+}
+
+/// Accounts and players survive a restart on the same database file.
+fn restart_keeps_players(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("persist.db");
+
+    let server = Server::start(backend, &db, &[]);
+    let mut client = Client::connect(server.addr);
+    let first = client.login("carol");
+    assert!(first.success);
+    let mut guest = Client::connect(server.addr);
+    let first_guest = guest.login("");
+    assert!(first_guest.success);
+    drop((client, guest));
+    server.stop().assert(&[("logins", 2)]);
+
+    let server = Server::start(backend, &db, &[]);
+    let mut client = Client::connect(server.addr);
+    let again = client.login("carol");
+    assert_eq!(again, first, "the same players, ids, names and kinds");
+    // A guest is a new account every time: new players.
+    let mut guest = Client::connect(server.addr);
+    let second_guest = guest.login("");
+    assert!(second_guest.success);
+    for player in &second_guest.players {
+        assert!(!first_guest.players.iter().any(|p| p.id == player.id));
+        assert!(!first.players.iter().any(|p| p.id == player.id));
+    }
+    // Entering works with a player loaded from the file.
+    let entered = client.enter(2);
+    assert_eq!((entered.success, entered.player_id), (true, first.players[2].id));
+    drop((client, guest));
+    server.stop().assert(&[("logins", 2), ("enters", 1)]);
+}
+
+/// Every refusal: answered `success = false` (or, for chats, dropped), and
+/// the session stays usable.
+fn refused_cases(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(backend, &dir.path().join("refuse.db"), &["--max-chat-len", "16"]);
+    let addr = server.addr;
+    let (mut watcher, watcher_id) = Client::join(addr, "watcher");
+
+    let mut client = Client::connect(addr);
+    // Entering before logging in.
+    assert_eq!(client.enter(0), SEnterGame { success: false, player_id: 0 });
+    // Chatting before logging in or entering: dropped, no one sees it.
+    client.chat("too early", 1);
+    client.expect_nothing();
+    watcher.expect_nothing();
+    // An account name over 64 bytes.
+    let long = client.login(&"x".repeat(65));
+    assert_eq!(long, SLogin { success: false, players: vec![] });
+    // The session is still fine: log in for real.
+    let login = client.login("dave");
+    assert!(login.success);
+    // Logging in twice.
+    assert_eq!(client.login("dave"), SLogin { success: false, players: vec![] });
+    // Chat after login but before entering: dropped.
+    client.chat("still early", 2);
+    client.expect_nothing();
+    watcher.expect_nothing();
+    // Index out of range.
+    assert!(!client.enter(3).success);
+    assert!(!client.enter(u64::MAX).success);
+    // Now in.
+    let entered = client.enter(1);
+    assert_eq!((entered.success, entered.player_id), (true, login.players[1].id));
+    // Entering twice.
+    assert_eq!(client.enter(0), SEnterGame { success: false, player_id: 0 });
+    // The same player from a second session.
+    let mut twin = Client::connect(addr);
+    assert!(twin.login("dave").success);
+    assert!(!twin.enter(1).success);
+    // ...while another player of the account may enter.
+    let twin_in = twin.enter(0);
+    assert_eq!((twin_in.success, twin_in.player_id), (true, login.players[0].id));
+
+    // A chat over the limit is dropped; one at the limit goes through.
+    client.chat(&"y".repeat(17), 3);
+    client.chat(&"z".repeat(16), 4);
+    let expected = chat_of(entered.player_id, &"z".repeat(16), 4);
+    for c in [&mut client, &mut watcher, &mut twin] {
+        assert_eq!(c.recv_chat(), expected);
+        c.expect_nothing();
+    }
+    watcher.chat("ok", 5);
+    for c in [&mut client, &mut watcher, &mut twin] {
+        assert_eq!(c.recv_chat(), chat_of(watcher_id, "ok", 5));
+    }
+    drop((client, watcher, twin));
+    server.stop().assert(&[
+        ("logins", 3),
+        ("logins_refused", 2),
+        ("enters", 3),
+        ("enters_refused", 5),
+        ("chats_relayed", 2),
+        ("chats_refused_not_in_room", 2),
+        ("chats_refused_too_long", 1),
+    ]);
+}
+
+/// A client that does not wait for answers: login, enter and chat in one
+/// write mean what they mean one by one.
+fn pipelined_packets_keep_their_order(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(backend, &dir.path().join("pipe.db"), &[]);
+    let mut client = Client::connect(server.addr);
+    let mut burst = Vec::new();
+    burst.extend_from_slice(&make_packet(&CChat {
+        msg: "before".into(),
+        client_time_us: 0,
+    }));
+    burst.extend_from_slice(&make_packet(&CLogin {
+        account: "erin".into(),
+    }));
+    burst.extend_from_slice(&make_packet(&CEnterGame { player_index: 2 }));
+    for i in 1..=3u64 {
+        burst.extend_from_slice(&make_packet(&CChat {
+            msg: format!("m{i}"),
+            client_time_us: i,
+        }));
+    }
+    client.stream.write_all(&burst).unwrap();
+    let login = client.recv_login();
+    assert!(login.success);
+    let entered = client.recv_enter();
+    assert_eq!((entered.success, entered.player_id), (true, login.players[2].id));
+    for i in 1..=3u64 {
+        assert_eq!(client.recv_chat(), chat_of(entered.player_id, &format!("m{i}"), i));
+    }
+    client.expect_nothing();
+    drop(client);
+    server.stop().assert(&[("chats_relayed", 3), ("chats_refused_not_in_room", 1)]);
+}
+
+/// A packet the server does not take ends that session only.
+fn malformed_packet_disconnects(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(backend, &dir.path().join("bad.db"), &[]);
+    let (mut good, good_id) = Client::join(server.addr, "good");
+    let (mut bad, _) = Client::join(server.addr, "bad");
+    // An S_ packet sent to the server.
+    bad.send(&SChat::default());
+    bad.expect_closed();
+    // A size below the header.
+    let mut bad = Client::connect(server.addr);
+    bad.stream.write_all(&[2, 0, 0xe8, 0x03]).unwrap();
+    bad.expect_closed();
+    // A body that does not decode (C_LOGIN with a truncated field).
+    let mut bad = Client::connect(server.addr);
+    bad.stream.write_all(&[6, 0, 0xe8, 0x03, 0x0a, 0x05]).unwrap();
+    bad.expect_closed();
+    // The others carry on; the bad player left the room.
+    std::thread::sleep(Duration::from_millis(100));
+    good.chat("still here", 9);
+    assert_eq!(good.recv_chat(), chat_of(good_id, "still here", 9));
+    good.expect_nothing();
+    drop(good);
+    server.stop().assert(&[("chats_relayed", 1), ("chat_deliveries", 1)]);
+}
+
+/// `--idle-timeout` disconnects a silent session (and its player leaves).
+fn idle_sessions_time_out(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(backend, &dir.path().join("idle.db"), &["--idle-timeout", "1"]);
+    let (mut idle, _) = Client::join(server.addr, "sleepy");
+    let started = Instant::now();
+    idle.expect_closed();
+    assert!(started.elapsed() >= Duration::from_millis(500));
+    server.stop().assert(&[("enters", 1)]);
+}
+
+/// 200 clients in the room each send 5 chats at once: every client receives
+/// all 1000, and each sender's 5 in the order sent.
+fn two_hundred_clients_chat(backend: Backend) {
+    const CLIENTS: usize = 200;
+    const CHATS: u64 = 5;
+    const THREADS: usize = 8;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(backend, &dir.path().join("load.db"), &[]);
+    let addr = server.addr;
+
+    // Join from a few threads; every client is in before anyone chats.
+    let mut clients: Vec<(Client, u64)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..THREADS)
+            .map(|t| {
+                scope.spawn(move || {
+                    (t..CLIENTS)
+                        .step_by(THREADS)
+                        .map(|i| {
+                            let account = if i % 4 == 0 { String::new() } else { format!("load{i}") };
+                            Client::join(addr, &account)
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(clients.len(), CLIENTS);
+    let senders: HashMap<u64, usize> = clients
+        .iter()
+        .enumerate()
+        .map(|(i, (_, id))| (*id, i))
+        .collect();
+    assert_eq!(senders.len(), CLIENTS, "distinct player ids");
+
+    // Everyone sends its chats at once (threads interleave the senders),
+    // then everyone reads.
+    let chunk = CLIENTS.div_ceil(THREADS);
+    std::thread::scope(|scope| {
+        for group in clients.chunks_mut(chunk) {
+            scope.spawn(move || {
+                for k in 0..CHATS {
+                    for (client, id) in group.iter_mut() {
+                        client.chat(&format!("p{id}-m{k}"), k);
+                    }
+                }
+                for (client, _) in group.iter_mut() {
+                    let mut next = HashMap::<u64, u64>::new();
+                    for _ in 0..CLIENTS as u64 * CHATS {
+                        assert!(Instant::now() < deadline, "the load test ran out of time");
+                        let chat = client.recv_chat();
+                        let k = next.entry(chat.player_id).or_insert(0);
+                        assert_eq!(
+                            chat,
+                            chat_of(chat.player_id, &format!("p{}-m{k}", chat.player_id), *k),
+                            "per-sender order"
+                        );
+                        *k += 1;
+                    }
+                    assert_eq!(next.len(), CLIENTS, "a chat from every sender");
+                    assert!(next.values().all(|&k| k == CHATS));
+                }
+            });
+        }
+    });
+    std::thread::sleep(QUIET);
+    for (client, _) in &mut clients {
+        client.expect_nothing_now();
+    }
+    drop(clients);
+    server.stop().assert(&[
+        ("sessions", CLIENTS as i64),
+        ("logins", CLIENTS as i64),
+        ("enters", CLIENTS as i64),
+        ("chats_relayed", CLIENTS as i64 * CHATS as i64),
+        ("chat_deliveries", (CLIENTS * CLIENTS) as i64 * CHATS as i64),
+    ]);
+}
