@@ -77,7 +77,15 @@ impl Server {
     /// Starts a server on a free loopback port with the database `db`.
     fn start(backend: Backend, db: &Path, extra: &[&str]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_servercore"))
-            .args(["--log", "warn", "server", "--addr", "127.0.0.1:0", "--workers", "2"])
+            .args([
+                "--log",
+                "warn",
+                "server",
+                "--addr",
+                "127.0.0.1:0",
+                "--workers",
+                "2",
+            ])
             .args(["--backend", backend.name()])
             .arg("--db")
             .arg(db)
@@ -153,7 +161,10 @@ impl Server {
                 assert!(status.success(), "server exited with {status}");
                 break;
             }
-            assert!(Instant::now() < deadline, "server did not exit after Ctrl-C");
+            assert!(
+                Instant::now() < deadline,
+                "server did not exit after Ctrl-C"
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
         stats
@@ -191,7 +202,10 @@ impl Stats {
     }
 
     fn get(&self, key: &str) -> i64 {
-        *self.0.get(key).unwrap_or_else(|| panic!("no counter {key}"))
+        *self
+            .0
+            .get(key)
+            .unwrap_or_else(|| panic!("no counter {key}"))
     }
 
     /// Asserts the listed counters, and that nothing was left behind.
@@ -425,7 +439,10 @@ fn full_flow(backend: Backend) {
             let chat = client.recv_chat();
             let expected = next.get_mut(&chat.player_id).expect("a sender in the room");
             let prefix = if chat.player_id == pids[0] { "a" } else { "b" };
-            assert_eq!(chat, chat_of(chat.player_id, &format!("{prefix}{expected}"), *expected));
+            assert_eq!(
+                chat,
+                chat_of(chat.player_id, &format!("{prefix}{expected}"), *expected)
+            );
             *expected += 1;
         }
     }
@@ -483,7 +500,10 @@ fn restart_keeps_players(backend: Backend) {
     }
     // Entering works with a player loaded from the file.
     let entered = client.enter(2);
-    assert_eq!((entered.success, entered.player_id), (true, first.players[2].id));
+    assert_eq!(
+        (entered.success, entered.player_id),
+        (true, first.players[2].id)
+    );
     drop((client, guest));
     server.stop().assert(&[("logins", 2), ("enters", 1)]);
 }
@@ -492,25 +512,47 @@ fn restart_keeps_players(backend: Backend) {
 /// the session stays usable.
 fn refused_cases(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(backend, &dir.path().join("refuse.db"), &["--max-chat-len", "16"]);
+    let server = Server::start(
+        backend,
+        &dir.path().join("refuse.db"),
+        &["--max-chat-len", "16"],
+    );
     let addr = server.addr;
     let (mut watcher, watcher_id) = Client::join(addr, "watcher");
 
     let mut client = Client::connect(addr);
     // Entering before logging in.
-    assert_eq!(client.enter(0), SEnterGame { success: false, player_id: 0 });
+    assert_eq!(
+        client.enter(0),
+        SEnterGame {
+            success: false,
+            player_id: 0
+        }
+    );
     // Chatting before logging in or entering: dropped, no one sees it.
     client.chat("too early", 1);
     client.expect_nothing();
     watcher.expect_nothing();
     // An account name over 64 bytes.
     let long = client.login(&"x".repeat(65));
-    assert_eq!(long, SLogin { success: false, players: vec![] });
+    assert_eq!(
+        long,
+        SLogin {
+            success: false,
+            players: vec![]
+        }
+    );
     // The session is still fine: log in for real.
     let login = client.login("dave");
     assert!(login.success);
     // Logging in twice.
-    assert_eq!(client.login("dave"), SLogin { success: false, players: vec![] });
+    assert_eq!(
+        client.login("dave"),
+        SLogin {
+            success: false,
+            players: vec![]
+        }
+    );
     // Chat after login but before entering: dropped.
     client.chat("still early", 2);
     client.expect_nothing();
@@ -520,16 +562,28 @@ fn refused_cases(backend: Backend) {
     assert!(!client.enter(u64::MAX).success);
     // Now in.
     let entered = client.enter(1);
-    assert_eq!((entered.success, entered.player_id), (true, login.players[1].id));
+    assert_eq!(
+        (entered.success, entered.player_id),
+        (true, login.players[1].id)
+    );
     // Entering twice.
-    assert_eq!(client.enter(0), SEnterGame { success: false, player_id: 0 });
+    assert_eq!(
+        client.enter(0),
+        SEnterGame {
+            success: false,
+            player_id: 0
+        }
+    );
     // The same player from a second session.
     let mut twin = Client::connect(addr);
     assert!(twin.login("dave").success);
     assert!(!twin.enter(1).success);
     // ...while another player of the account may enter.
     let twin_in = twin.enter(0);
-    assert_eq!((twin_in.success, twin_in.player_id), (true, login.players[0].id));
+    assert_eq!(
+        (twin_in.success, twin_in.player_id),
+        (true, login.players[0].id)
+    );
 
     // A chat over the limit is dropped; one at the limit goes through.
     client.chat(&"y".repeat(17), 3);
@@ -580,13 +634,21 @@ fn pipelined_packets_keep_their_order(backend: Backend) {
     let login = client.recv_login();
     assert!(login.success);
     let entered = client.recv_enter();
-    assert_eq!((entered.success, entered.player_id), (true, login.players[2].id));
+    assert_eq!(
+        (entered.success, entered.player_id),
+        (true, login.players[2].id)
+    );
     for i in 1..=3u64 {
-        assert_eq!(client.recv_chat(), chat_of(entered.player_id, &format!("m{i}"), i));
+        assert_eq!(
+            client.recv_chat(),
+            chat_of(entered.player_id, &format!("m{i}"), i)
+        );
     }
     client.expect_nothing();
     drop(client);
-    server.stop().assert(&[("chats_relayed", 3), ("chats_refused_not_in_room", 1)]);
+    server
+        .stop()
+        .assert(&[("chats_relayed", 3), ("chats_refused_not_in_room", 1)]);
 }
 
 /// A packet the server does not take ends that session only.
@@ -604,7 +666,9 @@ fn malformed_packet_disconnects(backend: Backend) {
     bad.expect_closed();
     // A body that does not decode (C_LOGIN with a truncated field).
     let mut bad = Client::connect(server.addr);
-    bad.stream.write_all(&[6, 0, 0xe8, 0x03, 0x0a, 0x05]).unwrap();
+    bad.stream
+        .write_all(&[6, 0, 0xe8, 0x03, 0x0a, 0x05])
+        .unwrap();
     bad.expect_closed();
     // The others carry on; the bad player left the room.
     std::thread::sleep(Duration::from_millis(100));
@@ -612,13 +676,19 @@ fn malformed_packet_disconnects(backend: Backend) {
     assert_eq!(good.recv_chat(), chat_of(good_id, "still here", 9));
     good.expect_nothing();
     drop(good);
-    server.stop().assert(&[("chats_relayed", 1), ("chat_deliveries", 1)]);
+    server
+        .stop()
+        .assert(&[("chats_relayed", 1), ("chat_deliveries", 1)]);
 }
 
 /// `--idle-timeout` disconnects a silent session (and its player leaves).
 fn idle_sessions_time_out(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(backend, &dir.path().join("idle.db"), &["--idle-timeout", "1"]);
+    let server = Server::start(
+        backend,
+        &dir.path().join("idle.db"),
+        &["--idle-timeout", "1"],
+    );
     let (mut idle, _) = Client::join(server.addr, "sleepy");
     let started = Instant::now();
     idle.expect_closed();
@@ -645,14 +715,21 @@ fn two_hundred_clients_chat(backend: Backend) {
                     (t..CLIENTS)
                         .step_by(THREADS)
                         .map(|i| {
-                            let account = if i % 4 == 0 { String::new() } else { format!("load{i}") };
+                            let account = if i % 4 == 0 {
+                                String::new()
+                            } else {
+                                format!("load{i}")
+                            };
                             Client::join(addr, &account)
                         })
                         .collect::<Vec<_>>()
                 })
             })
             .collect();
-        handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
     });
     assert_eq!(clients.len(), CLIENTS);
     let senders: HashMap<u64, usize> = clients

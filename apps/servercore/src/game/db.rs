@@ -287,7 +287,12 @@ fn login_in(conn: &Connection, account: &str) -> Result<AccountRecord, DbError> 
                 "INSERT INTO players (account_id, slot, name, player_type) VALUES (?1, ?2, ?3, ?4)",
             )?;
             for (slot, (kind, player_type)) in STARTER_PLAYERS.iter().enumerate() {
-                insert.execute(params![id, slot as i64, format!("{prefix}_{kind}"), player_type])?;
+                insert.execute(params![
+                    id,
+                    slot as i64,
+                    format!("{prefix}_{kind}"),
+                    player_type
+                ])?;
             }
             (id, true)
         }
@@ -364,7 +369,9 @@ pub struct DbThread {
 
 impl fmt::Debug for DbThread {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("DbThread").field("path", &self.path).finish()
+        f.debug_struct("DbThread")
+            .field("path", &self.path)
+            .finish()
     }
 }
 
@@ -554,7 +561,10 @@ mod tests {
             .pragma_update(None, "user_version", 99)
             .unwrap();
         let error = Database::open(&path).unwrap_err();
-        assert!(matches!(error, DbError::TooNew { found: 99, .. }), "{error}");
+        assert!(
+            matches!(error, DbError::TooNew { found: 99, .. }),
+            "{error}"
+        );
     }
 
     #[test]

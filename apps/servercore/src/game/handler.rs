@@ -15,7 +15,9 @@ use std::sync::Arc;
 use servercore::job::Actor;
 use servercore::packet::{DispatchError, PacketHandler};
 use servercore::{DisconnectReason, SessionHandle};
-use servercore_protocol::{dispatch_server, CChat, CEnterGame, CLogin, ServerHandler, ServerPacket};
+use servercore_protocol::{
+    dispatch_server, CChat, CEnterGame, CLogin, ServerHandler, ServerPacket,
+};
 
 use super::player::Player;
 use super::stats::bump;
@@ -64,7 +66,11 @@ impl PacketHandler for GameSession {
 }
 
 impl ServerHandler for GameSession {
-    fn handle_c_login(&mut self, _session: &SessionHandle, msg: CLogin) -> Result<(), DispatchError> {
+    fn handle_c_login(
+        &mut self,
+        _session: &SessionHandle,
+        msg: CLogin,
+    ) -> Result<(), DispatchError> {
         self.forward(ServerPacket::CLogin(msg));
         Ok(())
     }

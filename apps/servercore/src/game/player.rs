@@ -27,7 +27,9 @@ use std::sync::Arc;
 
 use servercore::job::{Actor, WeakActor};
 use servercore::{DisconnectReason, SessionHandle};
-use servercore_protocol::{make_packet, CChat, Player as PlayerInfo, SEnterGame, SLogin, ServerPacket};
+use servercore_protocol::{
+    make_packet, CChat, Player as PlayerInfo, SEnterGame, SLogin, ServerPacket,
+};
 
 use super::db::{AccountRecord, DbError, PlayerRecord, MAX_ACCOUNT_LEN};
 use super::stats::bump;
@@ -94,9 +96,10 @@ impl Player {
                     peer = %self.handle.peer_addr(),
                     "more than {MAX_DEFERRED} packets while waiting for an answer; disconnecting"
                 );
-                self.handle.disconnect_with(DisconnectReason::RateLimited(format!(
-                    "more than {MAX_DEFERRED} packets sent while a login or enter was pending"
-                )));
+                self.handle
+                    .disconnect_with(DisconnectReason::RateLimited(format!(
+                        "more than {MAX_DEFERRED} packets sent while a login or enter was pending"
+                    )));
                 self.deferred.clear();
                 return;
             }

@@ -78,7 +78,9 @@ impl Room {
         }
         tracing::debug!(player_id, %name, session = %handle.id(), "entered the room");
         self.members.insert(player_id, Member { handle, name });
-        self.counters.players_in_room.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .players_in_room
+            .fetch_add(1, Ordering::Relaxed);
         bump(&self.counters.enters);
         true
     }
@@ -97,7 +99,9 @@ impl Room {
 
     fn remove(&mut self, player_id: u64) {
         if self.members.remove(&player_id).is_some() {
-            self.counters.players_in_room.fetch_sub(1, Ordering::Relaxed);
+            self.counters
+                .players_in_room
+                .fetch_sub(1, Ordering::Relaxed);
         }
     }
 

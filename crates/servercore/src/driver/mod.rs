@@ -51,6 +51,7 @@ pub(crate) struct SendBatch {
 
 impl SendBatch {
     /// Total bytes of the batch.
+    #[cfg_attr(not(test), allow(dead_code))]
     pub fn len(&self) -> usize {
         self.bufs.iter().map(Bytes::len).sum()
     }

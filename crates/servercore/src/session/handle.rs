@@ -160,10 +160,6 @@ impl Mailbox {
     pub(crate) fn is_empty(&self) -> bool {
         self.queue.is_empty()
     }
-
-    pub(crate) fn wake(&self) {
-        self.waker.wake();
-    }
 }
 
 const OPEN: u8 = 0;
@@ -260,10 +256,6 @@ impl SessionShared {
         let mut queue = self.queue.lock();
         let dropped: usize = queue.drain(..).map(|b| b.len()).sum();
         self.queued.fetch_sub(dropped, Ordering::AcqRel);
-    }
-
-    pub(crate) fn has_queued(&self) -> bool {
-        !self.queue.lock().is_empty()
     }
 }
 
