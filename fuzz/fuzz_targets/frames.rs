@@ -24,8 +24,8 @@ use servercore::packet::{
     RateLimits, Violation, HEADER_SIZE, MAX_PACKET_SIZE,
 };
 use servercore_protocol::{
-    dispatch_client, dispatch_server, make_packet, CChat, CEnterGame, CLogin, ClientHandler,
-    SChat, SEnterGame, SLogin, ServerHandler,
+    dispatch_client, dispatch_server, make_packet, CChat, CEnterGame, CLogin, ClientHandler, SChat,
+    SEnterGame, SLogin, ServerHandler,
 };
 
 /// Checks that `msg` survives make_packet -> split -> decode.
@@ -90,8 +90,8 @@ fuzz_target!(|data: &[u8]| {
                 let server = dispatch_server(&mut Sink, &(), packet.id, packet.body);
                 let client = dispatch_client(&mut Sink, &(), packet.id, packet.body);
                 // An id is the server's, the client's, or unknown to both.
-                if let (Err(DispatchError::UnknownId(_)), other) | (other, Err(DispatchError::UnknownId(_))) =
-                    (&server, &client)
+                if let (Err(DispatchError::UnknownId(_)), other)
+                | (other, Err(DispatchError::UnknownId(_))) = (&server, &client)
                 {
                     assert!(matches!(other, Err(DispatchError::UnknownId(_))));
                 }
@@ -127,7 +127,10 @@ fuzz_target!(|data: &[u8]| {
             }
             break;
         }
-        assert!(leftover.len() < max.max(HEADER_SIZE), "kept more than a packet");
+        assert!(
+            leftover.len() < max.max(HEADER_SIZE),
+            "kept more than a packet"
+        );
     }
     assert_eq!(chunked, whole, "chunking changed the packets");
     assert_eq!(chunked_error, whole_error, "chunking changed the error");

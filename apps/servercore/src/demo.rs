@@ -10,14 +10,12 @@
 use std::time::Duration;
 
 use crate::cli::DemoArgs;
-use crate::client::{run_load_until, LoadConfig};
+use crate::client::{run_load, LoadConfig};
 use crate::game::GameConfig;
-use crate::shutdown::StopSignal;
 
 /// Runs the demo; fails only if the server cannot start or no client could
 /// connect.
 pub fn run(args: DemoArgs) -> anyhow::Result<()> {
-    let stop = StopSignal::install();
     let mut game = GameConfig::in_memory("127.0.0.1:0".parse()?);
     game.backend = args.engine.backend;
     game.workers = args.engine.workers;
@@ -40,7 +38,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     load.backend = args.engine.backend;
     load.workers = args.engine.workers;
     load.account_prefix = "demo".to_owned();
-    let report = run_load_until(load, !args.no_progress, &stop);
+    let report = run_load(load, !args.no_progress);
 
     let sessions = server.service_stats();
     let stats = server.stop_and_join();

@@ -30,12 +30,10 @@
 //! handler method and its builder.
 //!
 //! ```no_run
-//! // build.rs
-//! fn main() {
-//!     servercore_codegen::Generator::new()
-//!         .compile(&["../../proto/protocol.proto"], &["../../proto"])
-//!         .expect("protocol.proto");
-//! }
+//! // In build.rs's `main`:
+//! servercore_codegen::Generator::new()
+//!     .compile(&["../../proto/protocol.proto"], &["../../proto"])
+//!     .expect("protocol.proto");
 //! ```
 //!
 //! ```ignore
@@ -754,7 +752,10 @@ message C_PING {}
             .iter()
             .map(|p| (p.id, p.proto_name.as_str()))
             .collect();
-        assert_eq!(ids, [(1000, "C_LOGIN"), (1001, "S_LOGIN"), (1002, "C_PING")]);
+        assert_eq!(
+            ids,
+            [(1000, "C_LOGIN"), (1001, "S_LOGIN"), (1002, "C_PING")]
+        );
         assert_eq!(output.protocol.package, "demo");
         assert_eq!(
             output.protocol.packets[0].doc.as_deref(),

@@ -21,7 +21,9 @@ fn test_vectors() -> Vec<(String, Vec<u8>)> {
             let name = tokens.next().unwrap().to_owned();
             vectors.push((name, Vec::new()));
         }
-        let (_, bytes) = vectors.last_mut().expect("continuation line before any entry");
+        let (_, bytes) = vectors
+            .last_mut()
+            .expect("continuation line before any entry");
         for token in tokens {
             assert_eq!(token.len(), 2, "bad hex byte {token:?}");
             bytes.push(u8::from_str_radix(token, 16).expect("hex byte"));
@@ -106,7 +108,10 @@ impl ServerOrClient {
 
 #[test]
 fn ids_are_the_reference_numbering() {
-    let ids: Vec<(u16, &str)> = PacketId::ALL.iter().map(|id| (id.as_u16(), id.name())).collect();
+    let ids: Vec<(u16, &str)> = PacketId::ALL
+        .iter()
+        .map(|id| (id.as_u16(), id.name()))
+        .collect();
     assert_eq!(
         ids,
         [
@@ -136,7 +141,10 @@ fn ids_are_the_reference_numbering() {
 #[test]
 fn test_vectors_cover_every_message_once() {
     let names: Vec<String> = test_vectors().into_iter().map(|(name, _)| name).collect();
-    let mut expected: Vec<String> = PacketId::ALL.iter().map(|id| id.name().to_owned()).collect();
+    let mut expected: Vec<String> = PacketId::ALL
+        .iter()
+        .map(|id| id.name().to_owned())
+        .collect();
     let mut sorted = names.clone();
     sorted.sort();
     expected.sort();
@@ -187,7 +195,8 @@ impl ServerHandler<()> for Recorder {
     }
 
     fn handle_c_enter_game(&mut self, _: &(), msg: CEnterGame) -> DispatchResult {
-        self.calls.push(format!("c_enter_game {}", msg.player_index));
+        self.calls
+            .push(format!("c_enter_game {}", msg.player_index));
         Ok(())
     }
 
@@ -195,14 +204,16 @@ impl ServerHandler<()> for Recorder {
         if msg.msg.len() > 100 {
             return Err(DispatchError::rejected(CChat::ID, "chat line too long"));
         }
-        self.calls.push(format!("c_chat {} {}", msg.msg, msg.client_time_us));
+        self.calls
+            .push(format!("c_chat {} {}", msg.msg, msg.client_time_us));
         Ok(())
     }
 }
 
 impl ClientHandler<()> for Recorder {
     fn handle_s_login(&mut self, _: &(), msg: SLogin) -> DispatchResult {
-        self.calls.push(format!("s_login {} {}", msg.success, msg.players.len()));
+        self.calls
+            .push(format!("s_login {} {}", msg.success, msg.players.len()));
         Ok(())
     }
 
@@ -212,7 +223,8 @@ impl ClientHandler<()> for Recorder {
     }
 
     fn handle_s_chat(&mut self, _: &(), msg: SChat) -> DispatchResult {
-        self.calls.push(format!("s_chat {} {}", msg.player_id, msg.msg));
+        self.calls
+            .push(format!("s_chat {} {}", msg.player_id, msg.msg));
         Ok(())
     }
 }
@@ -308,14 +320,26 @@ fn unknown_ids_and_bad_bodies_are_errors() {
     );
     // C_CHAT whose msg claims 5 bytes but has 1.
     let error = dispatch_server(&mut recorder, &(), 1004, &[0x0a, 0x05, b'h']).unwrap_err();
-    assert!(matches!(error, DispatchError::Decode { id: 1004, name: "C_CHAT", .. }));
+    assert!(matches!(
+        error,
+        DispatchError::Decode {
+            id: 1004,
+            name: "C_CHAT",
+            ..
+        }
+    ));
     assert!(
-        error.to_string().starts_with("packet C_CHAT (id 1004) does not decode: "),
+        error
+            .to_string()
+            .starts_with("packet C_CHAT (id 1004) does not decode: "),
         "{error}"
     );
     // A string field that is not UTF-8.
     let error = dispatch_server(&mut recorder, &(), 1000, &[0x0a, 0x01, 0xff]).unwrap_err();
-    assert!(matches!(error, DispatchError::Decode { id: 1000, .. }), "{error}");
+    assert!(
+        matches!(error, DispatchError::Decode { id: 1000, .. }),
+        "{error}"
+    );
     // A handler's own refusal.
     let long = make_packet(&CChat {
         msg: "x".repeat(101),
@@ -323,7 +347,9 @@ fn unknown_ids_and_bad_bodies_are_errors() {
     });
     let (id, body) = split(&long);
     assert_eq!(
-        dispatch_server(&mut recorder, &(), id, body).unwrap_err().to_string(),
+        dispatch_server(&mut recorder, &(), id, body)
+            .unwrap_err()
+            .to_string(),
         "packet id 1004 rejected: chat line too long"
     );
     assert!(recorder.calls.is_empty());

@@ -88,7 +88,11 @@ impl PacketHandler for TestHandler {
     }
 }
 
-fn server(backend: Backend, config: PacketConfig, idle: Option<Duration>) -> (ServerService, Shared) {
+fn server(
+    backend: Backend,
+    config: PacketConfig,
+    idle: Option<Duration>,
+) -> (ServerService, Shared) {
     let seen = Shared::default();
     let for_factory = Arc::clone(&seen);
     // One worker: every session of a test shares it.
@@ -267,10 +271,7 @@ fn half_a_header_is_left_to_the_idle_timeout(backend: Backend) {
 fn flood_config(policy: RatePolicy) -> PacketConfig {
     PacketConfig::default().with_rate_limits(
         RateLimits::default()
-            .id(
-                FLOOD,
-                Limit::NONE.packets(Rate::per_second(20).burst(20)),
-            )
+            .id(FLOOD, Limit::NONE.packets(Rate::per_second(20).burst(20)))
             .policy(policy),
     )
 }
@@ -310,18 +311,27 @@ fn flood(backend: Backend, policy: RatePolicy) -> (u64, DisconnectReason) {
         assert!(!seen.lock().reasons.contains_key(&flood_peer));
     }
 
-    assert!(!seen.lock().reasons.contains_key(&quiet_peer), "quiet session touched");
+    assert!(
+        !seen.lock().reasons.contains_key(&quiet_peer),
+        "quiet session touched"
+    );
     assert_eq!(seen.lock().flood_delivered[&quiet_peer], 5);
     assert_eq!(seen.lock().delivered[&quiet_peer], 10);
     drop(quiet);
-    assert!(wait_until(TIMEOUT, || seen.lock().reasons.contains_key(&quiet_peer)));
+    assert!(wait_until(TIMEOUT, || seen
+        .lock()
+        .reasons
+        .contains_key(&quiet_peer)));
     assert_eq!(
         seen.lock().reasons[&quiet_peer],
         DisconnectReason::ClosedByPeer
     );
     stop(service);
     let seen = seen.lock();
-    (seen.flood_delivered[&flood_peer], seen.reasons[&flood_peer].clone())
+    (
+        seen.flood_delivered[&flood_peer],
+        seen.reasons[&flood_peer].clone(),
+    )
 }
 
 fn flood_is_disconnected_and_a_quiet_session_untouched(backend: Backend) {

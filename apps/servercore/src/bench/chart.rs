@@ -20,7 +20,7 @@ fn color(implementation: &str) -> RGBColor {
         "uring" => RGBColor(31, 119, 180),
         "poll" => RGBColor(44, 160, 44),
         "tokio" => RGBColor(255, 127, 14),
-        _ => RGBColor(90, 90, 90)
+        _ => RGBColor(90, 90, 90),
     }
 }
 
@@ -54,7 +54,9 @@ fn empty_panel(area: &DrawingArea<SVGBackend<'_>, Shift>, text: &str) -> DrawRes
 fn log_range(values: impl Iterator<Item = f64>) -> Option<(f64, f64)> {
     let (low, high) = values
         .filter(|v| *v > 0.0 && v.is_finite())
-        .fold((f64::MAX, f64::MIN), |(low, high), v| (low.min(v), high.max(v)));
+        .fold((f64::MAX, f64::MIN), |(low, high), v| {
+            (low.min(v), high.max(v))
+        });
     (low <= high).then(|| (low / 1.6, high * 1.6))
 }
 
@@ -97,15 +99,31 @@ fn echo_panel(
         }
         rows.sort_by_key(|r| r.clients);
         let colour = color(name);
-        let p99: Vec<(f64, f64)> = rows.iter().map(|r| (r.clients as f64, ms(r.latency.p99_us))).collect();
-        let p50: Vec<(f64, f64)> = rows.iter().map(|r| (r.clients as f64, ms(r.latency.p50_us))).collect();
+        let p99: Vec<(f64, f64)> = rows
+            .iter()
+            .map(|r| (r.clients as f64, ms(r.latency.p99_us)))
+            .collect();
+        let p50: Vec<(f64, f64)> = rows
+            .iter()
+            .map(|r| (r.clients as f64, ms(r.latency.p50_us)))
+            .collect();
         chart
             .draw_series(LineSeries::new(p99.clone(), colour.stroke_width(2)))?
             .label(format!("{name} p99"))
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(2)));
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(2))
+            });
         chart.draw_series(p99.iter().map(|p| Circle::new(*p, 4, colour.filled())))?;
-        chart.draw_series(DashedLineSeries::new(p50.clone(), 6, 4, colour.stroke_width(1)))?;
-        chart.draw_series(p50.iter().map(|p| Circle::new(*p, 3, colour.stroke_width(1))))?;
+        chart.draw_series(DashedLineSeries::new(
+            p50.clone(),
+            6,
+            4,
+            colour.stroke_width(1),
+        ))?;
+        chart.draw_series(
+            p50.iter()
+                .map(|p| Circle::new(*p, 3, colour.stroke_width(1))),
+        )?;
     }
     chart
         .configure_series_labels()
@@ -132,7 +150,8 @@ fn broadcast_panel(
     broadcast: &[BroadcastResult],
 ) -> DrawResult {
     let ms = |us: u64| us.max(1) as f64 / 1000.0;
-    let measured: Vec<&BroadcastResult> = broadcast.iter().filter(|r| r.latency.count > 0).collect();
+    let measured: Vec<&BroadcastResult> =
+        broadcast.iter().filter(|r| r.latency.count > 0).collect();
     let Some((y_low, y_high)) = log_range(
         measured
             .iter()
@@ -178,7 +197,9 @@ fn broadcast_panel(
         chart
             .draw_series(LineSeries::new(points.clone(), colour.stroke_width(2)))?
             .label(name.as_str())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(2)));
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(2))
+            });
         chart.draw_series(points.iter().map(|p| Circle::new(*p, 4, colour.filled())))?;
     }
     chart

@@ -75,7 +75,12 @@ impl ChatPeer {
     /// Handles one packet. `Err` means the peer broke the protocol and the
     /// connection should be closed; `Ok(None)` means nothing to do (a chat
     /// before entering is dropped, as the course server does).
-    pub fn handle(&mut self, ids: &PlayerIds, id: u16, body: &[u8]) -> Result<Option<Action>, String> {
+    pub fn handle(
+        &mut self,
+        ids: &PlayerIds,
+        id: u16,
+        body: &[u8],
+    ) -> Result<Option<Action>, String> {
         match id {
             proto::C_LOGIN => {
                 proto::CLogin::decode(body).map_err(|error| format!("C_LOGIN: {error}"))?;
@@ -96,14 +101,21 @@ impl ChatPeer {
                 Ok(Some(Action::Reply(proto::packet(proto::S_LOGIN, &reply))))
             }
             proto::C_ENTER_GAME => {
-                let enter = CEnterGame::decode(body).map_err(|error| format!("C_ENTER_GAME: {error}"))?;
+                let enter =
+                    CEnterGame::decode(body).map_err(|error| format!("C_ENTER_GAME: {error}"))?;
                 let (Some(first), None) = (self.first_player, self.player_id) else {
                     let reply = SEnterGame::default();
-                    return Ok(Some(Action::Reply(proto::packet(proto::S_ENTER_GAME, &reply))));
+                    return Ok(Some(Action::Reply(proto::packet(
+                        proto::S_ENTER_GAME,
+                        &reply,
+                    ))));
                 };
                 if enter.player_index >= proto::PLAYERS_PER_ACCOUNT {
                     let reply = SEnterGame::default();
-                    return Ok(Some(Action::Reply(proto::packet(proto::S_ENTER_GAME, &reply))));
+                    return Ok(Some(Action::Reply(proto::packet(
+                        proto::S_ENTER_GAME,
+                        &reply,
+                    ))));
                 }
                 let player_id = first + enter.player_index;
                 self.player_id = Some(player_id);
@@ -167,15 +179,26 @@ mod tests {
             msg: "hi".into(),
             client_time_us: 7,
         };
-        assert_eq!(peer.handle(&ids, proto::C_CHAT, &body(&chat)).unwrap(), None);
+        assert_eq!(
+            peer.handle(&ids, proto::C_CHAT, &body(&chat)).unwrap(),
+            None
+        );
 
         let enter = peer
-            .handle(&ids, proto::C_ENTER_GAME, &body(&CEnterGame { player_index: 2 }))
+            .handle(
+                &ids,
+                proto::C_ENTER_GAME,
+                &body(&CEnterGame { player_index: 2 }),
+            )
             .unwrap();
-        assert!(matches!(enter, Some(Action::Enter { player_id, .. }) if player_id == login.players[2].id));
+        assert!(
+            matches!(enter, Some(Action::Enter { player_id, .. }) if player_id == login.players[2].id)
+        );
         assert_eq!(peer.player_id(), Some(login.players[2].id));
 
-        let Some(Action::Broadcast(bytes)) = peer.handle(&ids, proto::C_CHAT, &body(&chat)).unwrap() else {
+        let Some(Action::Broadcast(bytes)) =
+            peer.handle(&ids, proto::C_CHAT, &body(&chat)).unwrap()
+        else {
             panic!("a chat after entering is broadcast");
         };
         let frame = proto::split_frame(&bytes).unwrap().unwrap();
@@ -191,8 +214,12 @@ mod tests {
         assert!(peer.handle(&ids, proto::C_CHAT, &[0xff]).is_err());
         // Entering before login is answered with a failure.
         let reply: SEnterGame = decode_reply(
-            peer.handle(&ids, proto::C_ENTER_GAME, &body(&CEnterGame { player_index: 0 }))
-                .unwrap(),
+            peer.handle(
+                &ids,
+                proto::C_ENTER_GAME,
+                &body(&CEnterGame { player_index: 0 }),
+            )
+            .unwrap(),
             proto::S_ENTER_GAME,
         );
         assert!(!reply.success);
@@ -203,8 +230,17 @@ mod tests {
         let ids = PlayerIds::new();
         let (mut a, mut b) = (ChatPeer::new(), ChatPeer::new());
         let login = body(&proto::CLogin::default());
-        let a: SLogin = decode_reply(a.handle(&ids, proto::C_LOGIN, &login).unwrap(), proto::S_LOGIN);
-        let b: SLogin = decode_reply(b.handle(&ids, proto::C_LOGIN, &login).unwrap(), proto::S_LOGIN);
-        assert!(a.players.iter().all(|p| b.players.iter().all(|q| p.id != q.id)));
+        let a: SLogin = decode_reply(
+            a.handle(&ids, proto::C_LOGIN, &login).unwrap(),
+            proto::S_LOGIN,
+        );
+        let b: SLogin = decode_reply(
+            b.handle(&ids, proto::C_LOGIN, &login).unwrap(),
+            proto::S_LOGIN,
+        );
+        assert!(a
+            .players
+            .iter()
+            .all(|p| b.players.iter().all(|q| p.id != q.id)));
     }
 }

@@ -13,7 +13,7 @@ use anyhow::{bail, Context};
 use parking_lot::Mutex;
 
 use super::progress::Progress;
-use super::{procfs, Impl, Scenario};
+use super::{procfs, ChatServer, Impl, Scenario};
 
 /// A running benchmark server process.
 pub struct ServerProcess {
@@ -34,16 +34,18 @@ impl ServerProcess {
         scenario: Scenario,
         workers: Option<usize>,
         max_sessions: usize,
+        chat: ChatServer,
         progress: &Progress,
     ) -> anyhow::Result<ServerProcess> {
-        let exe = std::env::current_exe().context("locating the servercore executable")?;
+        let exe = own_executable()?;
         let mut command = Command::new(exe);
         command
             .arg("bench-server")
             .args(["--impl", implementation.name()])
             .args(["--scenario", scenario.name()])
             .args(["--addr", "127.0.0.1:0"])
-            .args(["--max-sessions", &max_sessions.to_string()]);
+            .args(["--max-sessions", &max_sessions.to_string()])
+            .args(["--chat", chat.name()]);
         if let Some(workers) = workers {
             command.args(["--workers", &workers.to_string()]);
         }
@@ -78,8 +80,9 @@ impl ServerProcess {
             label,
         };
         let first = process.read_line()?;
-        process.addr = parse_listening_line(&first)
-            .with_context(|| format!("{}: no address in its first line {first:?}", process.label))?;
+        process.addr = parse_listening_line(&first).with_context(|| {
+            format!("{}: no address in its first line {first:?}", process.label)
+        })?;
         Ok(process)
     }
 
@@ -91,11 +94,6 @@ impl ServerProcess {
     /// The child's process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
-    }
-
-    /// CPU time the server has used so far.
-    pub fn cpu_time(&self) -> anyhow::Result<Duration> {
-        procfs::cpu_time(self.pid())
     }
 
     /// The server's resident memory in KiB.
@@ -142,7 +140,9 @@ impl ServerProcess {
             match self.child.try_wait() {
                 Ok(Some(status)) if status.success() => break None,
                 Ok(Some(status)) => break Some(format!("{} exited with {status}", self.label)),
-                Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
                 Ok(None) | Err(_) => {
                     let _ = self.child.kill();
                     let _ = self.child.wait();
@@ -170,10 +170,24 @@ impl Drop for ServerProcess {
     }
 }
 
+/// This very executable: `/proc/self/exe` where it exists, which still
+/// names the running binary after a rebuild replaced the file on disk, so
+/// the server is always the same build as the harness.
+fn own_executable() -> anyhow::Result<std::path::PathBuf> {
+    let proc_self = std::path::Path::new("/proc/self/exe");
+    if proc_self.exists() {
+        return Ok(proc_self.to_path_buf());
+    }
+    std::env::current_exe().context("locating the servercore executable")
+}
+
 /// The first socket address among the words of a `listening on ...` line.
 pub fn parse_listening_line(line: &str) -> Option<SocketAddr> {
-    line.split_whitespace()
-        .find_map(|word| word.trim_matches(|c| c == '(' || c == ')' || c == ',').parse().ok())
+    line.split_whitespace().find_map(|word| {
+        word.trim_matches(|c| c == '(' || c == ')' || c == ',')
+            .parse()
+            .ok()
+    })
 }
 
 #[cfg(test)]

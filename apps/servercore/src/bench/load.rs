@@ -141,11 +141,15 @@ pub async fn connect_many(
                 Ok(Ok(stream)) => connected.streams.push(stream),
                 Ok(Err(error)) => {
                     connected.failed += 1;
-                    connected.first_error.get_or_insert_with(|| error.to_string());
+                    connected
+                        .first_error
+                        .get_or_insert_with(|| error.to_string());
                 }
                 Err(error) => {
                     connected.failed += 1;
-                    connected.first_error.get_or_insert_with(|| error.to_string());
+                    connected
+                        .first_error
+                        .get_or_insert_with(|| error.to_string());
                 }
             }
         }
@@ -181,12 +185,16 @@ pub struct Window {
     pub server_cpu: Duration,
     /// CPU this process (the load generator) used.
     pub load_cpu: Duration,
+    /// CPU every other process of the machine used (kernel threads
+    /// included): a busy machine makes the numbers unreliable.
+    pub other_cpu: Duration,
 }
 
 struct WindowStart {
     at: Instant,
     server_cpu: Duration,
     load_cpu: Duration,
+    machine_cpu: Duration,
 }
 
 impl WindowStart {
@@ -195,15 +203,20 @@ impl WindowStart {
             at: Instant::now(),
             server_cpu: procfs::cpu_time(server_pid)?,
             load_cpu: procfs::cpu_time(std::process::id())?,
+            machine_cpu: procfs::machine_cpu_time()?,
         })
     }
 
     fn close(self, server_pid: u32) -> anyhow::Result<Window> {
         let elapsed = self.at.elapsed();
+        let server_cpu = procfs::cpu_time(server_pid)?.saturating_sub(self.server_cpu);
+        let load_cpu = procfs::cpu_time(std::process::id())?.saturating_sub(self.load_cpu);
+        let machine_cpu = procfs::machine_cpu_time()?.saturating_sub(self.machine_cpu);
         Ok(Window {
             elapsed,
-            server_cpu: procfs::cpu_time(server_pid)?.saturating_sub(self.server_cpu),
-            load_cpu: procfs::cpu_time(std::process::id())?.saturating_sub(self.load_cpu),
+            server_cpu,
+            load_cpu,
+            other_cpu: machine_cpu.saturating_sub(server_cpu + load_cpu),
         })
     }
 }
@@ -235,8 +248,6 @@ pub struct Timing {
 
 /// What one echo measurement saw.
 pub struct EchoOutcome {
-    /// Clients that ran.
-    pub clients: usize,
     /// Round trips completed inside the window.
     pub requests: u64,
     /// The window.
@@ -278,7 +289,6 @@ pub async fn echo(
         errors.extend(error);
     }
     Ok(EchoOutcome {
-        clients,
         requests: latency.len(),
         window,
         latency,
@@ -389,7 +399,13 @@ pub async fn broadcast(
     let count = players.len() as u32;
     for (index, (stream, player_id, leftover)) in players.into_iter().enumerate() {
         let (read, write) = stream.into_split();
-        readers.spawn(chat_reader(read, player_id, leftover, counters.clone(), stop_rx.clone()));
+        readers.spawn(chat_reader(
+            read,
+            player_id,
+            leftover,
+            counters.clone(),
+            stop_rx.clone(),
+        ));
         let offset = interval * index as u32 / count.max(1);
         writers.spawn(chat_writer(
             write,
@@ -413,7 +429,9 @@ pub async fn broadcast(
     }
     let mut latency = latency_histogram();
     while let Some(result) = readers.join_next().await {
-        latency.add(&result.context("chat reader task")?).context("merging histograms")?;
+        latency
+            .add(&result.context("chat reader task")?)
+            .context("merging histograms")?;
     }
     drop(write_halves);
     let errors = counters.errors.lock().clone();
@@ -440,16 +458,24 @@ async fn enter(mut stream: TcpStream) -> anyhow::Result<(TcpStream, u64, BytesMu
     let login = SLogin::decode(read_packet(&mut stream, &mut buf, proto::S_LOGIN).await?)?;
     ensure!(login.success && !login.players.is_empty(), "login refused");
     stream
-        .write_all(&proto::packet(proto::C_ENTER_GAME, &CEnterGame { player_index: 0 }))
+        .write_all(&proto::packet(
+            proto::C_ENTER_GAME,
+            &CEnterGame { player_index: 0 },
+        ))
         .await?;
-    let entered = SEnterGame::decode(read_packet(&mut stream, &mut buf, proto::S_ENTER_GAME).await?)?;
+    let entered =
+        SEnterGame::decode(read_packet(&mut stream, &mut buf, proto::S_ENTER_GAME).await?)?;
     ensure!(entered.success, "enter game refused");
     Ok((stream, entered.player_id, buf))
 }
 
 /// Reads until a packet with id `want` arrives (skipping others) and
 /// returns its body.
-async fn read_packet(stream: &mut TcpStream, buf: &mut BytesMut, want: u16) -> anyhow::Result<Bytes> {
+async fn read_packet(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    want: u16,
+) -> anyhow::Result<Bytes> {
     loop {
         if let Some(frame) = proto::split_frame(buf)? {
             let (id, len) = (frame.id, frame.len);

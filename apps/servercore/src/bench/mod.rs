@@ -99,6 +99,28 @@ impl Impl {
     }
 }
 
+/// Which engine server the broadcast scenario runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum ChatServer {
+    /// The sample game server (`servercore server`): packet sessions, the
+    /// room and players as job-queue actors, an in-memory database.
+    #[default]
+    Game,
+    /// The benchmark's minimal chat server: the tokio baseline's room logic
+    /// on plain engine sessions, so only the I/O layers differ.
+    Minimal,
+}
+
+impl ChatServer {
+    /// The name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            ChatServer::Game => "game",
+            ChatServer::Minimal => "minimal",
+        }
+    }
+}
+
 /// `servercore bench` options.
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
@@ -144,6 +166,11 @@ pub struct BenchArgs {
     #[arg(long, value_name = "N")]
     pub broadcast_sessions: Option<usize>,
 
+    /// Engine server of the broadcast scenario: the sample game server, or
+    /// the minimal chat server with the tokio baseline's room logic.
+    #[arg(long, value_enum, default_value_t = ChatServer::Game, value_name = "SERVER")]
+    pub chat_server: ChatServer,
+
     /// Milliseconds between two chats of one broadcast session.
     #[arg(long, default_value_t = 1000, value_name = "MS")]
     pub chat_interval_ms: u64,
@@ -176,6 +203,10 @@ pub struct BenchServerArgs {
     #[arg(long)]
     pub workers: Option<usize>,
 
+    /// Engine broadcast server: the game server or the minimal chat server.
+    #[arg(long, value_enum, default_value_t = ChatServer::Game)]
+    pub chat: ChatServer,
+
     /// Most sessions at once (engine servers).
     #[arg(long, default_value_t = 20_000)]
     pub max_sessions: usize,
@@ -185,6 +216,10 @@ pub struct BenchServerArgs {
 pub fn run_server(args: BenchServerArgs) -> anyhow::Result<()> {
     server::run(args)
 }
+
+/// CPU (in cores) other processes may use during a window before the run
+/// notes that the machine was busy.
+const BUSY_MACHINE_CORES: f64 = 0.25;
 
 /// Descriptors kept free for everything but the benchmark's connections.
 const SPARE_FDS: u64 = 512;
@@ -201,10 +236,15 @@ struct Plan {
     idle_sessions: usize,
     workers: Option<usize>,
     max_sessions: usize,
+    chat_server: ChatServer,
 }
 
 impl Plan {
-    fn new(args: &BenchArgs, open_file_limit: u64, notes: &mut Vec<String>) -> anyhow::Result<Plan> {
+    fn new(
+        args: &BenchArgs,
+        open_file_limit: u64,
+        notes: &mut Vec<String>,
+    ) -> anyhow::Result<Plan> {
         anyhow::ensure!(
             args.duration.is_finite() && args.duration > 0.0,
             "--duration must be positive"
@@ -225,7 +265,10 @@ impl Plan {
             for wanted in &args.backends {
                 if !implementations.contains(wanted) {
                     let why = servercore::driver::uring_unavailable_reason().unwrap_or_default();
-                    notes.push(format!("{} is not available here and was skipped: {why}", wanted.name()));
+                    notes.push(format!(
+                        "{} is not available here and was skipped: {why}",
+                        wanted.name()
+                    ));
                 }
             }
             implementations.retain(|imp| args.backends.contains(imp));
@@ -241,14 +284,21 @@ impl Plan {
         } else {
             args.duration
         };
-        let warmup = args.warmup.unwrap_or(if quick { 0.3 } else { 1.0 }).max(0.0);
+        let warmup = args
+            .warmup
+            .unwrap_or(if quick { 0.3 } else { 1.0 })
+            .max(0.0);
         let chat_interval = Duration::from_millis(args.chat_interval_ms.max(1));
         let timing = Timing {
             warmup: Duration::from_secs_f64(warmup),
             duration: Duration::from_secs_f64(duration),
         };
         let echo_clients = if !args.echo_clients.is_empty() {
-            args.echo_clients.iter().copied().filter(|&c| c > 0).collect()
+            args.echo_clients
+                .iter()
+                .copied()
+                .filter(|&c| c > 0)
+                .collect()
         } else if quick {
             vec![10, 50]
         } else {
@@ -263,7 +313,12 @@ impl Plan {
             .unwrap_or(if quick { 1000 } else { 15_000 })
             .max(1);
         let usable = open_file_limit.saturating_sub(SPARE_FDS) as usize;
-        let biggest_load = echo_clients.iter().copied().max().unwrap_or(0).max(broadcast_sessions);
+        let biggest_load = echo_clients
+            .iter()
+            .copied()
+            .max()
+            .unwrap_or(0)
+            .max(broadcast_sessions);
         anyhow::ensure!(
             biggest_load <= usable,
             "the open-file limit ({open_file_limit}) is too low for {biggest_load} connections"
@@ -286,6 +341,7 @@ impl Plan {
             idle_sessions,
             workers: args.workers,
             max_sessions,
+            chat_server: args.chat_server,
         })
     }
 }
@@ -306,7 +362,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let open_file_limit = match procfs::raise_nofile_limit() {
         Ok(limit) => limit,
         Err(error) => {
-            notes.push(format!("could not read or raise the open-file limit: {error}"));
+            notes.push(format!(
+                "could not read or raise the open-file limit: {error}"
+            ));
             1024
         }
     };
@@ -325,23 +383,35 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             args.sources
         ));
     }
-    let columns: Vec<String> = plan.implementations.iter().map(|imp| imp.name().to_string()).collect();
+    let columns: Vec<String> = plan
+        .implementations
+        .iter()
+        .map(|imp| imp.name().to_string())
+        .collect();
     let settings = Settings {
         duration_seconds: plan.timing.duration.as_secs_f64(),
         warmup_seconds: plan.timing.warmup.as_secs_f64(),
         quick: args.quick,
-        scenarios: plan.scenarios.iter().map(|s| s.name().to_string()).collect(),
+        scenarios: plan
+            .scenarios
+            .iter()
+            .map(|s| s.name().to_string())
+            .collect(),
         implementations: columns.clone(),
         workers: plan.workers,
         echo_clients: plan.echo_clients.clone(),
         broadcast_sessions: plan.broadcast_sessions,
+        broadcast_server: plan.chat_server.name().to_string(),
         idle_sessions: plan.idle_sessions,
         source_addresses: sources.len(),
         open_file_limit,
     };
     println!(
-        "servercore bench: {} cores, kernel {}, {}",
-        machine.cores, machine.kernel, machine.cpu
+        "servercore bench: {} cores, kernel {}, {}; load average {}",
+        machine.cores,
+        machine.kernel,
+        machine.cpu,
+        procfs::load_average().map_or_else(|| "?".to_string(), |load| format!("{load:.2}"))
     );
     println!(
         "implementations {} (ratios against {}); server workers {}; window {:.1} s after {:.1} s warm-up; {} client source addresses; open-file limit {}",
@@ -387,10 +457,17 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
         let sections = match scenario {
             Scenario::Echo => report::echo_sections(&bench.report.echo, &columns, duration),
-            Scenario::Broadcast => {
-                report::broadcast_section(&bench.report.broadcast, &columns, duration).into_iter().collect()
-            }
-            Scenario::Idle => report::idle_section(&bench.report.idle, &columns).into_iter().collect(),
+            Scenario::Broadcast => report::broadcast_section(
+                &bench.report.broadcast,
+                &columns,
+                duration,
+                bench.plan.chat_server.name(),
+            )
+            .into_iter()
+            .collect(),
+            Scenario::Idle => report::idle_section(&bench.report.idle, &columns)
+                .into_iter()
+                .collect(),
         };
         for section in sections {
             bench.progress.println(&section.render());
@@ -435,7 +512,24 @@ impl Bench {
             "starting the server",
             0,
         );
-        ServerProcess::spawn(imp, scenario, self.plan.workers, self.plan.max_sessions, &self.progress)
+        ServerProcess::spawn(
+            imp,
+            scenario,
+            self.plan.workers,
+            self.plan.max_sessions,
+            self.plan.chat_server,
+            &self.progress,
+        )
+    }
+
+    /// Notes a window during which other processes used noticeable CPU.
+    fn check_quiet(&mut self, what: &str, window: &load::Window) {
+        let other = window.other_cpu.as_secs_f64() / window.elapsed.as_secs_f64().max(1e-9);
+        if other > BUSY_MACHINE_CORES {
+            self.report.notes.push(format!(
+                "{what}: other processes used {other:.2} cores during the window; the machine was not quiet"
+            ));
+        }
     }
 
     /// Stops a server and records anything unusual it did.
@@ -453,8 +547,11 @@ impl Bench {
     fn echo(&mut self, imp: Impl) -> anyhow::Result<()> {
         let server = self.spawn(imp, Scenario::Echo)?;
         for clients in self.plan.echo_clients.clone() {
-            self.progress
-                .phase(&format!("echo {clients} · {}", imp.name()), "connecting", clients as u64);
+            self.progress.phase(
+                &format!("echo {clients} · {}", imp.name()),
+                "connecting",
+                clients as u64,
+            );
             let outcome = self.runtime.block_on(load::echo(
                 server.addr(),
                 server.pid(),
@@ -472,6 +569,10 @@ impl Bench {
             };
             let seconds = outcome.window.elapsed.as_secs_f64();
             let cpu = outcome.window.server_cpu.as_secs_f64();
+            self.check_quiet(
+                &format!("echo {clients} on {}", imp.name()),
+                &outcome.window,
+            );
             if !outcome.errors.is_empty() {
                 self.report.notes.push(format!(
                     "echo {clients} on {}: {} client(s) failed; first: {}",
@@ -487,9 +588,11 @@ impl Bench {
                 seconds,
                 requests_per_sec: outcome.requests as f64 / seconds,
                 server_cpu_seconds: cpu,
-                server_cpu_us_per_request: (outcome.requests > 0).then(|| cpu * 1e6 / outcome.requests as f64),
+                server_cpu_us_per_request: (outcome.requests > 0)
+                    .then(|| cpu * 1e6 / outcome.requests as f64),
                 server_cpu_cores: cpu / seconds,
                 load_cpu_cores: outcome.window.load_cpu.as_secs_f64() / seconds,
+                other_cpu_cores: outcome.window.other_cpu.as_secs_f64() / seconds,
                 latency: Latency::from_histogram(&outcome.latency),
                 errors: outcome.errors,
             });
@@ -529,6 +632,7 @@ impl Bench {
         self.finish(server);
         let seconds = outcome.window.elapsed.as_secs_f64();
         let cpu = outcome.window.server_cpu.as_secs_f64();
+        self.check_quiet(&format!("broadcast on {}", imp.name()), &outcome.window);
         if outcome.disconnects > 0 {
             self.report.notes.push(format!(
                 "broadcast on {}: {} session(s) lost; first errors: {}",
@@ -548,9 +652,11 @@ impl Bench {
             expected_deliveries_per_sec: sessions * sessions / outcome.interval.as_secs_f64(),
             deliveries_per_sec: outcome.deliveries as f64 / seconds,
             server_cpu_seconds: cpu,
-            server_cpu_us_per_delivery: (outcome.deliveries > 0).then(|| cpu * 1e6 / outcome.deliveries as f64),
+            server_cpu_us_per_delivery: (outcome.deliveries > 0)
+                .then(|| cpu * 1e6 / outcome.deliveries as f64),
             server_cpu_cores: cpu / seconds,
             load_cpu_cores: outcome.window.load_cpu.as_secs_f64() / seconds,
+            other_cpu_cores: outcome.window.other_cpu.as_secs_f64() / seconds,
             latency: Latency::from_histogram(&outcome.latency),
             disconnects: outcome.disconnects,
             errors: outcome.errors,
@@ -576,13 +682,14 @@ impl Bench {
         Ok(())
     }
 
-    fn measure_idle(&mut self, imp: Impl, server: &mut ServerProcess) -> anyhow::Result<IdleResult> {
+    fn measure_idle(
+        &mut self,
+        imp: Impl,
+        server: &mut ServerProcess,
+    ) -> anyhow::Result<IdleResult> {
         let sessions = self.plan.idle_sessions;
-        self.progress.phase(
-            &format!("idle {sessions} · {}", imp.name()),
-            "settling",
-            0,
-        );
+        self.progress
+            .phase(&format!("idle {sessions} · {}", imp.name()), "settling", 0);
         std::thread::sleep(Duration::from_millis(500));
         let rss_before_kib = server.rss_kib()?;
         let connected = self.runtime.block_on(load::connect_many(

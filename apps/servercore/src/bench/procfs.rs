@@ -64,6 +64,44 @@ pub fn ticks_to_duration(ticks: u64, per_second: u64) -> Duration {
         + Duration::from_nanos((ticks % per_second) * 1_000_000_000 / per_second)
 }
 
+/// Busy and total clock ticks of all CPUs together, from the first line
+/// (`cpu  user nice system idle iowait irq softirq steal ...`) of
+/// `/proc/stat`. Busy counts everything but idle and iowait.
+pub fn parse_system_cpu_ticks(stat: &str) -> Option<(u64, u64)> {
+    let line = stat.lines().next()?;
+    let mut fields = line.split_whitespace();
+    if fields.next()? != "cpu" {
+        return None;
+    }
+    let values: Vec<u64> = fields
+        .take(8)
+        .map(|f| f.parse().ok())
+        .collect::<Option<_>>()?;
+    if values.len() < 8 {
+        return None;
+    }
+    let idle = values[3] + values[4];
+    let busy = values[0] + values[1] + values[2] + values[5] + values[6] + values[7];
+    Some((busy, busy + idle))
+}
+
+/// CPU time all processes of the machine have used so far (every core).
+pub fn machine_cpu_time() -> anyhow::Result<Duration> {
+    let text = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+    let (busy, _) = parse_system_cpu_ticks(&text).context("parsing /proc/stat")?;
+    Ok(ticks_to_duration(busy, clock_ticks_per_second()))
+}
+
+/// The 1-minute load average of `/proc/loadavg`.
+pub fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 /// Resident memory of a process, in KiB.
 pub fn rss_kib(pid: u32) -> anyhow::Result<u64> {
     let path = format!("/proc/{pid}/status");
@@ -94,6 +132,8 @@ pub fn raise_nofile_limit() -> std::io::Result<u64> {
         }
         limit = raised;
     }
+    // rlim_t is u64 on Linux but not everywhere.
+    #[allow(clippy::unnecessary_cast)]
     Ok(limit.rlim_cur as u64)
 }
 
@@ -167,6 +207,15 @@ mod tests {
         assert_eq!(parse_status_kib(status, "Threads"), Some(3));
         assert_eq!(parse_status_kib(status, "VmHWM"), None);
         assert!(rss_kib(std::process::id()).unwrap() > 0);
+    }
+
+    #[test]
+    fn system_cpu_line() {
+        let stat = "cpu  100 5 50 1000 20 3 7 2 0 0\ncpu0 50 2 25 500 10 1 3 1 0 0\n";
+        assert_eq!(parse_system_cpu_ticks(stat), Some((167, 1187)));
+        assert_eq!(parse_system_cpu_ticks("cpu0 1 2 3\n"), None);
+        assert_eq!(parse_system_cpu_ticks("cpu 1 2 3\n"), None);
+        assert!(machine_cpu_time().is_ok());
     }
 
     #[test]

@@ -45,11 +45,6 @@ impl Progress {
         self.bar.set_position(0);
     }
 
-    /// Changes the phase message only.
-    pub fn message(&self, message: &str) {
-        self.bar.set_message(message.to_string());
-    }
-
     /// Advances the phase by `n` units.
     pub fn inc(&self, n: u64) {
         self.bar.inc(n);

@@ -74,6 +74,8 @@ pub struct EchoResult {
     pub server_cpu_cores: f64,
     /// Load generator CPU / wall time.
     pub load_cpu_cores: f64,
+    /// CPU of everything else on the machine / wall time.
+    pub other_cpu_cores: f64,
     /// Round-trip latency.
     pub latency: Latency,
     /// Client failures.
@@ -107,6 +109,8 @@ pub struct BroadcastResult {
     pub server_cpu_cores: f64,
     /// Load generator CPU / wall time.
     pub load_cpu_cores: f64,
+    /// CPU of everything else on the machine / wall time.
+    pub other_cpu_cores: f64,
     /// Chat round trip: sent until the sender got its own `S_CHAT`.
     pub latency: Latency,
     /// Sessions lost during the run.
@@ -212,7 +216,11 @@ pub fn render_targets(targets: &[TargetResult]) -> String {
             descriptions.push(&target.description);
         }
     }
-    let width = descriptions.iter().map(|d| d.chars().count()).max().unwrap_or(0);
+    let width = descriptions
+        .iter()
+        .map(|d| d.chars().count())
+        .max()
+        .unwrap_or(0);
     for description in descriptions {
         let verdicts: Vec<String> = targets
             .iter()
@@ -220,7 +228,12 @@ pub fn render_targets(targets: &[TargetResult]) -> String {
             .map(TargetResult::verdict)
             .collect();
         let pad = width - description.chars().count();
-        let _ = writeln!(out, "  {description}{}  {}", " ".repeat(pad), verdicts.join("; "));
+        let _ = writeln!(
+            out,
+            "  {description}{}  {}",
+            " ".repeat(pad),
+            verdicts.join("; ")
+        );
     }
     out
 }
@@ -264,6 +277,8 @@ pub struct Settings {
     pub echo_clients: Vec<usize>,
     /// Broadcast room size.
     pub broadcast_sessions: usize,
+    /// Engine server of the broadcast scenario: `game` or `minimal`.
+    pub broadcast_server: String,
     /// Idle connections.
     pub idle_sessions: usize,
     /// Client source addresses in use.
@@ -333,7 +348,13 @@ impl Section {
         self.push(label, unit, false, values)
     }
 
-    fn push(&mut self, label: &str, unit: Unit, ratio: bool, values: Vec<Option<f64>>) -> &mut Section {
+    fn push(
+        &mut self,
+        label: &str,
+        unit: Unit,
+        ratio: bool,
+        values: Vec<Option<f64>>,
+    ) -> &mut Section {
         self.rows.push(Row {
             label: label.to_string(),
             unit,
@@ -517,34 +538,80 @@ pub fn echo_sections(results: &[EchoResult], columns: &[String], duration: f64) 
                     .collect()
             };
             let mut section = Section::new(
-                format!("echo: {clients} clients, {} B ping-pong, {duration:.1} s window", super::load::ECHO_SIZE),
+                format!(
+                    "echo: {clients} clients, {} B ping-pong, {duration:.1} s window",
+                    super::load::ECHO_SIZE
+                ),
                 columns.to_vec(),
             );
             section
-                .row("requests/s", Unit::Rate, pick(&|r| Some(r.requests_per_sec)))
-                .row("server CPU/request", Unit::Micros, pick(&|r| r.server_cpu_us_per_request))
-                .row("latency p50", Unit::Micros, pick(&|r| r.latency.value(r.latency.p50_us as f64)))
-                .row("latency p99", Unit::Micros, pick(&|r| r.latency.value(r.latency.p99_us as f64)))
-                .row("latency p99.9", Unit::Micros, pick(&|r| r.latency.value(r.latency.p999_us as f64)))
-                .plain_row("server CPU (cores)", Unit::Cores, pick(&|r| Some(r.server_cpu_cores)))
-                .plain_row("load gen CPU (cores)", Unit::Cores, pick(&|r| Some(r.load_cpu_cores)));
+                .row(
+                    "requests/s",
+                    Unit::Rate,
+                    pick(&|r| Some(r.requests_per_sec)),
+                )
+                .row(
+                    "server CPU/request",
+                    Unit::Micros,
+                    pick(&|r| r.server_cpu_us_per_request),
+                )
+                .row(
+                    "latency p50",
+                    Unit::Micros,
+                    pick(&|r| r.latency.value(r.latency.p50_us as f64)),
+                )
+                .row(
+                    "latency p99",
+                    Unit::Micros,
+                    pick(&|r| r.latency.value(r.latency.p99_us as f64)),
+                )
+                .row(
+                    "latency p99.9",
+                    Unit::Micros,
+                    pick(&|r| r.latency.value(r.latency.p999_us as f64)),
+                )
+                .plain_row(
+                    "server CPU (cores)",
+                    Unit::Cores,
+                    pick(&|r| Some(r.server_cpu_cores)),
+                )
+                .plain_row(
+                    "load gen CPU (cores)",
+                    Unit::Cores,
+                    pick(&|r| Some(r.load_cpu_cores)),
+                )
+                .plain_row(
+                    "other CPU (cores)",
+                    Unit::Cores,
+                    pick(&|r| Some(r.other_cpu_cores)),
+                );
             section
         })
         .collect()
 }
 
 /// The table of the broadcast scenario.
-pub fn broadcast_section(results: &[BroadcastResult], columns: &[String], duration: f64) -> Option<Section> {
+pub fn broadcast_section(
+    results: &[BroadcastResult],
+    columns: &[String],
+    duration: f64,
+    engine_server: &str,
+) -> Option<Section> {
     let first = results.first()?;
     let pick = |f: &dyn Fn(&BroadcastResult) -> Option<f64>| -> Vec<Option<f64>> {
         columns
             .iter()
-            .map(|column| results.iter().find(|r| &r.implementation == column).and_then(f))
+            .map(|column| {
+                results
+                    .iter()
+                    .find(|r| &r.implementation == column)
+                    .and_then(f)
+            })
             .collect()
     };
     let mut section = Section::new(
         format!(
-            "broadcast: {} sessions in one room, one {} B chat each per {} ms ({} deliveries/s offered), {duration:.1} s window",
+            "broadcast ({engine_server} server on the engine): {} sessions in one room, one {} B chat each per {} ms ({} deliveries/s offered), {duration:.1} s window",
             first.sessions,
             super::load::CHAT_SIZE,
             first.interval_ms,
@@ -553,15 +620,56 @@ pub fn broadcast_section(results: &[BroadcastResult], columns: &[String], durati
         columns.to_vec(),
     );
     section
-        .row("deliveries/s", Unit::Rate, pick(&|r| Some(r.deliveries_per_sec)))
-        .row("server CPU/delivery", Unit::Micros, pick(&|r| r.server_cpu_us_per_delivery))
-        .row("latency p50", Unit::Micros, pick(&|r| r.latency.value(r.latency.p50_us as f64)))
-        .row("latency p99", Unit::Micros, pick(&|r| r.latency.value(r.latency.p99_us as f64)))
-        .row("latency p99.9", Unit::Micros, pick(&|r| r.latency.value(r.latency.p999_us as f64)))
-        .row("latency max", Unit::Micros, pick(&|r| r.latency.value(r.latency.max_us as f64)))
-        .plain_row("server CPU (cores)", Unit::Cores, pick(&|r| Some(r.server_cpu_cores)))
-        .plain_row("load gen CPU (cores)", Unit::Cores, pick(&|r| Some(r.load_cpu_cores)))
-        .plain_row("sessions lost", Unit::Count, pick(&|r| Some(r.disconnects as f64)));
+        .row(
+            "deliveries/s",
+            Unit::Rate,
+            pick(&|r| Some(r.deliveries_per_sec)),
+        )
+        .row(
+            "server CPU/delivery",
+            Unit::Micros,
+            pick(&|r| r.server_cpu_us_per_delivery),
+        )
+        .row(
+            "latency p50",
+            Unit::Micros,
+            pick(&|r| r.latency.value(r.latency.p50_us as f64)),
+        )
+        .row(
+            "latency p99",
+            Unit::Micros,
+            pick(&|r| r.latency.value(r.latency.p99_us as f64)),
+        )
+        .row(
+            "latency p99.9",
+            Unit::Micros,
+            pick(&|r| r.latency.value(r.latency.p999_us as f64)),
+        )
+        .row(
+            "latency max",
+            Unit::Micros,
+            pick(&|r| r.latency.value(r.latency.max_us as f64)),
+        )
+        .plain_row(
+            "server CPU (cores)",
+            Unit::Cores,
+            pick(&|r| Some(r.server_cpu_cores)),
+        )
+        .plain_row(
+            "load gen CPU (cores)",
+            Unit::Cores,
+            pick(&|r| Some(r.load_cpu_cores)),
+        )
+        .plain_row(
+            "other CPU (cores)",
+            Unit::Cores,
+            pick(&|r| Some(r.other_cpu_cores)),
+        )
+        .plain_row(
+            "sessions lost",
+            Unit::Count,
+            pick(&|r| Some(r.disconnects as f64)),
+        );
     Some(section)
 }
 
@@ -571,18 +679,42 @@ pub fn idle_section(results: &[IdleResult], columns: &[String]) -> Option<Sectio
     let pick = |f: &dyn Fn(&IdleResult) -> Option<f64>| -> Vec<Option<f64>> {
         columns
             .iter()
-            .map(|column| results.iter().find(|r| &r.implementation == column).and_then(f))
+            .map(|column| {
+                results
+                    .iter()
+                    .find(|r| &r.implementation == column)
+                    .and_then(f)
+            })
             .collect()
     };
     let mut section = Section::new(
-        format!("idle: {} connected sessions that send nothing", format_count(first.sessions_requested as f64)),
+        format!(
+            "idle: {} connected sessions that send nothing",
+            format_count(first.sessions_requested as f64)
+        ),
         columns.to_vec(),
     );
     section
-        .plain_row("sessions (server)", Unit::Count, pick(&|r| Some(r.server_sessions as f64)))
-        .plain_row("RSS before", Unit::KiB, pick(&|r| Some(r.rss_before_kib as f64)))
-        .plain_row("RSS with sessions", Unit::KiB, pick(&|r| Some(r.rss_after_kib as f64)))
-        .row("RSS per session", Unit::Bytes, pick(&|r| r.bytes_per_session));
+        .plain_row(
+            "sessions (server)",
+            Unit::Count,
+            pick(&|r| Some(r.server_sessions as f64)),
+        )
+        .plain_row(
+            "RSS before",
+            Unit::KiB,
+            pick(&|r| Some(r.rss_before_kib as f64)),
+        )
+        .plain_row(
+            "RSS with sessions",
+            Unit::KiB,
+            pick(&|r| Some(r.rss_after_kib as f64)),
+        )
+        .row(
+            "RSS per session",
+            Unit::Bytes,
+            pick(&|r| r.bytes_per_session),
+        );
     Some(section)
 }
 
@@ -614,7 +746,13 @@ pub fn evaluate_targets(report: &Report) -> Vec<TargetResult> {
             for engine in &engines {
                 if let Some(value) = find(engine).and_then(|r| r.server_cpu_us_per_request) {
                     if let Some(r) = ratio(value, base) {
-                        targets.push(TargetResult::new(&description, engine, TargetKind::RatioAtMost, r, 0.8));
+                        targets.push(TargetResult::new(
+                            &description,
+                            engine,
+                            TargetKind::RatioAtMost,
+                            r,
+                            0.8,
+                        ));
                     }
                 }
             }
@@ -626,9 +764,10 @@ pub fn evaluate_targets(report: &Report) -> Vec<TargetResult> {
     if let Some(base) = find(BASELINE) {
         for engine in &engines {
             let Some(result) = find(engine) else { continue };
-            if let (Some(value), Some(base_value)) =
-                (result.server_cpu_us_per_delivery, base.server_cpu_us_per_delivery)
-            {
+            if let (Some(value), Some(base_value)) = (
+                result.server_cpu_us_per_delivery,
+                base.server_cpu_us_per_delivery,
+            ) {
                 if let Some(r) = ratio(value, base_value) {
                     targets.push(TargetResult::new(
                         "broadcast: server CPU/delivery ≤ 0.33× tokio",
@@ -707,8 +846,16 @@ mod tests {
         let columns = vec!["uring".to_string(), "poll".to_string(), "tokio".to_string()];
         let mut section = Section::new("echo: 500 clients", columns);
         section
-            .row("requests/s", Unit::Rate, vec![Some(150_000.0), None, Some(100_000.0)])
-            .plain_row("server CPU (cores)", Unit::Cores, vec![Some(1.0), Some(1.5), Some(2.0)]);
+            .row(
+                "requests/s",
+                Unit::Rate,
+                vec![Some(150_000.0), None, Some(100_000.0)],
+            )
+            .plain_row(
+                "server CPU (cores)",
+                Unit::Cores,
+                vec![Some(1.0), Some(1.5), Some(2.0)],
+            );
         let text = section.render();
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines[0], "echo: 500 clients");
@@ -718,8 +865,9 @@ mod tests {
         assert!(lines[2].ends_with("100k/s"), "{text}");
         assert!(!lines[3].contains('×'), "{text}");
         // Columns line up: every cell ends where its header ends.
-        let header_end = lines[1].len();
-        assert_eq!(lines[2].len(), header_end, "{text}");
+        let header_end = lines[1].chars().count();
+        assert_eq!(lines[2].chars().count(), header_end, "{text}");
+        assert_eq!(lines[3].chars().count(), header_end, "{text}");
     }
 
     #[test]
@@ -735,7 +883,11 @@ mod tests {
         assert_eq!(bytes.verdict(), "uring 2.00 KiB MISSED by 100%");
         let text = render_targets(&[met, missed, bytes]);
         assert_eq!(text.lines().count(), 2);
-        assert!(text.lines().next().unwrap().contains("uring 0.70× met; poll 1.00× MISSED by 25%"));
+        assert!(text
+            .lines()
+            .next()
+            .unwrap()
+            .contains("uring 0.70× met; poll 1.00× MISSED by 25%"));
     }
 
     #[test]
@@ -749,6 +901,9 @@ mod tests {
         assert_eq!(latency.p50_us, 500);
         assert_eq!(latency.p99_us, 990);
         assert_eq!(latency.max_us, 1000);
-        assert_eq!(Latency::from_histogram(&super::super::load::latency_histogram()).count, 0);
+        assert_eq!(
+            Latency::from_histogram(&super::super::load::latency_histogram()).count,
+            0
+        );
     }
 }

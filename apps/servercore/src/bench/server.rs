@@ -2,6 +2,12 @@
 //! the harness can read its CPU time and memory from `/proc` without
 //! counting the load generator.
 //!
+//! Engine servers: the echo session of `servercore echo` (echo and idle),
+//! and for broadcast the sample game server (`crate::game`, in-memory
+//! database, no idle timeout) or, with `--chat minimal`, the bench's own
+//! minimal chat server ([`super::engine_chat`]). Tokio servers: see
+//! [`super::tokio_server`].
+//!
 //! Contract with the harness ([`super::child`]):
 //! - the first stdout line is `listening on ADDR (...)`;
 //! - each `sessions` line on stdin is answered with `sessions N` (the
@@ -13,11 +19,13 @@ use std::io::{BufRead, Write};
 use servercore::{Backend, ServerService};
 
 use super::tokio_server::{self, TokioServer};
-use super::{procfs, BenchServerArgs, Impl, Scenario};
+use super::{procfs, BenchServerArgs, ChatServer, Impl, Scenario};
+use crate::game::{GameConfig, GameServer};
 
 /// A running benchmark server of any implementation.
 enum Running {
     Engine(ServerService),
+    Game(GameServer),
     Tokio(TokioServer),
 }
 
@@ -31,7 +39,11 @@ impl Running {
                     Scenario::Echo | Scenario::Idle => tokio_server::Kind::Echo,
                     Scenario::Broadcast => tokio_server::Kind::Chat,
                 };
-                return Ok(Running::Tokio(TokioServer::start(kind, args.addr, args.workers)?));
+                return Ok(Running::Tokio(TokioServer::start(
+                    kind,
+                    args.addr,
+                    args.workers,
+                )?));
             }
         };
         let service = match args.scenario {
@@ -42,8 +54,16 @@ impl Running {
                 };
                 crate::echo::start(args.addr, &engine, args.max_sessions, false)?
             }
-            Scenario::Broadcast => {
+            Scenario::Broadcast if args.chat == ChatServer::Minimal => {
                 super::engine_chat::start(args.addr, backend, args.workers, args.max_sessions)?
+            }
+            Scenario::Broadcast => {
+                let mut config = GameConfig::in_memory(args.addr);
+                config.backend = backend;
+                config.workers = args.workers;
+                config.max_sessions = args.max_sessions;
+                config.idle_timeout = None;
+                return Ok(Running::Game(crate::game::start(config)?));
             }
         };
         Ok(Running::Engine(service))
@@ -52,6 +72,7 @@ impl Running {
     fn local_addr(&self) -> std::net::SocketAddr {
         match self {
             Running::Engine(service) => service.local_addr(),
+            Running::Game(server) => server.local_addr(),
             Running::Tokio(server) => server.local_addr(),
         }
     }
@@ -59,6 +80,7 @@ impl Running {
     fn sessions(&self) -> usize {
         match self {
             Running::Engine(service) => service.stats().active_sessions,
+            Running::Game(server) => server.service_stats().active_sessions,
             Running::Tokio(server) => server.sessions(),
         }
     }
@@ -68,6 +90,9 @@ impl Running {
             Running::Engine(service) => {
                 service.stop();
                 service.join();
+            }
+            Running::Game(server) => {
+                server.stop_and_join();
             }
             Running::Tokio(server) => server.stop(),
         }

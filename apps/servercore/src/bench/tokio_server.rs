@@ -18,11 +18,14 @@ use std::sync::{Arc, Mutex};
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::OwnedWriteHalf;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::mpsc;
 
 use super::chat::{Action, ChatPeer, PlayerIds};
 use super::proto;
+
+/// Listen backlog, the same as the engine's default.
+const LISTEN_BACKLOG: u32 = 4096;
 
 /// Which server the baseline runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,14 +46,29 @@ pub struct TokioServer {
 impl TokioServer {
     /// Binds `addr` and starts serving on a runtime of `workers` threads
     /// (default: available cores, tokio's own default).
-    pub fn start(kind: Kind, addr: SocketAddr, workers: Option<usize>) -> anyhow::Result<TokioServer> {
+    pub fn start(
+        kind: Kind,
+        addr: SocketAddr,
+        workers: Option<usize>,
+    ) -> anyhow::Result<TokioServer> {
         let mut builder = tokio::runtime::Builder::new_multi_thread();
         builder.enable_all();
         if let Some(workers) = workers {
             builder.worker_threads(workers);
         }
         let runtime = builder.build()?;
-        let listener = runtime.block_on(TcpListener::bind(addr))?;
+        let listener = runtime.block_on(async {
+            let socket = if addr.is_ipv4() {
+                TcpSocket::new_v4()?
+            } else {
+                TcpSocket::new_v6()?
+            };
+            socket.set_reuseaddr(true)?;
+            socket.bind(addr)?;
+            // The engine's default backlog; tokio's `TcpListener::bind`
+            // would use 128, which overflows when thousands connect at once.
+            socket.listen(LISTEN_BACKLOG)
+        })?;
         let local_addr = listener.local_addr()?;
         let sessions = Arc::new(AtomicUsize::new(0));
         runtime.spawn(accept_loop(kind, listener, sessions.clone()));
@@ -73,7 +91,8 @@ impl TokioServer {
 
     /// Stops serving and drops every connection.
     pub fn stop(self) {
-        self.runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+        self.runtime
+            .shutdown_timeout(std::time::Duration::from_secs(2));
     }
 }
 

@@ -69,7 +69,7 @@ impl LoadConfig {
             source_addrs: None,
             connect_timeout: Duration::from_secs(5),
             setup_timeout: Duration::from_secs(60),
-            drain_timeout: Duration::from_secs(5),
+            drain_timeout: Duration::from_secs(10),
             account_prefix: "dummy".to_owned(),
         }
     }
@@ -115,7 +115,9 @@ impl LoadConfig {
 /// 127/8 to loopback), one address per [`SESSIONS_PER_SOURCE_ADDR`]
 /// connections. Other targets always get the system's choice.
 pub fn plan_source_addrs(target: SocketAddr, sessions: usize) -> Vec<IpAddr> {
-    let per_addr = SESSIONS_PER_SOURCE_ADDR.min(ephemeral_ports() * 3 / 4).max(1);
+    let per_addr = SESSIONS_PER_SOURCE_ADDR
+        .min(ephemeral_ports() * 3 / 4)
+        .max(1);
     match target.ip() {
         IpAddr::V4(ip) if ip.is_loopback() && sessions > per_addr => {
             let count = sessions.div_ceil(per_addr).min(254);
@@ -196,7 +198,11 @@ mod tests {
     #[test]
     fn durations() {
         let ok = |text: &str, millis: u64| {
-            assert_eq!(parse_duration(text), Ok(Duration::from_millis(millis)), "{text}");
+            assert_eq!(
+                parse_duration(text),
+                Ok(Duration::from_millis(millis)),
+                "{text}"
+            );
         };
         ok("30s", 30_000);
         ok("2m", 120_000);

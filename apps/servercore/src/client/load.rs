@@ -5,7 +5,8 @@
 //! 1. **set-up**: the sessions connect (spread over the source addresses),
 //!    log in and enter the game; the run waits until every connected
 //!    session is in game or gave up, and every connect was tried (at most
-//!    [`LoadConfig::setup_timeout`]);
+//!    [`LoadConfig::setup_timeout`], or 10 s without progress once every
+//!    connect was tried);
 //! 2. **chat**: the window opens for [`LoadConfig::duration`]; each session
 //!    sends at its staggered slot, once per period;
 //! 3. **drain**: sending stops; the run waits for the messages in flight
@@ -34,6 +35,10 @@ use crate::shutdown::StopSignal;
 
 /// How often the run looks at its counters and redraws the progress.
 const TICK: Duration = Duration::from_millis(100);
+
+/// Once every connect was tried, the set-up ends early when no session
+/// entered or gave up for this long (a server that stopped answering).
+const SETUP_STALL: Duration = Duration::from_secs(10);
 
 /// Connect failures logged one by one; the rest are only counted.
 const LOGGED_CONNECT_ERRORS: u64 = 5;
@@ -67,11 +72,27 @@ pub fn run_load_until(
 
     // 1. Set-up: everyone connects, logs in and enters.
     let setup_end = Instant::now() + config.setup_timeout;
+    let mut last_settled = 0;
+    let mut settled_since = Instant::now();
     while Instant::now() < setup_end && !stop.is_set() {
         display.setup(stats);
         let settled = LoadStats::get(&stats.entered) + LoadStats::get(&stats.gave_up);
-        if clients.connecting_done() && settled >= clients.connected() {
-            break;
+        if settled != last_settled {
+            last_settled = settled;
+            settled_since = Instant::now();
+        }
+        if clients.connecting_done() {
+            if settled >= clients.connected() {
+                break;
+            }
+            if settled_since.elapsed() >= SETUP_STALL {
+                tracing::warn!(
+                    settled,
+                    connected = clients.connected(),
+                    "set-up made no progress for {SETUP_STALL:?}; starting the chat"
+                );
+                break;
+            }
         }
         stop.wait(TICK);
     }
@@ -93,9 +114,14 @@ pub fn run_load_until(
 
     // 3. Drain what is in flight.
     display.draining();
-    if config.period().is_some() {
-        drain(&config, stats, stop);
-    }
+    let last_delivery = if config.period().is_some() {
+        drain(&config, stats, stop)
+    } else {
+        Instant::now()
+    };
+    let receive_time = last_delivery
+        .saturating_duration_since(chat_start)
+        .max(chat_time);
 
     // 4. Stop the sessions; what ends now is not an error.
     stats.finishing.store(true, Ordering::Release);
@@ -108,7 +134,7 @@ pub fn run_load_until(
         &sources,
         &clients,
         stats,
-        chat_time,
+        (chat_time, receive_time),
         stop.is_set(),
     ))
 }
@@ -142,7 +168,9 @@ fn start_clients(
                 );
             }
         })
-        .session(move || PacketSession::new(GameClient::new(Arc::clone(&factory)), packet_config.clone()));
+        .session(move || {
+            PacketSession::new(GameClient::new(Arc::clone(&factory)), packet_config.clone())
+        });
     if let Some(workers) = config.workers {
         builder = builder.workers(workers);
     }
@@ -151,8 +179,8 @@ fn start_clients(
 
 /// Waits until every message sent came back to its sender and deliveries
 /// have been quiet for a moment, or deliveries stopped for a second, or the
-/// drain timeout passed.
-fn drain(config: &LoadConfig, stats: &LoadStats, stop: &StopSignal) {
+/// drain timeout passed. Returns when the last delivery was seen.
+fn drain(config: &LoadConfig, stats: &LoadStats, stop: &StopSignal) -> Instant {
     const QUIET_WHEN_COMPLETE: Duration = Duration::from_millis(150);
     const QUIET_GIVE_UP: Duration = Duration::from_secs(1);
     let deadline = Instant::now() + config.drain_timeout;
@@ -173,6 +201,7 @@ fn drain(config: &LoadConfig, stats: &LoadStats, stop: &StopSignal) {
             break;
         }
     }
+    quiet_since
 }
 
 fn build_report(
@@ -180,11 +209,12 @@ fn build_report(
     sources: &[std::net::IpAddr],
     clients: &ClientService,
     stats: &LoadStats,
-    chat_time: Duration,
+    (chat_time, receive_time): (Duration, Duration),
     interrupted: bool,
 ) -> LoadReport {
     let chat_secs = chat_time.as_secs_f64();
-    let per_sec = |n: u64| if chat_secs > 0.0 { n as f64 / chat_secs } else { 0.0 };
+    let receive_secs = receive_time.as_secs_f64();
+    let per_sec = |n: u64, secs: f64| if secs > 0.0 { n as f64 / secs } else { 0.0 };
     let sent = LoadStats::get(&stats.sent);
     let deliveries = LoadStats::get(&stats.deliveries);
     let connect_failed = clients.failed();
@@ -195,6 +225,7 @@ fn build_report(
         rate_per_session: config.rate,
         duration_secs: config.duration.as_secs_f64(),
         chat_secs,
+        receive_secs,
         source_addrs: sources.iter().map(ToString::to_string).collect(),
         interrupted,
         sessions: SessionSummary {
@@ -207,8 +238,8 @@ fn build_report(
         messages_sent: sent,
         deliveries_received: deliveries,
         own_echoes: LoadStats::get(&stats.own_echoes),
-        sent_per_sec: per_sec(sent),
-        deliveries_per_sec: per_sec(deliveries),
+        sent_per_sec: per_sec(sent, chat_secs),
+        deliveries_per_sec: per_sec(deliveries, receive_secs),
         latency_us: LatencySummary::from_histogram(&stats.latency_snapshot()),
         errors_total: errors.values().sum(),
         errors,

@@ -62,9 +62,7 @@ impl Progress {
             count(LoadStats::get(&stats.connected)),
             count(self.requested as u64),
             count(LoadStats::get(&stats.entered)),
-            count(
-                LoadStats::get(&stats.connect_failed) + LoadStats::get(&stats.failed_sessions)
-            ),
+            count(LoadStats::get(&stats.connect_failed) + LoadStats::get(&stats.failed_sessions)),
             count(stats.error_total()),
         ));
     }

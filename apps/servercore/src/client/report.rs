@@ -25,6 +25,9 @@ pub struct LoadReport {
     /// How long the sessions actually chatted, in seconds (shorter when the
     /// run was interrupted).
     pub chat_secs: f64,
+    /// From the start of the chat to the last delivery received, in seconds
+    /// (the chat window plus the time the last messages took to arrive).
+    pub receive_secs: f64,
     /// The local source addresses the connections were spread over (empty:
     /// the system's choice).
     pub source_addrs: Vec<String>,
@@ -42,7 +45,7 @@ pub struct LoadReport {
     pub own_echoes: u64,
     /// Messages sent per second of chat.
     pub sent_per_sec: f64,
-    /// Deliveries received per second of chat.
+    /// Deliveries received per second, over `receive_secs`.
     pub deliveries_per_sec: f64,
     /// Send-to-own-receive latency of the chat messages.
     pub latency_us: LatencySummary,
@@ -135,12 +138,27 @@ impl LoadReport {
         let mut rows: Vec<(String, String)> = Vec::new();
         let mut row = |name: &str, value: String| rows.push((name.to_owned(), value));
         let s = &self.sessions;
-        row("sessions connected", format!("{} / {}", count(s.connected), count(s.requested)));
+        row(
+            "sessions connected",
+            format!("{} / {}", count(s.connected), count(s.requested)),
+        );
         row("sessions in game", count(s.entered));
         row("sessions failed", count(s.failed));
         row(
             "messages sent",
-            format!("{} ({}/s)", count(self.messages_sent), rate(self.sent_per_sec)),
+            format!(
+                "{} ({}/s)",
+                count(self.messages_sent),
+                rate(self.sent_per_sec)
+            ),
+        );
+        row(
+            "own messages back",
+            format!(
+                "{} of {}",
+                count(self.own_echoes),
+                count(self.messages_sent)
+            ),
         );
         row("deliveries received", count(self.deliveries_received));
         row("deliveries per second", rate(self.deliveries_per_sec));
@@ -163,7 +181,11 @@ impl LoadReport {
             }
         }
         let width = rows.iter().map(|(name, _)| name.len()).max().unwrap_or(0);
-        let value_width = rows.iter().map(|(_, value)| value.chars().count()).max().unwrap_or(0);
+        let value_width = rows
+            .iter()
+            .map(|(_, value)| value.chars().count())
+            .max()
+            .unwrap_or(0);
         let mut out = String::new();
         let _ = writeln!(
             out,
@@ -173,7 +195,11 @@ impl LoadReport {
             self.backend,
             trim_float(self.rate_per_session),
             self.chat_secs,
-            if self.interrupted { " (interrupted)" } else { "" }
+            if self.interrupted {
+                " (interrupted)"
+            } else {
+                ""
+            }
         );
         let _ = writeln!(out, "  {:-<width$}  {:-<value_width$}", "", "");
         for (name, value) in &rows {
@@ -249,6 +275,7 @@ mod tests {
             rate_per_session: 1.0,
             duration_secs: 10.0,
             chat_secs: 10.0,
+            receive_secs: 10.0,
             source_addrs: vec![],
             interrupted: false,
             sessions: SessionSummary {
@@ -296,6 +323,7 @@ mod tests {
             "latency p99.9",
             "5.00 ms",
             "errors: disconnect:reset",
+            "2,000 of 2,000",
         ] {
             assert!(table.contains(needle), "{needle:?} missing from\n{table}");
         }

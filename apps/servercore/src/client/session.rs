@@ -114,7 +114,7 @@ impl RunShared {
         self.chatting.store(true, Ordering::Release);
         let slots = waiting.len().max(1);
         for (slot, chatter) in waiting.into_iter().enumerate() {
-            self.schedule_first(chatter, start, end, slot, slots);
+            self.schedule_first(chatter, (start, end), (slot, slots), false);
         }
         (start, end)
     }
@@ -138,31 +138,28 @@ impl RunShared {
                 let (start, end, slots) = (*start, *end, *slots);
                 drop(gate);
                 let slot = chatter.index % slots;
-                self.schedule_first(chatter, start, end, slot, slots);
+                self.schedule_first(chatter, (start, end), (slot, slots), true);
             }
             Gate::Closed => {}
         }
     }
 
-    /// Schedules the first message of `chatter`: slot `slot` of `slots` in
-    /// the first period after `start` that is not yet over.
+    /// Schedules the first message of `chatter`: slot `slot` of `slots`
+    /// after `start`, or, for a session that entered after the window
+    /// opened (`late`), the same slot in the next period to come.
     fn schedule_first(
         self: &Arc<Self>,
         chatter: Chatter,
-        start: Instant,
-        end: Instant,
-        slot: usize,
-        slots: usize,
+        (start, end): (Instant, Instant),
+        (slot, slots): (usize, usize),
+        late: bool,
     ) {
         let Some(period) = self.period else { return };
-        let offset = period.mul_f64(slot as f64 / slots as f64);
-        let mut due = start + offset;
+        let mut due = start + period.mul_f64(slot as f64 / slots as f64);
         let now = Instant::now();
-        if due < now {
-            // Entered late: the same slot in the next period to come.
-            let behind = now - due;
-            let periods = (behind.as_secs_f64() / period.as_secs_f64()).ceil();
-            due += period.mul_f64(periods);
+        if late && due < now {
+            let behind = (now - due).as_secs_f64() / period.as_secs_f64();
+            due += period.mul_f64(behind.ceil());
         }
         schedule(Arc::clone(self), chatter, due, end);
     }
@@ -254,15 +251,16 @@ impl GameClient {
     }
 
     fn out_of_order(&self, id: PacketId) -> DispatchError {
-        DispatchError::rejected(
-            id.as_u16(),
-            format!("{} while {:?}", id.name(), self.phase),
-        )
+        DispatchError::rejected(id.as_u16(), format!("{} while {:?}", id.name(), self.phase))
     }
 }
 
 impl ClientHandler for GameClient {
-    fn handle_s_login(&mut self, session: &SessionHandle, msg: SLogin) -> Result<(), DispatchError> {
+    fn handle_s_login(
+        &mut self,
+        session: &SessionHandle,
+        msg: SLogin,
+    ) -> Result<(), DispatchError> {
         if self.phase != Phase::LoggingIn {
             return Err(self.out_of_order(PacketId::SLogin));
         }

@@ -45,8 +45,8 @@ pub mod kind {
     /// A reply that did not decode, arrived out of order, or carried
     /// impossible values.
     pub const MALFORMED_REPLY: &str = "malformed_reply";
-    /// A session connected but had not entered the game when the chat
-    /// window closed.
+    /// A session connected but had not entered the game when the run
+    /// stopped.
     pub const NEVER_ENTERED: &str = "never_entered";
     /// Prefix of "the session was disconnected during the run", followed by
     /// [`servercore::DisconnectReason::name`].

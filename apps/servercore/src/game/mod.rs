@@ -320,3 +320,6 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;

@@ -148,7 +148,7 @@ impl Player {
             Box::new(move |result| {
                 // On the database thread: hand the result back as a job.
                 if let Some(player) = me.and_then(|me| me.upgrade()) {
-                    player.do_async(move |player| player.logged_in(result));
+                    player.post(move |player| player.logged_in(result));
                 }
             }),
         );

@@ -87,14 +87,17 @@ impl Room {
 
     /// Removes player `player_id` if it is in the room through `session`.
     pub fn leave(&mut self, player_id: u64, session: SessionId) {
-        if self
-            .members
-            .get(&player_id)
-            .is_some_and(|member| member.handle.id() == session)
-        {
+        if self.is_member(player_id, session) {
             self.remove(player_id);
             tracing::debug!(player_id, %session, "left the room");
         }
+    }
+
+    /// True if player `player_id` is in the room through `session`.
+    fn is_member(&self, player_id: u64, session: SessionId) -> bool {
+        self.members
+            .get(&player_id)
+            .is_some_and(|member| member.handle.id() == session)
     }
 
     fn remove(&mut self, player_id: u64) {
@@ -109,11 +112,7 @@ impl Room {
     /// `session`) as one `S_CHAT` buffer shared by every member, the sender
     /// included. Members whose session has closed are removed.
     pub fn chat(&mut self, player_id: u64, session: SessionId, msg: String, client_time_us: u64) {
-        if !self
-            .members
-            .get(&player_id)
-            .is_some_and(|member| member.handle.id() == session)
-        {
+        if !self.is_member(player_id, session) {
             // The room dropped the sender (its session closed) before its
             // player heard of it.
             bump(&self.counters.chats_refused_not_in_room);

@@ -121,10 +121,12 @@ pub(crate) trait Wake: Send + Sync {
 pub(crate) struct DriverConfig {
     /// io_uring: number of buffers in the provided receive-buffer ring (a
     /// power of two). poll: unused.
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     pub recv_ring_entries: u16,
     /// Size of one receive buffer (io_uring ring entry, poll scratch buffer).
     pub recv_buffer_size: usize,
     /// io_uring submission queue size.
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     pub sq_entries: u32,
 }
 

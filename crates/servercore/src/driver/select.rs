@@ -92,7 +92,7 @@ pub(crate) fn resolve_backend(requested: Backend) -> Result<ResolvedBackend, Bac
         Backend::Auto => match probe_uring() {
             Ok(()) => Ok(uring_backend()),
             Err(missing) => {
-                tracing::info!(%missing, "io_uring unavailable, falling back to the poll backend");
+                tracing::warn!(%missing, "io_uring unavailable, falling back to the poll backend");
                 Ok(ResolvedBackend::Poll)
             }
         },

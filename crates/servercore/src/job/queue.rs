@@ -241,9 +241,9 @@ impl<T: Send + 'static> Actor<T> {
 
     /// Queues `f` like [`do_async`](Actor::do_async), but never runs it on
     /// the calling thread: the queue goes to the global queue if it was
-    /// empty.
-    #[cfg(test)]
-    pub(super) fn post(&self, f: impl FnOnce(&mut T) + Send + 'static) {
+    /// empty, and a worker runs it. For threads that must not run game
+    /// logic themselves, such as a database thread posting results back.
+    pub fn post(&self, f: impl FnOnce(&mut T) + Send + 'static) {
         self.core.push(Box::new(f), false);
     }
 
@@ -369,9 +369,9 @@ impl JobQueue {
         self.actor.do_timer(delay, move |_| f());
     }
 
-    /// Queues `f` without ever running it on the calling thread.
-    #[cfg(test)]
-    pub(super) fn post(&self, f: impl FnOnce() + Send + 'static) {
+    /// Queues `f` without ever running it on the calling thread (see
+    /// [`Actor::post`]).
+    pub fn post(&self, f: impl FnOnce() + Send + 'static) {
         self.actor.post(move |_| f());
     }
 

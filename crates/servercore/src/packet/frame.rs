@@ -126,7 +126,10 @@ pub fn check_header(header: PacketHeader, max_packet_size: usize) -> Result<(), 
 /// `Ok(None)` when more bytes are needed (fewer than 4 bytes, or a valid
 /// header whose body is incomplete), and an error as soon as a complete
 /// header breaks the rules, whether or not its body has arrived.
-pub fn split_frame(buf: &[u8], max_packet_size: usize) -> Result<Option<RawPacket<'_>>, FrameError> {
+pub fn split_frame(
+    buf: &[u8],
+    max_packet_size: usize,
+) -> Result<Option<RawPacket<'_>>, FrameError> {
     let Some(header) = PacketHeader::parse(buf) else {
         return Ok(None);
     };
@@ -220,6 +223,8 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    type Packets = Vec<(u16, Vec<u8>)>;
+
     fn stream_of(packets: &[(u16, Vec<u8>)]) -> Vec<u8> {
         let mut out = Vec::new();
         for (id, body) in packets {
@@ -230,10 +235,7 @@ mod tests {
 
     /// Feeds `chunks` the way the engine does: what `on_recv` did not
     /// consume is kept and shown again in front of the next bytes.
-    fn split_chunked(
-        chunks: &[&[u8]],
-        max: usize,
-    ) -> Result<(Vec<(u16, Vec<u8>)>, usize), FrameError> {
+    fn split_chunked(chunks: &[&[u8]], max: usize) -> Result<(Packets, usize), FrameError> {
         let mut leftover: Vec<u8> = Vec::new();
         let mut out = Vec::new();
         for chunk in chunks {
@@ -251,7 +253,10 @@ mod tests {
 
     #[test]
     fn header_round_trip() {
-        let header = PacketHeader { size: 0x1234, id: 1000 };
+        let header = PacketHeader {
+            size: 0x1234,
+            id: 1000,
+        };
         let bytes = header.to_bytes();
         assert_eq!(bytes, [0x34, 0x12, 0xe8, 0x03]);
         assert_eq!(PacketHeader::parse(&bytes), Some(header));
@@ -287,7 +292,11 @@ mod tests {
         }
         assert_eq!(
             split_frame(&[101, 0, 2, 0], 100),
-            Err(FrameError::TooLarge { size: 101, id: 2, max: 100 })
+            Err(FrameError::TooLarge {
+                size: 101,
+                id: 2,
+                max: 100
+            })
         );
         assert!(split_frame(&[100, 0, 2, 0], 100).unwrap().is_none());
         assert_eq!(
@@ -300,8 +309,15 @@ mod tests {
     #[test]
     fn error_text_names_what_was_wrong() {
         let small = FrameError::TooSmall { size: 2, id: 1000 };
-        assert_eq!(small.to_string(), "packet size 2 is below the 4-byte header (id 1000)");
-        let large = FrameError::TooLarge { size: 9000, id: 1004, max: 4096 };
+        assert_eq!(
+            small.to_string(),
+            "packet size 2 is below the 4-byte header (id 1000)"
+        );
+        let large = FrameError::TooLarge {
+            size: 9000,
+            id: 1004,
+            max: 4096,
+        };
         assert_eq!(
             large.to_string(),
             "packet size 9000 exceeds the maximum of 4096 bytes (id 1004)"

@@ -531,7 +531,10 @@ mod tests {
         // The overall bucket still holds 2 tokens.
         assert!(limiter.check(8, 4, t0).is_ok());
         assert!(limiter.check(8, 4, t0).is_ok());
-        assert_eq!(limiter.check(8, 4, t0).unwrap_err().scope, RateScope::Overall);
+        assert_eq!(
+            limiter.check(8, 4, t0).unwrap_err().scope,
+            RateScope::Overall
+        );
     }
 
     #[test]
@@ -564,7 +567,9 @@ mod tests {
         assert!(limiter.check(1, 1000, t0).is_ok());
         assert!(limiter.check(1, 4, t0).is_err());
         // 10 s pays the debt back (1000 - 100 = 900 tokens owed + 4).
-        assert!(limiter.check(1, 4, t0 + Duration::from_millis(9_100)).is_ok());
+        assert!(limiter
+            .check(1, 4, t0 + Duration::from_millis(9_100))
+            .is_ok());
     }
 
     #[test]

@@ -54,7 +54,10 @@ impl IdSet {
 
     /// Number of ids in the set.
     pub fn len(&self) -> usize {
-        self.bits.iter().map(|word| word.count_ones() as usize).sum()
+        self.bits
+            .iter()
+            .map(|word| word.count_ones() as usize)
+            .sum()
     }
 
     /// True if the set holds no id.
@@ -662,10 +665,8 @@ mod tests {
 
     #[test]
     fn a_steady_session_below_the_limits_is_never_touched() {
-        let limits = RateLimits::default().id(
-            1004,
-            Limit::NONE.packets(Rate::per_second(10).burst(10)),
-        );
+        let limits =
+            RateLimits::default().id(1004, Limit::NONE.packets(Rate::per_second(10).burst(10)));
         let mut h = Harness::new(PacketConfig::default().with_rate_limits(limits));
         for i in 0..100u32 {
             h.now += Duration::from_millis(150);

@@ -100,7 +100,8 @@ impl PacketWriter {
             return Err(PacketTooLarge { id, size });
         };
         self.reserve(size);
-        self.chunk.put_slice(&PacketHeader { size: size16, id }.to_bytes());
+        self.chunk
+            .put_slice(&PacketHeader { size: size16, id }.to_bytes());
         encode(&mut self.chunk);
         debug_assert_eq!(self.chunk.len(), size, "encoded_len disagrees with encode");
         Ok(self.chunk.split().freeze())
@@ -180,7 +181,10 @@ mod tests {
             msg: "hi".into(),
         };
         let packet = make_packet(&msg);
-        assert_eq!(&packet[..], &[10, 0, 0xed, 0x03, 0x08, 0x01, 0x12, 0x02, b'h', b'i']);
+        assert_eq!(
+            &packet[..],
+            &[10, 0, 0xed, 0x03, 0x08, 0x01, 0x12, 0x02, b'h', b'i']
+        );
         let raw = split_frame(&packet, MAX_PACKET_SIZE).unwrap().unwrap();
         assert_eq!(raw.id, 1005);
         assert_eq!(<Chat as prost::Message>::decode(raw.body).unwrap(), msg);

@@ -1,0 +1,155 @@
+//! The benchmark harness's plumbing, cheaply: the `bench-server` process
+//! contract (address on the first line, `sessions` queries, exit at the end
+//! of stdin) and a tiny `bench` run end to end through its JSON output.
+//! Nothing here times anything; the real runs are `servercore bench`.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const EXE: &str = env!("CARGO_BIN_EXE_servercore");
+
+fn ask(stdin: &mut impl Write, stdout: &mut impl BufRead, line: &str) -> String {
+    writeln!(stdin, "{line}").unwrap();
+    stdin.flush().unwrap();
+    let mut answer = String::new();
+    stdout.read_line(&mut answer).unwrap();
+    answer.trim_end().to_string()
+}
+
+fn bench_server_contract(implementation: &str) {
+    let mut child = Command::new(EXE)
+        .args([
+            "bench-server",
+            "--impl",
+            implementation,
+            "--scenario",
+            "echo",
+        ])
+        .args(["--addr", "127.0.0.1:0", "--workers", "1"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("bench-server starts");
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    stdout.read_line(&mut first).unwrap();
+    let addr: SocketAddr = first
+        .split_whitespace()
+        .find_map(|word| word.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {first:?}"));
+
+    assert_eq!(ask(&mut stdin, &mut stdout, "sessions"), "sessions 0");
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    stream.write_all(b"ping").unwrap();
+    let mut back = [0u8; 4];
+    stream.read_exact(&mut back).unwrap();
+    assert_eq!(&back, b"ping");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let answer = ask(&mut stdin, &mut stdout, "sessions");
+        if answer == "sessions 1" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "server never counted the session: {answer}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(ask(&mut stdin, &mut stdout, "what").starts_with("error"));
+
+    drop(stream);
+    drop(stdin);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "bench-server exited with {status}");
+            break;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("bench-server did not exit when its stdin closed");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn bench_server_contract_tokio() {
+    bench_server_contract("tokio");
+}
+
+#[test]
+fn bench_server_contract_engine_poll() {
+    bench_server_contract("poll");
+}
+
+#[test]
+fn tiny_bench_run_writes_json_and_tables() {
+    let dir = std::env::temp_dir().join(format!("servercore-bench-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let json = dir.join("bench.json");
+    let chart = dir.join("chart.svg");
+    let output = Command::new(EXE)
+        .args([
+            "bench",
+            "echo",
+            "--backends",
+            "poll,tokio",
+            "--workers",
+            "1",
+        ])
+        .args([
+            "--duration",
+            "0.2",
+            "--warmup",
+            "0.05",
+            "--echo-clients",
+            "1,2",
+        ])
+        .arg("--json")
+        .arg(&json)
+        .arg("--chart")
+        .arg(&chart)
+        .stdin(Stdio::null())
+        .output()
+        .expect("bench runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "bench failed: {stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("echo: 2 clients"), "{stdout}");
+    assert!(stdout.contains("server CPU/request"), "{stdout}");
+    assert!(
+        stdout.contains('×'),
+        "a ratio against tokio is shown: {stdout}"
+    );
+
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let echo = report["echo"].as_array().unwrap();
+    assert_eq!(echo.len(), 4, "two client counts on two implementations");
+    for result in echo {
+        assert!(result["requests"].as_u64().unwrap() > 0, "{result}");
+        assert!(
+            result["latency"]["p99_us"].as_u64().unwrap() > 0,
+            "{result}"
+        );
+    }
+    assert_eq!(
+        report["settings"]["implementations"],
+        serde_json::json!(["poll", "tokio"])
+    );
+    let svg = std::fs::read_to_string(&chart).unwrap();
+    assert!(svg.starts_with("<svg"), "an SVG chart");
+    let _ = std::fs::remove_dir_all(&dir);
+}
