@@ -51,6 +51,25 @@ fn empty_panel(area: &DrawingArea<SVGBackend<'_>, Shift>, text: &str) -> DrawRes
     Ok(())
 }
 
+/// A tick label with at most three significant digits and no trailing
+/// zeros: `0.25`, `1.5`, `40`.
+fn axis_label(value: f64) -> String {
+    let text = if value >= 100.0 {
+        format!("{value:.0}")
+    } else if value >= 10.0 {
+        format!("{value:.1}")
+    } else if value >= 1.0 {
+        format!("{value:.2}")
+    } else {
+        format!("{value:.3}")
+    };
+    if text.contains('.') {
+        text.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        text
+    }
+}
+
 fn log_range(values: impl Iterator<Item = f64>) -> Option<(f64, f64)> {
     let (low, high) = values
         .filter(|v| *v > 0.0 && v.is_finite())
@@ -80,14 +99,15 @@ fn echo_panel(
         .caption("echo: round-trip latency vs clients", ("sans-serif", 20))
         .margin(15)
         .x_label_area_size(45)
-        .y_label_area_size(65)
+        .y_label_area_size(75)
         .build_cartesian_2d((x_low..x_high).log_scale(), (y_low..y_high).log_scale())?;
     chart
         .configure_mesh()
+        .light_line_style(WHITE)
         .x_desc("concurrent clients (128 B ping-pong)")
-        .y_desc("latency (ms), solid p99, dashed p50")
-        .x_label_formatter(&|x| format!("{x:.0}"))
-        .y_label_formatter(&|y| format!("{y}"))
+        .y_desc("latency, ms (solid p99, dashed p50)")
+        .x_label_formatter(&|x| axis_label(*x))
+        .y_label_formatter(&|y| axis_label(*y))
         .draw()?;
     for name in implementations {
         let mut rows: Vec<&EchoResult> = echo
@@ -162,15 +182,16 @@ fn broadcast_panel(
     let sessions = measured.first().map_or(0, |r| r.sessions);
     let mut chart = ChartBuilder::on(area)
         .caption(
-            format!("broadcast: chat round trip, {sessions} sessions"),
+            format!("broadcast: chat round-trip latency, {sessions} sessions"),
             ("sans-serif", 20),
         )
         .margin(15)
         .x_label_area_size(45)
-        .y_label_area_size(65)
+        .y_label_area_size(75)
         .build_cartesian_2d(-0.3f64..4.3f64, (y_low..y_high).log_scale())?;
     chart
         .configure_mesh()
+        .light_line_style(WHITE)
         .x_labels(5)
         .x_label_formatter(&|x| {
             let index = x.round();
@@ -180,9 +201,9 @@ fn broadcast_panel(
                 String::new()
             }
         })
-        .y_label_formatter(&|y| format!("{y}"))
+        .y_label_formatter(&|y| axis_label(*y))
         .x_desc("percentile")
-        .y_desc("latency (ms)")
+        .y_desc("latency, ms")
         .draw()?;
     for name in implementations {
         let Some(result) = measured.iter().find(|r| &r.implementation == name) else {
@@ -209,4 +230,25 @@ fn broadcast_panel(
         .border_style(BLACK)
         .draw()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn axis_labels_are_short() {
+        assert_eq!(axis_label(0.30000000000001), "0.3");
+        assert_eq!(axis_label(0.125), "0.125");
+        assert_eq!(axis_label(2.5), "2.5");
+        assert_eq!(axis_label(40.0), "40");
+        assert_eq!(axis_label(500.0), "500");
+    }
+
+    #[test]
+    fn log_range_pads_and_skips_non_positive() {
+        assert_eq!(log_range([0.0, -1.0].into_iter()), None);
+        let (low, high) = log_range([10.0, 0.0, 100.0].into_iter()).unwrap();
+        assert!(low < 10.0 && high > 100.0);
+    }
 }
