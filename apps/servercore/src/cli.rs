@@ -53,7 +53,9 @@ pub struct EngineArgs {
 }
 
 fn parse_backend(value: &str) -> Result<Backend, String> {
-    value.parse().map_err(|error: servercore::BackendError| error.to_string())
+    value
+        .parse()
+        .map_err(|error: servercore::BackendError| error.to_string())
 }
 
 /// `servercore echo`.

@@ -112,7 +112,13 @@ pub fn start(
 pub fn run(args: HelloArgs) -> anyhow::Result<()> {
     let stop = StopSignal::install();
     let counters = Arc::new(HelloCounters::default());
-    let clients = start(args.addr, args.sessions, &args.engine, true, Arc::clone(&counters))?;
+    let clients = start(
+        args.addr,
+        args.sessions,
+        &args.engine,
+        true,
+        Arc::clone(&counters),
+    )?;
     loop {
         if stop.wait(Duration::from_millis(200)) {
             break;

@@ -32,7 +32,9 @@ fn init_logging(filter: Option<&str>) {
     use tracing_subscriber::EnvFilter;
     let filter = match filter {
         Some(filter) => EnvFilter::new(filter),
-        None => EnvFilter::try_from_env("SERVERCORE_LOG").unwrap_or_else(|_| EnvFilter::new("warn")),
+        None => {
+            EnvFilter::try_from_env("SERVERCORE_LOG").unwrap_or_else(|_| EnvFilter::new("warn"))
+        }
     };
     tracing_subscriber::fmt()
         .with_env_filter(filter)

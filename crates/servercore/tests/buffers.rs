@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
-use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
 use servercore::{Backend, DisconnectReason, ServerService, Session, SessionGroup, SessionHandle};
+use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
 
 /// Counts allocations so a test can prove a broadcast buffer is shared,
 /// not copied per receiver.
@@ -40,10 +40,7 @@ impl Session for Member {
     }
 }
 
-fn group_server(
-    backend: Backend,
-    hard_limit: usize,
-) -> (ServerService, Arc<SessionGroup>, Shared) {
+fn group_server(backend: Backend, hard_limit: usize) -> (ServerService, Arc<SessionGroup>, Shared) {
     let group = Arc::new(SessionGroup::new());
     let record: Shared = Default::default();
     let (g, r) = (Arc::clone(&group), Arc::clone(&record));
@@ -192,7 +189,10 @@ fn member_that_never_reads_overflows_alone(backend: Backend) {
         let got = r.join().unwrap();
         assert!(got.iter().all(|&b| b == 5));
     }
-    assert!(max_queued <= HARD, "queued {max_queued} > hard limit {HARD}");
+    assert!(
+        max_queued <= HARD,
+        "queued {max_queued} > hard limit {HARD}"
+    );
     assert!(
         wait_until(Duration::from_secs(5), || record
             .lock()
@@ -314,8 +314,15 @@ fn idle_timeout_fires_only_on_silent_sessions(backend: Backend) {
         std::thread::sleep(Duration::from_millis(100));
     }
     let mut buf = [0u8; 1];
-    assert_eq!(silent.read(&mut buf).unwrap(), 0, "the silent peer was closed");
-    assert_eq!(record.lock().disconnected, vec![DisconnectReason::IdleTimeout]);
+    assert_eq!(
+        silent.read(&mut buf).unwrap(),
+        0,
+        "the silent peer was closed"
+    );
+    assert_eq!(
+        record.lock().disconnected,
+        vec![DisconnectReason::IdleTimeout]
+    );
     write_all(&mut chatty, b"still");
     assert_eq!(read_exact(&mut chatty, 5), b"still");
     drop(chatty);

@@ -159,7 +159,10 @@ fn eight_threads_send_in_order(backend: Backend) {
     const PER_THREAD: u32 = 5_000;
     let (service, record) = echo_server(backend, 2);
     let mut client = connect(service.local_addr());
-    assert!(wait_until(Duration::from_secs(5), || record.lock().connected == 1));
+    assert!(wait_until(Duration::from_secs(5), || record
+        .lock()
+        .connected
+        == 1));
     let handle = record.lock().handles[0].clone();
     let senders: Vec<_> = (0..THREADS)
         .map(|t| {
@@ -169,9 +172,7 @@ fn eight_threads_send_in_order(backend: Backend) {
                     let mut message = [0u8; 8];
                     message[..4].copy_from_slice(&t.to_le_bytes());
                     message[4..].copy_from_slice(&seq.to_le_bytes());
-                    handle
-                        .send(Bytes::copy_from_slice(&message))
-                        .expect("send");
+                    handle.send(Bytes::copy_from_slice(&message)).expect("send");
                 }
             })
         })
@@ -230,7 +231,8 @@ fn callbacks_and_reasons(backend: Backend) {
     let addr = service.local_addr();
     let wait_for = |count: usize| {
         assert!(
-            wait_until(Duration::from_secs(5), || record.lock().disconnected.len() == count),
+            wait_until(Duration::from_secs(5), || record.lock().disconnected.len()
+                == count),
             "expected {count} disconnects, saw {:?}",
             record.lock().disconnected
         );
@@ -242,7 +244,10 @@ fn callbacks_and_reasons(backend: Backend) {
     assert_eq!(read_exact(&mut client, 2), b"hi");
     drop(client);
     wait_for(1);
-    assert_eq!(record.lock().disconnected[0], DisconnectReason::ClosedByPeer);
+    assert_eq!(
+        record.lock().disconnected[0],
+        DisconnectReason::ClosedByPeer
+    );
 
     // Peer resets.
     let mut client = connect(addr);
@@ -326,7 +331,10 @@ fn peer_reset_during_large_send(backend: Backend) {
         matches!(reason, DisconnectReason::Reset),
         "a reset peer is reported as Reset, got {reason:?}"
     );
-    assert!(wait_until(Duration::from_secs(5), || service.stats().live_slots == 0));
+    assert!(wait_until(Duration::from_secs(5), || service
+        .stats()
+        .live_slots
+        == 0));
     stop(&service);
     assert_eq!(record.lock().connected, 1);
 }
@@ -392,7 +400,10 @@ fn stop_while_busy_frees_everything(backend: Backend) {
             })
         })
         .collect();
-    assert!(wait_until(Duration::from_secs(10), || record.lock().connected == CLIENTS));
+    assert!(wait_until(Duration::from_secs(10), || record
+        .lock()
+        .connected
+        == CLIENTS));
     std::thread::sleep(Duration::from_millis(200));
     let started = Instant::now();
     service.stop();
@@ -516,7 +527,10 @@ fn panicking_callback_disconnects_only_its_session(backend: Backend) {
 fn send_after_close_is_an_error(backend: Backend) {
     let (service, record) = echo_server(backend, 1);
     let client = connect(service.local_addr());
-    assert!(wait_until(Duration::from_secs(5), || record.lock().connected == 1));
+    assert!(wait_until(Duration::from_secs(5), || record
+        .lock()
+        .connected
+        == 1));
     let handle = record.lock().handles[0].clone();
     assert!(handle.is_connected());
     drop(client);
@@ -527,7 +541,10 @@ fn send_after_close_is_an_error(backend: Backend) {
     );
     handle.disconnect();
     stop(&service);
-    assert_eq!(handle.send_copy(b"later"), Err(servercore::SendError::Closed));
+    assert_eq!(
+        handle.send_copy(b"later"),
+        Err(servercore::SendError::Closed)
+    );
 }
 
 /// Consumes only whole 4-byte words and echoes each word.

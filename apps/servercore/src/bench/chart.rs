@@ -104,6 +104,8 @@ fn echo_panel(
     chart
         .configure_mesh()
         .light_line_style(WHITE)
+        .x_labels(12)
+        .y_labels(12)
         .x_desc("concurrent clients (128 B ping-pong)")
         .y_desc("latency, ms (solid p99, dashed p50)")
         .x_label_formatter(&|x| axis_label(*x))
@@ -193,6 +195,7 @@ fn broadcast_panel(
         .configure_mesh()
         .light_line_style(WHITE)
         .x_labels(5)
+        .y_labels(12)
         .x_label_formatter(&|x| {
             let index = x.round();
             if (x - index).abs() < 1e-6 && (0.0..5.0).contains(&index) {

@@ -11,6 +11,7 @@
 //! `127.0.0.x` addresses ([`Sources`]) so ephemeral ports never run out.
 //! Every loop ends by itself: clients stop when the window closes.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -27,6 +28,7 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use super::perf::{PerfCounts, PerfStat};
 use super::procfs;
 use super::progress::Progress;
 use super::proto::{self, CChat, CEnterGame, CLogin, SEnterGame, SLogin};
@@ -177,46 +179,72 @@ async fn connect_all(
 }
 
 /// CPU time of the server and of this process over a measured window.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Window {
     /// Wall-clock length.
     pub elapsed: Duration,
     /// CPU the server process used.
     pub server_cpu: Duration,
+    /// Of `server_cpu`, the part in user space (the rest is the kernel:
+    /// system calls and the TCP work charged to them).
+    pub server_user_cpu: Duration,
     /// CPU this process (the load generator) used.
     pub load_cpu: Duration,
-    /// CPU every other process of the machine used (kernel threads
-    /// included): a busy machine makes the numbers unreliable.
+    /// CPU every other user-space process used: a busy machine makes the
+    /// numbers unreliable.
     pub other_cpu: Duration,
+    /// CPU the machine used beyond all processes: kernel work charged to
+    /// no process (softirq processing of loopback TCP in kernel threads or
+    /// on idle cores, for both sides).
+    pub kernel_cpu: Duration,
+    /// The server's system calls and context switches, with `--perf`.
+    pub perf: Option<Result<PerfCounts, String>>,
 }
 
 struct WindowStart {
     at: Instant,
-    server_cpu: Duration,
+    server_cpu: (Duration, Duration),
     load_cpu: Duration,
     machine_cpu: Duration,
+    others: HashMap<u32, u64>,
+    perf: Option<std::io::Result<PerfStat>>,
 }
 
 impl WindowStart {
-    fn now(server_pid: u32) -> anyhow::Result<WindowStart> {
+    fn now(server_pid: u32, timing: &Timing) -> anyhow::Result<WindowStart> {
+        let perf = timing
+            .perf
+            .then(|| PerfStat::start(server_pid, timing.duration));
         Ok(WindowStart {
+            perf,
             at: Instant::now(),
-            server_cpu: procfs::cpu_time(server_pid)?,
+            server_cpu: procfs::user_system_time(server_pid)?,
             load_cpu: procfs::cpu_time(std::process::id())?,
             machine_cpu: procfs::machine_cpu_time()?,
+            others: procfs::user_process_ticks(&[server_pid, std::process::id()]),
         })
     }
 
     fn close(self, server_pid: u32) -> anyhow::Result<Window> {
         let elapsed = self.at.elapsed();
-        let server_cpu = procfs::cpu_time(server_pid)?.saturating_sub(self.server_cpu);
+        let (user, system) = procfs::user_system_time(server_pid)?;
+        let server_user_cpu = user.saturating_sub(self.server_cpu.0);
+        let server_cpu = server_user_cpu + system.saturating_sub(self.server_cpu.1);
         let load_cpu = procfs::cpu_time(std::process::id())?.saturating_sub(self.load_cpu);
-        let machine_cpu = procfs::machine_cpu_time()?.saturating_sub(self.machine_cpu);
+        let busy = procfs::machine_cpu_time()?.saturating_sub(self.machine_cpu);
+        let others = procfs::user_process_ticks(&[server_pid, std::process::id()]);
+        let other_cpu = procfs::ticks_since(&self.others, &others);
         Ok(Window {
             elapsed,
             server_cpu,
+            server_user_cpu,
             load_cpu,
-            other_cpu: machine_cpu.saturating_sub(server_cpu + load_cpu),
+            other_cpu,
+            kernel_cpu: busy.saturating_sub(server_cpu + load_cpu + other_cpu),
+            perf: self.perf.map(|perf| {
+                perf.map_err(|error| format!("cannot run perf: {error}"))
+                    .and_then(PerfStat::finish)
+            }),
         })
     }
 }
@@ -237,13 +265,16 @@ async fn sleep_with_progress(duration: Duration, progress: &Progress, message: &
     progress.set_position(total);
 }
 
-/// How long a measurement warms up and how long it measures.
+/// How long a measurement warms up, how long it measures, and what it
+/// counts.
 #[derive(Debug, Clone, Copy)]
 pub struct Timing {
     /// Load runs this long before the window opens.
     pub warmup: Duration,
     /// The measured window.
     pub duration: Duration,
+    /// Count the server's system calls with `perf stat` over the window.
+    pub perf: bool,
 }
 
 /// What one echo measurement saw.
@@ -275,7 +306,7 @@ pub async fn echo(
         tasks.spawn(echo_client(stream, measuring.clone(), stop.clone()));
     }
     sleep_with_progress(timing.warmup, progress, "warming up").await;
-    let start = WindowStart::now(server_pid)?;
+    let start = WindowStart::now(server_pid, &timing)?;
     measuring.store(true, Ordering::Release);
     sleep_with_progress(timing.duration, progress, "measuring").await;
     measuring.store(false, Ordering::Release);
@@ -416,7 +447,7 @@ pub async fn broadcast(
         ));
     }
     sleep_with_progress(timing.warmup, progress, "warming up").await;
-    let start = WindowStart::now(server_pid)?;
+    let start = WindowStart::now(server_pid, &timing)?;
     counters.measuring.store(true, Ordering::Release);
     sleep_with_progress(timing.duration, progress, "measuring").await;
     counters.measuring.store(false, Ordering::Release);

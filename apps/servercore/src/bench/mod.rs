@@ -12,7 +12,8 @@
 //!   idle connections) on a tokio runtime in the harness process;
 //! - [`chat`] and [`proto`]: the room logic and the game protocol that both
 //!   chat servers and the load generator share;
-//! - [`procfs`]: CPU time and RSS of the server from `/proc`;
+//! - [`procfs`]: CPU time and RSS of the server from `/proc`; [`perf`]: its
+//!   system calls and context switches from `perf stat` (`--perf`);
 //! - [`report`] and [`chart`]: tables, targets, JSON and the SVG chart;
 //! - [`progress`]: the progress bar.
 //!
@@ -25,6 +26,7 @@ mod chat;
 mod child;
 mod engine_chat;
 mod load;
+mod perf;
 mod procfs;
 mod progress;
 mod proto;
@@ -179,6 +181,16 @@ pub struct BenchArgs {
     #[arg(long, value_name = "N")]
     pub idle_sessions: Option<usize>,
 
+    /// Run every measurement N times (implementations interleaved) and
+    /// report the median run of each.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub repeat: usize,
+
+    /// Also count the server's system calls and context switches in each
+    /// window with `perf stat` (needs `perf` and tracepoint access).
+    #[arg(long)]
+    pub perf: bool,
+
     /// Client source addresses 127.0.0.1 ..= 127.0.0.N, used round-robin.
     #[arg(long, default_value_t = 16, value_name = "N")]
     pub sources: u8,
@@ -237,6 +249,7 @@ struct Plan {
     workers: Option<usize>,
     max_sessions: usize,
     chat_server: ChatServer,
+    repeat: usize,
 }
 
 impl Plan {
@@ -292,6 +305,7 @@ impl Plan {
         let timing = Timing {
             warmup: Duration::from_secs_f64(warmup),
             duration: Duration::from_secs_f64(duration),
+            perf: args.perf,
         };
         let echo_clients = if !args.echo_clients.is_empty() {
             args.echo_clients
@@ -342,6 +356,7 @@ impl Plan {
             workers: args.workers,
             max_sessions,
             chat_server: args.chat_server,
+            repeat: args.repeat.max(1),
         })
     }
 }
@@ -354,6 +369,8 @@ struct Bench {
     progress: Progress,
     report: Report,
     failures: usize,
+    /// The repetition running now.
+    round: usize,
 }
 
 /// Runs the benchmarks.
@@ -390,6 +407,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         .collect();
     let settings = Settings {
         duration_seconds: plan.timing.duration.as_secs_f64(),
+        repeat: plan.repeat,
         warmup_seconds: plan.timing.warmup.as_secs_f64(),
         quick: args.quick,
         scenarios: plan
@@ -435,25 +453,45 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             echo: Vec::new(),
             broadcast: Vec::new(),
             idle: Vec::new(),
+            echo_runs: Vec::new(),
+            broadcast_runs: Vec::new(),
+            idle_runs: Vec::new(),
             targets: Vec::new(),
             notes,
         },
         failures: 0,
+        round: 0,
     };
     let duration = bench.report.settings.duration_seconds;
     for scenario in bench.plan.scenarios.clone() {
-        for imp in bench.plan.implementations.clone() {
-            let result = match scenario {
-                Scenario::Echo => bench.echo(imp),
-                Scenario::Broadcast => bench.broadcast(imp),
-                Scenario::Idle => bench.idle(imp),
-            };
-            if let Err(error) = result {
-                bench.failures += 1;
-                let note = format!("{} on {} failed: {error:#}", scenario.name(), imp.name());
-                bench.progress.eprintln(&format!("  {note}"));
-                bench.report.notes.push(note);
+        for round in 0..bench.plan.repeat {
+            bench.round = round;
+            for imp in bench.plan.implementations.clone() {
+                let result = match scenario {
+                    Scenario::Echo => bench.echo(imp),
+                    Scenario::Broadcast => bench.broadcast(imp),
+                    Scenario::Idle => bench.idle(imp),
+                };
+                if let Err(error) = result {
+                    bench.failures += 1;
+                    let note = format!("{} on {} failed: {error:#}", scenario.name(), imp.name());
+                    bench.progress.eprintln(&format!("  {note}"));
+                    bench.report.notes.push(note);
+                }
             }
+        }
+        bench.take_medians();
+        if bench.plan.repeat > 1 {
+            bench.progress.println(&format!(
+                "({}: median of {} runs per cell, by {})",
+                scenario.name(),
+                bench.plan.repeat,
+                match scenario {
+                    Scenario::Echo => "server CPU/request",
+                    Scenario::Broadcast => "server CPU/delivery",
+                    Scenario::Idle => "RSS per session",
+                }
+            ));
         }
         let sections = match scenario {
             Scenario::Echo => report::echo_sections(&bench.report.echo, &columns, duration),
@@ -506,6 +544,26 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
 }
 
 impl Bench {
+    /// Keeps the median run of each cell (the only run without `--repeat`).
+    fn take_medians(&mut self) {
+        let report = &mut self.report;
+        report.echo = report::median_runs(
+            &report.echo_runs,
+            |r| (r.implementation.clone(), r.clients),
+            |r| r.server_cpu_us_per_request,
+        );
+        report.broadcast = report::median_runs(
+            &report.broadcast_runs,
+            |r| r.implementation.clone(),
+            |r| r.server_cpu_us_per_delivery,
+        );
+        report.idle = report::median_runs(
+            &report.idle_runs,
+            |r| r.implementation.clone(),
+            |r| r.bytes_per_session,
+        );
+    }
+
     fn spawn(&self, imp: Impl, scenario: Scenario) -> anyhow::Result<ServerProcess> {
         self.progress.phase(
             &format!("{} · {}", scenario.name(), imp.name()),
@@ -529,6 +587,27 @@ impl Bench {
             self.report.notes.push(format!(
                 "{what}: other processes used {other:.2} cores during the window; the machine was not quiet"
             ));
+        }
+    }
+
+    /// The server's system calls and context switches per unit of work in
+    /// a window, when `--perf` counted them; notes why not otherwise.
+    fn perf_per(
+        &mut self,
+        what: &str,
+        window: &load::Window,
+        units: u64,
+    ) -> (Option<f64>, Option<f64>) {
+        match &window.perf {
+            Some(Ok(counts)) if units > 0 => (
+                Some(counts.syscalls as f64 / units as f64),
+                Some(counts.context_switches as f64 / units as f64),
+            ),
+            Some(Err(error)) => {
+                self.report.notes.push(format!("{what}: {error}"));
+                (None, None)
+            }
+            _ => (None, None),
         }
     }
 
@@ -573,6 +652,11 @@ impl Bench {
                 &format!("echo {clients} on {}", imp.name()),
                 &outcome.window,
             );
+            let (syscalls, switches) = self.perf_per(
+                &format!("echo {clients} on {}", imp.name()),
+                &outcome.window,
+                outcome.requests,
+            );
             if !outcome.errors.is_empty() {
                 self.report.notes.push(format!(
                     "echo {clients} on {}: {} client(s) failed; first: {}",
@@ -581,7 +665,8 @@ impl Bench {
                     outcome.errors[0]
                 ));
             }
-            self.report.echo.push(EchoResult {
+            self.report.echo_runs.push(EchoResult {
+                round: self.round,
                 implementation: imp.name().to_string(),
                 clients,
                 requests: outcome.requests,
@@ -591,8 +676,13 @@ impl Bench {
                 server_cpu_us_per_request: (outcome.requests > 0)
                     .then(|| cpu * 1e6 / outcome.requests as f64),
                 server_cpu_cores: cpu / seconds,
+                server_user_share: (cpu > 0.0)
+                    .then(|| outcome.window.server_user_cpu.as_secs_f64() / cpu),
                 load_cpu_cores: outcome.window.load_cpu.as_secs_f64() / seconds,
                 other_cpu_cores: outcome.window.other_cpu.as_secs_f64() / seconds,
+                kernel_cpu_cores: outcome.window.kernel_cpu.as_secs_f64() / seconds,
+                server_syscalls_per_request: syscalls,
+                server_context_switches_per_request: switches,
                 latency: Latency::from_histogram(&outcome.latency),
                 errors: outcome.errors,
             });
@@ -611,7 +701,7 @@ impl Bench {
         );
         let timing = Timing {
             warmup: self.plan.broadcast_warmup,
-            duration: self.plan.timing.duration,
+            ..self.plan.timing
         };
         let outcome = self.runtime.block_on(load::broadcast(
             server.addr(),
@@ -633,6 +723,11 @@ impl Bench {
         let seconds = outcome.window.elapsed.as_secs_f64();
         let cpu = outcome.window.server_cpu.as_secs_f64();
         self.check_quiet(&format!("broadcast on {}", imp.name()), &outcome.window);
+        let (syscalls, switches) = self.perf_per(
+            &format!("broadcast on {}", imp.name()),
+            &outcome.window,
+            outcome.deliveries,
+        );
         if outcome.disconnects > 0 {
             self.report.notes.push(format!(
                 "broadcast on {}: {} session(s) lost; first errors: {}",
@@ -642,7 +737,8 @@ impl Bench {
             ));
         }
         let sessions = outcome.sessions as f64;
-        self.report.broadcast.push(BroadcastResult {
+        self.report.broadcast_runs.push(BroadcastResult {
+            round: self.round,
             implementation: imp.name().to_string(),
             sessions: outcome.sessions,
             interval_ms: outcome.interval.as_millis() as u64,
@@ -655,8 +751,13 @@ impl Bench {
             server_cpu_us_per_delivery: (outcome.deliveries > 0)
                 .then(|| cpu * 1e6 / outcome.deliveries as f64),
             server_cpu_cores: cpu / seconds,
+            server_user_share: (cpu > 0.0)
+                .then(|| outcome.window.server_user_cpu.as_secs_f64() / cpu),
             load_cpu_cores: outcome.window.load_cpu.as_secs_f64() / seconds,
             other_cpu_cores: outcome.window.other_cpu.as_secs_f64() / seconds,
+            kernel_cpu_cores: outcome.window.kernel_cpu.as_secs_f64() / seconds,
+            server_syscalls_per_delivery: syscalls,
+            server_context_switches_per_delivery: switches,
             latency: Latency::from_histogram(&outcome.latency),
             disconnects: outcome.disconnects,
             errors: outcome.errors,
@@ -678,7 +779,7 @@ impl Bench {
                 result.first_error.clone().unwrap_or_default()
             ));
         }
-        self.report.idle.push(result);
+        self.report.idle_runs.push(result);
         Ok(())
     }
 
@@ -716,6 +817,7 @@ impl Bench {
         let grown = rss_after_kib.saturating_sub(rss_before_kib) as f64 * 1024.0;
         Ok(IdleResult {
             implementation: imp.name().to_string(),
+            round: self.round,
             sessions_requested: sessions,
             sessions_open: open,
             server_sessions,

@@ -5,6 +5,7 @@
 //! The parsers are pure functions over the files' text so they can be
 //! tested without a running process.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -26,13 +27,18 @@ pub fn clock_ticks_per_second() -> u64 {
 /// The command name (field 2) is in parentheses and may itself contain
 /// spaces and parentheses, so fields are counted from the last `)`.
 pub fn parse_stat_cpu_ticks(stat: &str) -> Option<u64> {
+    parse_stat_user_system_ticks(stat).map(|(user, system)| user + system)
+}
+
+/// utime and stime, in clock ticks, from the text of `/proc/<pid>/stat`.
+pub fn parse_stat_user_system_ticks(stat: &str) -> Option<(u64, u64)> {
     let after_name = &stat[stat.rfind(')')? + 1..];
     // After the name: field 3 (state) is index 0, so utime (field 14) is
     // index 11 and stime (field 15) index 12.
     let mut fields = after_name.split_whitespace().skip(11);
     let utime: u64 = fields.next()?.parse().ok()?;
     let stime: u64 = fields.next()?.parse().ok()?;
-    Some(utime + stime)
+    Some((utime, stime))
 }
 
 /// The value in KiB of a `Name:   1234 kB` line of `/proc/<pid>/status`
@@ -51,10 +57,21 @@ pub fn parse_status_kib(status: &str, name: &str) -> Option<u64> {
 
 /// CPU time (user + system) a process has used so far.
 pub fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
+    let (user, system) = user_system_time(pid)?;
+    Ok(user + system)
+}
+
+/// User and system CPU time a process has used so far.
+pub fn user_system_time(pid: u32) -> anyhow::Result<(Duration, Duration)> {
     let path = format!("/proc/{pid}/stat");
     let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-    let ticks = parse_stat_cpu_ticks(&text).with_context(|| format!("parsing {path}"))?;
-    Ok(ticks_to_duration(ticks, clock_ticks_per_second()))
+    let (user, system) =
+        parse_stat_user_system_ticks(&text).with_context(|| format!("parsing {path}"))?;
+    let per_second = clock_ticks_per_second();
+    Ok((
+        ticks_to_duration(user, per_second),
+        ticks_to_duration(system, per_second),
+    ))
 }
 
 /// Converts clock ticks to a duration.
@@ -64,10 +81,10 @@ pub fn ticks_to_duration(ticks: u64, per_second: u64) -> Duration {
         + Duration::from_nanos((ticks % per_second) * 1_000_000_000 / per_second)
 }
 
-/// Busy and total clock ticks of all CPUs together, from the first line
-/// (`cpu  user nice system idle iowait irq softirq steal ...`) of
-/// `/proc/stat`. Busy counts everything but idle and iowait.
-pub fn parse_system_cpu_ticks(stat: &str) -> Option<(u64, u64)> {
+/// Busy clock ticks of all CPUs together (everything but idle and iowait)
+/// from the first line (`cpu  user nice system idle iowait irq softirq
+/// steal ...`) of `/proc/stat`.
+pub fn parse_system_busy_ticks(stat: &str) -> Option<u64> {
     let line = stat.lines().next()?;
     let mut fields = line.split_whitespace();
     if fields.next()? != "cpu" {
@@ -80,16 +97,58 @@ pub fn parse_system_cpu_ticks(stat: &str) -> Option<(u64, u64)> {
     if values.len() < 8 {
         return None;
     }
-    let idle = values[3] + values[4];
-    let busy = values[0] + values[1] + values[2] + values[5] + values[6] + values[7];
-    Some((busy, busy + idle))
+    Some(values[0] + values[1] + values[2] + values[5] + values[6] + values[7])
 }
 
-/// CPU time all processes of the machine have used so far (every core).
+/// CPU time the whole machine has been busy so far, all cores together.
 pub fn machine_cpu_time() -> anyhow::Result<Duration> {
     let text = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
-    let (busy, _) = parse_system_cpu_ticks(&text).context("parsing /proc/stat")?;
-    Ok(ticks_to_duration(busy, clock_ticks_per_second()))
+    let ticks = parse_system_busy_ticks(&text).context("parsing /proc/stat")?;
+    Ok(ticks_to_duration(ticks, clock_ticks_per_second()))
+}
+
+/// CPU ticks (utime + stime) of every user-space process but `exclude`,
+/// by pid. Kernel threads (empty command line) are left out: the kernel's
+/// own work shows as what the machine did beyond all processes.
+pub fn user_process_ticks(exclude: &[u32]) -> HashMap<u32, u64> {
+    let mut ticks = HashMap::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return ticks;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|name| name.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if exclude.contains(&pid) {
+            continue;
+        }
+        let is_user =
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmdline| !cmdline.is_empty());
+        if !is_user {
+            continue;
+        }
+        if let Some(count) = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|stat| parse_stat_cpu_ticks(&stat))
+        {
+            ticks.insert(pid, count);
+        }
+    }
+    ticks
+}
+
+/// CPU the processes of `after` used since `before` (a process new in
+/// `after` counts whole; one that exited in between is lost).
+pub fn ticks_since(before: &HashMap<u32, u64>, after: &HashMap<u32, u64>) -> Duration {
+    let ticks = after
+        .iter()
+        .map(|(pid, now)| now.saturating_sub(before.get(pid).copied().unwrap_or(0)))
+        .sum();
+    ticks_to_duration(ticks, clock_ticks_per_second())
 }
 
 /// The 1-minute load average of `/proc/loadavg`.
@@ -184,6 +243,7 @@ mod tests {
         let stat = "4242 (serv er) (x)) S 1 4242 4242 0 -1 4194560 1234 0 0 0 \
                     250 75 0 0 20 0 3 0 100 1000000 500 18446744073709551615";
         assert_eq!(parse_stat_cpu_ticks(stat), Some(325));
+        assert_eq!(parse_stat_user_system_ticks(stat), Some((250, 75)));
     }
 
     #[test]
@@ -212,10 +272,23 @@ mod tests {
     #[test]
     fn system_cpu_line() {
         let stat = "cpu  100 5 50 1000 20 3 7 2 0 0\ncpu0 50 2 25 500 10 1 3 1 0 0\n";
-        assert_eq!(parse_system_cpu_ticks(stat), Some((167, 1187)));
-        assert_eq!(parse_system_cpu_ticks("cpu0 1 2 3\n"), None);
-        assert_eq!(parse_system_cpu_ticks("cpu 1 2 3\n"), None);
+        assert_eq!(parse_system_busy_ticks(stat), Some(167));
+        assert_eq!(parse_system_busy_ticks("cpu0 1 2 3\n"), None);
+        assert_eq!(parse_system_busy_ticks("cpu 1 2 3\n"), None);
         assert!(machine_cpu_time().is_ok());
+    }
+
+    #[test]
+    fn other_processes_are_listed_and_diffed() {
+        let me = std::process::id();
+        assert!(!user_process_ticks(&[me]).contains_key(&me));
+        assert!(user_process_ticks(&[]).contains_key(&me));
+        let before = HashMap::from([(1, 100), (2, 50)]);
+        let after = HashMap::from([(1, 130), (3, 20)]);
+        assert_eq!(
+            ticks_since(&before, &after),
+            ticks_to_duration(50, clock_ticks_per_second())
+        );
     }
 
     #[test]

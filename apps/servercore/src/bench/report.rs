@@ -58,6 +58,8 @@ impl Latency {
 pub struct EchoResult {
     /// `uring`, `poll` or `tokio`.
     pub implementation: String,
+    /// Which repetition (0-based).
+    pub round: usize,
     /// Concurrent clients.
     pub clients: usize,
     /// Round trips in the window.
@@ -72,10 +74,19 @@ pub struct EchoResult {
     pub server_cpu_us_per_request: Option<f64>,
     /// Server CPU / wall time (cores busy).
     pub server_cpu_cores: f64,
+    /// Share of the server's CPU spent in user space (0..1).
+    pub server_user_share: Option<f64>,
     /// Load generator CPU / wall time.
     pub load_cpu_cores: f64,
-    /// CPU of everything else on the machine / wall time.
+    /// CPU of every other user-space process / wall time.
     pub other_cpu_cores: f64,
+    /// CPU of the machine beyond all processes (kernel work charged to no
+    /// process, such as loopback softirq processing) / wall time.
+    pub kernel_cpu_cores: f64,
+    /// Server system calls per round trip (`--perf`).
+    pub server_syscalls_per_request: Option<f64>,
+    /// Server context switches per round trip (`--perf`).
+    pub server_context_switches_per_request: Option<f64>,
     /// Round-trip latency.
     pub latency: Latency,
     /// Client failures.
@@ -87,6 +98,8 @@ pub struct EchoResult {
 pub struct BroadcastResult {
     /// `uring`, `poll` or `tokio`.
     pub implementation: String,
+    /// Which repetition (0-based).
+    pub round: usize,
     /// Sessions in the room.
     pub sessions: usize,
     /// Each session chats once per this many milliseconds.
@@ -107,10 +120,19 @@ pub struct BroadcastResult {
     pub server_cpu_us_per_delivery: Option<f64>,
     /// Server CPU / wall time (cores busy).
     pub server_cpu_cores: f64,
+    /// Share of the server's CPU spent in user space (0..1).
+    pub server_user_share: Option<f64>,
     /// Load generator CPU / wall time.
     pub load_cpu_cores: f64,
-    /// CPU of everything else on the machine / wall time.
+    /// CPU of every other user-space process / wall time.
     pub other_cpu_cores: f64,
+    /// CPU of the machine beyond all processes (kernel work charged to no
+    /// process, such as loopback softirq processing) / wall time.
+    pub kernel_cpu_cores: f64,
+    /// Server system calls per delivery (`--perf`).
+    pub server_syscalls_per_delivery: Option<f64>,
+    /// Server context switches per delivery (`--perf`).
+    pub server_context_switches_per_delivery: Option<f64>,
     /// Chat round trip: sent until the sender got its own `S_CHAT`.
     pub latency: Latency,
     /// Sessions lost during the run.
@@ -126,6 +148,8 @@ pub struct BroadcastResult {
 pub struct IdleResult {
     /// `uring`, `poll` or `tokio`.
     pub implementation: String,
+    /// Which repetition (0-based).
+    pub round: usize,
     /// Connections asked for.
     pub sessions_requested: usize,
     /// Connections the load side holds open.
@@ -142,6 +166,38 @@ pub struct IdleResult {
     pub rss_after_kib: u64,
     /// (after - before) / server sessions, bytes.
     pub bytes_per_session: Option<f64>,
+}
+
+/// The median run of each group: runs are grouped by `group` (in order of
+/// first appearance) and, within a group, the run whose `key` is the
+/// median (the lower one of an even count) is kept. Runs without a key sort
+/// last.
+pub fn median_runs<T: Clone, G: PartialEq>(
+    runs: &[T],
+    group: impl Fn(&T) -> G,
+    key: impl Fn(&T) -> Option<f64>,
+) -> Vec<T> {
+    let mut groups: Vec<(G, Vec<&T>)> = Vec::new();
+    for run in runs {
+        let id = group(run);
+        match groups.iter_mut().find(|(g, _)| *g == id) {
+            Some((_, members)) => members.push(run),
+            None => groups.push((id, vec![run])),
+        }
+    }
+    groups
+        .into_iter()
+        .map(|(_, mut members)| {
+            members.sort_by(|a, b| {
+                let (a, b) = (
+                    key(a).unwrap_or(f64::INFINITY),
+                    key(b).unwrap_or(f64::INFINITY),
+                );
+                a.total_cmp(&b)
+            });
+            members[(members.len() - 1) / 2].clone()
+        })
+        .collect()
 }
 
 /// How a target compares a measured value.
@@ -245,12 +301,19 @@ pub struct Report {
     pub machine: MachineInfo,
     /// The run's settings.
     pub settings: Settings,
-    /// Echo measurements.
+    /// Echo measurements: with `--repeat`, the median run of each
+    /// implementation and client count (by server CPU per request).
     pub echo: Vec<EchoResult>,
-    /// Broadcast measurements.
+    /// Broadcast measurements: the median runs (by server CPU per delivery).
     pub broadcast: Vec<BroadcastResult>,
-    /// Idle measurements.
+    /// Idle measurements: the median runs (by RSS per session).
     pub idle: Vec<IdleResult>,
+    /// Every echo run (`round` tells them apart).
+    pub echo_runs: Vec<EchoResult>,
+    /// Every broadcast run.
+    pub broadcast_runs: Vec<BroadcastResult>,
+    /// Every idle run.
+    pub idle_runs: Vec<IdleResult>,
     /// Targets, evaluated.
     pub targets: Vec<TargetResult>,
     /// Anything the run had to change or noticed (scaled-down counts,
@@ -263,6 +326,8 @@ pub struct Report {
 pub struct Settings {
     /// Measured window per measurement, seconds.
     pub duration_seconds: f64,
+    /// Runs per measurement (`--repeat`); the tables show the median run.
+    pub repeat: usize,
     /// Warm-up before each window, seconds.
     pub warmup_seconds: f64,
     /// `--quick`.
@@ -302,6 +367,10 @@ pub enum Unit {
     Cores,
     /// A plain count.
     Count,
+    /// A small number, three significant digits.
+    Decimal,
+    /// A fraction shown as a percentage.
+    Percent,
 }
 
 /// One metric across the implementations.
@@ -346,6 +415,19 @@ impl Section {
     /// Adds a metric shown without a ratio.
     pub fn plain_row(&mut self, label: &str, unit: Unit, values: Vec<Option<f64>>) -> &mut Section {
         self.push(label, unit, false, values)
+    }
+
+    /// Adds a metric with ratios only if some column has a value.
+    pub fn optional_row(
+        &mut self,
+        label: &str,
+        unit: Unit,
+        values: Vec<Option<f64>>,
+    ) -> &mut Section {
+        if values.iter().any(Option::is_some) {
+            self.push(label, unit, true, values);
+        }
+        self
     }
 
     fn push(
@@ -454,6 +536,8 @@ pub fn format_value(unit: Unit, value: f64) -> String {
         Unit::KiB => format_bytes(value * 1024.0),
         Unit::Cores => format!("{value:.2}"),
         Unit::Count => format_count(value),
+        Unit::Decimal => significant(value),
+        Unit::Percent => format!("{:.0}%", value * 100.0),
     }
 }
 
@@ -470,9 +554,10 @@ fn significant(value: f64) -> String {
 
 /// `950`, `12.3k`, `1.23M` per second.
 pub fn format_rate(value: f64) -> String {
-    if value.abs() >= 1e6 {
+    // Thresholds just below the next unit, so 999,999 reads 1.00M, not 1000k.
+    if value.abs() >= 999_500.0 {
         format!("{}M/s", significant(value / 1e6))
-    } else if value.abs() >= 1e3 {
+    } else if value.abs() >= 999.5 {
         format!("{}k/s", significant(value / 1e3))
     } else {
         format!("{}/s", significant(value))
@@ -481,9 +566,9 @@ pub fn format_rate(value: f64) -> String {
 
 /// Microseconds as `µs`, `ms` or `s`.
 pub fn format_micros(value: f64) -> String {
-    if value.abs() >= 1e6 {
+    if value.abs() >= 999_500.0 {
         format!("{} s", significant(value / 1e6))
-    } else if value.abs() >= 1e3 {
+    } else if value.abs() >= 999.5 {
         format!("{} ms", significant(value / 1e3))
     } else {
         format!("{} µs", significant(value))
@@ -492,9 +577,9 @@ pub fn format_micros(value: f64) -> String {
 
 /// Bytes as `B`, `KiB` or `MiB`.
 pub fn format_bytes(value: f64) -> String {
-    if value.abs() >= 1024.0 * 1024.0 {
+    if value.abs() >= 1023.5 * 1024.0 {
         format!("{} MiB", significant(value / (1024.0 * 1024.0)))
-    } else if value.abs() >= 1024.0 {
+    } else if value.abs() >= 1023.5 {
         format!("{} KiB", significant(value / 1024.0))
     } else {
         format!("{value:.0} B")
@@ -555,6 +640,16 @@ pub fn echo_sections(results: &[EchoResult], columns: &[String], duration: f64) 
                     Unit::Micros,
                     pick(&|r| r.server_cpu_us_per_request),
                 )
+                .optional_row(
+                    "server syscalls/request",
+                    Unit::Decimal,
+                    pick(&|r| r.server_syscalls_per_request),
+                )
+                .optional_row(
+                    "server ctx switches/request",
+                    Unit::Decimal,
+                    pick(&|r| r.server_context_switches_per_request),
+                )
                 .row(
                     "latency p50",
                     Unit::Micros,
@@ -576,12 +671,22 @@ pub fn echo_sections(results: &[EchoResult], columns: &[String], duration: f64) 
                     pick(&|r| Some(r.server_cpu_cores)),
                 )
                 .plain_row(
+                    "server CPU in user space",
+                    Unit::Percent,
+                    pick(&|r| r.server_user_share),
+                )
+                .plain_row(
                     "load gen CPU (cores)",
                     Unit::Cores,
                     pick(&|r| Some(r.load_cpu_cores)),
                 )
                 .plain_row(
-                    "other CPU (cores)",
+                    "kernel, no process (cores)",
+                    Unit::Cores,
+                    pick(&|r| Some(r.kernel_cpu_cores)),
+                )
+                .plain_row(
+                    "other processes (cores)",
                     Unit::Cores,
                     pick(&|r| Some(r.other_cpu_cores)),
                 );
@@ -630,6 +735,16 @@ pub fn broadcast_section(
             Unit::Micros,
             pick(&|r| r.server_cpu_us_per_delivery),
         )
+        .optional_row(
+            "server syscalls/delivery",
+            Unit::Decimal,
+            pick(&|r| r.server_syscalls_per_delivery),
+        )
+        .optional_row(
+            "server ctx switches/delivery",
+            Unit::Decimal,
+            pick(&|r| r.server_context_switches_per_delivery),
+        )
         .row(
             "latency p50",
             Unit::Micros,
@@ -656,12 +771,22 @@ pub fn broadcast_section(
             pick(&|r| Some(r.server_cpu_cores)),
         )
         .plain_row(
+            "server CPU in user space",
+            Unit::Percent,
+            pick(&|r| r.server_user_share),
+        )
+        .plain_row(
             "load gen CPU (cores)",
             Unit::Cores,
             pick(&|r| Some(r.load_cpu_cores)),
         )
         .plain_row(
-            "other CPU (cores)",
+            "kernel, no process (cores)",
+            Unit::Cores,
+            pick(&|r| Some(r.kernel_cpu_cores)),
+        )
+        .plain_row(
+            "other processes (cores)",
             Unit::Cores,
             pick(&|r| Some(r.other_cpu_cores)),
         )
@@ -821,9 +946,15 @@ mod tests {
         assert_eq!(format_rate(950.0), "950/s");
         assert_eq!(format_rate(12_345.0), "12.3k/s");
         assert_eq!(format_rate(1_234_567.0), "1.23M/s");
+        assert_eq!(format_rate(999_999.0), "1.00M/s");
+        assert_eq!(format_rate(999.7), "1.00k/s");
+        assert_eq!(format_value(Unit::Decimal, 0.0123), "0.01");
+        assert_eq!(format_value(Unit::Decimal, 2.345), "2.35");
+        assert_eq!(format_value(Unit::Percent, 0.256), "26%");
         assert_eq!(format_micros(8.765), "8.77 µs");
         assert_eq!(format_micros(12_500.0), "12.5 ms");
         assert_eq!(format_micros(2_500_000.0), "2.50 s");
+        assert_eq!(format_micros(999.9), "1.00 ms");
         assert_eq!(format_bytes(900.0), "900 B");
         assert_eq!(format_bytes(1536.0), "1.50 KiB");
         assert_eq!(format_bytes(3.0 * 1024.0 * 1024.0), "3.00 MiB");
@@ -832,6 +963,15 @@ mod tests {
         assert_eq!(format_count(999.0), "999");
         assert_eq!(format_count(1_000_000.0), "1,000,000");
         assert_eq!(format_count(-1234.0), "-1,234");
+    }
+
+    #[test]
+    fn median_run_of_each_group() {
+        let runs = [("a", 3.0), ("b", 1.0), ("a", 1.0), ("a", 2.0), ("b", 5.0)];
+        let medians = median_runs(&runs, |r| r.0, |r| Some(r.1));
+        assert_eq!(medians, vec![("a", 2.0), ("b", 1.0)]);
+        let one = median_runs(&runs[..1], |r| r.0, |_| None);
+        assert_eq!(one, vec![("a", 3.0)]);
     }
 
     #[test]

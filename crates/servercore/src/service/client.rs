@@ -13,14 +13,13 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use bytes::Bytes;
 use parking_lot::Mutex;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use super::config::{common_builder_methods, ServiceConfig};
-use super::engine::{Engine, ServiceStats, SessionFactory};
+use super::engine::{engine_control_methods, Engine, SessionFactory};
 use super::StartError;
-use crate::{Backend, Session};
+use crate::Session;
 
 /// A connect that failed.
 #[derive(Debug)]
@@ -71,7 +70,10 @@ impl ClientServiceBuilder {
     }
 
     /// Called on the connector thread for every connect that fails.
-    pub fn on_connect_error(mut self, hook: impl Fn(&ConnectError) + Send + Sync + 'static) -> Self {
+    pub fn on_connect_error(
+        mut self,
+        hook: impl Fn(&ConnectError) + Send + Sync + 'static,
+    ) -> Self {
         self.on_connect_error = Some(Box::new(hook));
         self
     }
@@ -145,7 +147,8 @@ impl ConnectPlan {
             if engine.is_stopping() {
                 break;
             }
-            let source = (!self.sources.is_empty()).then(|| self.sources[index % self.sources.len()]);
+            let source =
+                (!self.sources.is_empty()).then(|| self.sources[index % self.sources.len()]);
             match connect(self.target, source, self.timeout) {
                 Ok(stream) if engine.shared.try_reserve_session() => {
                     counters.connected.fetch_add(1, Ordering::AcqRel);
@@ -171,7 +174,11 @@ impl ConnectPlan {
 }
 
 fn connect(target: SocketAddr, source: Option<IpAddr>, timeout: Duration) -> io::Result<TcpStream> {
-    let socket = Socket::new(Domain::for_address(target), Type::STREAM, Some(Protocol::TCP))?;
+    let socket = Socket::new(
+        Domain::for_address(target),
+        Type::STREAM,
+        Some(Protocol::TCP),
+    )?;
     if let Some(source) = source {
         socket.bind(&SocketAddr::new(source, 0).into())?;
     }
@@ -204,11 +211,6 @@ impl ClientService {
         }
     }
 
-    /// The backend the workers run on (never `Auto`).
-    pub fn backend(&self) -> Backend {
-        self.engine.backend
-    }
-
     /// Connects that succeeded so far.
     pub fn connected(&self) -> u64 {
         self.counters.connected.load(Ordering::Acquire)
@@ -224,25 +226,7 @@ impl ClientService {
         self.counters.done.load(Ordering::Acquire)
     }
 
-    /// Counters: active sessions, totals, live slots.
-    pub fn stats(&self) -> ServiceStats {
-        self.engine.stats()
-    }
-
-    /// Queues `data` to every connected session; the buffer is shared.
-    pub fn broadcast(&self, data: Bytes) {
-        self.engine.broadcast(data);
-    }
-
-    /// Graceful stop, as for the server.
-    pub fn stop(&self) {
-        self.engine.stop();
-    }
-
-    /// True once `stop` was called.
-    pub fn is_stopping(&self) -> bool {
-        self.engine.is_stopping()
-    }
+    engine_control_methods!();
 
     /// Waits for the connector and the workers to end.
     pub fn join(&self) {

@@ -212,3 +212,37 @@ fn abort_started(
         let _ = thread.join();
     }
 }
+
+/// The methods every service type forwards to its `engine` field.
+macro_rules! engine_control_methods {
+    () => {
+        /// The backend the workers run on (never `Auto`).
+        pub fn backend(&self) -> $crate::Backend {
+            self.engine.backend
+        }
+
+        /// Counters: active sessions, totals, refusals, live slots.
+        pub fn stats(&self) -> $crate::ServiceStats {
+            self.engine.stats()
+        }
+
+        /// Queues `data` to every connected session; the buffer is shared,
+        /// and each worker submits its sessions' writes together.
+        pub fn broadcast(&self, data: bytes::Bytes) {
+            self.engine.broadcast(data);
+        }
+
+        /// Graceful stop: no new sessions, queued sends flushed within the
+        /// shutdown timeout, then every session gets
+        /// `on_disconnected(Shutdown)`. Returns at once; `join` waits.
+        pub fn stop(&self) {
+            self.engine.stop();
+        }
+
+        /// True once `stop` was called.
+        pub fn is_stopping(&self) -> bool {
+            self.engine.is_stopping()
+        }
+    };
+}
+pub(crate) use engine_control_methods;

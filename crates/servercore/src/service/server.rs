@@ -3,13 +3,12 @@
 
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 
-use bytes::Bytes;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use super::config::{common_builder_methods, ServiceConfig};
-use super::engine::{Engine, ServiceStats, SessionFactory};
+use super::engine::{engine_control_methods, Engine, SessionFactory};
 use super::StartError;
-use crate::{Backend, Session};
+use crate::Session;
 
 /// Configures and starts a [`ServerService`].
 pub struct ServerServiceBuilder {
@@ -70,7 +69,10 @@ impl ServerServiceBuilder {
         let listener = listener.ok_or_else(|| StartError::Bind {
             addr: self.addr.clone(),
             source: last_error.unwrap_or_else(|| {
-                std::io::Error::new(std::io::ErrorKind::InvalidInput, "address resolved to nothing")
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "address resolved to nothing",
+                )
             }),
         })?;
         let local_addr = listener.local_addr().map_err(|source| StartError::Bind {
@@ -122,32 +124,7 @@ impl ServerService {
         self.local_addr
     }
 
-    /// The backend the workers run on (never `Auto`).
-    pub fn backend(&self) -> Backend {
-        self.engine.backend
-    }
-
-    /// Counters: active sessions, totals, refusals, live slots.
-    pub fn stats(&self) -> ServiceStats {
-        self.engine.stats()
-    }
-
-    /// Queues `data` to every connected session; the buffer is shared.
-    pub fn broadcast(&self, data: Bytes) {
-        self.engine.broadcast(data);
-    }
-
-    /// Graceful stop: no new sessions, queued sends flushed within the
-    /// shutdown timeout, then every session gets `on_disconnected(Shutdown)`.
-    /// Returns at once; `join` waits.
-    pub fn stop(&self) {
-        self.engine.stop();
-    }
-
-    /// True once `stop` was called.
-    pub fn is_stopping(&self) -> bool {
-        self.engine.is_stopping()
-    }
+    engine_control_methods!();
 
     /// Waits for the workers to end (after `stop`, or forever).
     pub fn join(&self) {

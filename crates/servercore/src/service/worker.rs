@@ -92,7 +92,9 @@ fn run<D: Driver>(
 enum Phase {
     Open,
     /// Closing once queued bytes are written, or at the deadline.
-    Draining { deadline: Instant },
+    Draining {
+        deadline: Instant,
+    },
     /// `driver.close` was asked; waiting for `Released`.
     Closed,
 }
@@ -363,8 +365,13 @@ impl Core {
             self.callback_panicked(slot, "session factory", panic);
             return;
         }
-        let entry = self.slots[slot as usize].entry.as_mut().expect("just stored");
-        let result = catch_unwind(AssertUnwindSafe(|| entry.session.on_connected(&entry.handle)));
+        let entry = self.slots[slot as usize]
+            .entry
+            .as_mut()
+            .expect("just stored");
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            entry.session.on_connected(&entry.handle)
+        }));
         if let Err(panic) = result {
             self.callback_panicked(slot, "on_connected", panic);
         }
@@ -442,7 +449,11 @@ impl Core {
 
     /// Starts a write of everything queued, unless one is in flight.
     fn flush<D: Driver>(&mut self, driver: &mut D, slot: u32) {
-        let Some(entry) = self.slots.get_mut(slot as usize).and_then(|s| s.entry.as_mut()) else {
+        let Some(entry) = self
+            .slots
+            .get_mut(slot as usize)
+            .and_then(|s| s.entry.as_mut())
+        else {
             return;
         };
         if entry.sending || matches!(entry.phase, Phase::Closed) {
@@ -472,7 +483,10 @@ impl Core {
         let Some(slot) = self.slot_for_token(token) else {
             return;
         };
-        let entry = self.slots[slot as usize].entry.as_mut().expect("slot_for_token");
+        let entry = self.slots[slot as usize]
+            .entry
+            .as_mut()
+            .expect("slot_for_token");
         entry.sending = false;
         let mut bufs = batch.bufs;
         if matches!(entry.phase, Phase::Closed) {
@@ -518,7 +532,10 @@ impl Core {
             return;
         };
         let max_backlog = self.engine.config.max_receive_backlog;
-        let entry = self.slots[slot as usize].entry.as_mut().expect("slot_for_token");
+        let entry = self.slots[slot as usize]
+            .entry
+            .as_mut()
+            .expect("slot_for_token");
         if !matches!(entry.phase, Phase::Open) {
             return;
         }
@@ -533,7 +550,11 @@ impl Core {
                     held,
                     "unconsumed input passed the receive backlog limit; disconnecting"
                 );
-                self.close(slot, Some(DisconnectReason::ReceiveOverflow), CloseMode::Abort);
+                self.close(
+                    slot,
+                    Some(DisconnectReason::ReceiveOverflow),
+                    CloseMode::Abort,
+                );
             }
         }
     }
@@ -737,7 +758,9 @@ fn log_disconnect(handle: &SessionHandle, reason: &DisconnectReason) {
         | DisconnectReason::Shutdown => {
             tracing::debug!(session = %handle.id(), peer = %handle.peer_addr(), %reason, "disconnected")
         }
-        _ => tracing::info!(session = %handle.id(), peer = %handle.peer_addr(), %reason, "disconnected"),
+        _ => {
+            tracing::info!(session = %handle.id(), peer = %handle.peer_addr(), %reason, "disconnected")
+        }
     }
 }
 

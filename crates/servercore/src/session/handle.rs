@@ -226,7 +226,10 @@ impl SessionShared {
     }
 
     pub(crate) fn take_reason(&self) -> DisconnectReason {
-        self.reason.lock().take().unwrap_or(DisconnectReason::ClosedByApp)
+        self.reason
+            .lock()
+            .take()
+            .unwrap_or(DisconnectReason::ClosedByApp)
     }
 
     /// Appends everything queued to `out`; returns how many buffers moved.
@@ -310,7 +313,11 @@ impl SessionHandle {
     pub fn send(&self, data: Bytes) -> Result<(), SendError> {
         let shared = &*self.inner;
         if data.is_empty() {
-            return if shared.is_open() { Ok(()) } else { Err(SendError::Closed) };
+            return if shared.is_open() {
+                Ok(())
+            } else {
+                Err(SendError::Closed)
+            };
         }
         let len = data.len();
         let queued = {
@@ -331,9 +338,7 @@ impl SessionHandle {
             shared.writable.store(false, Ordering::Release);
         }
         if !shared.flush_scheduled.swap(true, Ordering::AcqRel) {
-            shared
-                .mailbox
-                .push(Request::Flush(Arc::clone(&self.inner)));
+            shared.mailbox.push(Request::Flush(Arc::clone(&self.inner)));
         }
         Ok(())
     }

@@ -9,8 +9,8 @@
 mod handle;
 mod reason;
 
-pub use handle::{OverflowPolicy, SendError, SessionHandle, SessionId};
 pub(crate) use handle::{Mailbox, Request, SendLimits, SessionShared};
+pub use handle::{OverflowPolicy, SendError, SessionHandle, SessionId};
 pub use reason::DisconnectReason;
 
 /// A connection's behaviour: the course's `OnConnected / OnRecv / OnSend /
