@@ -1,6 +1,7 @@
 //! The benchmark harness's plumbing, cheaply: the `bench-server` process
 //! contract (address on the first line, `sessions` queries, exit at the end
-//! of stdin) and a tiny `bench` run end to end through its JSON output.
+//! of stdin) and a tiny `bench` run end to end through its JSON output, its
+//! chart and `--replay`.
 //! Nothing here times anything; the real runs are `servercore bench`.
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -151,5 +152,20 @@ fn tiny_bench_run_writes_json_and_tables() {
     );
     let svg = std::fs::read_to_string(&chart).unwrap();
     assert!(svg.starts_with("<svg"), "an SVG chart");
+
+    // The saved report shows the same tables again without measuring.
+    let replay = Command::new(EXE)
+        .args(["bench", "--replay"])
+        .arg(&json)
+        .stdin(Stdio::null())
+        .output()
+        .expect("bench --replay runs");
+    let replayed = String::from_utf8_lossy(&replay.stdout);
+    assert!(replay.status.success(), "{replayed}");
+    assert!(replayed.contains("echo: 2 clients"), "{replayed}");
+    assert!(
+        replayed.contains("targets (reported, not asserted)"),
+        "{replayed}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -85,9 +85,16 @@ fn echo_panel(
     echo: &[EchoResult],
 ) -> DrawResult {
     let ms = |us: u64| us.max(1) as f64 / 1000.0;
-    let Some((x_low, x_high)) = log_range(echo.iter().map(|r| r.clients as f64)) else {
+    // The client counts are load levels, evenly spaced whatever their
+    // values, each labelled with its count.
+    let mut counts: Vec<usize> = echo.iter().map(|r| r.clients).collect();
+    counts.sort_unstable();
+    counts.dedup();
+    if counts.is_empty() {
         return empty_panel(area, "echo: not measured");
-    };
+    }
+    let level = |clients: usize| counts.iter().position(|&c| c == clients).unwrap_or(0) as f64;
+    let x_high = counts.len() as f64 - 0.6;
     let Some((y_low, y_high)) = log_range(
         echo.iter()
             .filter(|r| r.latency.count > 0)
@@ -100,15 +107,26 @@ fn echo_panel(
         .margin(15)
         .x_label_area_size(45)
         .y_label_area_size(75)
-        .build_cartesian_2d((x_low..x_high).log_scale(), (y_low..y_high).log_scale())?;
+        .build_cartesian_2d(-0.4f64..x_high, (y_low..y_high).log_scale())?;
+    let label_counts = counts.clone();
+    let x_label = move |x: &f64| {
+        let index = x.round();
+        if (x - index).abs() < 1e-6 && index >= 0.0 {
+            label_counts
+                .get(index as usize)
+                .map_or_else(String::new, |count| count.to_string())
+        } else {
+            String::new()
+        }
+    };
     chart
         .configure_mesh()
         .light_line_style(WHITE)
-        .x_labels(12)
+        .x_labels(counts.len().max(2))
         .y_labels(12)
         .x_desc("concurrent clients (128 B ping-pong)")
         .y_desc("latency, ms (solid p99, dashed p50)")
-        .x_label_formatter(&|x| axis_label(*x))
+        .x_label_formatter(&x_label)
         .y_label_formatter(&|y| axis_label(*y))
         .draw()?;
     for name in implementations {
@@ -123,11 +141,11 @@ fn echo_panel(
         let colour = color(name);
         let p99: Vec<(f64, f64)> = rows
             .iter()
-            .map(|r| (r.clients as f64, ms(r.latency.p99_us)))
+            .map(|r| (level(r.clients), ms(r.latency.p99_us)))
             .collect();
         let p50: Vec<(f64, f64)> = rows
             .iter()
-            .map(|r| (r.clients as f64, ms(r.latency.p50_us)))
+            .map(|r| (level(r.clients), ms(r.latency.p50_us)))
             .collect();
         chart
             .draw_series(LineSeries::new(p99.clone(), colour.stroke_width(2)))?

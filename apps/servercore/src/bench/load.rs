@@ -197,6 +197,8 @@ pub struct Window {
     /// no process (softirq processing of loopback TCP in kernel threads or
     /// on idle cores, for both sides).
     pub kernel_cpu: Duration,
+    /// TCP segments the machine sent (server and load generator alike).
+    pub tcp_segments: u64,
     /// The server's system calls and context switches, with `--perf`.
     pub perf: Option<Result<PerfCounts, String>>,
 }
@@ -207,6 +209,7 @@ struct WindowStart {
     load_cpu: Duration,
     machine_cpu: Duration,
     others: HashMap<u32, u64>,
+    tcp_segments: u64,
     perf: Option<std::io::Result<PerfStat>>,
 }
 
@@ -222,6 +225,7 @@ impl WindowStart {
             load_cpu: procfs::cpu_time(std::process::id())?,
             machine_cpu: procfs::machine_cpu_time()?,
             others: procfs::user_process_ticks(&[server_pid, std::process::id()]),
+            tcp_segments: procfs::tcp_segments_sent()?,
         })
     }
 
@@ -241,6 +245,7 @@ impl WindowStart {
             load_cpu,
             other_cpu,
             kernel_cpu: busy.saturating_sub(server_cpu + load_cpu + other_cpu),
+            tcp_segments: procfs::tcp_segments_sent()?.saturating_sub(self.tcp_segments),
             perf: self.perf.map(|perf| {
                 perf.map_err(|error| format!("cannot run perf: {error}"))
                     .and_then(PerfStat::finish)

@@ -130,9 +130,9 @@ pub struct BenchArgs {
     #[arg(value_enum, value_name = "SCENARIO")]
     pub scenarios: Vec<Scenario>,
 
-    /// Length of each measured window, in seconds.
-    #[arg(long, default_value_t = 5.0, value_name = "SECONDS")]
-    pub duration: f64,
+    /// Length of each measured window, in seconds (default 5, --quick 1).
+    #[arg(long, value_name = "SECONDS")]
+    pub duration: Option<f64>,
 
     /// Load before each window opens, in seconds (default 1, --quick 0.3;
     /// broadcast waits at least two chat intervals).
@@ -146,6 +146,11 @@ pub struct BenchArgs {
     /// Also write every result as JSON to FILE.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
+
+    /// Measure nothing: show the tables of a saved --json report again (and
+    /// write --chart or --json from it).
+    #[arg(long, value_name = "FILE")]
+    pub replay: Option<PathBuf>,
 
     /// Draw latency against load into an SVG file.
     #[arg(long, value_name = "FILE.svg")]
@@ -258,17 +263,21 @@ impl Plan {
         open_file_limit: u64,
         notes: &mut Vec<String>,
     ) -> anyhow::Result<Plan> {
+        let quick = args.quick;
+        let duration = args.duration.unwrap_or(if quick { 1.0 } else { 5.0 });
         anyhow::ensure!(
-            args.duration.is_finite() && args.duration > 0.0,
+            duration.is_finite() && duration > 0.0,
             "--duration must be positive"
         );
-        let scenarios = if args.scenarios.is_empty() {
-            Scenario::ALL.to_vec()
-        } else {
-            let mut scenarios = args.scenarios.clone();
-            scenarios.dedup();
-            scenarios
-        };
+        let mut scenarios: Vec<Scenario> = Vec::new();
+        for scenario in &args.scenarios {
+            if !scenarios.contains(scenario) {
+                scenarios.push(*scenario);
+            }
+        }
+        if scenarios.is_empty() {
+            scenarios = Scenario::ALL.to_vec();
+        }
         let mut implementations: Vec<Impl> = servercore::driver::available_backends()
             .into_iter()
             .filter_map(Impl::from_backend)
@@ -291,12 +300,6 @@ impl Plan {
             notes.push("tokio is not in --backends: no ratios".into());
         }
 
-        let quick = args.quick;
-        let duration = if quick && args.duration == 5.0 {
-            1.0
-        } else {
-            args.duration
-        };
         let warmup = args
             .warmup
             .unwrap_or(if quick { 0.3 } else { 1.0 })
@@ -375,6 +378,9 @@ struct Bench {
 
 /// Runs the benchmarks.
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if let Some(path) = &args.replay {
+        return replay(path, &args);
+    }
     let mut notes = Vec::new();
     let open_file_limit = match procfs::raise_nofile_limit() {
         Ok(limit) => limit,
@@ -462,7 +468,6 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         failures: 0,
         round: 0,
     };
-    let duration = bench.report.settings.duration_seconds;
     for scenario in bench.plan.scenarios.clone() {
         for round in 0..bench.plan.repeat {
             bench.round = round;
@@ -493,54 +498,98 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
                 }
             ));
         }
-        let sections = match scenario {
-            Scenario::Echo => report::echo_sections(&bench.report.echo, &columns, duration),
-            Scenario::Broadcast => report::broadcast_section(
-                &bench.report.broadcast,
-                &columns,
-                duration,
-                bench.plan.chat_server.name(),
-            )
-            .into_iter()
-            .collect(),
-            Scenario::Idle => report::idle_section(&bench.report.idle, &columns)
-                .into_iter()
-                .collect(),
-        };
+        let sections = scenario_sections(&bench.report, scenario);
         for section in sections {
             bench.progress.println(&section.render());
         }
     }
     bench.progress.finish();
-
-    bench.report.targets = report::evaluate_targets(&bench.report);
-    if !bench.report.targets.is_empty() {
-        println!("targets (reported, not asserted):");
-        print!("{}", report::render_targets(&bench.report.targets));
-        println!();
-    }
-    if !bench.report.notes.is_empty() {
-        println!("notes:");
-        for note in &bench.report.notes {
-            println!("  - {note}");
-        }
-        println!();
-    }
-    if let Some(path) = &args.json {
-        let text = serde_json::to_string_pretty(&bench.report)?;
-        std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
-        println!("results written to {}", path.display());
-    }
-    if let Some(path) = &args.chart {
-        chart::write(path, &columns, &bench.report.echo, &bench.report.broadcast)?;
-        println!("chart written to {}", path.display());
-    }
+    finish_report(&mut bench.report, &args)?;
     anyhow::ensure!(
         bench.failures == 0,
         "{} measurement(s) failed (see the notes above)",
         bench.failures
     );
     Ok(())
+}
+
+/// The tables of one scenario of a report.
+fn scenario_sections(report: &Report, scenario: Scenario) -> Vec<report::Section> {
+    let columns = &report.settings.implementations;
+    let duration = report.settings.duration_seconds;
+    match scenario {
+        Scenario::Echo => report::echo_sections(&report.echo, columns, duration),
+        Scenario::Broadcast => report::broadcast_section(
+            &report.broadcast,
+            columns,
+            duration,
+            &report.settings.broadcast_server,
+        )
+        .into_iter()
+        .collect(),
+        Scenario::Idle => report::idle_section(&report.idle, columns)
+            .into_iter()
+            .collect(),
+    }
+}
+
+/// Evaluates and prints the targets and notes, then writes `--json` and
+/// `--chart`.
+fn finish_report(report: &mut Report, args: &BenchArgs) -> anyhow::Result<()> {
+    report.targets = report::evaluate_targets(report);
+    if !report.targets.is_empty() {
+        println!("targets (reported, not asserted):");
+        print!("{}", report::render_targets(&report.targets));
+        println!();
+    }
+    if !report.notes.is_empty() {
+        println!("notes:");
+        for note in &report.notes {
+            println!("  - {note}");
+        }
+        println!();
+    }
+    if let Some(path) = &args.json {
+        let text = serde_json::to_string_pretty(report)?;
+        std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
+        println!("results written to {}", path.display());
+    }
+    if let Some(path) = &args.chart {
+        chart::write(
+            path,
+            &report.settings.implementations,
+            &report.echo,
+            &report.broadcast,
+        )?;
+        println!("chart written to {}", path.display());
+    }
+    Ok(())
+}
+
+/// `--replay FILE`: shows the tables of a saved `--json` report again (and
+/// writes `--chart`/`--json` from it) without measuring anything.
+fn replay(path: &std::path::Path, args: &BenchArgs) -> anyhow::Result<()> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut report: Report =
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    println!(
+        "servercore bench (replayed from {}): {} cores, kernel {}, {}",
+        path.display(),
+        report.machine.cores,
+        report.machine.kernel,
+        report.machine.cpu
+    );
+    println!();
+    for name in report.settings.scenarios.clone() {
+        let Some(scenario) = Scenario::ALL.into_iter().find(|s| s.name() == name) else {
+            continue;
+        };
+        for section in scenario_sections(&report, scenario) {
+            println!("{}", section.render());
+        }
+    }
+    finish_report(&mut report, args)
 }
 
 impl Bench {
@@ -681,6 +730,8 @@ impl Bench {
                 load_cpu_cores: outcome.window.load_cpu.as_secs_f64() / seconds,
                 other_cpu_cores: outcome.window.other_cpu.as_secs_f64() / seconds,
                 kernel_cpu_cores: outcome.window.kernel_cpu.as_secs_f64() / seconds,
+                tcp_segments_per_request: (outcome.requests > 0)
+                    .then(|| outcome.window.tcp_segments as f64 / outcome.requests as f64),
                 server_syscalls_per_request: syscalls,
                 server_context_switches_per_request: switches,
                 latency: Latency::from_histogram(&outcome.latency),
@@ -756,6 +807,8 @@ impl Bench {
             load_cpu_cores: outcome.window.load_cpu.as_secs_f64() / seconds,
             other_cpu_cores: outcome.window.other_cpu.as_secs_f64() / seconds,
             kernel_cpu_cores: outcome.window.kernel_cpu.as_secs_f64() / seconds,
+            tcp_segments_per_delivery: (outcome.deliveries > 0)
+                .then(|| outcome.window.tcp_segments as f64 / outcome.deliveries as f64),
             server_syscalls_per_delivery: syscalls,
             server_context_switches_per_delivery: switches,
             latency: Latency::from_histogram(&outcome.latency),

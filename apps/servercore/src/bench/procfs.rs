@@ -13,12 +13,9 @@ use anyhow::Context;
 /// Clock ticks per second used by `/proc/<pid>/stat` (`_SC_CLK_TCK`, 100 if
 /// the system does not say).
 pub fn clock_ticks_per_second() -> u64 {
-    // SAFETY: sysconf has no preconditions; it only reads a constant.
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if ticks > 0 {
-        ticks as u64
-    } else {
-        100
+    match nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK) {
+        Ok(Some(ticks)) if ticks > 0 => ticks as u64,
+        _ => 100,
     }
 }
 
@@ -151,6 +148,22 @@ pub fn ticks_since(before: &HashMap<u32, u64>, after: &HashMap<u32, u64>) -> Dur
     ticks_to_duration(ticks, clock_ticks_per_second())
 }
 
+/// A counter of the `Tcp:` lines of `/proc/net/snmp` (a header line of
+/// names, then a line of values), such as `OutSegs`.
+pub fn parse_snmp_tcp(snmp: &str, name: &str) -> Option<u64> {
+    let mut tcp = snmp.lines().filter(|line| line.starts_with("Tcp:"));
+    let names = tcp.next()?;
+    let values = tcp.next()?;
+    let index = names.split_whitespace().position(|field| field == name)?;
+    values.split_whitespace().nth(index)?.parse().ok()
+}
+
+/// TCP segments sent by the whole machine (network namespace) so far.
+pub fn tcp_segments_sent() -> anyhow::Result<u64> {
+    let text = std::fs::read_to_string("/proc/net/snmp").context("reading /proc/net/snmp")?;
+    parse_snmp_tcp(&text, "OutSegs").context("no Tcp OutSegs in /proc/net/snmp")
+}
+
 /// The 1-minute load average of `/proc/loadavg`.
 pub fn load_average() -> Option<f64> {
     std::fs::read_to_string("/proc/loadavg")
@@ -171,34 +184,17 @@ pub fn rss_kib(pid: u32) -> anyhow::Result<u64> {
 /// Raises the soft open-file limit to the hard limit; returns the limit now
 /// in force.
 pub fn raise_nofile_limit() -> std::io::Result<u64> {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: `limit` is a valid, writable rlimit for the call.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
-        return Err(std::io::Error::last_os_error());
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    if soft < hard {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
     }
-    if limit.rlim_cur < limit.rlim_max {
-        let raised = libc::rlimit {
-            rlim_cur: limit.rlim_max,
-            rlim_max: limit.rlim_max,
-        };
-        // SAFETY: `raised` is a valid rlimit; a soft limit up to the hard
-        // limit needs no privilege.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        limit = raised;
-    }
-    // rlim_t is u64 on Linux but not everywhere.
-    #[allow(clippy::unnecessary_cast)]
-    Ok(limit.rlim_cur as u64)
+    Ok(hard.max(soft))
 }
 
 /// A few facts about the machine for the report: core count, kernel, CPU
 /// model.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct MachineInfo {
     /// Cores available to this process.
     pub cores: usize,
@@ -289,6 +285,17 @@ mod tests {
             ticks_since(&before, &after),
             ticks_to_duration(50, clock_ticks_per_second())
         );
+    }
+
+    #[test]
+    fn snmp_counters() {
+        let snmp = "Ip: Forwarding DefaultTTL\nIp: 1 64\n\
+                    Tcp: RtoAlgorithm RtoMin InSegs OutSegs\nTcp: 1 200 1000 1234\n\
+                    Udp: InDatagrams\nUdp: 5\n";
+        assert_eq!(parse_snmp_tcp(snmp, "OutSegs"), Some(1234));
+        assert_eq!(parse_snmp_tcp(snmp, "InSegs"), Some(1000));
+        assert_eq!(parse_snmp_tcp(snmp, "Nothing"), None);
+        assert!(tcp_segments_sent().is_ok());
     }
 
     #[test]

@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 
 use hdrhistogram::Histogram;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::procfs::MachineInfo;
 
@@ -13,7 +13,7 @@ use super::procfs::MachineInfo;
 pub const BASELINE: &str = "tokio";
 
 /// Latency percentiles of one measurement, in microseconds.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct Latency {
     /// Samples.
     pub count: u64,
@@ -54,7 +54,7 @@ impl Latency {
 }
 
 /// One echo measurement of one implementation.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EchoResult {
     /// `uring`, `poll` or `tokio`.
     pub implementation: String,
@@ -83,6 +83,9 @@ pub struct EchoResult {
     /// CPU of the machine beyond all processes (kernel work charged to no
     /// process, such as loopback softirq processing) / wall time.
     pub kernel_cpu_cores: f64,
+    /// TCP segments sent per round trip, both sides (2 when nothing is
+    /// split or coalesced).
+    pub tcp_segments_per_request: Option<f64>,
     /// Server system calls per round trip (`--perf`).
     pub server_syscalls_per_request: Option<f64>,
     /// Server context switches per round trip (`--perf`).
@@ -94,7 +97,7 @@ pub struct EchoResult {
 }
 
 /// One broadcast measurement of one implementation.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BroadcastResult {
     /// `uring`, `poll` or `tokio`.
     pub implementation: String,
@@ -129,6 +132,9 @@ pub struct BroadcastResult {
     /// CPU of the machine beyond all processes (kernel work charged to no
     /// process, such as loopback softirq processing) / wall time.
     pub kernel_cpu_cores: f64,
+    /// TCP segments sent per delivery, both sides: how many chats the
+    /// server packs into one segment.
+    pub tcp_segments_per_delivery: Option<f64>,
     /// Server system calls per delivery (`--perf`).
     pub server_syscalls_per_delivery: Option<f64>,
     /// Server context switches per delivery (`--perf`).
@@ -144,7 +150,7 @@ pub struct BroadcastResult {
 }
 
 /// One idle-memory measurement of one implementation.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct IdleResult {
     /// `uring`, `poll` or `tokio`.
     pub implementation: String,
@@ -201,7 +207,7 @@ pub fn median_runs<T: Clone, G: PartialEq>(
 }
 
 /// How a target compares a measured value.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TargetKind {
     /// measured / baseline must be at most `limit`.
@@ -211,7 +217,7 @@ pub enum TargetKind {
 }
 
 /// A target evaluated for one implementation.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TargetResult {
     /// What the target says, e.g. `echo 500 clients: server CPU/request ≤ 0.8× tokio`.
     pub description: String,
@@ -295,7 +301,7 @@ pub fn render_targets(targets: &[TargetResult]) -> String {
 }
 
 /// Everything one `servercore bench` run measured (the `--json` document).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
     /// The machine.
     pub machine: MachineInfo,
@@ -322,7 +328,7 @@ pub struct Report {
 }
 
 /// The settings of a run, as used.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Settings {
     /// Measured window per measurement, seconds.
     pub duration_seconds: f64,
@@ -536,7 +542,7 @@ pub fn format_value(unit: Unit, value: f64) -> String {
         Unit::KiB => format_bytes(value * 1024.0),
         Unit::Cores => format!("{value:.2}"),
         Unit::Count => format_count(value),
-        Unit::Decimal => significant(value),
+        Unit::Decimal => decimal(value),
         Unit::Percent => format!("{:.0}%", value * 100.0),
     }
 }
@@ -550,6 +556,17 @@ fn significant(value: f64) -> String {
     } else {
         format!("{value:.2}")
     }
+}
+
+/// A plain number with three significant digits, small ones included:
+/// `0.00412`, `0.17`, `2.35`, `123`.
+fn decimal(value: f64) -> String {
+    let magnitude = value.abs();
+    if magnitude == 0.0 || magnitude >= 1.0 || !magnitude.is_finite() {
+        return significant(value);
+    }
+    let digits = (2.0 - magnitude.log10().floor()).clamp(2.0, 9.0) as usize;
+    format!("{value:.digits$}")
 }
 
 /// `950`, `12.3k`, `1.23M` per second.
@@ -639,6 +656,11 @@ pub fn echo_sections(results: &[EchoResult], columns: &[String], duration: f64) 
                     "server CPU/request",
                     Unit::Micros,
                     pick(&|r| r.server_cpu_us_per_request),
+                )
+                .optional_row(
+                    "TCP segments/request",
+                    Unit::Decimal,
+                    pick(&|r| r.tcp_segments_per_request),
                 )
                 .optional_row(
                     "server syscalls/request",
@@ -734,6 +756,11 @@ pub fn broadcast_section(
             "server CPU/delivery",
             Unit::Micros,
             pick(&|r| r.server_cpu_us_per_delivery),
+        )
+        .optional_row(
+            "TCP segments/delivery",
+            Unit::Decimal,
+            pick(&|r| r.tcp_segments_per_delivery),
         )
         .optional_row(
             "server syscalls/delivery",
@@ -948,7 +975,10 @@ mod tests {
         assert_eq!(format_rate(1_234_567.0), "1.23M/s");
         assert_eq!(format_rate(999_999.0), "1.00M/s");
         assert_eq!(format_rate(999.7), "1.00k/s");
-        assert_eq!(format_value(Unit::Decimal, 0.0123), "0.01");
+        assert_eq!(format_value(Unit::Decimal, 0.0123), "0.0123");
+        assert_eq!(format_value(Unit::Decimal, 0.00412), "0.00412");
+        assert_eq!(format_value(Unit::Decimal, 0.17), "0.170");
+        assert_eq!(format_value(Unit::Decimal, 0.0), "0.00");
         assert_eq!(format_value(Unit::Decimal, 2.345), "2.35");
         assert_eq!(format_value(Unit::Percent, 0.256), "26%");
         assert_eq!(format_micros(8.765), "8.77 µs");
