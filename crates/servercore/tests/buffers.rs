@@ -19,6 +19,10 @@ use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
 #[global_allocator]
 static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
 
+/// The allocation count is process-wide: the test that counts runs alone
+/// (write lock) while the others of this file share the read lock.
+static ALLOCATION_COUNTING: parking_lot::RwLock<()> = parking_lot::RwLock::new(());
+
 /// Joins a shared group on connect and ignores input.
 struct Member {
     group: Arc<SessionGroup>,
@@ -69,6 +73,7 @@ backend_tests!(
 );
 
 fn broadcast_arrives_complete_and_in_order(backend: Backend) {
+    let _shared = ALLOCATION_COUNTING.read();
     const SESSIONS: usize = 500;
     const MESSAGES: u32 = 10_000;
     let (service, group, _record) = group_server(backend, 4 << 20);
@@ -116,6 +121,7 @@ fn broadcast_arrives_complete_and_in_order(backend: Backend) {
 }
 
 fn broadcast_shares_one_buffer(backend: Backend) {
+    let _alone = ALLOCATION_COUNTING.write();
     const SESSIONS: usize = 50;
     const SIZE: usize = 1 << 20;
     let (service, group, _record) = group_server(backend, 8 << 20);
@@ -153,6 +159,7 @@ fn broadcast_shares_one_buffer(backend: Backend) {
 }
 
 fn member_that_never_reads_overflows_alone(backend: Backend) {
+    let _shared = ALLOCATION_COUNTING.read();
     const HARD: usize = 1 << 20;
     let (service, group, record) = group_server(backend, HARD);
     let addr = service.local_addr();
@@ -235,6 +242,7 @@ impl Session for Frames {
 }
 
 fn partial_frames_at_every_offset(backend: Backend) {
+    let _shared = ALLOCATION_COUNTING.read();
     let service = ServerService::builder("127.0.0.1:0")
         .backend(backend)
         .workers(1)
@@ -263,6 +271,7 @@ fn partial_frames_at_every_offset(backend: Backend) {
 }
 
 fn ring_exhaustion_loses_nothing(backend: Backend) {
+    let _shared = ALLOCATION_COUNTING.read();
     let service = ServerService::builder("127.0.0.1:0")
         .backend(backend)
         .workers(1)
@@ -294,6 +303,7 @@ fn ring_exhaustion_loses_nothing(backend: Backend) {
 }
 
 fn idle_timeout_fires_only_on_silent_sessions(backend: Backend) {
+    let _shared = ALLOCATION_COUNTING.read();
     let record: Shared = Default::default();
     let r = Arc::clone(&record);
     let service = ServerService::builder("127.0.0.1:0")
@@ -331,6 +341,7 @@ fn idle_timeout_fires_only_on_silent_sessions(backend: Backend) {
 }
 
 fn service_broadcast_reaches_everyone(backend: Backend) {
+    let _shared = ALLOCATION_COUNTING.read();
     let (service, group, _record) = group_server(backend, 4 << 20);
     let addr = service.local_addr();
     let mut clients: Vec<TcpStream> = (0..20).map(|_| connect(addr)).collect();
