@@ -93,8 +93,8 @@ pub enum DbError {
 impl fmt::Display for DbError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            DbError::Sqlite(error) => write!(f, "sqlite: {error}"),
-            DbError::Thread(error) => write!(f, "cannot start the database thread: {error}"),
+            DbError::Sqlite(_) => f.write_str("sqlite failed"),
+            DbError::Thread(_) => f.write_str("cannot start the database thread"),
             DbError::TooNew { found, supported } => write!(
                 f,
                 "the database schema is version {found}, newer than this build's {supported}"

@@ -28,7 +28,7 @@ pub enum StartError {
     #[error(transparent)]
     Backend(#[from] crate::BackendError),
     /// Binding or listening failed.
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}")]
     Bind {
         /// The address asked for.
         addr: String,
@@ -36,6 +36,6 @@ pub enum StartError {
         source: std::io::Error,
     },
     /// A worker thread or its driver could not be created.
-    #[error("cannot start worker: {0}")]
-    Worker(std::io::Error),
+    #[error("cannot start a worker")]
+    Worker(#[source] std::io::Error),
 }
