@@ -163,6 +163,7 @@ fn start_clients(
                 tracing::warn!(
                     session = failure.index,
                     addr = %failure.addr,
+                    source = ?failure.source,
                     "connect failed: {}",
                     failure.error
                 );

@@ -28,6 +28,8 @@ pub struct ConnectError {
     pub index: usize,
     /// The address tried.
     pub addr: SocketAddr,
+    /// The local source address the connect was bound to, if one was set.
+    pub source: Option<IpAddr>,
     /// What went wrong.
     pub error: io::Error,
 }
@@ -160,6 +162,7 @@ impl ConnectPlan {
                     let failure = ConnectError {
                         index,
                         addr: self.target,
+                        source,
                         error,
                     };
                     tracing::debug!(index, addr = %self.target, error = %failure.error, "connect failed");
