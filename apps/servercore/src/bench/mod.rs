@@ -44,7 +44,7 @@ use servercore::Backend;
 use child::ServerProcess;
 use load::{Sources, Timing};
 use progress::Progress;
-use report::{BroadcastResult, EchoResult, IdleResult, Latency, Report, Settings};
+use report::{BroadcastResult, EchoResult, IdleResult, Latency, Report, Settings, WindowCpu};
 
 /// A benchmark scenario.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -696,7 +696,7 @@ impl Bench {
                 }
             };
             let seconds = outcome.window.elapsed.as_secs_f64();
-            let cpu = outcome.window.server_cpu.as_secs_f64();
+            let cpu = WindowCpu::from_window(&outcome.window);
             self.check_quiet(
                 &format!("echo {clients} on {}", imp.name()),
                 &outcome.window,
@@ -721,15 +721,8 @@ impl Bench {
                 requests: outcome.requests,
                 seconds,
                 requests_per_sec: outcome.requests as f64 / seconds,
-                server_cpu_seconds: cpu,
-                server_cpu_us_per_request: (outcome.requests > 0)
-                    .then(|| cpu * 1e6 / outcome.requests as f64),
-                server_cpu_cores: cpu / seconds,
-                server_user_share: (cpu > 0.0)
-                    .then(|| outcome.window.server_user_cpu.as_secs_f64() / cpu),
-                load_cpu_cores: outcome.window.load_cpu.as_secs_f64() / seconds,
-                other_cpu_cores: outcome.window.other_cpu.as_secs_f64() / seconds,
-                kernel_cpu_cores: outcome.window.kernel_cpu.as_secs_f64() / seconds,
+                server_cpu_us_per_request: cpu.server_us_per(outcome.requests),
+                cpu,
                 tcp_segments_per_request: (outcome.requests > 0)
                     .then(|| outcome.window.tcp_segments as f64 / outcome.requests as f64),
                 server_syscalls_per_request: syscalls,
@@ -772,7 +765,7 @@ impl Bench {
         };
         self.finish(server);
         let seconds = outcome.window.elapsed.as_secs_f64();
-        let cpu = outcome.window.server_cpu.as_secs_f64();
+        let cpu = WindowCpu::from_window(&outcome.window);
         self.check_quiet(&format!("broadcast on {}", imp.name()), &outcome.window);
         let (syscalls, switches) = self.perf_per(
             &format!("broadcast on {}", imp.name()),
@@ -798,15 +791,8 @@ impl Bench {
             deliveries: outcome.deliveries,
             expected_deliveries_per_sec: sessions * sessions / outcome.interval.as_secs_f64(),
             deliveries_per_sec: outcome.deliveries as f64 / seconds,
-            server_cpu_seconds: cpu,
-            server_cpu_us_per_delivery: (outcome.deliveries > 0)
-                .then(|| cpu * 1e6 / outcome.deliveries as f64),
-            server_cpu_cores: cpu / seconds,
-            server_user_share: (cpu > 0.0)
-                .then(|| outcome.window.server_user_cpu.as_secs_f64() / cpu),
-            load_cpu_cores: outcome.window.load_cpu.as_secs_f64() / seconds,
-            other_cpu_cores: outcome.window.other_cpu.as_secs_f64() / seconds,
-            kernel_cpu_cores: outcome.window.kernel_cpu.as_secs_f64() / seconds,
+            server_cpu_us_per_delivery: cpu.server_us_per(outcome.deliveries),
+            cpu,
             tcp_segments_per_delivery: (outcome.deliveries > 0)
                 .then(|| outcome.window.tcp_segments as f64 / outcome.deliveries as f64),
             server_syscalls_per_delivery: syscalls,

@@ -7,6 +7,7 @@ use std::fmt::Write as _;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
+use super::load::Window;
 use super::procfs::MachineInfo;
 
 /// The column every ratio is taken against.
@@ -53,6 +54,46 @@ impl Latency {
     }
 }
 
+/// Where the CPU went during one measured window (flattened into the
+/// echo and broadcast records, so the JSON keeps one flat object per run).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct WindowCpu {
+    /// Server CPU over the window.
+    pub server_cpu_seconds: f64,
+    /// Server CPU / wall time (cores busy).
+    pub server_cpu_cores: f64,
+    /// Share of the server's CPU spent in user space (0..1).
+    pub server_user_share: Option<f64>,
+    /// Load generator CPU / wall time.
+    pub load_cpu_cores: f64,
+    /// CPU of every other user-space process / wall time.
+    pub other_cpu_cores: f64,
+    /// CPU of the machine beyond all processes (kernel work charged to no
+    /// process, such as loopback softirq processing) / wall time.
+    pub kernel_cpu_cores: f64,
+}
+
+impl WindowCpu {
+    /// The shares of a measured window.
+    pub fn from_window(window: &Window) -> WindowCpu {
+        let seconds = window.elapsed.as_secs_f64();
+        let cpu = window.server_cpu.as_secs_f64();
+        WindowCpu {
+            server_cpu_seconds: cpu,
+            server_cpu_cores: cpu / seconds,
+            server_user_share: (cpu > 0.0).then(|| window.server_user_cpu.as_secs_f64() / cpu),
+            load_cpu_cores: window.load_cpu.as_secs_f64() / seconds,
+            other_cpu_cores: window.other_cpu.as_secs_f64() / seconds,
+            kernel_cpu_cores: window.kernel_cpu.as_secs_f64() / seconds,
+        }
+    }
+
+    /// Server CPU per unit of work (request, delivery), µs.
+    pub fn server_us_per(&self, units: u64) -> Option<f64> {
+        (units > 0).then(|| self.server_cpu_seconds * 1e6 / units as f64)
+    }
+}
+
 /// One echo measurement of one implementation.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EchoResult {
@@ -68,21 +109,11 @@ pub struct EchoResult {
     pub seconds: f64,
     /// Round trips per second.
     pub requests_per_sec: f64,
-    /// Server CPU over the window.
-    pub server_cpu_seconds: f64,
     /// Server CPU per round trip, µs.
     pub server_cpu_us_per_request: Option<f64>,
-    /// Server CPU / wall time (cores busy).
-    pub server_cpu_cores: f64,
-    /// Share of the server's CPU spent in user space (0..1).
-    pub server_user_share: Option<f64>,
-    /// Load generator CPU / wall time.
-    pub load_cpu_cores: f64,
-    /// CPU of every other user-space process / wall time.
-    pub other_cpu_cores: f64,
-    /// CPU of the machine beyond all processes (kernel work charged to no
-    /// process, such as loopback softirq processing) / wall time.
-    pub kernel_cpu_cores: f64,
+    /// Where the CPU went during the window.
+    #[serde(flatten)]
+    pub cpu: WindowCpu,
     /// TCP segments sent per round trip, both sides (2 when nothing is
     /// split or coalesced).
     pub tcp_segments_per_request: Option<f64>,
@@ -117,21 +148,11 @@ pub struct BroadcastResult {
     pub expected_deliveries_per_sec: f64,
     /// Deliveries per second.
     pub deliveries_per_sec: f64,
-    /// Server CPU over the window.
-    pub server_cpu_seconds: f64,
     /// Server CPU per delivery, µs.
     pub server_cpu_us_per_delivery: Option<f64>,
-    /// Server CPU / wall time (cores busy).
-    pub server_cpu_cores: f64,
-    /// Share of the server's CPU spent in user space (0..1).
-    pub server_user_share: Option<f64>,
-    /// Load generator CPU / wall time.
-    pub load_cpu_cores: f64,
-    /// CPU of every other user-space process / wall time.
-    pub other_cpu_cores: f64,
-    /// CPU of the machine beyond all processes (kernel work charged to no
-    /// process, such as loopback softirq processing) / wall time.
-    pub kernel_cpu_cores: f64,
+    /// Where the CPU went during the window.
+    #[serde(flatten)]
+    pub cpu: WindowCpu,
     /// TCP segments sent per delivery, both sides: how many chats the
     /// server packs into one segment.
     pub tcp_segments_per_delivery: Option<f64>,
@@ -628,16 +649,13 @@ pub fn echo_sections(results: &[EchoResult], columns: &[String], duration: f64) 
     counts
         .into_iter()
         .map(|clients| {
-            let pick = |f: &dyn Fn(&EchoResult) -> Option<f64>| -> Vec<Option<f64>> {
-                columns
+            let picked = in_columns(columns, |column| {
+                results
                     .iter()
-                    .map(|column| {
-                        results
-                            .iter()
-                            .find(|r| r.clients == clients && &r.implementation == column)
-                            .and_then(f)
-                    })
-                    .collect()
+                    .find(|r| r.clients == clients && r.implementation == column)
+            });
+            let pick = |f: &dyn Fn(&EchoResult) -> Option<f64>| -> Vec<Option<f64>> {
+                picked.iter().map(|r| r.and_then(f)).collect()
             };
             let mut section = Section::new(
                 format!(
@@ -671,47 +689,11 @@ pub fn echo_sections(results: &[EchoResult], columns: &[String], duration: f64) 
                     "server ctx switches/request",
                     Unit::Decimal,
                     pick(&|r| r.server_context_switches_per_request),
-                )
-                .row(
-                    "latency p50",
-                    Unit::Micros,
-                    pick(&|r| r.latency.value(r.latency.p50_us as f64)),
-                )
-                .row(
-                    "latency p99",
-                    Unit::Micros,
-                    pick(&|r| r.latency.value(r.latency.p99_us as f64)),
-                )
-                .row(
-                    "latency p99.9",
-                    Unit::Micros,
-                    pick(&|r| r.latency.value(r.latency.p999_us as f64)),
-                )
-                .plain_row(
-                    "server CPU (cores)",
-                    Unit::Cores,
-                    pick(&|r| Some(r.server_cpu_cores)),
-                )
-                .plain_row(
-                    "server CPU in user space",
-                    Unit::Percent,
-                    pick(&|r| r.server_user_share),
-                )
-                .plain_row(
-                    "load gen CPU (cores)",
-                    Unit::Cores,
-                    pick(&|r| Some(r.load_cpu_cores)),
-                )
-                .plain_row(
-                    "kernel, no process (cores)",
-                    Unit::Cores,
-                    pick(&|r| Some(r.kernel_cpu_cores)),
-                )
-                .plain_row(
-                    "other processes (cores)",
-                    Unit::Cores,
-                    pick(&|r| Some(r.other_cpu_cores)),
                 );
+            let latencies: Vec<_> = picked.iter().map(|r| r.map(|r| &r.latency)).collect();
+            let cpus: Vec<_> = picked.iter().map(|r| r.map(|r| &r.cpu)).collect();
+            latency_rows(&mut section, &latencies, false);
+            cpu_rows(&mut section, &cpus);
             section
         })
         .collect()
@@ -725,16 +707,11 @@ pub fn broadcast_section(
     engine_server: &str,
 ) -> Option<Section> {
     let first = results.first()?;
+    let picked = in_columns(columns, |column| {
+        results.iter().find(|r| r.implementation == column)
+    });
     let pick = |f: &dyn Fn(&BroadcastResult) -> Option<f64>| -> Vec<Option<f64>> {
-        columns
-            .iter()
-            .map(|column| {
-                results
-                    .iter()
-                    .find(|r| &r.implementation == column)
-                    .and_then(f)
-            })
-            .collect()
+        picked.iter().map(|r| r.and_then(f)).collect()
     };
     let mut section = Section::new(
         format!(
@@ -771,58 +748,76 @@ pub fn broadcast_section(
             "server ctx switches/delivery",
             Unit::Decimal,
             pick(&|r| r.server_context_switches_per_delivery),
-        )
-        .row(
-            "latency p50",
-            Unit::Micros,
-            pick(&|r| r.latency.value(r.latency.p50_us as f64)),
-        )
-        .row(
-            "latency p99",
-            Unit::Micros,
-            pick(&|r| r.latency.value(r.latency.p99_us as f64)),
-        )
-        .row(
-            "latency p99.9",
-            Unit::Micros,
-            pick(&|r| r.latency.value(r.latency.p999_us as f64)),
-        )
-        .row(
-            "latency max",
-            Unit::Micros,
-            pick(&|r| r.latency.value(r.latency.max_us as f64)),
-        )
+        );
+    let latencies: Vec<_> = picked.iter().map(|r| r.map(|r| &r.latency)).collect();
+    let cpus: Vec<_> = picked.iter().map(|r| r.map(|r| &r.cpu)).collect();
+    latency_rows(&mut section, &latencies, true);
+    cpu_rows(&mut section, &cpus);
+    section.plain_row(
+        "sessions lost",
+        Unit::Count,
+        pick(&|r| Some(r.disconnects as f64)),
+    );
+    Some(section)
+}
+
+/// Each column's result, in column order.
+fn in_columns<'a, R>(
+    columns: &[String],
+    find: impl Fn(&str) -> Option<&'a R>,
+) -> Vec<Option<&'a R>> {
+    columns.iter().map(|column| find(column)).collect()
+}
+
+/// The latency rows every load scenario shows (`max` only where asked).
+fn latency_rows(section: &mut Section, latencies: &[Option<&Latency>], with_max: bool) {
+    let percentile = |f: fn(&Latency) -> u64| -> Vec<Option<f64>> {
+        latencies
+            .iter()
+            .map(|l| l.and_then(|l| l.value(f(l) as f64)))
+            .collect()
+    };
+    section
+        .row("latency p50", Unit::Micros, percentile(|l| l.p50_us))
+        .row("latency p99", Unit::Micros, percentile(|l| l.p99_us))
+        .row("latency p99.9", Unit::Micros, percentile(|l| l.p999_us));
+    if with_max {
+        section.row("latency max", Unit::Micros, percentile(|l| l.max_us));
+    }
+}
+
+/// Where the CPU went: the server's cores and user share, the load
+/// generator, the kernel outside any process, and everything else.
+fn cpu_rows(section: &mut Section, cpus: &[Option<&WindowCpu>]) {
+    let share = |f: fn(&WindowCpu) -> Option<f64>| -> Vec<Option<f64>> {
+        cpus.iter().map(|c| c.and_then(f)).collect()
+    };
+    section
         .plain_row(
             "server CPU (cores)",
             Unit::Cores,
-            pick(&|r| Some(r.server_cpu_cores)),
+            share(|c| Some(c.server_cpu_cores)),
         )
         .plain_row(
             "server CPU in user space",
             Unit::Percent,
-            pick(&|r| r.server_user_share),
+            share(|c| c.server_user_share),
         )
         .plain_row(
             "load gen CPU (cores)",
             Unit::Cores,
-            pick(&|r| Some(r.load_cpu_cores)),
+            share(|c| Some(c.load_cpu_cores)),
         )
         .plain_row(
             "kernel, no process (cores)",
             Unit::Cores,
-            pick(&|r| Some(r.kernel_cpu_cores)),
+            share(|c| Some(c.kernel_cpu_cores)),
         )
         .plain_row(
             "other processes (cores)",
             Unit::Cores,
-            pick(&|r| Some(r.other_cpu_cores)),
-        )
-        .plain_row(
-            "sessions lost",
-            Unit::Count,
-            pick(&|r| Some(r.disconnects as f64)),
+            share(|c| Some(c.other_cpu_cores)),
         );
-    Some(section)
 }
 
 /// The table of the idle scenario.
