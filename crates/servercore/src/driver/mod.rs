@@ -50,8 +50,22 @@ pub(crate) struct SendBatch {
 }
 
 impl SendBatch {
+    /// Drops the first `written` bytes (what a `Sent { Ok(written) }`
+    /// reported), so the rest can be sent again where the write stopped.
+    pub fn advance(&mut self, mut written: usize) {
+        let mut whole = 0;
+        for buf in &mut self.bufs {
+            if written < buf.len() {
+                bytes::Buf::advance(buf, written);
+                break;
+            }
+            written -= buf.len();
+            whole += 1;
+        }
+        self.bufs.drain(..whole);
+    }
+
     /// Total bytes of the batch.
-    #[cfg_attr(not(test), allow(dead_code))]
     pub fn len(&self) -> usize {
         self.bufs.iter().map(Bytes::len).sum()
     }

@@ -589,7 +589,7 @@ mod tests {
     use std::net::SocketAddr;
     use std::thread;
 
-    use bytes::{Buf as _, Bytes};
+    use bytes::Bytes;
 
     /// Every test finishes well within this, or fails.
     const LIMIT: Duration = Duration::from_secs(4);
@@ -708,22 +708,6 @@ mod tests {
             .collect()
     }
 
-    /// What the worker does after a partial `Sent`: drop what was written.
-    fn advance(batch: &mut SendBatch, mut written: usize) {
-        let mut done = 0;
-        while written > 0 {
-            let len = batch.bufs[done].len();
-            if written >= len {
-                written -= len;
-                done += 1;
-            } else {
-                batch.bufs[done].advance(written);
-                written = 0;
-            }
-        }
-        batch.bufs.drain(..done);
-    }
-
     /// Whether a send of `token` waits for writability inside the driver.
     fn is_pending(driver: &PollDriver, token: Token) -> bool {
         let slot = driver.index[&token];
@@ -754,7 +738,7 @@ mod tests {
             let n = result.expect("send");
             assert!(n > 0 && n <= back.len());
             batch = back;
-            advance(&mut batch, n);
+            batch.advance(n);
             sents += 1;
         }
         (sents, waited)
@@ -966,7 +950,7 @@ mod tests {
                 }
                 Some(Ev::Sent(5, Ok(n), back)) => {
                     batch = back;
-                    advance(&mut batch, n);
+                    batch.advance(n);
                     if batch.len() == 0 {
                         batch.bufs.push(data.clone());
                     }

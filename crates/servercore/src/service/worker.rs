@@ -15,7 +15,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender};
 
 use super::engine::EngineShared;
@@ -488,22 +488,16 @@ impl Core {
             .as_mut()
             .expect("slot_for_token");
         entry.sending = false;
-        let mut bufs = batch.bufs;
-        if matches!(entry.phase, Phase::Closed) {
-            let unsent: usize = bufs.iter().map(Bytes::len).sum();
-            entry.handle.inner.note_written(unsent);
-            bufs.clear();
-            recycle(&mut self.batch_pool, bufs);
-            return;
-        }
+        let shared = &entry.handle.inner;
         match result {
-            Ok(written) => {
-                entry.handle.inner.note_written(written);
-                advance(&mut bufs, written);
-                if bufs.is_empty() {
-                    recycle(&mut self.batch_pool, bufs);
+            Ok(written) if !matches!(entry.phase, Phase::Closed) => {
+                shared.note_written(written);
+                let mut batch = batch;
+                batch.advance(written);
+                if batch.bufs.is_empty() {
+                    recycle(&mut self.batch_pool, batch.bufs);
                 } else {
-                    entry.pending = bufs;
+                    entry.pending = batch.bufs;
                 }
                 let result = catch_unwind(AssertUnwindSafe(|| {
                     entry.session.on_send(&entry.handle, written)
@@ -514,13 +508,18 @@ impl Core {
                 }
                 self.deferred.flush.push(slot);
             }
-            Err(error) => {
-                let unsent: usize = bufs.iter().map(Bytes::len).sum();
-                entry.handle.inner.note_written(unsent);
-                bufs.clear();
-                recycle(&mut self.batch_pool, bufs);
-                let reason = DisconnectReason::from_io(&error);
-                self.close(slot, Some(reason), CloseMode::Abort);
+            result => {
+                // Closed meanwhile, or the write failed: nothing more goes
+                // out, and the unsent bytes leave the queued count.
+                shared.note_written(batch.len());
+                recycle(&mut self.batch_pool, batch.bufs);
+                if let Err(error) = result {
+                    self.close(
+                        slot,
+                        Some(DisconnectReason::from_io(&error)),
+                        CloseMode::Abort,
+                    );
+                }
             }
         }
     }
@@ -727,21 +726,6 @@ fn consume(
         offset += consumed.min(rest.len());
     }
     Ok(offset)
-}
-
-/// Drops the first `written` bytes of a batch.
-fn advance(bufs: &mut Vec<Bytes>, mut written: usize) {
-    let mut whole = 0;
-    for buf in bufs.iter_mut() {
-        if written >= buf.len() {
-            written -= buf.len();
-            whole += 1;
-        } else {
-            buf.advance(written);
-            break;
-        }
-    }
-    bufs.drain(..whole);
 }
 
 fn recycle(pool: &mut Vec<Vec<Bytes>>, mut bufs: Vec<Bytes>) {

@@ -155,21 +155,6 @@ fn pattern(len: usize, seed: usize) -> Vec<u8> {
         .collect()
 }
 
-/// Drops the first `n` bytes of `bufs`.
-fn advance(bufs: &mut Vec<Bytes>, mut n: usize) {
-    let mut whole = 0;
-    for buf in bufs.iter_mut() {
-        if n >= buf.len() {
-            n -= buf.len();
-            whole += 1;
-        } else {
-            let _ = buf.split_to(n);
-            break;
-        }
-    }
-    bufs.drain(..whole);
-}
-
 /// Sends all of `bufs` on `token`, resuming partial writes; returns how many
 /// `Sent` events were partial (`n` less than the batch).
 fn send_all(
@@ -206,7 +191,7 @@ fn send_all(
         if n < len {
             partial += 1;
         }
-        advance(&mut batch.bufs, n);
+        batch.advance(n);
         if batch.bufs.is_empty() {
             return (sends, partial);
         }
@@ -396,7 +381,7 @@ fn close_with_recv_and_send_in_flight_releases_once() {
     let (result, mut batch) = sink.take_sent(1).unwrap();
     let n = result.unwrap();
     assert!(n < batch.len(), "the first write should be partial");
-    advance(&mut batch.bufs, n);
+    batch.advance(n);
     driver.send(1, batch);
     poll_for(&mut driver, &mut sink, Duration::from_millis(100));
     assert!(
