@@ -395,7 +395,6 @@ pub trait PacketHandler: 'static {
 pub struct PacketSession<H> {
     handler: H,
     receiver: PacketReceiver,
-    closing: bool,
 }
 
 impl<H: PacketHandler> PacketSession<H> {
@@ -404,7 +403,6 @@ impl<H: PacketHandler> PacketSession<H> {
         PacketSession {
             handler,
             receiver: PacketReceiver::new(config),
-            closing: false,
         }
     }
 
@@ -436,7 +434,7 @@ impl<H: PacketHandler> Session for PacketSession<H> {
     }
 
     fn on_recv(&mut self, session: &SessionHandle, data: &[u8]) -> usize {
-        if self.closing || !session.is_connected() {
+        if !session.is_connected() {
             // Closing: whatever still arrives is discarded, never buffered.
             return data.len();
         }
@@ -456,12 +454,10 @@ impl<H: PacketHandler> Session for PacketSession<H> {
                 peer = %session.peer_addr(),
                 "{reason}; disconnecting"
             );
-            self.closing = true;
             session.disconnect_with(reason);
             return data.len();
         }
         if outcome.stopped {
-            self.closing = true;
             return data.len();
         }
         outcome.consumed

@@ -417,8 +417,8 @@ impl Core {
             return;
         };
         let slot_ref = &mut self.slots[slot as usize];
-        if let Some(entry) = slot_ref.entry.take() {
-            entry.handle.inner.discard_queue();
+        // `close` already ran `on_disconnected` and emptied the queue.
+        if slot_ref.entry.take().is_some() {
             slot_ref.generation = slot_ref.generation.wrapping_add(1);
             self.free.push(slot);
             self.live -= 1;
