@@ -14,36 +14,11 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use servercore::Backend;
 
 const BIN: &str = env!("CARGO_BIN_EXE_servercore");
 
-/// Generates one test per backend for a `fn(&str)` body taking the
-/// `--backend` value; the io_uring one is skipped with a message where the
-/// kernel forbids io_uring (unless SERVERCORE_REQUIRE_URING is set).
-macro_rules! backend_tests {
-    ($($name:ident),* $(,)?) => {
-        $(
-            mod $name {
-                #[test]
-                fn poll() {
-                    super::$name("poll");
-                }
-
-                #[test]
-                fn uring() {
-                    if let Some(reason) = servercore::driver::uring_unavailable_reason() {
-                        if std::env::var_os("SERVERCORE_REQUIRE_URING").is_some() {
-                            panic!("io_uring required but unavailable: {reason}");
-                        }
-                        eprintln!("skipping io_uring test: {reason}");
-                        return;
-                    }
-                    super::$name("uring");
-                }
-            }
-        )*
-    };
-}
+mod common;
 
 backend_tests!(
     sessions_chat_and_every_member_gets_every_message,
@@ -208,7 +183,8 @@ fn num(report: &Value, path: &str) -> u64 {
         .unwrap_or_else(|| panic!("{path} is not a count in {report:#}"))
 }
 
-fn sessions_chat_and_every_member_gets_every_message(backend: &str) {
+fn sessions_chat_and_every_member_gets_every_message(backend: Backend) {
+    let backend = backend.name();
     let server = Server::game(backend);
     const SESSIONS: u64 = 40;
     const RATE: u64 = 5;
@@ -277,7 +253,8 @@ fn sessions_chat_and_every_member_gets_every_message(backend: &str) {
     }
 }
 
-fn idle_sessions_enter_and_send_nothing(backend: &str) {
+fn idle_sessions_enter_and_send_nothing(backend: Backend) {
+    let backend = backend.name();
     let server = Server::game(backend);
     let (output, report) = client(
         server.addr,
@@ -297,7 +274,8 @@ fn idle_sessions_enter_and_send_nothing(backend: &str) {
 /// The echo server sends our C_LOGIN straight back: an id a client never
 /// receives, so every session ends with a malformed reply. Each is counted,
 /// and the run still finishes with a report.
-fn a_server_that_speaks_another_protocol_is_reported_not_fatal(backend: &str) {
+fn a_server_that_speaks_another_protocol_is_reported_not_fatal(backend: Backend) {
+    let backend = backend.name();
     let server = Server::start(&["echo", "--addr", "127.0.0.1:0", "--backend", backend]);
     let (output, report) = client(
         server.addr,
@@ -315,7 +293,8 @@ fn a_server_that_speaks_another_protocol_is_reported_not_fatal(backend: &str) {
 /// The server is killed while the sessions chat: every session is counted
 /// as failed (by its disconnect reason, or as a failed connect if the kill
 /// came first), and the run still ends with its report at the usual time.
-fn a_server_that_dies_mid_run_fails_every_session_and_the_run_goes_on(backend: &str) {
+fn a_server_that_dies_mid_run_fails_every_session_and_the_run_goes_on(backend: Backend) {
+    let backend = backend.name();
     let mut server = Server::game(backend);
     let addr = server.addr;
     let backend_name = backend.to_owned();
@@ -343,7 +322,8 @@ fn a_server_that_dies_mid_run_fails_every_session_and_the_run_goes_on(backend: &
     }
 }
 
-fn demo_runs_and_prints_the_table(backend: &str) {
+fn demo_runs_and_prints_the_table(backend: Backend) {
+    let backend = backend.name();
     let output = run(
         &[
             "demo",

@@ -20,31 +20,7 @@ use servercore_protocol::{
     make_packet, CChat, CEnterGame, CLogin, ClientPacket, PlayerType, SChat, SEnterGame, SLogin,
 };
 
-/// Generates `name::poll` and `name::uring` tests for `fn name(Backend)`.
-macro_rules! backend_tests {
-    ($($name:ident),* $(,)?) => {
-        $(
-            mod $name {
-                #[test]
-                fn poll() {
-                    super::$name(servercore::Backend::Poll);
-                }
-
-                #[test]
-                fn uring() {
-                    if let Some(reason) = servercore::driver::uring_unavailable_reason() {
-                        if std::env::var_os("SERVERCORE_REQUIRE_URING").is_some() {
-                            panic!("io_uring required but unavailable: {reason}");
-                        }
-                        eprintln!("skipping io_uring test: {reason}");
-                        return;
-                    }
-                    super::$name(servercore::Backend::IoUring);
-                }
-            }
-        )*
-    };
-}
+mod common;
 
 backend_tests!(
     full_flow,
