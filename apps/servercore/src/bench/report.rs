@@ -627,18 +627,12 @@ pub fn format_bytes(value: f64) -> String {
 /// An integer with thousands separators: `15,000`.
 pub fn format_count(value: f64) -> String {
     let rounded = value.round();
-    let digits = format!("{}", rounded.abs() as u64);
-    let mut out = String::new();
-    for (index, digit) in digits.chars().enumerate() {
-        if index > 0 && (digits.len() - index) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(digit);
-    }
+    let digits = crate::client::count(rounded.abs() as u64);
     if rounded < 0.0 {
-        out.insert(0, '-');
+        format!("-{digits}")
+    } else {
+        digits
     }
-    out
 }
 
 /// The tables of the echo scenario: one per client count.

@@ -34,7 +34,7 @@ pub use config::{parse_duration, plan_source_addrs, LoadConfig, SESSIONS_PER_SOU
 #[allow(unused_imports)] // part of the module's API for `bench`
 pub use load::{run_load, run_load_until};
 #[allow(unused_imports)] // part of the module's API for `bench`
-pub use report::{LatencySummary, LoadReport, SessionSummary};
+pub use report::{count, LatencySummary, LoadReport, SessionSummary};
 
 use crate::cli::EngineArgs;
 use crate::shutdown::StopSignal;
