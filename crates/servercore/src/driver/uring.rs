@@ -902,6 +902,7 @@ impl Driver for UringDriver {
             }
             listener.closing = true;
             listener.retry_at = None;
+            stop_listening(&listener.socket);
             if listener.armed {
                 // The listening socket stays open until the accept's last
                 // completion: closing it earlier would not stop the accept.
@@ -1073,9 +1074,28 @@ impl Driver for UringDriver {
     }
 }
 
+/// Takes `socket` out of the listening state at once (`shutdown(SHUT_RD)`
+/// makes a listener drop its accept queue and unhash): its port is free for
+/// a successor even while an armed accept still holds a reference to the
+/// socket, which lasts until the ring is torn down, and after a crash until
+/// the kernel gets to it.
+fn stop_listening(socket: &TcpListener) {
+    if let Err(error) = socket2::SockRef::from(socket).shutdown(std::net::Shutdown::Read) {
+        // ENOTCONN: it was not listening (any more); nothing holds the port.
+        if error.raw_os_error() != Some(libc::ENOTCONN) {
+            tracing::debug!(%error, "io_uring: shutting a listener down failed");
+        }
+    }
+}
+
 impl Drop for UringDriver {
     fn drop(&mut self) {
         self.shutting_down = true;
+        // Listeners first: their ports are free before anything else is
+        // waited for, whatever happens to the ring afterwards.
+        for listener in self.listeners.iter().flatten() {
+            stop_listening(&listener.socket);
+        }
         if self.sq.inflight > 0 {
             // Cancel everything submitted so far (the backlog is flushed
             // first by `enter`, in order, so this cancel comes last).

@@ -985,3 +985,35 @@ fn emfile_scenario() {
             == clients.len()
     });
 }
+
+/// `close_listeners` gives the port back at once, before any completion is
+/// reaped: a process that exits (or crashes) with the accept still armed
+/// must not keep its successor from binding the same port.
+#[test]
+fn close_listeners_frees_the_port_at_once() {
+    let mut driver = driver();
+    let mut sink = Collect::default();
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_reuse_address(true).unwrap();
+    socket
+        .bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    socket.listen(16).unwrap();
+    let listener: TcpListener = socket.into();
+    let addr = listener.local_addr().unwrap();
+    driver.add_listener(listener).unwrap();
+    // Submit the multishot accept.
+    driver.poll(Some(Duration::ZERO), &mut sink).unwrap();
+    driver.close_listeners();
+
+    let successor =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    successor.set_reuse_address(true).unwrap();
+    successor
+        .bind(&addr.into())
+        .expect("the port is free right after close_listeners");
+    successor.listen(16).unwrap();
+    drop(successor);
+    drop(driver);
+    assert!(sink.events.is_empty(), "{:?}", sink.events);
+}

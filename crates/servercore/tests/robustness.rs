@@ -1,0 +1,110 @@
+//! Service robustness over real loopback sockets, on every backend: restart
+//! on the same port, accept errors at the descriptor limit, session ids over
+//! many reconnects, counters.
+
+mod common;
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::time::Duration;
+use std::time::Instant;
+
+use common::*;
+use servercore::{Backend, ServerService};
+
+backend_tests!(
+    stop_and_rebind_twenty_times_on_the_same_port,
+    bind_retries_while_the_port_is_taken,
+);
+
+fn start_on(backend: Backend, addr: SocketAddr, record: &Shared) -> ServerService {
+    let shared = Arc::clone(record);
+    ServerService::builder(addr)
+        .backend(backend)
+        .workers(2)
+        .shutdown_timeout(Duration::from_secs(1))
+        // No retry: the port must be free at the first try.
+        .bind_retry(Duration::ZERO)
+        .session(move || RecordingEcho {
+            record: Arc::clone(&shared),
+        })
+        .start()
+        .unwrap_or_else(|error| panic!("bind {addr}: {error:?}"))
+}
+
+/// A restart right after a graceful stop binds at the first try: the
+/// listening socket is released when the service stops, not when the kernel
+/// gets round to tearing down the ring.
+fn stop_and_rebind_twenty_times_on_the_same_port(backend: Backend) {
+    let record: Shared = Default::default();
+    let first = start_on(backend, "127.0.0.1:0".parse().unwrap(), &record);
+    let addr = first.local_addr();
+    let mut service = first;
+    for round in 0..20 {
+        // A live session during the stop, as in production.
+        let mut client = connect(addr);
+        write_all(&mut client, b"ping");
+        assert_eq!(read_exact(&mut client, 4), b"ping", "round {round}");
+        service.stop();
+        service.join();
+        drop(service);
+        drop(client);
+        service = start_on(backend, addr, &record);
+    }
+    let mut client = connect(addr);
+    write_all(&mut client, b"last");
+    assert_eq!(read_exact(&mut client, 4), b"last");
+    drop(client);
+    service.stop();
+    service.join();
+    assert_eq!(record.lock().connected, 21);
+}
+
+/// `bind_retry` rides out a predecessor that still holds the port, and
+/// without it a taken port fails at once with a message that says so.
+fn bind_retries_while_the_port_is_taken(backend: Backend) {
+    let holder = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = holder.local_addr().unwrap();
+    let builder = || {
+        ServerService::builder(addr)
+            .backend(backend)
+            .workers(1)
+            .session(|| RecordingEcho {
+                record: Default::default(),
+            })
+    };
+
+    let error = match builder().bind_retry(Duration::ZERO).start() {
+        Ok(_) => panic!("bound a port that is taken"),
+        Err(error) => error,
+    };
+    let chain = format!("{error}: {}", std::error::Error::source(&error).unwrap());
+    assert!(chain.contains("already in use"), "{chain}");
+
+    let started = Instant::now();
+    let error = match builder().bind_retry(Duration::from_millis(300)).start() {
+        Ok(_) => panic!("bound a port that is taken"),
+        Err(error) => error,
+    };
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    let chain = format!("{error}: {}", std::error::Error::source(&error).unwrap());
+    assert!(chain.contains("still in use after retrying"), "{chain}");
+
+    // The holder lets go while the new server is retrying.
+    let releaser = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(200));
+        drop(holder);
+    });
+    let service = builder()
+        .bind_retry(Duration::from_secs(10))
+        .start()
+        .expect("bound once the holder let go");
+    releaser.join().unwrap();
+    assert_eq!(service.local_addr(), addr);
+    let mut client = connect(addr);
+    write_all(&mut client, b"ping");
+    assert_eq!(read_exact(&mut client, 4), b"ping");
+    drop(client);
+    service.stop();
+    service.join();
+}
