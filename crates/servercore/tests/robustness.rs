@@ -15,6 +15,7 @@ use servercore::{Backend, ServerService};
 backend_tests!(
     stop_and_rebind_twenty_times_on_the_same_port,
     bind_retries_while_the_port_is_taken,
+    accept_errors_at_the_descriptor_limit_are_logged_once_per_second,
 );
 
 fn start_on(backend: Backend, addr: SocketAddr, record: &Shared) -> ServerService {
@@ -107,4 +108,80 @@ fn bind_retries_while_the_port_is_taken(backend: Backend) {
     drop(client);
     service.stop();
     service.join();
+}
+
+/// Set in the child process of the descriptor-limit test (to the backend).
+const EMFILE_CHILD: &str = "SERVERCORE_TEST_EMFILE_CHILD";
+
+/// At the open-file limit, a waiting connection makes every accept fail
+/// with `EMFILE`; the failure is logged once per second with a count, not
+/// once per retry. Runs in a child process with a low descriptor limit
+/// (set by the shell, `ulimit -n`): a full descriptor table would break the
+/// tests running beside it.
+fn accept_errors_at_the_descriptor_limit_are_logged_once_per_second(backend: Backend) {
+    let output = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -n 256 && exec \"$0\" \"$@\"")
+        .arg(std::env::current_exe().unwrap())
+        .args(["--exact", "emfile_child", "--nocapture", "--test-threads=1"])
+        .env(EMFILE_CHILD, backend.name())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "child failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("emfile child: ok"), "{stdout}\n{stderr}");
+}
+
+/// The child's half: see the test above.
+#[test]
+fn emfile_child() {
+    let Ok(backend) = std::env::var(EMFILE_CHILD) else {
+        return;
+    };
+    let backend: Backend = backend.parse().unwrap();
+    let logs = LogCapture::install();
+    let record: Shared = Default::default();
+    let shared = Arc::clone(&record);
+    let service = ServerService::builder("127.0.0.1:0")
+        .backend(backend)
+        .workers(1)
+        .session(move || RecordingEcho {
+            record: Arc::clone(&shared),
+        })
+        .start()
+        .unwrap();
+    let addr = service.local_addr();
+    let mut client = connect(addr);
+
+    // Fill the descriptor table: the server cannot accept the client.
+    let mut hog = Vec::new();
+    while let Ok(file) = std::fs::File::open("/dev/null") {
+        hog.push(file);
+        assert!(hog.len() < 10_000, "the descriptor limit was not lowered");
+    }
+    let window = Instant::now();
+    std::thread::sleep(Duration::from_millis(2_500));
+    let lines = logs.lines_containing("accept failed");
+    let window = window.elapsed();
+    drop(hog);
+
+    // Accepting resumes once descriptors are free.
+    write_all(&mut client, b"ping");
+    assert_eq!(read_exact(&mut client, 4), b"ping");
+    assert!(
+        (1..=4).contains(&lines.len()),
+        "{} accept-failure lines in {window:?}:\n{}",
+        lines.len(),
+        lines.join("\n")
+    );
+    assert!(
+        lines[1..].iter().all(|line| line.contains("errors=")),
+        "repeats carry a count:\n{}",
+        lines.join("\n")
+    );
+    drop(client);
+    service.stop();
+    service.join();
+    println!("emfile child: ok, {} lines in {window:?}", lines.len());
 }

@@ -10,6 +10,7 @@ mod client;
 mod config;
 mod engine;
 mod group;
+mod log_limit;
 mod server;
 mod worker;
 

@@ -19,6 +19,7 @@ use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender};
 
 use super::engine::EngineShared;
+use super::log_limit::AcceptErrorLog;
 use crate::driver::{
     poll::PollDriver, CloseMode, Driver, DriverConfig, Event, EventSink, ResolvedBackend,
     SendBatch, Token,
@@ -136,6 +137,7 @@ struct Core {
     batch_pool: Vec<Vec<Bytes>>,
     stopping: Option<Instant>,
     next_housekeeping: Instant,
+    accept_errors: AcceptErrorLog,
 }
 
 impl Core {
@@ -151,6 +153,7 @@ impl Core {
             batch_pool: Vec::new(),
             stopping: None,
             next_housekeeping: Instant::now() + HOUSEKEEPING_INTERVAL,
+            accept_errors: AcceptErrorLog::default(),
         }
     }
 
@@ -640,6 +643,7 @@ impl EventSink for Core {
     fn event(&mut self, event: Event<'_>) {
         match event {
             Event::Accepted { stream, peer } => {
+                self.accept_errors.succeeded(self.index);
                 if self.engine.try_reserve_session() {
                     let worker = self.engine.pick_worker();
                     if worker == self.index as usize {
@@ -661,7 +665,8 @@ impl EventSink for Core {
                 }
             }
             Event::AcceptError(error) => {
-                tracing::warn!(worker = self.index, %error, "accept failed");
+                self.accept_errors
+                    .failed(self.index, &error, Instant::now());
             }
             Event::Received { token, data } => self.on_received(token, data),
             Event::ReadClosed { token, error } => self.on_read_closed(token, error),
