@@ -64,10 +64,21 @@ impl EngineShared {
         self.next_worker.fetch_add(1, Ordering::Relaxed) % self.mailboxes.len()
     }
 
-    /// Hands a connected stream to a worker (round-robin).
+    /// Hands a connected stream, whose place `try_reserve_session` reserved,
+    /// to a worker (round-robin).
     pub fn hand_out(&self, stream: TcpStream, peer: SocketAddr) {
-        let index = self.pick_worker();
-        self.mailboxes[index].push(Request::Adopt(stream, peer));
+        self.hand_to(self.pick_worker(), stream, peer);
+    }
+
+    /// Hands a connected stream with a reserved place to worker `index`. If
+    /// that worker has already stopped, the stream is closed and the place
+    /// given back.
+    pub fn hand_to(&self, index: usize, stream: TcpStream, peer: SocketAddr) {
+        if let Err((stream, peer)) = self.mailboxes[index].push_adopt(stream, peer) {
+            tracing::debug!(%peer, worker = index, "worker stopped; closing the new connection");
+            drop(stream);
+            self.release_session();
+        }
     }
 }
 

@@ -12,6 +12,8 @@ mod engine;
 mod group;
 mod log_limit;
 mod server;
+#[cfg(test)]
+mod tests;
 mod worker;
 
 pub use client::{ClientService, ClientServiceBuilder, ConnectError};

@@ -206,6 +206,11 @@ impl Core {
             }
             self.apply_deferred(driver);
         }
+        // Connections handed to this worker that it will never adopt.
+        for (stream, _peer) in self.mailbox.close() {
+            drop(stream);
+            self.engine.release_session();
+        }
         // Whatever is left (only after the stop deadline) is dropped with the
         // driver, which cancels its operations.
         for slot in &mut self.slots {
@@ -649,7 +654,7 @@ impl EventSink for Core {
                     if worker == self.index as usize {
                         self.deferred.adopt.push((stream, peer));
                     } else {
-                        self.engine.mailboxes[worker].push(Request::Adopt(stream, peer));
+                        self.engine.hand_to(worker, stream, peer);
                     }
                 } else {
                     let refused = self.engine.refused_total.fetch_add(1, Ordering::AcqRel) + 1;

@@ -112,6 +112,10 @@ pub(crate) struct Mailbox {
     queue: SegQueue<Request>,
     notified: AtomicBool,
     waker: Arc<dyn Wake>,
+    /// False once the worker left its loop: new sessions are refused. A
+    /// lock, not a flag, so no adoption slips in between the worker's last
+    /// look at its inbox and the close (taken once per new session only).
+    adopting: Mutex<bool>,
 }
 
 thread_local! {
@@ -125,7 +129,36 @@ impl Mailbox {
             queue: SegQueue::new(),
             notified: AtomicBool::new(false),
             waker,
+            adopting: Mutex::new(true),
         }
+    }
+
+    /// Hands a new connection to the worker, or gives it back if the worker
+    /// has left its loop (see [`Mailbox::close`]).
+    pub(crate) fn push_adopt(
+        &self,
+        stream: TcpStream,
+        peer: SocketAddr,
+    ) -> Result<(), (TcpStream, SocketAddr)> {
+        let adopting = self.adopting.lock();
+        if !*adopting {
+            return Err((stream, peer));
+        }
+        self.push(Request::Adopt(stream, peer));
+        Ok(())
+    }
+
+    /// Called by the worker when it leaves its loop: later `push_adopt`s
+    /// fail. Returns the connections handed over before, never adopted.
+    pub(crate) fn close(&self) -> Vec<(TcpStream, SocketAddr)> {
+        *self.adopting.lock() = false;
+        let mut orphans = Vec::new();
+        while let Some(request) = self.queue.pop() {
+            if let Request::Adopt(stream, peer) = request {
+                orphans.push((stream, peer));
+            }
+        }
+        orphans
     }
 
     pub(crate) fn push(&self, request: Request) {
