@@ -16,6 +16,7 @@ backend_tests!(
     stop_and_rebind_twenty_times_on_the_same_port,
     bind_retries_while_the_port_is_taken,
     accept_errors_at_the_descriptor_limit_are_logged_once_per_second,
+    seventy_thousand_reconnects_through_one_slot_never_repeat_an_id,
 );
 
 fn start_on(backend: Backend, addr: SocketAddr, record: &Shared) -> ServerService {
@@ -184,4 +185,76 @@ fn emfile_child() {
     service.stop();
     service.join();
     println!("emfile child: ok, {} lines in {window:?}", lines.len());
+}
+
+/// Records the id of every session it runs.
+struct IdRecorder {
+    ids: Arc<parking_lot::Mutex<Vec<u64>>>,
+}
+
+impl servercore::Session for IdRecorder {
+    fn on_connected(&mut self, session: &servercore::SessionHandle) {
+        self.ids.lock().push(session.id().as_u64());
+        session.disconnect();
+    }
+
+    fn on_recv(&mut self, _: &servercore::SessionHandle, data: &[u8]) -> usize {
+        data.len()
+    }
+}
+
+/// More reconnects than a 16-bit generation can tell apart, one at a time
+/// through the same slot (one worker, one session at a time): every session
+/// gets an id no earlier session had, so a stale handle or a room comparing
+/// ids can never mistake a newcomer for an old session.
+fn seventy_thousand_reconnects_through_one_slot_never_repeat_an_id(backend: Backend) {
+    const RECONNECTS: usize = 70_000;
+    let ids: Arc<parking_lot::Mutex<Vec<u64>>> = Default::default();
+    let recorder = Arc::clone(&ids);
+    let service = ServerService::builder("127.0.0.1:0")
+        .backend(backend)
+        .workers(1)
+        .max_sessions(1)
+        .session(move || IdRecorder {
+            ids: Arc::clone(&recorder),
+        })
+        .start()
+        .unwrap();
+    let addr = service.local_addr();
+    let started = Instant::now();
+    let mut buf = [0u8; 1];
+    for round in 0..RECONNECTS {
+        // The server disconnects each session at once; the peer's EOF means
+        // its session ended, and no more than one exists at a time.
+        let mut client = std::net::TcpStream::connect(addr).unwrap();
+        set_linger_zero(&client);
+        client
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let n = std::io::Read::read(&mut client, &mut buf).unwrap();
+        assert_eq!(n, 0, "round {round}");
+        drop(client);
+        // Released within microseconds: spin rather than sleep.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while service.stats().active_sessions != 0 {
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: the session was not released"
+            );
+            std::thread::yield_now();
+        }
+    }
+    let took = started.elapsed();
+    service.stop();
+    service.join();
+    let ids = ids.lock();
+    assert_eq!(ids.len(), RECONNECTS);
+    let mut seen = std::collections::HashMap::new();
+    for (round, id) in ids.iter().enumerate() {
+        if let Some(first) = seen.insert(*id, round) {
+            panic!("round {round} repeats the id {id:#x} of round {first}");
+        }
+    }
+    assert_eq!(service.stats().refused_total, 0);
+    eprintln!("{RECONNECTS} reconnects in {took:?}");
 }

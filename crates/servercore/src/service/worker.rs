@@ -8,6 +8,7 @@
 //! session object, its receive leftovers and its write in flight.
 
 use std::any::Any;
+use std::collections::VecDeque;
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -113,8 +114,10 @@ struct Entry {
     last_recv: Instant,
 }
 
+/// One place for a session. The generation counts the sessions the slot
+/// has held, so a token of an earlier one never matches.
 struct Slot {
-    generation: u16,
+    generation: u32,
     entry: Option<Entry>,
 }
 
@@ -131,8 +134,11 @@ struct Core {
     engine: Arc<EngineShared>,
     mailbox: Arc<Mailbox>,
     slots: Vec<Slot>,
-    free: Vec<u32>,
+    /// Vacant slots, oldest first: a slot is reused as late as possible.
+    free: VecDeque<u32>,
     live: usize,
+    /// Serial number of the next session of this worker (see `SessionId`).
+    next_serial: u64,
     deferred: Deferred,
     batch_pool: Vec<Vec<Bytes>>,
     stopping: Option<Instant>,
@@ -147,8 +153,9 @@ impl Core {
             engine,
             mailbox,
             slots: Vec::new(),
-            free: Vec::new(),
+            free: VecDeque::new(),
             live: 0,
+            next_serial: 1,
             deferred: Deferred::default(),
             batch_pool: Vec::new(),
             stopping: None,
@@ -245,7 +252,7 @@ impl Core {
     }
 
     fn slot_of(&self, shared: &Arc<SessionShared>) -> Option<u32> {
-        let slot = shared.id.slot();
+        let slot = shared.token as u32;
         let entry = self.slots.get(slot as usize)?.entry.as_ref()?;
         Arc::ptr_eq(&entry.handle.inner, shared).then_some(slot)
     }
@@ -322,7 +329,7 @@ impl Core {
             self.engine.release_session();
             return;
         }
-        let slot = match self.free.pop() {
+        let slot = match self.free.pop_front() {
             Some(slot) => slot,
             None => {
                 self.slots.push(Slot {
@@ -333,15 +340,18 @@ impl Core {
             }
         };
         let generation = self.slots[slot as usize].generation;
-        let id = SessionId::new(self.index, slot, generation);
-        if let Err(error) = driver.add_stream(id.token(), stream) {
+        let token = (u64::from(generation) << 32) | u64::from(slot);
+        if let Err(error) = driver.add_stream(token, stream) {
             tracing::warn!(%peer, %error, "cannot register connection");
-            self.free.push(slot);
+            self.free.push_front(slot);
             self.engine.release_session();
             return;
         }
+        let id = SessionId::new(self.index, self.next_serial);
+        self.next_serial += 1;
         let shared = Arc::new(SessionShared::new(
             id,
+            token,
             peer,
             local,
             self.engine.config.send,
@@ -405,7 +415,7 @@ impl Core {
         for buf in entry.pending.drain(..) {
             shared.note_written(buf.len());
         }
-        let token = shared.id.token();
+        let token = shared.token;
         log_disconnect(&entry.handle, &reason);
         let result = catch_unwind(AssertUnwindSafe(|| {
             entry.session.on_disconnected(&entry.handle, &reason)
@@ -428,7 +438,7 @@ impl Core {
         // `close` already ran `on_disconnected` and emptied the queue.
         if slot_ref.entry.take().is_some() {
             slot_ref.generation = slot_ref.generation.wrapping_add(1);
-            self.free.push(slot);
+            self.free.push_back(slot);
             self.live -= 1;
             self.engine.release_session();
             self.engine.live_slots.fetch_sub(1, Ordering::AcqRel);
@@ -484,7 +494,7 @@ impl Core {
         }
         let bufs = std::mem::take(&mut entry.pending);
         entry.sending = true;
-        driver.send(entry.handle.inner.id.token(), SendBatch { bufs });
+        driver.send(entry.handle.inner.token, SendBatch { bufs });
     }
 
     fn on_sent(&mut self, token: Token, result: io::Result<usize>, batch: SendBatch) {
@@ -632,7 +642,7 @@ impl Core {
 
     fn slot_for_token(&self, token: Token) -> Option<u32> {
         let slot = token as u32;
-        let generation = (token >> 32) as u16;
+        let generation = (token >> 32) as u32;
         let entry = self.slots.get(slot as usize)?;
         (entry.generation == generation && entry.entry.is_some()).then_some(slot)
     }

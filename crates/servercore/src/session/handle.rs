@@ -15,14 +15,21 @@ use parking_lot::Mutex;
 use super::DisconnectReason;
 use crate::driver::Wake;
 
-/// Identifies one session for its whole life. Ids carry the slot's
-/// generation, so the id of a closed session never names a newer one.
+/// Identifies one session for its whole life, and no other session of the
+/// service ever: the worker's index and the session's serial number on that
+/// worker (48 bits, counting from 1, never reused — 2^48 sessions is nine
+/// years of a million connects a second). Sessions compare, hash and sort by
+/// id; ids of one worker sort in connection order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SessionId(u64);
 
 impl SessionId {
-    pub(crate) fn new(worker: u16, slot: u32, generation: u16) -> SessionId {
-        SessionId(((worker as u64) << 48) | ((generation as u64) << 32) | slot as u64)
+    /// Bits of the per-worker serial number; the worker index sits above.
+    const SERIAL_BITS: u32 = 48;
+    const SERIAL_MASK: u64 = (1 << Self::SERIAL_BITS) - 1;
+
+    pub(crate) fn new(worker: u16, serial: u64) -> SessionId {
+        SessionId((u64::from(worker) << Self::SERIAL_BITS) | (serial & Self::SERIAL_MASK))
     }
 
     /// The id as one number, unique among the sessions of a service.
@@ -32,28 +39,19 @@ impl SessionId {
 
     /// Index of the worker thread that owns the session.
     pub fn worker(self) -> usize {
-        (self.0 >> 48) as usize
+        (self.0 >> Self::SERIAL_BITS) as usize
     }
 
-    pub(crate) fn slot(self) -> u32 {
-        self.0 as u32
-    }
-
-    /// The driver token: slot and generation, without the worker.
-    pub(crate) fn token(self) -> u64 {
-        self.0 & 0x0000_FFFF_FFFF_FFFF
+    /// The session's number among its worker's sessions: 1 for the first,
+    /// then counting up, never reused.
+    pub fn serial(self) -> u64 {
+        self.0 & Self::SERIAL_MASK
     }
 }
 
 impl fmt::Display for SessionId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}:{}.{}",
-            self.worker(),
-            self.slot(),
-            (self.0 >> 32) as u16
-        )
+        write!(f, "{}:{}", self.worker(), self.serial())
     }
 }
 
@@ -201,6 +199,9 @@ const CLOSING: u8 = 1;
 /// State of one session shared between its handles and its worker.
 pub(crate) struct SessionShared {
     pub(crate) id: SessionId,
+    /// The owning worker's key of the session: its slot (low 32 bits) and
+    /// the slot's generation (high 32 bits); also the driver token.
+    pub(crate) token: u64,
     pub(crate) peer: SocketAddr,
     pub(crate) local: SocketAddr,
     state: AtomicU8,
@@ -216,6 +217,7 @@ pub(crate) struct SessionShared {
 impl SessionShared {
     pub(crate) fn new(
         id: SessionId,
+        token: u64,
         peer: SocketAddr,
         local: SocketAddr,
         limits: SendLimits,
@@ -223,6 +225,7 @@ impl SessionShared {
     ) -> SessionShared {
         SessionShared {
             id,
+            token,
             peer,
             local,
             state: AtomicU8::new(OPEN),
