@@ -17,6 +17,7 @@ backend_tests!(
     bind_retries_while_the_port_is_taken,
     accept_errors_at_the_descriptor_limit_are_logged_once_per_second,
     seventy_thousand_reconnects_through_one_slot_never_repeat_an_id,
+    counters_move_by_exactly_the_traffic_sent,
 );
 
 fn start_on(backend: Backend, addr: SocketAddr, record: &Shared) -> ServerService {
@@ -257,4 +258,102 @@ fn seventy_thousand_reconnects_through_one_slot_never_repeat_an_id(backend: Back
     }
     assert_eq!(service.stats().refused_total, 0);
     eprintln!("{RECONNECTS} reconnects in {took:?}");
+}
+
+/// Echoes each packet back with the same id and body.
+struct PacketEcho;
+
+impl servercore::packet::PacketHandler for PacketEcho {
+    fn on_packet(
+        &mut self,
+        session: &servercore::SessionHandle,
+        id: u16,
+        body: &[u8],
+    ) -> Result<(), servercore::packet::DispatchError> {
+        let _ = session.send(servercore::packet::make_raw_packet(id, body)?);
+        Ok(())
+    }
+}
+
+fn packet(id: u16, body: &[u8]) -> Vec<u8> {
+    let mut out = ((4 + body.len()) as u16).to_le_bytes().to_vec();
+    out.extend_from_slice(&id.to_le_bytes());
+    out.extend_from_slice(body);
+    out
+}
+
+/// The engine counters move by exactly what the test sent: bytes and
+/// packets both ways, one accept per connection, one disconnect of the
+/// right kind per session, sessions per worker up and down again.
+fn counters_move_by_exactly_the_traffic_sent(backend: Backend) {
+    use servercore::packet::{PacketConfig, PacketSession};
+    use servercore::DisconnectKind;
+
+    let service = ServerService::builder("127.0.0.1:0")
+        .backend(backend)
+        .workers(2)
+        .session(|| PacketSession::new(PacketEcho, PacketConfig::default()))
+        .start()
+        .unwrap();
+    let addr = service.local_addr();
+    let before = service.metrics();
+    assert_eq!(before.workers.len(), 2);
+    assert_eq!(before.total(), servercore::WorkerMetrics::default());
+
+    // 5 packets of 100 bytes echoed over one connection.
+    let mut client = connect(addr);
+    let message: Vec<u8> = (0..5).flat_map(|i| packet(7, &payload(96, i))).collect();
+    write_all(&mut client, &message);
+    assert_eq!(read_exact(&mut client, message.len()), message);
+    // The worker may see the write's completion just after the peer read it.
+    assert!(wait_until(Duration::from_secs(10), || {
+        service.metrics().total().bytes_out >= 500
+    }));
+    let metrics = service.metrics();
+    let total = metrics.total();
+    assert_eq!(total.sessions, 1);
+    assert_eq!(
+        metrics
+            .workers
+            .iter()
+            .map(|w| w.sessions)
+            .collect::<Vec<_>>(),
+        vec![1, 0],
+        "the first session goes to worker 0"
+    );
+    assert_eq!(total.accepted, 1);
+    assert_eq!(total.bytes_in, 500);
+    assert_eq!(total.bytes_out, 500);
+    assert_eq!(total.packets_in, 5);
+    assert_eq!(total.packets_out, 5);
+    assert!((1..=5).contains(&total.writes), "{} writes", total.writes);
+    assert!(
+        total.events >= 3,
+        "accept, receive, write: {}",
+        total.events
+    );
+
+    // 3 malformed packets (a size below the header) on 3 connections.
+    for _ in 0..3 {
+        let mut bad = connect(addr);
+        write_all(&mut bad, &[2, 0, 7, 0]);
+        let mut buf = [0u8; 1];
+        let _ = std::io::Read::read(&mut bad, &mut buf);
+    }
+    drop(client);
+    assert!(wait_until(Duration::from_secs(10), || {
+        service.metrics().total().sessions == 0
+    }));
+    let total = service.metrics().total();
+    assert_eq!(total.accepted, 4);
+    assert_eq!(total.disconnects_of(DisconnectKind::MalformedPacket), 3);
+    assert_eq!(total.disconnects_of(DisconnectKind::ClosedByPeer), 1);
+    assert_eq!(total.disconnects.iter().sum::<u64>(), 4);
+    assert_eq!(total.bytes_in, 500 + 12);
+    assert_eq!(total.bytes_out, 500);
+    assert_eq!(total.packets_in, 5);
+    assert_eq!(total.queued_bytes, 0);
+    assert_eq!(service.metrics().sessions_total, 4);
+    service.stop();
+    service.join();
 }

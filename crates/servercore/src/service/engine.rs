@@ -10,6 +10,7 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 
 use super::config::ServiceConfig;
+use super::metrics::EngineMetrics;
 use super::worker;
 use super::StartError;
 use crate::driver::{resolve_backend, Backend};
@@ -175,6 +176,20 @@ impl Engine {
         }
     }
 
+    /// A snapshot of the engine counters, summed per worker.
+    pub fn metrics(&self) -> EngineMetrics {
+        let shared = &self.shared;
+        EngineMetrics {
+            workers: shared
+                .mailboxes
+                .iter()
+                .map(|mailbox| mailbox.counters.snapshot())
+                .collect(),
+            refused_total: shared.refused_total.load(Ordering::Acquire),
+            sessions_total: shared.sessions_total.load(Ordering::Acquire),
+        }
+    }
+
     /// Queues `data` to every connected session; one buffer for all.
     pub fn broadcast(&self, data: Bytes) {
         for mailbox in &self.shared.mailboxes {
@@ -235,6 +250,14 @@ macro_rules! engine_control_methods {
         /// Counters: active sessions, totals, refusals, live slots.
         pub fn stats(&self) -> $crate::ServiceStats {
             self.engine.stats()
+        }
+
+        /// A snapshot of the engine counters (per worker, and summed with
+        /// [`EngineMetrics::total`](crate::EngineMetrics::total)): sessions,
+        /// accepts, refusals, disconnects by kind, bytes, packets, writes,
+        /// queued bytes, driver events, coalesced flushes.
+        pub fn metrics(&self) -> $crate::EngineMetrics {
+            self.engine.metrics()
         }
 
         /// Queues `data` to every connected session; the buffer is shared,

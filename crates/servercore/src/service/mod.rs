@@ -11,6 +11,7 @@ mod config;
 mod engine;
 mod group;
 mod log_limit;
+pub(crate) mod metrics;
 mod server;
 #[cfg(test)]
 mod tests;
@@ -19,6 +20,7 @@ mod worker;
 pub use client::{ClientService, ClientServiceBuilder, ConnectError};
 pub use engine::ServiceStats;
 pub use group::SessionGroup;
+pub use metrics::{EngineMetrics, WorkerMetrics};
 pub use server::{ServerService, ServerServiceBuilder};
 
 /// Why a service could not start.

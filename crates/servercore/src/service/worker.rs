@@ -375,6 +375,7 @@ impl Core {
             last_recv: Instant::now(),
         });
         self.live += 1;
+        self.mailbox.counters.set_sessions(self.live);
         self.engine.live_slots.fetch_add(1, Ordering::AcqRel);
         self.engine.sessions_total.fetch_add(1, Ordering::AcqRel);
         tracing::debug!(session = %id, %peer, "connected");
@@ -416,6 +417,7 @@ impl Core {
             shared.note_written(buf.len());
         }
         let token = shared.token;
+        entry.handle.counters().note_disconnect(reason.kind());
         log_disconnect(&entry.handle, &reason);
         let result = catch_unwind(AssertUnwindSafe(|| {
             entry.session.on_disconnected(&entry.handle, &reason)
@@ -440,6 +442,7 @@ impl Core {
             slot_ref.generation = slot_ref.generation.wrapping_add(1);
             self.free.push_back(slot);
             self.live -= 1;
+            self.mailbox.counters.set_sessions(self.live);
             self.engine.release_session();
             self.engine.live_slots.fetch_sub(1, Ordering::AcqRel);
         }
@@ -482,7 +485,8 @@ impl Core {
                 entry.pending = reused;
             }
         }
-        entry.handle.inner.drain_queue_into(&mut entry.pending);
+        let taken = entry.handle.inner.drain_queue_into(&mut entry.pending);
+        self.mailbox.counters.note_packets_out(taken);
         if entry.pending.is_empty() {
             let spare = std::mem::take(&mut entry.pending);
             let draining = matches!(entry.phase, Phase::Draining { .. });
@@ -494,6 +498,7 @@ impl Core {
         }
         let bufs = std::mem::take(&mut entry.pending);
         entry.sending = true;
+        self.mailbox.counters.note_write();
         driver.send(entry.handle.inner.token, SendBatch { bufs });
     }
 
@@ -509,6 +514,7 @@ impl Core {
         let shared = &entry.handle.inner;
         match result {
             Ok(written) if !matches!(entry.phase, Phase::Closed) => {
+                self.mailbox.counters.note_bytes_out(written);
                 shared.note_written(written);
                 let mut batch = batch;
                 batch.advance(written);
@@ -557,6 +563,7 @@ impl Core {
             return;
         }
         entry.last_recv = Instant::now();
+        self.mailbox.counters.note_bytes_in(data.len());
         match deliver(entry, data, max_backlog) {
             Ok(()) => {}
             Err(Failure::Panic(panic)) => self.callback_panicked(slot, "on_recv", panic),
@@ -596,10 +603,12 @@ impl Core {
 
     fn housekeeping(&mut self, now: Instant) {
         let idle_timeout = self.engine.config.idle_timeout;
+        let mut queued = 0;
         for slot in 0..self.slots.len() as u32 {
             let Some(entry) = self.slots[slot as usize].entry.as_ref() else {
                 continue;
             };
+            queued += entry.handle.queued_bytes();
             match entry.phase {
                 Phase::Open => {
                     if let Some(timeout) = idle_timeout {
@@ -618,6 +627,7 @@ impl Core {
                 _ => {}
             }
         }
+        self.mailbox.counters.set_queued_bytes(queued);
     }
 
     fn apply_deferred<D: Driver>(&mut self, driver: &mut D) {
@@ -656,8 +666,10 @@ impl Deferred {
 
 impl EventSink for Core {
     fn event(&mut self, event: Event<'_>) {
+        self.mailbox.counters.note_events(1);
         match event {
             Event::Accepted { stream, peer } => {
+                self.mailbox.counters.note_accepted();
                 self.accept_errors.succeeded(self.index);
                 if self.engine.try_reserve_session() {
                     let worker = self.engine.pick_worker();

@@ -14,6 +14,7 @@ use parking_lot::Mutex;
 
 use super::DisconnectReason;
 use crate::driver::Wake;
+use crate::service::metrics::WorkerCounters;
 
 /// Identifies one session for its whole life, and no other session of the
 /// service ever: the worker's index and the session's serial number on that
@@ -110,6 +111,8 @@ pub(crate) struct Mailbox {
     queue: SegQueue<Request>,
     notified: AtomicBool,
     waker: Arc<dyn Wake>,
+    /// The owning worker's counters (reached from its sessions' handles).
+    pub(crate) counters: WorkerCounters,
     /// False once the worker left its loop: new sessions are refused. A
     /// lock, not a flag, so no adoption slips in between the worker's last
     /// look at its inbox and the close (taken once per new session only).
@@ -127,6 +130,7 @@ impl Mailbox {
             queue: SegQueue::new(),
             notified: AtomicBool::new(false),
             waker,
+            counters: WorkerCounters::default(),
             adopting: Mutex::new(true),
         }
     }
@@ -311,6 +315,11 @@ pub struct SessionHandle {
 impl SessionHandle {
     pub(crate) fn from_shared(inner: Arc<SessionShared>) -> SessionHandle {
         SessionHandle { inner }
+    }
+
+    /// The counters of the worker that owns the session.
+    pub(crate) fn counters(&self) -> &WorkerCounters {
+        &self.inner.mailbox.counters
     }
 
     /// The session's id.
