@@ -46,7 +46,7 @@ pub use bytes::Bytes;
 pub use driver::{Backend, BackendError};
 pub use service::{
     ClientService, ClientServiceBuilder, ConnectError, EngineMetrics, ServerService,
-    ServerServiceBuilder, ServiceStats, SessionGroup, StartError, WorkerMetrics,
+    ServerServiceBuilder, ServiceStats, SessionGroup, StartError, WorkerFailure, WorkerMetrics,
 };
 pub use session::{
     DisconnectKind, DisconnectReason, OverflowPolicy, SendError, Session, SessionHandle, SessionId,

@@ -32,6 +32,23 @@ pub struct ServiceStats {
     pub live_slots: usize,
 }
 
+/// Why a worker ended on its own: its I/O driver failed for good (for
+/// example the io_uring completion queue lost completions, or `epoll_wait`
+/// failed). The worker's sessions were disconnected with
+/// [`DisconnectReason::IoError`](crate::DisconnectReason::IoError) and the
+/// whole service stopped itself; [`ServerService::failure`](crate::ServerService::failure)
+/// reports the first such failure.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("worker {worker} failed: {message}")]
+pub struct WorkerFailure {
+    /// Index of the worker that failed.
+    pub worker: usize,
+    /// The driver error's kind.
+    pub kind: std::io::ErrorKind,
+    /// The driver error as text.
+    pub message: String,
+}
+
 /// State every worker of one service shares.
 pub(crate) struct EngineShared {
     pub config: ServiceConfig,
@@ -43,6 +60,8 @@ pub(crate) struct EngineShared {
     pub refused_total: AtomicU64,
     pub next_worker: AtomicUsize,
     pub stopping: AtomicBool,
+    /// The first worker failure, if any.
+    pub failure: Mutex<Option<WorkerFailure>>,
 }
 
 impl EngineShared {
@@ -58,6 +77,27 @@ impl EngineShared {
 
     pub fn release_session(&self) {
         self.active.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Asks every worker to stop (graceful: flush, then `Shutdown`).
+    pub fn request_stop(&self) {
+        if !self.stopping.swap(true, Ordering::AcqRel) {
+            tracing::info!("stopping service");
+            for mailbox in &self.mailboxes {
+                mailbox.push(Request::Stop);
+            }
+        }
+    }
+
+    /// Records that worker `worker` failed with `error` (the first failure
+    /// is kept) and stops the service.
+    pub fn worker_failed(&self, worker: u16, error: &std::io::Error) {
+        self.failure.lock().get_or_insert_with(|| WorkerFailure {
+            worker: worker.into(),
+            kind: error.kind(),
+            message: error.to_string(),
+        });
+        self.request_stop();
     }
 
     /// Picks the worker of the next session, round-robin.
@@ -155,6 +195,7 @@ impl Engine {
             refused_total: AtomicU64::new(0),
             next_worker: AtomicUsize::new(0),
             stopping: AtomicBool::new(false),
+            failure: Mutex::new(None),
         });
         for go in activations {
             let _ = go.send(Arc::clone(&shared));
@@ -199,12 +240,12 @@ impl Engine {
 
     /// Asks every worker to stop (graceful: flush, then `Shutdown`).
     pub fn stop(&self) {
-        if !self.shared.stopping.swap(true, Ordering::AcqRel) {
-            tracing::info!("stopping service");
-            for mailbox in &self.shared.mailboxes {
-                mailbox.push(Request::Stop);
-            }
-        }
+        self.shared.request_stop();
+    }
+
+    /// The first worker failure, if a worker ended on its own.
+    pub fn failure(&self) -> Option<WorkerFailure> {
+        self.shared.failure.lock().clone()
     }
 
     pub fn is_stopping(&self) -> bool {
@@ -273,9 +314,18 @@ macro_rules! engine_control_methods {
             self.engine.stop();
         }
 
-        /// True once `stop` was called.
+        /// True once `stop` was called (or a worker failure stopped the
+        /// service).
         pub fn is_stopping(&self) -> bool {
             self.engine.is_stopping()
+        }
+
+        /// Why the service stopped on its own: the first worker whose I/O
+        /// driver failed for good. `None` while running normally and after
+        /// an ordinary `stop`. Check it after `join` to tell a failure from
+        /// a requested stop.
+        pub fn failure(&self) -> Option<$crate::WorkerFailure> {
+            self.engine.failure()
         }
     };
 }

@@ -18,7 +18,7 @@ mod tests;
 mod worker;
 
 pub use client::{ClientService, ClientServiceBuilder, ConnectError};
-pub use engine::ServiceStats;
+pub use engine::{ServiceStats, WorkerFailure};
 pub use group::SessionGroup;
 pub use metrics::{EngineMetrics, WorkerMetrics};
 pub use server::{ServerService, ServerServiceBuilder};

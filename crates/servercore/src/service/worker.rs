@@ -208,8 +208,9 @@ impl Core {
                     .min(MAX_WAIT)
             };
             if let Err(error) = driver.poll(Some(timeout), self) {
-                tracing::error!(worker = self.index, %error, "driver poll failed");
-                std::thread::sleep(Duration::from_millis(10));
+                // Drivers report only errors they cannot recover from.
+                self.fail(driver, error);
+                break;
             }
             self.apply_deferred(driver);
         }
@@ -227,6 +228,29 @@ impl Core {
                 self.engine.live_slots.fetch_sub(1, Ordering::AcqRel);
             }
         }
+    }
+
+    /// The driver failed for good: disconnects every session (their
+    /// `on_disconnected` runs, with an `IoError`), reports the failure and
+    /// stops the service. The caller leaves the loop.
+    fn fail<D: Driver>(&mut self, driver: &mut D, error: io::Error) {
+        tracing::error!(
+            worker = self.index,
+            %error,
+            sessions = self.live,
+            "the I/O driver failed; the worker ends and the service stops"
+        );
+        let reason = DisconnectReason::IoError {
+            kind: error.kind(),
+            message: format!("the worker's I/O driver failed: {error}"),
+        };
+        for slot in 0..self.slots.len() as u32 {
+            self.close(slot, Some(reason.clone()), CloseMode::Abort);
+        }
+        // Best effort: the driver may still close the sockets; whatever it
+        // does not release goes with it when it is dropped.
+        self.apply_deferred(driver);
+        self.engine.worker_failed(self.index, &error);
     }
 
     // ---- mailbox ---------------------------------------------------------
