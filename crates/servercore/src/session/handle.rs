@@ -5,7 +5,7 @@ use std::cell::Cell;
 use std::collections::VecDeque;
 use std::fmt;
 use std::net::{SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -89,6 +89,9 @@ pub(crate) struct SendLimits {
     /// Past this the overflow policy applies.
     pub hard_limit: usize,
     pub policy: OverflowPolicy,
+    /// With send coalescing: queued bytes that end the hold at once.
+    /// `usize::MAX` when coalescing is off.
+    pub coalesce_max_bytes: usize,
 }
 
 /// A request to the worker that owns a session.
@@ -176,6 +179,9 @@ pub(crate) struct SessionShared {
     queued: AtomicUsize,
     writable: AtomicBool,
     flush_scheduled: AtomicBool,
+    /// [`SessionHandle::flush`] asked for a write that coalescing must not hold.
+    flush_now: AtomicBool,
+    writes: AtomicU64,
     limits: SendLimits,
     pub(crate) mailbox: Arc<Mailbox>,
 }
@@ -198,6 +204,8 @@ impl SessionShared {
             queued: AtomicUsize::new(0),
             writable: AtomicBool::new(true),
             flush_scheduled: AtomicBool::new(false),
+            flush_now: AtomicBool::new(false),
+            writes: AtomicU64::new(0),
             limits,
             mailbox,
         }
@@ -248,10 +256,32 @@ impl SessionShared {
 
     /// Called by the worker when `written` bytes reached the socket.
     pub(crate) fn note_written(&self, written: usize) {
+        // Under the queue lock, like `send`: see there.
+        let _queue = self.queue.lock();
         let left = self.queued.fetch_sub(written, Ordering::AcqRel) - written;
         if left <= self.limits.low_watermark {
             self.writable.store(true, Ordering::Release);
         }
+    }
+
+    /// Queued bytes at which send coalescing stops holding the session.
+    pub(crate) fn coalesce_max_bytes(&self) -> usize {
+        self.limits.coalesce_max_bytes
+    }
+
+    /// Takes the "write at once" request of [`SessionHandle::flush`].
+    pub(crate) fn take_flush_now(&self) -> bool {
+        self.flush_now.swap(false, Ordering::AcqRel)
+    }
+
+    /// True if something was queued since the worker last drained the queue.
+    pub(crate) fn has_unflushed(&self) -> bool {
+        self.flush_scheduled.load(Ordering::Acquire)
+    }
+
+    /// Counts one gathered write submitted to the driver.
+    pub(crate) fn note_write_started(&self) {
+        self.writes.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Drops whatever is still queued (the session is closed).
@@ -320,27 +350,63 @@ impl SessionHandle {
             };
         }
         let len = data.len();
-        let queued = {
+        let (before, queued) = {
             let mut queue = shared.queue.lock();
             if !shared.is_open() {
                 return Err(SendError::Closed);
             }
-            let queued = shared.queued.load(Ordering::Acquire) + len;
+            // The count and the flag change only under the queue lock (the
+            // worker's `note_written` takes it too), so neither a written
+            // count nor a "writable again" can be overwritten by a sender.
+            let before = shared.queued.load(Ordering::Acquire);
+            let queued = before + len;
             if queued > shared.limits.hard_limit {
                 drop(queue);
                 return Err(self.overflow());
             }
             shared.queued.store(queued, Ordering::Release);
+            if queued > shared.limits.high_watermark {
+                shared.writable.store(false, Ordering::Release);
+            }
             queue.push_back(data);
-            queued
+            (before, queued)
         };
-        if queued > shared.limits.high_watermark {
-            shared.writable.store(false, Ordering::Release);
-        }
         if !shared.flush_scheduled.swap(true, Ordering::AcqRel) {
+            shared.mailbox.push(Request::Flush(Arc::clone(&self.inner)));
+        } else if before < shared.limits.coalesce_max_bytes
+            && queued >= shared.limits.coalesce_max_bytes
+        {
+            // A session held back by send coalescing goes out once its
+            // queue passes the bound: tell the worker again.
             shared.mailbox.push(Request::Flush(Arc::clone(&self.inner)));
         }
         Ok(())
+    }
+
+    /// Queues `data` and writes it, with everything queued before it, at
+    /// once: it is not held back by send coalescing.
+    pub fn send_now(&self, data: Bytes) -> Result<(), SendError> {
+        self.send(data)?;
+        self.flush();
+        Ok(())
+    }
+
+    /// Writes everything queued so far at once, without waiting for the
+    /// send-coalescing interval. Without coalescing every send is written
+    /// in the owning worker's next round anyway, and this does nothing.
+    pub fn flush(&self) {
+        let shared = &*self.inner;
+        if shared.limits.coalesce_max_bytes == usize::MAX || !shared.is_open() {
+            return;
+        }
+        shared.flush_now.store(true, Ordering::Release);
+        shared.mailbox.push(Request::Flush(Arc::clone(&self.inner)));
+    }
+
+    /// Gathered writes submitted to the socket for this session so far (one
+    /// `sendmsg`/`writev` each, partial writes included).
+    pub fn write_count(&self) -> u64 {
+        self.inner.writes.load(Ordering::Relaxed)
     }
 
     /// Copies `data` into a new buffer and queues it.
