@@ -127,10 +127,13 @@ struct Entry {
     last_recv: Instant,
     /// The peer's EOF arrived: nothing more will be received.
     read_closed: bool,
-    /// When the last write was submitted (send coalescing measures from it).
-    last_write: Instant,
+    /// When the last write was submitted (send coalescing measures from it);
+    /// `None` before the first.
+    last_write: Option<Instant>,
     /// Listed in `Core::held` (send coalescing).
     held: bool,
+    /// The app asked for a write at once; kept until the next write starts.
+    flush_now: bool,
 }
 
 struct Slot {
@@ -403,8 +406,9 @@ impl Core {
             phase: Phase::Open,
             last_recv: Instant::now(),
             read_closed: false,
-            last_write: Instant::now(),
+            last_write: None,
             held: false,
+            flush_now: false,
         });
         self.live += 1;
         self.engine.live_slots.fetch_add(1, Ordering::AcqRel);
@@ -509,17 +513,17 @@ impl Core {
             return;
         };
         let shared = &entry.handle.inner;
-        let urgent = shared.take_flush_now();
+        entry.flush_now |= shared.take_flush_now();
         if entry.sending || matches!(entry.phase, Phase::Closed) {
             return;
         }
         // The rest of a partial write, a closing session, a full queue or
         // an explicit flush go out now; so does a session idle for longer
         // than the interval.
-        let due = entry.last_write + interval;
         let now = Instant::now();
+        let due = entry.last_write.map_or(now, |at| at + interval);
         if !entry.pending.is_empty()
-            || urgent
+            || entry.flush_now
             || !matches!(entry.phase, Phase::Open)
             || shared.queued_bytes() >= shared.coalesce_max_bytes()
             || now >= due
@@ -556,7 +560,7 @@ impl Core {
             if !entry.held {
                 return false;
             }
-            let due = entry.last_write + interval;
+            let due = entry.last_write.map_or(now, |at| at + interval);
             if due > now && matches!(entry.phase, Phase::Open) {
                 self.next_due = Some(self.next_due.map_or(due, |next| next.min(due)));
                 return true;
@@ -589,6 +593,7 @@ impl Core {
             }
         }
         entry.handle.inner.drain_queue_into(&mut entry.pending);
+        entry.flush_now = false;
         if entry.pending.is_empty() {
             let spare = std::mem::take(&mut entry.pending);
             let draining = matches!(entry.phase, Phase::Draining { .. });
@@ -600,7 +605,7 @@ impl Core {
         }
         let bufs = std::mem::take(&mut entry.pending);
         entry.sending = true;
-        entry.last_write = Instant::now();
+        entry.last_write = Some(Instant::now());
         entry.handle.inner.note_write_started();
         driver.send(entry.handle.inner.id.token(), SendBatch { bufs });
     }
