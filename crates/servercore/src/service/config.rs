@@ -119,7 +119,10 @@ macro_rules! common_builder_methods {
 
         /// Send queue watermarks in bytes: `is_writable()` turns false above
         /// `high` and true again at `low`; past `hard` the overflow policy
-        /// applies (defaults 256 KiB, 64 KiB, 4 MiB).
+        /// applies (defaults 256 KiB, 64 KiB, 4 MiB). The limits count
+        /// queued bytes; small packets waiting behind a backlog are copied
+        /// out of their pooled 64 KiB writer chunks, so the count bounds the
+        /// memory they hold.
         pub fn send_limits(mut self, low: usize, high: usize, hard: usize) -> Self {
             self.config.send.low_watermark = low;
             self.config.send.high_watermark = high;

@@ -34,7 +34,8 @@ use crate::driver::{
     SendBatch, Token,
 };
 use crate::session::{
-    DisconnectReason, Mailbox, Request, Session, SessionHandle, SessionId, SessionShared,
+    copy_out_straggler, DisconnectReason, Mailbox, Request, Session, SessionHandle, SessionId,
+    SessionShared,
 };
 
 /// How often idle timeouts and drain deadlines are checked.
@@ -752,6 +753,19 @@ impl Core {
     fn housekeeping(&mut self, now: Instant) {
         let idle_timeout = self.engine.config.idle_timeout;
         for slot in 0..self.slots.len() as u32 {
+            let Some(entry) = self.slots[slot as usize].entry.as_ref() else {
+                continue;
+            };
+            if entry.sending && entry.handle.queued_bytes() > 0 {
+                // A backlog behind a write in flight: free the chunks its
+                // small packets would keep alive (the send limits count
+                // their bytes, not the chunks).
+                let entry = self.slots[slot as usize].entry.as_mut().expect("checked");
+                entry.handle.inner.compact_queue();
+                for buf in &mut entry.pending {
+                    copy_out_straggler(buf);
+                }
+            }
             let Some(entry) = self.slots[slot as usize].entry.as_ref() else {
                 continue;
             };

@@ -284,11 +284,52 @@ impl SessionShared {
         self.writes.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Copies small buffers that are the last users of a larger allocation
+    /// (a pooled writer chunk) out of it, so the chunk is freed while they
+    /// wait; returns how many were copied. See [`copy_out_straggler`].
+    pub(crate) fn compact_queue(&self) -> usize {
+        let mut queue = self.queue.lock();
+        let mut copied = 0;
+        for buf in queue.iter_mut() {
+            copied += usize::from(copy_out_straggler(buf));
+        }
+        copied
+    }
+
     /// Drops whatever is still queued (the session is closed).
     pub(crate) fn discard_queue(&self) {
         let mut queue = self.queue.lock();
         let dropped: usize = queue.drain(..).map(|b| b.len()).sum();
         self.queued.fetch_sub(dropped, Ordering::AcqRel);
+    }
+}
+
+/// Largest buffer [`copy_out_straggler`] copies: packet-sized.
+const STRAGGLER_MAX: usize = 2 * 1024;
+
+/// A queued packet cut from a 64 KiB writer chunk keeps the whole chunk
+/// alive while the send limits count only its own bytes. When `buf` is small
+/// and the only user left of an allocation with room to spare, it is copied
+/// into an exact allocation of its own and the chunk is freed. Returns
+/// whether it copied. Buffers still shared (a broadcast other sessions have
+/// not written yet) and exact allocations are left as they are.
+pub(crate) fn copy_out_straggler(buf: &mut Bytes) -> bool {
+    if buf.len() > STRAGGLER_MAX || !buf.is_unique() {
+        return false;
+    }
+    match std::mem::take(buf).try_into_mut() {
+        Ok(owned) if owned.capacity() > owned.len() => {
+            *buf = Bytes::copy_from_slice(&owned);
+            true
+        }
+        Ok(owned) => {
+            *buf = owned.freeze();
+            false
+        }
+        Err(shared) => {
+            *buf = shared;
+            false
+        }
     }
 }
 
@@ -455,5 +496,40 @@ impl fmt::Debug for SessionHandle {
             .field("peer", &self.peer_addr())
             .field("connected", &self.is_connected())
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lone_small_packet_leaves_its_chunk() {
+        let mut writer = crate::packet::PacketWriter::new();
+        let mut packet = writer.write_raw(1, b"abcd").unwrap();
+        let neighbour = writer.write_raw(2, b"efgh").unwrap();
+        // Still sharing the chunk with the writer and a neighbour: kept.
+        assert!(!copy_out_straggler(&mut packet));
+        drop(writer);
+        drop(neighbour);
+        let before = packet.as_ptr();
+        assert!(copy_out_straggler(&mut packet));
+        assert_ne!(packet.as_ptr(), before, "copied into its own allocation");
+        assert_eq!(&packet[..], &[8, 0, 1, 0, b'a', b'b', b'c', b'd']);
+        // An exact allocation is not copied again.
+        assert!(!copy_out_straggler(&mut packet));
+        assert_eq!(&packet[..], &[8, 0, 1, 0, b'a', b'b', b'c', b'd']);
+    }
+
+    #[test]
+    fn large_or_shared_buffers_are_left_alone() {
+        let mut large = Bytes::from(vec![1u8; STRAGGLER_MAX + 1]).slice(1..);
+        assert!(!copy_out_straggler(&mut large));
+        let mut shared = Bytes::from(vec![2u8; 16]);
+        let other = shared.clone();
+        assert!(!copy_out_straggler(&mut shared));
+        assert_eq!(shared, other);
+        let mut fixed = Bytes::from_static(b"static");
+        assert!(!copy_out_straggler(&mut fixed));
     }
 }

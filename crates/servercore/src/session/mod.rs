@@ -9,7 +9,7 @@
 mod handle;
 mod reason;
 
-pub(crate) use handle::{Mailbox, Request, SendLimits, SessionShared};
+pub(crate) use handle::{copy_out_straggler, Mailbox, Request, SendLimits, SessionShared};
 pub use handle::{OverflowPolicy, SendError, SessionHandle, SessionId};
 pub use reason::DisconnectReason;
 
