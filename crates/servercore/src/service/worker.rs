@@ -26,6 +26,7 @@ use crate::driver::{
 use crate::session::{
     DisconnectReason, Mailbox, Request, Session, SessionHandle, SessionId, SessionShared,
 };
+use crate::transport::{self, Transport};
 
 /// How often idle timeouts and drain deadlines are checked.
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_millis(100);
@@ -41,23 +42,23 @@ pub(crate) fn run_thread(
     backend: ResolvedBackend,
     index: u16,
     driver_config: DriverConfig,
-    listener: Option<TcpListener>,
+    listeners: Vec<TcpListener>,
     ready: Sender<io::Result<Arc<Mailbox>>>,
     go: Receiver<Arc<EngineShared>>,
 ) {
     match backend {
         #[cfg(target_os = "linux")]
         ResolvedBackend::IoUring => {
-            run::<crate::driver::uring::UringDriver>(index, driver_config, listener, ready, go)
+            run::<crate::driver::uring::UringDriver>(index, driver_config, listeners, ready, go)
         }
-        ResolvedBackend::Poll => run::<PollDriver>(index, driver_config, listener, ready, go),
+        ResolvedBackend::Poll => run::<PollDriver>(index, driver_config, listeners, ready, go),
     }
 }
 
 fn run<D: Driver>(
     index: u16,
     driver_config: DriverConfig,
-    listener: Option<TcpListener>,
+    listeners: Vec<TcpListener>,
     ready: Sender<io::Result<Arc<Mailbox>>>,
     go: Receiver<Arc<EngineShared>>,
 ) {
@@ -68,7 +69,7 @@ fn run<D: Driver>(
             return;
         }
     };
-    if let Some(listener) = listener {
+    for listener in listeners {
         if let Err(error) = driver.add_listener(listener) {
             let _ = ready.send(Err(error));
             return;
@@ -106,10 +107,13 @@ struct Entry {
     leftover: Vec<u8>,
     /// A write is in flight (its batch is with the driver).
     sending: bool,
-    /// Bytes taken from the queue but not written yet (not in flight).
+    /// Bytes taken from the queue but not written yet (not in flight);
+    /// wire bytes when a transport is present.
     pending: Vec<Bytes>,
     phase: Phase,
     last_recv: Instant,
+    /// TLS / WebSocket state; `None` for plain TCP.
+    transport: Option<Box<Transport>>,
 }
 
 struct Slot {
@@ -324,6 +328,11 @@ impl Core {
                 (self.slots.len() - 1) as u32
             }
         };
+        let transport = if self.engine.transports.all_plain() {
+            None
+        } else {
+            self.engine.transports.start(local, peer)
+        };
         let generation = self.slots[slot as usize].generation;
         let id = SessionId::new(self.index, slot, generation);
         if let Err(error) = driver.add_stream(id.token(), stream) {
@@ -355,6 +364,7 @@ impl Core {
             pending: Vec::new(),
             phase: Phase::Open,
             last_recv: Instant::now(),
+            transport,
         });
         self.live += 1;
         self.engine.live_slots.fetch_add(1, Ordering::AcqRel);
@@ -374,7 +384,37 @@ impl Core {
         }));
         if let Err(panic) = result {
             self.callback_panicked(slot, "on_connected", panic);
+            return;
         }
+        if let Some(transport) = entry.transport.as_mut() {
+            match transport.take_startup_failure() {
+                Some(reason) => self.end_transport(slot, reason),
+                // A client's hello (TLS, the upgrade request) goes out now.
+                None if transport.wants_flush() => self.deferred.flush.push(slot),
+                None => {}
+            }
+        }
+    }
+
+    /// Ends a session for a transport reason once the transport's goodbye
+    /// (alert, close frame, HTTP error) is written; nothing more of the
+    /// session's queue is sent.
+    fn end_transport(&mut self, slot: u32, reason: DisconnectReason) {
+        let linger = self.engine.config.disconnect_linger;
+        let Some(entry) = self.entry_mut(slot) else {
+            return;
+        };
+        if matches!(entry.phase, Phase::Closed) {
+            return;
+        }
+        entry.handle.inner.begin_close(reason);
+        entry.handle.inner.discard_queue();
+        if matches!(entry.phase, Phase::Open) {
+            entry.phase = Phase::Draining {
+                deadline: Instant::now() + linger,
+            };
+        }
+        self.deferred.flush.push(slot);
     }
 
     /// Ends a session: runs `on_disconnected` once and asks the driver to
@@ -394,10 +434,18 @@ impl Core {
         shared.discard_queue();
         entry.phase = Phase::Closed;
         entry.leftover = Vec::new();
-        for buf in entry.pending.drain(..) {
-            shared.note_written(buf.len());
-        }
+        let unsent = match entry.transport.as_mut() {
+            Some(transport) => {
+                entry.pending.clear();
+                transport.discard()
+            }
+            None => entry.pending.drain(..).map(|buf| buf.len()).sum(),
+        };
+        shared.note_written(unsent);
         let token = shared.id.token();
+        if transport::is_transport_reason(&reason) {
+            transport::log_rejection(entry.handle.peer_addr(), &reason);
+        }
         log_disconnect(&entry.handle, &reason);
         let result = catch_unwind(AssertUnwindSafe(|| {
             entry.session.on_disconnected(&entry.handle, &reason)
@@ -464,7 +512,25 @@ impl Core {
                 entry.pending = reused;
             }
         }
-        entry.handle.inner.drain_queue_into(&mut entry.pending);
+        match entry.transport.as_mut() {
+            None => {
+                entry.handle.inner.drain_queue_into(&mut entry.pending);
+            }
+            Some(transport) => {
+                let mut plain = self.batch_pool.pop().unwrap_or_default();
+                entry.handle.inner.drain_queue_into(&mut plain);
+                let draining = matches!(entry.phase, Phase::Draining { .. });
+                transport.encode(&mut plain, &mut entry.pending);
+                if entry.pending.is_empty() && draining {
+                    let reason = entry.handle.inner.peek_reason();
+                    let reason = reason.unwrap_or(DisconnectReason::ClosedByApp);
+                    if transport.farewell(&reason) {
+                        transport.encode(&mut plain, &mut entry.pending);
+                    }
+                }
+                recycle(&mut self.batch_pool, plain);
+            }
+        }
         if entry.pending.is_empty() {
             let spare = std::mem::take(&mut entry.pending);
             let draining = matches!(entry.phase, Phase::Draining { .. });
@@ -491,7 +557,11 @@ impl Core {
         let shared = &entry.handle.inner;
         match result {
             Ok(written) if !matches!(entry.phase, Phase::Closed) => {
-                shared.note_written(written);
+                let written_plain = match entry.transport.as_mut() {
+                    Some(transport) => transport.wire_written(written),
+                    None => written,
+                };
+                shared.note_written(written_plain);
                 let mut batch = batch;
                 batch.advance(written);
                 if batch.bufs.is_empty() {
@@ -499,19 +569,25 @@ impl Core {
                 } else {
                     entry.pending = batch.bufs;
                 }
-                let result = catch_unwind(AssertUnwindSafe(|| {
-                    entry.session.on_send(&entry.handle, written)
-                }));
-                if let Err(panic) = result {
-                    self.callback_panicked(slot, "on_send", panic);
-                    return;
+                if written_plain > 0 {
+                    let result = catch_unwind(AssertUnwindSafe(|| {
+                        entry.session.on_send(&entry.handle, written_plain)
+                    }));
+                    if let Err(panic) = result {
+                        self.callback_panicked(slot, "on_send", panic);
+                        return;
+                    }
                 }
                 self.deferred.flush.push(slot);
             }
             result => {
                 // Closed meanwhile, or the write failed: nothing more goes
                 // out, and the unsent bytes leave the queued count.
-                shared.note_written(batch.len());
+                let unsent = match entry.transport.as_mut() {
+                    Some(transport) => transport.discard(),
+                    None => batch.len(),
+                };
+                shared.note_written(unsent);
                 recycle(&mut self.batch_pool, batch.bufs);
                 if let Err(error) = result {
                     self.close(
@@ -539,8 +615,26 @@ impl Core {
             return;
         }
         entry.last_recv = Instant::now();
-        match deliver(entry, data, max_backlog) {
-            Ok(()) => {}
+        let mut ending = None;
+        let result = match entry.transport.take() {
+            None => deliver(entry, data, max_backlog),
+            Some(mut transport) => {
+                ending = transport.receive(data);
+                let result = deliver(entry, transport.plain(), max_backlog);
+                transport.clear_plain();
+                if ending.is_none() && transport.wants_flush() {
+                    self.deferred.flush.push(slot);
+                }
+                entry.transport = Some(transport);
+                result
+            }
+        };
+        match result {
+            Ok(()) => {
+                if let Some(reason) = ending {
+                    self.end_transport(slot, reason);
+                }
+            }
             Err(Failure::Panic(panic)) => self.callback_panicked(slot, "on_recv", panic),
             Err(Failure::Backlog(held)) => {
                 tracing::warn!(
@@ -562,9 +656,17 @@ impl Core {
         let Some(slot) = self.slot_for_token(token) else {
             return;
         };
-        let reason = match &error {
-            None => DisconnectReason::ClosedByPeer,
-            Some(error) => DisconnectReason::from_io(error),
+        let handshaking = self.slots[slot as usize]
+            .entry
+            .as_ref()
+            .and_then(|entry| entry.transport.as_ref())
+            .filter(|transport| !transport.is_ready());
+        let reason = match (&error, handshaking) {
+            (None, Some(transport)) => {
+                transport.handshake_failure("the peer closed the connection during the handshake")
+            }
+            (None, None) => DisconnectReason::ClosedByPeer,
+            (Some(error), _) => DisconnectReason::from_io(error),
         };
         let mode = if error.is_some() {
             CloseMode::Abort
@@ -584,6 +686,17 @@ impl Core {
             };
             match entry.phase {
                 Phase::Open => {
+                    let handshake_due = entry
+                        .transport
+                        .as_ref()
+                        .and_then(|transport| transport.handshake_deadline())
+                        .filter(|deadline| now >= *deadline);
+                    if handshake_due.is_some() {
+                        let transport = entry.transport.as_ref().expect("has a deadline");
+                        let reason = transport.handshake_failure("timed out");
+                        self.close(slot, Some(reason), CloseMode::Abort);
+                        continue;
+                    }
                     if let Some(timeout) = idle_timeout {
                         if now.duration_since(entry.last_recv) >= timeout {
                             self.close(

@@ -34,6 +34,25 @@ pub enum DisconnectReason {
     Shutdown,
     /// A callback of this session panicked; the text is the panic message.
     CallbackPanic(String),
+    /// The TLS handshake failed (bad or untrusted certificate, a peer that
+    /// does not speak TLS, a protocol error) or did not finish within the
+    /// handshake timeout; the text is rustls's error or what happened.
+    TlsHandshake(String),
+    /// A TLS error after the handshake (a corrupt or forged record).
+    Tls(String),
+    /// The WebSocket opening handshake failed (not an upgrade request, a
+    /// missing `Sec-WebSocket-Key`, a wrong path, a bad server answer) or
+    /// did not finish within the handshake timeout.
+    WebSocketHandshake(String),
+    /// The WebSocket connection was closed with `code` (RFC 6455 7.4):
+    /// by this end for a protocol violation (1002, 1003, 1007, 1009), or by
+    /// the peer with a code other than 1000/1001.
+    WebSocket {
+        /// The close code sent or received.
+        code: u16,
+        /// What happened.
+        detail: String,
+    },
 }
 
 impl DisconnectReason {
@@ -65,6 +84,10 @@ impl DisconnectReason {
             DisconnectReason::IdleTimeout => "idle_timeout",
             DisconnectReason::Shutdown => "shutdown",
             DisconnectReason::CallbackPanic(_) => "callback_panic",
+            DisconnectReason::TlsHandshake(_) => "tls_handshake",
+            DisconnectReason::Tls(_) => "tls",
+            DisconnectReason::WebSocketHandshake(_) => "websocket_handshake",
+            DisconnectReason::WebSocket { .. } => "websocket",
         }
     }
 }
@@ -83,6 +106,14 @@ impl fmt::Display for DisconnectReason {
             DisconnectReason::IdleTimeout => f.write_str("idle timeout"),
             DisconnectReason::Shutdown => f.write_str("service shutdown"),
             DisconnectReason::CallbackPanic(message) => write!(f, "callback panicked: {message}"),
+            DisconnectReason::TlsHandshake(detail) => write!(f, "TLS handshake failed: {detail}"),
+            DisconnectReason::Tls(detail) => write!(f, "TLS error: {detail}"),
+            DisconnectReason::WebSocketHandshake(detail) => {
+                write!(f, "WebSocket handshake failed: {detail}")
+            }
+            DisconnectReason::WebSocket { code, detail } => {
+                write!(f, "WebSocket closed with {code}: {detail}")
+            }
         }
     }
 }
