@@ -27,7 +27,7 @@ pub enum Command {
     /// after each reply.
     Hello(HelloArgs),
     /// The sample game server: login, enter game, chat rooms, embedded database.
-    Server(crate::game::ServerArgs),
+    Server(crate::server::ServerArgs),
     /// Dummy game clients: log in, enter, chat at a rate; prints throughput
     /// and latency percentiles.
     Client(crate::client::ClientArgs),
@@ -124,7 +124,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Echo(args) => crate::echo::run(args),
         Command::Hello(args) => crate::hello::run(args),
-        Command::Server(args) => crate::game::run(args),
+        Command::Server(args) => crate::server::run(args),
         Command::Client(args) => crate::client::run(args),
         Command::Demo(args) => crate::demo::run(args),
         Command::Bench(args) => crate::bench::run(args),

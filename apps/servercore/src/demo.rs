@@ -10,8 +10,10 @@
 use std::time::Duration;
 
 use crate::cli::DemoArgs;
-use crate::client::{run_load, LoadConfig};
-use crate::game::GameConfig;
+use servercore_game::GameConfig;
+use servercore_load::client::{run_load_until, LoadConfig};
+
+use crate::shutdown::{Install as _, StopSignal};
 
 /// Runs the demo; fails only if the server cannot start or no client could
 /// connect.
@@ -20,7 +22,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     game.backend = args.engine.backend;
     game.workers = args.engine.workers;
     game.max_sessions = game.max_sessions.max(args.clients + 16);
-    let server = crate::game::start(game)?;
+    let server = servercore_game::start(game)?;
     let addr = server.local_addr();
     println!(
         "demo: game server on {addr} (backend {}, in-memory database); \
@@ -38,7 +40,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     load.backend = args.engine.backend;
     load.workers = args.engine.workers;
     load.account_prefix = "demo".to_owned();
-    let report = run_load(load, !args.no_progress);
+    let report = run_load_until(load, !args.no_progress, &StopSignal::install());
 
     let sessions = server.service_stats();
     let stats = server.stop_and_join();

@@ -10,7 +10,7 @@ use servercore::job::JobQueue;
 use servercore::{ClientService, DisconnectReason, Session, SessionHandle};
 
 use crate::cli::{EngineArgs, HelloArgs};
-use crate::shutdown::StopSignal;
+use crate::shutdown::{Install as _, StopSignal};
 
 /// The greeting, with the trailing NUL of the C++ client's string.
 pub const HELLO: &[u8; 12] = b"Hello World\0";

@@ -10,8 +10,8 @@ mod cli;
 mod client;
 mod demo;
 mod echo;
-mod game;
 mod hello;
+mod server;
 mod shutdown;
 
 use clap::Parser;

@@ -1,9 +1,9 @@
-//! `servercore bench`: scripted benchmarks of the engine against a plain
+//! The benchmarks behind `servercore bench`: scripted benchmarks of the engine against a plain
 //! tokio baseline, one after the other in one run, printed as tables of
 //! ratios (see `docs/BENCHMARKS.md`).
 //!
 //! This module owns the whole harness:
-//! - the command-line options ([`BenchArgs`], and [`BenchServerArgs`] of the
+//! - the command-line options ([`BenchOptions`], and [`BenchServerOptions`] of the
 //!   hidden `bench-server` subcommand) and the run loop ([`run`]);
 //! - [`server`]: the `bench-server` process (engine echo, the engine chat
 //!   server of [`engine_chat`], or the tokio baseline of [`tokio_server`]),
@@ -123,114 +123,92 @@ impl ChatServer {
     }
 }
 
-/// `servercore bench` options.
-#[derive(Debug, clap::Args)]
-pub struct BenchArgs {
+/// What `servercore bench` runs (the CLI fills it from its flags).
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
     /// Scenarios to run, in this order (default: echo broadcast idle).
-    #[arg(value_enum, value_name = "SCENARIO")]
     pub scenarios: Vec<Scenario>,
 
     /// Length of each measured window, in seconds (default 5, --quick 1).
-    #[arg(long, value_name = "SECONDS")]
     pub duration: Option<f64>,
 
     /// Load before each window opens, in seconds (default 1, --quick 0.3;
     /// broadcast waits at least two chat intervals).
-    #[arg(long, value_name = "SECONDS")]
     pub warmup: Option<f64>,
 
     /// Short windows and small counts: a smoke test for CI.
-    #[arg(long)]
     pub quick: bool,
 
     /// Also write every result as JSON to FILE.
-    #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
 
     /// Measure nothing: show the tables of a saved --json report again (and
     /// write --chart or --json from it).
-    #[arg(long, value_name = "FILE")]
     pub replay: Option<PathBuf>,
 
     /// Draw latency against load into an SVG file.
-    #[arg(long, value_name = "FILE.svg")]
     pub chart: Option<PathBuf>,
 
     /// Implementations to compare, comma-separated: uring, poll, tokio
     /// (default: each available backend and tokio; ratios need tokio).
-    #[arg(long, value_enum, value_delimiter = ',', value_name = "LIST")]
     pub backends: Vec<Impl>,
 
     /// Server worker threads, engine and tokio alike (default: available cores).
-    #[arg(long)]
     pub workers: Option<usize>,
 
     /// Echo client counts, comma-separated (default 50,500; --quick 10,50).
-    #[arg(long, value_delimiter = ',', value_name = "LIST")]
     pub echo_clients: Vec<usize>,
 
     /// Sessions in the broadcast room (default 1000; --quick 100).
-    #[arg(long, value_name = "N")]
     pub broadcast_sessions: Option<usize>,
 
     /// Engine server of the broadcast scenario: the sample game server, or
     /// the minimal chat server with the tokio baseline's room logic.
-    #[arg(long, value_enum, default_value_t = ChatServer::Game, value_name = "SERVER")]
     pub chat_server: ChatServer,
 
     /// Milliseconds between two chats of one broadcast session.
-    #[arg(long, default_value_t = 1000, value_name = "MS")]
     pub chat_interval_ms: u64,
 
     /// Idle connections (default 15000; --quick 1000).
-    #[arg(long, value_name = "N")]
     pub idle_sessions: Option<usize>,
 
     /// Run every measurement N times (implementations interleaved) and
     /// report the median run of each.
-    #[arg(long, default_value_t = 1, value_name = "N")]
     pub repeat: usize,
 
     /// Also count the server's system calls and context switches in each
     /// window with `perf stat` (needs `perf` and tracepoint access).
-    #[arg(long)]
     pub perf: bool,
 
     /// Client source addresses 127.0.0.1 ..= 127.0.0.N, used round-robin.
-    #[arg(long, default_value_t = 16, value_name = "N")]
     pub sources: u8,
 }
 
-/// `servercore bench-server` options (started by `bench`).
-#[derive(Debug, clap::Args)]
-pub struct BenchServerArgs {
+/// What one `servercore bench-server` process serves (started by the
+/// harness; see [`server`] for the contract).
+#[derive(Debug, Clone)]
+pub struct BenchServerOptions {
     /// Implementation: uring, poll or tokio.
-    #[arg(long = "impl", value_enum)]
     pub implementation: Impl,
 
     /// Which server: echo (echo and idle) or the broadcast chat server.
-    #[arg(long, value_enum)]
     pub scenario: Scenario,
 
     /// Address to listen on; the bound address is the first stdout line.
-    #[arg(long, default_value = "127.0.0.1:0")]
     pub addr: SocketAddr,
 
     /// Worker threads (default: available cores).
-    #[arg(long)]
     pub workers: Option<usize>,
 
     /// Engine broadcast server: the game server or the minimal chat server.
-    #[arg(long, value_enum, default_value_t = ChatServer::Game)]
     pub chat: ChatServer,
 
     /// Most sessions at once (engine servers).
-    #[arg(long, default_value_t = 20_000)]
     pub max_sessions: usize,
 }
 
 /// Runs one benchmark server until its stdin ends.
-pub fn run_server(args: BenchServerArgs) -> anyhow::Result<()> {
+pub fn run_server(args: BenchServerOptions) -> anyhow::Result<()> {
     server::run(args)
 }
 
@@ -259,7 +237,7 @@ struct Plan {
 
 impl Plan {
     fn new(
-        args: &BenchArgs,
+        args: &BenchOptions,
         open_file_limit: u64,
         notes: &mut Vec<String>,
     ) -> anyhow::Result<Plan> {
@@ -377,7 +355,7 @@ struct Bench {
 }
 
 /// Runs the benchmarks.
-pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+pub fn run(args: BenchOptions) -> anyhow::Result<()> {
     if let Some(path) = &args.replay {
         return replay(path, &args);
     }
@@ -535,7 +513,7 @@ fn scenario_sections(report: &Report, scenario: Scenario) -> Vec<report::Section
 
 /// Evaluates and prints the targets and notes, then writes `--json` and
 /// `--chart`.
-fn finish_report(report: &mut Report, args: &BenchArgs) -> anyhow::Result<()> {
+fn finish_report(report: &mut Report, args: &BenchOptions) -> anyhow::Result<()> {
     report.targets = report::evaluate_targets(report);
     if !report.targets.is_empty() {
         println!("targets (reported, not asserted):");
@@ -568,7 +546,7 @@ fn finish_report(report: &mut Report, args: &BenchArgs) -> anyhow::Result<()> {
 
 /// `--replay FILE`: shows the tables of a saved `--json` report again (and
 /// writes `--chart`/`--json` from it) without measuring anything.
-fn replay(path: &std::path::Path, args: &BenchArgs) -> anyhow::Result<()> {
+fn replay(path: &std::path::Path, args: &BenchOptions) -> anyhow::Result<()> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let mut report: Report =

@@ -1,43 +1,14 @@
-//! `servercore client`: the dummy game clients (the course's DummyClient).
-//!
-//! N sessions connect to a game server, log in, enter the game and send
-//! `C_CHAT` at a fixed rate, each message stamped with `client_time_us`;
-//! the latency of a message is measured when its sender receives its own
-//! `S_CHAT`. A live display shows progress; at the end a table (and, with
-//! `--json FILE`, the same numbers as JSON) reports sessions, messages,
-//! deliveries, latency percentiles and errors by kind.
-//!
-//! The library-style entry is [`run_load`] with a [`LoadConfig`], returning
-//! a [`LoadReport`]; `demo` and `bench` reuse it.
-//!
-//! Submodules:
-//! - `config`: [`LoadConfig`], the duration parser, source addresses;
-//! - `session`: one dummy client's conversation and the chat schedule;
-//! - `stats`: counters, latency histograms, errors by kind;
-//! - `load`: the run itself (set-up, chat, drain, stop);
-//! - `progress`: the live display (indicatif);
-//! - `report`: [`LoadReport`], its table and JSON.
-
-mod config;
-mod load;
-mod progress;
-mod report;
-mod session;
-mod stats;
+//! `servercore client`: the dummy game clients' command: its flags, the run,
+//! the table and the JSON.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-#[allow(unused_imports)] // part of the module's API for `bench`
-pub use config::{parse_duration, plan_source_addrs, LoadConfig, SESSIONS_PER_SOURCE_ADDR};
-#[allow(unused_imports)] // part of the module's API for `bench`
-pub use load::{run_load, run_load_until};
-#[allow(unused_imports)] // part of the module's API for `bench`
-pub use report::{count, LatencySummary, LoadReport, SessionSummary};
+use servercore_load::client::{human_duration, parse_duration, run_load_until, LoadConfig};
 
 use crate::cli::EngineArgs;
-use crate::shutdown::StopSignal;
+use crate::shutdown::{Install as _, StopSignal};
 
 /// `servercore client` options.
 #[derive(Debug, clap::Args)]
@@ -122,7 +93,7 @@ pub fn run(args: ClientArgs) -> anyhow::Result<()> {
         config.sessions,
         config.addr,
         config.rate,
-        report::human_duration(config.duration)
+        human_duration(config.duration)
     );
     let report = run_load_until(config, !args.no_progress, &stop)?;
     let json_to_stdout = args.json.as_deref() == Some(std::path::Path::new("-"));

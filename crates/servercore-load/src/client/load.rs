@@ -31,7 +31,7 @@ use super::progress::Progress;
 use super::report::{LatencySummary, LoadReport, SessionSummary};
 use super::session::{GameClient, RunShared};
 use super::stats::{kind, LoadStats};
-use crate::shutdown::StopSignal;
+use crate::stop::StopSignal;
 
 /// How often the run looks at its counters and redraws the progress.
 const TICK: Duration = Duration::from_millis(100);
@@ -45,15 +45,15 @@ const LOGGED_CONNECT_ERRORS: u64 = 5;
 
 /// Runs one load test as `config` says and returns its report. Shows the
 /// live progress on standard error when `progress` (and it is a terminal).
-/// Ctrl-C ends the chat early; the report then says `interrupted`.
 ///
 /// Sessions that fail are counted in the report, never an error of this
 /// function, which fails only when the client service cannot start.
 pub fn run_load(config: LoadConfig, progress: bool) -> anyhow::Result<LoadReport> {
-    run_load_until(config, progress, &StopSignal::install())
+    run_load_until(config, progress, &StopSignal::new())
 }
 
-/// [`run_load`] with the caller's stop signal.
+/// [`run_load`] with the caller's stop signal: once it is set the chat
+/// ends early and the report says `interrupted`.
 pub fn run_load_until(
     config: LoadConfig,
     progress: bool,

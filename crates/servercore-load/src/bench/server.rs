@@ -3,7 +3,7 @@
 //! counting the load generator.
 //!
 //! Engine servers: the echo session of `servercore echo` (echo and idle),
-//! and for broadcast the sample game server (`crate::game`, in-memory
+//! and for broadcast the sample game server (`servercore_game`, in-memory
 //! database, no idle timeout) or, with `--chat minimal`, the bench's own
 //! minimal chat server ([`super::engine_chat`]). Tokio servers: see
 //! [`super::tokio_server`].
@@ -19,8 +19,8 @@ use std::io::{BufRead, Write};
 use servercore::{Backend, ServerService};
 
 use super::tokio_server::{self, TokioServer};
-use super::{procfs, BenchServerArgs, ChatServer, Impl, Scenario};
-use crate::game::{GameConfig, GameServer};
+use super::{procfs, BenchServerOptions, ChatServer, Impl, Scenario};
+use servercore_game::{GameConfig, GameServer};
 
 /// A running benchmark server of any implementation.
 enum Running {
@@ -30,7 +30,7 @@ enum Running {
 }
 
 impl Running {
-    fn start(args: &BenchServerArgs) -> anyhow::Result<Running> {
+    fn start(args: &BenchServerOptions) -> anyhow::Result<Running> {
         let backend = match args.implementation {
             Impl::Uring => Backend::IoUring,
             Impl::Poll => Backend::Poll,
@@ -47,13 +47,13 @@ impl Running {
             }
         };
         let service = match args.scenario {
-            Scenario::Echo | Scenario::Idle => {
-                let engine = crate::cli::EngineArgs {
-                    backend,
-                    workers: args.workers,
-                };
-                crate::echo::start(args.addr, &engine, args.max_sessions, false)?
-            }
+            Scenario::Echo | Scenario::Idle => crate::echo::start(crate::echo::EchoConfig {
+                addr: args.addr,
+                backend,
+                workers: args.workers,
+                max_sessions: args.max_sessions,
+                verbose: false,
+            })?,
             Scenario::Broadcast if args.chat == ChatServer::Minimal => {
                 super::engine_chat::start(args.addr, backend, args.workers, args.max_sessions)?
             }
@@ -63,7 +63,7 @@ impl Running {
                 config.workers = args.workers;
                 config.max_sessions = args.max_sessions;
                 config.idle_timeout = None;
-                return Ok(Running::Game(crate::game::start(config)?));
+                return Ok(Running::Game(servercore_game::start(config)?));
             }
         };
         Ok(Running::Engine(service))
@@ -100,7 +100,7 @@ impl Running {
 }
 
 /// Runs one benchmark server until stdin ends.
-pub fn run(args: BenchServerArgs) -> anyhow::Result<()> {
+pub fn run(args: BenchServerOptions) -> anyhow::Result<()> {
     if let Err(error) = procfs::raise_nofile_limit() {
         tracing::warn!(%error, "could not raise the open-file limit");
     }

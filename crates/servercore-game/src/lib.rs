@@ -1,4 +1,5 @@
-//! `servercore server`: the sample game server (the course's `GameServer`).
+//! servercore-game: the sample game server (the course's `GameServer`) as a
+//! library; the `servercore server` command is a thin shell over [`start`].
 //!
 //! It speaks the reference protocol (`proto/protocol.proto`):
 //! - `C_LOGIN { account }` → `S_LOGIN { success, players }`: the account is
@@ -17,9 +18,8 @@
 //!   logged at debug level and counted in [`GameStats`]; the session stays.
 //! - A disconnect leaves the room.
 //!
-//! This module owns the configuration ([`GameConfig`], [`ServerArgs`]), the
-//! running server ([`GameServer`], [`start`]) and the command ([`run`]).
-//! Its submodules:
+//! This crate owns the configuration ([`GameConfig`]) and the running server
+//! ([`GameServer`], [`start`]). Its modules:
 //! - `db`: the SQLite schema, its migrations and the database thread;
 //! - `handler`: [`handler::GameSession`], the packet handler on the I/O
 //!   workers;
@@ -31,6 +31,8 @@
 //! actors (players, the room) run on whichever worker picks them up; the
 //! database runs on its own thread and answers by pushing a job onto the
 //! asking player's actor. No database call ever runs on an I/O worker.
+
+#![warn(missing_docs)]
 
 pub mod db;
 pub mod handler;
@@ -49,8 +51,6 @@ use servercore::packet::{PacketConfig, PacketSession, RateLimits, HEADER_SIZE, M
 use servercore::{Backend, ServerService, ServiceStats};
 use servercore_protocol::SERVER_RECEIVES_IDS;
 
-use crate::cli::EngineArgs;
-use crate::shutdown::StopSignal;
 use db::{DbHandle, DbThread};
 use handler::GameSession;
 use room::Room;
@@ -62,34 +62,6 @@ pub const DEFAULT_DB_PATH: &str = "servercore-game.db";
 /// The largest `max_chat_len` accepted: an `S_CHAT` carrying it must still
 /// fit one packet.
 pub const MAX_CHAT_LEN_LIMIT: usize = 60_000;
-
-/// `servercore server` options.
-#[derive(Debug, Clone, clap::Args)]
-pub struct ServerArgs {
-    /// Address to listen on (IPv4 or IPv6; port 0 picks a free one).
-    #[arg(long, default_value = "127.0.0.1:7777")]
-    pub addr: SocketAddr,
-
-    /// The SQLite database file, created and migrated on start
-    /// (`:memory:` keeps nothing).
-    #[arg(long, value_name = "PATH", default_value = DEFAULT_DB_PATH)]
-    pub db: PathBuf,
-
-    /// Most sessions at once; connections past it are refused.
-    #[arg(long, default_value_t = 10_000)]
-    pub max_sessions: usize,
-
-    /// Disconnect a session that sends nothing for this many seconds (0: never).
-    #[arg(long, value_name = "SECS", default_value_t = 60)]
-    pub idle_timeout: u64,
-
-    /// Longest chat message relayed, in bytes; longer ones are dropped.
-    #[arg(long, value_name = "BYTES", default_value_t = 256)]
-    pub max_chat_len: usize,
-
-    #[command(flatten)]
-    pub engine: EngineArgs,
-}
 
 /// Everything [`start`] needs.
 #[derive(Debug, Clone)]
@@ -141,25 +113,10 @@ impl Default for GameConfig {
 impl GameConfig {
     /// The defaults, but on `addr` with an in-memory database: for running
     /// the game server inside another program (demo, benchmarks).
-    #[cfg_attr(not(test), allow(dead_code))] // for the programs embedding the server
     pub fn in_memory(addr: SocketAddr) -> GameConfig {
         GameConfig {
             addr,
             db_path: PathBuf::from(db::IN_MEMORY),
-            ..GameConfig::default()
-        }
-    }
-
-    /// The configuration the command-line options describe.
-    pub fn from_args(args: &ServerArgs) -> GameConfig {
-        GameConfig {
-            addr: args.addr,
-            db_path: args.db.clone(),
-            backend: args.engine.backend,
-            workers: args.engine.workers,
-            max_sessions: args.max_sessions,
-            idle_timeout: (args.idle_timeout > 0).then(|| Duration::from_secs(args.idle_timeout)),
-            max_chat_len: args.max_chat_len,
             ..GameConfig::default()
         }
     }
@@ -298,27 +255,6 @@ impl Drop for GameServer {
     fn drop(&mut self) {
         self.shutdown();
     }
-}
-
-/// Runs the game server until Ctrl-C, then stops it cleanly and prints its
-/// counters.
-pub fn run(args: ServerArgs) -> anyhow::Result<()> {
-    let stop = StopSignal::install();
-    let server = start(GameConfig::from_args(&args))?;
-    println!(
-        "game server listening on {} (backend {}, database {}); Ctrl-C stops it",
-        server.local_addr(),
-        server.backend(),
-        server.db_path().display()
-    );
-    while !stop.wait(Duration::from_secs(3600)) {}
-    let sessions = server.service_stats();
-    let stats = server.stop_and_join();
-    println!(
-        "stopped: sessions={} refused={} {stats}",
-        sessions.sessions_total, sessions.refused_total
-    );
-    Ok(())
 }
 
 #[cfg(test)]

@@ -1,0 +1,162 @@
+//! `servercore bench` and its hidden `bench-server`: the flags of the
+//! benchmark harness in `servercore_load::bench`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use servercore_load::bench::{BenchOptions, BenchServerOptions, ChatServer, Impl, Scenario};
+
+/// `servercore bench` options.
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// Scenarios to run, in this order (default: echo broadcast idle).
+    #[arg(value_enum, value_name = "SCENARIO")]
+    pub scenarios: Vec<Scenario>,
+
+    /// Length of each measured window, in seconds (default 5, --quick 1).
+    #[arg(long, value_name = "SECONDS")]
+    pub duration: Option<f64>,
+
+    /// Load before each window opens, in seconds (default 1, --quick 0.3;
+    /// broadcast waits at least two chat intervals).
+    #[arg(long, value_name = "SECONDS")]
+    pub warmup: Option<f64>,
+
+    /// Short windows and small counts: a smoke test for CI.
+    #[arg(long)]
+    pub quick: bool,
+
+    /// Also write every result as JSON to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+
+    /// Measure nothing: show the tables of a saved --json report again (and
+    /// write --chart or --json from it).
+    #[arg(long, value_name = "FILE")]
+    pub replay: Option<PathBuf>,
+
+    /// Draw latency against load into an SVG file.
+    #[arg(long, value_name = "FILE.svg")]
+    pub chart: Option<PathBuf>,
+
+    /// Implementations to compare, comma-separated: uring, poll, tokio
+    /// (default: each available backend and tokio; ratios need tokio).
+    #[arg(long, value_enum, value_delimiter = ',', value_name = "LIST")]
+    pub backends: Vec<Impl>,
+
+    /// Server worker threads, engine and tokio alike (default: available cores).
+    #[arg(long)]
+    pub workers: Option<usize>,
+
+    /// Echo client counts, comma-separated (default 50,500; --quick 10,50).
+    #[arg(long, value_delimiter = ',', value_name = "LIST")]
+    pub echo_clients: Vec<usize>,
+
+    /// Sessions in the broadcast room (default 1000; --quick 100).
+    #[arg(long, value_name = "N")]
+    pub broadcast_sessions: Option<usize>,
+
+    /// Engine server of the broadcast scenario: the sample game server, or
+    /// the minimal chat server with the tokio baseline's room logic.
+    #[arg(long, value_enum, default_value_t = ChatServer::Game, value_name = "SERVER")]
+    pub chat_server: ChatServer,
+
+    /// Milliseconds between two chats of one broadcast session.
+    #[arg(long, default_value_t = 1000, value_name = "MS")]
+    pub chat_interval_ms: u64,
+
+    /// Idle connections (default 15000; --quick 1000).
+    #[arg(long, value_name = "N")]
+    pub idle_sessions: Option<usize>,
+
+    /// Run every measurement N times (implementations interleaved) and
+    /// report the median run of each.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub repeat: usize,
+
+    /// Also count the server's system calls and context switches in each
+    /// window with `perf stat` (needs `perf` and tracepoint access).
+    #[arg(long)]
+    pub perf: bool,
+
+    /// Client source addresses 127.0.0.1 ..= 127.0.0.N, used round-robin.
+    #[arg(long, default_value_t = 16, value_name = "N")]
+    pub sources: u8,
+}
+
+/// `servercore bench-server` options (started by `bench`).
+#[derive(Debug, clap::Args)]
+pub struct BenchServerArgs {
+    /// Implementation: uring, poll or tokio.
+    #[arg(long = "impl", value_enum)]
+    pub implementation: Impl,
+
+    /// Which server: echo (echo and idle) or the broadcast chat server.
+    #[arg(long, value_enum)]
+    pub scenario: Scenario,
+
+    /// Address to listen on; the bound address is the first stdout line.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub addr: SocketAddr,
+
+    /// Worker threads (default: available cores).
+    #[arg(long)]
+    pub workers: Option<usize>,
+
+    /// Engine broadcast server: the game server or the minimal chat server.
+    #[arg(long, value_enum, default_value_t = ChatServer::Game)]
+    pub chat: ChatServer,
+
+    /// Most sessions at once (engine servers).
+    #[arg(long, default_value_t = 20_000)]
+    pub max_sessions: usize,
+}
+
+impl BenchArgs {
+    /// The run these flags describe.
+    pub fn to_options(&self) -> BenchOptions {
+        BenchOptions {
+            scenarios: self.scenarios.clone(),
+            duration: self.duration,
+            warmup: self.warmup,
+            quick: self.quick,
+            json: self.json.clone(),
+            replay: self.replay.clone(),
+            chart: self.chart.clone(),
+            backends: self.backends.clone(),
+            workers: self.workers,
+            echo_clients: self.echo_clients.clone(),
+            broadcast_sessions: self.broadcast_sessions,
+            chat_server: self.chat_server,
+            chat_interval_ms: self.chat_interval_ms,
+            idle_sessions: self.idle_sessions,
+            repeat: self.repeat,
+            perf: self.perf,
+            sources: self.sources,
+        }
+    }
+}
+
+impl BenchServerArgs {
+    /// The server these flags describe.
+    pub fn to_options(&self) -> BenchServerOptions {
+        BenchServerOptions {
+            implementation: self.implementation,
+            scenario: self.scenario,
+            addr: self.addr,
+            workers: self.workers,
+            chat: self.chat,
+            max_sessions: self.max_sessions,
+        }
+    }
+}
+
+/// Runs the benchmarks.
+pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    servercore_load::bench::run(args.to_options())
+}
+
+/// Runs one benchmark server until its stdin ends.
+pub fn run_server(args: BenchServerArgs) -> anyhow::Result<()> {
+    servercore_load::bench::run_server(args.to_options())
+}

@@ -1,0 +1,76 @@
+//! `servercore server`: the sample game server's command: its flags, and a
+//! run until a stop signal.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use servercore_game::{GameConfig, DEFAULT_DB_PATH};
+
+use crate::cli::EngineArgs;
+use crate::shutdown::{Install as _, StopSignal};
+
+/// `servercore server` options.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServerArgs {
+    /// Address to listen on (IPv4 or IPv6; port 0 picks a free one).
+    #[arg(long, default_value = "127.0.0.1:7777")]
+    pub addr: SocketAddr,
+
+    /// The SQLite database file, created and migrated on start
+    /// (`:memory:` keeps nothing).
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_DB_PATH)]
+    pub db: PathBuf,
+
+    /// Most sessions at once; connections past it are refused.
+    #[arg(long, default_value_t = 10_000)]
+    pub max_sessions: usize,
+
+    /// Disconnect a session that sends nothing for this many seconds (0: never).
+    #[arg(long, value_name = "SECS", default_value_t = 60)]
+    pub idle_timeout: u64,
+
+    /// Longest chat message relayed, in bytes; longer ones are dropped.
+    #[arg(long, value_name = "BYTES", default_value_t = 256)]
+    pub max_chat_len: usize,
+
+    #[command(flatten)]
+    pub engine: EngineArgs,
+}
+
+impl ServerArgs {
+    /// The configuration these options describe.
+    pub fn to_config(&self) -> GameConfig {
+        GameConfig {
+            addr: self.addr,
+            db_path: self.db.clone(),
+            backend: self.engine.backend,
+            workers: self.engine.workers,
+            max_sessions: self.max_sessions,
+            idle_timeout: (self.idle_timeout > 0).then(|| Duration::from_secs(self.idle_timeout)),
+            max_chat_len: self.max_chat_len,
+            ..GameConfig::default()
+        }
+    }
+}
+
+/// Runs the game server until Ctrl-C, then stops it cleanly and prints its
+/// counters.
+pub fn run(args: ServerArgs) -> anyhow::Result<()> {
+    let stop = StopSignal::install();
+    let server = servercore_game::start(args.to_config())?;
+    println!(
+        "game server listening on {} (backend {}, database {}); Ctrl-C stops it",
+        server.local_addr(),
+        server.backend(),
+        server.db_path().display()
+    );
+    while !stop.wait(Duration::from_secs(3600)) {}
+    let sessions = server.service_stats();
+    let stats = server.stop_and_join();
+    println!(
+        "stopped: sessions={} refused={} {stats}",
+        sessions.sessions_total, sessions.refused_total
+    );
+    Ok(())
+}

@@ -1,0 +1,30 @@
+//! The dummy game clients (the course's DummyClient) behind `servercore client`.
+//!
+//! N sessions connect to a game server, log in, enter the game and send
+//! `C_CHAT` at a fixed rate, each message stamped with `client_time_us`;
+//! the latency of a message is measured when its sender receives its own
+//! `S_CHAT`. A live display shows progress; at the end a table (and, with
+//! `--json FILE`, the same numbers as JSON) reports sessions, messages,
+//! deliveries, latency percentiles and errors by kind.
+//!
+//! The library-style entry is [`run_load`] with a [`LoadConfig`], returning
+//! a [`LoadReport`]; `demo` and `bench` reuse it.
+//!
+//! Submodules:
+//! - `config`: [`LoadConfig`], the duration parser, source addresses;
+//! - `session`: one dummy client's conversation and the chat schedule;
+//! - `stats`: counters, latency histograms, errors by kind;
+//! - `load`: the run itself (set-up, chat, drain, stop);
+//! - `progress`: the live display (indicatif);
+//! - `report`: [`LoadReport`], its table and JSON.
+
+mod config;
+mod load;
+mod progress;
+mod report;
+mod session;
+mod stats;
+
+pub use config::{parse_duration, plan_source_addrs, LoadConfig, SESSIONS_PER_SOURCE_ADDR};
+pub use load::{run_load, run_load_until};
+pub use report::{count, human_duration, LatencySummary, LoadReport, SessionSummary};
