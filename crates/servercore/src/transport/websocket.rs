@@ -18,7 +18,7 @@ use sha1::{Digest, Sha1};
 use crate::session::DisconnectReason;
 
 /// The GUID of RFC 6455 section 1.3, appended to the key for the accept hash.
-const ACCEPT_GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC11B85";
+const ACCEPT_GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 /// Largest opening handshake (request or response) accepted.
 const MAX_HANDSHAKE: usize = 8 * 1024;
 /// Most header lines parsed in a handshake.
@@ -765,7 +765,7 @@ mod tests {
     fn accept_key_matches_the_rfc_example() {
         assert_eq!(
             accept_key("dGhlIHNhbXBsZSBub25jZQ=="),
-            "s3pPLMBCTMxOzWB9RUJgKnrb2OI="
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
         );
     }
 
