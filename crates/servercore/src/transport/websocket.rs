@@ -325,9 +325,11 @@ impl WebSocket {
                 "Sec-WebSocket-Key is not 16 bytes of base64",
             ));
         }
-        let protocol = has_token("Sec-WebSocket-Protocol", &self.subprotocol)
-            .then(|| format!("Sec-WebSocket-Protocol: {}\r\n", self.subprotocol))
-            .unwrap_or_default();
+        let protocol = if has_token("Sec-WebSocket-Protocol", &self.subprotocol) {
+            format!("Sec-WebSocket-Protocol: {}\r\n", self.subprotocol)
+        } else {
+            String::new()
+        };
         out.extend_from_slice(
             format!(
                 "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
