@@ -53,6 +53,8 @@ impl Running {
                 workers: args.workers,
                 max_sessions: args.max_sessions,
                 verbose: false,
+                transport: servercore::ServerTransport::plain(),
+                ws_addr: None,
             })?,
             Scenario::Broadcast if args.chat == ChatServer::Minimal => {
                 super::engine_chat::start(args.addr, backend, args.workers, args.max_sessions)?
