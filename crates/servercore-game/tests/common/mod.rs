@@ -142,6 +142,11 @@ impl Client {
         self.stream.write_all(&make_packet(msg)).expect("send");
     }
 
+    /// Writes raw bytes (several packets at once, say).
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("send");
+    }
+
     /// Sends a move to `(x, y)` stamped `client_time_us`.
     pub fn send_move(&mut self, x: f32, y: f32, client_time_us: u64) {
         self.send(&CMove {
