@@ -794,7 +794,14 @@ fn two_hundred_clients_chat(backend: Backend) {
 fn world_flags_moves_and_saved_position(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("world.db");
-    let flags = ["--world-size", "100", "--cell", "100", "--max-speed", "1e12"];
+    let flags = [
+        "--world-size",
+        "100",
+        "--cell",
+        "100",
+        "--max-speed",
+        "1e12",
+    ];
     let server = Server::start(backend, &db, &flags);
     let world_client = |account: &str| {
         let mut client = Client::connect(server.addr);
@@ -802,7 +809,11 @@ fn world_flags_moves_and_saved_position(backend: Backend) {
         assert!(client.login(account).success);
         let entered = client.enter(0);
         assert!(entered.success);
-        let pos = entered.player.expect("S_ENTER_GAME.player").pos_info.unwrap();
+        let pos = entered
+            .player
+            .expect("S_ENTER_GAME.player")
+            .pos_info
+            .unwrap();
         assert!((0.0..100.0).contains(&pos.x) && (0.0..100.0).contains(&pos.y));
         (client, entered.player_id)
     };

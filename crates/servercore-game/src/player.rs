@@ -456,7 +456,7 @@ impl Player {
         let session = self.handle.id();
         self.ctx.room.do_async(move |room| {
             room.leave(player_id, session);
-            world.leave(region, event, tell, left);
+            world.leave(region, event, session, tell, left);
         });
     }
 

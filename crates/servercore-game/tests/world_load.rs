@@ -35,7 +35,12 @@ impl View {
                     assert_ne!(player.object_id, self.me, "spawned itself");
                     let pos = player.pos_info.unwrap_or_default();
                     let again = self.seen.insert(player.object_id, (pos.x, pos.y));
-                    assert!(again.is_none(), "{}: spawned {} twice", self.me, player.object_id);
+                    assert!(
+                        again.is_none(),
+                        "{}: spawned {} twice",
+                        self.me,
+                        player.object_id
+                    );
                 }
             }
             ClientPacket::SDespawn(msg) => {
@@ -228,7 +233,10 @@ fn flooding_mover_is_limited(backend: Backend) {
         if stats.moves - QUIET_MOVES as u64 + stats.moves_dropped_rate == FLOOD {
             break stats;
         }
-        assert!(Instant::now() < deadline, "flood not accounted for: {stats}");
+        assert!(
+            Instant::now() < deadline,
+            "flood not accounted for: {stats}"
+        );
         std::thread::sleep(Duration::from_millis(10));
     };
     let elapsed = flood_start.elapsed().as_secs_f64();
@@ -248,4 +256,7 @@ fn flooding_mover_is_limited(backend: Backend) {
     server.stop_and_join();
 }
 
-backend_tests!(many_movers_see_only_whom_they_should, flooding_mover_is_limited);
+backend_tests!(
+    many_movers_see_only_whom_they_should,
+    flooding_mover_is_limited
+);

@@ -108,7 +108,7 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use servercore::job::Actor;
 use servercore::packet::Rate;
-use servercore::SessionHandle;
+use servercore::{SessionHandle, SessionId};
 use servercore_protocol::{ObjectInfo, PosInfo};
 
 pub use grid::{Cell, Grid, GridError};
@@ -406,12 +406,20 @@ impl World {
             .do_async(move |state| state.own_move(&world, Arc::new(event), crossing));
     }
 
-    /// Takes a player out of the world (a [`Change::Leave`] event), sending
-    /// it `S_LEAVE_GAME` if `tell` and it is still connected.
-    pub fn leave(self: &Arc<Self>, region: usize, event: Event, tell: bool, left: Left) {
+    /// Takes the player of `session` out of the world (a [`Change::Leave`]
+    /// event), sending it `S_LEAVE_GAME` if `tell` and it is still
+    /// connected.
+    pub fn leave(
+        self: &Arc<Self>,
+        region: usize,
+        event: Event,
+        session: SessionId,
+        tell: bool,
+        left: Left,
+    ) {
         let world = Arc::clone(self);
         self.regions[region]
-            .do_async(move |state| state.leave(&world, Arc::new(event), tell, left));
+            .do_async(move |state| state.leave(&world, Arc::new(event), session, tell, left));
     }
 
     /// Sends `event` to every region in `targets` but `skip`.
@@ -431,5 +439,98 @@ fn finite_or_zero(v: f32) -> f32 {
         v
     } else {
         0.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+    use std::time::Instant;
+
+    use super::*;
+
+    #[test]
+    fn a_busy_region_sheds_moves() {
+        let counters = Arc::new(GameCounters::default());
+        let config = WorldConfig {
+            queue_limit: 3,
+            ..WorldConfig::default()
+        };
+        let world = World::new(&config, Arc::clone(&counters)).unwrap();
+        assert!(!world.shed_move(0));
+        // One job holds the region while two more wait behind it.
+        let (started_tx, started_rx) = mpsc::channel();
+        let (release_tx, release_rx) = mpsc::channel::<()>();
+        let region = world.regions[0].clone();
+        let blocker = std::thread::spawn(move || {
+            region.do_async(move |_| {
+                started_tx.send(()).unwrap();
+                let _ = release_rx.recv_timeout(Duration::from_secs(10));
+            });
+        });
+        started_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        world.regions[0].do_async(|_| {});
+        world.regions[0].do_async(|_| {});
+        assert!(world.shed_move(0));
+        assert!(world.shed_move(0));
+        assert!(!world.shed_move(1), "other regions are not affected");
+        assert_eq!(counters.moves_dropped_queue_full.load(Ordering::Relaxed), 2);
+        release_tx.send(()).unwrap();
+        blocker.join().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while world.regions[0].pending_jobs() > 0 {
+            assert!(Instant::now() < deadline, "the region never drained");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(!world.shed_move(0));
+    }
+
+    #[test]
+    fn moves_are_clamped_then_cut() {
+        let counters = Arc::new(GameCounters::default());
+        let config = WorldConfig {
+            size: 600.0,
+            max_speed: 100.0,
+            ..WorldConfig::default()
+        };
+        let world = World::new(&config, counters).unwrap();
+        let from = PosInfo {
+            object_id: 7,
+            x: 10.0,
+            y: 10.0,
+            ..PosInfo::default()
+        };
+        let to = |x, y| PosInfo {
+            object_id: 99, // ignored: the mover is `from`'s
+            x,
+            y,
+            z: f32::NAN,
+            yaw: 45.0,
+            state: 2,
+        };
+        // One second: 100 + 50 allowed.
+        let accepted = world.accept_move(&from, &to(10.0, 1000.0), Duration::from_secs(1));
+        assert_eq!(
+            accepted,
+            AcceptedMove {
+                pos: PosInfo {
+                    object_id: 7,
+                    x: 10.0,
+                    y: 160.0,
+                    z: 0.0,
+                    yaw: 45.0,
+                    state: 2
+                },
+                clamped: true,
+                cut: true,
+            }
+        );
+        let near = world.accept_move(&from, &to(-5.0, 10.0), Duration::ZERO);
+        assert_eq!(
+            (near.pos.x, near.pos.y, near.clamped, near.cut),
+            (0.0, 10.0, true, false)
+        );
+        let nan = world.accept_move(&from, &to(f32::NAN, 20.0), Duration::ZERO);
+        assert_eq!((nan.pos.x, nan.pos.y, nan.clamped), (0.0, 20.0, true));
     }
 }

@@ -19,7 +19,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use servercore::SessionHandle;
+use servercore::{SessionHandle, SessionId};
 use servercore_protocol::{make_packet, ObjectInfo, PosInfo, SDespawn, SLeaveGame, SMove, SSpawn};
 
 use super::grid::{Cell, Grid};
@@ -199,20 +199,33 @@ impl Region {
         }
     }
 
-    /// A player this region owns leaves the world.
-    pub(super) fn leave(&mut self, world: &World, event: Arc<Event>, tell: bool, left: Left) {
-        let Some(entry) = self
-            .remove(event.subject)
-            .filter(|entry| entry.owned.is_some())
-        else {
-            tracing::warn!(
+    /// A player this region owns through `session` leaves the world. (If
+    /// the player entered again from a new session before the old one's
+    /// leave arrived, the new one stays.)
+    pub(super) fn leave(
+        &mut self,
+        world: &World,
+        event: Arc<Event>,
+        session: SessionId,
+        tell: bool,
+        left: Left,
+    ) {
+        let owned_by_session = self
+            .entries
+            .get(&event.subject)
+            .and_then(|entry| entry.owned.as_ref())
+            .is_some_and(|owned| owned.handle.id() == session);
+        if !owned_by_session {
+            tracing::debug!(
                 region = self.index,
                 player_id = event.subject,
-                "leave of a player this region does not own"
+                %session,
+                "leave of a player this region does not own through that session"
             );
             left();
             return;
-        };
+        }
+        let entry = self.remove(event.subject).expect("checked above");
         self.published.lock().remove(&event.subject);
         self.counters
             .players_in_world
