@@ -1,8 +1,8 @@
 //! The game server's counters: what was answered, refused and relayed, what
 //! the world did with moves (accepted, corrected, dropped by reason) and how
-//! many spawns, despawns and moves it sent, and three gauges (players in the
-//! room, players in the world, live player states) that must fall back to
-//! zero once every client has left, the proof that sessions, players, the
+//! many spawns, despawns and moves it sent, and four gauges (players in the
+//! room, players in the world, the regions' ghosts, live player states) that
+//! must fall back to zero once every client has left, the proof that sessions, players, the
 //! room and the regions do not keep each other alive.
 
 use std::fmt;
@@ -36,6 +36,7 @@ pub struct GameCounters {
     pub(crate) handovers: AtomicU64,
     pub(crate) world_leaves: AtomicU64,
     pub(crate) players_in_world: AtomicI64,
+    pub(crate) ghosts: AtomicI64,
 }
 
 /// Adds one to a counter.
@@ -72,6 +73,7 @@ impl GameCounters {
             handovers: get(&self.handovers),
             world_leaves: get(&self.world_leaves),
             players_in_world: self.players_in_world.load(Ordering::Relaxed),
+            ghosts: self.ghosts.load(Ordering::Relaxed),
         }
     }
 }
@@ -133,6 +135,10 @@ pub struct GameStats {
     pub world_leaves: u64,
     /// Players in the world now.
     pub players_in_world: i64,
+    /// Copies of players that regions keep of their neighbours' players
+    /// near the border (0 once everyone has left and the regions have
+    /// heard of it).
+    pub ghosts: i64,
 }
 
 impl GameStats {
@@ -151,7 +157,7 @@ impl fmt::Display for GameStats {
              players_in_room={} player_states={} moves={} moves_clamped={} moves_cut={} \
              moves_dropped_rate={} moves_dropped_queue_full={} moves_dropped_not_in_world={} \
              chats_dropped_rate={} chats_dropped_queue_full={} spawns_sent={} despawns_sent={} \
-             move_deliveries={} handovers={} world_leaves={} players_in_world={}",
+             move_deliveries={} handovers={} world_leaves={} players_in_world={} ghosts={}",
             self.logins,
             self.logins_refused,
             self.enters,
@@ -176,6 +182,7 @@ impl fmt::Display for GameStats {
             self.handovers,
             self.world_leaves,
             self.players_in_world,
+            self.ghosts,
         )
     }
 }

@@ -20,6 +20,15 @@ use servercore_protocol::{CEnterGame, CLeaveGame, ClientPacket};
 /// How long a client must stay silent to count as "got nothing more".
 const QUIET: Duration = Duration::from_millis(150);
 
+/// Polls `done` until it holds, failing after the test timeout.
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + common::TIMEOUT;
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "never: {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 fn sorted(mut ids: Vec<u64>) -> Vec<u64> {
     ids.sort_unstable();
     ids
@@ -150,6 +159,10 @@ fn scripted_world(backend: Backend) {
     for client in [&mut a, &mut b, &mut c, &mut e] {
         client.expect_nothing(QUIET);
     }
+    // b at (360, 50) is seen from region 0; e at (250, 150) from region 1.
+    wait_until("two ghosts", || server.stats().ghosts == 2);
+    drop((a, b, c, e));
+    wait_until("no ghosts", || server.stats().ghosts == 0);
     let stats = server.stop_and_join();
     assert_eq!(stats.moves, 7);
     assert_eq!(stats.moves_clamped, 1);

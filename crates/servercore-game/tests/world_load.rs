@@ -170,6 +170,16 @@ fn many_movers_see_only_whom_they_should(backend: Backend) {
         let view = views.iter().find(|view| view.me == id).unwrap();
         assert_eq!(view.pos, (x, y));
     }
+    // Everyone leaves: no player and no ghost is left in any region.
+    drop(clients);
+    let deadline = Instant::now() + TIMEOUT;
+    while {
+        let stats = server.stats();
+        stats.players_in_world != 0 || stats.ghosts != 0
+    } {
+        assert!(Instant::now() < deadline, "left behind: {}", server.stats());
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let stats = server.stop_and_join();
     assert_eq!(stats.moves, (CLIENTS * ROUNDS) as u64);
     assert_eq!(stats.moves_dropped(), 0);

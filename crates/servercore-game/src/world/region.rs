@@ -84,16 +84,6 @@ impl Region {
         }
     }
 
-    /// Players this region owns.
-    pub fn owned_count(&self) -> usize {
-        self.entries.values().filter(|e| e.owned.is_some()).count()
-    }
-
-    /// Ghosts this region keeps.
-    pub fn ghost_count(&self) -> usize {
-        self.entries.values().filter(|e| e.owned.is_none()).count()
-    }
-
     /// A player enters the world in this region.
     pub(super) fn enter(
         &mut self,
@@ -453,10 +443,16 @@ impl Region {
                 entry.pos = event.pos;
                 entry.seq = event.seq;
                 if owned.is_some() {
+                    if entry.owned.is_none() {
+                        self.counters.ghosts.fetch_sub(1, Ordering::Relaxed);
+                    }
                     entry.owned = owned;
                 }
             }
             None => {
+                if owned.is_none() {
+                    self.counters.ghosts.fetch_add(1, Ordering::Relaxed);
+                }
                 self.cells.entry(event.new_cell).or_default().push(subject);
                 self.entries.insert(
                     subject,
@@ -475,6 +471,9 @@ impl Region {
     fn remove(&mut self, id: u64) -> Option<Entry> {
         let entry = self.entries.remove(&id)?;
         remove_from_cell(&mut self.cells, entry.cell, id);
+        if entry.owned.is_none() {
+            self.counters.ghosts.fetch_sub(1, Ordering::Relaxed);
+        }
         Some(entry)
     }
 }
