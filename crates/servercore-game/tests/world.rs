@@ -1,7 +1,8 @@
 //! The world over real sockets, on every backend: scripted clients on a
 //! small map check the exact packet sequence each of them gets on enter, a
 //! move inside a cell, a move across cells, a border crossing (both ways,
-//! and with a move pipelined behind it), leave, re-enter and disconnect; a
+//! with a move pipelined behind it, and with the session closing right
+//! behind it), leave, re-enter and disconnect; a
 //! clamped move, a too-fast move cut to the speed limit, and a position
 //! that survives a restart on the same database file.
 //!
@@ -208,8 +209,56 @@ fn position_survives_a_restart(backend: Backend) {
     server.stop_and_join();
 }
 
+/// A session that closes right behind a move across a border: the move is
+/// applied and handed over, then the player leaves from its new region,
+/// and its position is the one it moved to.
+fn disconnect_during_a_crossing(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("crossing.db");
+    let ids = place(
+        &db,
+        &[
+            ("b", 250.0, 50.0),  // cell (2, 0), region 0
+            ("d", 450.0, 50.0),  // cell (4, 0), region 1
+            ("e", 250.0, 150.0), // cell (2, 1), region 0
+        ],
+    );
+    let [b_id, d_id, e_id] = ids[..] else {
+        unreachable!()
+    };
+    let server = start(backend, world(600.0, 100.0, 3, 1e12), &db);
+    let addr = server.local_addr();
+    let (mut b, _) = Client::join(addr, "b");
+    let (mut d, _) = Client::join(addr, "d");
+    let (mut e, _) = Client::join(addr, "e");
+    assert_eq!(e.expect_spawn(), [b_id]);
+    assert_eq!(b.expect_spawn(), [e_id]);
+
+    b.send_move(350.0, 50.0, 1);
+    drop(b);
+    assert_eq!(d.expect_spawn(), [b_id]);
+    d.expect_move_of(b_id, 350.0, 50.0);
+    assert_eq!(d.expect_despawn(), [b_id]);
+    e.expect_move_of(b_id, 350.0, 50.0);
+    assert_eq!(e.expect_despawn(), [b_id]);
+    wait_until("b left", || server.stats().players_in_world == 2);
+
+    let (mut b, entered) = Client::join(addr, "b");
+    let pos = entered.player.unwrap().pos_info.unwrap();
+    assert_eq!((pos.x, pos.y), (350.0, 50.0));
+    assert_eq!(sorted(b.expect_spawn()), sorted(vec![d_id, e_id]));
+    assert_eq!(d.expect_spawn(), [b_id]);
+    assert_eq!(e.expect_spawn(), [b_id]);
+    for client in [&mut b, &mut d, &mut e] {
+        client.expect_nothing(QUIET);
+    }
+    let stats = server.stop_and_join();
+    assert_eq!((stats.handovers, stats.world_leaves), (1, 4));
+}
+
 backend_tests!(
     scripted_world,
     too_fast_move_is_cut,
-    position_survives_a_restart
+    position_survives_a_restart,
+    disconnect_during_a_crossing,
 );
