@@ -256,7 +256,67 @@ fn disconnect_during_a_crossing(backend: Backend) {
     assert_eq!((stats.handovers, stats.world_leaves), (1, 4));
 }
 
+/// A player reconnecting again and again, each new session entering right
+/// after the old one closed (often before the server has seen the close):
+/// every enter succeeds, the world holds the player once, and a neighbour's
+/// spawns and despawns of it always alternate and end with it spawned.
+fn quick_reconnects(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("reconnect.db");
+    let ids = place(&db, &[("r", 50.0, 50.0), ("n", 60.0, 60.0)]);
+    let server = start(backend, world(600.0, 100.0, 3, 1e12), &db);
+    let addr = server.local_addr();
+    let (mut neighbour, _) = Client::join(addr, "n");
+    let mut seen = false;
+    let mut watch = |packets: Vec<ClientPacket>| {
+        for packet in packets {
+            match packet {
+                ClientPacket::SSpawn(msg) => {
+                    assert_eq!(msg.players.len(), 1);
+                    assert_eq!(msg.players[0].object_id, ids[0]);
+                    assert!(!seen, "spawned twice");
+                    seen = true;
+                }
+                ClientPacket::SDespawn(msg) => {
+                    assert_eq!(msg.object_ids, [ids[0]]);
+                    assert!(seen, "despawned while not spawned");
+                    seen = false;
+                }
+                other => panic!("neighbour: unexpected {other:?}"),
+            }
+        }
+        seen
+    };
+    // An enter while the old session still counts as connected is refused
+    // (the player is in the game from another session): try again.
+    let mut enter_r = || {
+        let mut r = Client::connect(addr);
+        assert!(r.login("r").success);
+        let deadline = std::time::Instant::now() + common::TIMEOUT;
+        while !r.enter(0).success {
+            assert!(std::time::Instant::now() < deadline, "r never entered");
+        }
+        assert_eq!(r.player_id, ids[0]);
+        r
+    };
+    for _ in 0..20 {
+        drop(enter_r());
+        watch(neighbour.drain());
+    }
+    let mut r = enter_r();
+    let deadline = std::time::Instant::now() + common::TIMEOUT;
+    while !watch(neighbour.drain()) || server.stats().players_in_world != 2 {
+        assert!(std::time::Instant::now() < deadline, "{}", server.stats());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(r.expect_spawn(), [ids[1]]);
+    let snapshot = server.world_snapshot();
+    assert_eq!(snapshot, [(ids[0], 50.0, 50.0), (ids[1], 60.0, 60.0)]);
+    server.stop_and_join();
+}
+
 backend_tests!(
+    quick_reconnects,
     scripted_world,
     too_fast_move_is_cut,
     position_survives_a_restart,

@@ -92,16 +92,23 @@ impl Region {
         event: Arc<Event>,
         placed: Placed,
     ) {
-        let old = self.entries.get(&event.subject).map(|entry| entry.cell);
+        let old = self.entries.get(&event.subject);
+        // Owned already: the player entered again from a new session before
+        // the old session's leave arrived. The new session takes its place
+        // (and the old leave is ignored), so the player is counted once.
+        let replaces = old.is_some_and(|entry| entry.owned.is_some());
+        let old = old.map(|entry| entry.cell);
         self.deliver(&event, old);
         let owned = Owned {
             handle,
             known: HashMap::new(),
         };
         self.upsert(&event, Some(owned));
-        self.counters
-            .players_in_world
-            .fetch_add(1, Ordering::Relaxed);
+        if !replaces {
+            self.counters
+                .players_in_world
+                .fetch_add(1, Ordering::Relaxed);
+        }
         self.show_surroundings(event.subject);
         self.publish(&event);
         let mut targets = Vec::new();
@@ -238,7 +245,7 @@ impl Region {
     pub(super) fn apply_remote(&mut self, event: &Event) {
         let old = match self.entries.get(&event.subject) {
             Some(entry) if entry.owned.is_some() => {
-                tracing::warn!(
+                tracing::debug!(
                     region = self.index,
                     player_id = event.subject,
                     "remote event for a player this region owns"
