@@ -289,7 +289,7 @@ fn quick_reconnects(backend: Backend) {
     };
     // An enter while the old session still counts as connected is refused
     // (the player is in the game from another session): try again.
-    let mut enter_r = || {
+    let enter_r = || {
         let mut r = Client::connect(addr);
         assert!(r.login("r").success);
         let deadline = std::time::Instant::now() + common::TIMEOUT;
