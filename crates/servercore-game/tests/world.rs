@@ -245,13 +245,14 @@ fn disconnect_during_a_crossing(backend: Backend) {
     assert_eq!(b.expect_spawn(), [e_id]);
 
     b.send_move(350.0, 50.0, 1);
-    drop(b);
+    b.close_write();
     assert_eq!(d.expect_spawn(), [b_id]);
     d.expect_move_of(b_id, 350.0, 50.0);
     assert_eq!(d.expect_despawn(), [b_id]);
     e.expect_move_of(b_id, 350.0, 50.0);
     assert_eq!(e.expect_despawn(), [b_id]);
     wait_until("b left", || server.stats().players_in_world == 2);
+    drop(b);
 
     let (mut b, entered) = Client::join(addr, "b");
     let pos = entered.player.unwrap().pos_info.unwrap();

@@ -8,7 +8,7 @@
 
 mod common;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use common::{place, start, world, Client, TIMEOUT};
@@ -25,6 +25,9 @@ struct View {
     seen: HashMap<u64, (f32, f32)>,
     moves_sent: u64,
     own_moves: u64,
+    /// Every `(mover, client_time_us)` received: each move is stamped
+    /// uniquely, so a repeat is a duplicated delivery.
+    moves_seen: HashSet<(u64, u64)>,
 }
 
 impl View {
@@ -54,6 +57,16 @@ impl View {
             }
             ClientPacket::SMove(msg) => {
                 let info = msg.info.unwrap_or_default();
+                // 0: a catch-up after a handover, not a move of its own.
+                if msg.client_time_us != 0 {
+                    assert!(
+                        self.moves_seen.insert((info.object_id, msg.client_time_us)),
+                        "{}: move {} of {} delivered twice",
+                        self.me,
+                        msg.client_time_us,
+                        info.object_id
+                    );
+                }
                 if info.object_id == self.me {
                     self.pos = (info.x, info.y);
                     self.own_moves += 1;
@@ -95,6 +108,7 @@ fn many_movers_see_only_whom_they_should(backend: Backend) {
             seen: HashMap::new(),
             moves_sent: 0,
             own_moves: 0,
+            moves_seen: HashSet::new(),
         });
         clients.push(client);
         // Keep the earlier clients' sockets drained while the rest join.
@@ -108,11 +122,11 @@ fn many_movers_see_only_whom_they_should(backend: Backend) {
     // Rounds of one random move each (up to 150 away, often across cells
     // and borders), checking every packet as it comes.
     let mut rng = 0x2545_f491_4f6c_dd1d_u64;
-    for _ in 0..ROUNDS {
+    for round in 0..ROUNDS {
         for (client, view) in clients.iter_mut().zip(views.iter_mut()) {
             let dx = (next(&mut rng) % 301) as f32 - 150.0;
             let dy = (next(&mut rng) % 301) as f32 - 150.0;
-            client.send_move(view.pos.0 + dx, view.pos.1 + dy, 1);
+            client.send_move(view.pos.0 + dx, view.pos.1 + dy, round as u64 + 1);
             view.moves_sent += 1;
         }
         let round_end = Instant::now() + Duration::from_millis(150);
@@ -126,7 +140,8 @@ fn many_movers_see_only_whom_they_should(backend: Backend) {
     }
 
     // Every move came back to its sender; then every view settles on the
-    // 3×3 rule of the final positions.
+    // 3×3 rule of the final positions, and on those positions: no move was
+    // lost on the way.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         for (client, view) in clients.iter_mut().zip(views.iter_mut()) {
@@ -139,6 +154,8 @@ fn many_movers_see_only_whom_they_should(backend: Backend) {
             .iter()
             .map(|view| (view.me, grid.cell_of(view.pos.0, view.pos.1)))
             .collect();
+        let finals: HashMap<u64, (f32, f32)> =
+            views.iter().map(|view| (view.me, view.pos)).collect();
         let wrong = views
             .iter()
             .filter(|view| {
@@ -151,7 +168,7 @@ fn many_movers_see_only_whom_they_should(backend: Backend) {
                 let mut actual: Vec<u64> = view.seen.keys().copied().collect();
                 expected.sort_unstable();
                 actual.sort_unstable();
-                expected != actual
+                expected != actual || view.seen.iter().any(|(id, pos)| finals[id] != *pos)
             })
             .count();
         if echoed && wrong == 0 {

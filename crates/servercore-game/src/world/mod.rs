@@ -57,8 +57,12 @@
 //! sequence number of the last state it was sent). A region sends `S_SPAWN`
 //! only of a player not in `known`, `S_MOVE` and `S_DESPAWN` only of one in
 //! it, and only for a newer sequence number. So no client ever gets an
-//! `S_MOVE` or `S_DESPAWN` of a player it has not been spawned, and never
-//! two spawns in a row of one player, however the regions interleave. Where
+//! `S_MOVE` or `S_DESPAWN` of a player it has not been spawned, never two
+//! spawns in a row of one player, and never one move twice, however the
+//! regions interleave. (A player despawned for a receiver is remembered for
+//! two seconds with the last state shown, so that a region the receiver
+//! moves into neither spawns it from an older copy nor shows a move it saw
+//! before: see `Owned::forgotten`.) Where
 //! two regions decide about one pair of players from positions that are a
 //! moment apart (two players moving at once on either side of a border), the
 //! later event corrects the earlier decision: every region sees every event

@@ -17,6 +17,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use servercore::{SessionHandle, SessionId};
@@ -33,7 +34,58 @@ struct Owned {
     /// `S_DESPAWN` since, each with the sequence number of the last state
     /// of it this one was sent.
     known: HashMap<u64, u64>,
+    /// The players despawned for this one lately, with the sequence number
+    /// of the last state of each it was sent and when: after a handover,
+    /// an event of theirs that this one saw before the despawn may still be
+    /// on its way to the new region (pushed there by a third region a
+    /// moment after it reached the old one), and must not be shown again.
+    forgotten: HashMap<u64, (u64, Instant)>,
 }
+
+impl Owned {
+    fn new(handle: SessionHandle) -> Owned {
+        Owned {
+            handle,
+            known: HashMap::new(),
+            forgotten: HashMap::new(),
+        }
+    }
+
+    /// Stops showing `id` (after its `S_DESPAWN`), remembering for a while
+    /// which state of it was shown last.
+    fn forget(&mut self, id: u64, now: Instant) {
+        if let Some(seq) = self.known.remove(&id) {
+            if self.forgotten.len() >= FORGOTTEN_PRUNE_AT {
+                self.forgotten
+                    .retain(|_, (_, at)| now.saturating_duration_since(*at) < FORGET_AFTER);
+            }
+            self.forgotten.insert(id, (seq, now));
+        }
+    }
+
+    /// What to do with a state `seq` of `id`, a player this one does not
+    /// know: `Some(false)` show it (spawn) as usual, `Some(true)` spawn it
+    /// but do not send its move again (this one saw exactly that move
+    /// before it was despawned), `None` skip it (older than what this one
+    /// saw: the newer one is on its way).
+    fn unforget(&mut self, id: u64, seq: u64) -> Option<bool> {
+        let Some((last, _)) = self.forgotten.get(&id).copied() else {
+            return Some(false);
+        };
+        if seq < last {
+            return None;
+        }
+        self.forgotten.remove(&id);
+        Some(seq == last)
+    }
+}
+
+/// How long a despawn is remembered (see `Owned::forgotten`): far longer
+/// than a job takes from one region to the next.
+const FORGET_AFTER: Duration = Duration::from_secs(2);
+
+/// Past this many remembered despawns, the old ones are dropped.
+const FORGOTTEN_PRUNE_AT: usize = 64;
 
 /// A player in (or, as a ghost, near) this region.
 struct Entry {
@@ -99,10 +151,7 @@ impl Region {
         let replaces = old.is_some_and(|entry| entry.owned.is_some());
         let old = old.map(|entry| entry.cell);
         self.deliver(&event, old);
-        let owned = Owned {
-            handle,
-            known: HashMap::new(),
-        };
+        let owned = Owned::new(handle);
         self.upsert(&event, Some(owned));
         if !replaces {
             self.counters
@@ -279,6 +328,7 @@ impl Region {
             .filter(|cell| !Grid::sees(*cell, new_cell));
         let scan: Vec<Cell> = self.grid.around(new_cell).chain(near_old).collect();
         let (mut spawns, mut despawns, mut moves) = (0u64, 0u64, 0u64);
+        let mut now = None;
         for cell in scan {
             let Some(ids) = self.cells.get(&cell) else {
                 continue;
@@ -297,6 +347,9 @@ impl Region {
                 let sees = sees_subject_now && Grid::sees(receiver_cell, new_cell);
                 match (sees, owned.known.get_mut(&event.subject)) {
                     (true, None) => {
+                        let Some(seen_this_move) = owned.unforget(event.subject, event.seq) else {
+                            continue;
+                        };
                         let spawn = packets.spawn.get_or_insert_with(|| {
                             make_packet(&SSpawn {
                                 players: vec![event.object_info()],
@@ -306,8 +359,10 @@ impl Region {
                         spawns += 1;
                         owned.known.insert(event.subject, event.seq);
                         if let Change::Move(packet) = &event.change {
-                            let _ = owned.handle.send(packet.clone());
-                            moves += 1;
+                            if !seen_this_move {
+                                let _ = owned.handle.send(packet.clone());
+                                moves += 1;
+                            }
                         }
                     }
                     (true, Some(seen)) => {
@@ -327,7 +382,7 @@ impl Region {
                         });
                         let _ = owned.handle.send(despawn.clone());
                         despawns += 1;
-                        owned.known.remove(&event.subject);
+                        owned.forget(event.subject, *now.get_or_insert_with(Instant::now));
                     }
                     (false, None) => {}
                 }
@@ -362,6 +417,12 @@ impl Region {
                 seen_now.insert(*other);
                 match owned.known.get_mut(other) {
                     None => {
+                        // Older than what this one was shown before a
+                        // despawn: the newer state is on its way here and
+                        // will spawn it.
+                        if owned.unforget(*other, entry.seq).is_none() {
+                            continue;
+                        }
                         spawns.push(object_info(*other, &entry.identity, &entry.pos));
                         owned.known.insert(*other, entry.seq);
                     }
@@ -376,15 +437,17 @@ impl Region {
                 }
             }
         }
-        let mut gone = Vec::new();
-        owned.known.retain(|other, _| {
-            let keep = seen_now.contains(other);
-            if !keep {
-                gone.push(*other);
-            }
-            keep
-        });
+        let mut gone: Vec<u64> = owned
+            .known
+            .keys()
+            .filter(|other| !seen_now.contains(other))
+            .copied()
+            .collect();
         gone.sort_unstable();
+        let now = Instant::now();
+        for other in &gone {
+            owned.forget(*other, now);
+        }
         let (mut despawns, mut spawned, moves) = (0, 0, catch_up.len() as u64);
         if !gone.is_empty() {
             let _ = owned

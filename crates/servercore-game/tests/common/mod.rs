@@ -147,6 +147,15 @@ impl Client {
         self.stream.write_all(bytes).expect("send");
     }
 
+    /// Closes the sending side (FIN after everything sent): the server
+    /// reads every packet, then sees the connection end. (Dropping a socket
+    /// with unread data would reset it and could lose what was sent.)
+    pub fn close_write(&mut self) {
+        self.stream
+            .shutdown(std::net::Shutdown::Write)
+            .expect("shutdown");
+    }
+
     /// Sends a move to `(x, y)` stamped `client_time_us`.
     pub fn send_move(&mut self, x: f32, y: f32, client_time_us: u64) {
         self.send(&CMove {
@@ -227,6 +236,7 @@ impl Client {
         let n = match self.stream.read(&mut chunk) {
             Ok(0) => return false,
             Ok(n) => n,
+            Err(error) if error.kind() == ErrorKind::Interrupted => return true, // read again
             Err(error)
                 if matches!(
                     error.kind(),
