@@ -62,12 +62,14 @@
 //! regions interleave. (A player despawned for a receiver is remembered for
 //! two seconds with the last state shown, so that a region the receiver
 //! moves into neither spawns it from an older copy nor shows a move it saw
-//! before: see `Owned::forgotten`.) Where
-//! two regions decide about one pair of players from positions that are a
-//! moment apart (two players moving at once on either side of a border), the
-//! later event corrects the earlier decision: every region sees every event
-//! that concerns its players, in each mover's order, so once the players
-//! stop every client's view is exactly the 3×3 rule of the final positions.
+//! before: see `Owned::forgotten` in `region`.)
+//!
+//! Where two regions decide about one pair of players from positions a
+//! moment apart (two players moving at once on either side of a border),
+//! the later event corrects the earlier decision: every region sees every
+//! event that concerns its players, in each mover's order, so once the
+//! players stop, every client's view is exactly the 3×3 rule of the final
+//! positions, at the final positions.
 //!
 //! # Crossing a border
 //!
@@ -75,19 +77,23 @@
 //! which knows its current region and sends each move there. A move into
 //! another region is a *handover*: the old region applies the move to its
 //! own players, forwards it to the others, removes the player and sends its
-//! state (handle and `known`) with the move to the new region in one job;
-//! the new region takes it in, tells the mover what it sees from there
-//! (`S_DESPAWN`, `S_SPAWN`, then the `S_MOVE`) and answers the player actor.
-//! Until that answer the player actor holds the player's later packets, in
-//! order, and sends them to the new region afterwards: no move can reach a
-//! region that does not own the player, none is applied twice. Ordering
-//! holds because every region job that could concern the mover was pushed
-//! either before the handover job (and runs in the old region while it
-//! still owns the mover) or after it (and runs in the new region once it
-//! does): jobs one actor pushes to another run in push order. The
-//! sequence numbers in `known` drop the duplicate, and a caught-up `S_MOVE`
-//! (carrying `client_time_us` 0) fills the gap, when a third region's event
-//! reaches both regions on either side of the handover.
+//! state (handle, `known`, recent despawns) with the move to the new region
+//! in one job; the new region takes it in, tells the mover what it sees from
+//! there (`S_DESPAWN`, `S_SPAWN`, then the `S_MOVE`) and answers the player
+//! actor. Until that answer the player actor holds the player's later
+//! packets, in order, and sends them to the new region afterwards: no move
+//! can reach a region that does not own the player, none is applied twice.
+//!
+//! Why no event is lost or doubled at the mover: jobs one actor pushes to
+//! another run in push order. An event of either region's own players is
+//! applied by the old region before it pushes the handover (the mover gets
+//! it from there) or pushed to the new region after the handover (the mover
+//! gets it from there); never both, never neither. A third region's event
+//! reaches the two regions independently; when it lands before the handover
+//! in the new region and after it in the old one, the mover's `known` is
+//! behind the new region's copy and the new region sends a caught-up
+//! `S_MOVE` (`client_time_us` 0) with the copy's position; in the opposite
+//! case the sequence number in `known` drops the repeat.
 //!
 //! # Backpressure
 //!
