@@ -85,15 +85,18 @@
 //! can reach a region that does not own the player, none is applied twice.
 //!
 //! Why no event is lost or doubled at the mover: jobs one actor pushes to
-//! another run in push order. An event of either region's own players is
-//! applied by the old region before it pushes the handover (the mover gets
-//! it from there) or pushed to the new region after the handover (the mover
-//! gets it from there); never both, never neither. A third region's event
-//! reaches the two regions independently; when it lands before the handover
-//! in the new region and after it in the old one, the mover's `known` is
-//! behind the new region's copy and the new region sends a caught-up
-//! `S_MOVE` (`client_time_us` 0) with the copy's position; in the opposite
-//! case the sequence number in `known` drops the repeat.
+//! another run in push order. An event of the old region's own players is
+//! applied there either before it pushes the handover (the mover gets it
+//! from the old region) or after, and then its forward reaches the new
+//! region after the handover (the mover gets it from the new region):
+//! never both, never neither. An event from anywhere else (the new region's
+//! own players, a third region) reaches the two regions independently. If
+//! the old region applies it while it still owns the mover, the mover's
+//! `known` carries its sequence number and the new region does not send it
+//! again. If the new region applied it before the mover arrived and the old
+//! one after the mover left, the mover's `known` is behind the new region's
+//! copy, and the new region sends a caught-up `S_MOVE` (`client_time_us` 0)
+//! with the copy's position as it takes the mover in.
 //!
 //! # Backpressure
 //!
