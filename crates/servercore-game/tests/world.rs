@@ -197,6 +197,7 @@ fn too_fast_move_is_cut(backend: Backend) {
     runner.send_move(160.0, 180.0, 2);
     runner.expect_move_of(ids[0], 160.0, 180.0);
     runner.expect_nothing(QUIET);
+    drop(runner); // a session still open at stop lingers for its peer's close
     let stats = server.stop_and_join();
     assert_eq!((stats.moves, stats.moves_cut), (2, 1));
 }
@@ -213,9 +214,10 @@ fn position_survives_a_restart(backend: Backend) {
     server.stop_and_join();
 
     let server = start(backend, world(600.0, 100.0, 3, 1e12), &db);
-    let (_keeper, entered) = Client::join(server.local_addr(), "keeper");
+    let (keeper, entered) = Client::join(server.local_addr(), "keeper");
     let pos = entered.player.unwrap().pos_info.unwrap();
     assert_eq!((pos.object_id, pos.x, pos.y), (ids[0], 123.5, 456.25));
+    drop(keeper);
     server.stop_and_join();
 }
 
@@ -263,6 +265,7 @@ fn disconnect_during_a_crossing(backend: Backend) {
     for client in [&mut b, &mut d, &mut e] {
         client.expect_nothing(QUIET);
     }
+    drop((b, d, e));
     let stats = server.stop_and_join();
     assert_eq!((stats.handovers, stats.world_leaves), (1, 4));
 }
@@ -323,6 +326,7 @@ fn quick_reconnects(backend: Backend) {
     assert_eq!(r.expect_spawn(), [ids[1]]);
     let snapshot = server.world_snapshot();
     assert_eq!(snapshot, [(ids[0], 50.0, 50.0), (ids[1], 60.0, 60.0)]);
+    drop((r, neighbour));
     server.stop_and_join();
 }
 

@@ -280,6 +280,7 @@ fn flooding_mover_is_limited(backend: Backend) {
         latencies[latencies.len() / 2],
         latencies[latencies.len() - 1]
     );
+    drop((flooder, quiet));
     server.stop_and_join();
 }
 
