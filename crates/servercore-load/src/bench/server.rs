@@ -63,6 +63,9 @@ impl Running {
                 config.workers = args.workers;
                 config.max_sessions = args.max_sessions;
                 config.idle_timeout = None;
+                // The benchmark sets the chat rate itself; the game's
+                // per-player chat limit would cut a fast one short.
+                config.world.chat_rate = None;
                 return Ok(Running::Game(servercore_game::start(config)?));
             }
         };
