@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use servercore_game::{GameConfig, DEFAULT_DB_PATH};
+use servercore_game::{GameConfig, WorldConfig, DEFAULT_DB_PATH};
 
 use crate::cli::EngineArgs;
 use crate::shutdown::{Install as _, StopSignal};
@@ -43,6 +43,19 @@ pub struct ServerArgs {
     #[command(flatten)]
     pub tls: crate::transport::TlsServerArgs,
 
+    /// The world map's side: the map is [0, SIZE)².
+    #[arg(long, value_name = "SIZE", default_value_t = 2000.0)]
+    pub world_size: f32,
+
+    /// The interest grid's cell side: a player sees the players of its own
+    /// and the eight neighbouring cells.
+    #[arg(long, value_name = "SIZE", default_value_t = 100.0)]
+    pub cell: f32,
+
+    /// Fastest movement in map units per second; a longer jump is cut.
+    #[arg(long, value_name = "UNITS", default_value_t = 300.0)]
+    pub max_speed: f32,
+
     #[command(flatten)]
     pub engine: EngineArgs,
 }
@@ -60,6 +73,12 @@ impl ServerArgs {
             max_chat_len: self.max_chat_len,
             tls: self.tls.server_config()?,
             ws_addr: self.ws_addr,
+            world: WorldConfig {
+                size: self.world_size,
+                cell: self.cell,
+                max_speed: self.max_speed,
+                ..WorldConfig::default()
+            },
             ..GameConfig::default()
         })
     }

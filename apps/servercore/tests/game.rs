@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 use servercore::packet::Packet;
 use servercore::Backend;
 use servercore_protocol::{
-    make_packet, CChat, CEnterGame, CLogin, ClientPacket, PlayerType, SChat, SEnterGame, SLogin,
+    make_packet, CChat, CEnterGame, CLeaveGame, CLogin, CMove, ClientPacket, PlayerType, PosInfo,
+    SChat, SEnterGame, SLogin,
 };
 
 mod common;
@@ -30,6 +31,7 @@ backend_tests!(
     malformed_packet_disconnects,
     idle_sessions_time_out,
     two_hundred_clients_chat,
+    world_flags_moves_and_saved_position,
 );
 
 /// How long a client waits for one expected packet.
@@ -191,15 +193,26 @@ impl Stats {
         }
         assert_eq!(self.get("players_in_room"), 0, "players left in the room");
         assert_eq!(self.get("player_states"), 0, "player states left alive");
+        assert_eq!(self.get("players_in_world"), 0, "players left in the world");
     }
 }
 
 // ---------------------------------------------------------------------------
 // The test client
 
-/// A blocking game client.
+/// A blocking game client. Unless `world` is set it skips the world's
+/// packets (`S_SPAWN`, `S_DESPAWN`, `S_MOVE`): the chat tests' players enter
+/// at random points and may see each other.
 struct Client {
     stream: TcpStream,
+    world: bool,
+}
+
+/// What one read found.
+enum Next {
+    Packet(ClientPacket),
+    Timeout,
+    Closed,
 }
 
 impl Client {
@@ -208,29 +221,48 @@ impl Client {
         stream.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
         stream.set_write_timeout(Some(READ_TIMEOUT)).unwrap();
         stream.set_nodelay(true).unwrap();
-        Client { stream }
+        Client {
+            stream,
+            world: false,
+        }
     }
 
     fn send<M: Packet>(&mut self, msg: &M) {
         self.stream.write_all(&make_packet(msg)).expect("send");
     }
 
+    /// Reads the next packet (skipping the world's unless `world`).
+    fn next(&mut self) -> Next {
+        loop {
+            let mut header = [0u8; 4];
+            match self.stream.read_exact(&mut header) {
+                Ok(()) => {}
+                Err(error) if is_timeout(&error) => return Next::Timeout,
+                Err(error) if error.kind() == ErrorKind::UnexpectedEof => return Next::Closed,
+                Err(error) => panic!("read: {error}"),
+            }
+            let size = u16::from_le_bytes([header[0], header[1]]) as usize;
+            let id = u16::from_le_bytes([header[2], header[3]]);
+            assert!(size >= 4, "packet size {size} below the header");
+            let mut body = vec![0u8; size - 4];
+            self.stream.read_exact(&mut body).expect("packet body");
+            let packet = ClientPacket::decode(id, &body).expect("a packet the client takes");
+            let world_packet = matches!(
+                packet,
+                ClientPacket::SSpawn(_) | ClientPacket::SDespawn(_) | ClientPacket::SMove(_)
+            );
+            if self.world || !world_packet {
+                return Next::Packet(packet);
+            }
+        }
+    }
+
     /// Reads one packet; `None` on a timeout or a closed connection.
     fn try_recv(&mut self) -> Option<ClientPacket> {
-        let mut header = [0u8; 4];
-        match self.stream.read_exact(&mut header) {
-            Ok(()) => {}
-            Err(error) if is_timeout(&error) || error.kind() == ErrorKind::UnexpectedEof => {
-                return None;
-            }
-            Err(error) => panic!("read: {error}"),
+        match self.next() {
+            Next::Packet(packet) => Some(packet),
+            Next::Timeout | Next::Closed => None,
         }
-        let size = u16::from_le_bytes([header[0], header[1]]) as usize;
-        let id = u16::from_le_bytes([header[2], header[3]]);
-        assert!(size >= 4, "packet size {size} below the header");
-        let mut body = vec![0u8; size - 4];
-        self.stream.read_exact(&mut body).expect("packet body");
-        Some(ClientPacket::decode(id, &body).expect("a packet the client takes"))
     }
 
     fn recv(&mut self) -> ClientPacket {
@@ -291,29 +323,23 @@ impl Client {
 
     /// Asserts that nothing arrives for a moment (and the connection stays).
     fn expect_nothing(&mut self) {
-        self.stream.set_read_timeout(Some(QUIET)).unwrap();
-        let mut byte = [0u8; 1];
-        match self.stream.read(&mut byte) {
-            Ok(0) => panic!("the server closed the connection"),
-            Ok(_) => panic!("unexpected data from the server"),
-            Err(error) if is_timeout(&error) => {}
-            Err(error) => panic!("read: {error}"),
-        }
-        self.stream.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
+        self.expect_nothing_for(QUIET);
     }
 
     /// Asserts that nothing is waiting to be read right now (after the
     /// caller gave the server time to send).
     fn expect_nothing_now(&mut self) {
-        self.stream.set_nonblocking(true).unwrap();
-        let mut byte = [0u8; 1];
-        match self.stream.read(&mut byte) {
-            Ok(0) => panic!("the server closed the connection"),
-            Ok(_) => panic!("unexpected data from the server"),
-            Err(error) if is_timeout(&error) => {}
-            Err(error) => panic!("read: {error}"),
+        self.expect_nothing_for(Duration::from_millis(1));
+    }
+
+    fn expect_nothing_for(&mut self, wait: Duration) {
+        self.stream.set_read_timeout(Some(wait)).unwrap();
+        match self.next() {
+            Next::Timeout => {}
+            Next::Closed => panic!("the server closed the connection"),
+            Next::Packet(packet) => panic!("unexpected packet from the server: {packet:?}"),
         }
-        self.stream.set_nonblocking(false).unwrap();
+        self.stream.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
     }
 
     /// Asserts that the server closes the connection (EOF or reset).
@@ -759,4 +785,104 @@ fn two_hundred_clients_chat(backend: Backend) {
         ("chats_relayed", CLIENTS as i64 * CHATS as i64),
         ("chat_deliveries", (CLIENTS * CLIENTS) as i64 * CHATS as i64),
     ]);
+}
+
+/// The world through the command's flags: a one-cell map where everyone
+/// sees everyone, spawn on enter, a clamped move, leave and re-enter,
+/// despawn on disconnect, the position saved across a restart, and
+/// `--max-speed` cutting a jump.
+fn world_flags_moves_and_saved_position(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("world.db");
+    let flags = [
+        "--world-size",
+        "100",
+        "--cell",
+        "100",
+        "--max-speed",
+        "1e12",
+    ];
+    let server = Server::start(backend, &db, &flags);
+    let world_client = |account: &str| {
+        let mut client = Client::connect(server.addr);
+        client.world = true;
+        assert!(client.login(account).success);
+        let entered = client.enter(0);
+        assert!(entered.success);
+        let pos = entered
+            .player
+            .expect("S_ENTER_GAME.player")
+            .pos_info
+            .unwrap();
+        assert!((0.0..100.0).contains(&pos.x) && (0.0..100.0).contains(&pos.y));
+        (client, entered.player_id)
+    };
+    let spawned = |client: &mut Client| match client.recv() {
+        ClientPacket::SSpawn(msg) => msg.players.iter().map(|p| p.object_id).collect::<Vec<_>>(),
+        other => panic!("expected S_SPAWN, got {other:?}"),
+    };
+    let moved = |client: &mut Client| match client.recv() {
+        ClientPacket::SMove(msg) => {
+            let info = msg.info.unwrap();
+            (info.object_id, info.x, info.y, msg.client_time_us)
+        }
+        other => panic!("expected S_MOVE, got {other:?}"),
+    };
+    let move_to = |client: &mut Client, x: f32, y: f32, client_time_us: u64| {
+        client.send(&CMove {
+            info: Some(PosInfo {
+                x,
+                y,
+                ..PosInfo::default()
+            }),
+            client_time_us,
+        });
+    };
+    let (mut alice, alice_id) = world_client("alice");
+    let (mut bob, bob_id) = world_client("bob");
+    assert_eq!(spawned(&mut bob), [alice_id]);
+    assert_eq!(spawned(&mut alice), [bob_id]);
+
+    let below_100 = f32::from_bits(100f32.to_bits() - 1);
+    move_to(&mut alice, 150.0, -20.0, 5);
+    assert_eq!(moved(&mut alice), (alice_id, below_100, 0.0, 5));
+    assert_eq!(moved(&mut bob), (alice_id, below_100, 0.0, 5));
+
+    bob.send(&CLeaveGame {});
+    assert!(matches!(bob.recv(), ClientPacket::SLeaveGame(_)));
+    match alice.recv() {
+        ClientPacket::SDespawn(msg) => assert_eq!(msg.object_ids, [bob_id]),
+        other => panic!("expected S_DESPAWN, got {other:?}"),
+    }
+    let again = bob.enter(0);
+    assert!(again.success);
+    assert_eq!(spawned(&mut bob), [alice_id]);
+    assert_eq!(spawned(&mut alice), [bob_id]);
+
+    drop(alice);
+    match bob.recv() {
+        ClientPacket::SDespawn(msg) => assert_eq!(msg.object_ids, [alice_id]),
+        other => panic!("expected S_DESPAWN, got {other:?}"),
+    }
+    bob.expect_nothing();
+    drop(bob);
+    server
+        .stop()
+        .assert(&[("moves", 1), ("moves_clamped", 1), ("world_leaves", 3)]);
+
+    // Restart on the same file with --max-speed 0: alice is where she left,
+    // and a 100-long jump is cut to 50.
+    let flags = ["--world-size", "100", "--cell", "100", "--max-speed", "0"];
+    let server = Server::start(backend, &db, &flags);
+    let mut alice = Client::connect(server.addr);
+    alice.world = true;
+    assert!(alice.login("alice").success);
+    let entered = alice.enter(0);
+    let pos = entered.player.unwrap().pos_info.unwrap();
+    assert_eq!((pos.object_id, pos.x, pos.y), (alice_id, below_100, 0.0));
+    move_to(&mut alice, 0.0, 0.0, 6);
+    let cut = (f64::from(below_100) - 50.0) as f32;
+    assert_eq!(moved(&mut alice), (alice_id, cut, 0.0, 6));
+    drop(alice);
+    server.stop().assert(&[("moves", 1), ("moves_cut", 1)]);
 }

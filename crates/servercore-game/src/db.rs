@@ -5,7 +5,7 @@
 //! - the schema and its migrations ([`MIGRATIONS`], applied on open and
 //!   tracked in SQLite's `PRAGMA user_version`);
 //! - [`Database`]: the synchronous queries (find-or-create an account and its
-//!   three players);
+//!   three players, save a player's position);
 //! - [`DbThread`] / [`DbHandle`]: the database thread. I/O workers never touch
 //!   SQLite: a session sends a request through a [`DbHandle`] (a channel) and
 //!   gives a reply closure; the database thread runs the request, commits, and
@@ -58,6 +58,11 @@ pub const MIGRATIONS: &[&str] = &[
     // 2: login bookkeeping.
     "ALTER TABLE accounts ADD COLUMN last_login_at_us INTEGER;
      ALTER TABLE accounts ADD COLUMN login_count INTEGER NOT NULL DEFAULT 0;",
+    // 3: where each player stands in the world (NULL: never placed).
+    "ALTER TABLE players ADD COLUMN x REAL;
+     ALTER TABLE players ADD COLUMN y REAL;
+     ALTER TABLE players ADD COLUMN z REAL;
+     ALTER TABLE players ADD COLUMN yaw REAL;",
 ];
 
 /// The schema version this build writes and reads.
@@ -124,8 +129,21 @@ impl From<rusqlite::Error> for DbError {
     }
 }
 
+/// Where a player stood when it last left the world.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SavedPosition {
+    /// Map x.
+    pub x: f32,
+    /// Map y.
+    pub y: f32,
+    /// Height.
+    pub z: f32,
+    /// Facing, in degrees.
+    pub yaw: f32,
+}
+
 /// One player row.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PlayerRecord {
     /// The player's id (database-assigned, never reused).
     pub id: u64,
@@ -133,10 +151,12 @@ pub struct PlayerRecord {
     pub name: String,
     /// The protocol's `PlayerType` number.
     pub player_type: i32,
+    /// Its saved position (`None`: never placed in the world).
+    pub position: Option<SavedPosition>,
 }
 
 /// What a login found or created.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct AccountRecord {
     /// The account's id.
     pub account_id: u64,
@@ -212,6 +232,22 @@ impl Database {
         let record = login_in(&tx, account)?;
         tx.commit()?;
         Ok(record)
+    }
+
+    /// Saves the positions of players (by id), in one transaction; an
+    /// unknown id changes nothing.
+    pub fn save_positions(&mut self, positions: &[(u64, SavedPosition)]) -> Result<(), DbError> {
+        let tx = self.conn.transaction()?;
+        {
+            let mut update = tx.prepare_cached(
+                "UPDATE players SET x = ?2, y = ?3, z = ?4, yaw = ?5 WHERE id = ?1",
+            )?;
+            for (id, pos) in positions {
+                update.execute(params![*id as i64, pos.x, pos.y, pos.z, pos.yaw])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
     }
 
     /// Runs a batch of logins in one transaction, each in its own
@@ -305,13 +341,26 @@ fn login_in(conn: &Connection, account: &str) -> Result<AccountRecord, DbError> 
         .query_row(params![account_id, now], |row| row.get(0))?;
     let players = conn
         .prepare_cached(
-            "SELECT id, name, player_type FROM players WHERE account_id = ?1 ORDER BY slot",
+            "SELECT id, name, player_type, x, y, z, yaw FROM players
+             WHERE account_id = ?1 ORDER BY slot",
         )?
         .query_map([account_id], |row| {
+            let coordinates: [Option<f64>; 4] =
+                [row.get(3)?, row.get(4)?, row.get(5)?, row.get(6)?];
+            let position = match coordinates {
+                [Some(x), Some(y), z, yaw] => Some(SavedPosition {
+                    x: x as f32,
+                    y: y as f32,
+                    z: z.unwrap_or(0.0) as f32,
+                    yaw: yaw.unwrap_or(0.0) as f32,
+                }),
+                _ => None,
+            };
             Ok(PlayerRecord {
                 id: row.get::<_, i64>(0)? as u64,
                 name: row.get(1)?,
                 player_type: row.get(2)?,
+                position,
             })
         })?
         .collect::<Result<Vec<_>, _>>()?;
@@ -327,7 +376,14 @@ fn login_in(conn: &Connection, account: &str) -> Result<AccountRecord, DbError> 
 pub type LoginReply = Box<dyn FnOnce(Result<AccountRecord, DbError>) + Send>;
 
 enum Request {
-    Login { account: String, reply: LoginReply },
+    Login {
+        account: String,
+        reply: LoginReply,
+    },
+    SavePosition {
+        player_id: u64,
+        position: SavedPosition,
+    },
     Stop,
 }
 
@@ -355,6 +411,24 @@ impl DbHandle {
             if let Request::Login { reply, .. } = error.into_inner() {
                 reply(Err(DbError::Closed));
             }
+        }
+    }
+
+    /// Saves where player `player_id` stands (no answer; a failure is
+    /// logged). Saved before any login asked for after it.
+    pub fn save_position(&self, player_id: u64, position: SavedPosition) {
+        if self
+            .tx
+            .send(Request::SavePosition {
+                player_id,
+                position,
+            })
+            .is_err()
+        {
+            tracing::warn!(
+                player_id,
+                "position not saved: the database thread has stopped"
+            );
         }
     }
 }
@@ -425,6 +499,7 @@ impl Drop for DbThread {
 fn serve(mut db: Database, rx: Receiver<Request>) {
     let mut accounts: Vec<String> = Vec::with_capacity(MAX_BATCH);
     let mut replies: Vec<LoginReply> = Vec::with_capacity(MAX_BATCH);
+    let mut positions: Vec<(u64, SavedPosition)> = Vec::new();
     let mut stop = false;
     while !stop {
         let Ok(first) = rx.recv() else { break };
@@ -435,14 +510,26 @@ fn serve(mut db: Database, rx: Receiver<Request>) {
                     accounts.push(account);
                     replies.push(reply);
                 }
+                Request::SavePosition {
+                    player_id,
+                    position,
+                } => positions.push((player_id, position)),
                 Request::Stop => {
                     stop = true;
                     break;
                 }
             }
-            if accounts.len() < MAX_BATCH {
+            if accounts.len() + positions.len() < MAX_BATCH {
                 next = rx.try_recv().ok();
             }
+        }
+        // Positions first: a login queued after a save sees it (and one
+        // queued before it sees it too, which is as good).
+        if !positions.is_empty() {
+            if let Err(error) = db.save_positions(&positions) {
+                tracing::warn!(%error, count = positions.len(), "positions not saved");
+            }
+            positions.clear();
         }
         if accounts.is_empty() {
             continue;
@@ -544,12 +631,34 @@ mod tests {
             .unwrap();
         }
         let mut db = Database::open(&path).unwrap();
-        assert_eq!(db.version().unwrap(), 2);
+        assert_eq!(db.version().unwrap(), schema_version());
         let old = db.login("old").unwrap();
         assert!(!old.created);
         assert_eq!(old.login_count, 1);
         assert_eq!(old.players.len(), 1);
         assert_eq!(old.players[0].name, "old_knight");
+    }
+
+    #[test]
+    fn positions_are_saved_and_found_at_login() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pos.db");
+        let mut db = Database::open(&path).unwrap();
+        let first = db.login("walker").unwrap();
+        assert!(first.players.iter().all(|p| p.position.is_none()));
+        let saved = SavedPosition {
+            x: 150.5,
+            y: 42.25,
+            z: 1.0,
+            yaw: 90.0,
+        };
+        db.save_positions(&[(first.players[1].id, saved), (999_999, saved)])
+            .unwrap();
+        drop(db);
+        let mut db = Database::open(&path).unwrap();
+        let again = db.login("walker").unwrap();
+        assert_eq!(again.players[0].position, None);
+        assert_eq!(again.players[1].position, Some(saved));
     }
 
     #[test]

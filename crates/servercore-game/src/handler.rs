@@ -5,41 +5,60 @@
 //! [`GameSession`] is the [`PacketHandler`] inside the engine's
 //! [`PacketSession`](servercore::packet::PacketSession) adapter and
 //! implements the generated [`ServerHandler`]: each decoded `C_` packet is
-//! checked for what needs no state (a chat's length) and handed, as one job,
-//! to the connection's [`Player`] actor. A packet that does not decode, or an
+//! checked for what needs no state (a chat's length, the per-player move
+//! and chat rates: excess is dropped and counted here, before it costs a
+//! job) and handed, as one job stamped with its arrival time, to the
+//! connection's [`Player`] actor. A packet that does not decode, or an
 //! id the server does not take, disconnects the peer (`MalformedPacket`); the
 //! packet layer sees to that.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use servercore::job::Actor;
 use servercore::packet::{DispatchError, PacketHandler};
 use servercore::{DisconnectReason, SessionHandle};
 use servercore_protocol::{
-    dispatch_server, CChat, CEnterGame, CLogin, ServerHandler, ServerPacket,
+    dispatch_server, CChat, CEnterGame, CLeaveGame, CLogin, CMove, ServerHandler, ServerPacket,
 };
 
 use super::player::Player;
 use super::stats::bump;
+use super::world::TokenBucket;
 use super::GameContext;
 
 /// One game connection's handler; its state lives in its [`Player`] actor.
 pub struct GameSession {
     ctx: Arc<GameContext>,
     player: Option<Actor<Player>>,
+    moves: Option<TokenBucket>,
+    chats: Option<TokenBucket>,
 }
 
 impl GameSession {
     /// A handler for a new connection of the game server `ctx`.
     pub fn new(ctx: Arc<GameContext>) -> GameSession {
-        GameSession { ctx, player: None }
-    }
-
-    fn forward(&self, packet: ServerPacket) {
-        if let Some(player) = &self.player {
-            player.do_async(move |player| player.on_packet(packet));
+        let now = Instant::now();
+        let moves = ctx.move_rate.map(|rate| TokenBucket::new(rate, now));
+        let chats = ctx.chat_rate.map(|rate| TokenBucket::new(rate, now));
+        GameSession {
+            ctx,
+            player: None,
+            moves,
+            chats,
         }
     }
+
+    fn forward(&self, packet: ServerPacket, received: Instant) {
+        if let Some(player) = &self.player {
+            player.do_async(move |player| player.on_packet(packet, received));
+        }
+    }
+}
+
+/// Takes a token from `bucket` (none: no limit).
+fn allowed(bucket: &mut Option<TokenBucket>, now: Instant) -> bool {
+    bucket.as_mut().is_none_or(|bucket| bucket.take(now))
 }
 
 impl PacketHandler for GameSession {
@@ -71,7 +90,7 @@ impl ServerHandler for GameSession {
         _session: &SessionHandle,
         msg: CLogin,
     ) -> Result<(), DispatchError> {
-        self.forward(ServerPacket::CLogin(msg));
+        self.forward(ServerPacket::CLogin(msg), Instant::now());
         Ok(())
     }
 
@@ -80,7 +99,7 @@ impl ServerHandler for GameSession {
         _session: &SessionHandle,
         msg: CEnterGame,
     ) -> Result<(), DispatchError> {
-        self.forward(ServerPacket::CEnterGame(msg));
+        self.forward(ServerPacket::CEnterGame(msg), Instant::now());
         Ok(())
     }
 
@@ -97,7 +116,31 @@ impl ServerHandler for GameSession {
             bump(&self.ctx.counters.chats_refused_too_long);
             return Ok(());
         }
-        self.forward(ServerPacket::CChat(msg));
+        let now = Instant::now();
+        if !allowed(&mut self.chats, now) {
+            bump(&self.ctx.counters.chats_dropped_rate);
+            return Ok(());
+        }
+        self.forward(ServerPacket::CChat(msg), now);
+        Ok(())
+    }
+
+    fn handle_c_move(&mut self, _session: &SessionHandle, msg: CMove) -> Result<(), DispatchError> {
+        let now = Instant::now();
+        if !allowed(&mut self.moves, now) {
+            bump(&self.ctx.counters.moves_dropped_rate);
+            return Ok(());
+        }
+        self.forward(ServerPacket::CMove(msg), now);
+        Ok(())
+    }
+
+    fn handle_c_leave_game(
+        &mut self,
+        _session: &SessionHandle,
+        msg: CLeaveGame,
+    ) -> Result<(), DispatchError> {
+        self.forward(ServerPacket::CLeaveGame(msg), Instant::now());
         Ok(())
     }
 }

@@ -7,16 +7,23 @@
 //!   every time); a new account gets three players (knight, mage, archer).
 //!   A second login on one session, or a name over 64 bytes, is answered
 //!   `success = false`.
-//! - `C_ENTER_GAME { player_index }` → `S_ENTER_GAME { success, player_id }`,
-//!   and the player joins the room. Entering before logging in, an index out
-//!   of range, entering twice, or entering with a player already in the room
-//!   from another session is answered `success = false`; the session stays.
+//! - `C_ENTER_GAME { player_index }` → `S_ENTER_GAME { success, player_id,
+//!   player }`, and the player joins the room (chat) and the world (at its
+//!   saved position, or a random one; `player` says where). Entering before
+//!   logging in, an index out of range, entering twice, or entering with a
+//!   player already in the game from another session is answered
+//!   `success = false`; the session stays.
+//! - `C_MOVE`, `C_LEAVE_GAME` and the world's `S_SPAWN`, `S_DESPAWN`,
+//!   `S_MOVE`, `S_LEAVE_GAME`: see [`world`] for the exact rules. After
+//!   `S_LEAVE_GAME` the session may enter again.
 //! - `C_CHAT { msg, client_time_us }` → `S_CHAT { player_id, msg,
 //!   client_time_us }` to everyone in the room, the sender included, as one
 //!   shared buffer. `S_CHAT` has no success field, so a refused chat (sent
 //!   before entering, or longer than `max_chat_len` bytes) is dropped,
 //!   logged at debug level and counted in [`GameStats`]; the session stays.
-//! - A disconnect leaves the room.
+//! - Moves and chats past the per-player rates ([`WorldConfig`]) are
+//!   dropped and counted.
+//! - A disconnect leaves the room and the world; the position is saved.
 //!
 //! This crate owns the configuration ([`GameConfig`]) and the running server
 //! ([`GameServer`], [`start`]). Its modules:
@@ -24,12 +31,15 @@
 //! - `handler`: [`handler::GameSession`], the packet handler on the I/O
 //!   workers;
 //! - `player`: [`player::Player`], a connection's game state, an actor;
-//! - `room`: [`room::Room`], the room, an actor;
+//! - `room`: [`room::Room`], the room (world chat), an actor;
+//! - `world`: [`world::World`], the map, its regions (actors) and the
+//!   movement and visibility rules;
 //! - `stats`: the counters;
 //! - `web`: the browser client's files, served on the WebSocket listener.
 //!
 //! Threads: the engine's I/O workers decode packets and push jobs; the
-//! actors (players, the room) run on whichever worker picks them up; the
+//! actors (players, the room, the regions) run on whichever worker picks
+//! them up; the
 //! database runs on its own thread and answers by pushing a job onto the
 //! asking player's actor. No database call ever runs on an I/O worker.
 
@@ -41,6 +51,7 @@ pub mod player;
 pub mod room;
 pub mod stats;
 pub mod web;
+pub mod world;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -58,6 +69,9 @@ use db::{DbHandle, DbThread};
 use handler::GameSession;
 use room::Room;
 pub use stats::{GameCounters, GameStats};
+use world::limit::LogLimiter;
+use world::World;
+pub use world::WorldConfig;
 
 /// The default database file, relative to the working directory.
 pub const DEFAULT_DB_PATH: &str = "servercore-game.db";
@@ -99,12 +113,15 @@ pub struct GameConfig {
     /// same world, binary messages carrying the same packets (see
     /// `servercore::transport`). `None`: none.
     pub ws_addr: Option<SocketAddr>,
+    /// The world: map and cell size, speed, regions, per-player move and
+    /// chat rates, queue bounds.
+    pub world: WorldConfig,
 }
 
 impl Default for GameConfig {
     /// `127.0.0.1:7777`, [`DEFAULT_DB_PATH`], the automatic backend, 10,000
     /// sessions, a 60 s idle timeout, chats up to 256 bytes, packets up to
-    /// 8 KiB.
+    /// 8 KiB, the default [`WorldConfig`].
     fn default() -> Self {
         GameConfig {
             addr: SocketAddr::from(([127, 0, 0, 1], 7777)),
@@ -118,6 +135,7 @@ impl Default for GameConfig {
             rate_limits: RateLimits::default(),
             tls: None,
             ws_addr: None,
+            world: WorldConfig::default(),
         }
     }
 }
@@ -151,6 +169,14 @@ pub struct GameContext {
     pub counters: Arc<GameCounters>,
     /// Longest chat message relayed, in bytes.
     pub max_chat_len: usize,
+    /// The world and its regions.
+    pub world: Arc<World>,
+    /// Each player's move rate (`None`: unlimited).
+    pub move_rate: Option<servercore::packet::Rate>,
+    /// Each player's chat rate (`None`: unlimited).
+    pub chat_rate: Option<servercore::packet::Rate>,
+    /// Rate-limits the "shedding chats" warning.
+    pub(crate) chat_shed_log: LogLimiter,
 }
 
 /// A running game server: the engine's service, the database thread and
@@ -171,14 +197,19 @@ pub fn start(config: GameConfig) -> anyhow::Result<GameServer> {
         "max chat length {} is above the limit of {MAX_CHAT_LEN_LIMIT} bytes",
         config.max_chat_len
     );
+    let counters = Arc::new(GameCounters::default());
+    let world = World::new(&config.world, Arc::clone(&counters)).context("the world's size")?;
     let db = DbThread::start(&config.db_path)
         .with_context(|| format!("opening the database {}", config.db_path.display()))?;
-    let counters = Arc::new(GameCounters::default());
     let ctx = Arc::new(GameContext {
         room: Actor::new(Room::new(Arc::clone(&counters))),
         db: db.handle(),
         counters,
         max_chat_len: config.max_chat_len,
+        world: Arc::new(world),
+        move_rate: config.world.move_rate,
+        chat_rate: config.world.chat_rate,
+        chat_shed_log: LogLimiter::new(Duration::from_secs(1)),
     });
     let packets = PacketConfig::default()
         .with_max_packet_size(config.effective_max_packet_size())
@@ -202,8 +233,8 @@ pub fn start(config: GameConfig) -> anyhow::Result<GameServer> {
     }
     if let Some(ws_addr) = config.ws_addr {
         let pages = web::pages(web::WebWorld {
-            world_size: 2000.0,
-            cell: 100.0,
+            world_size: config.world.size,
+            cell: config.world.cell,
         });
         let mut websocket = ServerTransport::websocket(WebSocketConfig::default().pages(pages));
         if let Some(tls) = &config.tls {
@@ -248,15 +279,29 @@ impl GameServer {
         self.ctx.counters.snapshot()
     }
 
+    /// Every player in the world now, as `(player_id, x, y)` sorted by id:
+    /// a cheap copy of the regions' published positions (no job, one lock
+    /// per region), for a live map. A player crossing a border at this
+    /// moment may be missing from one snapshot.
+    pub fn world_snapshot(&self) -> Vec<(u64, f32, f32)> {
+        self.ctx.world.snapshot()
+    }
+
+    /// The world's map (size, cells, regions).
+    pub fn world_grid(&self) -> &world::Grid {
+        self.ctx.world.grid()
+    }
+
     /// The engine's counters (sessions now, total, refused).
     pub fn service_stats(&self) -> ServiceStats {
         self.service.stats()
     }
 
     /// Stops cleanly: no new sessions, every session disconnected (each
-    /// player leaves the room), the database thread finishes what is queued
-    /// and stops. Waits up to a second for the players' last jobs, then
-    /// returns the final counters.
+    /// player leaves the room and the world and has its position saved),
+    /// then the database thread finishes what is queued and stops. Waits up
+    /// to two seconds for the players' last jobs, then returns the final
+    /// counters.
     pub fn stop_and_join(mut self) -> GameStats {
         self.shutdown();
         self.stats()
@@ -268,17 +313,19 @@ impl GameServer {
         }
         self.service.stop();
         self.service.join();
-        self.db.stop_and_join();
-        // Leaving runs as jobs (player, then room); they finish on the job
-        // layer's threads shortly after the sessions are gone.
-        let deadline = Instant::now() + Duration::from_secs(1);
+        // Leaving runs as jobs (player, room, region); they finish on the job
+        // layer's threads shortly after the sessions are gone, and queue the
+        // positions to save before the database thread stops.
+        let deadline = Instant::now() + Duration::from_secs(2);
         while Instant::now() < deadline {
             let stats = self.stats();
-            if stats.player_states == 0 && stats.players_in_room == 0 {
+            if stats.player_states == 0 && stats.players_in_room == 0 && stats.players_in_world == 0
+            {
                 break;
             }
             std::thread::sleep(Duration::from_millis(5));
         }
+        self.db.stop_and_join();
     }
 }
 

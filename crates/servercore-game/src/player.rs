@@ -3,50 +3,76 @@
 //! its `_players` and `_currentPlayer`).
 //!
 //! This module owns the conversation's rules: log in once, then enter the
-//! room with one of the account's players, then chat. Every decoded `C_`
+//! game with one of the account's players (the room for chat, the world for
+//! movement), then chat, move, leave and enter again. Every decoded `C_`
 //! packet of the session becomes one job of this actor, so packets are
 //! handled in arrival order, away from the I/O worker's callbacks, and the
-//! results of the database thread and of the room come back as jobs too.
+//! results of the database thread, the room and the world's regions come
+//! back as jobs too.
 //!
-//! While a login or an enter waits for its answer (from the database thread,
-//! or the room), later packets are kept, in order, and handled once the
-//! answer is in: a client may pipeline `C_LOGIN`, `C_ENTER_GAME` and
-//! `C_CHAT` without waiting, and they mean what they would mean one by one.
-//! At most [`MAX_DEFERRED`] packets wait; a client past that is
-//! disconnected.
+//! The player actor is the authority on its player's position: it applies
+//! the movement rules ([`World::accept_move`](crate::world::World::accept_move))
+//! and numbers each change, and it knows which region owns the player, so
+//! it sends each accepted move to that region (see the world's docs for the
+//! handover when a move crosses a border). It saves the position through the
+//! database thread when the player leaves the world or the session closes.
+//!
+//! While a login, an enter, a border crossing or a leave waits for its
+//! answer, later packets are kept, in order, and handled once the answer is
+//! in: a client may pipeline `C_LOGIN`, `C_ENTER_GAME`, `C_MOVE` and `C_CHAT`
+//! without waiting, and they mean what they would mean one by one. At most
+//! [`MAX_DEFERRED`] packets wait; a client past that is disconnected.
 //!
 //! Ownership: the session's handler and pending jobs hold the actor; the
 //! player holds its session's handle, the shared game context (the room's
-//! actor among it) and only a weak handle to itself. The room holds the
-//! session's handle, never the player. So nothing is left once the session
-//! has closed and the player's last job has run.
+//! and the regions' actors among it) and only a weak handle to itself. The
+//! room and the regions hold the session's handle, never the player; only
+//! an answer in flight (a job) holds the player. So nothing is left once the
+//! session has closed and the player's last job has run.
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Instant;
 
 use servercore::job::{Actor, WeakActor};
 use servercore::{DisconnectReason, SessionHandle};
 use servercore_protocol::{
-    make_packet, CChat, Player as PlayerInfo, SEnterGame, SLogin, ServerPacket,
+    make_packet, CChat, CMove, ObjectInfo, Player as PlayerInfo, PosInfo, SEnterGame, SLogin,
+    SMove, ServerPacket,
 };
 
-use super::db::{AccountRecord, DbError, PlayerRecord, MAX_ACCOUNT_LEN};
+use super::db::{AccountRecord, DbError, PlayerRecord, SavedPosition, MAX_ACCOUNT_LEN};
 use super::stats::bump;
+use super::world::{Change, Event, Identity, Placed};
 use super::GameContext;
 
 /// Most packets kept while a login or an enter waits for its answer.
 pub const MAX_DEFERRED: usize = 256;
 
-/// Where the connection stands with the room.
+/// Where the connection stands with the game.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum InRoom {
-    /// Not in the room.
+enum Presence {
+    /// Not in the game.
     Out,
     /// Asked the room to let this player in; no answer yet.
     Entering(u64),
-    /// In the room as this player.
-    In(u64),
+    /// In the room; the world is placing the player.
+    Placing(u64),
+    /// In the game; `region` owns the player.
+    In { player_id: u64, region: usize },
+    /// A move into another region is being handed over.
+    Crossing(u64),
+    /// Leaving the room and the world.
+    Leaving(u64),
+}
+
+/// The player in the world: what the actor knows of it.
+struct Body {
+    identity: Arc<Identity>,
+    pos: PosInfo,
+    /// When the last move was accepted (or the player entered).
+    last_move: Instant,
 }
 
 /// One connection's game-side state, owned by its actor.
@@ -57,10 +83,11 @@ pub struct Player {
     me: Option<WeakActor<Player>>,
     /// The account's players, once logged in.
     account: Option<AccountRecord>,
-    room: InRoom,
-    /// A login or an enter awaits its answer; packets wait in `deferred`.
+    presence: Presence,
+    body: Option<Body>,
+    /// An answer is awaited; packets wait in `deferred`.
     waiting: bool,
-    deferred: VecDeque<ServerPacket>,
+    deferred: VecDeque<(ServerPacket, Instant)>,
     closed: bool,
 }
 
@@ -73,7 +100,8 @@ impl Player {
             ctx,
             me: None,
             account: None,
-            room: InRoom::Out,
+            presence: Presence::Out,
+            body: None,
             waiting: false,
             deferred: VecDeque::new(),
             closed: false,
@@ -83,9 +111,9 @@ impl Player {
         actor
     }
 
-    /// Handles one packet of the session, or keeps it for later while an
-    /// answer is awaited.
-    pub fn on_packet(&mut self, packet: ServerPacket) {
+    /// Handles one packet of the session, received at `received`, or keeps
+    /// it for later while an answer is awaited.
+    pub fn on_packet(&mut self, packet: ServerPacket, received: Instant) {
         if self.closed {
             return;
         }
@@ -98,35 +126,38 @@ impl Player {
                 );
                 self.handle
                     .disconnect_with(DisconnectReason::RateLimited(format!(
-                        "more than {MAX_DEFERRED} packets sent while a login or enter was pending"
+                        "more than {MAX_DEFERRED} packets sent while a login, enter, \
+                         border crossing or leave was pending"
                     )));
                 self.deferred.clear();
                 return;
             }
-            self.deferred.push_back(packet);
+            self.deferred.push_back((packet, received));
             return;
         }
         match packet {
             ServerPacket::CLogin(msg) => self.login(msg.account),
             ServerPacket::CEnterGame(msg) => self.enter(msg.player_index),
             ServerPacket::CChat(msg) => self.chat(msg),
-            // The world's packets are not handled yet: the handler never
-            // forwards them.
-            ServerPacket::CLeaveGame(_) | ServerPacket::CMove(_) => {}
+            ServerPacket::CMove(msg) => self.move_to(msg, received),
+            ServerPacket::CLeaveGame(_) => self.leave_game(),
         }
     }
 
-    /// The session closed: leave the room and drop whatever waits.
+    /// The session closed: leave the game (now, or once the pending answer
+    /// is in) and drop whatever waits.
     pub fn leave(&mut self) {
         self.closed = true;
         self.deferred.clear();
-        if let InRoom::Entering(player_id) | InRoom::In(player_id) = self.room {
-            let session = self.handle.id();
-            self.ctx
-                .room
-                .do_async(move |room| room.leave(player_id, session));
+        if let Presence::In { .. } = self.presence {
+            self.exit(false);
         }
-        self.room = InRoom::Out;
+        // Entering, Placing, Crossing: the answer's handler sees `closed`
+        // and leaves; Leaving: already on its way out.
+    }
+
+    fn strong_me(&self) -> Option<Actor<Player>> {
+        self.me.as_ref().and_then(WeakActor::upgrade)
     }
 
     fn login(&mut self, account: String) {
@@ -199,8 +230,8 @@ impl Player {
             tracing::debug!(session = %self.handle.id(), "enter refused: not logged in");
             return self.refuse_enter();
         };
-        if self.room != InRoom::Out {
-            tracing::debug!(session = %self.handle.id(), "enter refused: already in the room");
+        if self.presence != Presence::Out {
+            tracing::debug!(session = %self.handle.id(), "enter refused: already in the game");
             return self.refuse_enter();
         }
         let Some(record) = usize::try_from(index)
@@ -215,13 +246,34 @@ impl Player {
             );
             return self.refuse_enter();
         };
-        let (player_id, name) = (record.id, record.name.clone());
-        self.room = InRoom::Entering(player_id);
+        let player_id = record.id;
+        let world = &self.ctx.world;
+        let pos = match record.position {
+            Some(saved) => world.restore_pos(player_id, saved.x, saved.y, saved.z, saved.yaw),
+            None => world.random_pos(player_id),
+        };
+        let identity = Arc::new(Identity {
+            name: record.name.clone(),
+            player_type: record.player_type,
+        });
+        let info = ObjectInfo {
+            object_id: player_id,
+            player_type: identity.player_type,
+            pos_info: Some(pos),
+            name: identity.name.clone(),
+        };
+        self.body = Some(Body {
+            identity,
+            pos,
+            last_move: Instant::now(),
+        });
+        self.presence = Presence::Entering(player_id);
         self.waiting = true;
         let handle = self.handle.clone();
         let me = self.me.clone();
+        let name = record.name.clone();
         self.ctx.room.do_async(move |room| {
-            let entered = room.enter(player_id, name, handle);
+            let entered = room.enter(player_id, name, handle, info);
             if let Some(player) = me.and_then(|me| me.upgrade()) {
                 player.do_async(move |player| player.entered(player_id, entered));
             }
@@ -237,27 +289,213 @@ impl Player {
         }));
     }
 
+    /// The room's answer to an enter: if let in, place the player in the
+    /// world.
     fn entered(&mut self, player_id: u64, entered: bool) {
-        self.waiting = false;
-        if self.closed {
-            return; // `leave` already told the room
+        if !entered {
+            self.presence = Presence::Out;
+            self.body = None;
+            self.waiting = false;
+            self.replay();
+            return;
         }
-        self.room = if entered {
-            InRoom::In(player_id)
-        } else {
-            InRoom::Out
+        if self.closed {
+            let session = self.handle.id();
+            self.ctx
+                .room
+                .do_async(move |room| room.leave(player_id, session));
+            self.presence = Presence::Out;
+            self.body = None;
+            return;
+        }
+        self.presence = Presence::Placing(player_id);
+        let body = self.body.as_ref().expect("set by enter");
+        let cell = self.ctx.world.grid().cell_of(body.pos.x, body.pos.y);
+        let event = Event {
+            subject: player_id,
+            seq: self.ctx.world.next_seq(),
+            identity: Arc::clone(&body.identity),
+            pos: body.pos,
+            old_cell: None,
+            new_cell: cell,
+            change: Change::Enter,
         };
+        let placed = self.placed_reply();
+        self.ctx.world.enter(self.handle.clone(), event, placed);
+    }
+
+    /// The answer a region gives once it owns the player.
+    fn placed_reply(&self) -> Placed {
+        let me = self.strong_me();
+        Box::new(move |region| {
+            if let Some(player) = me {
+                player.do_async(move |player| player.placed(region));
+            }
+        })
+    }
+
+    /// Region `region` owns the player now (after an enter or a crossing).
+    fn placed(&mut self, region: usize) {
+        let player_id = match self.presence {
+            Presence::Placing(id) | Presence::Crossing(id) => id,
+            other => {
+                tracing::warn!(session = %self.handle.id(), ?other, "placed while not entering or crossing");
+                return;
+            }
+        };
+        self.presence = Presence::In { player_id, region };
+        if self.closed {
+            self.exit(false);
+            return;
+        }
+        self.waiting = false;
+        self.replay();
+    }
+
+    fn move_to(&mut self, msg: CMove, received: Instant) {
+        let Presence::In { player_id, region } = self.presence else {
+            tracing::debug!(session = %self.handle.id(), "move dropped: not in the world");
+            bump(&self.ctx.counters.moves_dropped_not_in_world);
+            return;
+        };
+        let world = Arc::clone(&self.ctx.world);
+        if world.shed_move(region) {
+            return;
+        }
+        let body = self.body.as_mut().expect("in the world");
+        let requested = msg.info.unwrap_or_default();
+        let since_last = received.saturating_duration_since(body.last_move);
+        let accepted = world.accept_move(&body.pos, &requested, since_last);
+        let counters = &self.ctx.counters;
+        bump(&counters.moves);
+        if accepted.clamped {
+            bump(&counters.moves_clamped);
+        }
+        if accepted.cut {
+            bump(&counters.moves_cut);
+        }
+        let grid = world.grid();
+        let old_cell = grid.cell_of(body.pos.x, body.pos.y);
+        let new_cell = grid.cell_of(accepted.pos.x, accepted.pos.y);
+        body.pos = accepted.pos;
+        body.last_move = body.last_move.max(received);
+        let packet = make_packet(&SMove {
+            info: Some(accepted.pos),
+            client_time_us: msg.client_time_us,
+        });
+        let event = Event {
+            subject: player_id,
+            seq: world.next_seq(),
+            identity: Arc::clone(&body.identity),
+            pos: accepted.pos,
+            old_cell: Some(old_cell),
+            new_cell,
+            change: Change::Move(packet),
+        };
+        let crossing = if grid.region_of(new_cell) != region {
+            // Hold later packets until the new region owns the player.
+            self.presence = Presence::Crossing(player_id);
+            self.waiting = true;
+            Some(self.placed_reply())
+        } else {
+            None
+        };
+        world.move_player(region, event, crossing);
+    }
+
+    fn leave_game(&mut self) {
+        if !matches!(self.presence, Presence::In { .. }) {
+            tracing::debug!(session = %self.handle.id(), "leave ignored: not in the game");
+            return;
+        }
+        self.exit(true);
+    }
+
+    /// Leaves the room, then the world (`S_LEAVE_GAME` if `tell`), and saves
+    /// the position. Only from `In`.
+    fn exit(&mut self, tell: bool) {
+        let Presence::In { player_id, region } = self.presence else {
+            return;
+        };
+        let body = self.body.as_ref().expect("in the world");
+        let saved = SavedPosition {
+            x: body.pos.x,
+            y: body.pos.y,
+            z: body.pos.z,
+            yaw: body.pos.yaw,
+        };
+        self.ctx.db.save_position(player_id, saved);
+        if let Some(record) = self
+            .account
+            .as_mut()
+            .and_then(|account| account.players.iter_mut().find(|p| p.id == player_id))
+        {
+            record.position = Some(saved);
+        }
+        let cell = self.ctx.world.grid().cell_of(body.pos.x, body.pos.y);
+        let event = Event {
+            subject: player_id,
+            seq: self.ctx.world.next_seq(),
+            identity: Arc::clone(&body.identity),
+            pos: body.pos,
+            old_cell: Some(cell),
+            new_cell: cell,
+            change: Change::Leave,
+        };
+        self.presence = Presence::Leaving(player_id);
+        self.waiting = true;
+        let me = self.strong_me();
+        let left = Box::new(move || {
+            if let Some(player) = me {
+                player.do_async(Player::left);
+            }
+        });
+        // The room first, then the world from the room's job: every chat
+        // the room sends this player comes before its S_LEAVE_GAME.
+        let world = Arc::clone(&self.ctx.world);
+        let session = self.handle.id();
+        self.ctx.room.do_async(move |room| {
+            room.leave(player_id, session);
+            world.leave(region, event, session, tell, left);
+        });
+    }
+
+    /// The world let the player go.
+    fn left(&mut self) {
+        bump(&self.ctx.counters.world_leaves);
+        self.presence = Presence::Out;
+        self.body = None;
+        self.waiting = false;
         self.replay();
     }
 
     fn chat(&mut self, msg: CChat) {
-        let InRoom::In(player_id) = self.room else {
+        let Presence::In { player_id, .. } = self.presence else {
             // S_CHAT has no success field: the refusal is a drop, logged and
             // counted.
             tracing::debug!(session = %self.handle.id(), "chat refused: not in the room");
             bump(&self.ctx.counters.chats_refused_not_in_room);
             return;
         };
+        if self
+            .ctx
+            .world
+            .over_queue_limit(self.ctx.room.pending_jobs())
+        {
+            bump(&self.ctx.counters.chats_dropped_queue_full);
+            if self.ctx.chat_shed_log.allow() {
+                tracing::warn!(
+                    pending = self.ctx.room.pending_jobs(),
+                    dropped = self
+                        .ctx
+                        .counters
+                        .chats_dropped_queue_full
+                        .load(Ordering::Relaxed),
+                    "room overloaded: shedding chats"
+                );
+            }
+            return;
+        }
         let session = self.handle.id();
         self.ctx.room.do_async(move |room| {
             room.chat(player_id, session, msg.msg, msg.client_time_us);
@@ -267,10 +505,10 @@ impl Player {
     /// Handles the packets kept while waiting, until one waits again.
     fn replay(&mut self) {
         while !self.waiting && !self.closed {
-            let Some(packet) = self.deferred.pop_front() else {
+            let Some((packet, received)) = self.deferred.pop_front() else {
                 break;
             };
-            self.on_packet(packet);
+            self.on_packet(packet, received);
         }
     }
 }

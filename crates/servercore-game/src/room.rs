@@ -18,7 +18,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use servercore::{SessionHandle, SessionId};
-use servercore_protocol::{make_packet, try_make_packet, SChat, SEnterGame};
+use servercore_protocol::{make_packet, try_make_packet, ObjectInfo, SChat, SEnterGame};
 
 use super::stats::{bump, GameCounters};
 
@@ -44,11 +44,17 @@ impl Room {
     }
 
     /// Lets player `player_id` in through `handle` and answers
-    /// `S_ENTER_GAME` on it. Refused (`success = false`) if that player is
+    /// `S_ENTER_GAME` on it, carrying `info` (where it enters the world). Refused (`success = false`) if that player is
     /// already in the room from a session still connected. Returns whether
     /// the player entered. A session that closed meanwhile is not added and
     /// gets no answer.
-    pub fn enter(&mut self, player_id: u64, name: String, handle: SessionHandle) -> bool {
+    pub fn enter(
+        &mut self,
+        player_id: u64,
+        name: String,
+        handle: SessionHandle,
+        info: ObjectInfo,
+    ) -> bool {
         if !handle.is_connected() {
             return false;
         }
@@ -73,7 +79,7 @@ impl Room {
         let answer = make_packet(&SEnterGame {
             success: true,
             player_id,
-            player: None,
+            player: Some(info),
         });
         if handle.send(answer).is_err() {
             return false;

@@ -1,7 +1,9 @@
-//! The game server's counters: what was answered, refused and relayed, and
-//! two gauges (players in the room, live player states) that must fall back
-//! to zero once every client has left, the proof that sessions, players and
-//! the room do not keep each other alive.
+//! The game server's counters: what was answered, refused and relayed, what
+//! the world did with moves (accepted, corrected, dropped by reason) and how
+//! many spawns, despawns and moves it sent, and four gauges (players in the
+//! room, players in the world, the regions' ghosts, live player states) that
+//! must fall back to zero once every client has left, the proof that sessions, players, the
+//! room and the regions do not keep each other alive.
 
 use std::fmt;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -20,6 +22,21 @@ pub struct GameCounters {
     pub(super) chats_refused_too_long: AtomicU64,
     pub(super) players_in_room: AtomicI64,
     pub(super) player_states: AtomicI64,
+    pub(crate) moves: AtomicU64,
+    pub(crate) moves_clamped: AtomicU64,
+    pub(crate) moves_cut: AtomicU64,
+    pub(crate) moves_dropped_rate: AtomicU64,
+    pub(crate) moves_dropped_queue_full: AtomicU64,
+    pub(crate) moves_dropped_not_in_world: AtomicU64,
+    pub(crate) chats_dropped_rate: AtomicU64,
+    pub(crate) chats_dropped_queue_full: AtomicU64,
+    pub(crate) spawns_sent: AtomicU64,
+    pub(crate) despawns_sent: AtomicU64,
+    pub(crate) move_deliveries: AtomicU64,
+    pub(crate) handovers: AtomicU64,
+    pub(crate) world_leaves: AtomicU64,
+    pub(crate) players_in_world: AtomicI64,
+    pub(crate) ghosts: AtomicI64,
 }
 
 /// Adds one to a counter.
@@ -42,6 +59,21 @@ impl GameCounters {
             chats_refused_too_long: get(&self.chats_refused_too_long),
             players_in_room: self.players_in_room.load(Ordering::Relaxed),
             player_states: self.player_states.load(Ordering::Relaxed),
+            moves: get(&self.moves),
+            moves_clamped: get(&self.moves_clamped),
+            moves_cut: get(&self.moves_cut),
+            moves_dropped_rate: get(&self.moves_dropped_rate),
+            moves_dropped_queue_full: get(&self.moves_dropped_queue_full),
+            moves_dropped_not_in_world: get(&self.moves_dropped_not_in_world),
+            chats_dropped_rate: get(&self.chats_dropped_rate),
+            chats_dropped_queue_full: get(&self.chats_dropped_queue_full),
+            spawns_sent: get(&self.spawns_sent),
+            despawns_sent: get(&self.despawns_sent),
+            move_deliveries: get(&self.move_deliveries),
+            handovers: get(&self.handovers),
+            world_leaves: get(&self.world_leaves),
+            players_in_world: self.players_in_world.load(Ordering::Relaxed),
+            ghosts: self.ghosts.load(Ordering::Relaxed),
         }
     }
 }
@@ -75,6 +107,45 @@ pub struct GameStats {
     /// Per-connection player states still alive (0 once every session has
     /// gone and its jobs have run).
     pub player_states: i64,
+    /// Moves accepted (after clamping and the speed cut).
+    pub moves: u64,
+    /// Accepted moves whose point was outside the map and was clamped.
+    pub moves_clamped: u64,
+    /// Accepted moves that jumped too far and were cut to the speed limit.
+    pub moves_cut: u64,
+    /// Moves dropped: past the player's move rate.
+    pub moves_dropped_rate: u64,
+    /// Moves dropped: the player's region had too many jobs waiting.
+    pub moves_dropped_queue_full: u64,
+    /// Moves dropped: the sender was not in the world.
+    pub moves_dropped_not_in_world: u64,
+    /// Chats dropped: past the player's chat rate.
+    pub chats_dropped_rate: u64,
+    /// Chats dropped: the room had too many jobs waiting.
+    pub chats_dropped_queue_full: u64,
+    /// `S_SPAWN` packets sent (each lists one or more players).
+    pub spawns_sent: u64,
+    /// `S_DESPAWN` packets sent.
+    pub despawns_sent: u64,
+    /// `S_MOVE` sends, over all receivers (the moves' fan-out).
+    pub move_deliveries: u64,
+    /// Players handed from one region to another.
+    pub handovers: u64,
+    /// Players that left the world (`C_LEAVE_GAME` or a disconnect).
+    pub world_leaves: u64,
+    /// Players in the world now.
+    pub players_in_world: i64,
+    /// Copies of players that regions keep of their neighbours' players
+    /// near the border (0 once everyone has left and the regions have
+    /// heard of it).
+    pub ghosts: i64,
+}
+
+impl GameStats {
+    /// Every move dropped, whatever the reason.
+    pub fn moves_dropped(&self) -> u64 {
+        self.moves_dropped_rate + self.moves_dropped_queue_full + self.moves_dropped_not_in_world
+    }
 }
 
 impl fmt::Display for GameStats {
@@ -83,7 +154,10 @@ impl fmt::Display for GameStats {
             f,
             "logins={} logins_refused={} enters={} enters_refused={} chats_relayed={} \
              chat_deliveries={} chats_refused_not_in_room={} chats_refused_too_long={} \
-             players_in_room={} player_states={}",
+             players_in_room={} player_states={} moves={} moves_clamped={} moves_cut={} \
+             moves_dropped_rate={} moves_dropped_queue_full={} moves_dropped_not_in_world={} \
+             chats_dropped_rate={} chats_dropped_queue_full={} spawns_sent={} despawns_sent={} \
+             move_deliveries={} handovers={} world_leaves={} players_in_world={} ghosts={}",
             self.logins,
             self.logins_refused,
             self.enters,
@@ -94,6 +168,21 @@ impl fmt::Display for GameStats {
             self.chats_refused_too_long,
             self.players_in_room,
             self.player_states,
+            self.moves,
+            self.moves_clamped,
+            self.moves_cut,
+            self.moves_dropped_rate,
+            self.moves_dropped_queue_full,
+            self.moves_dropped_not_in_world,
+            self.chats_dropped_rate,
+            self.chats_dropped_queue_full,
+            self.spawns_sent,
+            self.despawns_sent,
+            self.move_deliveries,
+            self.handovers,
+            self.world_leaves,
+            self.players_in_world,
+            self.ghosts,
         )
     }
 }

@@ -91,6 +91,9 @@ impl Running {
                     config.addr = std::net::SocketAddr::new(args.addr.ip(), 0);
                     config.ws_addr = Some(args.addr);
                 }
+                // The benchmark sets the chat rate itself; the game's
+                // per-player chat limit would cut a fast one short.
+                config.world.chat_rate = None;
                 return Ok(Running::Game(servercore_game::start(config)?));
             }
         };
