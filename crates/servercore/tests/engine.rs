@@ -428,7 +428,10 @@ fn stop_while_busy_frees_everything(backend: Backend) {
     // with `Shutdown`, whatever the peer does while it drains.
     let record = record.lock();
     assert_eq!(record.connected, CLIENTS);
-    assert_eq!(record.disconnected, vec![DisconnectReason::Shutdown; CLIENTS]);
+    assert_eq!(
+        record.disconnected,
+        vec![DisconnectReason::Shutdown; CLIENTS]
+    );
 }
 
 fn reader_that_never_reads_does_not_stall_others(backend: Backend) {
