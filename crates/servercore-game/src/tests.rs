@@ -163,7 +163,7 @@ fn logins_queued_at_stop_are_committed_and_answered() {
         assert!(first.success);
         let stats = server.stop_and_join();
 
-        let mut answered = vec![false; CLIENTS];
+        let mut answered = [false; CLIENTS];
         answered[0] = true;
         for (i, client) in clients.iter_mut().enumerate().skip(1) {
             let mut rest = Vec::new();
