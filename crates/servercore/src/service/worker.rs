@@ -228,6 +228,9 @@ impl Core {
                 self.engine.live_slots.fetch_sub(1, Ordering::AcqRel);
             }
         }
+        self.live = 0;
+        self.mailbox.counters.set_sessions(0);
+        self.mailbox.counters.set_queued_bytes(0);
     }
 
     /// The driver failed for good: disconnects every session (their
