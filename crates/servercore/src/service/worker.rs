@@ -620,6 +620,7 @@ impl Core {
         });
         self.held = held;
         for slot in due_now {
+            self.mailbox.counters.note_coalesced_flush();
             self.flush(driver, slot);
         }
     }
