@@ -155,14 +155,19 @@ fn emfile_child() {
         .start()
         .unwrap();
     let addr = service.local_addr();
-    let mut client = connect(addr);
-
-    // Fill the descriptor table: the server cannot accept the client.
+    // The client's socket exists before the table fills; it connects after,
+    // so the server cannot accept it.
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
     let mut hog = Vec::new();
     while let Ok(file) = std::fs::File::open("/dev/null") {
         hog.push(file);
         assert!(hog.len() < 10_000, "the descriptor limit was not lowered");
     }
+    socket.connect(&addr.into()).unwrap();
+    let mut client: std::net::TcpStream = socket.into();
+    client
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     let window = Instant::now();
     std::thread::sleep(Duration::from_millis(2_500));
     let lines = logs.lines_containing("accept failed");
