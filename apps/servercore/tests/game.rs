@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -449,9 +449,12 @@ fn full_flow(backend: Backend) {
         }
     }
 
-    // Bob leaves: the others no longer reach him, and go on.
+    // Bob leaves: the others no longer reach him, and go on. He closes his
+    // side and waits for the server's close, so his session has ended
+    // before the next chat is relayed (the room then finds it closed).
+    bob.stream.shutdown(Shutdown::Write).unwrap();
+    bob.expect_closed();
     drop(bob);
-    std::thread::sleep(Duration::from_millis(100));
     guest.chat("bye bob", 55);
     for client in [&mut alice, &mut guest] {
         assert_eq!(client.recv_chat(), chat_of(pids[2], "bye bob", 55));

@@ -55,6 +55,7 @@ pub mod world;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -159,6 +160,59 @@ impl GameConfig {
     }
 }
 
+/// Logins handed to the database whose answer is not queued yet, and
+/// whether the server has begun stopping (no login is taken then): lets a
+/// stop answer every login it took before the sessions close.
+#[derive(Debug, Default)]
+pub struct LoginGate {
+    pending: AtomicUsize,
+    closed: AtomicBool,
+}
+
+impl LoginGate {
+    /// Takes one login, unless the server is stopping (the login is then
+    /// left unread, as if it had arrived after the stop). The login is
+    /// pending until the returned guard is dropped: after its answer has
+    /// been queued, or when its player is gone.
+    pub fn admit(self: &Arc<Self>) -> Option<PendingLogin> {
+        // Count first, then look: `close_and_drain` closes first, then
+        // counts, so a login either sees the gate closed or is waited for.
+        self.pending.fetch_add(1, Ordering::SeqCst);
+        if self.closed.load(Ordering::SeqCst) {
+            self.pending.fetch_sub(1, Ordering::SeqCst);
+            return None;
+        }
+        Some(PendingLogin(Arc::clone(self)))
+    }
+
+    /// Takes no more logins and waits up to `limit` for the pending ones;
+    /// false if some were still pending then.
+    pub fn close_and_drain(&self, limit: Duration) -> bool {
+        self.closed.store(true, Ordering::SeqCst);
+        let deadline = Instant::now() + limit;
+        while self.pending.load(Ordering::SeqCst) != 0 {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        true
+    }
+}
+
+/// One login taken by [`LoginGate::admit`]; dropping it ends it.
+#[derive(Debug)]
+pub struct PendingLogin(Arc<LoginGate>);
+
+impl Drop for PendingLogin {
+    fn drop(&mut self) {
+        self.0.pending.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// How long a stop waits for the logins it took to be answered.
+const LOGIN_DRAIN_LIMIT: Duration = Duration::from_secs(5);
+
 /// What every session of one game server shares.
 pub struct GameContext {
     /// The room, an actor.
@@ -177,6 +231,8 @@ pub struct GameContext {
     pub chat_rate: Option<servercore::packet::Rate>,
     /// Rate-limits the "shedding chats" warning.
     pub(crate) chat_shed_log: LogLimiter,
+    /// Logins in flight to the database, drained by a stop.
+    pub logins: Arc<LoginGate>,
 }
 
 /// A running game server: the engine's service, the database thread and
@@ -210,6 +266,7 @@ pub fn start(config: GameConfig) -> anyhow::Result<GameServer> {
         move_rate: config.world.move_rate,
         chat_rate: config.world.chat_rate,
         chat_shed_log: LogLimiter::new(Duration::from_secs(1)),
+        logins: Arc::default(),
     });
     let packets = PacketConfig::default()
         .with_max_packet_size(config.effective_max_packet_size())
@@ -310,6 +367,12 @@ impl GameServer {
     fn shutdown(&mut self) {
         if std::mem::replace(&mut self.stopped, true) {
             return;
+        }
+        // Logins the database already has are answered while their
+        // sessions are still open (the stop then flushes the answers); none
+        // is taken meanwhile.
+        if !self.ctx.logins.close_and_drain(LOGIN_DRAIN_LIMIT) {
+            tracing::warn!("logins still unanswered after {LOGIN_DRAIN_LIMIT:?}; stopping anyway");
         }
         self.service.stop();
         self.service.join();

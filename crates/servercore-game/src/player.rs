@@ -175,6 +175,10 @@ impl Player {
             self.refuse_login();
             return;
         }
+        let Some(pending) = self.ctx.logins.admit() else {
+            // The server is stopping: the login is left unread.
+            return;
+        };
         self.waiting = true;
         let me = self.me.clone();
         self.ctx.db.login(
@@ -182,7 +186,11 @@ impl Player {
             Box::new(move |result| {
                 // On the database thread: hand the result back as a job.
                 if let Some(player) = me.and_then(|me| me.upgrade()) {
-                    player.post(move |player| player.logged_in(result));
+                    player.post(move |player| {
+                        player.logged_in(result);
+                        // The answer is queued: a stop may close the session.
+                        drop(pending);
+                    });
                 }
             }),
         );

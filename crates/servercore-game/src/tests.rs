@@ -120,3 +120,78 @@ fn packet_limit_leaves_room_for_refusing_long_chats() {
     };
     assert_eq!(huge.effective_max_packet_size(), 65_535);
 }
+
+/// Logins still queued for the database when the server stops are
+/// committed and answered: a client whose account was written gets its
+/// `S_LOGIN` before the connection closes, and a client that got no answer
+/// has no account (its login was never read). Checked per account against
+/// the database file after the stop, on every backend.
+#[test]
+fn logins_queued_at_stop_are_committed_and_answered() {
+    const CLIENTS: usize = 100;
+    for backend in servercore::driver::available_backends() {
+        let dir = tempfile::tempdir().unwrap();
+        let db_path = dir.path().join("game.db");
+        let server = start(GameConfig {
+            backend,
+            db_path: db_path.clone(),
+            ..config()
+        })
+        .unwrap();
+        let addr = server.local_addr();
+        let mut clients: Vec<TcpStream> = (0..CLIENTS)
+            .map(|_| {
+                let stream = TcpStream::connect(addr).unwrap();
+                stream
+                    .set_read_timeout(Some(Duration::from_secs(10)))
+                    .unwrap();
+                stream
+            })
+            .collect();
+        for (i, client) in clients.iter_mut().enumerate() {
+            client
+                .write_all(&make_packet(&CLogin {
+                    account: format!("queued{i}"),
+                }))
+                .unwrap();
+        }
+        // Stop as soon as the first answer shows the database at work:
+        // the later logins are still queued.
+        let ClientPacket::SLogin(first) = recv(&mut clients[0]) else {
+            panic!("expected S_LOGIN")
+        };
+        assert!(first.success);
+        let stats = server.stop_and_join();
+
+        let mut answered = [false; CLIENTS];
+        answered[0] = true;
+        for (i, client) in clients.iter_mut().enumerate().skip(1) {
+            let mut rest = Vec::new();
+            client
+                .read_to_end(&mut rest)
+                .expect("closed, not timed out");
+            if !rest.is_empty() {
+                let size = u16::from_le_bytes([rest[0], rest[1]]) as usize;
+                let id = u16::from_le_bytes([rest[2], rest[3]]);
+                assert_eq!(rest.len(), size, "{backend}: client {i}: one packet");
+                let ClientPacket::SLogin(login) = ClientPacket::decode(id, &rest[4..]).unwrap()
+                else {
+                    panic!("{backend}: client {i}: expected S_LOGIN");
+                };
+                assert!(login.success, "{backend}: client {i}");
+                answered[i] = true;
+            }
+        }
+        let mut db = super::db::Database::open(&db_path).unwrap();
+        for (i, answered) in answered.iter().enumerate() {
+            let committed = !db.login(&format!("queued{i}")).unwrap().created;
+            assert_eq!(
+                committed, *answered,
+                "{backend}: client {i}: committed {committed}, answered {answered}"
+            );
+        }
+        let answered = answered.iter().filter(|a| **a).count();
+        assert_eq!(stats.logins as usize, answered, "{backend}");
+        eprintln!("{backend}: {answered} of {CLIENTS} logins answered at stop");
+    }
+}

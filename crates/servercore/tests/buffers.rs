@@ -7,7 +7,7 @@ use std::alloc::System;
 use std::io::Read;
 use std::net::TcpStream;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::*;
@@ -302,32 +302,60 @@ fn ring_exhaustion_loses_nothing(backend: Backend) {
     service.join();
 }
 
+/// A session that receives nothing for the idle timeout is closed with
+/// `IdleTimeout`: never before the timeout has passed since its last byte,
+/// and within one housekeeping period (100 ms) plus scheduling slack after;
+/// a session that keeps talking is never touched.
 fn idle_timeout_fires_only_on_silent_sessions(backend: Backend) {
+    const IDLE: Duration = Duration::from_millis(400);
+    /// Housekeeping period (100 ms) and generous scheduling slack.
+    const LATE: Duration = Duration::from_millis(1_600);
     let _shared = ALLOCATION_COUNTING.read();
     let record: Shared = Default::default();
     let r = Arc::clone(&record);
     let service = ServerService::builder("127.0.0.1:0")
         .backend(backend)
         .workers(1)
-        .idle_timeout(Duration::from_millis(400))
+        .idle_timeout(IDLE)
         .session(move || RecordingEcho {
             record: Arc::clone(&r),
         })
         .start()
         .unwrap();
     let addr = service.local_addr();
-    let mut silent = connect(addr);
     let mut chatty = connect(addr);
-    for _ in 0..12 {
+    let mut silent = connect(addr);
+    // The silent peer talks once: the timeout counts from its last byte,
+    // which the server received after `sent` and before `echoed`.
+    let sent = Instant::now();
+    write_all(&mut silent, b"once");
+    assert_eq!(read_exact(&mut silent, 4), b"once");
+    let echoed = Instant::now();
+    silent.set_nonblocking(true).unwrap();
+
+    let deadline = echoed + IDLE + LATE;
+    let closed_at = loop {
         write_all(&mut chatty, b"tick");
         assert_eq!(read_exact(&mut chatty, 4), b"tick");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let mut buf = [0u8; 1];
-    assert_eq!(
-        silent.read(&mut buf).unwrap(),
-        0,
-        "the silent peer was closed"
+        let mut buf = [0u8; 1];
+        match silent.read(&mut buf) {
+            Ok(0) => break Instant::now(),
+            Ok(_) => panic!("the silent peer was sent data"),
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(error) => panic!("the silent peer was not closed in order: {error}"),
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not closed {:?} after its last byte",
+            IDLE + LATE
+        );
+        // Paces the chatty peer, far below the timeout; decides nothing.
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(
+        closed_at.duration_since(sent) >= IDLE,
+        "closed {:?} after its last byte, before the timeout",
+        closed_at.duration_since(sent)
     );
     assert_eq!(
         record.lock().disconnected,

@@ -18,6 +18,7 @@ backend_tests!(
     accept_errors_at_the_descriptor_limit_are_logged_once_per_second,
     seventy_thousand_reconnects_through_one_slot_never_repeat_an_id,
     counters_move_by_exactly_the_traffic_sent,
+    a_coalesced_flush_is_counted,
 );
 
 fn start_on(backend: Backend, addr: SocketAddr, record: &Shared) -> ServerService {
@@ -154,14 +155,19 @@ fn emfile_child() {
         .start()
         .unwrap();
     let addr = service.local_addr();
-    let mut client = connect(addr);
-
-    // Fill the descriptor table: the server cannot accept the client.
+    // The client's socket exists before the table fills; it connects after,
+    // so the server cannot accept it.
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
     let mut hog = Vec::new();
     while let Ok(file) = std::fs::File::open("/dev/null") {
         hog.push(file);
         assert!(hog.len() < 10_000, "the descriptor limit was not lowered");
     }
+    socket.connect(&addr.into()).unwrap();
+    let mut client: std::net::TcpStream = socket.into();
+    client
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     let window = Instant::now();
     std::thread::sleep(Duration::from_millis(2_500));
     let lines = logs.lines_containing("accept failed");
@@ -354,6 +360,37 @@ fn counters_move_by_exactly_the_traffic_sent(backend: Backend) {
     assert_eq!(total.packets_in, 5);
     assert_eq!(total.queued_bytes, 0);
     assert_eq!(service.metrics().sessions_total, 4);
+    service.stop();
+    service.join();
+}
+
+/// With send coalescing, a reply queued within the interval of the last
+/// write is held and then flushed at its due time: one coalesced flush.
+fn a_coalesced_flush_is_counted(backend: Backend) {
+    let record: Shared = Default::default();
+    let shared = Arc::clone(&record);
+    let service = ServerService::builder("127.0.0.1:0")
+        .backend(backend)
+        .workers(1)
+        // Far longer than a loopback round trip, so the second echo is
+        // always within the interval of the first write.
+        .send_coalescing(Duration::from_secs(1))
+        .session(move || RecordingEcho {
+            record: Arc::clone(&shared),
+        })
+        .start()
+        .unwrap();
+    let mut client = connect(service.local_addr());
+    write_all(&mut client, b"one");
+    assert_eq!(read_exact(&mut client, 3), b"one");
+    write_all(&mut client, b"two");
+    assert_eq!(read_exact(&mut client, 3), b"two");
+    assert!(wait_until(Duration::from_secs(10), || {
+        service.metrics().total().bytes_out == 6
+    }));
+    let total = service.metrics().total();
+    assert_eq!((total.writes, total.coalesced_flushes), (2, 1));
+    drop(client);
     service.stop();
     service.join();
 }

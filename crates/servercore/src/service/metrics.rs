@@ -82,9 +82,7 @@ impl WorkerCounters {
         add(&self.events, n);
     }
 
-    /// A flush held back by send coalescing went out (for the coalescing
-    /// send path to call once per such flush).
-    #[allow(dead_code)]
+    /// A flush held back by send coalescing went out.
     pub(crate) fn note_coalesced_flush(&self) {
         add(&self.coalesced_flushes, 1);
     }
@@ -142,7 +140,8 @@ pub struct WorkerMetrics {
     /// or poll readiness turned into events (accepts, receives, writes,
     /// closes).
     pub events: u64,
-    /// Writes that send coalescing held back and then sent together.
+    /// Flushes that send coalescing held back and then released at their
+    /// due time (each sends everything queued meanwhile in one write).
     pub coalesced_flushes: u64,
     /// Sessions ended, by [`DisconnectKind`] index.
     pub disconnects: [u64; DisconnectKind::COUNT],

@@ -5,6 +5,10 @@
 //! round-robin; [`ClientService`] connects sessions to a server. Both run the
 //! same worker loop (`worker`), one per thread, each owning one driver and
 //! the sessions assigned to it. [`SessionGroup`] is a room's membership.
+//! [`EngineMetrics`] snapshots the per-worker counters (`metrics`); a worker
+//! whose driver fails for good stops the service, which reports it as a
+//! [`WorkerFailure`]; accept failures are logged at most once a second
+//! (`log_limit`).
 
 mod client;
 mod config;

@@ -273,6 +273,9 @@ impl Core {
                 self.engine.live_slots.fetch_sub(1, Ordering::AcqRel);
             }
         }
+        self.live = 0;
+        self.mailbox.counters.set_sessions(0);
+        self.mailbox.counters.set_queued_bytes(0);
     }
 
     /// The driver failed for good: disconnects every session (their
@@ -665,6 +668,7 @@ impl Core {
         });
         self.held = held;
         for slot in due_now {
+            self.mailbox.counters.note_coalesced_flush();
             self.flush(driver, slot);
         }
     }
