@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use servercore_load::bench::{BenchOptions, BenchServerOptions, ChatServer, Impl, Scenario};
 
@@ -82,6 +83,11 @@ pub struct BenchArgs {
     /// Client source addresses 127.0.0.1 ..= 127.0.0.N, used round-robin.
     #[arg(long, default_value_t = 16, value_name = "N")]
     pub sources: u8,
+
+    /// Send coalescing of the engine servers, in milliseconds (0: off;
+    /// default: each server's own, off but for the game server).
+    #[arg(long, value_name = "N")]
+    pub coalesce_ms: Option<u64>,
 }
 
 /// `servercore bench-server` options (started by `bench`).
@@ -110,6 +116,11 @@ pub struct BenchServerArgs {
     /// Most sessions at once (engine servers).
     #[arg(long, default_value_t = 20_000)]
     pub max_sessions: usize,
+
+    /// Send coalescing of an engine server, in milliseconds (0: off;
+    /// default: the server's own).
+    #[arg(long, value_name = "N")]
+    pub coalesce_ms: Option<u64>,
 }
 
 impl BenchArgs {
@@ -133,6 +144,7 @@ impl BenchArgs {
             repeat: self.repeat,
             perf: self.perf,
             sources: self.sources,
+            send_coalescing: self.coalesce_ms.map(Duration::from_millis),
         }
     }
 }
@@ -147,6 +159,7 @@ impl BenchServerArgs {
             workers: self.workers,
             chat: self.chat,
             max_sessions: self.max_sessions,
+            send_coalescing: self.coalesce_ms.map(Duration::from_millis),
         }
     }
 }

@@ -16,6 +16,7 @@ pub fn run(args: EchoArgs) -> anyhow::Result<()> {
         workers: args.engine.workers,
         max_sessions: args.max_sessions,
         verbose: args.verbose,
+        send_coalescing: Duration::from_millis(args.coalesce_ms),
     })?;
     println!(
         "echo server listening on {} (backend {}); Ctrl-C stops it",

@@ -89,7 +89,15 @@ pub struct GameConfig {
     /// Per-session flood limits (default: the engine's, far above a
     /// player's needs; a load test may want [`RateLimits::unlimited`]).
     pub rate_limits: RateLimits,
+    /// Send coalescing: a session's packets wait up to this long after its
+    /// last write, so a busy room costs fewer, fuller writes
+    /// (`Duration::ZERO`: off). Default [`DEFAULT_SEND_COALESCING`].
+    pub send_coalescing: Duration,
 }
+
+/// The game server's send coalescing by default, chosen by measurement
+/// (`servercore bench broadcast`, see docs/BENCHMARKS.md).
+pub const DEFAULT_SEND_COALESCING: Duration = Duration::ZERO;
 
 impl Default for GameConfig {
     /// `127.0.0.1:7777`, [`DEFAULT_DB_PATH`], the automatic backend, 10,000
@@ -106,6 +114,7 @@ impl Default for GameConfig {
             max_chat_len: 256,
             max_packet_size: 8 * 1024,
             rate_limits: RateLimits::default(),
+            send_coalescing: DEFAULT_SEND_COALESCING,
         }
     }
 }
@@ -176,6 +185,7 @@ pub fn start(config: GameConfig) -> anyhow::Result<GameServer> {
     let mut builder = ServerService::builder(config.addr)
         .backend(config.backend)
         .max_sessions(config.max_sessions)
+        .send_coalescing(config.send_coalescing)
         .session(move || {
             PacketSession::new(GameSession::new(Arc::clone(&session_ctx)), packets.clone())
         });

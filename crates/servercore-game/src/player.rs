@@ -62,6 +62,8 @@ pub struct Player {
     waiting: bool,
     deferred: VecDeque<ServerPacket>,
     closed: bool,
+    /// The peer finished sending: close once every packet is answered.
+    peer_finished: bool,
 }
 
 impl Player {
@@ -77,6 +79,7 @@ impl Player {
             waiting: false,
             deferred: VecDeque::new(),
             closed: false,
+            peer_finished: false,
         });
         let me = actor.downgrade();
         actor.do_async(move |player| player.me = Some(me));
@@ -110,6 +113,21 @@ impl Player {
             ServerPacket::CLogin(msg) => self.login(msg.account),
             ServerPacket::CEnterGame(msg) => self.enter(msg.player_index),
             ServerPacket::CChat(msg) => self.chat(msg),
+        }
+    }
+
+    /// The peer sent its last packet (it half-closed). Runs after the jobs of
+    /// every packet it sent; the session closes once they are all answered,
+    /// so a client that sends `C_LOGIN` and shuts its write side down still
+    /// gets its `S_LOGIN`.
+    pub fn peer_finished(&mut self) {
+        self.peer_finished = true;
+        self.close_if_answered();
+    }
+
+    fn close_if_answered(&mut self) {
+        if self.peer_finished && !self.waiting && self.deferred.is_empty() && !self.closed {
+            self.handle.disconnect_with(DisconnectReason::ClosedByPeer);
         }
     }
 
@@ -268,6 +286,7 @@ impl Player {
             };
             self.on_packet(packet);
         }
+        self.close_if_answered();
     }
 }
 

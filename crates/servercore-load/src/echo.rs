@@ -2,6 +2,7 @@
 //! benchmarks' echo and idle scenarios.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use servercore::{Backend, DisconnectReason, ServerService, Session, SessionHandle};
 
@@ -52,6 +53,8 @@ pub struct EchoConfig {
     pub max_sessions: usize,
     /// Print `OnRecv Len = N` / `OnSend Len = N` for every event.
     pub verbose: bool,
+    /// Send coalescing interval (`Duration::ZERO`: off).
+    pub send_coalescing: Duration,
 }
 
 /// Starts an echo server.
@@ -60,6 +63,7 @@ pub fn start(config: EchoConfig) -> anyhow::Result<ServerService> {
     let mut builder = ServerService::builder(config.addr)
         .backend(config.backend)
         .max_sessions(config.max_sessions)
+        .send_coalescing(config.send_coalescing)
         .session(move || EchoSession::new(verbose));
     if let Some(workers) = config.workers {
         builder = builder.workers(workers);

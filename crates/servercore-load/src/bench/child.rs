@@ -35,6 +35,7 @@ impl ServerProcess {
         workers: Option<usize>,
         max_sessions: usize,
         chat: ChatServer,
+        send_coalescing: Option<Duration>,
         progress: &Progress,
     ) -> anyhow::Result<ServerProcess> {
         let exe = own_executable()?;
@@ -48,6 +49,9 @@ impl ServerProcess {
             .args(["--chat", chat.name()]);
         if let Some(workers) = workers {
             command.args(["--workers", &workers.to_string()]);
+        }
+        if let Some(interval) = send_coalescing {
+            command.args(["--coalesce-ms", &interval.as_millis().to_string()]);
         }
         let mut child = command
             .stdin(Stdio::piped())

@@ -74,11 +74,13 @@ pub fn start(
     backend: Backend,
     workers: Option<usize>,
     max_sessions: usize,
+    send_coalescing: std::time::Duration,
 ) -> anyhow::Result<ServerService> {
     let shared = Arc::new(Shared::default());
     let mut builder = ServerService::builder(addr)
         .backend(backend)
         .max_sessions(max_sessions)
+        .send_coalescing(send_coalescing)
         .session(move || ChatSession {
             shared: shared.clone(),
             peer: ChatPeer::new(),

@@ -182,6 +182,10 @@ pub struct BenchOptions {
 
     /// Client source addresses 127.0.0.1 ..= 127.0.0.N, used round-robin.
     pub sources: u8,
+
+    /// Send coalescing of the engine servers (`None`: each server's
+    /// default: off for echo and the minimal chat, the game's own default).
+    pub send_coalescing: Option<Duration>,
 }
 
 /// What one `servercore bench-server` process serves (started by the
@@ -205,6 +209,9 @@ pub struct BenchServerOptions {
 
     /// Most sessions at once (engine servers).
     pub max_sessions: usize,
+
+    /// Send coalescing of an engine server (`None`: its default).
+    pub send_coalescing: Option<Duration>,
 }
 
 /// Runs one benchmark server until its stdin ends.
@@ -233,6 +240,7 @@ struct Plan {
     max_sessions: usize,
     chat_server: ChatServer,
     repeat: usize,
+    send_coalescing: Option<Duration>,
 }
 
 impl Plan {
@@ -338,6 +346,7 @@ impl Plan {
             max_sessions,
             chat_server: args.chat_server,
             repeat: args.repeat.max(1),
+            send_coalescing: args.send_coalescing,
         })
     }
 }
@@ -403,7 +412,14 @@ pub fn run(args: BenchOptions) -> anyhow::Result<()> {
         workers: plan.workers,
         echo_clients: plan.echo_clients.clone(),
         broadcast_sessions: plan.broadcast_sessions,
-        broadcast_server: plan.chat_server.name().to_string(),
+        broadcast_server: match plan.send_coalescing {
+            Some(interval) => format!(
+                "{}, send coalescing {} ms",
+                plan.chat_server.name(),
+                interval.as_secs_f64() * 1000.0
+            ),
+            None => plan.chat_server.name().to_string(),
+        },
         idle_sessions: plan.idle_sessions,
         source_addresses: sources.len(),
         open_file_limit,
@@ -603,6 +619,7 @@ impl Bench {
             self.plan.workers,
             self.plan.max_sessions,
             self.plan.chat_server,
+            self.plan.send_coalescing,
             &self.progress,
         )
     }

@@ -15,6 +15,7 @@
 //! - `quit` or the end of stdin stops the server and the process exits.
 
 use std::io::{BufRead, Write};
+use std::time::Duration;
 
 use servercore::{Backend, ServerService};
 
@@ -53,16 +54,24 @@ impl Running {
                 workers: args.workers,
                 max_sessions: args.max_sessions,
                 verbose: false,
+                send_coalescing: args.send_coalescing.unwrap_or(Duration::ZERO),
             })?,
-            Scenario::Broadcast if args.chat == ChatServer::Minimal => {
-                super::engine_chat::start(args.addr, backend, args.workers, args.max_sessions)?
-            }
+            Scenario::Broadcast if args.chat == ChatServer::Minimal => super::engine_chat::start(
+                args.addr,
+                backend,
+                args.workers,
+                args.max_sessions,
+                args.send_coalescing.unwrap_or(Duration::ZERO),
+            )?,
             Scenario::Broadcast => {
                 let mut config = GameConfig::in_memory(args.addr);
                 config.backend = backend;
                 config.workers = args.workers;
                 config.max_sessions = args.max_sessions;
                 config.idle_timeout = None;
+                if let Some(interval) = args.send_coalescing {
+                    config.send_coalescing = interval;
+                }
                 return Ok(Running::Game(servercore_game::start(config)?));
             }
         };
