@@ -116,6 +116,20 @@ impl ServerProcess {
             .with_context(|| format!("{}: unexpected answer {line:?}", self.label))
     }
 
+    /// Gathered socket writes the server made so far (`None`: it does not
+    /// count them).
+    pub fn writes(&mut self) -> anyhow::Result<Option<u64>> {
+        let stdin = self.stdin.as_mut().context("server stdin closed")?;
+        writeln!(stdin, "writes")?;
+        stdin.flush()?;
+        let line = self.read_line()?;
+        let count = line
+            .strip_prefix("writes ")
+            .with_context(|| format!("{}: unexpected answer {line:?}", self.label))?
+            .trim();
+        Ok(count.parse().ok())
+    }
+
     /// Lines the server wrote to stderr so far.
     pub fn stderr_lines(&self) -> Vec<String> {
         self.stderr.lock().clone()

@@ -742,14 +742,18 @@ impl Bench {
             warmup: self.plan.broadcast_warmup,
             ..self.plan.timing
         };
+        let mut server = server;
+        let (addr, pid) = (server.addr(), server.pid());
+        let mut server_writes = || server.writes().ok().flatten();
         let outcome = self.runtime.block_on(load::broadcast(
-            server.addr(),
-            server.pid(),
+            addr,
+            pid,
             sessions,
             self.plan.chat_interval,
             timing,
             &self.sources,
             &self.progress,
+            &mut server_writes,
         ));
         let outcome = match outcome {
             Ok(outcome) => outcome,
@@ -790,6 +794,11 @@ impl Bench {
             cpu,
             tcp_segments_per_delivery: (outcome.deliveries > 0)
                 .then(|| outcome.window.tcp_segments as f64 / outcome.deliveries as f64),
+            server_writes_per_delivery: outcome
+                .window
+                .server_writes
+                .filter(|_| outcome.deliveries > 0)
+                .map(|writes| writes as f64 / outcome.deliveries as f64),
             server_syscalls_per_delivery: syscalls,
             server_context_switches_per_delivery: switches,
             latency: Latency::from_histogram(&outcome.latency),

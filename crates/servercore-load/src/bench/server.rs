@@ -11,7 +11,8 @@
 //! Contract with the harness ([`super::child`]):
 //! - the first stdout line is `listening on ADDR (...)`;
 //! - each `sessions` line on stdin is answered with `sessions N` (the
-//!   connections the server holds now);
+//!   connections the server holds now), each `writes` line with `writes N`
+//!   (the gathered socket writes so far; `writes -` where not counted);
 //! - `quit` or the end of stdin stops the server and the process exits.
 
 use std::io::{BufRead, Write};
@@ -94,6 +95,15 @@ impl Running {
         }
     }
 
+    /// Gathered writes the server submitted so far (engine servers).
+    fn writes(&self) -> Option<u64> {
+        match self {
+            Running::Engine(service) => Some(service.stats().writes_total),
+            Running::Game(server) => Some(server.service_stats().writes_total),
+            Running::Tokio(_) => None,
+        }
+    }
+
     fn stop(self) {
         match self {
             Running::Engine(service) => {
@@ -130,6 +140,10 @@ pub fn run(args: BenchServerOptions) -> anyhow::Result<()> {
         };
         match line.trim() {
             "sessions" => writeln!(out, "sessions {}", running.sessions())?,
+            "writes" => match running.writes() {
+                Some(writes) => writeln!(out, "writes {writes}")?,
+                None => writeln!(out, "writes -")?,
+            },
             "quit" => break,
             "" => continue,
             other => writeln!(out, "error unknown command {other:?}")?,

@@ -29,6 +29,9 @@ pub struct ServiceStats {
     pub refused_total: u64,
     /// Worker slots still holding a session (0 after a clean stop).
     pub live_slots: usize,
+    /// Gathered writes submitted to sockets (one `sendmsg`/`writev` each,
+    /// partial writes included): with deliveries, how well sends coalesce.
+    pub writes_total: u64,
 }
 
 /// State every worker of one service shares.
@@ -40,6 +43,7 @@ pub(crate) struct EngineShared {
     pub live_slots: AtomicUsize,
     pub sessions_total: AtomicU64,
     pub refused_total: AtomicU64,
+    pub writes_total: AtomicU64,
     pub next_worker: AtomicUsize,
     pub stopping: AtomicBool,
 }
@@ -141,6 +145,7 @@ impl Engine {
             live_slots: AtomicUsize::new(0),
             sessions_total: AtomicU64::new(0),
             refused_total: AtomicU64::new(0),
+            writes_total: AtomicU64::new(0),
             next_worker: AtomicUsize::new(0),
             stopping: AtomicBool::new(false),
         });
@@ -161,6 +166,7 @@ impl Engine {
             sessions_total: shared.sessions_total.load(Ordering::Acquire),
             refused_total: shared.refused_total.load(Ordering::Acquire),
             live_slots: shared.live_slots.load(Ordering::Acquire),
+            writes_total: shared.writes_total.load(Ordering::Relaxed),
         }
     }
 

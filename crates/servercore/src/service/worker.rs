@@ -608,6 +608,7 @@ impl Core {
         entry.sending = true;
         entry.last_write = Some(Instant::now());
         entry.handle.inner.note_write_started();
+        self.engine.writes_total.fetch_add(1, Ordering::Relaxed);
         driver.send(entry.handle.inner.id.token(), SendBatch { bufs });
     }
 
