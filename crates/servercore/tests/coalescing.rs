@@ -108,14 +108,14 @@ fn numbered_sends_to_100_sessions_arrive_complete_and_in_order(backend: Backend)
     for sender in senders {
         sender.join().unwrap();
     }
-    let mut seen = vec![false; SESSIONS];
+    let mut seen = [false; SESSIONS];
     for reader in readers {
         let received = reader.join().expect("every byte arrives");
         let session = u32::from_le_bytes(received[..4].try_into().unwrap()) as usize;
         assert!(!seen[session], "one client per session");
         seen[session] = true;
         for (seq, message) in received.chunks_exact(8).enumerate() {
-            assert_eq!(&message[..], &numbered(session as u32, seq as u32)[..]);
+            assert_eq!(message, &numbered(session as u32, seq as u32)[..]);
         }
     }
     assert!(seen.iter().all(|&s| s));
@@ -233,7 +233,7 @@ fn stop_writes_held_bytes_before_eof(backend: Backend) {
     client.read_to_end(&mut rest).expect("held bytes, then EOF");
     assert_eq!(rest.len(), (MESSAGES as usize - 1) * 8);
     for (i, message) in rest.chunks_exact(8).enumerate() {
-        assert_eq!(&message[..], &numbered(0, i as u32 + 1)[..]);
+        assert_eq!(message, &numbered(0, i as u32 + 1)[..]);
     }
     drop(client);
     service.join();

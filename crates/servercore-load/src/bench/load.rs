@@ -403,17 +403,28 @@ impl ChatCounters {
     }
 }
 
+/// How the broadcast window looks at the server process.
+pub struct ServerProbe<'a> {
+    /// Its process id (CPU time from `/proc`).
+    pub pid: u32,
+    /// Its gathered socket writes so far, where it counts them.
+    pub writes: &'a mut dyn FnMut() -> Option<u64>,
+}
+
 /// Runs `sessions` chatting game clients against `server`.
 pub async fn broadcast(
     server: SocketAddr,
-    server_pid: u32,
+    probe: ServerProbe<'_>,
     sessions: usize,
     interval: Duration,
     timing: Timing,
     sources: &Sources,
     progress: &Progress,
-    server_writes: &mut dyn FnMut() -> Option<u64>,
 ) -> anyhow::Result<BroadcastOutcome> {
+    let ServerProbe {
+        pid: server_pid,
+        writes: server_writes,
+    } = probe;
     let setup_started = Instant::now();
     let streams = connect_all(server, sessions, sources, progress).await?;
     progress.step("logging in", sessions as u64);

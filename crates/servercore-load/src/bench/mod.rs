@@ -745,15 +745,18 @@ impl Bench {
         let mut server = server;
         let (addr, pid) = (server.addr(), server.pid());
         let mut server_writes = || server.writes().ok().flatten();
+        let probe = load::ServerProbe {
+            pid,
+            writes: &mut server_writes,
+        };
         let outcome = self.runtime.block_on(load::broadcast(
             addr,
-            pid,
+            probe,
             sessions,
             self.plan.chat_interval,
             timing,
             &self.sources,
             &self.progress,
-            &mut server_writes,
         ));
         let outcome = match outcome {
             Ok(outcome) => outcome,
