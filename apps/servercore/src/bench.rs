@@ -5,7 +5,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use servercore_load::bench::{BenchOptions, BenchServerOptions, ChatServer, Impl, Scenario};
+use servercore_load::bench::{
+    BenchOptions, BenchServerOptions, ChatServer, Impl, Scenario, Transport,
+};
 
 /// `servercore bench` options.
 #[derive(Debug, clap::Args)]
@@ -88,6 +90,13 @@ pub struct BenchArgs {
     /// default: each server's own, off but for the game server).
     #[arg(long, value_name = "N")]
     pub coalesce_ms: Option<u64>,
+
+    /// Transports to measure one after the other, comma-separated: tcp,
+    /// tls, ws (default tcp). Each gets its own tables, its baseline being
+    /// tokio over the same transport (tokio-rustls, tokio-tungstenite);
+    /// --json/--chart files get a -tls/-ws suffix. Idle runs on tcp only.
+    #[arg(long, value_enum, value_delimiter = ',', value_name = "LIST")]
+    pub transports: Vec<Transport>,
 }
 
 /// `servercore bench-server` options (started by `bench`).
@@ -121,6 +130,18 @@ pub struct BenchServerArgs {
     /// default: the server's own).
     #[arg(long, value_name = "N")]
     pub coalesce_ms: Option<u64>,
+
+    /// The transport served.
+    #[arg(long, value_enum, default_value_t = Transport::Tcp)]
+    pub transport: Transport,
+
+    /// TLS certificate (PEM), for the tls transport.
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// TLS key (PEM), for the tls transport.
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
 }
 
 impl BenchArgs {
@@ -145,6 +166,7 @@ impl BenchArgs {
             perf: self.perf,
             sources: self.sources,
             send_coalescing: self.coalesce_ms.map(Duration::from_millis),
+            transports: self.transports.clone(),
         }
     }
 }
@@ -160,6 +182,9 @@ impl BenchServerArgs {
             chat: self.chat,
             max_sessions: self.max_sessions,
             send_coalescing: self.coalesce_ms.map(Duration::from_millis),
+            transport: self.transport,
+            tls_cert: self.tls_cert.clone(),
+            tls_key: self.tls_key.clone(),
         }
     }
 }

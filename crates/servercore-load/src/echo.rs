@@ -4,7 +4,9 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use servercore::{Backend, DisconnectReason, ServerService, Session, SessionHandle};
+use servercore::{
+    Backend, DisconnectReason, ServerService, ServerTransport, Session, SessionHandle,
+};
 
 /// Sends back every byte it receives.
 pub struct EchoSession {
@@ -55,6 +57,11 @@ pub struct EchoConfig {
     pub verbose: bool,
     /// Send coalescing interval (`Duration::ZERO`: off).
     pub send_coalescing: Duration,
+
+    /// The listener's transport (plain TCP, TLS, WebSocket, WSS).
+    pub transport: ServerTransport,
+    /// A second listener and its transport (a WebSocket one beside TCP).
+    pub ws_addr: Option<(SocketAddr, ServerTransport)>,
 }
 
 /// Starts an echo server.
@@ -64,7 +71,11 @@ pub fn start(config: EchoConfig) -> anyhow::Result<ServerService> {
         .backend(config.backend)
         .max_sessions(config.max_sessions)
         .send_coalescing(config.send_coalescing)
+        .transport(config.transport)
         .session(move || EchoSession::new(verbose));
+    if let Some((addr, transport)) = config.ws_addr {
+        builder = builder.listener(addr, transport);
+    }
     if let Some(workers) = config.workers {
         builder = builder.workers(workers);
     }

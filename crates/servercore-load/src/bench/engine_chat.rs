@@ -10,7 +10,9 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use servercore::{Backend, DisconnectReason, ServerService, Session, SessionGroup, SessionHandle};
+use servercore::{
+    Backend, DisconnectReason, ServerService, ServerTransport, Session, SessionGroup, SessionHandle,
+};
 
 use super::chat::{Action, ChatPeer, PlayerIds};
 use super::proto;
@@ -75,12 +77,14 @@ pub fn start(
     workers: Option<usize>,
     max_sessions: usize,
     send_coalescing: std::time::Duration,
+    transport: ServerTransport,
 ) -> anyhow::Result<ServerService> {
     let shared = Arc::new(Shared::default());
     let mut builder = ServerService::builder(addr)
         .backend(backend)
         .max_sessions(max_sessions)
         .send_coalescing(send_coalescing)
+        .transport(transport)
         .session(move || ChatSession {
             shared: shared.clone(),
             peer: ChatPeer::new(),
