@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use servercore_load::bench::{
     BenchOptions, BenchServerOptions, ChatServer, Impl, Scenario, Transport,
@@ -85,6 +86,11 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 16, value_name = "N")]
     pub sources: u8,
 
+    /// Send coalescing of the engine servers, in milliseconds (0: off;
+    /// default: each server's own, off but for the game server).
+    #[arg(long, value_name = "N")]
+    pub coalesce_ms: Option<u64>,
+
     /// Transports to measure one after the other, comma-separated: tcp,
     /// tls, ws (default tcp). Each gets its own tables, its baseline being
     /// tokio over the same transport (tokio-rustls, tokio-tungstenite);
@@ -120,6 +126,11 @@ pub struct BenchServerArgs {
     #[arg(long, default_value_t = 20_000)]
     pub max_sessions: usize,
 
+    /// Send coalescing of an engine server, in milliseconds (0: off;
+    /// default: the server's own).
+    #[arg(long, value_name = "N")]
+    pub coalesce_ms: Option<u64>,
+
     /// The transport served.
     #[arg(long, value_enum, default_value_t = Transport::Tcp)]
     pub transport: Transport,
@@ -154,6 +165,7 @@ impl BenchArgs {
             repeat: self.repeat,
             perf: self.perf,
             sources: self.sources,
+            send_coalescing: self.coalesce_ms.map(Duration::from_millis),
             transports: self.transports.clone(),
         }
     }
@@ -169,6 +181,7 @@ impl BenchServerArgs {
             workers: self.workers,
             chat: self.chat,
             max_sessions: self.max_sessions,
+            send_coalescing: self.coalesce_ms.map(Duration::from_millis),
             transport: self.transport,
             tls_cert: self.tls_cert.clone(),
             tls_key: self.tls_key.clone(),

@@ -75,6 +75,11 @@ pub struct EchoArgs {
     #[arg(long, default_value_t = 10_000)]
     pub max_sessions: usize,
 
+    /// Send coalescing: hold a session's replies up to N ms after its last
+    /// write, for fewer, fuller writes (0: off).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub coalesce_ms: u64,
+
     /// Also serve WebSocket clients on ADDR (binary messages; WSS with
     /// --tls-cert/--tls-key).
     #[arg(long, value_name = "ADDR")]

@@ -22,6 +22,7 @@ pub fn run(args: EchoArgs) -> anyhow::Result<()> {
         workers: args.engine.workers,
         max_sessions: args.max_sessions,
         verbose: args.verbose,
+        send_coalescing: Duration::from_millis(args.coalesce_ms),
         transport,
         ws_addr: args.ws_addr.map(|addr| {
             let ws = ServerTransport::websocket(WebSocketConfig::default());

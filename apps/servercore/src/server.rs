@@ -34,6 +34,12 @@ pub struct ServerArgs {
     #[arg(long, value_name = "BYTES", default_value_t = 256)]
     pub max_chat_len: usize,
 
+    /// Send coalescing: hold a session's packets up to N ms after its last
+    /// write, for fewer, fuller writes (0: off; default: the game's, chosen
+    /// by measurement, see docs/BENCHMARKS.md).
+    #[arg(long, value_name = "N")]
+    pub coalesce_ms: Option<u64>,
+
     /// Also serve WebSocket clients on ADDR, beside the TCP port and in the
     /// same world (binary messages carrying the packets; WSS with
     /// --tls-cert/--tls-key).
@@ -71,6 +77,9 @@ impl ServerArgs {
             max_sessions: self.max_sessions,
             idle_timeout: (self.idle_timeout > 0).then(|| Duration::from_secs(self.idle_timeout)),
             max_chat_len: self.max_chat_len,
+            send_coalescing: self
+                .coalesce_ms
+                .map_or(GameConfig::default().send_coalescing, Duration::from_millis),
             tls: self.tls.server_config()?,
             ws_addr: self.ws_addr,
             world: WorldConfig {

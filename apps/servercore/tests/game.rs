@@ -32,6 +32,7 @@ backend_tests!(
     idle_sessions_time_out,
     two_hundred_clients_chat,
     world_flags_moves_and_saved_position,
+    login_then_half_close_is_answered,
 );
 
 /// How long a client waits for one expected packet.
@@ -656,6 +657,35 @@ fn pipelined_packets_keep_their_order(backend: Backend) {
     server
         .stop()
         .assert(&[("chats_relayed", 3), ("chats_refused_not_in_room", 1)]);
+}
+
+/// A client that sends `C_LOGIN` and at once shuts its write side down
+/// still gets `S_LOGIN` (answered by the database thread, after the EOF
+/// arrived), then an orderly close.
+fn login_then_half_close_is_answered(backend: Backend) {
+    const TRIES: usize = 10;
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(backend, &dir.path().join("half.db"), &[]);
+    let mut answered = 0;
+    for i in 0..TRIES {
+        let mut client = Client::connect(server.addr);
+        client.send(&CLogin {
+            account: format!("half{i}"),
+        });
+        client.stream.shutdown(std::net::Shutdown::Write).unwrap();
+        match client.try_recv() {
+            Some(ClientPacket::SLogin(login)) if login.success => {
+                let mut rest = Vec::new();
+                client.stream.read_to_end(&mut rest).expect("FIN, not RST");
+                assert!(rest.is_empty(), "nothing after S_LOGIN");
+                answered += 1;
+            }
+            Some(other) => panic!("expected S_LOGIN, got {other:?}"),
+            None => {}
+        }
+    }
+    assert_eq!(answered, TRIES, "logins answered after a half-close");
+    server.stop().assert(&[("logins", TRIES as i64)]);
 }
 
 /// A packet the server does not take ends that session only.

@@ -76,6 +76,14 @@ impl PacketHandler for GameSession {
         dispatch_server(self, session, id, body)
     }
 
+    fn on_read_closed(&mut self, session: &SessionHandle) {
+        // The player's jobs answer the packets; it closes after the last.
+        match &self.player {
+            Some(player) => player.do_async(Player::peer_finished),
+            None => session.disconnect_with(DisconnectReason::ClosedByPeer),
+        }
+    }
+
     fn on_disconnected(&mut self, session: &SessionHandle, reason: &DisconnectReason) {
         tracing::debug!(session = %session.id(), peer = %session.peer_addr(), %reason, "disconnected");
         if let Some(player) = self.player.take() {

@@ -107,6 +107,11 @@ pub struct GameConfig {
     /// Per-session flood limits (default: the engine's, far above a
     /// player's needs; a load test may want [`RateLimits::unlimited`]).
     pub rate_limits: RateLimits,
+    /// Send coalescing: a session's packets wait up to this long after its
+    /// last write, so a busy room costs fewer, fuller writes
+    /// (`Duration::ZERO`: off). Default [`DEFAULT_SEND_COALESCING`].
+    pub send_coalescing: Duration,
+
     /// TLS on every listener (`addr` then speaks TLS only, and the
     /// WebSocket listener serves WSS). `None`: plain.
     pub tls: Option<Arc<rustls::ServerConfig>>,
@@ -119,10 +124,17 @@ pub struct GameConfig {
     pub world: WorldConfig,
 }
 
+/// The game server's send coalescing by default: 5 ms, chosen by
+/// measurement (`servercore bench broadcast`; see docs/BENCHMARKS.md, "Send
+/// coalescing"): about a third of the writes and of the engine's CPU per
+/// delivery of no coalescing, for at most 5 ms more latency per packet.
+pub const DEFAULT_SEND_COALESCING: Duration = Duration::from_millis(5);
+
 impl Default for GameConfig {
     /// `127.0.0.1:7777`, [`DEFAULT_DB_PATH`], the automatic backend, 10,000
     /// sessions, a 60 s idle timeout, chats up to 256 bytes, packets up to
-    /// 8 KiB, the default [`WorldConfig`].
+    /// 8 KiB, the default [`WorldConfig`], send coalescing
+    /// [`DEFAULT_SEND_COALESCING`].
     fn default() -> Self {
         GameConfig {
             addr: SocketAddr::from(([127, 0, 0, 1], 7777)),
@@ -134,6 +146,7 @@ impl Default for GameConfig {
             max_chat_len: 256,
             max_packet_size: 8 * 1024,
             rate_limits: RateLimits::default(),
+            send_coalescing: DEFAULT_SEND_COALESCING,
             tls: None,
             ws_addr: None,
             world: WorldConfig::default(),
@@ -276,6 +289,7 @@ pub fn start(config: GameConfig) -> anyhow::Result<GameServer> {
     let mut builder = ServerService::builder(config.addr)
         .backend(config.backend)
         .max_sessions(config.max_sessions)
+        .send_coalescing(config.send_coalescing)
         .session(move || {
             PacketSession::new(GameSession::new(Arc::clone(&session_ctx)), packets.clone())
         });

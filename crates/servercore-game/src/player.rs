@@ -89,6 +89,8 @@ pub struct Player {
     waiting: bool,
     deferred: VecDeque<(ServerPacket, Instant)>,
     closed: bool,
+    /// The peer finished sending: close once every packet is answered.
+    peer_finished: bool,
 }
 
 impl Player {
@@ -105,6 +107,7 @@ impl Player {
             waiting: false,
             deferred: VecDeque::new(),
             closed: false,
+            peer_finished: false,
         });
         let me = actor.downgrade();
         actor.do_async(move |player| player.me = Some(me));
@@ -141,6 +144,21 @@ impl Player {
             ServerPacket::CChat(msg) => self.chat(msg),
             ServerPacket::CMove(msg) => self.move_to(msg, received),
             ServerPacket::CLeaveGame(_) => self.leave_game(),
+        }
+    }
+
+    /// The peer sent its last packet (it half-closed). Runs after the jobs of
+    /// every packet it sent; the session closes once they are all answered,
+    /// so a client that sends `C_LOGIN` and shuts its write side down still
+    /// gets its `S_LOGIN`.
+    pub fn peer_finished(&mut self) {
+        self.peer_finished = true;
+        self.close_if_answered();
+    }
+
+    fn close_if_answered(&mut self) {
+        if self.peer_finished && !self.waiting && self.deferred.is_empty() && !self.closed {
+            self.handle.disconnect_with(DisconnectReason::ClosedByPeer);
         }
     }
 
@@ -518,6 +536,7 @@ impl Player {
             };
             self.on_packet(packet, received);
         }
+        self.close_if_answered();
     }
 }
 

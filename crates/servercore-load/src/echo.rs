@@ -2,6 +2,7 @@
 //! benchmarks' echo and idle scenarios.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use servercore::{
     Backend, DisconnectReason, ServerService, ServerTransport, Session, SessionHandle,
@@ -54,6 +55,9 @@ pub struct EchoConfig {
     pub max_sessions: usize,
     /// Print `OnRecv Len = N` / `OnSend Len = N` for every event.
     pub verbose: bool,
+    /// Send coalescing interval (`Duration::ZERO`: off).
+    pub send_coalescing: Duration,
+
     /// The listener's transport (plain TCP, TLS, WebSocket, WSS).
     pub transport: ServerTransport,
     /// A second listener and its transport (a WebSocket one beside TCP).
@@ -66,6 +70,7 @@ pub fn start(config: EchoConfig) -> anyhow::Result<ServerService> {
     let mut builder = ServerService::builder(config.addr)
         .backend(config.backend)
         .max_sessions(config.max_sessions)
+        .send_coalescing(config.send_coalescing)
         .transport(config.transport)
         .session(move || EchoSession::new(verbose));
     if let Some((addr, transport)) = config.ws_addr {

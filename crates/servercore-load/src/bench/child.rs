@@ -36,6 +36,7 @@ impl ServerProcess {
         workers: Option<usize>,
         max_sessions: usize,
         chat: ChatServer,
+        send_coalescing: Option<Duration>,
         transport: Transport,
         cert: Option<&(std::path::PathBuf, std::path::PathBuf)>,
         progress: &Progress,
@@ -59,6 +60,9 @@ impl ServerProcess {
         }
         if let Some(workers) = workers {
             command.args(["--workers", &workers.to_string()]);
+        }
+        if let Some(interval) = send_coalescing {
+            command.args(["--coalesce-ms", &interval.as_millis().to_string()]);
         }
         let mut child = command
             .stdin(Stdio::piped())
@@ -121,6 +125,20 @@ impl ServerProcess {
         line.strip_prefix("sessions ")
             .and_then(|count| count.trim().parse().ok())
             .with_context(|| format!("{}: unexpected answer {line:?}", self.label))
+    }
+
+    /// Gathered socket writes the server made so far (`None`: it does not
+    /// count them).
+    pub fn writes(&mut self) -> anyhow::Result<Option<u64>> {
+        let stdin = self.stdin.as_mut().context("server stdin closed")?;
+        writeln!(stdin, "writes")?;
+        stdin.flush()?;
+        let line = self.read_line()?;
+        let count = line
+            .strip_prefix("writes ")
+            .with_context(|| format!("{}: unexpected answer {line:?}", self.label))?
+            .trim();
+        Ok(count.parse().ok())
     }
 
     /// Lines the server wrote to stderr so far.

@@ -76,12 +76,14 @@ pub fn start(
     backend: Backend,
     workers: Option<usize>,
     max_sessions: usize,
+    send_coalescing: std::time::Duration,
     transport: ServerTransport,
 ) -> anyhow::Result<ServerService> {
     let shared = Arc::new(Shared::default());
     let mut builder = ServerService::builder(addr)
         .backend(backend)
         .max_sessions(max_sessions)
+        .send_coalescing(send_coalescing)
         .transport(transport)
         .session(move || ChatSession {
             shared: shared.clone(),

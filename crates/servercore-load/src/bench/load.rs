@@ -240,6 +240,8 @@ pub struct Window {
     pub kernel_cpu: Duration,
     /// TCP segments the machine sent (server and load generator alike).
     pub tcp_segments: u64,
+    /// Gathered socket writes of the server, where it counts them.
+    pub server_writes: Option<u64>,
     /// The server's system calls and context switches, with `--perf`.
     pub perf: Option<Result<PerfCounts, String>>,
 }
@@ -287,6 +289,7 @@ impl WindowStart {
             other_cpu,
             kernel_cpu: busy.saturating_sub(server_cpu + load_cpu + other_cpu),
             tcp_segments: procfs::tcp_segments_sent()?.saturating_sub(self.tcp_segments),
+            server_writes: None,
             perf: self.perf.map(|perf| {
                 perf.map_err(|error| format!("cannot run perf: {error}"))
                     .and_then(PerfStat::finish)
@@ -444,11 +447,19 @@ impl ChatCounters {
     }
 }
 
+/// How the broadcast window looks at the server process.
+pub struct ServerProbe<'a> {
+    /// Its process id (CPU time from `/proc`).
+    pub pid: u32,
+    /// Its gathered socket writes so far, where it counts them.
+    pub writes: &'a mut dyn FnMut() -> Option<u64>,
+}
+
 /// Runs `sessions` chatting game clients against `server`.
 #[allow(clippy::too_many_arguments)]
 pub async fn broadcast(
     server: SocketAddr,
-    server_pid: u32,
+    probe: ServerProbe<'_>,
     sessions: usize,
     interval: Duration,
     timing: Timing,
@@ -456,6 +467,10 @@ pub async fn broadcast(
     progress: &Progress,
     connector: &Connector,
 ) -> anyhow::Result<BroadcastOutcome> {
+    let ServerProbe {
+        pid: server_pid,
+        writes: server_writes,
+    } = probe;
     let setup_started = Instant::now();
     let streams = connect_all_over(server, sessions, sources, progress, connector).await?;
     progress.step("logging in", sessions as u64);
@@ -498,11 +513,15 @@ pub async fn broadcast(
         ));
     }
     sleep_with_progress(timing.warmup, progress, "warming up").await;
+    let writes_before = server_writes();
     let start = WindowStart::now(server_pid, &timing)?;
     counters.measuring.store(true, Ordering::Release);
     sleep_with_progress(timing.duration, progress, "measuring").await;
     counters.measuring.store(false, Ordering::Release);
-    let window = start.close(server_pid)?;
+    let mut window = start.close(server_pid)?;
+    window.server_writes = server_writes()
+        .zip(writes_before)
+        .map(|(after, before)| after.saturating_sub(before));
     let _ = stop_tx.send(true);
 
     let mut write_halves = Vec::with_capacity(sessions);

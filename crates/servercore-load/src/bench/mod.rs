@@ -186,6 +186,10 @@ pub struct BenchOptions {
     /// Client source addresses 127.0.0.1 ..= 127.0.0.N, used round-robin.
     pub sources: u8,
 
+    /// Send coalescing of the engine servers (`None`: each server's
+    /// default: off for echo and the minimal chat, the game's own default).
+    pub send_coalescing: Option<Duration>,
+
     /// Transports to measure, one after the other in this run (default:
     /// tcp). Over tls the baseline is tokio-rustls, over ws
     /// tokio-tungstenite; the idle scenario runs on tcp only.
@@ -213,6 +217,9 @@ pub struct BenchServerOptions {
 
     /// Most sessions at once (engine servers).
     pub max_sessions: usize,
+
+    /// Send coalescing of an engine server (`None`: its default).
+    pub send_coalescing: Option<Duration>,
 
     /// The transport served.
     pub transport: Transport,
@@ -250,6 +257,7 @@ struct Plan {
     max_sessions: usize,
     chat_server: ChatServer,
     repeat: usize,
+    send_coalescing: Option<Duration>,
 }
 
 impl Plan {
@@ -355,6 +363,7 @@ impl Plan {
             max_sessions,
             chat_server: args.chat_server,
             repeat: args.repeat.max(1),
+            send_coalescing: args.send_coalescing,
         })
     }
 }
@@ -488,7 +497,14 @@ fn run_transport(
         workers: plan.workers,
         echo_clients: plan.echo_clients.clone(),
         broadcast_sessions: plan.broadcast_sessions,
-        broadcast_server: plan.chat_server.name().to_string(),
+        broadcast_server: match plan.send_coalescing {
+            Some(interval) => format!(
+                "{}, send coalescing {} ms",
+                plan.chat_server.name(),
+                interval.as_secs_f64() * 1000.0
+            ),
+            None => plan.chat_server.name().to_string(),
+        },
         idle_sessions: plan.idle_sessions,
         source_addresses: sources.len(),
         open_file_limit,
@@ -691,6 +707,7 @@ impl Bench {
             self.plan.workers,
             self.plan.max_sessions,
             self.plan.chat_server,
+            self.plan.send_coalescing,
             self.transport,
             self.cert_files.as_ref(),
             &self.progress,
@@ -816,9 +833,16 @@ impl Bench {
             warmup: self.plan.broadcast_warmup,
             ..self.plan.timing
         };
+        let mut server = server;
+        let (addr, pid) = (server.addr(), server.pid());
+        let mut server_writes = || server.writes().ok().flatten();
+        let probe = load::ServerProbe {
+            pid,
+            writes: &mut server_writes,
+        };
         let outcome = self.runtime.block_on(load::broadcast(
-            server.addr(),
-            server.pid(),
+            addr,
+            probe,
             sessions,
             self.plan.chat_interval,
             timing,
@@ -865,6 +889,11 @@ impl Bench {
             cpu,
             tcp_segments_per_delivery: (outcome.deliveries > 0)
                 .then(|| outcome.window.tcp_segments as f64 / outcome.deliveries as f64),
+            server_writes_per_delivery: outcome
+                .window
+                .server_writes
+                .filter(|_| outcome.deliveries > 0)
+                .map(|writes| writes as f64 / outcome.deliveries as f64),
             server_syscalls_per_delivery: syscalls,
             server_context_switches_per_delivery: switches,
             latency: Latency::from_histogram(&outcome.latency),

@@ -156,6 +156,10 @@ pub struct BroadcastResult {
     /// TCP segments sent per delivery, both sides: how many chats the
     /// server packs into one segment.
     pub tcp_segments_per_delivery: Option<f64>,
+    /// Gathered socket writes of the server per delivery (engine servers):
+    /// how many chats go out in one write.
+    #[serde(default)]
+    pub server_writes_per_delivery: Option<f64>,
     /// Server system calls per delivery (`--perf`).
     pub server_syscalls_per_delivery: Option<f64>,
     /// Server context switches per delivery (`--perf`).
@@ -732,6 +736,11 @@ pub fn broadcast_section(
             "TCP segments/delivery",
             Unit::Decimal,
             pick(&|r| r.tcp_segments_per_delivery),
+        )
+        .optional_row(
+            "server writes/delivery",
+            Unit::Decimal,
+            pick(&|r| r.server_writes_per_delivery),
         )
         .optional_row(
             "server syscalls/delivery",

@@ -11,10 +11,12 @@
 //! Contract with the harness ([`super::child`]):
 //! - the first stdout line is `listening on ADDR (...)`;
 //! - each `sessions` line on stdin is answered with `sessions N` (the
-//!   connections the server holds now);
+//!   connections the server holds now), each `writes` line with `writes N`
+//!   (the gathered socket writes so far; `writes -` where not counted);
 //! - `quit` or the end of stdin stops the server and the process exits.
 
 use std::io::{BufRead, Write};
+use std::time::Duration;
 
 use servercore::{Backend, ServerService};
 
@@ -68,6 +70,7 @@ impl Running {
                 workers: args.workers,
                 max_sessions: args.max_sessions,
                 verbose: false,
+                send_coalescing: args.send_coalescing.unwrap_or(Duration::ZERO),
                 transport,
                 ws_addr: None,
             })?,
@@ -76,6 +79,7 @@ impl Running {
                 backend,
                 args.workers,
                 args.max_sessions,
+                args.send_coalescing.unwrap_or(Duration::ZERO),
                 transport,
             )?,
             Scenario::Broadcast => {
@@ -84,6 +88,9 @@ impl Running {
                 config.workers = args.workers;
                 config.max_sessions = args.max_sessions;
                 config.idle_timeout = None;
+                if let Some(interval) = args.send_coalescing {
+                    config.send_coalescing = interval;
+                }
                 config.tls = tls;
                 if args.transport == Transport::Ws {
                     // The game serves WebSocket on its second listener; the
@@ -113,6 +120,15 @@ impl Running {
             Running::Engine(service) => service.stats().active_sessions,
             Running::Game(server) => server.service_stats().active_sessions,
             Running::Tokio(server) => server.sessions(),
+        }
+    }
+
+    /// Gathered writes the server submitted so far (engine servers).
+    fn writes(&self) -> Option<u64> {
+        match self {
+            Running::Engine(service) => Some(service.stats().writes_total),
+            Running::Game(server) => Some(server.service_stats().writes_total),
+            Running::Tokio(_) => None,
         }
     }
 
@@ -152,6 +168,10 @@ pub fn run(args: BenchServerOptions) -> anyhow::Result<()> {
         };
         match line.trim() {
             "sessions" => writeln!(out, "sessions {}", running.sessions())?,
+            "writes" => match running.writes() {
+                Some(writes) => writeln!(out, "writes {writes}")?,
+                None => writeln!(out, "writes -")?,
+            },
             "quit" => break,
             "" => continue,
             other => writeln!(out, "error unknown command {other:?}")?,

@@ -31,6 +31,9 @@ pub struct ServiceStats {
     pub refused_total: u64,
     /// Worker slots still holding a session (0 after a clean stop).
     pub live_slots: usize,
+    /// Gathered writes submitted to sockets (one `sendmsg`/`writev` each,
+    /// partial writes included): with deliveries, how well sends coalesce.
+    pub writes_total: u64,
 }
 
 /// Why a worker ended on its own: its I/O driver failed for good (for
@@ -59,6 +62,7 @@ pub(crate) struct EngineShared {
     pub live_slots: AtomicUsize,
     pub sessions_total: AtomicU64,
     pub refused_total: AtomicU64,
+    pub writes_total: AtomicU64,
     pub next_worker: AtomicUsize,
     pub stopping: AtomicBool,
     /// The first worker failure, if any.
@@ -229,6 +233,7 @@ impl Engine {
             live_slots: AtomicUsize::new(0),
             sessions_total: AtomicU64::new(0),
             refused_total: AtomicU64::new(0),
+            writes_total: AtomicU64::new(0),
             next_worker: AtomicUsize::new(0),
             stopping: AtomicBool::new(false),
             failure: Mutex::new(None),
@@ -251,6 +256,7 @@ impl Engine {
             sessions_total: shared.sessions_total.load(Ordering::Acquire),
             refused_total: shared.refused_total.load(Ordering::Acquire),
             live_slots: shared.live_slots.load(Ordering::Acquire),
+            writes_total: shared.writes_total.load(Ordering::Relaxed),
         }
     }
 

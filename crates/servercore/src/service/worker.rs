@@ -724,6 +724,7 @@ impl Core {
         self.mailbox.counters.note_write();
         entry.last_write = Some(Instant::now());
         entry.handle.inner.note_write_started();
+        self.engine.writes_total.fetch_add(1, Ordering::Relaxed);
         driver.send(entry.handle.inner.token, SendBatch { bufs });
     }
 
