@@ -179,14 +179,13 @@ async fn accept_loop(kind: Kind, listener: TcpListener, sessions: Arc<AtomicUsiz
 /// WebSocket echo: every binary message goes back as it came.
 async fn echo_ws(mut ws: WebSocketStream<TcpStream>) {
     while let Some(Ok(message)) = ws.next().await {
-        match message {
-            Message::Binary(data) => {
-                if ws.send(Message::Binary(data)).await.is_err() {
-                    return;
-                }
-            }
+        let reply = match message {
+            Message::Binary(data) => Message::Binary(data),
             Message::Close(_) => return,
-            _ => {}
+            _ => continue,
+        };
+        if ws.send(reply).await.is_err() {
+            return;
         }
     }
 }
