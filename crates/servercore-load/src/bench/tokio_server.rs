@@ -179,12 +179,12 @@ async fn accept_loop(kind: Kind, listener: TcpListener, sessions: Arc<AtomicUsiz
 /// WebSocket echo: every binary message goes back as it came.
 async fn echo_ws(mut ws: WebSocketStream<TcpStream>) {
     while let Some(Ok(message)) = ws.next().await {
-        let reply = match message {
-            Message::Binary(data) => Message::Binary(data),
-            Message::Close(_) => return,
-            _ => continue,
+        let echoed = match message {
+            Message::Binary(data) => ws.send(Message::Binary(data)).await.is_ok(),
+            Message::Close(_) => false,
+            _ => true,
         };
-        if ws.send(reply).await.is_err() {
+        if !echoed {
             return;
         }
     }

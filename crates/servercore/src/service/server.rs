@@ -1,7 +1,9 @@
 //! [`ServerService`]: listens, accepts up to `max_sessions`, and runs the
 //! accepted sessions on its workers.
 
+use std::io;
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
+use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
@@ -24,7 +26,14 @@ pub struct ServerServiceBuilder {
     config: ServiceConfig,
     factory: Option<SessionFactory>,
     backlog: i32,
+    bind_retry: Duration,
 }
+
+/// How long `start` keeps trying a port that is in use, by default: long
+/// enough for a predecessor that is still exiting to let go of it.
+const DEFAULT_BIND_RETRY: Duration = Duration::from_secs(3);
+/// Pause between two binds of a port that is in use.
+const BIND_RETRY_INTERVAL: Duration = Duration::from_millis(50);
 
 impl ServerServiceBuilder {
     common_builder_methods!();
@@ -72,6 +81,14 @@ impl ServerServiceBuilder {
         self
     }
 
+    /// How long `start` retries a bind that fails with "address in use"
+    /// (default 3 s), to ride out a predecessor on the same port that is
+    /// still exiting. The retry is logged; `Duration::ZERO` fails at once.
+    pub fn bind_retry(mut self, retry: Duration) -> Self {
+        self.bind_retry = retry;
+        self
+    }
+
     /// The factory that builds each accepted connection's session.
     pub fn session<S, F>(mut self, factory: F) -> Self
     where
@@ -92,7 +109,8 @@ impl ServerServiceBuilder {
         let mut local_addrs = Vec::with_capacity(self.listeners.len());
         let mut transports = Vec::with_capacity(self.listeners.len());
         for plan in self.listeners {
-            let (listener, local_addr) = bind_plan(&plan.addr, plan.resolved, self.backlog)?;
+            let (listener, local_addr) =
+                bind_plan(&plan.addr, plan.resolved, self.backlog, self.bind_retry)?;
             if transports
                 .iter()
                 .any(|(port, _): &(u16, ServerTransport)| *port == local_addr.port())
@@ -127,33 +145,64 @@ fn bind_plan(
     shown: &str,
     resolved: std::io::Result<Vec<SocketAddr>>,
     backlog: i32,
+    retry: Duration,
 ) -> Result<(TcpListener, SocketAddr), StartError> {
-    let addrs = resolved.map_err(|source| StartError::Bind {
+    let bind_error = |source| StartError::Bind {
         addr: shown.to_string(),
         source,
-    })?;
-    let mut last_error = None;
-    for addr in &addrs {
-        match bind(*addr, backlog) {
-            Ok(listener) => {
-                let local = listener.local_addr().map_err(|source| StartError::Bind {
-                    addr: shown.to_string(),
-                    source,
-                })?;
-                return Ok((listener, local));
+    };
+    let addrs = resolved.map_err(bind_error)?;
+    let listener = bind_any(&addrs, backlog, retry).map_err(bind_error)?;
+    let local = listener.local_addr().map_err(bind_error)?;
+    Ok((listener, local))
+}
+
+/// Binds the first of `addrs` that works. While the only failure is
+/// `EADDRINUSE`, tries again every [`BIND_RETRY_INTERVAL`] until `retry` has
+/// passed; then the error says how long the port stayed taken.
+fn bind_any(addrs: &[SocketAddr], backlog: i32, retry: Duration) -> io::Result<TcpListener> {
+    let started = Instant::now();
+    let mut logged = false;
+    loop {
+        let mut last_error = None;
+        for addr in addrs {
+            match bind(*addr, backlog) {
+                Ok(listener) => {
+                    if logged {
+                        tracing::info!(%addr, waited = ?started.elapsed(), "the port is free now");
+                    }
+                    return Ok(listener);
+                }
+                Err(error) => last_error = Some((*addr, error)),
             }
-            Err(error) => last_error = Some(error),
         }
-    }
-    Err(StartError::Bind {
-        addr: shown.to_string(),
-        source: last_error.unwrap_or_else(|| {
-            std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
+        let Some((addr, error)) = last_error else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
                 "address resolved to nothing",
-            )
-        }),
-    })
+            ));
+        };
+        if error.kind() != io::ErrorKind::AddrInUse {
+            return Err(error);
+        }
+        let waited = started.elapsed();
+        if waited >= retry {
+            let message = if retry.is_zero() {
+                format!("{addr} is already in use (is another server running on it?)")
+            } else {
+                format!(
+                    "{addr} is still in use after retrying for {waited:.1?} \
+                     (is another server running on it?)"
+                )
+            };
+            return Err(io::Error::new(io::ErrorKind::AddrInUse, message));
+        }
+        if !logged {
+            logged = true;
+            tracing::warn!(%addr, retry_for = ?retry, "address in use; retrying while a previous server exits");
+        }
+        std::thread::sleep(BIND_RETRY_INTERVAL.min(retry - waited));
+    }
 }
 
 fn bind(addr: SocketAddr, backlog: i32) -> std::io::Result<TcpListener> {
@@ -191,6 +240,7 @@ impl ServerService {
             config: ServiceConfig::default(),
             factory: None,
             backlog: 4096,
+            bind_retry: DEFAULT_BIND_RETRY,
         }
     }
 
