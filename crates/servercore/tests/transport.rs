@@ -127,6 +127,7 @@ backend_tests!(
     websocket_and_wss_client_service_echo,
     tcp_and_websocket_listeners_share_one_service,
     websocket_disconnect_sends_close_frame,
+    websocket_ping_flood_without_reading_is_cut,
 );
 
 // ---- TLS ------------------------------------------------------------------
@@ -735,4 +736,28 @@ fn websocket_disconnect_sends_close_frame(backend: Backend) {
     assert_eq!(read_frame(&mut ws), (0x88, vec![0x03, 0xE9]));
     service.join();
     assert_eq!(service.stats().live_slots, 0);
+}
+
+fn websocket_ping_flood_without_reading_is_cut(backend: Backend) {
+    let (service, record) = echo_server(
+        backend,
+        ServerTransport::websocket(WebSocketConfig::default()),
+    );
+    let mut ws = ws_connect(service.local_addr());
+    let burst: Vec<u8> = (0..1000)
+        .flat_map(|_| masked_frame(0x89, &[0x55; 125]))
+        .collect();
+    // Pings whose pongs are never read: once the socket buffers are full the
+    // owed pongs pile up in the server, which must give up, not grow.
+    for _ in 0..400 {
+        if ws.write_all(&burst).is_err() || !record.lock().disconnected.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(
+        wait_reasons(&record, 1),
+        vec![DisconnectReason::SendQueueOverflow]
+    );
+    drop(ws);
+    stop(&service);
 }

@@ -66,6 +66,10 @@ use websocket::WebSocket;
 
 /// Default time allowed for the TLS and WebSocket handshakes together.
 const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most unwritten bytes the transport itself may owe the peer (handshake
+/// records, pongs, closes). A peer that sends pings but never reads the
+/// pongs passes it and is disconnected with `SendQueueOverflow`.
+const OWN_BACKLOG_LIMIT: usize = 64 * 1024;
 
 /// The transport of one listener: plain TCP, TLS, WebSocket or both.
 #[derive(Clone)]
@@ -297,6 +301,8 @@ pub(crate) struct Transport {
     scratch: Vec<u8>,
     handshake_deadline: Option<Instant>,
     farewell_done: bool,
+    /// Wire bytes of the transport's own output not yet written.
+    own_unwritten: usize,
 }
 
 /// Counts transport rejections, for rate-limited logging.
@@ -317,6 +323,7 @@ impl Transport {
             scratch: Vec::new(),
             handshake_deadline: Some(Instant::now() + handshake_timeout),
             farewell_done: false,
+            own_unwritten: 0,
         }
     }
 
@@ -401,6 +408,9 @@ impl Transport {
         if ending.is_none() && peer_done {
             ending = Some(DisconnectReason::ClosedByPeer);
         }
+        if ending.is_none() && self.own_unwritten > OWN_BACKLOG_LIMIT {
+            ending = Some(DisconnectReason::SendQueueOverflow);
+        }
         if let Some(reason) = &ending {
             // No more plain bytes after an ending; the layers have queued
             // their goodbye (alert, close frame, HTTP error).
@@ -457,6 +467,9 @@ impl Transport {
     }
 
     fn push_wire(&mut self, wire: Bytes, plain: usize) {
+        if plain == 0 {
+            self.own_unwritten += wire.len();
+        }
         self.marks.push_back(Mark {
             wire: wire.len(),
             plain,
@@ -528,10 +541,16 @@ impl Transport {
         while let Some(mark) = self.marks.front_mut() {
             if mark.wire > written {
                 mark.wire -= written;
+                if mark.plain == 0 {
+                    self.own_unwritten -= written;
+                }
                 break;
             }
             written -= mark.wire;
             plain += mark.plain;
+            if mark.plain == 0 {
+                self.own_unwritten -= mark.wire;
+            }
             self.marks.pop_front();
         }
         plain
@@ -544,6 +563,7 @@ impl Transport {
         self.held.clear();
         self.held_len = 0;
         self.outgoing.clear();
+        self.own_unwritten = 0;
         plain
     }
 
