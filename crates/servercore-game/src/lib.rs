@@ -34,7 +34,8 @@
 //! - `room`: [`room::Room`], the room (world chat), an actor;
 //! - `world`: [`world::World`], the map, its regions (actors) and the
 //!   movement and visibility rules;
-//! - `stats`: the counters.
+//! - `stats`: the counters;
+//! - `web`: the browser client's files, served on the WebSocket listener.
 //!
 //! Threads: the engine's I/O workers decode packets and push jobs; the
 //! actors (players, the room, the regions) run on whichever worker picks
@@ -49,6 +50,7 @@ pub mod handler;
 pub mod player;
 pub mod room;
 pub mod stats;
+pub mod web;
 pub mod world;
 
 use std::net::SocketAddr;
@@ -59,7 +61,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use servercore::job::Actor;
 use servercore::packet::{PacketConfig, PacketSession, RateLimits, HEADER_SIZE, MAX_PACKET_SIZE};
-use servercore::{Backend, ServerService, ServiceStats};
+use servercore::transport::rustls;
+use servercore::{Backend, ServerService, ServerTransport, ServiceStats, WebSocketConfig};
 use servercore_protocol::SERVER_RECEIVES_IDS;
 
 use db::{DbHandle, DbThread};
@@ -106,6 +109,13 @@ pub struct GameConfig {
     /// The world: map and cell size, speed, regions, per-player move and
     /// chat rates, queue bounds.
     pub world: WorldConfig,
+    /// TLS on every listener (`addr` then speaks TLS only, and the
+    /// WebSocket listener serves WSS). `None`: plain.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// A WebSocket listener beside the TCP one, for browser clients: the
+    /// same world, binary messages carrying the same packets (see
+    /// `servercore::transport`). `None`: none.
+    pub ws_addr: Option<SocketAddr>,
 }
 
 impl Default for GameConfig {
@@ -124,6 +134,8 @@ impl Default for GameConfig {
             max_packet_size: 8 * 1024,
             rate_limits: RateLimits::default(),
             world: WorldConfig::default(),
+            tls: None,
+            ws_addr: None,
         }
     }
 }
@@ -216,6 +228,20 @@ pub fn start(config: GameConfig) -> anyhow::Result<GameServer> {
     if let Some(timeout) = config.idle_timeout {
         builder = builder.idle_timeout(timeout);
     }
+    if let Some(tls) = &config.tls {
+        builder = builder.tls(Arc::clone(tls));
+    }
+    if let Some(ws_addr) = config.ws_addr {
+        let pages = web::pages(web::WebWorld {
+            world_size: 2000.0,
+            cell: 100.0,
+        });
+        let mut websocket = ServerTransport::websocket(WebSocketConfig::default().pages(pages));
+        if let Some(tls) = &config.tls {
+            websocket = websocket.with_tls(Arc::clone(tls));
+        }
+        builder = builder.listener(ws_addr, websocket);
+    }
     let service = builder
         .start()
         .with_context(|| format!("starting the game server on {}", config.addr))?;
@@ -231,6 +257,11 @@ impl GameServer {
     /// The address the server listens on (the real port if 0 was asked).
     pub fn local_addr(&self) -> SocketAddr {
         self.service.local_addr()
+    }
+
+    /// The WebSocket listener's address, if one was configured.
+    pub fn ws_addr(&self) -> Option<SocketAddr> {
+        self.service.local_addrs().get(1).copied()
     }
 
     /// The I/O backend the workers run on.
