@@ -82,6 +82,16 @@ pub struct BenchArgs {
     /// Client source addresses 127.0.0.1 ..= 127.0.0.N, used round-robin.
     #[arg(long, default_value_t = 16, value_name = "N")]
     pub sources: u8,
+
+    /// Players of the move scenario's main measurement (default 2000;
+    /// --quick 200).
+    #[arg(long, value_name = "N")]
+    pub move_players: Option<usize>,
+
+    /// Player counts of the move scenario's capacity sweep, comma-separated
+    /// (default 500,1000,2000,4000,8000,16000; --quick 100,200).
+    #[arg(long, value_delimiter = ',', value_name = "LIST")]
+    pub capacity_steps: Vec<usize>,
 }
 
 /// `servercore bench-server` options (started by `bench`).
@@ -133,6 +143,8 @@ impl BenchArgs {
             repeat: self.repeat,
             perf: self.perf,
             sources: self.sources,
+            move_players: self.move_players,
+            capacity_steps: self.capacity_steps.clone(),
         }
     }
 }

@@ -12,6 +12,9 @@
 //!   idle connections) on a tokio runtime in the harness process;
 //! - [`chat`] and [`proto`]: the room logic and the game protocol that both
 //!   chat servers and the load generator share;
+//! - [`moves`]: the move scenario (the dummy client's move load against the
+//!   game server's world and [`tokio_world`], and the capacity sweep), with
+//!   its records and tables in [`move_report`];
 //! - [`procfs`]: CPU time and RSS of the server from `/proc`; [`perf`]: its
 //!   system calls and context switches from `perf stat` (`--perf`);
 //! - [`report`] and [`chart`]: tables, targets, JSON and the SVG chart;
@@ -26,6 +29,8 @@ mod chat;
 mod child;
 mod engine_chat;
 mod load;
+mod move_report;
+mod moves;
 mod perf;
 mod procfs;
 mod progress;
@@ -33,6 +38,7 @@ mod proto;
 mod report;
 mod server;
 mod tokio_server;
+mod tokio_world;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -43,6 +49,7 @@ use servercore::Backend;
 
 use child::ServerProcess;
 use load::{Sources, Timing};
+use moves::{MovePlan, Variant};
 use progress::Progress;
 use report::{BroadcastResult, EchoResult, IdleResult, Latency, Report, Settings, WindowCpu};
 
@@ -55,11 +62,23 @@ pub enum Scenario {
     Broadcast,
     /// Many idle connections: server memory per session.
     Idle,
+    /// Players random-walking the world: move deliveries, CPU per delivery
+    /// and a capacity sweep.
+    Move,
 }
 
 impl Scenario {
     /// Every scenario, in run order.
-    pub const ALL: [Scenario; 3] = [Scenario::Echo, Scenario::Broadcast, Scenario::Idle];
+    pub const ALL: [Scenario; 4] = [
+        Scenario::Echo,
+        Scenario::Broadcast,
+        Scenario::Idle,
+        Scenario::Move,
+    ];
+
+    /// What a run without scenarios named runs: all but move, whose
+    /// capacity sweep takes minutes (`servercore bench move`).
+    pub const DEFAULT: [Scenario; 3] = [Scenario::Echo, Scenario::Broadcast, Scenario::Idle];
 
     /// The name on the command line.
     pub fn name(self) -> &'static str {
@@ -67,6 +86,7 @@ impl Scenario {
             Scenario::Echo => "echo",
             Scenario::Broadcast => "broadcast",
             Scenario::Idle => "idle",
+            Scenario::Move => "move",
         }
     }
 }
@@ -182,6 +202,14 @@ pub struct BenchOptions {
 
     /// Client source addresses 127.0.0.1 ..= 127.0.0.N, used round-robin.
     pub sources: u8,
+
+    /// Players of the move scenario's main measurement (default 2000;
+    /// --quick 200).
+    pub move_players: Option<usize>,
+
+    /// Player counts of the move scenario's capacity sweep, ascending
+    /// (default 500,1000,2000,4000,8000,16000; --quick 100,200).
+    pub capacity_steps: Vec<usize>,
 }
 
 /// What one `servercore bench-server` process serves (started by the
@@ -233,6 +261,7 @@ struct Plan {
     max_sessions: usize,
     chat_server: ChatServer,
     repeat: usize,
+    moves: MovePlan,
 }
 
 impl Plan {
@@ -254,7 +283,7 @@ impl Plan {
             }
         }
         if scenarios.is_empty() {
-            scenarios = Scenario::ALL.to_vec();
+            scenarios = Scenario::DEFAULT.to_vec();
         }
         let mut implementations: Vec<Impl> = servercore::driver::available_backends()
             .into_iter()
@@ -324,7 +353,64 @@ impl Plan {
             ));
             idle_sessions = usable;
         }
-        let max_sessions = idle_sessions.max(biggest_load) + 1000;
+        let move_players = args
+            .move_players
+            .unwrap_or(if quick { 200 } else { 2000 })
+            .max(1);
+        let mut capacity_steps: Vec<usize> = if args.capacity_steps.is_empty() {
+            if quick {
+                vec![100, 200]
+            } else {
+                vec![500, 1000, 2000, 4000, 8000, 16_000]
+            }
+        } else {
+            args.capacity_steps
+                .iter()
+                .copied()
+                .filter(|&n| n > 0)
+                .collect()
+        };
+        capacity_steps.sort_unstable();
+        capacity_steps.dedup();
+        if scenarios.contains(&Scenario::Move) {
+            anyhow::ensure!(
+                move_players <= usable,
+                "the open-file limit ({open_file_limit}) is too low for {move_players} players"
+            );
+            if capacity_steps.iter().any(|&n| n > usable) {
+                notes.push(format!(
+                    "capacity steps above {usable} players were dropped: the open-file limit is {open_file_limit}"
+                ));
+                capacity_steps.retain(|&n| n <= usable);
+            }
+        }
+        let biggest_move = capacity_steps
+            .last()
+            .copied()
+            .unwrap_or(0)
+            .max(move_players);
+        let mut variants: Vec<Variant> = implementations
+            .iter()
+            .map(|&implementation| Variant {
+                implementation,
+                coalescing: None,
+            })
+            .collect();
+        // The baseline last, as in every table.
+        variants.sort_by_key(|v| v.implementation == Impl::Tokio);
+        let moves = MovePlan {
+            players: move_players,
+            variants,
+            steps: capacity_steps,
+            window: timing.duration,
+            step_window: Duration::from_secs_f64(if quick { duration } else { 3.0 }),
+            warmup: timing.warmup,
+            p99_limit: Duration::from_millis(100),
+            sweep_budget: Duration::from_secs(if quick { 20 } else { 120 }),
+            move_rate: 10.0,
+            speed: 150.0,
+        };
+        let max_sessions = idle_sessions.max(biggest_load).max(biggest_move) + 1000;
         Ok(Plan {
             scenarios,
             implementations,
@@ -338,6 +424,7 @@ impl Plan {
             max_sessions,
             chat_server: args.chat_server,
             repeat: args.repeat.max(1),
+            moves,
         })
     }
 }
@@ -407,6 +494,18 @@ pub fn run(args: BenchOptions) -> anyhow::Result<()> {
         idle_sessions: plan.idle_sessions,
         source_addresses: sources.len(),
         open_file_limit,
+        moves: plan
+            .scenarios
+            .contains(&Scenario::Move)
+            .then(|| move_report::MoveSettings {
+                players: plan.moves.players,
+                move_rate: plan.moves.move_rate,
+                speed: plan.moves.speed,
+                variants: plan.moves.variants.iter().map(Variant::label).collect(),
+                capacity_steps: plan.moves.steps.clone(),
+                capacity_window_seconds: plan.moves.step_window.as_secs_f64(),
+                capacity_p99_limit_us: plan.moves.p99_limit.as_micros() as u64,
+            }),
     };
     println!(
         "servercore bench: {} cores, kernel {}, {}; load average {}",
@@ -440,6 +539,8 @@ pub fn run(args: BenchOptions) -> anyhow::Result<()> {
             echo_runs: Vec::new(),
             broadcast_runs: Vec::new(),
             idle_runs: Vec::new(),
+            moves: Vec::new(),
+            capacity: Vec::new(),
             targets: Vec::new(),
             notes,
         },
@@ -447,6 +548,13 @@ pub fn run(args: BenchOptions) -> anyhow::Result<()> {
         round: 0,
     };
     for scenario in bench.plan.scenarios.clone() {
+        if scenario == Scenario::Move {
+            bench.moves();
+            for section in scenario_sections(&bench.report, scenario) {
+                bench.progress.println(&section.render());
+            }
+            continue;
+        }
         for round in 0..bench.plan.repeat {
             bench.round = round;
             for imp in bench.plan.implementations.clone() {
@@ -454,6 +562,7 @@ pub fn run(args: BenchOptions) -> anyhow::Result<()> {
                     Scenario::Echo => bench.echo(imp),
                     Scenario::Broadcast => bench.broadcast(imp),
                     Scenario::Idle => bench.idle(imp),
+                    Scenario::Move => unreachable!("the move scenario runs above"),
                 };
                 if let Err(error) = result {
                     bench.failures += 1;
@@ -473,6 +582,7 @@ pub fn run(args: BenchOptions) -> anyhow::Result<()> {
                     Scenario::Echo => "server CPU/request",
                     Scenario::Broadcast => "server CPU/delivery",
                     Scenario::Idle => "RSS per session",
+                    Scenario::Move => "server CPU/delivery",
                 }
             ));
         }
@@ -508,6 +618,11 @@ fn scenario_sections(report: &Report, scenario: Scenario) -> Vec<report::Section
         Scenario::Idle => report::idle_section(&report.idle, columns)
             .into_iter()
             .collect(),
+        Scenario::Move => move_report::move_sections(
+            report.settings.moves.as_ref(),
+            &report.moves,
+            &report.capacity,
+        ),
     }
 }
 
@@ -515,6 +630,14 @@ fn scenario_sections(report: &Report, scenario: Scenario) -> Vec<report::Section
 /// `--chart`.
 fn finish_report(report: &mut Report, args: &BenchOptions) -> anyhow::Result<()> {
     report.targets = report::evaluate_targets(report);
+    report
+        .targets
+        .extend(move_report::move_targets(&report.moves, &report.capacity));
+    for note in move_report::capacity_notes(&report.capacity) {
+        if !report.notes.contains(&note) {
+            report.notes.push(note);
+        }
+    }
     if !report.targets.is_empty() {
         println!("targets (reported, not asserted):");
         print!("{}", report::render_targets(&report.targets));

@@ -3,10 +3,11 @@
 //! counting the load generator.
 //!
 //! Engine servers: the echo session of `servercore echo` (echo and idle),
-//! and for broadcast the sample game server (`servercore_game`, in-memory
+//! for broadcast the sample game server (`servercore_game`, in-memory
 //! database, no idle timeout) or, with `--chat minimal`, the bench's own
-//! minimal chat server ([`super::engine_chat`]). Tokio servers: see
-//! [`super::tokio_server`].
+//! minimal chat server ([`super::engine_chat`]), and for move the sample
+//! game server with its default world. Tokio servers: see
+//! [`super::tokio_server`] and [`super::tokio_world`].
 //!
 //! Contract with the harness ([`super::child`]):
 //! - the first stdout line is `listening on ADDR (...)`;
@@ -19,6 +20,7 @@ use std::io::{BufRead, Write};
 use servercore::{Backend, ServerService};
 
 use super::tokio_server::{self, TokioServer};
+use super::tokio_world::WorldRules;
 use super::{procfs, BenchServerOptions, ChatServer, Impl, Scenario};
 use servercore_game::{GameConfig, GameServer};
 
@@ -38,6 +40,7 @@ impl Running {
                 let kind = match args.scenario {
                     Scenario::Echo | Scenario::Idle => tokio_server::Kind::Echo,
                     Scenario::Broadcast => tokio_server::Kind::Chat,
+                    Scenario::Move => tokio_server::Kind::World(WorldRules::default()),
                 };
                 return Ok(Running::Tokio(TokioServer::start(
                     kind,
@@ -57,7 +60,7 @@ impl Running {
             Scenario::Broadcast if args.chat == ChatServer::Minimal => {
                 super::engine_chat::start(args.addr, backend, args.workers, args.max_sessions)?
             }
-            Scenario::Broadcast => {
+            Scenario::Broadcast | Scenario::Move => {
                 let mut config = GameConfig::in_memory(args.addr);
                 config.backend = backend;
                 config.workers = args.workers;

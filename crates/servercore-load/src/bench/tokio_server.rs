@@ -7,7 +7,9 @@
 //!   ([`super::chat`]); the connection task reads and handles packets, and a
 //!   writer task per session drains everything queued on its unbounded
 //!   channel (`recv_many`) into one `write_vectored` loop. A chat builds one
-//!   `Bytes` that every member's channel shares.
+//!   `Bytes` that every member's channel shares;
+//! - move: the world of [`super::tokio_world`], on the same connection and
+//!   writer design.
 
 use std::collections::HashMap;
 use std::io::IoSlice;
@@ -23,17 +25,20 @@ use tokio::sync::mpsc;
 
 use super::chat::{Action, ChatPeer, PlayerIds};
 use super::proto;
+use super::tokio_world::{self, TokioWorld, WorldRules};
 
 /// Listen backlog, the same as the engine's default.
 const LISTEN_BACKLOG: u32 = 4096;
 
 /// Which server the baseline runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Kind {
     /// Echo every byte back.
     Echo,
     /// The chat room of the broadcast scenario.
     Chat,
+    /// The world of the move scenario.
+    World(WorldRules),
 }
 
 /// A running tokio baseline server.
@@ -107,6 +112,10 @@ impl Drop for Counted {
 
 async fn accept_loop(kind: Kind, listener: TcpListener, sessions: Arc<AtomicUsize>) {
     let room = Arc::new(Room::default());
+    let world = match kind {
+        Kind::World(rules) => Some(Arc::new(TokioWorld::new(rules))),
+        _ => None,
+    };
     loop {
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
@@ -132,6 +141,13 @@ async fn accept_loop(kind: Kind, listener: TcpListener, sessions: Arc<AtomicUsiz
                 tokio::spawn(async move {
                     let _counted = counted;
                     chat(stream, room).await;
+                });
+            }
+            Kind::World(_) => {
+                let world = world.clone().expect("a world server has a world");
+                tokio::spawn(async move {
+                    let _counted = counted;
+                    tokio_world::serve(stream, world).await;
                 });
             }
         }
@@ -213,7 +229,10 @@ async fn chat(stream: TcpStream, room: Arc<Room>) {
 /// The writer task of one chat session: waits for the first queued packet,
 /// takes everything else queued with it, and writes the lot with one
 /// gathered write (more only if the socket takes it partially).
-async fn write_queued(mut writer: OwnedWriteHalf, mut rx: mpsc::UnboundedReceiver<Bytes>) {
+pub(super) async fn write_queued(
+    mut writer: OwnedWriteHalf,
+    mut rx: mpsc::UnboundedReceiver<Bytes>,
+) {
     // IOV_MAX on Linux.
     const MAX_BATCH: usize = 1024;
     let mut batch = Vec::with_capacity(64);
