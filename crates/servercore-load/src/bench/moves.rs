@@ -112,6 +112,11 @@ impl Bench {
             let label = variant.label();
             let main = match self.move_once(*variant, plan.players, plan.window) {
                 Ok(result) => {
+                    if let Some(failure) = result.failure(u64::MAX) {
+                        self.report
+                            .notes
+                            .push(format!("move {} on {label}: {failure}", plan.players));
+                    }
                     self.report.moves.push(result.clone());
                     Some(result)
                 }

@@ -185,25 +185,30 @@ impl LoadReport {
         );
         row("sessions in game", count(s.entered));
         row("sessions failed", count(s.failed));
-        row(
-            "messages sent",
-            format!(
-                "{} ({}/s)",
-                count(self.messages_sent),
-                rate(self.sent_per_sec)
-            ),
-        );
-        row(
-            "own messages back",
-            format!(
-                "{} of {}",
-                count(self.own_echoes),
-                count(self.messages_sent)
-            ),
-        );
-        row("deliveries received", count(self.deliveries_received));
-        row("deliveries per second", rate(self.deliveries_per_sec));
-        latency_rows(&mut row, "latency", &self.latency_us);
+        // A move run without chat leaves out the chat rows.
+        let chatted =
+            self.scenario != "move" || self.rate_per_session > 0.0 || self.deliveries_received > 0;
+        if chatted {
+            row(
+                "messages sent",
+                format!(
+                    "{} ({}/s)",
+                    count(self.messages_sent),
+                    rate(self.sent_per_sec)
+                ),
+            );
+            row(
+                "own messages back",
+                format!(
+                    "{} of {}",
+                    count(self.own_echoes),
+                    count(self.messages_sent)
+                ),
+            );
+            row("deliveries received", count(self.deliveries_received));
+            row("deliveries per second", rate(self.deliveries_per_sec));
+            latency_rows(&mut row, "latency", &self.latency_us);
+        }
         if let Some(m) = &self.movement {
             row(
                 "moves sent",
