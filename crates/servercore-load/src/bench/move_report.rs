@@ -44,6 +44,10 @@ pub struct MoveResult {
     pub seconds: f64,
     /// `C_MOVE` sent in the window.
     pub moves_sent: u64,
+    /// Of those, the ones whose own `S_MOVE` came back (by the end of the
+    /// drain); a server that sheds load loses the rest.
+    #[serde(default)]
+    pub own_moves: u64,
     /// `S_MOVE` received in the window, by all players.
     pub deliveries: u64,
     /// Deliveries per second of the window.
@@ -86,6 +90,7 @@ impl MoveResult {
             entered: report.sessions.entered,
             seconds,
             moves_sent: movement.moves_sent,
+            own_moves: movement.own_moves,
             deliveries,
             deliveries_per_sec: deliveries as f64 / seconds.max(1e-9),
             server_cpu_us_per_delivery: cpu.server_us_per(deliveries),
@@ -103,7 +108,8 @@ impl MoveResult {
 
     /// Why this measurement does not hold a step of a capacity sweep, in a
     /// few words: a player that did not enter, any error, no own move back,
-    /// or own-move p99 above `p99_limit_us` (`None`: it holds).
+    /// more than 0.1 % of the own moves lost, or own-move p99 above
+    /// `p99_limit_us` (`None`: it holds).
     pub fn failure(&self, p99_limit_us: u64) -> Option<String> {
         if self.entered < self.players as u64 {
             Some(format!(
@@ -119,6 +125,12 @@ impl MoveResult {
             Some(format!("errors: {}", kinds.join(", ")))
         } else if self.latency.count == 0 {
             Some("no own move came back".to_string())
+        } else if self.moves_sent.saturating_sub(self.own_moves) > self.moves_sent / 1000 {
+            Some(format!(
+                "{} of {} own moves never came back",
+                self.moves_sent - self.own_moves,
+                self.moves_sent
+            ))
         } else if self.latency.p99_us > p99_limit_us {
             Some(format!(
                 "own-move p99 {} ms",
@@ -254,6 +266,11 @@ pub fn move_sections(
                 pick(&|r| Some(r.corrections as f64)),
             )
             .plain_row(
+                "own moves lost",
+                Unit::Count,
+                pick(&|r| Some(r.moves_sent.saturating_sub(r.own_moves) as f64)),
+            )
+            .plain_row(
                 "errors",
                 Unit::Count,
                 pick(&|r| Some(r.errors_total as f64)),
@@ -371,6 +388,7 @@ mod tests {
             entered: 100,
             seconds: 1.0,
             moves_sent: 1000,
+            own_moves: 1000,
             deliveries: 10_000,
             deliveries_per_sec: 10_000.0,
             server_cpu_us_per_delivery: Some(cpu_us),
