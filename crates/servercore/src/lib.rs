@@ -45,7 +45,9 @@ pub mod session;
 pub use bytes::Bytes;
 pub use driver::{Backend, BackendError};
 pub use service::{
-    ClientService, ClientServiceBuilder, ConnectError, ServerService, ServerServiceBuilder,
-    ServiceStats, SessionGroup, StartError,
+    ClientService, ClientServiceBuilder, ConnectError, EngineMetrics, ServerService,
+    ServerServiceBuilder, ServiceStats, SessionGroup, StartError, WorkerFailure, WorkerMetrics,
 };
-pub use session::{DisconnectReason, OverflowPolicy, SendError, Session, SessionHandle, SessionId};
+pub use session::{
+    DisconnectKind, DisconnectReason, OverflowPolicy, SendError, Session, SessionHandle, SessionId,
+};

@@ -176,7 +176,9 @@ pub(crate) trait Driver: Sized {
     /// Accepted connections arrive as [`Event::Accepted`].
     fn add_listener(&mut self, listener: TcpListener) -> io::Result<()>;
 
-    /// Stops accepting on every listener and closes them.
+    /// Stops accepting on every listener and closes them. Their ports are
+    /// free when this returns, even if an accept of theirs is still in
+    /// flight: a restarted server can bind them at once.
     fn close_listeners(&mut self);
 
     /// Adopts a connected, non-blocking stream under `token` and starts

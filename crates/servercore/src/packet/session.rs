@@ -439,6 +439,7 @@ impl<H: PacketHandler> Session for PacketSession<H> {
             return data.len();
         }
         let handler = &mut self.handler;
+        let delivered_before = self.receiver.delivered();
         let outcome = self.receiver.receive(data, Instant::now(), |packet| {
             handler.on_packet(session, packet.id, packet.body)?;
             Ok(if session.is_connected() {
@@ -447,6 +448,9 @@ impl<H: PacketHandler> Session for PacketSession<H> {
                 ControlFlow::Break(())
             })
         });
+        session
+            .counters()
+            .note_packets_in(self.receiver.delivered() - delivered_before);
         if let Some(violation) = outcome.violation {
             let reason = violation.to_disconnect_reason();
             tracing::warn!(

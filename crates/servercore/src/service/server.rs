@@ -1,7 +1,9 @@
 //! [`ServerService`]: listens, accepts up to `max_sessions`, and runs the
 //! accepted sessions on its workers.
 
+use std::io;
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
+use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
@@ -17,7 +19,14 @@ pub struct ServerServiceBuilder {
     config: ServiceConfig,
     factory: Option<SessionFactory>,
     backlog: i32,
+    bind_retry: Duration,
 }
+
+/// How long `start` keeps trying a port that is in use, by default: long
+/// enough for a predecessor that is still exiting to let go of it.
+const DEFAULT_BIND_RETRY: Duration = Duration::from_secs(3);
+/// Pause between two binds of a port that is in use.
+const BIND_RETRY_INTERVAL: Duration = Duration::from_millis(50);
 
 impl ServerServiceBuilder {
     common_builder_methods!();
@@ -32,6 +41,14 @@ impl ServerServiceBuilder {
     /// The listen backlog (default 4096).
     pub fn backlog(mut self, backlog: i32) -> Self {
         self.backlog = backlog;
+        self
+    }
+
+    /// How long `start` retries a bind that fails with "address in use"
+    /// (default 3 s), to ride out a predecessor on the same port that is
+    /// still exiting. The retry is logged; `Duration::ZERO` fails at once.
+    pub fn bind_retry(mut self, retry: Duration) -> Self {
+        self.bind_retry = retry;
         self
     }
 
@@ -55,26 +72,11 @@ impl ServerServiceBuilder {
             addr: self.addr.clone(),
             source,
         })?;
-        let mut last_error = None;
-        let mut listener = None;
-        for addr in &addrs {
-            match bind(*addr, self.backlog) {
-                Ok(bound) => {
-                    listener = Some(bound);
-                    break;
-                }
-                Err(error) => last_error = Some(error),
-            }
-        }
-        let listener = listener.ok_or_else(|| StartError::Bind {
-            addr: self.addr.clone(),
-            source: last_error.unwrap_or_else(|| {
-                std::io::Error::new(
-                    std::io::ErrorKind::InvalidInput,
-                    "address resolved to nothing",
-                )
-            }),
-        })?;
+        let listener =
+            bind_any(&addrs, self.backlog, self.bind_retry).map_err(|source| StartError::Bind {
+                addr: self.addr.clone(),
+                source,
+            })?;
         let local_addr = listener.local_addr().map_err(|source| StartError::Bind {
             addr: self.addr.clone(),
             source,
@@ -82,6 +84,54 @@ impl ServerServiceBuilder {
         let engine = Engine::start(self.config, factory, Some(listener))?;
         tracing::info!(addr = %local_addr, backend = %engine.backend, "listening");
         Ok(ServerService { engine, local_addr })
+    }
+}
+
+/// Binds the first of `addrs` that works. While the only failure is
+/// `EADDRINUSE`, tries again every [`BIND_RETRY_INTERVAL`] until `retry` has
+/// passed; then the error says how long the port stayed taken.
+fn bind_any(addrs: &[SocketAddr], backlog: i32, retry: Duration) -> io::Result<TcpListener> {
+    let started = Instant::now();
+    let mut logged = false;
+    loop {
+        let mut last_error = None;
+        for addr in addrs {
+            match bind(*addr, backlog) {
+                Ok(listener) => {
+                    if logged {
+                        tracing::info!(%addr, waited = ?started.elapsed(), "the port is free now");
+                    }
+                    return Ok(listener);
+                }
+                Err(error) => last_error = Some((*addr, error)),
+            }
+        }
+        let Some((addr, error)) = last_error else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "address resolved to nothing",
+            ));
+        };
+        if error.kind() != io::ErrorKind::AddrInUse {
+            return Err(error);
+        }
+        let waited = started.elapsed();
+        if waited >= retry {
+            let message = if retry.is_zero() {
+                format!("{addr} is already in use (is another server running on it?)")
+            } else {
+                format!(
+                    "{addr} is still in use after retrying for {waited:.1?} \
+                     (is another server running on it?)"
+                )
+            };
+            return Err(io::Error::new(io::ErrorKind::AddrInUse, message));
+        }
+        if !logged {
+            logged = true;
+            tracing::warn!(%addr, retry_for = ?retry, "address in use; retrying while a previous server exits");
+        }
+        std::thread::sleep(BIND_RETRY_INTERVAL.min(retry - waited));
     }
 }
 
@@ -116,6 +166,7 @@ impl ServerService {
             config: ServiceConfig::default(),
             factory: None,
             backlog: 4096,
+            bind_retry: DEFAULT_BIND_RETRY,
         }
     }
 

@@ -8,6 +8,7 @@
 //! session object, its receive leftovers and its write in flight.
 
 use std::any::Any;
+use std::collections::VecDeque;
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -19,6 +20,7 @@ use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender};
 
 use super::engine::EngineShared;
+use super::log_limit::AcceptErrorLog;
 use crate::driver::{
     poll::PollDriver, CloseMode, Driver, DriverConfig, Event, EventSink, ResolvedBackend,
     SendBatch, Token,
@@ -112,8 +114,10 @@ struct Entry {
     last_recv: Instant,
 }
 
+/// One place for a session. The generation counts the sessions the slot
+/// has held, so a token of an earlier one never matches.
 struct Slot {
-    generation: u16,
+    generation: u32,
     entry: Option<Entry>,
 }
 
@@ -130,12 +134,16 @@ struct Core {
     engine: Arc<EngineShared>,
     mailbox: Arc<Mailbox>,
     slots: Vec<Slot>,
-    free: Vec<u32>,
+    /// Vacant slots, oldest first: a slot is reused as late as possible.
+    free: VecDeque<u32>,
     live: usize,
+    /// Serial number of the next session of this worker (see `SessionId`).
+    next_serial: u64,
     deferred: Deferred,
     batch_pool: Vec<Vec<Bytes>>,
     stopping: Option<Instant>,
     next_housekeeping: Instant,
+    accept_errors: AcceptErrorLog,
 }
 
 impl Core {
@@ -145,12 +153,14 @@ impl Core {
             engine,
             mailbox,
             slots: Vec::new(),
-            free: Vec::new(),
+            free: VecDeque::new(),
             live: 0,
+            next_serial: 1,
             deferred: Deferred::default(),
             batch_pool: Vec::new(),
             stopping: None,
             next_housekeeping: Instant::now() + HOUSEKEEPING_INTERVAL,
+            accept_errors: AcceptErrorLog::default(),
         }
     }
 
@@ -198,10 +208,16 @@ impl Core {
                     .min(MAX_WAIT)
             };
             if let Err(error) = driver.poll(Some(timeout), self) {
-                tracing::error!(worker = self.index, %error, "driver poll failed");
-                std::thread::sleep(Duration::from_millis(10));
+                // Drivers report only errors they cannot recover from.
+                self.fail(driver, error);
+                break;
             }
             self.apply_deferred(driver);
+        }
+        // Connections handed to this worker that it will never adopt.
+        for (stream, _peer) in self.mailbox.close() {
+            drop(stream);
+            self.engine.release_session();
         }
         // Whatever is left (only after the stop deadline) is dropped with the
         // driver, which cancels its operations.
@@ -212,6 +228,29 @@ impl Core {
                 self.engine.live_slots.fetch_sub(1, Ordering::AcqRel);
             }
         }
+    }
+
+    /// The driver failed for good: disconnects every session (their
+    /// `on_disconnected` runs, with an `IoError`), reports the failure and
+    /// stops the service. The caller leaves the loop.
+    fn fail<D: Driver>(&mut self, driver: &mut D, error: io::Error) {
+        tracing::error!(
+            worker = self.index,
+            %error,
+            sessions = self.live,
+            "the I/O driver failed; the worker ends and the service stops"
+        );
+        let reason = DisconnectReason::IoError {
+            kind: error.kind(),
+            message: format!("the worker's I/O driver failed: {error}"),
+        };
+        for slot in 0..self.slots.len() as u32 {
+            self.close(slot, Some(reason.clone()), CloseMode::Abort);
+        }
+        // Best effort: the driver may still close the sockets; whatever it
+        // does not release goes with it when it is dropped.
+        self.apply_deferred(driver);
+        self.engine.worker_failed(self.index, &error);
     }
 
     // ---- mailbox ---------------------------------------------------------
@@ -237,7 +276,7 @@ impl Core {
     }
 
     fn slot_of(&self, shared: &Arc<SessionShared>) -> Option<u32> {
-        let slot = shared.id.slot();
+        let slot = shared.token as u32;
         let entry = self.slots.get(slot as usize)?.entry.as_ref()?;
         Arc::ptr_eq(&entry.handle.inner, shared).then_some(slot)
     }
@@ -314,7 +353,7 @@ impl Core {
             self.engine.release_session();
             return;
         }
-        let slot = match self.free.pop() {
+        let slot = match self.free.pop_front() {
             Some(slot) => slot,
             None => {
                 self.slots.push(Slot {
@@ -325,15 +364,18 @@ impl Core {
             }
         };
         let generation = self.slots[slot as usize].generation;
-        let id = SessionId::new(self.index, slot, generation);
-        if let Err(error) = driver.add_stream(id.token(), stream) {
+        let token = (u64::from(generation) << 32) | u64::from(slot);
+        if let Err(error) = driver.add_stream(token, stream) {
             tracing::warn!(%peer, %error, "cannot register connection");
-            self.free.push(slot);
+            self.free.push_front(slot);
             self.engine.release_session();
             return;
         }
+        let id = SessionId::new(self.index, self.next_serial);
+        self.next_serial += 1;
         let shared = Arc::new(SessionShared::new(
             id,
+            token,
             peer,
             local,
             self.engine.config.send,
@@ -357,6 +399,7 @@ impl Core {
             last_recv: Instant::now(),
         });
         self.live += 1;
+        self.mailbox.counters.set_sessions(self.live);
         self.engine.live_slots.fetch_add(1, Ordering::AcqRel);
         self.engine.sessions_total.fetch_add(1, Ordering::AcqRel);
         tracing::debug!(session = %id, %peer, "connected");
@@ -397,7 +440,8 @@ impl Core {
         for buf in entry.pending.drain(..) {
             shared.note_written(buf.len());
         }
-        let token = shared.id.token();
+        let token = shared.token;
+        entry.handle.counters().note_disconnect(reason.kind());
         log_disconnect(&entry.handle, &reason);
         let result = catch_unwind(AssertUnwindSafe(|| {
             entry.session.on_disconnected(&entry.handle, &reason)
@@ -420,8 +464,9 @@ impl Core {
         // `close` already ran `on_disconnected` and emptied the queue.
         if slot_ref.entry.take().is_some() {
             slot_ref.generation = slot_ref.generation.wrapping_add(1);
-            self.free.push(slot);
+            self.free.push_back(slot);
             self.live -= 1;
+            self.mailbox.counters.set_sessions(self.live);
             self.engine.release_session();
             self.engine.live_slots.fetch_sub(1, Ordering::AcqRel);
         }
@@ -464,7 +509,8 @@ impl Core {
                 entry.pending = reused;
             }
         }
-        entry.handle.inner.drain_queue_into(&mut entry.pending);
+        let taken = entry.handle.inner.drain_queue_into(&mut entry.pending);
+        self.mailbox.counters.note_packets_out(taken);
         if entry.pending.is_empty() {
             let spare = std::mem::take(&mut entry.pending);
             let draining = matches!(entry.phase, Phase::Draining { .. });
@@ -476,7 +522,8 @@ impl Core {
         }
         let bufs = std::mem::take(&mut entry.pending);
         entry.sending = true;
-        driver.send(entry.handle.inner.id.token(), SendBatch { bufs });
+        self.mailbox.counters.note_write();
+        driver.send(entry.handle.inner.token, SendBatch { bufs });
     }
 
     fn on_sent(&mut self, token: Token, result: io::Result<usize>, batch: SendBatch) {
@@ -491,6 +538,7 @@ impl Core {
         let shared = &entry.handle.inner;
         match result {
             Ok(written) if !matches!(entry.phase, Phase::Closed) => {
+                self.mailbox.counters.note_bytes_out(written);
                 shared.note_written(written);
                 let mut batch = batch;
                 batch.advance(written);
@@ -539,6 +587,7 @@ impl Core {
             return;
         }
         entry.last_recv = Instant::now();
+        self.mailbox.counters.note_bytes_in(data.len());
         match deliver(entry, data, max_backlog) {
             Ok(()) => {}
             Err(Failure::Panic(panic)) => self.callback_panicked(slot, "on_recv", panic),
@@ -578,10 +627,12 @@ impl Core {
 
     fn housekeeping(&mut self, now: Instant) {
         let idle_timeout = self.engine.config.idle_timeout;
+        let mut queued = 0;
         for slot in 0..self.slots.len() as u32 {
             let Some(entry) = self.slots[slot as usize].entry.as_ref() else {
                 continue;
             };
+            queued += entry.handle.queued_bytes();
             match entry.phase {
                 Phase::Open => {
                     if let Some(timeout) = idle_timeout {
@@ -600,6 +651,7 @@ impl Core {
                 _ => {}
             }
         }
+        self.mailbox.counters.set_queued_bytes(queued);
     }
 
     fn apply_deferred<D: Driver>(&mut self, driver: &mut D) {
@@ -624,7 +676,7 @@ impl Core {
 
     fn slot_for_token(&self, token: Token) -> Option<u32> {
         let slot = token as u32;
-        let generation = (token >> 32) as u16;
+        let generation = (token >> 32) as u32;
         let entry = self.slots.get(slot as usize)?;
         (entry.generation == generation && entry.entry.is_some()).then_some(slot)
     }
@@ -638,14 +690,17 @@ impl Deferred {
 
 impl EventSink for Core {
     fn event(&mut self, event: Event<'_>) {
+        self.mailbox.counters.note_events(1);
         match event {
             Event::Accepted { stream, peer } => {
+                self.mailbox.counters.note_accepted();
+                self.accept_errors.succeeded(self.index);
                 if self.engine.try_reserve_session() {
                     let worker = self.engine.pick_worker();
                     if worker == self.index as usize {
                         self.deferred.adopt.push((stream, peer));
                     } else {
-                        self.engine.mailboxes[worker].push(Request::Adopt(stream, peer));
+                        self.engine.hand_to(worker, stream, peer);
                     }
                 } else {
                     let refused = self.engine.refused_total.fetch_add(1, Ordering::AcqRel) + 1;
@@ -661,7 +716,8 @@ impl EventSink for Core {
                 }
             }
             Event::AcceptError(error) => {
-                tracing::warn!(worker = self.index, %error, "accept failed");
+                self.accept_errors
+                    .failed(self.index, &error, Instant::now());
             }
             Event::Received { token, data } => self.on_received(token, data),
             Event::ReadClosed { token, error } => self.on_read_closed(token, error),

@@ -14,15 +14,23 @@ use parking_lot::Mutex;
 
 use super::DisconnectReason;
 use crate::driver::Wake;
+use crate::service::metrics::WorkerCounters;
 
-/// Identifies one session for its whole life. Ids carry the slot's
-/// generation, so the id of a closed session never names a newer one.
+/// Identifies one session for its whole life, and no other session of the
+/// service ever: the worker's index and the session's serial number on that
+/// worker (48 bits, counting from 1, never reused — 2^48 sessions is nine
+/// years of a million connects a second). Sessions compare, hash and sort by
+/// id; ids of one worker sort in connection order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SessionId(u64);
 
 impl SessionId {
-    pub(crate) fn new(worker: u16, slot: u32, generation: u16) -> SessionId {
-        SessionId(((worker as u64) << 48) | ((generation as u64) << 32) | slot as u64)
+    /// Bits of the per-worker serial number; the worker index sits above.
+    const SERIAL_BITS: u32 = 48;
+    const SERIAL_MASK: u64 = (1 << Self::SERIAL_BITS) - 1;
+
+    pub(crate) fn new(worker: u16, serial: u64) -> SessionId {
+        SessionId((u64::from(worker) << Self::SERIAL_BITS) | (serial & Self::SERIAL_MASK))
     }
 
     /// The id as one number, unique among the sessions of a service.
@@ -32,28 +40,19 @@ impl SessionId {
 
     /// Index of the worker thread that owns the session.
     pub fn worker(self) -> usize {
-        (self.0 >> 48) as usize
+        (self.0 >> Self::SERIAL_BITS) as usize
     }
 
-    pub(crate) fn slot(self) -> u32 {
-        self.0 as u32
-    }
-
-    /// The driver token: slot and generation, without the worker.
-    pub(crate) fn token(self) -> u64 {
-        self.0 & 0x0000_FFFF_FFFF_FFFF
+    /// The session's number among its worker's sessions: 1 for the first,
+    /// then counting up, never reused.
+    pub fn serial(self) -> u64 {
+        self.0 & Self::SERIAL_MASK
     }
 }
 
 impl fmt::Display for SessionId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}:{}.{}",
-            self.worker(),
-            self.slot(),
-            (self.0 >> 32) as u16
-        )
+        write!(f, "{}:{}", self.worker(), self.serial())
     }
 }
 
@@ -112,6 +111,12 @@ pub(crate) struct Mailbox {
     queue: SegQueue<Request>,
     notified: AtomicBool,
     waker: Arc<dyn Wake>,
+    /// The owning worker's counters (reached from its sessions' handles).
+    pub(crate) counters: WorkerCounters,
+    /// False once the worker left its loop: new sessions are refused. A
+    /// lock, not a flag, so no adoption slips in between the worker's last
+    /// look at its inbox and the close (taken once per new session only).
+    adopting: Mutex<bool>,
 }
 
 thread_local! {
@@ -125,7 +130,37 @@ impl Mailbox {
             queue: SegQueue::new(),
             notified: AtomicBool::new(false),
             waker,
+            counters: WorkerCounters::default(),
+            adopting: Mutex::new(true),
         }
+    }
+
+    /// Hands a new connection to the worker, or gives it back if the worker
+    /// has left its loop (see [`Mailbox::close`]).
+    pub(crate) fn push_adopt(
+        &self,
+        stream: TcpStream,
+        peer: SocketAddr,
+    ) -> Result<(), (TcpStream, SocketAddr)> {
+        let adopting = self.adopting.lock();
+        if !*adopting {
+            return Err((stream, peer));
+        }
+        self.push(Request::Adopt(stream, peer));
+        Ok(())
+    }
+
+    /// Called by the worker when it leaves its loop: later `push_adopt`s
+    /// fail. Returns the connections handed over before, never adopted.
+    pub(crate) fn close(&self) -> Vec<(TcpStream, SocketAddr)> {
+        *self.adopting.lock() = false;
+        let mut orphans = Vec::new();
+        while let Some(request) = self.queue.pop() {
+            if let Request::Adopt(stream, peer) = request {
+                orphans.push((stream, peer));
+            }
+        }
+        orphans
     }
 
     pub(crate) fn push(&self, request: Request) {
@@ -168,6 +203,9 @@ const CLOSING: u8 = 1;
 /// State of one session shared between its handles and its worker.
 pub(crate) struct SessionShared {
     pub(crate) id: SessionId,
+    /// The owning worker's key of the session: its slot (low 32 bits) and
+    /// the slot's generation (high 32 bits); also the driver token.
+    pub(crate) token: u64,
     pub(crate) peer: SocketAddr,
     pub(crate) local: SocketAddr,
     state: AtomicU8,
@@ -183,6 +221,7 @@ pub(crate) struct SessionShared {
 impl SessionShared {
     pub(crate) fn new(
         id: SessionId,
+        token: u64,
         peer: SocketAddr,
         local: SocketAddr,
         limits: SendLimits,
@@ -190,6 +229,7 @@ impl SessionShared {
     ) -> SessionShared {
         SessionShared {
             id,
+            token,
             peer,
             local,
             state: AtomicU8::new(OPEN),
@@ -275,6 +315,11 @@ pub struct SessionHandle {
 impl SessionHandle {
     pub(crate) fn from_shared(inner: Arc<SessionShared>) -> SessionHandle {
         SessionHandle { inner }
+    }
+
+    /// The counters of the worker that owns the session.
+    pub(crate) fn counters(&self) -> &WorkerCounters {
+        &self.inner.mailbox.counters
     }
 
     /// The session's id.

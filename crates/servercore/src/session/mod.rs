@@ -11,7 +11,7 @@ mod reason;
 
 pub(crate) use handle::{Mailbox, Request, SendLimits, SessionShared};
 pub use handle::{OverflowPolicy, SendError, SessionHandle, SessionId};
-pub use reason::DisconnectReason;
+pub use reason::{DisconnectKind, DisconnectReason};
 
 /// A connection's behaviour: the course's `OnConnected / OnRecv / OnSend /
 /// OnDisconnected`.

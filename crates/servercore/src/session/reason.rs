@@ -53,19 +53,103 @@ impl DisconnectReason {
 
     /// A short stable name for logs and counters (`closed_by_peer`, ...).
     pub fn name(&self) -> &'static str {
+        self.kind().name()
+    }
+
+    /// The reason without its details: what disconnect counters index by.
+    pub fn kind(&self) -> DisconnectKind {
         match self {
-            DisconnectReason::ClosedByPeer => "closed_by_peer",
-            DisconnectReason::Reset => "reset",
-            DisconnectReason::IoError { .. } => "io_error",
-            DisconnectReason::ClosedByApp => "closed_by_app",
-            DisconnectReason::MalformedPacket(_) => "malformed_packet",
-            DisconnectReason::RateLimited(_) => "rate_limited",
-            DisconnectReason::SendQueueOverflow => "send_queue_overflow",
-            DisconnectReason::ReceiveOverflow => "receive_overflow",
-            DisconnectReason::IdleTimeout => "idle_timeout",
-            DisconnectReason::Shutdown => "shutdown",
-            DisconnectReason::CallbackPanic(_) => "callback_panic",
+            DisconnectReason::ClosedByPeer => DisconnectKind::ClosedByPeer,
+            DisconnectReason::Reset => DisconnectKind::Reset,
+            DisconnectReason::IoError { .. } => DisconnectKind::IoError,
+            DisconnectReason::ClosedByApp => DisconnectKind::ClosedByApp,
+            DisconnectReason::MalformedPacket(_) => DisconnectKind::MalformedPacket,
+            DisconnectReason::RateLimited(_) => DisconnectKind::RateLimited,
+            DisconnectReason::SendQueueOverflow => DisconnectKind::SendQueueOverflow,
+            DisconnectReason::ReceiveOverflow => DisconnectKind::ReceiveOverflow,
+            DisconnectReason::IdleTimeout => DisconnectKind::IdleTimeout,
+            DisconnectReason::Shutdown => DisconnectKind::Shutdown,
+            DisconnectReason::CallbackPanic(_) => DisconnectKind::CallbackPanic,
         }
+    }
+}
+
+/// The kinds of [`DisconnectReason`], without details: a small dense index
+/// (`kind as usize`, `0..DisconnectKind::COUNT`) for counter arrays, and a
+/// stable snake_case name for metrics and logs. New kinds are only ever
+/// appended, so indices and names never change meaning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum DisconnectKind {
+    /// [`DisconnectReason::ClosedByPeer`]: `closed_by_peer`.
+    ClosedByPeer,
+    /// [`DisconnectReason::Reset`]: `reset`.
+    Reset,
+    /// [`DisconnectReason::IoError`]: `io_error`.
+    IoError,
+    /// [`DisconnectReason::ClosedByApp`]: `closed_by_app`.
+    ClosedByApp,
+    /// [`DisconnectReason::MalformedPacket`]: `malformed_packet`.
+    MalformedPacket,
+    /// [`DisconnectReason::RateLimited`]: `rate_limited`.
+    RateLimited,
+    /// [`DisconnectReason::SendQueueOverflow`]: `send_queue_overflow`.
+    SendQueueOverflow,
+    /// [`DisconnectReason::ReceiveOverflow`]: `receive_overflow`.
+    ReceiveOverflow,
+    /// [`DisconnectReason::IdleTimeout`]: `idle_timeout`.
+    IdleTimeout,
+    /// [`DisconnectReason::Shutdown`]: `shutdown`.
+    Shutdown,
+    /// [`DisconnectReason::CallbackPanic`]: `callback_panic`.
+    CallbackPanic,
+}
+
+impl DisconnectKind {
+    /// How many kinds there are.
+    pub const COUNT: usize = 11;
+
+    /// Every kind, in index order.
+    pub const ALL: [DisconnectKind; DisconnectKind::COUNT] = [
+        DisconnectKind::ClosedByPeer,
+        DisconnectKind::Reset,
+        DisconnectKind::IoError,
+        DisconnectKind::ClosedByApp,
+        DisconnectKind::MalformedPacket,
+        DisconnectKind::RateLimited,
+        DisconnectKind::SendQueueOverflow,
+        DisconnectKind::ReceiveOverflow,
+        DisconnectKind::IdleTimeout,
+        DisconnectKind::Shutdown,
+        DisconnectKind::CallbackPanic,
+    ];
+
+    /// The index of this kind in counter arrays (`0..COUNT`).
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The stable snake_case name (`closed_by_peer`, `malformed_packet`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            DisconnectKind::ClosedByPeer => "closed_by_peer",
+            DisconnectKind::Reset => "reset",
+            DisconnectKind::IoError => "io_error",
+            DisconnectKind::ClosedByApp => "closed_by_app",
+            DisconnectKind::MalformedPacket => "malformed_packet",
+            DisconnectKind::RateLimited => "rate_limited",
+            DisconnectKind::SendQueueOverflow => "send_queue_overflow",
+            DisconnectKind::ReceiveOverflow => "receive_overflow",
+            DisconnectKind::IdleTimeout => "idle_timeout",
+            DisconnectKind::Shutdown => "shutdown",
+            DisconnectKind::CallbackPanic => "callback_panic",
+        }
+    }
+}
+
+impl fmt::Display for DisconnectKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
     }
 }
 
@@ -84,5 +168,25 @@ impl fmt::Display for DisconnectReason {
             DisconnectReason::Shutdown => f.write_str("service shutdown"),
             DisconnectReason::CallbackPanic(message) => write!(f, "callback panicked: {message}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_are_dense_and_named_once() {
+        for (index, kind) in DisconnectKind::ALL.iter().enumerate() {
+            assert_eq!(kind.index(), index);
+        }
+        let mut names: Vec<_> = DisconnectKind::ALL.iter().map(|k| k.name()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), DisconnectKind::COUNT);
+        assert_eq!(
+            DisconnectReason::MalformedPacket("x".into()).kind().name(),
+            "malformed_packet"
+        );
     }
 }
