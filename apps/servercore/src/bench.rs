@@ -89,7 +89,8 @@ pub struct BenchArgs {
     pub move_players: Option<usize>,
 
     /// Player counts of the move scenario's capacity sweep, comma-separated
-    /// (default 500,1000,2000,4000,8000,16000; --quick 100,200).
+    /// (default 500,1000,1500,2000,3000,4000,6000,8000,12000,16000;
+    /// --quick 100,200).
     #[arg(long, value_delimiter = ',', value_name = "LIST")]
     pub capacity_steps: Vec<usize>,
 }

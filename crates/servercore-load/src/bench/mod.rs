@@ -208,7 +208,8 @@ pub struct BenchOptions {
     pub move_players: Option<usize>,
 
     /// Player counts of the move scenario's capacity sweep, ascending
-    /// (default 500,1000,2000,4000,8000,16000; --quick 100,200).
+    /// (default 500,1000,1500,2000,3000,4000,6000,8000,12000,16000;
+    /// --quick 100,200).
     pub capacity_steps: Vec<usize>,
 }
 
@@ -361,7 +362,9 @@ impl Plan {
             if quick {
                 vec![100, 200]
             } else {
-                vec![500, 1000, 2000, 4000, 8000, 16_000]
+                vec![
+                    500, 1000, 1500, 2000, 3000, 4000, 6000, 8000, 12_000, 16_000,
+                ]
             }
         } else {
             args.capacity_steps
