@@ -409,7 +409,7 @@ impl Plan {
             step_window: Duration::from_secs_f64(if quick { duration } else { 3.0 }),
             warmup: timing.warmup,
             p99_limit: Duration::from_millis(100),
-            sweep_budget: Duration::from_secs(if quick { 20 } else { 120 }),
+            sweep_budget: Duration::from_secs(if quick { 20 } else { 60 }),
             move_rate: 10.0,
             speed: 150.0,
         };

@@ -330,7 +330,7 @@ impl World {
             yaw: wanted.yaw,
             state: wanted.state,
         };
-        mover.info.pos_info = Some(pos.clone());
+        mover.info.pos_info = Some(pos);
         let old_cell = mover.cell;
         let new_cell = self.cell_of(x, y);
         if new_cell != old_cell {
