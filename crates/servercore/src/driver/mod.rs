@@ -188,6 +188,11 @@ pub(crate) trait Driver: Sized {
     /// Starts one gathered write of `batch` (non-empty) on `token`.
     fn send(&mut self, token: Token, batch: SendBatch);
 
+    /// Shuts down the write side of `token` (`shutdown(SHUT_WR)`: FIN after
+    /// everything already written) and goes on receiving, for a lingering
+    /// close. Only while no send of `token` is in flight.
+    fn shutdown_write(&mut self, token: Token);
+
     /// Stops reading and writing `token`, cancels what is in flight, closes
     /// the socket and eventually reports [`Event::Released`].
     fn close(&mut self, token: Token, mode: CloseMode);

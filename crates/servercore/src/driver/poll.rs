@@ -265,6 +265,20 @@ impl Driver for PollDriver {
         }
     }
 
+    fn shutdown_write(&mut self, token: Token) {
+        let conn = match self.index.get(&token) {
+            Some(&slot) if slot != CLOSING => self.conns[slot].as_mut(),
+            _ => None,
+        };
+        let Some(conn) = conn else {
+            return;
+        };
+        debug_assert!(conn.pending.is_none(), "shutdown with a send in flight");
+        if let Err(error) = conn.stream.shutdown(std::net::Shutdown::Write) {
+            tracing::debug!(%error, token, "shutting down the write side failed");
+        }
+    }
+
     fn close(&mut self, token: Token, mode: CloseMode) {
         let Some(slot) = self.index.get_mut(&token).filter(|slot| **slot != CLOSING) else {
             tracing::debug!(token, "close of an unknown or already closed token");

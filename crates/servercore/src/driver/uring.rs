@@ -1052,6 +1052,25 @@ impl Driver for UringDriver {
         self.sq.push(entry);
     }
 
+    fn shutdown_write(&mut self, token: Token) {
+        let Some(&index) = self.tokens.get(&token) else {
+            return;
+        };
+        let Some(conn) = self.slots[index as usize].conn.as_ref() else {
+            return;
+        };
+        if conn.closing {
+            return;
+        }
+        debug_assert!(conn.send.is_none(), "shutdown with a send in flight");
+        // Nothing of ours is queued in the ring for this socket's write side
+        // (no send in flight), so a direct call keeps the order: FIN after
+        // the last written byte. The multishot receive stays armed.
+        if let Err(error) = conn.stream.shutdown(std::net::Shutdown::Write) {
+            tracing::debug!(token, %error, "io_uring: shutting down the write side failed");
+        }
+    }
+
     fn close(&mut self, token: Token, mode: CloseMode) {
         let Some(&index) = self.tokens.get(&token) else {
             return;

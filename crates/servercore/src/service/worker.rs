@@ -6,6 +6,16 @@
 //! `io_uring_enter` on io_uring) and dispatch its completions to sessions.
 //! The worker owns the per-connection state no other thread touches: the
 //! session object, its receive leftovers and its write in flight.
+//!
+//! It also owns two send-side policies:
+//! - send coalescing: sessions whose queued sends are held back sit in one
+//!   list with the earliest due time, which bounds the round's wait (one
+//!   deadline per round, no timer or syscall per session);
+//! - closing without losing replies: a session that closes gracefully (peer
+//!   EOF, `disconnect()`, stop) first writes what is queued, then shuts its
+//!   write side down and reads and discards until the peer's EOF or the
+//!   linger deadline (so unread input never turns the close into an RST that
+//!   destroys the last reply), and only then closes.
 
 use std::any::Any;
 use std::collections::VecDeque;
@@ -26,7 +36,8 @@ use crate::driver::{
     SendBatch, Token,
 };
 use crate::session::{
-    DisconnectReason, Mailbox, Request, Session, SessionHandle, SessionId, SessionShared,
+    copy_out_straggler, DisconnectReason, Mailbox, Request, Session, SessionHandle, SessionId,
+    SessionShared,
 };
 
 /// How often idle timeouts and drain deadlines are checked.
@@ -93,8 +104,13 @@ fn run<D: Driver>(
 /// Where a session is in its life.
 enum Phase {
     Open,
-    /// Closing once queued bytes are written, or at the deadline.
+    /// Writing what is queued before closing; aborted at the deadline.
     Draining {
+        deadline: Instant,
+    },
+    /// Everything was written and the write side shut down: input is
+    /// discarded until the peer's EOF, or the deadline.
+    Lingering {
         deadline: Instant,
     },
     /// `driver.close` was asked; waiting for `Released`.
@@ -112,6 +128,15 @@ struct Entry {
     pending: Vec<Bytes>,
     phase: Phase,
     last_recv: Instant,
+    /// The peer's EOF arrived: nothing more will be received.
+    read_closed: bool,
+    /// When the last write was submitted (send coalescing measures from it);
+    /// `None` before the first.
+    last_write: Option<Instant>,
+    /// Listed in `Core::held` (send coalescing).
+    held: bool,
+    /// The app asked for a write at once; kept until the next write starts.
+    flush_now: bool,
 }
 
 /// One place for a session. The generation counts the sessions the slot
@@ -144,13 +169,18 @@ struct Core {
     stopping: Option<Instant>,
     next_housekeeping: Instant,
     accept_errors: AcceptErrorLog,
+    /// Send coalescing interval (`None`: off).
+    coalesce: Option<Duration>,
+    /// Sessions whose queued sends are held back by coalescing.
+    held: Vec<u32>,
+    /// The earliest time a held session is due, if any is held.
+    next_due: Option<Instant>,
 }
 
 impl Core {
     fn new(index: u16, engine: Arc<EngineShared>, mailbox: Arc<Mailbox>) -> Core {
         Core {
             index,
-            engine,
             mailbox,
             slots: Vec::new(),
             free: VecDeque::new(),
@@ -161,6 +191,10 @@ impl Core {
             stopping: None,
             next_housekeeping: Instant::now() + HOUSEKEEPING_INTERVAL,
             accept_errors: AcceptErrorLog::default(),
+            coalesce: engine.config.coalesce_interval,
+            engine,
+            held: Vec::new(),
+            next_due: None,
         }
     }
 
@@ -177,6 +211,10 @@ impl Core {
             self.apply_deferred(driver);
 
             let now = Instant::now();
+            if self.next_due.is_some_and(|due| now >= due) {
+                self.flush_due(driver, now);
+                self.apply_deferred(driver);
+            }
             if now >= self.next_housekeeping {
                 self.housekeeping(now);
                 self.apply_deferred(driver);
@@ -199,6 +237,9 @@ impl Core {
             let mut wake_at = self.next_housekeeping;
             if let Some(at) = next_timer {
                 wake_at = wake_at.min(at);
+            }
+            if let Some(due) = self.next_due {
+                wake_at = wake_at.min(due);
             }
             let timeout = if !self.mailbox.is_empty() || !self.deferred.is_empty() {
                 Duration::ZERO
@@ -260,7 +301,7 @@ impl Core {
             match request {
                 Request::Flush(shared) => {
                     if let Some(slot) = self.slot_of(&shared) {
-                        self.flush(driver, slot);
+                        self.request_flush(driver, slot);
                     }
                 }
                 Request::Disconnect(shared) => {
@@ -293,6 +334,7 @@ impl Core {
 
     fn on_disconnect_request<D: Driver>(&mut self, driver: &mut D, slot: u32) {
         let linger = self.engine.config.disconnect_linger;
+        let shutdown_timeout = self.engine.config.shutdown_timeout;
         let Some(entry) = self.entry_mut(slot) else {
             return;
         };
@@ -300,9 +342,18 @@ impl Core {
             return;
         }
         let reason = entry.handle.inner.peek_reason();
-        if matches!(reason, Some(DisconnectReason::ClosedByApp)) {
-            let deadline = Instant::now() + linger;
-            entry.phase = Phase::Draining { deadline };
+        // A graceful close writes what is queued first: the app's within the
+        // linger time, the reply to a half-closed peer within the shutdown
+        // deadline.
+        let drain_for = match reason {
+            Some(DisconnectReason::ClosedByApp) => Some(linger),
+            Some(DisconnectReason::ClosedByPeer) => Some(shutdown_timeout),
+            _ => None,
+        };
+        if let Some(drain_for) = drain_for {
+            entry.phase = Phase::Draining {
+                deadline: Instant::now() + drain_for,
+            };
             self.flush(driver, slot);
         } else {
             let mode = match reason {
@@ -378,7 +429,7 @@ impl Core {
             token,
             peer,
             local,
-            self.engine.config.send,
+            self.engine.config.session_limits(),
             Arc::clone(&self.mailbox),
         ));
         let handle = SessionHandle::from_shared(shared);
@@ -397,6 +448,10 @@ impl Core {
             pending: Vec::new(),
             phase: Phase::Open,
             last_recv: Instant::now(),
+            read_closed: false,
+            last_write: None,
+            held: false,
+            flush_now: false,
         });
         self.live += 1;
         self.mailbox.counters.set_sessions(self.live);
@@ -492,6 +547,80 @@ impl Core {
 
     // ---- sending ---------------------------------------------------------
 
+    /// Something was queued (or a write finished): writes now, or, with send
+    /// coalescing, holds the session until its interval since the last write
+    /// has passed, its queue reached the bound, or the app asked to flush.
+    fn request_flush<D: Driver>(&mut self, driver: &mut D, slot: u32) {
+        let Some(interval) = self.coalesce else {
+            self.flush(driver, slot);
+            return;
+        };
+        let Some(entry) = self.entry_mut(slot) else {
+            return;
+        };
+        let shared = &entry.handle.inner;
+        entry.flush_now |= shared.take_flush_now();
+        if entry.sending || matches!(entry.phase, Phase::Closed) {
+            return;
+        }
+        // The rest of a partial write, a closing session, a full queue or
+        // an explicit flush go out now; so does a session idle for longer
+        // than the interval.
+        let now = Instant::now();
+        let due = entry.last_write.map_or(now, |at| at + interval);
+        if !entry.pending.is_empty()
+            || entry.flush_now
+            || !matches!(entry.phase, Phase::Open)
+            || shared.queued_bytes() >= shared.coalesce_max_bytes()
+            || now >= due
+        {
+            self.flush(driver, slot);
+            return;
+        }
+        if !shared.has_unflushed() {
+            return;
+        }
+        if !entry.held {
+            entry.held = true;
+            self.held.push(slot);
+        }
+        self.next_due = Some(self.next_due.map_or(due, |next| next.min(due)));
+    }
+
+    /// Writes the held sessions that are due; recomputes the next due time.
+    fn flush_due<D: Driver>(&mut self, driver: &mut D, now: Instant) {
+        let Some(interval) = self.coalesce else {
+            return;
+        };
+        self.next_due = None;
+        let mut due_now = Vec::new();
+        let mut held = std::mem::take(&mut self.held);
+        held.retain(|&slot| {
+            let Some(entry) = self
+                .slots
+                .get_mut(slot as usize)
+                .and_then(|s| s.entry.as_mut())
+            else {
+                return false;
+            };
+            if !entry.held {
+                return false;
+            }
+            let due = entry.last_write.map_or(now, |at| at + interval);
+            if due > now && matches!(entry.phase, Phase::Open) {
+                self.next_due = Some(self.next_due.map_or(due, |next| next.min(due)));
+                return true;
+            }
+            entry.held = false;
+            due_now.push(slot);
+            false
+        });
+        self.held = held;
+        for slot in due_now {
+            self.flush(driver, slot);
+        }
+    }
+
     /// Starts a write of everything queued, unless one is in flight.
     fn flush<D: Driver>(&mut self, driver: &mut D, slot: u32) {
         let Some(entry) = self
@@ -511,19 +640,43 @@ impl Core {
         }
         let taken = entry.handle.inner.drain_queue_into(&mut entry.pending);
         self.mailbox.counters.note_packets_out(taken);
+        entry.flush_now = false;
         if entry.pending.is_empty() {
             let spare = std::mem::take(&mut entry.pending);
             let draining = matches!(entry.phase, Phase::Draining { .. });
             recycle(&mut self.batch_pool, spare);
             if draining {
-                self.close(slot, None, CloseMode::Graceful);
+                self.finish_draining(driver, slot);
             }
             return;
         }
         let bufs = std::mem::take(&mut entry.pending);
         entry.sending = true;
         self.mailbox.counters.note_write();
+        entry.last_write = Some(Instant::now());
+        entry.handle.inner.note_write_started();
         driver.send(entry.handle.inner.token, SendBatch { bufs });
+    }
+
+    /// Everything queued is written: close now if the peer already sent its
+    /// EOF, else shut the write side down and linger for that EOF.
+    fn finish_draining<D: Driver>(&mut self, driver: &mut D, slot: u32) {
+        let linger = self.engine.config.disconnect_linger;
+        let hard_deadline = self.stopping;
+        let Some(entry) = self.entry_mut(slot) else {
+            return;
+        };
+        if entry.read_closed {
+            self.close(slot, None, CloseMode::Graceful);
+            return;
+        }
+        let mut deadline = Instant::now() + linger;
+        if let Some(hard_deadline) = hard_deadline {
+            deadline = deadline.min(hard_deadline);
+        }
+        entry.phase = Phase::Lingering { deadline };
+        entry.leftover = Vec::new();
+        driver.shutdown_write(entry.handle.inner.token);
     }
 
     fn on_sent(&mut self, token: Token, result: io::Result<usize>, batch: SendBatch) {
@@ -583,12 +736,15 @@ impl Core {
             .entry
             .as_mut()
             .expect("slot_for_token");
-        if !matches!(entry.phase, Phase::Open) {
+        if !matches!(entry.phase, Phase::Open) || !entry.handle.is_connected() {
+            // Closing: what still arrives is read and discarded, never kept.
+            entry.leftover = Vec::new();
             return;
         }
         entry.last_recv = Instant::now();
         self.mailbox.counters.note_bytes_in(data.len());
         match deliver(entry, data, max_backlog) {
+            Ok(()) if !entry.handle.is_connected() => entry.leftover = Vec::new(),
             Ok(()) => {}
             Err(Failure::Panic(panic)) => self.callback_panicked(slot, "on_recv", panic),
             Err(Failure::Backlog(held)) => {
@@ -611,16 +767,34 @@ impl Core {
         let Some(slot) = self.slot_for_token(token) else {
             return;
         };
-        let reason = match &error {
-            None => DisconnectReason::ClosedByPeer,
-            Some(error) => DisconnectReason::from_io(error),
-        };
-        let mode = if error.is_some() {
-            CloseMode::Abort
-        } else {
-            CloseMode::Graceful
-        };
-        self.close(slot, Some(reason), mode);
+        if let Some(error) = error {
+            let reason = DisconnectReason::from_io(&error);
+            self.close(slot, Some(reason), CloseMode::Abort);
+            return;
+        }
+        let entry = self.slots[slot as usize]
+            .entry
+            .as_mut()
+            .expect("slot_for_token");
+        entry.read_closed = true;
+        match entry.phase {
+            // The peer half-closed: the session has seen every byte; it
+            // decides when to close (by default at once: what is queued is
+            // written first, then `on_disconnected(ClosedByPeer)`).
+            Phase::Open if entry.handle.is_connected() => {
+                let result = catch_unwind(AssertUnwindSafe(|| {
+                    entry.session.on_read_closed(&entry.handle)
+                }));
+                if let Err(panic) = result {
+                    self.callback_panicked(slot, "on_read_closed", panic);
+                }
+            }
+            // A disconnect is on its way through the mailbox, or the queue is
+            // being written: that path closes when done.
+            Phase::Open | Phase::Draining { .. } => {}
+            Phase::Lingering { .. } => self.close(slot, None, CloseMode::Graceful),
+            Phase::Closed => {}
+        }
     }
 
     // ---- housekeeping ----------------------------------------------------
@@ -629,6 +803,19 @@ impl Core {
         let idle_timeout = self.engine.config.idle_timeout;
         let mut queued = 0;
         for slot in 0..self.slots.len() as u32 {
+            let Some(entry) = self.slots[slot as usize].entry.as_ref() else {
+                continue;
+            };
+            if entry.sending && entry.handle.queued_bytes() > 0 {
+                // A backlog behind a write in flight: free the chunks its
+                // small packets would keep alive (the send limits count
+                // their bytes, not the chunks).
+                let entry = self.slots[slot as usize].entry.as_mut().expect("checked");
+                entry.handle.inner.compact_queue();
+                for buf in &mut entry.pending {
+                    copy_out_straggler(buf);
+                }
+            }
             let Some(entry) = self.slots[slot as usize].entry.as_ref() else {
                 continue;
             };
@@ -648,6 +835,11 @@ impl Core {
                 Phase::Draining { deadline } if now >= deadline => {
                     self.close(slot, None, CloseMode::Abort);
                 }
+                // Everything was written and FIN sent; the peer did not
+                // answer with its own in time.
+                Phase::Lingering { deadline } if now >= deadline => {
+                    self.close(slot, None, CloseMode::Graceful);
+                }
                 _ => {}
             }
         }
@@ -660,7 +852,7 @@ impl Core {
                 self.adopt(driver, stream, peer);
             }
             for slot in std::mem::take(&mut self.deferred.flush) {
-                self.flush(driver, slot);
+                self.request_flush(driver, slot);
             }
             for (token, mode) in std::mem::take(&mut self.deferred.close) {
                 driver.close(token, mode);

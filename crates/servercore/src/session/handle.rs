@@ -5,7 +5,7 @@ use std::cell::Cell;
 use std::collections::VecDeque;
 use std::fmt;
 use std::net::{SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -88,6 +88,9 @@ pub(crate) struct SendLimits {
     /// Past this the overflow policy applies.
     pub hard_limit: usize,
     pub policy: OverflowPolicy,
+    /// With send coalescing: queued bytes that end the hold at once.
+    /// `usize::MAX` when coalescing is off.
+    pub coalesce_max_bytes: usize,
 }
 
 /// A request to the worker that owns a session.
@@ -214,6 +217,9 @@ pub(crate) struct SessionShared {
     queued: AtomicUsize,
     writable: AtomicBool,
     flush_scheduled: AtomicBool,
+    /// [`SessionHandle::flush`] asked for a write that coalescing must not hold.
+    flush_now: AtomicBool,
+    writes: AtomicU64,
     limits: SendLimits,
     pub(crate) mailbox: Arc<Mailbox>,
 }
@@ -238,6 +244,8 @@ impl SessionShared {
             queued: AtomicUsize::new(0),
             writable: AtomicBool::new(true),
             flush_scheduled: AtomicBool::new(false),
+            flush_now: AtomicBool::new(false),
+            writes: AtomicU64::new(0),
             limits,
             mailbox,
         }
@@ -288,10 +296,44 @@ impl SessionShared {
 
     /// Called by the worker when `written` bytes reached the socket.
     pub(crate) fn note_written(&self, written: usize) {
+        // Under the queue lock, like `send`: see there.
+        let _queue = self.queue.lock();
         let left = self.queued.fetch_sub(written, Ordering::AcqRel) - written;
         if left <= self.limits.low_watermark {
             self.writable.store(true, Ordering::Release);
         }
+    }
+
+    /// Queued bytes at which send coalescing stops holding the session.
+    pub(crate) fn coalesce_max_bytes(&self) -> usize {
+        self.limits.coalesce_max_bytes
+    }
+
+    /// Takes the "write at once" request of [`SessionHandle::flush`].
+    pub(crate) fn take_flush_now(&self) -> bool {
+        self.flush_now.swap(false, Ordering::AcqRel)
+    }
+
+    /// True if something was queued since the worker last drained the queue.
+    pub(crate) fn has_unflushed(&self) -> bool {
+        self.flush_scheduled.load(Ordering::Acquire)
+    }
+
+    /// Counts one gathered write submitted to the driver.
+    pub(crate) fn note_write_started(&self) {
+        self.writes.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Copies small buffers that are the last users of a larger allocation
+    /// (a pooled writer chunk) out of it, so the chunk is freed while they
+    /// wait; returns how many were copied. See [`copy_out_straggler`].
+    pub(crate) fn compact_queue(&self) -> usize {
+        let mut queue = self.queue.lock();
+        let mut copied = 0;
+        for buf in queue.iter_mut() {
+            copied += usize::from(copy_out_straggler(buf));
+        }
+        copied
     }
 
     /// Drops whatever is still queued (the session is closed).
@@ -299,6 +341,35 @@ impl SessionShared {
         let mut queue = self.queue.lock();
         let dropped: usize = queue.drain(..).map(|b| b.len()).sum();
         self.queued.fetch_sub(dropped, Ordering::AcqRel);
+    }
+}
+
+/// Largest buffer [`copy_out_straggler`] copies: packet-sized.
+const STRAGGLER_MAX: usize = 2 * 1024;
+
+/// A queued packet cut from a 64 KiB writer chunk keeps the whole chunk
+/// alive while the send limits count only its own bytes. When `buf` is small
+/// and the only user left of an allocation with room to spare, it is copied
+/// into an exact allocation of its own and the chunk is freed. Returns
+/// whether it copied. Buffers still shared (a broadcast other sessions have
+/// not written yet) and exact allocations are left as they are.
+pub(crate) fn copy_out_straggler(buf: &mut Bytes) -> bool {
+    if buf.len() > STRAGGLER_MAX || !buf.is_unique() {
+        return false;
+    }
+    match std::mem::take(buf).try_into_mut() {
+        Ok(owned) if owned.capacity() > owned.len() => {
+            *buf = Bytes::copy_from_slice(&owned);
+            true
+        }
+        Ok(owned) => {
+            *buf = owned.freeze();
+            false
+        }
+        Err(shared) => {
+            *buf = shared;
+            false
+        }
     }
 }
 
@@ -365,27 +436,63 @@ impl SessionHandle {
             };
         }
         let len = data.len();
-        let queued = {
+        let (before, queued) = {
             let mut queue = shared.queue.lock();
             if !shared.is_open() {
                 return Err(SendError::Closed);
             }
-            let queued = shared.queued.load(Ordering::Acquire) + len;
+            // The count and the flag change only under the queue lock (the
+            // worker's `note_written` takes it too), so neither a written
+            // count nor a "writable again" can be overwritten by a sender.
+            let before = shared.queued.load(Ordering::Acquire);
+            let queued = before + len;
             if queued > shared.limits.hard_limit {
                 drop(queue);
                 return Err(self.overflow());
             }
             shared.queued.store(queued, Ordering::Release);
+            if queued > shared.limits.high_watermark {
+                shared.writable.store(false, Ordering::Release);
+            }
             queue.push_back(data);
-            queued
+            (before, queued)
         };
-        if queued > shared.limits.high_watermark {
-            shared.writable.store(false, Ordering::Release);
-        }
         if !shared.flush_scheduled.swap(true, Ordering::AcqRel) {
+            shared.mailbox.push(Request::Flush(Arc::clone(&self.inner)));
+        } else if before < shared.limits.coalesce_max_bytes
+            && queued >= shared.limits.coalesce_max_bytes
+        {
+            // A session held back by send coalescing goes out once its
+            // queue passes the bound: tell the worker again.
             shared.mailbox.push(Request::Flush(Arc::clone(&self.inner)));
         }
         Ok(())
+    }
+
+    /// Queues `data` and writes it, with everything queued before it, at
+    /// once: it is not held back by send coalescing.
+    pub fn send_now(&self, data: Bytes) -> Result<(), SendError> {
+        self.send(data)?;
+        self.flush();
+        Ok(())
+    }
+
+    /// Writes everything queued so far at once, without waiting for the
+    /// send-coalescing interval. Without coalescing every send is written
+    /// in the owning worker's next round anyway, and this does nothing.
+    pub fn flush(&self) {
+        let shared = &*self.inner;
+        if shared.limits.coalesce_max_bytes == usize::MAX || !shared.is_open() {
+            return;
+        }
+        shared.flush_now.store(true, Ordering::Release);
+        shared.mailbox.push(Request::Flush(Arc::clone(&self.inner)));
+    }
+
+    /// Gathered writes submitted to the socket for this session so far (one
+    /// `sendmsg`/`writev` each, partial writes included).
+    pub fn write_count(&self) -> u64 {
+        self.inner.writes.load(Ordering::Relaxed)
     }
 
     /// Copies `data` into a new buffer and queues it.
@@ -434,5 +541,40 @@ impl fmt::Debug for SessionHandle {
             .field("peer", &self.peer_addr())
             .field("connected", &self.is_connected())
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lone_small_packet_leaves_its_chunk() {
+        let mut writer = crate::packet::PacketWriter::new();
+        let mut packet = writer.write_raw(1, b"abcd").unwrap();
+        let neighbour = writer.write_raw(2, b"efgh").unwrap();
+        // Still sharing the chunk with the writer and a neighbour: kept.
+        assert!(!copy_out_straggler(&mut packet));
+        drop(writer);
+        drop(neighbour);
+        let before = packet.as_ptr();
+        assert!(copy_out_straggler(&mut packet));
+        assert_ne!(packet.as_ptr(), before, "copied into its own allocation");
+        assert_eq!(&packet[..], &[8, 0, 1, 0, b'a', b'b', b'c', b'd']);
+        // An exact allocation is not copied again.
+        assert!(!copy_out_straggler(&mut packet));
+        assert_eq!(&packet[..], &[8, 0, 1, 0, b'a', b'b', b'c', b'd']);
+    }
+
+    #[test]
+    fn large_or_shared_buffers_are_left_alone() {
+        let mut large = Bytes::from(vec![1u8; STRAGGLER_MAX + 1]).slice(1..);
+        assert!(!copy_out_straggler(&mut large));
+        let mut shared = Bytes::from(vec![2u8; 16]);
+        let other = shared.clone();
+        assert!(!copy_out_straggler(&mut shared));
+        assert_eq!(shared, other);
+        let mut fixed = Bytes::from_static(b"static");
+        assert!(!copy_out_straggler(&mut fixed));
     }
 }
