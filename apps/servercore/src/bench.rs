@@ -4,7 +4,9 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use servercore_load::bench::{BenchOptions, BenchServerOptions, ChatServer, Impl, Scenario};
+use servercore_load::bench::{
+    BenchOptions, BenchServerOptions, ChatServer, Impl, Scenario, Transport,
+};
 
 /// `servercore bench` options.
 #[derive(Debug, clap::Args)]
@@ -93,6 +95,13 @@ pub struct BenchArgs {
     /// --quick 100,200).
     #[arg(long, value_delimiter = ',', value_name = "LIST")]
     pub capacity_steps: Vec<usize>,
+
+    /// Transports to measure one after the other, comma-separated: tcp,
+    /// tls, ws (default tcp). Each gets its own tables, its baseline being
+    /// tokio over the same transport (tokio-rustls, tokio-tungstenite);
+    /// --json/--chart files get a -tls/-ws suffix. Idle runs on tcp only.
+    #[arg(long, value_enum, value_delimiter = ',', value_name = "LIST")]
+    pub transports: Vec<Transport>,
 }
 
 /// `servercore bench-server` options (started by `bench`).
@@ -121,6 +130,18 @@ pub struct BenchServerArgs {
     /// Most sessions at once (engine servers).
     #[arg(long, default_value_t = 20_000)]
     pub max_sessions: usize,
+
+    /// The transport served.
+    #[arg(long, value_enum, default_value_t = Transport::Tcp)]
+    pub transport: Transport,
+
+    /// TLS certificate (PEM), for the tls transport.
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// TLS key (PEM), for the tls transport.
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
 }
 
 impl BenchArgs {
@@ -146,6 +167,7 @@ impl BenchArgs {
             sources: self.sources,
             move_players: self.move_players,
             capacity_steps: self.capacity_steps.clone(),
+            transports: self.transports.clone(),
         }
     }
 }
@@ -160,6 +182,9 @@ impl BenchServerArgs {
             workers: self.workers,
             chat: self.chat,
             max_sessions: self.max_sessions,
+            transport: self.transport,
+            tls_cert: self.tls_cert.clone(),
+            tls_key: self.tls_key.clone(),
         }
     }
 }

@@ -23,6 +23,14 @@ pub struct ClientArgs {
     #[arg(long, default_value_t = 500)]
     pub sessions: usize,
 
+    /// Connect over WebSocket to this URL instead of --addr:
+    /// ws://HOST:PORT/PATH, or wss://... (TLS; see --tls-ca).
+    #[arg(long, value_name = "URL", value_parser = crate::transport::parse_ws_url)]
+    pub ws: Option<crate::transport::WsUrl>,
+
+    #[command(flatten)]
+    pub tls: crate::transport::TlsClientArgs,
+
     /// What the sessions do in game: chat, or move (random-walk the world,
     /// tracking the neighbours the server spawns).
     #[arg(long, value_enum, default_value_t = Scenario::Chat)]
@@ -88,9 +96,11 @@ pub struct ClientArgs {
 }
 
 impl ClientArgs {
-    /// The run these options describe.
-    pub fn to_config(&self) -> LoadConfig {
-        let mut config = LoadConfig::new(self.addr);
+    /// The run these options describe (reads the TLS files).
+    pub fn to_config(&self) -> anyhow::Result<LoadConfig> {
+        let addr = self.ws.as_ref().map_or(self.addr, |url| url.addr);
+        let mut config = LoadConfig::new(addr);
+        config.transport = self.tls.client_transport(addr, self.ws.as_ref())?;
         config.sessions = self.sessions;
         config.scenario = self.scenario;
         config.rate = self.rate.unwrap_or(match self.scenario {
@@ -108,7 +118,7 @@ impl ClientArgs {
         config.connect_timeout = self.connect_timeout;
         config.setup_timeout = self.setup_timeout;
         config.account_prefix = self.account_prefix.clone();
-        config
+        Ok(config)
     }
 }
 
@@ -116,15 +126,16 @@ impl ClientArgs {
 /// Fails (after reporting) when no session could connect at all.
 pub fn run(args: ClientArgs) -> anyhow::Result<()> {
     let stop = StopSignal::install();
-    let config = args.to_config();
+    let config = args.to_config()?;
     let moving = match config.move_period() {
         Some(_) => format!(", {} moves/s at {} units/s", config.move_rate, config.speed),
         None => String::new(),
     };
     eprintln!(
-        "client: {} sessions -> {}, {} msg/s each{moving} for {}; Ctrl-C stops early",
+        "client: {} sessions -> {} ({}), {} msg/s each{moving} for {}; Ctrl-C stops early",
         config.sessions,
         config.addr,
+        config.transport.name(),
         config.rate,
         human_duration(config.duration)
     );

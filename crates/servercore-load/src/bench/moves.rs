@@ -26,7 +26,7 @@ use super::child::ServerProcess;
 use super::load::{Timing, Window, WindowStart};
 use super::move_report::{CapacityResult, CapacityStep, MoveResult};
 use super::report::{format_micros, format_rate, WindowCpu};
-use super::{Bench, Impl, Scenario};
+use super::{Bench, Impl, Scenario, Transport};
 use crate::client::{run_load_observed, LoadConfig, LoadObserver, Scenario as Load, WindowCounts};
 use crate::stop::StopSignal;
 
@@ -225,6 +225,9 @@ impl Bench {
             self.plan.workers,
             self.plan.max_sessions,
             self.plan.chat_server,
+            // The world runs over plain TCP.
+            Transport::Tcp,
+            None,
             &self.progress,
         )?;
         self.progress

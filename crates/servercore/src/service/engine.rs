@@ -15,6 +15,7 @@ use super::worker;
 use super::StartError;
 use crate::driver::{resolve_backend, Backend};
 use crate::session::{Mailbox, Request, Session};
+use crate::transport::{ClientTransport, ServerTransport, Transport};
 
 /// Builds the session object of each new connection.
 pub(crate) type SessionFactory = Box<dyn Fn() -> Box<dyn Session> + Send + Sync>;
@@ -62,6 +63,36 @@ pub(crate) struct EngineShared {
     pub stopping: AtomicBool,
     /// The first worker failure, if any.
     pub failure: Mutex<Option<WorkerFailure>>,
+    pub transports: Transports,
+}
+
+/// Which transport each new connection gets.
+pub(crate) enum Transports {
+    /// A server's listeners, by the port they listen on.
+    Server(Vec<(u16, ServerTransport)>),
+    /// Every connection of a client service.
+    Client(ClientTransport),
+}
+
+impl Transports {
+    /// True when every connection is plain TCP (no lookup needed).
+    pub fn all_plain(&self) -> bool {
+        match self {
+            Transports::Server(listeners) => listeners.iter().all(|(_, t)| t.is_plain()),
+            Transports::Client(transport) => transport.is_plain(),
+        }
+    }
+
+    /// The transport state of a new connection (`None`: plain TCP).
+    pub fn start(&self, local: SocketAddr, peer: SocketAddr) -> Option<Box<Transport>> {
+        match self {
+            Transports::Server(listeners) => listeners
+                .iter()
+                .find(|(port, _)| *port == local.port())
+                .and_then(|(_, transport)| transport.start()),
+            Transports::Client(transport) => transport.start(peer),
+        }
+    }
 }
 
 impl EngineShared {
@@ -131,25 +162,30 @@ pub(crate) struct Engine {
 }
 
 impl Engine {
-    /// Starts the workers; `listener`, if any, is served by worker 0.
+    /// Starts the workers; the listeners, if any, are served by worker 0.
     pub fn start(
         config: ServiceConfig,
         factory: SessionFactory,
-        listener: Option<TcpListener>,
+        listeners: Vec<TcpListener>,
+        transports: Transports,
     ) -> Result<Engine, StartError> {
         config.validate().map_err(StartError::Config)?;
         let resolved = resolve_backend(config.backend)?;
         let backend = resolved.as_backend();
         tracing::info!(backend = %backend, workers = config.workers, "starting service");
 
-        let mut listener = listener;
+        let mut listeners = listeners;
         let mut threads = Vec::with_capacity(config.workers);
         let mut mailboxes = Vec::with_capacity(config.workers);
         let mut activations = Vec::with_capacity(config.workers);
         for index in 0..config.workers {
             let (ready_tx, ready_rx) = crossbeam_channel::bounded(1);
             let (go_tx, go_rx) = crossbeam_channel::bounded::<Arc<EngineShared>>(1);
-            let worker_listener = if index == 0 { listener.take() } else { None };
+            let worker_listeners = if index == 0 {
+                std::mem::take(&mut listeners)
+            } else {
+                Vec::new()
+            };
             let driver_config = config.driver.clone();
             let spawned = std::thread::Builder::new()
                 .name(format!("servercore-w{index}"))
@@ -158,7 +194,7 @@ impl Engine {
                         resolved,
                         index as u16,
                         driver_config,
-                        worker_listener,
+                        worker_listeners,
                         ready_tx,
                         go_rx,
                     )
@@ -196,6 +232,7 @@ impl Engine {
             next_worker: AtomicUsize::new(0),
             stopping: AtomicBool::new(false),
             failure: Mutex::new(None),
+            transports,
         });
         for go in activations {
             let _ = go.send(Arc::clone(&shared));

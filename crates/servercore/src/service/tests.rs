@@ -26,7 +26,8 @@ fn engine(backend: Backend, workers: usize) -> Engine {
     Engine::start(
         config,
         Box::new(|| Box::new(Sink) as Box<dyn Session>),
-        None,
+        Vec::new(),
+        super::engine::Transports::Client(crate::ClientTransport::plain()),
     )
     .unwrap()
 }

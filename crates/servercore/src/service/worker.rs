@@ -39,6 +39,7 @@ use crate::session::{
     copy_out_straggler, DisconnectReason, Mailbox, Request, Session, SessionHandle, SessionId,
     SessionShared,
 };
+use crate::transport::{self, Transport};
 
 /// How often idle timeouts and drain deadlines are checked.
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_millis(100);
@@ -54,23 +55,23 @@ pub(crate) fn run_thread(
     backend: ResolvedBackend,
     index: u16,
     driver_config: DriverConfig,
-    listener: Option<TcpListener>,
+    listeners: Vec<TcpListener>,
     ready: Sender<io::Result<Arc<Mailbox>>>,
     go: Receiver<Arc<EngineShared>>,
 ) {
     match backend {
         #[cfg(target_os = "linux")]
         ResolvedBackend::IoUring => {
-            run::<crate::driver::uring::UringDriver>(index, driver_config, listener, ready, go)
+            run::<crate::driver::uring::UringDriver>(index, driver_config, listeners, ready, go)
         }
-        ResolvedBackend::Poll => run::<PollDriver>(index, driver_config, listener, ready, go),
+        ResolvedBackend::Poll => run::<PollDriver>(index, driver_config, listeners, ready, go),
     }
 }
 
 fn run<D: Driver>(
     index: u16,
     driver_config: DriverConfig,
-    listener: Option<TcpListener>,
+    listeners: Vec<TcpListener>,
     ready: Sender<io::Result<Arc<Mailbox>>>,
     go: Receiver<Arc<EngineShared>>,
 ) {
@@ -81,7 +82,7 @@ fn run<D: Driver>(
             return;
         }
     };
-    if let Some(listener) = listener {
+    for listener in listeners {
         if let Err(error) = driver.add_listener(listener) {
             let _ = ready.send(Err(error));
             return;
@@ -124,7 +125,8 @@ struct Entry {
     leftover: Vec<u8>,
     /// A write is in flight (its batch is with the driver).
     sending: bool,
-    /// Bytes taken from the queue but not written yet (not in flight).
+    /// Bytes taken from the queue but not written yet (not in flight);
+    /// wire bytes when a transport is present.
     pending: Vec<Bytes>,
     phase: Phase,
     last_recv: Instant,
@@ -137,6 +139,8 @@ struct Entry {
     held: bool,
     /// The app asked for a write at once; kept until the next write starts.
     flush_now: bool,
+    /// TLS / WebSocket state; `None` for plain TCP.
+    transport: Option<Box<Transport>>,
 }
 
 /// One place for a session. The generation counts the sessions the slot
@@ -414,6 +418,11 @@ impl Core {
                 (self.slots.len() - 1) as u32
             }
         };
+        let transport = if self.engine.transports.all_plain() {
+            None
+        } else {
+            self.engine.transports.start(local, peer)
+        };
         let generation = self.slots[slot as usize].generation;
         let token = (u64::from(generation) << 32) | u64::from(slot);
         if let Err(error) = driver.add_stream(token, stream) {
@@ -452,6 +461,7 @@ impl Core {
             last_write: None,
             held: false,
             flush_now: false,
+            transport,
         });
         self.live += 1;
         self.mailbox.counters.set_sessions(self.live);
@@ -472,7 +482,37 @@ impl Core {
         }));
         if let Err(panic) = result {
             self.callback_panicked(slot, "on_connected", panic);
+            return;
         }
+        if let Some(transport) = entry.transport.as_mut() {
+            match transport.take_startup_failure() {
+                Some(reason) => self.end_transport(slot, reason),
+                // A client's hello (TLS, the upgrade request) goes out now.
+                None if transport.wants_flush() => self.deferred.flush.push(slot),
+                None => {}
+            }
+        }
+    }
+
+    /// Ends a session for a transport reason once the transport's goodbye
+    /// (alert, close frame, HTTP error) is written; nothing more of the
+    /// session's queue is sent.
+    fn end_transport(&mut self, slot: u32, reason: DisconnectReason) {
+        let linger = self.engine.config.disconnect_linger;
+        let Some(entry) = self.entry_mut(slot) else {
+            return;
+        };
+        if matches!(entry.phase, Phase::Closed) {
+            return;
+        }
+        entry.handle.inner.begin_close(reason);
+        entry.handle.inner.discard_queue();
+        if matches!(entry.phase, Phase::Open) {
+            entry.phase = Phase::Draining {
+                deadline: Instant::now() + linger,
+            };
+        }
+        self.deferred.flush.push(slot);
     }
 
     /// Ends a session: runs `on_disconnected` once and asks the driver to
@@ -492,11 +532,19 @@ impl Core {
         shared.discard_queue();
         entry.phase = Phase::Closed;
         entry.leftover = Vec::new();
-        for buf in entry.pending.drain(..) {
-            shared.note_written(buf.len());
-        }
+        let unsent = match entry.transport.as_mut() {
+            Some(transport) => {
+                entry.pending.clear();
+                transport.discard()
+            }
+            None => entry.pending.drain(..).map(|buf| buf.len()).sum(),
+        };
+        shared.note_written(unsent);
         let token = shared.token;
         entry.handle.counters().note_disconnect(reason.kind());
+        if transport::is_transport_reason(&reason) {
+            transport::log_rejection(entry.handle.peer_addr(), &reason);
+        }
         log_disconnect(&entry.handle, &reason);
         let result = catch_unwind(AssertUnwindSafe(|| {
             entry.session.on_disconnected(&entry.handle, &reason)
@@ -638,7 +686,24 @@ impl Core {
                 entry.pending = reused;
             }
         }
-        let taken = entry.handle.inner.drain_queue_into(&mut entry.pending);
+        let taken = match entry.transport.as_mut() {
+            None => entry.handle.inner.drain_queue_into(&mut entry.pending),
+            Some(transport) => {
+                let mut plain = self.batch_pool.pop().unwrap_or_default();
+                let taken = entry.handle.inner.drain_queue_into(&mut plain);
+                let draining = matches!(entry.phase, Phase::Draining { .. });
+                transport.encode(&mut plain, &mut entry.pending);
+                if entry.pending.is_empty() && draining {
+                    let reason = entry.handle.inner.peek_reason();
+                    let reason = reason.unwrap_or(DisconnectReason::ClosedByApp);
+                    if transport.farewell(&reason) {
+                        transport.encode(&mut plain, &mut entry.pending);
+                    }
+                }
+                recycle(&mut self.batch_pool, plain);
+                taken
+            }
+        };
         self.mailbox.counters.note_packets_out(taken);
         entry.flush_now = false;
         if entry.pending.is_empty() {
@@ -692,7 +757,11 @@ impl Core {
         match result {
             Ok(written) if !matches!(entry.phase, Phase::Closed) => {
                 self.mailbox.counters.note_bytes_out(written);
-                shared.note_written(written);
+                let written_plain = match entry.transport.as_mut() {
+                    Some(transport) => transport.wire_written(written),
+                    None => written,
+                };
+                shared.note_written(written_plain);
                 let mut batch = batch;
                 batch.advance(written);
                 if batch.bufs.is_empty() {
@@ -700,19 +769,25 @@ impl Core {
                 } else {
                     entry.pending = batch.bufs;
                 }
-                let result = catch_unwind(AssertUnwindSafe(|| {
-                    entry.session.on_send(&entry.handle, written)
-                }));
-                if let Err(panic) = result {
-                    self.callback_panicked(slot, "on_send", panic);
-                    return;
+                if written_plain > 0 {
+                    let result = catch_unwind(AssertUnwindSafe(|| {
+                        entry.session.on_send(&entry.handle, written_plain)
+                    }));
+                    if let Err(panic) = result {
+                        self.callback_panicked(slot, "on_send", panic);
+                        return;
+                    }
                 }
                 self.deferred.flush.push(slot);
             }
             result => {
                 // Closed meanwhile, or the write failed: nothing more goes
                 // out, and the unsent bytes leave the queued count.
-                shared.note_written(batch.len());
+                let unsent = match entry.transport.as_mut() {
+                    Some(transport) => transport.discard(),
+                    None => batch.len(),
+                };
+                shared.note_written(unsent);
                 recycle(&mut self.batch_pool, batch.bufs);
                 if let Err(error) = result {
                     self.close(
@@ -743,9 +818,29 @@ impl Core {
         }
         entry.last_recv = Instant::now();
         self.mailbox.counters.note_bytes_in(data.len());
-        match deliver(entry, data, max_backlog) {
-            Ok(()) if !entry.handle.is_connected() => entry.leftover = Vec::new(),
-            Ok(()) => {}
+        let mut ending = None;
+        let result = match entry.transport.take() {
+            None => deliver(entry, data, max_backlog),
+            Some(mut transport) => {
+                ending = transport.receive(data);
+                let result = deliver(entry, transport.plain(), max_backlog);
+                transport.clear_plain();
+                if ending.is_none() && transport.wants_flush() {
+                    self.deferred.flush.push(slot);
+                }
+                entry.transport = Some(transport);
+                result
+            }
+        };
+        match result {
+            Ok(()) => {
+                if !entry.handle.is_connected() {
+                    entry.leftover = Vec::new();
+                }
+                if let Some(reason) = ending {
+                    self.end_transport(slot, reason);
+                }
+            }
             Err(Failure::Panic(panic)) => self.callback_panicked(slot, "on_recv", panic),
             Err(Failure::Backlog(held)) => {
                 tracing::warn!(
@@ -770,6 +865,18 @@ impl Core {
         if let Some(error) = error {
             let reason = DisconnectReason::from_io(&error);
             self.close(slot, Some(reason), CloseMode::Abort);
+            return;
+        }
+        let handshake_failure = self.slots[slot as usize]
+            .entry
+            .as_ref()
+            .and_then(|entry| entry.transport.as_ref())
+            .filter(|transport| !transport.is_ready())
+            .map(|transport| {
+                transport.handshake_failure("the peer closed the connection during the handshake")
+            });
+        if let Some(reason) = handshake_failure {
+            self.close(slot, Some(reason), CloseMode::Graceful);
             return;
         }
         let entry = self.slots[slot as usize]
@@ -822,6 +929,17 @@ impl Core {
             queued += entry.handle.queued_bytes();
             match entry.phase {
                 Phase::Open => {
+                    let handshake_due = entry
+                        .transport
+                        .as_ref()
+                        .and_then(|transport| transport.handshake_deadline())
+                        .filter(|deadline| now >= *deadline);
+                    if handshake_due.is_some() {
+                        let transport = entry.transport.as_ref().expect("has a deadline");
+                        let reason = transport.handshake_failure("timed out");
+                        self.close(slot, Some(reason), CloseMode::Abort);
+                        continue;
+                    }
                     if let Some(timeout) = idle_timeout {
                         if now.duration_since(entry.last_recv) >= timeout {
                             self.close(

@@ -34,6 +34,25 @@ pub enum DisconnectReason {
     Shutdown,
     /// A callback of this session panicked; the text is the panic message.
     CallbackPanic(String),
+    /// The TLS handshake failed (bad or untrusted certificate, a peer that
+    /// does not speak TLS, a protocol error) or did not finish within the
+    /// handshake timeout; the text is rustls's error or what happened.
+    TlsHandshake(String),
+    /// A TLS error after the handshake (a corrupt or forged record).
+    Tls(String),
+    /// The WebSocket opening handshake failed (not an upgrade request, a
+    /// missing `Sec-WebSocket-Key`, a wrong path, a bad server answer) or
+    /// did not finish within the handshake timeout.
+    WebSocketHandshake(String),
+    /// The WebSocket connection was closed with `code` (RFC 6455 7.4):
+    /// by this end for a protocol violation (1002, 1003, 1007, 1009), or by
+    /// the peer with a code other than 1000/1001.
+    WebSocket {
+        /// The close code sent or received.
+        code: u16,
+        /// What happened.
+        detail: String,
+    },
 }
 
 impl DisconnectReason {
@@ -70,6 +89,10 @@ impl DisconnectReason {
             DisconnectReason::IdleTimeout => DisconnectKind::IdleTimeout,
             DisconnectReason::Shutdown => DisconnectKind::Shutdown,
             DisconnectReason::CallbackPanic(_) => DisconnectKind::CallbackPanic,
+            DisconnectReason::TlsHandshake(_) => DisconnectKind::TlsHandshake,
+            DisconnectReason::Tls(_) => DisconnectKind::Tls,
+            DisconnectReason::WebSocketHandshake(_) => DisconnectKind::WebSocketHandshake,
+            DisconnectReason::WebSocket { .. } => DisconnectKind::WebSocket,
         }
     }
 }
@@ -103,11 +126,19 @@ pub enum DisconnectKind {
     Shutdown,
     /// [`DisconnectReason::CallbackPanic`]: `callback_panic`.
     CallbackPanic,
+    /// [`DisconnectReason::TlsHandshake`]: `tls_handshake`.
+    TlsHandshake,
+    /// [`DisconnectReason::Tls`]: `tls`.
+    Tls,
+    /// [`DisconnectReason::WebSocketHandshake`]: `websocket_handshake`.
+    WebSocketHandshake,
+    /// [`DisconnectReason::WebSocket`]: `websocket`.
+    WebSocket,
 }
 
 impl DisconnectKind {
     /// How many kinds there are.
-    pub const COUNT: usize = 11;
+    pub const COUNT: usize = 15;
 
     /// Every kind, in index order.
     pub const ALL: [DisconnectKind; DisconnectKind::COUNT] = [
@@ -122,6 +153,10 @@ impl DisconnectKind {
         DisconnectKind::IdleTimeout,
         DisconnectKind::Shutdown,
         DisconnectKind::CallbackPanic,
+        DisconnectKind::TlsHandshake,
+        DisconnectKind::Tls,
+        DisconnectKind::WebSocketHandshake,
+        DisconnectKind::WebSocket,
     ];
 
     /// The index of this kind in counter arrays (`0..COUNT`).
@@ -143,6 +178,10 @@ impl DisconnectKind {
             DisconnectKind::IdleTimeout => "idle_timeout",
             DisconnectKind::Shutdown => "shutdown",
             DisconnectKind::CallbackPanic => "callback_panic",
+            DisconnectKind::TlsHandshake => "tls_handshake",
+            DisconnectKind::Tls => "tls",
+            DisconnectKind::WebSocketHandshake => "websocket_handshake",
+            DisconnectKind::WebSocket => "websocket",
         }
     }
 }
@@ -167,6 +206,14 @@ impl fmt::Display for DisconnectReason {
             DisconnectReason::IdleTimeout => f.write_str("idle timeout"),
             DisconnectReason::Shutdown => f.write_str("service shutdown"),
             DisconnectReason::CallbackPanic(message) => write!(f, "callback panicked: {message}"),
+            DisconnectReason::TlsHandshake(detail) => write!(f, "TLS handshake failed: {detail}"),
+            DisconnectReason::Tls(detail) => write!(f, "TLS error: {detail}"),
+            DisconnectReason::WebSocketHandshake(detail) => {
+                write!(f, "WebSocket handshake failed: {detail}")
+            }
+            DisconnectReason::WebSocket { code, detail } => {
+                write!(f, "WebSocket closed with {code}: {detail}")
+            }
         }
     }
 }
