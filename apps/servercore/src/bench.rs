@@ -91,6 +91,17 @@ pub struct BenchArgs {
     #[arg(long, value_name = "N")]
     pub coalesce_ms: Option<u64>,
 
+    /// Players of the move scenario's main measurement (default 2000;
+    /// --quick 200).
+    #[arg(long, value_name = "N")]
+    pub move_players: Option<usize>,
+
+    /// Player counts of the move scenario's capacity sweep, comma-separated
+    /// (default 500,1000,1500,2000,3000,4000,6000,8000,12000,16000;
+    /// --quick 100,200).
+    #[arg(long, value_delimiter = ',', value_name = "LIST")]
+    pub capacity_steps: Vec<usize>,
+
     /// Transports to measure one after the other, comma-separated: tcp,
     /// tls, ws (default tcp). Each gets its own tables, its baseline being
     /// tokio over the same transport (tokio-rustls, tokio-tungstenite);
@@ -166,6 +177,8 @@ impl BenchArgs {
             perf: self.perf,
             sources: self.sources,
             send_coalescing: self.coalesce_ms.map(Duration::from_millis),
+            move_players: self.move_players,
+            capacity_steps: self.capacity_steps.clone(),
             transports: self.transports.clone(),
         }
     }

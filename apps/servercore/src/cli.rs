@@ -125,6 +125,14 @@ pub struct DemoArgs {
     #[arg(long, default_value_t = 1.0)]
     pub rate: f64,
 
+    /// Moves per second per client (0: the clients only chat).
+    #[arg(long, default_value_t = 10.0)]
+    pub move_rate: f64,
+
+    /// Walking speed of the clients, world units per second.
+    #[arg(long, default_value_t = 150.0)]
+    pub speed: f64,
+
     /// Also write the clients' report as JSON to FILE (`-`: standard output).
     #[arg(long, value_name = "FILE")]
     pub json: Option<std::path::PathBuf>,

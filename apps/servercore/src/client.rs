@@ -5,7 +5,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use servercore_load::client::{human_duration, parse_duration, run_load_until, LoadConfig};
+use servercore_load::client::{
+    human_duration, parse_duration, run_load_until, LoadConfig, Scenario,
+};
 
 use crate::cli::EngineArgs;
 use crate::shutdown::{Install as _, StopSignal};
@@ -29,9 +31,29 @@ pub struct ClientArgs {
     #[command(flatten)]
     pub tls: crate::transport::TlsClientArgs,
 
-    /// C_CHAT messages per second per session (0: connect, enter and idle).
-    #[arg(long, default_value_t = 1.0)]
-    pub rate: f64,
+    /// What the sessions do in game: chat, or move (random-walk the world,
+    /// tracking the neighbours the server spawns).
+    #[arg(long, value_enum, default_value_t = Scenario::Chat)]
+    pub scenario: Scenario,
+
+    /// C_CHAT messages per second per session (0: no chat; default 1 for
+    /// the chat scenario, 0 for move).
+    #[arg(long)]
+    pub rate: Option<f64>,
+
+    /// C_MOVE messages per second per session (move scenario).
+    #[arg(long, default_value_t = 10.0)]
+    pub move_rate: f64,
+
+    /// Walking speed in world units per second (move scenario; keep it
+    /// below the server's --max-speed).
+    #[arg(long, default_value_t = 150.0)]
+    pub speed: f64,
+
+    /// Side of the square map the sessions walk in (the server's
+    /// --world-size).
+    #[arg(long, default_value_t = 2000.0)]
+    pub world_size: f64,
 
     /// How long the sessions chat once all are in game: 30s, 2m, 500ms, ...
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
@@ -80,7 +102,14 @@ impl ClientArgs {
         let mut config = LoadConfig::new(addr);
         config.transport = self.tls.client_transport(addr, self.ws.as_ref())?;
         config.sessions = self.sessions;
-        config.rate = self.rate;
+        config.scenario = self.scenario;
+        config.rate = self.rate.unwrap_or(match self.scenario {
+            Scenario::Chat => 1.0,
+            Scenario::Move => 0.0,
+        });
+        config.move_rate = self.move_rate;
+        config.speed = self.speed;
+        config.world_size = self.world_size;
         config.duration = self.duration;
         config.message_bytes = self.message_bytes;
         config.backend = self.engine.backend;
@@ -98,8 +127,12 @@ impl ClientArgs {
 pub fn run(args: ClientArgs) -> anyhow::Result<()> {
     let stop = StopSignal::install();
     let config = args.to_config()?;
+    let moving = match config.move_period() {
+        Some(_) => format!(", {} moves/s at {} units/s", config.move_rate, config.speed),
+        None => String::new(),
+    };
     eprintln!(
-        "client: {} sessions -> {} ({}), {} msg/s each for {}; Ctrl-C stops early",
+        "client: {} sessions -> {} ({}), {} msg/s each{moving} for {}; Ctrl-C stops early",
         config.sessions,
         config.addr,
         config.transport.name(),

@@ -3,15 +3,16 @@
 //!
 //! Starts the game server on a free loopback port with an in-memory
 //! database (nothing to set up, nothing left behind), runs `--clients`
-//! dummy clients against it for `--seconds` (log in, enter, chat at
-//! `--rate`) with the live progress display, then stops both and prints the
-//! clients' table and the server's counters.
+//! dummy clients against it for `--seconds` (log in, enter the world,
+//! random-walk at `--move-rate` and `--speed`, chat at `--rate`) with the
+//! live progress display, then stops both and prints the clients' table
+//! (movement and chat) and the server's counters.
 
 use std::time::Duration;
 
 use crate::cli::DemoArgs;
 use servercore_game::GameConfig;
-use servercore_load::client::{run_load_until, LoadConfig};
+use servercore_load::client::{run_load_until, LoadConfig, Scenario};
 
 use crate::shutdown::{Install as _, StopSignal};
 
@@ -26,15 +27,24 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     let addr = server.local_addr();
     println!(
         "demo: game server on {addr} (backend {}, in-memory database); \
-         {} dummy clients chat {} msg/s each for {} s",
+         {} dummy clients walk the world ({} moves/s at {} units/s) and chat {} msg/s each for {} s",
         server.backend(),
         args.clients,
+        args.move_rate,
+        args.speed,
         args.rate,
         args.seconds
     );
 
     let mut load = LoadConfig::new(addr);
     load.sessions = args.clients;
+    load.scenario = if args.move_rate > 0.0 {
+        Scenario::Move
+    } else {
+        Scenario::Chat
+    };
+    load.move_rate = args.move_rate;
+    load.speed = args.speed;
     load.rate = args.rate;
     load.duration = Duration::from_secs(args.seconds);
     load.backend = args.engine.backend;

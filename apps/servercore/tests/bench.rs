@@ -169,3 +169,81 @@ fn tiny_bench_run_writes_json_and_tables() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `bench move --quick` end to end on the poll backend and tokio: a move
+/// measurement and a capacity sweep per server, their tables, and the same
+/// numbers in the JSON.
+#[test]
+fn quick_move_bench_measures_and_sweeps_each_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("move.json");
+    let mut child = Command::new(EXE)
+        .args(["bench", "move", "--quick", "--backends", "poll,tokio"])
+        .args(["--workers", "1", "--move-players", "60"])
+        .args(["--capacity-steps", "30,60"])
+        .arg("--json")
+        .arg(&json)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("bench runs");
+    let stdout = child.stdout.take().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let out = std::thread::spawn(move || std::io::read_to_string(stdout).unwrap_or_default());
+    let err = std::thread::spawn(move || std::io::read_to_string(stderr).unwrap_or_default());
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("bench move ran past 120 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let (stdout, stderr) = (out.join().unwrap(), err.join().unwrap());
+    assert!(status.success(), "bench move failed: {stdout}\n{stderr}");
+    for needle in [
+        "move: 60 players",
+        "server CPU/delivery",
+        "own-move p99",
+        "move capacity",
+        "capacity (players)",
+        "move: server CPU/delivery ≤ 0.33× tokio",
+    ] {
+        assert!(
+            stdout.contains(needle),
+            "{needle:?} missing from:\n{stdout}"
+        );
+    }
+
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let moves = report["moves"].as_array().unwrap();
+    let names: Vec<&str> = moves
+        .iter()
+        .map(|m| m["implementation"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["poll", "tokio"], "{report:#}");
+    for result in moves {
+        assert_eq!(result["players"], 60, "{result}");
+        assert_eq!(result["entered"], 60, "{result}");
+        assert_eq!(result["errors_total"], 0, "{result}");
+        assert!(result["deliveries"].as_u64().unwrap() > 0, "{result}");
+        assert!(result["latency"]["count"].as_u64().unwrap() > 0, "{result}");
+        assert!(result["server_cpu_seconds"].as_f64().is_some(), "{result}");
+    }
+    let capacity = report["capacity"].as_array().unwrap();
+    assert_eq!(capacity.len(), 2, "{report:#}");
+    for sweep in capacity {
+        let steps = sweep["steps"].as_array().unwrap();
+        assert!(!steps.is_empty(), "{sweep}");
+        assert_eq!(steps[0]["players"], 30, "{sweep}");
+    }
+    assert_eq!(
+        report["settings"]["moves"]["variants"],
+        serde_json::json!(["poll", "tokio"])
+    );
+}

@@ -10,7 +10,7 @@
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, ChildStdin, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -26,12 +26,15 @@ backend_tests!(
     a_server_that_speaks_another_protocol_is_reported_not_fatal,
     a_server_that_dies_mid_run_fails_every_session_and_the_run_goes_on,
     demo_runs_and_prints_the_table,
+    players_walk_the_game_world_and_see_only_spawned_neighbours,
 );
 
 /// A server child process, killed when dropped.
 struct Server {
     child: Child,
     addr: SocketAddr,
+    /// Held open: a `bench-server` runs until its stdin ends.
+    _stdin: Option<ChildStdin>,
 }
 
 impl Server {
@@ -40,11 +43,12 @@ impl Server {
     fn start(args: &[&str]) -> Server {
         let mut child = Command::new(BIN)
             .args(args)
-            .stdin(Stdio::null())
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
             .expect("spawn the server");
+        let stdin = child.stdin.take();
         let stdout = child.stdout.take().expect("piped stdout");
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -68,7 +72,11 @@ impl Server {
             .nth(1)
             .and_then(|word| word.parse().ok())
             .unwrap_or_else(|| panic!("no address in the server's first line: {line:?}"));
-        Server { child, addr }
+        Server {
+            child,
+            addr,
+            _stdin: stdin,
+        }
     }
 
     /// The game server on a free port with an in-memory database.
@@ -322,6 +330,81 @@ fn a_server_that_dies_mid_run_fails_every_session_and_the_run_goes_on(backend: B
     }
 }
 
+/// Runs `client --scenario move` against `server` and checks the world
+/// through the JSON report: every player entered, moved, got its own moves
+/// back unchanged (the walk never leaves the map nor outruns the speed
+/// limit), saw neighbours spawn, and never got a move of a player it had
+/// not been spawned.
+fn walk_and_check(server: &Server, backend: &str) {
+    const SESSIONS: u64 = 60;
+    let (output, report) = client(
+        server.addr,
+        backend,
+        &["--scenario", "move", "--sessions", "60", "--duration", "2s"],
+    );
+    assert!(output.status.success(), "client failed: {output:?}");
+    assert_eq!(report["scenario"], "move", "{report:#}");
+    assert_eq!(num(&report, "sessions.entered"), SESSIONS, "{report:#}");
+    assert_eq!(num(&report, "errors_total"), 0, "{report:#}");
+    assert!(
+        report["errors"].get("move_from_unseen").is_none(),
+        "{report:#}"
+    );
+    assert_eq!(num(&report, "messages_sent"), 0, "no chat by default");
+    let sent = num(&report, "movement.moves_sent");
+    // 10 moves/s for 2 s each; a timer skipped on a busy machine may lose
+    // a few.
+    let expected = SESSIONS * 10 * 2;
+    assert!(
+        sent <= expected && sent >= expected * 9 / 10,
+        "sent {sent}, expected about {expected}: {report:#}"
+    );
+    assert_eq!(num(&report, "movement.own_moves"), sent, "{report:#}");
+    assert!(num(&report, "movement.deliveries") >= sent, "{report:#}");
+    assert!(num(&report, "movement.spawns") > 0, "{report:#}");
+    assert_eq!(num(&report, "movement.corrections"), 0, "{report:#}");
+    assert_eq!(num(&report, "movement.latency_us.samples"), sent);
+    let (p50, p99, max) = (
+        num(&report, "movement.latency_us.p50"),
+        num(&report, "movement.latency_us.p99"),
+        num(&report, "movement.latency_us.max"),
+    );
+    assert!(0 < p50 && p50 <= p99 && p99 <= max, "{report:#}");
+    assert!(report["movement"]["deliveries_per_sec"].as_f64().unwrap() > 0.0);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    for needle in [
+        "move deliveries per second",
+        "own-move latency p99",
+        "spawns",
+    ] {
+        assert!(
+            stdout.contains(needle),
+            "{needle:?} missing from:\n{stdout}"
+        );
+    }
+}
+
+fn players_walk_the_game_world_and_see_only_spawned_neighbours(backend: Backend) {
+    let backend = backend.name();
+    walk_and_check(&Server::game(backend), backend);
+}
+
+/// The same walk against the benchmark's tokio world server: it keeps the
+/// game's rules, so the client sees the same world.
+#[test]
+fn players_walk_the_tokio_world_baseline() {
+    let server = Server::start(&[
+        "bench-server",
+        "--impl",
+        "tokio",
+        "--scenario",
+        "move",
+        "--workers",
+        "2",
+    ]);
+    walk_and_check(&server, "poll");
+}
+
 fn demo_runs_and_prints_the_table(backend: Backend) {
     let backend = backend.name();
     let output = run(
@@ -348,6 +431,9 @@ fn demo_runs_and_prints_the_table(backend: Backend) {
         "20 / 20",
         "deliveries per second",
         "latency p99",
+        "move deliveries per second",
+        "own-move latency p99",
+        "spawns",
         "errors",
         "none",
     ] {

@@ -72,6 +72,12 @@ impl ChatPeer {
         self.player_id
     }
 
+    /// The player left the game (`C_LEAVE_GAME` of the world): the
+    /// connection may enter again.
+    pub fn leave(&mut self) {
+        self.player_id = None;
+    }
+
     /// Handles one packet. `Err` means the peer broke the protocol and the
     /// connection should be closed; `Ok(None)` means nothing to do (a chat
     /// before entering is dropped, as the course server does).
@@ -122,7 +128,7 @@ impl ChatPeer {
                 let reply = SEnterGame {
                     success: true,
                     player_id,
-                    ..SEnterGame::default()
+                    player: None,
                 };
                 Ok(Some(Action::Enter {
                     player_id,

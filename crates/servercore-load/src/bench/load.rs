@@ -246,7 +246,9 @@ pub struct Window {
     pub perf: Option<Result<PerfCounts, String>>,
 }
 
-struct WindowStart {
+/// The readings at the start of a measured window; [`WindowStart::close`]
+/// turns them into a [`Window`].
+pub struct WindowStart {
     at: Instant,
     server_cpu: (Duration, Duration),
     load_cpu: Duration,
@@ -257,7 +259,8 @@ struct WindowStart {
 }
 
 impl WindowStart {
-    fn now(server_pid: u32, timing: &Timing) -> anyhow::Result<WindowStart> {
+    /// Reads the server's and the machine's counters now.
+    pub fn now(server_pid: u32, timing: &Timing) -> anyhow::Result<WindowStart> {
         let perf = timing
             .perf
             .then(|| PerfStat::start(server_pid, timing.duration));
@@ -272,7 +275,8 @@ impl WindowStart {
         })
     }
 
-    fn close(self, server_pid: u32) -> anyhow::Result<Window> {
+    /// Reads them again: the window from then to now.
+    pub fn close(self, server_pid: u32) -> anyhow::Result<Window> {
         let elapsed = self.at.elapsed();
         let (user, system) = procfs::user_system_time(server_pid)?;
         let server_user_cpu = user.saturating_sub(self.server_cpu.0);

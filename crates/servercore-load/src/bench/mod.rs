@@ -12,6 +12,9 @@
 //!   idle connections) on a tokio runtime in the harness process;
 //! - [`chat`] and [`proto`]: the room logic and the game protocol that both
 //!   chat servers and the load generator share;
+//! - [`moves`]: the move scenario (the dummy client's move load against the
+//!   game server's world and [`tokio_world`], and the capacity sweep), with
+//!   its records and tables in [`move_report`];
 //! - [`procfs`]: CPU time and RSS of the server from `/proc`; [`perf`]: its
 //!   system calls and context switches from `perf stat` (`--perf`);
 //! - [`report`] and [`chart`]: tables, targets, JSON and the SVG chart;
@@ -26,6 +29,8 @@ mod chat;
 mod child;
 mod engine_chat;
 mod load;
+mod move_report;
+mod moves;
 mod perf;
 mod procfs;
 mod progress;
@@ -33,6 +38,7 @@ mod proto;
 mod report;
 mod server;
 mod tokio_server;
+mod tokio_world;
 mod transport;
 
 pub use transport::Transport;
@@ -46,6 +52,7 @@ use servercore::Backend;
 
 use child::ServerProcess;
 use load::{Sources, Timing};
+use moves::{MovePlan, Variant};
 use progress::Progress;
 use report::{BroadcastResult, EchoResult, IdleResult, Latency, Report, Settings, WindowCpu};
 
@@ -58,11 +65,23 @@ pub enum Scenario {
     Broadcast,
     /// Many idle connections: server memory per session.
     Idle,
+    /// Players random-walking the world: move deliveries, CPU per delivery
+    /// and a capacity sweep.
+    Move,
 }
 
 impl Scenario {
     /// Every scenario, in run order.
-    pub const ALL: [Scenario; 3] = [Scenario::Echo, Scenario::Broadcast, Scenario::Idle];
+    pub const ALL: [Scenario; 4] = [
+        Scenario::Echo,
+        Scenario::Broadcast,
+        Scenario::Idle,
+        Scenario::Move,
+    ];
+
+    /// What a run without scenarios named runs: all but move, whose
+    /// capacity sweep takes minutes (`servercore bench move`).
+    pub const DEFAULT: [Scenario; 3] = [Scenario::Echo, Scenario::Broadcast, Scenario::Idle];
 
     /// The name on the command line.
     pub fn name(self) -> &'static str {
@@ -70,6 +89,7 @@ impl Scenario {
             Scenario::Echo => "echo",
             Scenario::Broadcast => "broadcast",
             Scenario::Idle => "idle",
+            Scenario::Move => "move",
         }
     }
 }
@@ -190,6 +210,15 @@ pub struct BenchOptions {
     /// default: off for echo and the minimal chat, the game's own default).
     pub send_coalescing: Option<Duration>,
 
+    /// Players of the move scenario's main measurement (default 2000;
+    /// --quick 200).
+    pub move_players: Option<usize>,
+
+    /// Player counts of the move scenario's capacity sweep, ascending
+    /// (default 500,1000,1500,2000,3000,4000,6000,8000,12000,16000;
+    /// --quick 100,200).
+    pub capacity_steps: Vec<usize>,
+
     /// Transports to measure, one after the other in this run (default:
     /// tcp). Over tls the baseline is tokio-rustls, over ws
     /// tokio-tungstenite; the idle scenario runs on tcp only.
@@ -258,6 +287,7 @@ struct Plan {
     chat_server: ChatServer,
     repeat: usize,
     send_coalescing: Option<Duration>,
+    moves: MovePlan,
 }
 
 impl Plan {
@@ -279,7 +309,7 @@ impl Plan {
             }
         }
         if scenarios.is_empty() {
-            scenarios = Scenario::ALL.to_vec();
+            scenarios = Scenario::DEFAULT.to_vec();
         }
         let mut implementations: Vec<Impl> = servercore::driver::available_backends()
             .into_iter()
@@ -349,7 +379,78 @@ impl Plan {
             ));
             idle_sessions = usable;
         }
-        let max_sessions = idle_sessions.max(biggest_load) + 1000;
+        let move_players = args
+            .move_players
+            .unwrap_or(if quick { 200 } else { 2000 })
+            .max(1);
+        let mut capacity_steps: Vec<usize> = if args.capacity_steps.is_empty() {
+            if quick {
+                vec![100, 200]
+            } else {
+                vec![
+                    500, 1000, 1500, 2000, 3000, 4000, 6000, 8000, 12_000, 16_000,
+                ]
+            }
+        } else {
+            args.capacity_steps
+                .iter()
+                .copied()
+                .filter(|&n| n > 0)
+                .collect()
+        };
+        capacity_steps.sort_unstable();
+        capacity_steps.dedup();
+        if scenarios.contains(&Scenario::Move) {
+            anyhow::ensure!(
+                move_players <= usable,
+                "the open-file limit ({open_file_limit}) is too low for {move_players} players"
+            );
+            if capacity_steps.iter().any(|&n| n > usable) {
+                notes.push(format!(
+                    "capacity steps above {usable} players were dropped: the open-file limit is {open_file_limit}"
+                ));
+                capacity_steps.retain(|&n| n <= usable);
+            }
+        }
+        let biggest_move = capacity_steps
+            .last()
+            .copied()
+            .unwrap_or(0)
+            .max(move_players);
+        // Each engine backend twice: coalescing off, then on (the given
+        // interval, or the game server's default).
+        let coalescing_on = args
+            .send_coalescing
+            .filter(|interval| !interval.is_zero())
+            .unwrap_or(servercore_game::DEFAULT_SEND_COALESCING);
+        let mut variants: Vec<Variant> = Vec::new();
+        for &implementation in &implementations {
+            variants.push(Variant {
+                implementation,
+                coalescing: None,
+            });
+            if implementation != Impl::Tokio {
+                variants.push(Variant {
+                    implementation,
+                    coalescing: Some(coalescing_on),
+                });
+            }
+        }
+        // The baseline last, as in every table.
+        variants.sort_by_key(|v| v.implementation == Impl::Tokio);
+        let moves = MovePlan {
+            players: move_players,
+            variants,
+            steps: capacity_steps,
+            window: timing.duration,
+            step_window: Duration::from_secs_f64(if quick { duration } else { 3.0 }),
+            warmup: timing.warmup,
+            p99_limit: Duration::from_millis(100),
+            sweep_budget: Duration::from_secs(if quick { 20 } else { 60 }),
+            move_rate: 10.0,
+            speed: 150.0,
+        };
+        let max_sessions = idle_sessions.max(biggest_load).max(biggest_move) + 1000;
         Ok(Plan {
             scenarios,
             implementations,
@@ -364,6 +465,7 @@ impl Plan {
             chat_server: args.chat_server,
             repeat: args.repeat.max(1),
             send_coalescing: args.send_coalescing,
+            moves,
         })
     }
 }
@@ -419,7 +521,9 @@ pub fn run(args: BenchOptions) -> anyhow::Result<()> {
                 .map(|path| suffixed(path, transport.name()));
         }
         if transport != Transport::Tcp {
-            one.scenarios.retain(|s| *s != Scenario::Idle);
+            // Idle measures memory and the world runs over TCP only.
+            one.scenarios
+                .retain(|s| *s != Scenario::Idle && *s != Scenario::Move);
             if one.scenarios.is_empty() {
                 one.scenarios = vec![Scenario::Echo, Scenario::Broadcast];
             }
@@ -508,6 +612,18 @@ fn run_transport(
         idle_sessions: plan.idle_sessions,
         source_addresses: sources.len(),
         open_file_limit,
+        moves: plan
+            .scenarios
+            .contains(&Scenario::Move)
+            .then(|| move_report::MoveSettings {
+                players: plan.moves.players,
+                move_rate: plan.moves.move_rate,
+                speed: plan.moves.speed,
+                variants: plan.moves.variants.iter().map(Variant::label).collect(),
+                capacity_steps: plan.moves.steps.clone(),
+                capacity_window_seconds: plan.moves.step_window.as_secs_f64(),
+                capacity_p99_limit_us: plan.moves.p99_limit.as_micros() as u64,
+            }),
     };
     println!(
         "servercore bench over {}: {} cores, kernel {}, {}; load average {}",
@@ -546,6 +662,8 @@ fn run_transport(
             echo_runs: Vec::new(),
             broadcast_runs: Vec::new(),
             idle_runs: Vec::new(),
+            moves: Vec::new(),
+            capacity: Vec::new(),
             targets: Vec::new(),
             notes,
         },
@@ -556,6 +674,13 @@ fn run_transport(
         cert_files: cert.map(|c| (c.cert.clone(), c.key.clone())),
     };
     for scenario in bench.plan.scenarios.clone() {
+        if scenario == Scenario::Move {
+            bench.moves();
+            for section in scenario_sections(&bench.report, scenario) {
+                bench.progress.println(&section.render());
+            }
+            continue;
+        }
         for round in 0..bench.plan.repeat {
             bench.round = round;
             for imp in bench.plan.implementations.clone() {
@@ -563,6 +688,7 @@ fn run_transport(
                     Scenario::Echo => bench.echo(imp),
                     Scenario::Broadcast => bench.broadcast(imp),
                     Scenario::Idle => bench.idle(imp),
+                    Scenario::Move => unreachable!("the move scenario runs above"),
                 };
                 if let Err(error) = result {
                     bench.failures += 1;
@@ -582,6 +708,7 @@ fn run_transport(
                     Scenario::Echo => "server CPU/request",
                     Scenario::Broadcast => "server CPU/delivery",
                     Scenario::Idle => "RSS per session",
+                    Scenario::Move => "server CPU/delivery",
                 }
             ));
         }
@@ -612,6 +739,11 @@ fn scenario_sections(report: &Report, scenario: Scenario) -> Vec<report::Section
         Scenario::Idle => report::idle_section(&report.idle, columns)
             .into_iter()
             .collect(),
+        Scenario::Move => move_report::move_sections(
+            report.settings.moves.as_ref(),
+            &report.moves,
+            &report.capacity,
+        ),
     }
 }
 
@@ -619,6 +751,14 @@ fn scenario_sections(report: &Report, scenario: Scenario) -> Vec<report::Section
 /// `--chart`.
 fn finish_report(report: &mut Report, args: &BenchOptions) -> anyhow::Result<()> {
     report.targets = report::evaluate_targets(report);
+    report
+        .targets
+        .extend(move_report::move_targets(&report.moves, &report.capacity));
+    for note in move_report::capacity_notes(&report.capacity) {
+        if !report.notes.contains(&note) {
+            report.notes.push(note);
+        }
+    }
     if !report.targets.is_empty() {
         println!("targets (reported, not asserted):");
         print!("{}", report::render_targets(&report.targets));

@@ -239,6 +239,8 @@ pub enum TargetKind {
     RatioAtMost,
     /// measured (bytes) must be at most `limit`.
     BytesAtMost,
+    /// measured / baseline must be at least `limit`.
+    RatioAtLeast,
 }
 
 /// A target evaluated for one implementation.
@@ -254,7 +256,7 @@ pub struct TargetResult {
     pub measured: f64,
     /// The limit.
     pub limit: f64,
-    /// measured ≤ limit.
+    /// measured ≤ limit (≥ for [`TargetKind::RatioAtLeast`]).
     pub met: bool,
     /// How far over the limit, in percent of the limit (`None` when met).
     pub missed_by_percent: Option<f64>,
@@ -269,7 +271,14 @@ impl TargetResult {
         measured: f64,
         limit: f64,
     ) -> TargetResult {
-        let met = measured <= limit;
+        let met = match kind {
+            TargetKind::RatioAtLeast => measured >= limit,
+            TargetKind::RatioAtMost | TargetKind::BytesAtMost => measured <= limit,
+        };
+        let missed_by = match kind {
+            TargetKind::RatioAtLeast => (1.0 - measured / limit) * 100.0,
+            TargetKind::RatioAtMost | TargetKind::BytesAtMost => (measured / limit - 1.0) * 100.0,
+        };
         TargetResult {
             description: description.to_string(),
             implementation: implementation.to_string(),
@@ -277,14 +286,16 @@ impl TargetResult {
             measured,
             limit,
             met,
-            missed_by_percent: (!met).then(|| (measured / limit - 1.0) * 100.0),
+            missed_by_percent: (!met).then_some(missed_by),
         }
     }
 
     /// `uring 0.74× met` / `poll 1.2 KiB missed by 17%`.
     pub fn verdict(&self) -> String {
         let value = match self.kind {
-            TargetKind::RatioAtMost => format!("{:.2}×", self.measured),
+            TargetKind::RatioAtMost | TargetKind::RatioAtLeast => {
+                format!("{:.2}×", self.measured)
+            }
             TargetKind::BytesAtMost => format_bytes(self.measured),
         };
         match self.missed_by_percent {
@@ -345,6 +356,12 @@ pub struct Report {
     pub broadcast_runs: Vec<BroadcastResult>,
     /// Every idle run.
     pub idle_runs: Vec<IdleResult>,
+    /// Move measurements at the run's player count, one per server variant.
+    #[serde(default)]
+    pub moves: Vec<super::move_report::MoveResult>,
+    /// The move scenario's capacity sweep, one per server variant.
+    #[serde(default)]
+    pub capacity: Vec<super::move_report::CapacityResult>,
     /// Targets, evaluated.
     pub targets: Vec<TargetResult>,
     /// Anything the run had to change or noticed (scaled-down counts,
@@ -381,6 +398,9 @@ pub struct Settings {
     pub source_addresses: usize,
     /// Open-file limit of the harness process.
     pub open_file_limit: u64,
+    /// The move scenario's settings.
+    #[serde(default)]
+    pub moves: Option<super::move_report::MoveSettings>,
 }
 
 /// How a row's numbers are written.

@@ -3,10 +3,11 @@
 //! counting the load generator.
 //!
 //! Engine servers: the echo session of `servercore echo` (echo and idle),
-//! and for broadcast the sample game server (`servercore_game`, in-memory
+//! for broadcast the sample game server (`servercore_game`, in-memory
 //! database, no idle timeout) or, with `--chat minimal`, the bench's own
-//! minimal chat server ([`super::engine_chat`]). Tokio servers: see
-//! [`super::tokio_server`].
+//! minimal chat server ([`super::engine_chat`]), and for move the sample
+//! game server with its default world. Tokio servers: see
+//! [`super::tokio_server`] and [`super::tokio_world`].
 //!
 //! Contract with the harness ([`super::child`]):
 //! - the first stdout line is `listening on ADDR (...)`;
@@ -21,6 +22,7 @@ use std::time::Duration;
 use servercore::{Backend, ServerService};
 
 use super::tokio_server::{self, TokioServer};
+use super::tokio_world::WorldRules;
 use super::transport::{engine_transport, server_tls};
 use super::{procfs, BenchServerOptions, ChatServer, Impl, Scenario, Transport};
 use servercore_game::{GameConfig, GameServer};
@@ -49,6 +51,7 @@ impl Running {
                 let kind = match args.scenario {
                     Scenario::Echo | Scenario::Idle => tokio_server::Kind::Echo,
                     Scenario::Broadcast => tokio_server::Kind::Chat,
+                    Scenario::Move => tokio_server::Kind::World(WorldRules::default()),
                 };
                 let wire = match (&tls, args.transport) {
                     (Some(tls), _) => tokio_server::Wire::Tls(std::sync::Arc::clone(tls)),
@@ -82,7 +85,7 @@ impl Running {
                 args.send_coalescing.unwrap_or(Duration::ZERO),
                 transport,
             )?,
-            Scenario::Broadcast => {
+            Scenario::Broadcast | Scenario::Move => {
                 let mut config = GameConfig::in_memory(args.addr);
                 config.backend = backend;
                 config.workers = args.workers;

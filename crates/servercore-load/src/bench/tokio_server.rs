@@ -7,7 +7,9 @@
 //!   ([`super::chat`]); the connection task reads and handles packets, and a
 //!   writer task per session drains everything queued on its unbounded
 //!   channel (`recv_many`) into one `write_vectored` loop. A chat builds one
-//!   `Bytes` that every member's channel shares.
+//!   `Bytes` that every member's channel shares;
+//! - move: the world of [`super::tokio_world`], on the same connection and
+//!   writer design (plain TCP only).
 //!
 //! Over TLS the same loops run on a `tokio-rustls` stream (split with
 //! `tokio::io::split`); over WebSocket on a `tokio-tungstenite` stream: echo
@@ -31,17 +33,20 @@ use tokio_tungstenite::WebSocketStream;
 
 use super::chat::{Action, ChatPeer, PlayerIds};
 use super::proto;
+use super::tokio_world::{self, TokioWorld, WorldRules};
 
 /// Listen backlog, the same as the engine's default.
 const LISTEN_BACKLOG: u32 = 4096;
 
 /// Which server the baseline runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Kind {
     /// Echo every byte back.
     Echo,
     /// The chat room of the broadcast scenario.
     Chat,
+    /// The world of the move scenario (plain TCP only).
+    World(WorldRules),
 }
 
 /// A running tokio baseline server.
@@ -127,6 +132,10 @@ pub enum Wire {
 
 async fn accept_loop(kind: Kind, listener: TcpListener, sessions: Arc<AtomicUsize>, wire: Wire) {
     let room = Arc::new(Room::default());
+    let world = Arc::new(TokioWorld::new(match kind {
+        Kind::World(rules) => rules,
+        _ => WorldRules::default(),
+    }));
     let acceptor = match &wire {
         Wire::Tls(config) => Some(tokio_rustls::TlsAcceptor::from(Arc::clone(config))),
         _ => None,
@@ -145,6 +154,7 @@ async fn accept_loop(kind: Kind, listener: TcpListener, sessions: Arc<AtomicUsiz
         sessions.fetch_add(1, Ordering::Relaxed);
         let counted = Counted(sessions.clone());
         let room = room.clone();
+        let world = world.clone();
         let acceptor = acceptor.clone();
         let wire = wire.clone();
         tokio::spawn(async move {
@@ -152,6 +162,7 @@ async fn accept_loop(kind: Kind, listener: TcpListener, sessions: Arc<AtomicUsiz
             match (wire, kind) {
                 (Wire::Tcp, Kind::Echo) => echo(stream).await,
                 (Wire::Tcp, Kind::Chat) => chat(stream, room).await,
+                (Wire::Tcp, Kind::World(_)) => tokio_world::serve(stream, world).await,
                 (Wire::Tls(_), kind) => {
                     let acceptor = acceptor.expect("a TLS acceptor");
                     let Ok(stream) = acceptor.accept(stream).await else {
@@ -160,6 +171,7 @@ async fn accept_loop(kind: Kind, listener: TcpListener, sessions: Arc<AtomicUsiz
                     match kind {
                         Kind::Echo => echo(stream).await,
                         Kind::Chat => chat_tls(stream, room).await,
+                        Kind::World(_) => {}
                     }
                 }
                 (Wire::Ws, kind) => {
@@ -169,6 +181,7 @@ async fn accept_loop(kind: Kind, listener: TcpListener, sessions: Arc<AtomicUsiz
                     match kind {
                         Kind::Echo => echo_ws(ws).await,
                         Kind::Chat => chat_ws(ws, room).await,
+                        Kind::World(_) => {}
                     }
                 }
             }
@@ -334,7 +347,7 @@ where
 /// The writer task of one chat session: waits for the first queued packet,
 /// takes everything else queued with it, and writes the lot with one
 /// gathered write (more only if the socket takes it partially).
-async fn write_queued<W: AsyncWrite + Unpin>(
+pub(super) async fn write_queued<W: AsyncWrite + Unpin>(
     mut writer: W,
     mut rx: mpsc::UnboundedReceiver<Bytes>,
 ) {

@@ -11,8 +11,32 @@ use servercore::{Backend, ClientTransport};
 /// default), so this leaves room for the rest of the machine.
 pub const SESSIONS_PER_SOURCE_ADDR: usize = 20_000;
 
-/// Everything a load run needs: the target, how many sessions, how fast
-/// they chat and for how long, and the engine options of the client side.
+/// What the sessions do once in game.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Scenario {
+    /// Chat at [`LoadConfig::rate`] (the world's moves and spawns are still
+    /// tracked if the server sends them).
+    #[default]
+    Chat,
+    /// Random-walk at [`LoadConfig::move_rate`] and [`LoadConfig::speed`],
+    /// tracking the neighbours the server spawns; chat too if
+    /// [`LoadConfig::rate`] is above 0.
+    Move,
+}
+
+impl Scenario {
+    /// The name on the command line and in the report.
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::Chat => "chat",
+            Scenario::Move => "move",
+        }
+    }
+}
+
+/// Everything a load run needs: the target, how many sessions, what they
+/// do (chat, move) how fast and for how long, and the engine options of the
+/// client side.
 ///
 /// ```ignore
 /// let mut config = LoadConfig::new("127.0.0.1:7777".parse()?);
@@ -26,12 +50,25 @@ pub struct LoadConfig {
     pub addr: SocketAddr,
     /// How many sessions to connect.
     pub sessions: usize,
-    /// `C_CHAT` messages per second per session (0: log in, enter and stay
-    /// idle; fractions allowed: 0.5 is one message every 2 s).
+    /// What the sessions do in game.
+    pub scenario: Scenario,
+    /// `C_CHAT` messages per second per session (0: no chat; fractions
+    /// allowed: 0.5 is one message every 2 s).
     pub rate: f64,
-    /// How long the sessions chat, from the moment every session entered
-    /// the game (or the set-up timeout passed).
+    /// `C_MOVE` messages per second per session in the move scenario.
+    pub move_rate: f64,
+    /// Walking speed in world units per second in the move scenario (keep
+    /// it below the server's max speed, or moves come back corrected).
+    pub speed: f64,
+    /// Side of the square map the sessions walk in (the server's
+    /// `--world-size`); walkers turn back at its edges.
+    pub world_size: f64,
+    /// How long the sessions chat and move, from the moment every session
+    /// entered the game (or the set-up timeout passed), after the warm-up.
     pub duration: Duration,
+    /// Sending runs this long before the measured window opens; what it
+    /// counts is discarded (0: none, the default).
+    pub warmup: Duration,
     /// Bytes of chat text per message.
     pub message_bytes: usize,
     /// The client side's I/O backend.
@@ -64,8 +101,13 @@ impl LoadConfig {
         LoadConfig {
             addr,
             sessions: 500,
+            scenario: Scenario::Chat,
             rate: 1.0,
+            move_rate: 10.0,
+            speed: 150.0,
+            world_size: 2000.0,
             duration: Duration::from_secs(30),
+            warmup: Duration::ZERO,
             message_bytes: 32,
             backend: Backend::Auto,
             workers: None,
@@ -91,6 +133,21 @@ impl LoadConfig {
             self.rate
         );
         anyhow::ensure!(
+            self.move_rate.is_finite() && self.move_rate >= 0.0 && self.move_rate <= 1_000.0,
+            "move rate must be between 0 and 1000 moves per second, not {}",
+            self.move_rate
+        );
+        anyhow::ensure!(
+            self.speed.is_finite() && self.speed >= 0.0,
+            "speed must be a non-negative number of units per second, not {}",
+            self.speed
+        );
+        anyhow::ensure!(
+            self.world_size.is_finite() && self.world_size > 0.0,
+            "world size must be positive, not {}",
+            self.world_size
+        );
+        anyhow::ensure!(
             self.message_bytes <= 60_000,
             "messages of {} bytes do not fit a packet",
             self.message_bytes
@@ -98,9 +155,16 @@ impl LoadConfig {
         Ok(())
     }
 
-    /// The time between two messages of one session (None at rate 0).
+    /// The time between two chat messages of one session (None at rate 0).
     pub fn period(&self) -> Option<Duration> {
         (self.rate > 0.0).then(|| Duration::from_secs_f64(1.0 / self.rate))
+    }
+
+    /// The time between two moves of one session (None unless the scenario
+    /// is [`Scenario::Move`] with a move rate above 0).
+    pub fn move_period(&self) -> Option<Duration> {
+        (self.scenario == Scenario::Move && self.move_rate > 0.0)
+            .then(|| Duration::from_secs_f64(1.0 / self.move_rate))
     }
 
     /// The source addresses the run will use: the configured ones, or
@@ -247,6 +311,12 @@ mod tests {
         config.rate = f64::NAN;
         assert!(config.validate().is_err());
         config.rate = -1.0;
+        assert!(config.validate().is_err());
+        config.rate = 1.0;
+        assert_eq!(config.move_period(), None, "chat scenario: no moves");
+        config.scenario = Scenario::Move;
+        assert_eq!(config.move_period(), Some(Duration::from_millis(100)));
+        config.speed = f64::INFINITY;
         assert!(config.validate().is_err());
     }
 }

@@ -7,11 +7,14 @@
 //!    session is in game or gave up, and every connect was tried (at most
 //!    [`LoadConfig::setup_timeout`], or 10 s without progress once every
 //!    connect was tried);
-//! 2. **chat**: the window opens for [`LoadConfig::duration`]; each session
-//!    sends at its staggered slot, once per period;
+//! 2. **chat / move**: sending starts; each session chats (and moves) at its
+//!    staggered slot, once per period; after [`LoadConfig::warmup`] the
+//!    counters start again from zero and the measured window runs for
+//!    [`LoadConfig::duration`] (a [`LoadObserver`] hears when it opens and
+//!    closes: the benchmarks read the server's CPU then);
 //! 3. **drain**: sending stops; the run waits for the messages in flight
-//!    (every message back to its sender and deliveries quiet), at most
-//!    [`LoadConfig::drain_timeout`];
+//!    (every message and move back to its sender and deliveries quiet), at
+//!    most [`LoadConfig::drain_timeout`];
 //! 4. **stop**: the sessions are closed and the report built.
 //!
 //! Messages sent before every session has entered would reach fewer
@@ -26,9 +29,9 @@ use servercore::packet::{PacketConfig, PacketSession, RateLimits};
 use servercore::ClientService;
 use servercore_protocol::CLIENT_RECEIVES_IDS;
 
-use super::config::LoadConfig;
+use super::config::{LoadConfig, Scenario};
 use super::progress::Progress;
-use super::report::{LatencySummary, LoadReport, SessionSummary};
+use super::report::{LatencySummary, LoadReport, MoveSummary, SessionSummary};
 use super::session::{GameClient, RunShared};
 use super::stats::{kind, LoadStats};
 use crate::stop::StopSignal;
@@ -59,14 +62,47 @@ pub fn run_load_until(
     progress: bool,
     stop: &StopSignal,
 ) -> anyhow::Result<LoadReport> {
+    run_load_observed(config, progress, stop, &mut ())
+}
+
+/// What the traffic counters held when the measured window closed (before
+/// the drain), for an observer that measures the same window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct WindowCounts {
+    /// `C_CHAT` sent in the window.
+    pub chats_sent: u64,
+    /// `S_CHAT` received in the window.
+    pub chat_deliveries: u64,
+    /// `C_MOVE` sent in the window.
+    pub moves_sent: u64,
+    /// `S_MOVE` received in the window.
+    pub move_deliveries: u64,
+}
+
+/// Hears when a run's measured window opens and closes (see
+/// [`run_load_observed`]); `()` hears nothing.
+pub trait LoadObserver {
+    /// The window opens now: the warm-up is over and the counters are zero.
+    fn window_opened(&mut self) {}
+    /// The window closed now, with these counts; the drain comes next.
+    fn window_closed(&mut self, _counts: WindowCounts) {}
+}
+
+impl LoadObserver for () {}
+
+/// [`run_load_until`] that also tells `observer` when the measured window
+/// opens and closes.
+pub fn run_load_observed(
+    config: LoadConfig,
+    progress: bool,
+    stop: &StopSignal,
+    observer: &mut dyn LoadObserver,
+) -> anyhow::Result<LoadReport> {
     config.validate()?;
     let sources = config.resolved_source_addrs();
-    let shared = Arc::new(RunShared::new(
-        config.period(),
-        config.message_bytes,
-        &config.account_prefix,
-    ));
-    let mut display = Progress::new(progress, config.sessions);
+    let shared = Arc::new(RunShared::new(&config));
+    let moving = config.move_period().is_some();
+    let mut display = Progress::new(progress, config.sessions, moving);
     let clients = start_clients(&config, &sources, &shared)?;
     let stats = &shared.stats;
 
@@ -97,9 +133,24 @@ pub fn run_load_until(
         stop.wait(TICK);
     }
 
-    // 2. Chat for the window.
+    // 2. Chat (and move) for the warm-up, then the window.
+    let (warmup_start, _) = shared.open_chat(config.warmup + config.duration);
+    if !config.warmup.is_zero() {
+        display.warming_up();
+        let warmup_end = warmup_start + config.warmup;
+        while !stop.is_set() {
+            let now = Instant::now();
+            if now >= warmup_end {
+                break;
+            }
+            stop.wait(TICK.min(warmup_end - now));
+        }
+        stats.reset_window();
+    }
     display.start_chat(config.duration, stats);
-    let (chat_start, chat_end) = shared.open_chat(config.duration);
+    observer.window_opened();
+    let chat_start = Instant::now();
+    let chat_end = warmup_start + config.warmup + config.duration;
     loop {
         let now = Instant::now();
         if now >= chat_end || stop.is_set() {
@@ -109,12 +160,18 @@ pub fn run_load_until(
         stop.wait(TICK.min(chat_end - now));
     }
     shared.close_chat();
+    observer.window_closed(WindowCounts {
+        chats_sent: LoadStats::get(&stats.sent),
+        chat_deliveries: LoadStats::get(&stats.deliveries),
+        moves_sent: LoadStats::get(&stats.moves_sent),
+        move_deliveries: LoadStats::get(&stats.move_deliveries),
+    });
     let chat_time = chat_start.elapsed().min(config.duration);
     display.chat(chat_time, stats);
 
     // 3. Drain what is in flight.
     display.draining();
-    let last_delivery = if config.period().is_some() {
+    let last_delivery = if config.period().is_some() || moving {
         drain(&config, stats, stop)
     } else {
         Instant::now()
@@ -186,19 +243,21 @@ fn drain(config: &LoadConfig, stats: &LoadStats, stop: &StopSignal) -> Instant {
     const QUIET_WHEN_COMPLETE: Duration = Duration::from_millis(150);
     const QUIET_GIVE_UP: Duration = Duration::from_secs(1);
     let deadline = Instant::now() + config.drain_timeout;
-    let mut last = LoadStats::get(&stats.deliveries);
+    let delivered = || LoadStats::get(&stats.deliveries) + LoadStats::get(&stats.move_deliveries);
+    let mut last = delivered();
     let mut quiet_since = Instant::now();
     while Instant::now() < deadline && !stop.is_set() {
         stop.wait(Duration::from_millis(25));
         let now = Instant::now();
-        let deliveries = LoadStats::get(&stats.deliveries);
+        let deliveries = delivered();
         if deliveries != last {
             last = deliveries;
             quiet_since = now;
             continue;
         }
         let quiet = now - quiet_since;
-        let complete = LoadStats::get(&stats.own_echoes) >= LoadStats::get(&stats.sent);
+        let complete = LoadStats::get(&stats.own_echoes) >= LoadStats::get(&stats.sent)
+            && LoadStats::get(&stats.own_moves) >= LoadStats::get(&stats.moves_sent);
         if (complete && quiet >= QUIET_WHEN_COMPLETE) || quiet >= QUIET_GIVE_UP {
             break;
         }
@@ -221,7 +280,31 @@ fn build_report(
     let deliveries = LoadStats::get(&stats.deliveries);
     let connect_failed = clients.failed();
     let errors = stats.errors();
+    let moves_sent = LoadStats::get(&stats.moves_sent);
+    let move_deliveries = LoadStats::get(&stats.move_deliveries);
+    let spawns = LoadStats::get(&stats.spawns);
+    let movement =
+        (config.scenario == Scenario::Move || move_deliveries > 0 || spawns > 0).then(|| {
+            MoveSummary {
+                rate_per_session: if config.scenario == Scenario::Move {
+                    config.move_rate
+                } else {
+                    0.0
+                },
+                speed: config.speed,
+                moves_sent,
+                moves_per_sec: per_sec(moves_sent, chat_secs),
+                deliveries: move_deliveries,
+                deliveries_per_sec: per_sec(move_deliveries, receive_secs),
+                own_moves: LoadStats::get(&stats.own_moves),
+                latency_us: LatencySummary::from_histogram(&stats.move_latency_snapshot()),
+                spawns,
+                despawns: LoadStats::get(&stats.despawns),
+                corrections: LoadStats::get(&stats.corrections),
+            }
+        });
     LoadReport {
+        scenario: config.scenario.name().to_owned(),
         addr: config.addr.to_string(),
         backend: clients.backend().to_string(),
         rate_per_session: config.rate,
@@ -243,6 +326,7 @@ fn build_report(
         sent_per_sec: per_sec(sent, chat_secs),
         deliveries_per_sec: per_sec(deliveries, receive_secs),
         latency_us: LatencySummary::from_histogram(&stats.latency_snapshot()),
+        movement,
         errors_total: errors.values().sum(),
         errors,
     }

@@ -3,7 +3,9 @@
 //! N sessions connect to a game server, log in, enter the game and send
 //! `C_CHAT` at a fixed rate, each message stamped with `client_time_us`;
 //! the latency of a message is measured when its sender receives its own
-//! `S_CHAT`. A live display shows progress; at the end a table (and, with
+//! `S_CHAT`. In the move scenario ([`Scenario::Move`]) they also random-walk
+//! the world with `C_MOVE`, track the neighbours the server spawns and
+//! despawns, and time their own `S_MOVE`s. A live display shows progress; at the end a table (and, with
 //! `--json FILE`, the same numbers as JSON) reports sessions, messages,
 //! deliveries, latency percentiles and errors by kind.
 //!
@@ -12,7 +14,8 @@
 //!
 //! Submodules:
 //! - `config`: [`LoadConfig`], the duration parser, source addresses;
-//! - `session`: one dummy client's conversation and the chat schedule;
+//! - `session`: one dummy client's conversation and the chat/move schedule;
+//! - `walk`: the random walk of the move scenario;
 //! - `stats`: counters, latency histograms, errors by kind;
 //! - `load`: the run itself (set-up, chat, drain, stop);
 //! - `progress`: the live display (indicatif);
@@ -24,7 +27,10 @@ mod progress;
 mod report;
 mod session;
 mod stats;
+mod walk;
 
-pub use config::{parse_duration, plan_source_addrs, LoadConfig, SESSIONS_PER_SOURCE_ADDR};
-pub use load::{run_load, run_load_until};
-pub use report::{count, human_duration, LatencySummary, LoadReport, SessionSummary};
+pub use config::{
+    parse_duration, plan_source_addrs, LoadConfig, Scenario, SESSIONS_PER_SOURCE_ADDR,
+};
+pub use load::{run_load, run_load_observed, run_load_until, LoadObserver, WindowCounts};
+pub use report::{count, human_duration, LatencySummary, LoadReport, MoveSummary, SessionSummary};

@@ -14,6 +14,9 @@ use serde::{Deserialize, Serialize};
 /// `servercore client --json FILE` writes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LoadReport {
+    /// What the sessions did: `chat` or `move`.
+    #[serde(default = "chat_scenario")]
+    pub scenario: String,
     /// The server address.
     pub addr: String,
     /// The client side's backend (`io_uring` or `poll`).
@@ -49,11 +52,49 @@ pub struct LoadReport {
     pub deliveries_per_sec: f64,
     /// Send-to-own-receive latency of the chat messages.
     pub latency_us: LatencySummary,
+    /// The world traffic: moves, spawns, own-move latency (present in the
+    /// move scenario, or when the server sent world messages).
+    #[serde(default)]
+    pub movement: Option<MoveSummary>,
     /// Errors by kind: `connect_failed`, `login_refused`, `enter_refused`,
-    /// `malformed_reply`, `never_entered`, `disconnect:<reason>`.
+    /// `malformed_reply`, `never_entered`, `move_from_unseen`,
+    /// `spawn_of_seen`, `despawn_of_unseen`, `disconnect:<reason>`.
     pub errors: BTreeMap<String, u64>,
     /// All errors.
     pub errors_total: u64,
+}
+
+fn chat_scenario() -> String {
+    "chat".to_owned()
+}
+
+/// The movement part of a run: what the sessions' walks sent and what
+/// the world sent back.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct MoveSummary {
+    /// `C_MOVE` messages per second per session, as configured.
+    pub rate_per_session: f64,
+    /// Walking speed, units per second.
+    pub speed: f64,
+    /// `C_MOVE` messages queued by all sessions.
+    pub moves_sent: u64,
+    /// Moves sent per second of the window.
+    pub moves_per_sec: f64,
+    /// `S_MOVE` messages received by all sessions (about anyone).
+    pub deliveries: u64,
+    /// `S_MOVE` deliveries per second, over `receive_secs`.
+    pub deliveries_per_sec: f64,
+    /// `S_MOVE` messages about their own receiver: the latency samples.
+    pub own_moves: u64,
+    /// Own-move latency: from sending a `C_MOVE` to receiving its `S_MOVE`.
+    pub latency_us: LatencySummary,
+    /// Players spawned to sessions (each player listed in an `S_SPAWN`).
+    pub spawns: u64,
+    /// Players despawned from sessions.
+    pub despawns: u64,
+    /// Own moves the server clamped or cut (position back differs from the
+    /// one sent).
+    pub corrections: u64,
 }
 
 /// The sessions of a run.
@@ -74,7 +115,7 @@ pub struct SessionSummary {
 }
 
 /// Latency percentiles in microseconds (all 0 without samples).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct LatencySummary {
     /// Number of samples.
     pub samples: u64,
@@ -144,34 +185,45 @@ impl LoadReport {
         );
         row("sessions in game", count(s.entered));
         row("sessions failed", count(s.failed));
-        row(
-            "messages sent",
-            format!(
-                "{} ({}/s)",
-                count(self.messages_sent),
-                rate(self.sent_per_sec)
-            ),
-        );
-        row(
-            "own messages back",
-            format!(
-                "{} of {}",
-                count(self.own_echoes),
-                count(self.messages_sent)
-            ),
-        );
-        row("deliveries received", count(self.deliveries_received));
-        row("deliveries per second", rate(self.deliveries_per_sec));
-        let l = &self.latency_us;
-        if l.samples == 0 {
-            row("latency", "no samples".to_owned());
-        } else {
-            row("latency p50", micros(l.p50));
-            row("latency p90", micros(l.p90));
-            row("latency p99", micros(l.p99));
-            row("latency p99.9", micros(l.p999));
-            row("latency max", micros(l.max));
-            row("latency samples", count(l.samples));
+        // A move run without chat leaves out the chat rows.
+        let chatted =
+            self.scenario != "move" || self.rate_per_session > 0.0 || self.deliveries_received > 0;
+        if chatted {
+            row(
+                "messages sent",
+                format!(
+                    "{} ({}/s)",
+                    count(self.messages_sent),
+                    rate(self.sent_per_sec)
+                ),
+            );
+            row(
+                "own messages back",
+                format!(
+                    "{} of {}",
+                    count(self.own_echoes),
+                    count(self.messages_sent)
+                ),
+            );
+            row("deliveries received", count(self.deliveries_received));
+            row("deliveries per second", rate(self.deliveries_per_sec));
+            latency_rows(&mut row, "latency", &self.latency_us);
+        }
+        if let Some(m) = &self.movement {
+            row(
+                "moves sent",
+                format!("{} ({}/s)", count(m.moves_sent), rate(m.moves_per_sec)),
+            );
+            row(
+                "own moves back",
+                format!("{} of {}", count(m.own_moves), count(m.moves_sent)),
+            );
+            row("move deliveries", count(m.deliveries));
+            row("move deliveries per second", rate(m.deliveries_per_sec));
+            latency_rows(&mut row, "own-move latency", &m.latency_us);
+            row("spawns", count(m.spawns));
+            row("despawns", count(m.despawns));
+            row("corrections", count(m.corrections));
         }
         if self.errors.is_empty() {
             row("errors", "none".to_owned());
@@ -187,9 +239,21 @@ impl LoadReport {
             .max()
             .unwrap_or(0);
         let mut out = String::new();
+        let moving = self
+            .movement
+            .as_ref()
+            .filter(|_| self.scenario == "move")
+            .map(|m| {
+                format!(
+                    ", {} moves/s at {} units/s",
+                    trim_float(m.rate_per_session),
+                    trim_float(m.speed)
+                )
+            })
+            .unwrap_or_default();
         let _ = writeln!(
             out,
-            "{} sessions -> {} (backend {}), {} msg/s each, {:.1} s of chat{}",
+            "{} sessions -> {} (backend {}), {} msg/s each{moving}, {:.1} s{}",
             count(s.requested),
             self.addr,
             self.backend,
@@ -208,6 +272,20 @@ impl LoadReport {
         let _ = write!(out, "  {:-<width$}  {:-<value_width$}", "", "");
         out
     }
+}
+
+/// The percentile rows of one latency summary, named `name p50` ...
+fn latency_rows(row: &mut impl FnMut(&str, String), name: &str, l: &LatencySummary) {
+    if l.samples == 0 {
+        row(name, "no samples".to_owned());
+        return;
+    }
+    row(&format!("{name} p50"), micros(l.p50));
+    row(&format!("{name} p90"), micros(l.p90));
+    row(&format!("{name} p99"), micros(l.p99));
+    row(&format!("{name} p99.9"), micros(l.p999));
+    row(&format!("{name} max"), micros(l.max));
+    row(&format!("{name} samples"), count(l.samples));
 }
 
 impl fmt::Display for LoadReport {
@@ -270,6 +348,7 @@ mod tests {
             histogram.record(us).unwrap();
         }
         LoadReport {
+            scenario: "move".into(),
             addr: "127.0.0.1:7777".into(),
             backend: "poll".into(),
             rate_per_session: 1.0,
@@ -291,6 +370,19 @@ mod tests {
             sent_per_sec: 200.0,
             deliveries_per_sec: 40_000.0,
             latency_us: LatencySummary::from_histogram(&histogram),
+            movement: Some(MoveSummary {
+                rate_per_session: 10.0,
+                speed: 150.0,
+                moves_sent: 20_000,
+                moves_per_sec: 2_000.0,
+                deliveries: 900_000,
+                deliveries_per_sec: 90_000.0,
+                own_moves: 20_000,
+                latency_us: LatencySummary::from_histogram(&histogram),
+                spawns: 4_321,
+                despawns: 1_234,
+                corrections: 3,
+            }),
             errors: BTreeMap::from([("disconnect:reset".to_owned(), 2)]),
             errors_total: 2,
         }
@@ -324,6 +416,12 @@ mod tests {
             "5.00 ms",
             "errors: disconnect:reset",
             "2,000 of 2,000",
+            "10 moves/s at 150 units/s",
+            "move deliveries per second",
+            "90,000",
+            "own-move latency p99.9",
+            "4,321",
+            "corrections",
         ] {
             assert!(table.contains(needle), "{needle:?} missing from\n{table}");
         }
@@ -334,6 +432,8 @@ mod tests {
         assert_eq!(value["sessions"]["connected"], 200);
         assert_eq!(value["latency_us"]["p50"], 300);
         assert_eq!(value["errors"]["disconnect:reset"], 2);
+        assert_eq!(value["movement"]["deliveries"], 900_000);
+        assert_eq!(value["movement"]["latency_us"]["p50"], 300);
     }
 
     #[test]

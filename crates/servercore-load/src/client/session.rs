@@ -1,6 +1,7 @@
 //! One dummy game client, the course's `ServerSession` of the DummyClient:
-//! logs in, enters the game, then chats on a timer and measures how long its
-//! own messages take to come back.
+//! logs in, enters the game, then chats and (in the move scenario) walks on
+//! timers, and measures how long its own messages and moves take to come
+//! back.
 //!
 //! The conversation of one session:
 //!
@@ -11,18 +12,27 @@
 //! 4. every period, a timer of the session's own [`JobQueue`] sends
 //!    `C_CHAT { msg, client_time_us }`;
 //! 5. every `S_CHAT` is a delivery; one whose `player_id` is ours is our own
-//!    message back, and `now - client_time_us` its latency.
+//!    message back, and `now - client_time_us` its latency;
+//! 6. in the move scenario, every move period the same timer takes a step of
+//!    the session's random walk ([`Walker`]) and sends
+//!    `C_MOVE { info, client_time_us }`;
+//! 7. `S_SPAWN` / `S_DESPAWN` add players to and remove them from the set the
+//!    session sees; every `S_MOVE` is a move delivery; the own one gives the
+//!    own-move latency, and a position other than the one sent is a
+//!    correction (the walker then continues from the server's position); an
+//!    `S_MOVE` of a player not in the set is a `move_from_unseen` error.
 //!
 //! A refusal is counted and closes the session; a reply out of order or
 //! with impossible values is a malformed reply and closes it too. Both are
 //! counted once per session, and the run goes on.
 //!
-//! The chat schedule: every session that entered before the chat window
-//! opens gets a slot, `period * k / n`, so that the `n` sessions' messages
-//! are spread evenly over each period instead of arriving in bursts; each
-//! later send is due exactly one period after the previous due time (no
-//! drift).
+//! The schedule: every session that entered before the window opens gets a
+//! slot, `period * k / n`, so that the `n` sessions' messages are spread
+//! evenly over each period instead of arriving in bursts; each later send is
+//! due exactly one period after the previous due time (no drift). Chat and
+//! moves keep separate schedules with the same slots.
 
+use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -32,23 +42,48 @@ use servercore::job::{JobQueue, WeakJobQueue};
 use servercore::packet::{DispatchError, PacketHandler};
 use servercore::{DisconnectReason, SessionHandle};
 use servercore_protocol::{
-    dispatch_client, make_packet, CChat, CEnterGame, CLogin, ClientHandler, PacketId, SChat,
-    SDespawn, SEnterGame, SLogin, SMove, SSpawn,
+    dispatch_client, make_packet, CChat, CEnterGame, CLogin, CMove, ClientHandler, MoveState,
+    PacketId, PosInfo, SChat, SDespawn, SEnterGame, SLeaveGame, SLogin, SMove, SSpawn,
 };
 
+use super::config::LoadConfig;
 use super::stats::{kind, now_us, LoadStats};
+use super::walk::Walker;
 
-/// What every session of one run shares: the counters, the chat settings
-/// and the chat schedule.
+/// Moves sent but not yet seen back that a session remembers; older ones
+/// are forgotten (a server that drops moves must not grow the client).
+const MAX_PENDING_MOVES: usize = 64;
+
+/// A position difference below this is float noise, not a correction.
+const CORRECTION_EPSILON: f32 = 0.01;
+
+/// A session adds its move deliveries to the shared counter in batches of
+/// this many (and when it closes): one contended atomic add per delivery
+/// would cost the load generator more than the decoding.
+const DELIVERY_BATCH: u64 = 64;
+
+/// What every session of one run shares: the counters, the chat and move
+/// settings and the schedule.
 pub struct RunShared {
     /// The run's counters and latency.
     pub stats: LoadStats,
     period: Option<Duration>,
+    move_period: Option<Duration>,
+    /// Distance of one step of the walk.
+    step: f32,
+    world_size: f32,
     message: String,
     account_prefix: String,
     next_index: AtomicUsize,
     chatting: AtomicBool,
     gate: Mutex<Gate>,
+}
+
+/// What a session's timer sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Activity {
+    Chat,
+    Move,
 }
 
 /// The chat schedule's state.
@@ -66,38 +101,58 @@ enum Gate {
     Closed,
 }
 
-/// A session in game, as the chat timer sees it.
+/// A session in game, as its timers see it.
+#[derive(Clone)]
 struct Chatter {
     handle: SessionHandle,
     /// Weak: the session's timers stop when the session is gone.
     queue: WeakJobQueue,
     index: usize,
+    walk: Arc<Mutex<WalkState>>,
+}
+
+/// A session's walk, shared by its move timer and its packet handler.
+struct WalkState {
+    walker: Walker,
+    /// Moves in flight: `(client_time_us, x, y)`, oldest first.
+    pending: VecDeque<(u64, f32, f32)>,
 }
 
 impl RunShared {
-    /// Shared state for a run whose sessions send one `message_bytes`-byte
-    /// message every `period` (None: never).
-    pub fn new(period: Option<Duration>, message_bytes: usize, account_prefix: &str) -> RunShared {
+    /// Shared state for a run as `config` describes it: one
+    /// `message_bytes`-byte chat every `period()`, one step of the walk
+    /// every `move_period()` (None: never).
+    pub fn new(config: &LoadConfig) -> RunShared {
         const TEXT: &[u8] = b"servercore dummy client chat line. ";
         let message = TEXT
             .iter()
             .cycle()
-            .take(message_bytes)
+            .take(config.message_bytes)
             .map(|&b| b as char)
             .collect();
         RunShared {
             stats: LoadStats::default(),
-            period,
+            period: config.period(),
+            move_period: config.move_period(),
+            step: (config.speed / config.move_rate.max(1e-9)) as f32,
+            world_size: config.world_size as f32,
             message,
-            account_prefix: account_prefix.to_owned(),
+            account_prefix: config.account_prefix.clone(),
             next_index: AtomicUsize::new(0),
             chatting: AtomicBool::new(false),
             gate: Mutex::new(Gate::Waiting(Vec::new())),
         }
     }
 
-    /// Opens the chat window for `duration`: every session already in game
-    /// gets its slot; returns the window's start and end.
+    fn period_of(&self, activity: Activity) -> Option<Duration> {
+        match activity {
+            Activity::Chat => self.period,
+            Activity::Move => self.move_period,
+        }
+    }
+
+    /// Opens the window for `duration`: every session already in game gets
+    /// its slot; returns the window's start and end.
     pub fn open_chat(self: &Arc<Self>, duration: Duration) -> (Instant, Instant) {
         let start = Instant::now();
         let end = start + duration;
@@ -119,16 +174,16 @@ impl RunShared {
         (start, end)
     }
 
-    /// Closes the chat window: timers that fire later send nothing.
+    /// Closes the window: timers that fire later send nothing.
     pub fn close_chat(&self) {
         self.chatting.store(false, Ordering::Release);
         *self.gate.lock() = Gate::Closed;
     }
 
     /// A session entered the game: it waits for the window, or starts
-    /// chatting at its slot if the window is open.
+    /// at its slot if the window is open.
     fn join_chat(self: &Arc<Self>, chatter: Chatter) {
-        if self.period.is_none() {
+        if self.period.is_none() && self.move_period.is_none() {
             return;
         }
         let mut gate = self.gate.lock();
@@ -144,9 +199,9 @@ impl RunShared {
         }
     }
 
-    /// Schedules the first message of `chatter`: slot `slot` of `slots`
-    /// after `start`, or, for a session that entered after the window
-    /// opened (`late`), the same slot in the next period to come.
+    /// Schedules the first message and the first move of `chatter`: slot
+    /// `slot` of `slots` after `start`, or, for a session that entered after
+    /// the window opened (`late`), the same slot in the next period to come.
     fn schedule_first(
         self: &Arc<Self>,
         chatter: Chatter,
@@ -154,31 +209,43 @@ impl RunShared {
         (slot, slots): (usize, usize),
         late: bool,
     ) {
-        let Some(period) = self.period else { return };
-        let mut due = start + period.mul_f64(slot as f64 / slots as f64);
-        let now = Instant::now();
-        if late && due < now {
-            let behind = (now - due).as_secs_f64() / period.as_secs_f64();
-            due += period.mul_f64(behind.ceil());
+        for activity in [Activity::Chat, Activity::Move] {
+            let Some(period) = self.period_of(activity) else {
+                continue;
+            };
+            let mut due = start + period.mul_f64(slot as f64 / slots as f64);
+            let now = Instant::now();
+            if late && due < now {
+                let behind = (now - due).as_secs_f64() / period.as_secs_f64();
+                due += period.mul_f64(behind.ceil());
+            }
+            schedule(Arc::clone(self), activity, chatter.clone(), due, end);
         }
-        schedule(Arc::clone(self), chatter, due, end);
     }
 
-    /// One tick of a session's chat timer, due at `due`.
-    fn chat(self: Arc<Self>, chatter: Chatter, due: Instant, end: Instant) {
-        let Some(period) = self.period else { return };
+    /// One tick of a session's chat or move timer, due at `due`.
+    fn tick(self: Arc<Self>, activity: Activity, chatter: Chatter, due: Instant, end: Instant) {
+        let Some(period) = self.period_of(activity) else {
+            return;
+        };
         if due >= end || !self.chatting.load(Ordering::Acquire) || !chatter.handle.is_connected() {
             return;
         }
-        let packet = make_packet(&CChat {
-            msg: self.message.clone(),
-            client_time_us: now_us(),
-        });
+        let (packet, counter) = match activity {
+            Activity::Chat => (
+                make_packet(&CChat {
+                    msg: self.message.clone(),
+                    client_time_us: now_us(),
+                }),
+                &self.stats.sent,
+            ),
+            Activity::Move => (self.next_move(&chatter), &self.stats.moves_sent),
+        };
         if chatter.handle.send(packet).is_err() {
             // The session is closing; its disconnect is what gets counted.
             return;
         }
-        LoadStats::bump(&self.stats.sent);
+        LoadStats::bump(counter);
         let now = Instant::now();
         let mut next = due + period;
         if next + Duration::from_secs(1) < now {
@@ -186,12 +253,42 @@ impl RunShared {
             // send a burst to catch up.
             next = now;
         }
-        schedule(self, chatter, next, end);
+        schedule(self, activity, chatter, next, end);
+    }
+
+    /// The next step of `chatter`'s walk as a `C_MOVE`, remembered as in
+    /// flight (before it is sent: the reply may come back at once).
+    fn next_move(&self, chatter: &Chatter) -> bytes::Bytes {
+        let mut walk = chatter.walk.lock();
+        let (x, y, yaw) = walk.walker.step(self.step);
+        let client_time_us = now_us();
+        if walk.pending.len() >= MAX_PENDING_MOVES {
+            walk.pending.pop_front();
+        }
+        walk.pending.push_back((client_time_us, x, y));
+        drop(walk);
+        make_packet(&CMove {
+            info: Some(PosInfo {
+                object_id: 0,
+                x,
+                y,
+                z: 0.0,
+                yaw,
+                state: MoveState::Run as i32,
+            }),
+            client_time_us,
+        })
     }
 }
 
 /// Arms `chatter`'s timer for `due`, unless its session is gone.
-fn schedule(shared: Arc<RunShared>, chatter: Chatter, due: Instant, end: Instant) {
+fn schedule(
+    shared: Arc<RunShared>,
+    activity: Activity,
+    chatter: Chatter,
+    due: Instant,
+    end: Instant,
+) {
     if due >= end {
         return;
     }
@@ -199,7 +296,7 @@ fn schedule(shared: Arc<RunShared>, chatter: Chatter, due: Instant, end: Instant
         return;
     };
     let delay = due.saturating_duration_since(Instant::now());
-    queue.do_timer(delay, move || shared.chat(chatter, due, end));
+    queue.do_timer(delay, move || shared.tick(activity, chatter, due, end));
 }
 
 /// Where a session is in its conversation.
@@ -218,21 +315,87 @@ pub struct GameClient {
     phase: Phase,
     /// Set once this session's failure was counted (counted once).
     failed: bool,
-    /// Owns the chat timer; dropping the session stops it.
+    /// Owns the chat and move timers; dropping the session stops them.
     timer: JobQueue,
+    walk: Arc<Mutex<WalkState>>,
+    /// The players the server spawned for this session and has not
+    /// despawned.
+    seen: HashSet<u64>,
+    /// Move deliveries not yet added to the shared counter.
+    unflushed_deliveries: u64,
 }
 
 impl GameClient {
     /// A new session of the run; numbered in creation order.
     pub fn new(shared: Arc<RunShared>) -> GameClient {
         let index = shared.next_index.fetch_add(1, Ordering::AcqRel);
+        let walk = Arc::new(Mutex::new(WalkState {
+            walker: Walker::new(shared.world_size, index as u64),
+            pending: VecDeque::new(),
+        }));
         GameClient {
             shared,
             index,
             phase: Phase::Connecting,
             failed: false,
             timer: JobQueue::new(),
+            walk,
+            seen: HashSet::new(),
+            unflushed_deliveries: 0,
         }
+    }
+
+    /// Adds the move deliveries counted locally to the run's counter.
+    fn flush_deliveries(&mut self) {
+        let count = std::mem::take(&mut self.unflushed_deliveries);
+        if count > 0 {
+            self.shared
+                .stats
+                .move_deliveries
+                .fetch_add(count, Ordering::Relaxed);
+        }
+    }
+
+    /// This session's player id once in game.
+    fn in_game(&self, id: PacketId) -> Result<u64, DispatchError> {
+        match self.phase {
+            Phase::InGame { player_id } => Ok(player_id),
+            _ => Err(self.out_of_order(id)),
+        }
+    }
+
+    /// Our own `S_MOVE` came back: latency, and a correction if the server
+    /// put us somewhere else than we asked.
+    fn own_move(&self, info: &PosInfo, client_time_us: u64) -> Result<(), DispatchError> {
+        let stats = &self.shared.stats;
+        LoadStats::bump(&stats.own_moves);
+        if client_time_us == 0 {
+            return Ok(());
+        }
+        let now = now_us();
+        if client_time_us > now {
+            return Err(DispatchError::rejected(
+                PacketId::SMove.as_u16(),
+                format!("client_time_us {client_time_us} is in the future (now {now})"),
+            ));
+        }
+        stats.record_move_latency(now - client_time_us);
+        let mut walk = self.walk.lock();
+        while let Some(&(sent_at, x, y)) = walk.pending.front() {
+            if sent_at > client_time_us {
+                break;
+            }
+            walk.pending.pop_front();
+            if sent_at == client_time_us {
+                let off = (info.x - x).abs().max((info.y - y).abs());
+                if off > CORRECTION_EPSILON {
+                    LoadStats::bump(&stats.corrections);
+                    walk.walker.place(info.x, info.y);
+                }
+                break;
+            }
+        }
+        Ok(())
     }
 
     /// Counts this session as failed with `kind` (once).
@@ -289,13 +452,90 @@ impl ClientHandler for GameClient {
         self.phase = Phase::InGame {
             player_id: msg.player_id,
         };
+        if let Some(pos) = msg
+            .player
+            .as_ref()
+            .and_then(|player| player.pos_info.as_ref())
+        {
+            self.walk.lock().walker.place(pos.x, pos.y);
+        }
         LoadStats::bump(&self.shared.stats.entered);
         self.shared.join_chat(Chatter {
             handle: session.clone(),
             queue: self.timer.downgrade(),
             index: self.index,
+            walk: Arc::clone(&self.walk),
         });
         Ok(())
+    }
+
+    fn handle_s_spawn(
+        &mut self,
+        _session: &SessionHandle,
+        msg: SSpawn,
+    ) -> Result<(), DispatchError> {
+        let own_id = self.in_game(PacketId::SSpawn)?;
+        let stats = &self.shared.stats;
+        for player in &msg.players {
+            if player.object_id == own_id {
+                continue;
+            }
+            LoadStats::bump(&stats.spawns);
+            if !self.seen.insert(player.object_id) {
+                stats.error(kind::SPAWN_OF_SEEN);
+            }
+        }
+        Ok(())
+    }
+
+    fn handle_s_despawn(
+        &mut self,
+        _session: &SessionHandle,
+        msg: SDespawn,
+    ) -> Result<(), DispatchError> {
+        self.in_game(PacketId::SDespawn)?;
+        let stats = &self.shared.stats;
+        for id in &msg.object_ids {
+            LoadStats::bump(&stats.despawns);
+            if !self.seen.remove(id) {
+                stats.error(kind::DESPAWN_OF_UNSEEN);
+            }
+        }
+        Ok(())
+    }
+
+    fn handle_s_move(&mut self, _session: &SessionHandle, msg: SMove) -> Result<(), DispatchError> {
+        let own_id = self.in_game(PacketId::SMove)?;
+        let Some(info) = msg.info else {
+            return Err(DispatchError::rejected(
+                PacketId::SMove.as_u16(),
+                "S_MOVE without a position",
+            ));
+        };
+        self.unflushed_deliveries += 1;
+        if self.unflushed_deliveries >= DELIVERY_BATCH {
+            self.flush_deliveries();
+        }
+        if info.object_id == own_id {
+            // Every own move (10 a second) also brings the counter up to
+            // date.
+            self.flush_deliveries();
+            return self.own_move(&info, msg.client_time_us);
+        }
+        if !self.seen.contains(&info.object_id) {
+            self.shared.stats.error(kind::MOVE_FROM_UNSEEN);
+        }
+        Ok(())
+    }
+
+    fn handle_s_leave_game(
+        &mut self,
+        _session: &SessionHandle,
+        _msg: SLeaveGame,
+    ) -> Result<(), DispatchError> {
+        // The client never asks to leave: an unasked S_LEAVE_GAME is out
+        // of order.
+        Err(self.out_of_order(PacketId::SLeaveGame))
     }
 
     fn handle_s_chat(&mut self, _session: &SessionHandle, msg: SChat) -> Result<(), DispatchError> {
@@ -323,32 +563,6 @@ impl ClientHandler for GameClient {
         }
         Ok(())
     }
-
-    // The world tells every player who is near it; a chatting client does
-    // not move and ignores it.
-    fn handle_s_spawn(
-        &mut self,
-        _session: &SessionHandle,
-        _msg: SSpawn,
-    ) -> Result<(), DispatchError> {
-        Ok(())
-    }
-
-    fn handle_s_despawn(
-        &mut self,
-        _session: &SessionHandle,
-        _msg: SDespawn,
-    ) -> Result<(), DispatchError> {
-        Ok(())
-    }
-
-    fn handle_s_move(
-        &mut self,
-        _session: &SessionHandle,
-        _msg: SMove,
-    ) -> Result<(), DispatchError> {
-        Ok(())
-    }
 }
 
 impl PacketHandler for GameClient {
@@ -369,6 +583,7 @@ impl PacketHandler for GameClient {
     }
 
     fn on_disconnected(&mut self, _session: &SessionHandle, reason: &DisconnectReason) {
+        self.flush_deliveries();
         let stats = &self.shared.stats;
         LoadStats::bump(&stats.disconnected);
         let in_game = matches!(self.phase, Phase::InGame { .. });

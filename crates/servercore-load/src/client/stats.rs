@@ -1,11 +1,11 @@
 //! What a load run measures, shared by every dummy session, the progress
-//! display and the final report: session counters, message counters, chat
-//! latency (hdrhistogram) and errors by kind.
+//! display and the final report: session counters, chat and movement
+//! counters, chat and own-move latency (hdrhistogram) and errors by kind.
 //!
-//! Counters are plain atomics. Latency samples (one per chat message that
-//! comes back to its sender) go into two histograms under one lock: the
-//! run's total, and a recent window the progress display reads and resets
-//! for its running p99.
+//! Counters are plain atomics. Latency samples (one per chat message or
+//! move that comes back to its sender) go into two histograms under one
+//! lock per kind: the run's total, and a recent window the progress display
+//! reads and resets for its running p99.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -48,6 +48,13 @@ pub mod kind {
     /// A session connected but had not entered the game when the run
     /// stopped.
     pub const NEVER_ENTERED: &str = "never_entered";
+    /// An `S_MOVE` of a player the server never spawned for this session
+    /// (or despawned since): the interest management lost track.
+    pub const MOVE_FROM_UNSEEN: &str = "move_from_unseen";
+    /// An `S_SPAWN` of a player this session already sees.
+    pub const SPAWN_OF_SEEN: &str = "spawn_of_seen";
+    /// An `S_DESPAWN` of a player this session does not see.
+    pub const DESPAWN_OF_UNSEEN: &str = "despawn_of_unseen";
     /// Prefix of "the session was disconnected during the run", followed by
     /// [`servercore::DisconnectReason::name`].
     pub const DISCONNECT_PREFIX: &str = "disconnect:";
@@ -78,10 +85,25 @@ pub struct LoadStats {
     pub deliveries: AtomicU64,
     /// `S_CHAT` messages that came back to their own sender (latency samples).
     pub own_echoes: AtomicU64,
+    /// `C_MOVE` messages queued.
+    pub moves_sent: AtomicU64,
+    /// `S_MOVE` messages received, by every session, about anyone.
+    pub move_deliveries: AtomicU64,
+    /// `S_MOVE` messages about the receiver itself (own-move latency
+    /// samples).
+    pub own_moves: AtomicU64,
+    /// Players spawned to a session (each player of an `S_SPAWN` counts).
+    pub spawns: AtomicU64,
+    /// Players despawned from a session.
+    pub despawns: AtomicU64,
+    /// Own `S_MOVE`s whose position differs from the one sent: the server
+    /// clamped or cut the move.
+    pub corrections: AtomicU64,
     /// Set when the run stops its sessions: disconnects after it are not
     /// errors.
     pub finishing: AtomicBool,
     latency: Mutex<Latency>,
+    move_latency: Mutex<Latency>,
     errors: Mutex<BTreeMap<String, u64>>,
 }
 
@@ -99,13 +121,51 @@ impl Default for Latency {
     }
 }
 
-impl LoadStats {
-    /// Adds one latency sample, in microseconds.
-    pub fn record_latency(&self, micros: u64) {
+impl Latency {
+    fn record(&mut self, micros: u64) {
         let micros = micros.clamp(1, MAX_TRACKED_US);
-        let mut latency = self.latency.lock();
-        latency.total.saturating_record(micros);
-        latency.recent.saturating_record(micros);
+        self.total.saturating_record(micros);
+        self.recent.saturating_record(micros);
+    }
+
+    fn take_recent_p99(&mut self) -> Option<Duration> {
+        let p99 = (!self.recent.is_empty())
+            .then(|| Duration::from_micros(self.recent.value_at_quantile(0.99)));
+        self.recent.reset();
+        p99
+    }
+}
+
+impl LoadStats {
+    /// Adds one chat latency sample, in microseconds.
+    pub fn record_latency(&self, micros: u64) {
+        self.latency.lock().record(micros);
+    }
+
+    /// Adds one own-move latency sample, in microseconds.
+    pub fn record_move_latency(&self, micros: u64) {
+        self.move_latency.lock().record(micros);
+    }
+
+    /// Starts the measured window: the traffic counters and latencies
+    /// counted so far (the warm-up's) are dropped. Session counters and
+    /// errors are kept.
+    pub fn reset_window(&self) {
+        for counter in [
+            &self.sent,
+            &self.deliveries,
+            &self.own_echoes,
+            &self.moves_sent,
+            &self.move_deliveries,
+            &self.own_moves,
+            &self.spawns,
+            &self.despawns,
+            &self.corrections,
+        ] {
+            counter.store(0, Ordering::Relaxed);
+        }
+        *self.latency.lock() = Latency::default();
+        *self.move_latency.lock() = Latency::default();
     }
 
     /// Counts one error of `kind`.
@@ -129,19 +189,25 @@ impl LoadStats {
         self.errors.lock().values().sum()
     }
 
-    /// The p99 of the samples since the last call (None without samples),
-    /// then starts a new window.
+    /// The chat p99 of the samples since the last call (None without
+    /// samples), then starts a new window.
     pub fn take_recent_p99(&self) -> Option<Duration> {
-        let mut latency = self.latency.lock();
-        let p99 = (!latency.recent.is_empty())
-            .then(|| Duration::from_micros(latency.recent.value_at_quantile(0.99)));
-        latency.recent.reset();
-        p99
+        self.latency.lock().take_recent_p99()
     }
 
-    /// A copy of the run's whole latency histogram.
+    /// The own-move p99 since the last call, like [`Self::take_recent_p99`].
+    pub fn take_recent_move_p99(&self) -> Option<Duration> {
+        self.move_latency.lock().take_recent_p99()
+    }
+
+    /// A copy of the run's whole chat latency histogram.
     pub fn latency_snapshot(&self) -> Histogram<u64> {
         self.latency.lock().total.clone()
+    }
+
+    /// A copy of the run's whole own-move latency histogram.
+    pub fn move_latency_snapshot(&self) -> Histogram<u64> {
+        self.move_latency.lock().total.clone()
     }
 
     /// Reads a counter.
@@ -191,5 +257,24 @@ mod tests {
         let total = stats.latency_snapshot();
         assert_eq!(total.len(), 101);
         assert!(total.max() >= MAX_TRACKED_US - MAX_TRACKED_US / 1000);
+    }
+
+    #[test]
+    fn reset_window_drops_traffic_but_keeps_sessions_and_errors() {
+        let stats = LoadStats::default();
+        LoadStats::bump(&stats.entered);
+        LoadStats::bump(&stats.moves_sent);
+        LoadStats::bump(&stats.move_deliveries);
+        stats.record_move_latency(500);
+        stats.record_latency(700);
+        stats.error(kind::MOVE_FROM_UNSEEN);
+        stats.reset_window();
+        assert_eq!(LoadStats::get(&stats.entered), 1);
+        assert_eq!(LoadStats::get(&stats.moves_sent), 0);
+        assert_eq!(LoadStats::get(&stats.move_deliveries), 0);
+        assert!(stats.move_latency_snapshot().is_empty());
+        assert!(stats.latency_snapshot().is_empty());
+        assert_eq!(stats.take_recent_move_p99(), None);
+        assert_eq!(stats.error_total(), 1);
     }
 }

@@ -1,0 +1,485 @@
+//! The move scenario's records and tables: one [`MoveResult`] per server
+//! variant at the run's player count, one [`CapacityResult`] per variant
+//! from the sweep, their tables with ratios against tokio, and their
+//! targets (CPU per delivery ≤ 0.33× tokio, capacity ≥ 3× tokio).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::report::{
+    format_count, ratio, Latency, Section, TargetKind, TargetResult, Unit, WindowCpu, BASELINE,
+};
+use crate::client::{LatencySummary, LoadReport};
+
+/// What the move scenario ran with.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MoveSettings {
+    /// Players of the main measurement.
+    pub players: usize,
+    /// `C_MOVE` per second per player.
+    pub move_rate: f64,
+    /// Walking speed, units per second.
+    pub speed: f64,
+    /// The server variants compared (columns), tokio last.
+    pub variants: Vec<String>,
+    /// Player counts the capacity sweep tries, in order.
+    pub capacity_steps: Vec<usize>,
+    /// Measured window of each sweep step, seconds.
+    pub capacity_window_seconds: f64,
+    /// Own-move p99 a sweep step may reach and still pass, µs.
+    pub capacity_p99_limit_us: u64,
+}
+
+/// One move measurement of one server variant.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MoveResult {
+    /// The variant: `uring`, `uring+5ms` (send coalescing), `tokio`, ...
+    pub implementation: String,
+    /// Players asked for.
+    pub players: usize,
+    /// Players that entered the world.
+    pub entered: u64,
+    /// Window length, seconds.
+    pub seconds: f64,
+    /// `C_MOVE` sent in the window.
+    pub moves_sent: u64,
+    /// Of those, the ones whose own `S_MOVE` came back (by the end of the
+    /// drain); a server that sheds load loses the rest.
+    #[serde(default)]
+    pub own_moves: u64,
+    /// `S_MOVE` received in the window, by all players.
+    pub deliveries: u64,
+    /// Deliveries per second of the window.
+    pub deliveries_per_sec: f64,
+    /// Server CPU per delivery, µs.
+    pub server_cpu_us_per_delivery: Option<f64>,
+    /// Where the CPU went during the window.
+    #[serde(flatten)]
+    pub cpu: WindowCpu,
+    /// TCP segments sent per delivery (both sides, the whole machine).
+    pub tcp_segments_per_delivery: Option<f64>,
+    /// Own-move latency: `C_MOVE` sent until its `S_MOVE` came back.
+    pub latency: Latency,
+    /// Players spawned to players (each listed player of an `S_SPAWN`).
+    pub spawns: u64,
+    /// Players despawned from players.
+    pub despawns: u64,
+    /// Own moves the server corrected.
+    pub corrections: u64,
+    /// Errors by kind (the client's kinds: `move_from_unseen`, ...).
+    pub errors: BTreeMap<String, u64>,
+    /// All errors.
+    pub errors_total: u64,
+}
+
+impl MoveResult {
+    /// The record of one load run whose window the harness measured.
+    pub fn new(
+        implementation: &str,
+        report: &LoadReport,
+        seconds: f64,
+        cpu: WindowCpu,
+        deliveries: u64,
+        tcp_segments: u64,
+    ) -> MoveResult {
+        let movement = report.movement.unwrap_or_default();
+        MoveResult {
+            implementation: implementation.to_string(),
+            players: report.sessions.requested as usize,
+            entered: report.sessions.entered,
+            seconds,
+            moves_sent: movement.moves_sent,
+            own_moves: movement.own_moves,
+            deliveries,
+            deliveries_per_sec: deliveries as f64 / seconds.max(1e-9),
+            server_cpu_us_per_delivery: cpu.server_us_per(deliveries),
+            cpu,
+            tcp_segments_per_delivery: (deliveries > 0)
+                .then(|| tcp_segments as f64 / deliveries as f64),
+            latency: latency_of(&movement.latency_us),
+            spawns: movement.spawns,
+            despawns: movement.despawns,
+            corrections: movement.corrections,
+            errors: report.errors.clone(),
+            errors_total: report.errors_total,
+        }
+    }
+
+    /// Why this measurement does not hold a step of a capacity sweep, in a
+    /// few words: a player that did not enter, any error, no own move back,
+    /// more than 0.1 % of the own moves lost, or own-move p99 above
+    /// `p99_limit_us` (`None`: it holds).
+    pub fn failure(&self, p99_limit_us: u64) -> Option<String> {
+        if self.entered < self.players as u64 {
+            Some(format!(
+                "{} of {} players entered",
+                self.entered, self.players
+            ))
+        } else if self.errors_total > 0 {
+            let kinds: Vec<String> = self
+                .errors
+                .iter()
+                .map(|(kind, n)| format!("{kind} {n}"))
+                .collect();
+            Some(format!("errors: {}", kinds.join(", ")))
+        } else if self.latency.count == 0 {
+            Some("no own move came back".to_string())
+        } else if self.moves_sent.saturating_sub(self.own_moves) > self.moves_sent / 1000 {
+            Some(format!(
+                "{} of {} own moves never came back",
+                self.moves_sent - self.own_moves,
+                self.moves_sent
+            ))
+        } else if self.latency.p99_us > p99_limit_us {
+            Some(format!(
+                "own-move p99 {} ms",
+                self.latency.p99_us as f64 / 1000.0
+            ))
+        } else {
+            None
+        }
+    }
+}
+
+/// The client's latency summary in the harness's shape.
+pub fn latency_of(summary: &LatencySummary) -> Latency {
+    Latency {
+        count: summary.samples,
+        mean_us: summary.mean,
+        p50_us: summary.p50,
+        p90_us: summary.p90,
+        p99_us: summary.p99,
+        p999_us: summary.p999,
+        max_us: summary.max,
+    }
+}
+
+/// One step of a capacity sweep.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CapacityStep {
+    /// Players in the world.
+    pub players: usize,
+    /// Own-move p99, µs.
+    pub p99_us: u64,
+    /// Deliveries per second.
+    pub deliveries_per_sec: f64,
+    /// Server CPU, cores.
+    pub server_cpu_cores: f64,
+    /// Load generator CPU, cores.
+    pub load_cpu_cores: f64,
+    /// All errors.
+    pub errors_total: u64,
+    /// Why the step failed (`None`: it held).
+    pub failure: Option<String>,
+}
+
+/// The capacity sweep of one server variant.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CapacityResult {
+    /// The variant.
+    pub implementation: String,
+    /// The steps run, in order.
+    pub steps: Vec<CapacityStep>,
+    /// The most players a step held with (`None`: not even the first).
+    pub capacity: Option<usize>,
+    /// Why the sweep stopped: the failing step, the last step, or the time
+    /// budget.
+    pub stopped: String,
+}
+
+/// The tables of the move scenario: the measurement at the run's player
+/// count, then the capacity sweep.
+pub fn move_sections(
+    settings: Option<&MoveSettings>,
+    results: &[MoveResult],
+    capacity: &[CapacityResult],
+) -> Vec<Section> {
+    let Some(settings) = settings else {
+        return Vec::new();
+    };
+    let columns = &settings.variants;
+    let mut sections = Vec::new();
+    if !results.is_empty() {
+        let picked: Vec<Option<&MoveResult>> = columns
+            .iter()
+            .map(|c| results.iter().find(|r| &r.implementation == c))
+            .collect();
+        let pick = |f: &dyn Fn(&MoveResult) -> Option<f64>| -> Vec<Option<f64>> {
+            picked.iter().map(|r| r.and_then(f)).collect()
+        };
+        let mut section = Section::new(
+            format!(
+                "move: {} players random-walking the default world (2000², 100-unit cells) at {} moves/s, {} units/s; window {:.1} s",
+                format_count(settings.players as f64),
+                settings.move_rate,
+                settings.speed,
+                results[0].seconds
+            ),
+            columns.clone(),
+        );
+        section
+            .row(
+                "deliveries/s",
+                Unit::Rate,
+                pick(&|r| Some(r.deliveries_per_sec)),
+            )
+            .row(
+                "server CPU/delivery",
+                Unit::Micros,
+                pick(&|r| r.server_cpu_us_per_delivery),
+            )
+            .optional_row(
+                "TCP segments/delivery",
+                Unit::Decimal,
+                pick(&|r| r.tcp_segments_per_delivery),
+            );
+        let latency = |f: fn(&Latency) -> u64| {
+            pick(&move |r: &MoveResult| (r.latency.count > 0).then(|| f(&r.latency) as f64))
+        };
+        section
+            .row("own-move p50", Unit::Micros, latency(|l| l.p50_us))
+            .row("own-move p90", Unit::Micros, latency(|l| l.p90_us))
+            .row("own-move p99", Unit::Micros, latency(|l| l.p99_us))
+            .row("own-move p99.9", Unit::Micros, latency(|l| l.p999_us))
+            .row("own-move max", Unit::Micros, latency(|l| l.max_us))
+            .plain_row(
+                "server CPU (cores)",
+                Unit::Cores,
+                pick(&|r| Some(r.cpu.server_cpu_cores)),
+            )
+            .plain_row(
+                "load gen CPU (cores)",
+                Unit::Cores,
+                pick(&|r| Some(r.cpu.load_cpu_cores)),
+            )
+            .plain_row(
+                "other processes (cores)",
+                Unit::Cores,
+                pick(&|r| Some(r.cpu.other_cpu_cores)),
+            )
+            .plain_row("spawns", Unit::Count, pick(&|r| Some(r.spawns as f64)))
+            .plain_row("despawns", Unit::Count, pick(&|r| Some(r.despawns as f64)))
+            .plain_row(
+                "corrections",
+                Unit::Count,
+                pick(&|r| Some(r.corrections as f64)),
+            )
+            .plain_row(
+                "own moves lost",
+                Unit::Count,
+                pick(&|r| Some(r.moves_sent.saturating_sub(r.own_moves) as f64)),
+            )
+            .plain_row(
+                "errors",
+                Unit::Count,
+                pick(&|r| Some(r.errors_total as f64)),
+            );
+        sections.push(section);
+    }
+    if !capacity.is_empty() {
+        let mut section = Section::new(
+            format!(
+                "move capacity: the most players held at own-move p99 ≤ {} ms with no errors (steps {}; {:.1} s window each)",
+                settings.capacity_p99_limit_us / 1000,
+                settings
+                    .capacity_steps
+                    .iter()
+                    .map(|n| n.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                settings.capacity_window_seconds
+            ),
+            columns.clone(),
+        );
+        let picked: Vec<Option<&CapacityResult>> = columns
+            .iter()
+            .map(|c| capacity.iter().find(|r| &r.implementation == c))
+            .collect();
+        section.row(
+            "capacity (players)",
+            Unit::Count,
+            picked
+                .iter()
+                .map(|r| r.and_then(|r| r.capacity.map(|n| n as f64)))
+                .collect(),
+        );
+        for &players in &settings.capacity_steps {
+            let step = |r: &CapacityResult| r.steps.iter().find(|s| s.players == players).cloned();
+            let values: Vec<Option<CapacityStep>> =
+                picked.iter().map(|r| r.and_then(step)).collect();
+            if values.iter().all(Option::is_none) {
+                continue;
+            }
+            section.plain_row(
+                &format!("p99 at {}", format_count(players as f64)),
+                Unit::Micros,
+                values
+                    .iter()
+                    .map(|s| s.as_ref().map(|s| s.p99_us as f64))
+                    .collect(),
+            );
+        }
+        sections.push(section);
+    }
+    sections
+}
+
+/// Why each variant's sweep stopped, one line each.
+pub fn capacity_notes(capacity: &[CapacityResult]) -> Vec<String> {
+    capacity
+        .iter()
+        .map(|r| format!("move capacity of {}: {}", r.implementation, r.stopped))
+        .collect()
+}
+
+/// The move scenario's targets for every variant that is not tokio.
+pub fn move_targets(results: &[MoveResult], capacity: &[CapacityResult]) -> Vec<TargetResult> {
+    let mut targets = Vec::new();
+    if let Some(base) = results
+        .iter()
+        .find(|r| r.implementation == BASELINE)
+        .and_then(|r| r.server_cpu_us_per_delivery)
+    {
+        for result in results.iter().filter(|r| r.implementation != BASELINE) {
+            if let Some(r) = result
+                .server_cpu_us_per_delivery
+                .and_then(|value| ratio(value, base))
+            {
+                targets.push(TargetResult::new(
+                    "move: server CPU/delivery ≤ 0.33× tokio",
+                    &result.implementation,
+                    TargetKind::RatioAtMost,
+                    r,
+                    1.0 / 3.0,
+                ));
+            }
+        }
+    }
+    if let Some(base) = capacity
+        .iter()
+        .find(|r| r.implementation == BASELINE)
+        .and_then(|r| r.capacity)
+    {
+        for result in capacity.iter().filter(|r| r.implementation != BASELINE) {
+            let value = result.capacity.unwrap_or(0);
+            if let Some(r) = ratio(value as f64, base as f64) {
+                targets.push(TargetResult::new(
+                    "move: capacity at p99 ≤ 100 ms ≥ 3× tokio",
+                    &result.implementation,
+                    TargetKind::RatioAtLeast,
+                    r,
+                    3.0,
+                ));
+            }
+        }
+    }
+    targets
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result(name: &str, cpu_us: f64, p99_us: u64) -> MoveResult {
+        MoveResult {
+            implementation: name.into(),
+            players: 100,
+            entered: 100,
+            seconds: 1.0,
+            moves_sent: 1000,
+            own_moves: 1000,
+            deliveries: 10_000,
+            deliveries_per_sec: 10_000.0,
+            server_cpu_us_per_delivery: Some(cpu_us),
+            cpu: WindowCpu::default(),
+            tcp_segments_per_delivery: Some(0.5),
+            latency: Latency {
+                count: 1000,
+                p99_us,
+                ..Latency::default()
+            },
+            spawns: 5,
+            despawns: 4,
+            corrections: 0,
+            errors: BTreeMap::new(),
+            errors_total: 0,
+        }
+    }
+
+    #[test]
+    fn a_step_holds_only_when_everything_is_in_order() {
+        let ok = result("uring", 1.0, 40_000);
+        assert_eq!(ok.failure(100_000), None);
+        let slow = result("uring", 1.0, 140_000);
+        assert_eq!(slow.failure(100_000).unwrap(), "own-move p99 140 ms");
+        let mut broken = result("uring", 1.0, 1_000);
+        broken.errors.insert("move_from_unseen".into(), 3);
+        broken.errors_total = 3;
+        assert!(broken
+            .failure(100_000)
+            .unwrap()
+            .contains("move_from_unseen 3"));
+    }
+
+    #[test]
+    fn targets_compare_cpu_and_capacity_with_tokio() {
+        let results = [result("uring", 1.0, 1), result("tokio", 4.0, 1)];
+        let capacity = [
+            CapacityResult {
+                implementation: "uring".into(),
+                steps: Vec::new(),
+                capacity: Some(4000),
+                stopped: String::new(),
+            },
+            CapacityResult {
+                implementation: "tokio".into(),
+                steps: Vec::new(),
+                capacity: Some(2000),
+                stopped: String::new(),
+            },
+        ];
+        let targets = move_targets(&results, &capacity);
+        assert_eq!(targets.len(), 2);
+        assert!(targets[0].met, "0.25× ≤ 0.33×");
+        assert!(!targets[1].met, "2× < 3×");
+        assert_eq!(targets[1].missed_by_percent.map(f64::round), Some(33.0));
+    }
+
+    #[test]
+    fn tables_have_a_column_per_variant() {
+        let settings = MoveSettings {
+            players: 100,
+            move_rate: 10.0,
+            speed: 150.0,
+            variants: vec!["uring".into(), "tokio".into()],
+            capacity_steps: vec![50, 100],
+            capacity_window_seconds: 1.0,
+            capacity_p99_limit_us: 100_000,
+        };
+        let results = [result("uring", 1.0, 2_000), result("tokio", 2.0, 4_000)];
+        let capacity = [CapacityResult {
+            implementation: "uring".into(),
+            steps: vec![CapacityStep {
+                players: 50,
+                p99_us: 1_500,
+                deliveries_per_sec: 1.0,
+                server_cpu_cores: 0.1,
+                load_cpu_cores: 0.1,
+                errors_total: 0,
+                failure: None,
+            }],
+            capacity: Some(50),
+            stopped: "the last step held".into(),
+        }];
+        let sections = move_sections(Some(&settings), &results, &capacity);
+        assert_eq!(sections.len(), 2);
+        let text = sections[0].render();
+        assert!(text.contains("server CPU/delivery"), "{text}");
+        assert!(text.contains("(0.50×)"), "{text}");
+        let text = sections[1].render();
+        assert!(text.contains("capacity (players)"), "{text}");
+        assert!(text.contains("p99 at 50"), "{text}");
+        assert!(!text.contains("p99 at 100"), "no step of 100 ran: {text}");
+    }
+}
