@@ -22,7 +22,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     game.backend = args.engine.backend;
     game.workers = args.engine.workers;
     game.max_sessions = game.max_sessions.max(args.clients + 16);
-    let server = servercore_game::start(game)?;
+    let server = std::sync::Arc::new(servercore_game::start(game)?);
     let addr = server.local_addr();
     println!(
         "demo: game server on {addr} (backend {}, in-memory database); \
@@ -40,8 +40,11 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     load.backend = args.engine.backend;
     load.workers = args.engine.workers;
     load.account_prefix = "demo".to_owned();
+    let admin = crate::admin::start_for_game(&args.admin, &server, crate::limits::raised())?;
     let report = run_load_until(load, !args.no_progress, &StopSignal::install());
 
+    drop(admin);
+    let server = std::sync::Arc::into_inner(server).expect("nothing else holds the game server");
     let sessions = server.service_stats();
     let stats = server.stop_and_join();
     let report = report?;

@@ -348,6 +348,11 @@ impl fmt::Debug for DbHandle {
 }
 
 impl DbHandle {
+    /// Requests waiting for the database thread now (a snapshot).
+    pub fn queued(&self) -> usize {
+        self.tx.len()
+    }
+
     /// Asks for a login of `account`; `reply` runs on the database thread
     /// once the result is committed (so keep it short: push a job).
     pub fn login(&self, account: String, reply: LoginReply) {

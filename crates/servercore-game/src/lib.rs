@@ -217,6 +217,11 @@ impl GameServer {
         self.ctx.counters.snapshot()
     }
 
+    /// Requests waiting for the database thread now.
+    pub fn db_queue_depth(&self) -> usize {
+        self.ctx.db.queued()
+    }
+
     /// The engine's counters (sessions now, total, refused).
     pub fn service_stats(&self) -> ServiceStats {
         self.service.stats()

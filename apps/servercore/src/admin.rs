@@ -1,0 +1,159 @@
+//! The admin listener of the server commands (`--admin ADDR`): which
+//! numbers each server exposes, read from its atomic counters on the admin
+//! thread (a scrape takes no lock the I/O workers use).
+
+use std::sync::Arc;
+
+use servercore::{ServerService, ServiceStats};
+use servercore_admin::{AdminServer, ServerInfo, Snapshot};
+use servercore_game::{GameServer, GameStats};
+
+use crate::cli::AdminArgs;
+use crate::limits::FileLimit;
+
+/// The engine's numbers.
+pub fn engine_metrics(out: &mut Snapshot, stats: &ServiceStats) {
+    out.gauge(
+        "servercore_sessions_active",
+        "Sessions connected now (including ones closing).",
+        stats.active_sessions as f64,
+    );
+    out.counter(
+        "servercore_sessions_accepted",
+        "Sessions accepted since start.",
+        stats.sessions_total,
+    );
+    out.counter(
+        "servercore_sessions_refused",
+        "Connections refused because max-sessions was reached.",
+        stats.refused_total,
+    );
+    out.gauge(
+        "servercore_session_slots_live",
+        "Worker slots still holding a session.",
+        stats.live_slots as f64,
+    );
+    out.gauge(
+        "servercore_job_queue_depth",
+        "Actors waiting in the global job queue for a worker.",
+        servercore::job::global_queue_depth() as f64,
+    );
+}
+
+/// The game server's numbers.
+pub fn game_metrics(out: &mut Snapshot, stats: &GameStats, db_queue_depth: usize) {
+    out.counter("servercore_game_logins", "Successful logins.", stats.logins);
+    out.counter(
+        "servercore_game_logins_refused",
+        "Refused logins (second login, name too long, database error).",
+        stats.logins_refused,
+    );
+    out.counter(
+        "servercore_game_enters",
+        "Players that entered the game.",
+        stats.enters,
+    );
+    out.counter(
+        "servercore_game_enters_refused",
+        "Refused C_ENTER_GAME requests.",
+        stats.enters_refused,
+    );
+    out.counter(
+        "servercore_game_chats",
+        "Chat messages broadcast (one S_CHAT buffer each).",
+        stats.chats_relayed,
+    );
+    out.counter(
+        "servercore_game_chat_deliveries",
+        "S_CHAT sends over all receivers (the broadcasts' fan-out).",
+        stats.chat_deliveries,
+    );
+    out.counter_by(
+        "servercore_game_chats_dropped",
+        "Chat messages dropped, by reason.",
+        "reason",
+        [
+            ("not_in_game", stats.chats_refused_not_in_room),
+            ("too_long", stats.chats_refused_too_long),
+        ],
+    );
+    out.gauge(
+        "servercore_game_players_in_game",
+        "Players in the game now.",
+        stats.players_in_room as f64,
+    );
+    out.gauge(
+        "servercore_game_player_states",
+        "Per-connection player states alive.",
+        stats.player_states as f64,
+    );
+    out.gauge(
+        "servercore_game_db_queue_depth",
+        "Requests waiting for the database thread.",
+        db_queue_depth as f64,
+    );
+}
+
+/// The process's numbers.
+fn process_metrics(out: &mut Snapshot, limit: FileLimit) {
+    out.gauge(
+        "servercore_open_files_limit",
+        "The soft open-file limit in force.",
+        limit.soft as f64,
+    );
+}
+
+/// Starts the admin listener for an engine service (`echo`), if asked.
+pub fn start_for_service(
+    args: &AdminArgs,
+    kind: &str,
+    service: &Arc<ServerService>,
+    limit: FileLimit,
+) -> anyhow::Result<Option<AdminServer>> {
+    let Some(addr) = args.admin else {
+        return Ok(None);
+    };
+    let info = ServerInfo {
+        kind: kind.to_owned(),
+        backend: service.backend().to_string(),
+        listen: service.local_addr().to_string(),
+    };
+    let service = Arc::clone(service);
+    let admin = AdminServer::start(addr, info, move |out: &mut Snapshot| {
+        engine_metrics(out, &service.stats());
+        process_metrics(out, limit);
+    })?;
+    announce(&admin);
+    Ok(Some(admin))
+}
+
+/// Starts the admin listener for the game server, if asked.
+pub fn start_for_game(
+    args: &AdminArgs,
+    server: &Arc<GameServer>,
+    limit: FileLimit,
+) -> anyhow::Result<Option<AdminServer>> {
+    let Some(addr) = args.admin else {
+        return Ok(None);
+    };
+    let info = ServerInfo {
+        kind: "game".to_owned(),
+        backend: server.backend().to_string(),
+        listen: server.local_addr().to_string(),
+    };
+    let server = Arc::clone(server);
+    let admin = AdminServer::start(addr, info, move |out: &mut Snapshot| {
+        engine_metrics(out, &server.service_stats());
+        game_metrics(out, &server.stats(), server.db_queue_depth());
+        process_metrics(out, limit);
+    })?;
+    announce(&admin);
+    Ok(Some(admin))
+}
+
+fn announce(admin: &AdminServer) {
+    println!(
+        "admin HTTP on http://{}/ (/metrics, /healthz, /status)",
+        admin.local_addr()
+    );
+}
