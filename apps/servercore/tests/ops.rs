@@ -879,3 +879,13 @@ fn json_logs_one_object_per_line() {
         "a stop event with totals in {stderr}"
     );
 }
+
+#[test]
+fn deploy_example_config_is_valid() {
+    let file = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/server.toml");
+    let output = run_cli(&["server", "--config", file, "--print-config"], &[]);
+    assert!(output.status.success(), "{output:?}");
+    let printed = String::from_utf8(output.stdout).unwrap();
+    assert!(printed.contains("admin = \"127.0.0.1:9100\"\n"), "{printed}");
+    assert!(printed.contains("max-sessions = 50000\n"), "{printed}");
+}
