@@ -886,6 +886,127 @@ fn deploy_example_config_is_valid() {
     let output = run_cli(&["server", "--config", file, "--print-config"], &[]);
     assert!(output.status.success(), "{output:?}");
     let printed = String::from_utf8(output.stdout).unwrap();
-    assert!(printed.contains("admin = \"127.0.0.1:9100\"\n"), "{printed}");
+    assert!(
+        printed.contains("admin = \"127.0.0.1:9100\"\n"),
+        "{printed}"
+    );
     assert!(printed.contains("max-sessions = 50000\n"), "{printed}");
+}
+
+/// Starts `servercore args`, waits for a stdout line starting with
+/// `ready`, sends SIGTERM, and returns (exit status, all stdout).
+fn sigterm_after(args: &[&str], ready: &str) -> (ExitStatus, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_servercore"))
+        .args(args)
+        .env_remove("SERVERCORE_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn servercore");
+    let (tx, lines) = mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = String::new();
+    loop {
+        let line = lines
+            .recv_timeout(DEADLINE)
+            .unwrap_or_else(|_| panic!("no {ready:?} line from {args:?}; got:\n{seen}"));
+        seen.push_str(&line);
+        seen.push('\n');
+        if line.starts_with(ready) {
+            break;
+        }
+    }
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let deadline = Instant::now() + DEADLINE;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "{args:?} ignored SIGTERM");
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    while let Ok(line) = lines.recv_timeout(Duration::from_secs(2)) {
+        seen.push_str(&line);
+        seen.push('\n');
+    }
+    (status, seen)
+}
+
+/// `echo`, `hello` and `demo` stop on SIGTERM with their report and exit 0
+/// (`server` is covered above, `client` shares `demo`'s load loop).
+#[test]
+fn other_commands_stop_gracefully_on_sigterm() {
+    // An echo server for hello, stopped after it.
+    let mut echo = Command::new(env!("CARGO_BIN_EXE_servercore"))
+        .args([
+            "echo",
+            "--addr",
+            "127.0.0.1:0",
+            "--backend",
+            "poll",
+            "--workers",
+            "1",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut echo_out = BufReader::new(echo.stdout.take().unwrap());
+    let mut banner = String::new();
+    echo_out.read_line(&mut banner).unwrap();
+    let addr = banner
+        .strip_prefix("echo server listening on ")
+        .unwrap_or_else(|| panic!("{banner}"))
+        .split_once(' ')
+        .unwrap()
+        .0
+        .to_owned();
+
+    let (status, out) = sigterm_after(
+        &["hello", "--addr", &addr, "--backend", "poll"],
+        "OnRecv Len = 12",
+    );
+    assert!(status.success(), "hello: {status}\n{out}");
+    assert!(out.contains("hello: 1 connected, 0 failed"), "{out}");
+
+    Command::new("kill")
+        .args(["-TERM", &echo.id().to_string()])
+        .status()
+        .unwrap();
+    let mut rest = String::new();
+    echo_out.read_to_string(&mut rest).unwrap();
+    assert!(echo.wait().unwrap().success());
+    assert!(
+        rest.contains("stopped: 1 sessions served, 0 refused"),
+        "{rest}"
+    );
+
+    let (status, out) = sigterm_after(
+        &[
+            "demo",
+            "--seconds",
+            "60",
+            "--clients",
+            "10",
+            "--no-progress",
+            "--backend",
+            "poll",
+        ],
+        "demo: game server on",
+    );
+    assert!(status.success(), "demo: {status}\n{out}");
+    assert!(out.contains("server: "), "the demo's report: {out}");
 }
