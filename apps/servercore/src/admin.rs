@@ -5,7 +5,8 @@
 use std::sync::Arc;
 
 use servercore::{ServerService, ServiceStats};
-use servercore_admin::{AdminServer, ServerInfo, Snapshot};
+use servercore_admin::{AdminServer, Histogram, ServerInfo, Snapshot};
+use servercore_game::latency::LatencySnapshot;
 use servercore_game::{GameServer, GameStats};
 
 use crate::cli::AdminArgs;
@@ -94,6 +95,23 @@ pub fn game_metrics(out: &mut Snapshot, stats: &GameStats, db_queue_depth: usize
     );
 }
 
+/// The database's login latency, in seconds.
+fn db_latency(out: &mut Snapshot, latency: &LatencySnapshot) {
+    out.histogram(
+        "servercore_game_db_login_seconds",
+        "Login latency through the database: request to committed answer.",
+        Histogram {
+            buckets: latency
+                .buckets
+                .iter()
+                .map(|&(bound_us, count)| (bound_us as f64 / 1e6, count))
+                .collect(),
+            sum: latency.sum_us as f64 / 1e6,
+            count: latency.count,
+        },
+    );
+}
+
 /// The process's numbers.
 fn process_metrics(out: &mut Snapshot, limit: FileLimit) {
     out.gauge(
@@ -145,6 +163,7 @@ pub fn start_for_game(
     let admin = AdminServer::start(addr, info, move |out: &mut Snapshot| {
         engine_metrics(out, &server.service_stats());
         game_metrics(out, &server.stats(), server.db_queue_depth());
+        db_latency(out, &server.db_latency());
         process_metrics(out, limit);
     })?;
     announce(&admin);

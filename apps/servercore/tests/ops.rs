@@ -501,6 +501,11 @@ fn metrics_count_the_traffic(backend: Backend) {
     assert_eq!(delta("servercore_game_logins_refused_total"), 0.0);
     assert_eq!(delta("servercore_sessions_accepted_total"), 100.0);
     assert_eq!(delta("servercore_sessions_refused_total"), 0.0);
+    assert_eq!(delta("servercore_game_db_login_seconds_count"), 100.0);
+    assert_eq!(
+        after["servercore_game_db_login_seconds_bucket{le=\"+Inf\"}"],
+        after["servercore_game_db_login_seconds_count"]
+    );
     assert_eq!(after["servercore_sessions_active"], 0.0);
     assert_eq!(after["servercore_game_players_in_game"], 0.0);
 

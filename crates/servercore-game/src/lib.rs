@@ -36,6 +36,7 @@
 
 pub mod db;
 pub mod handler;
+pub mod latency;
 pub mod player;
 pub mod room;
 pub mod stats;
@@ -220,6 +221,11 @@ impl GameServer {
     /// Requests waiting for the database thread now.
     pub fn db_queue_depth(&self) -> usize {
         self.ctx.db.queued()
+    }
+
+    /// Login latency through the database: request to committed answer.
+    pub fn db_latency(&self) -> latency::LatencySnapshot {
+        self.ctx.db.latency()
     }
 
     /// The engine's counters (sessions now, total, refused).
