@@ -26,11 +26,10 @@ fn main() -> std::process::ExitCode {
         cli.log_format,
         default_filter(&cli.command),
     );
-    if !matches!(cli.command, cli::Command::BenchServer(_)) {
-        // The CLI owns the process's signals (bench-server children stop
-        // when their parent closes their stdin).
-        shutdown::StopSignal::install();
-    }
+    // The CLI owns the process's signals. A bench-server child takes the
+    // terminal's Ctrl-C like its parent but stops when the parent closes
+    // its stdin, so the measurement running then can finish.
+    shutdown::StopSignal::install();
     limits::raised();
     match cli::run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -949,8 +949,9 @@ fn sigterm_after(args: &[&str], ready: &str) -> (ExitStatus, String) {
     (status, seen)
 }
 
-/// `echo`, `hello` and `demo` stop on SIGTERM with their report and exit 0
-/// (`server` is covered above, `client` shares `demo`'s load loop).
+/// `echo`, `hello`, `demo` and `bench` stop on SIGTERM with their report
+/// and exit 0 (`server` is covered above, `client` shares `demo`'s load
+/// loop).
 #[test]
 fn other_commands_stop_gracefully_on_sigterm() {
     // An echo server for hello, stopped after it.
@@ -1014,4 +1015,24 @@ fn other_commands_stop_gracefully_on_sigterm() {
     );
     assert!(status.success(), "demo: {status}\n{out}");
     assert!(out.contains("server: "), "the demo's report: {out}");
+
+    // bench finishes the measurement running, skips the rest, reports.
+    let (status, out) = sigterm_after(
+        &[
+            "bench",
+            "echo",
+            "broadcast",
+            "--quick",
+            "--backends",
+            "poll",
+            "--echo-clients",
+            "10",
+        ],
+        "implementations",
+    );
+    assert!(status.success(), "bench: {status}\n{out}");
+    assert!(
+        out.contains("stopped by a signal: "),
+        "the bench's report: {out}"
+    );
 }

@@ -356,6 +356,13 @@ struct Bench {
 
 /// Runs the benchmarks.
 pub fn run(args: BenchOptions) -> anyhow::Result<()> {
+    run_until(args, &crate::StopSignal::new())
+}
+
+/// Runs the benchmarks until `stop` is set: the measurement running then
+/// finishes (its window is bounded), the rest are skipped, and the tables
+/// of what was measured are printed as usual.
+pub fn run_until(args: BenchOptions, stop: &crate::StopSignal) -> anyhow::Result<()> {
     if let Some(path) = &args.replay {
         return replay(path, &args);
     }
@@ -446,10 +453,15 @@ pub fn run(args: BenchOptions) -> anyhow::Result<()> {
         failures: 0,
         round: 0,
     };
+    let mut skipped = 0usize;
     for scenario in bench.plan.scenarios.clone() {
         for round in 0..bench.plan.repeat {
             bench.round = round;
             for imp in bench.plan.implementations.clone() {
+                if stop.is_set() {
+                    skipped += 1;
+                    continue;
+                }
                 let result = match scenario {
                     Scenario::Echo => bench.echo(imp),
                     Scenario::Broadcast => bench.broadcast(imp),
@@ -480,6 +492,11 @@ pub fn run(args: BenchOptions) -> anyhow::Result<()> {
         for section in sections {
             bench.progress.println(&section.render());
         }
+    }
+    if skipped > 0 {
+        let note = format!("stopped by a signal: {skipped} measurement(s) skipped");
+        bench.progress.eprintln(&note);
+        bench.report.notes.push(note);
     }
     bench.progress.finish();
     finish_report(&mut bench.report, &args)?;
