@@ -147,8 +147,8 @@ pub fn parse_from(argv: Vec<OsString>) -> Result<Parsed, Failure> {
     Ok(Parsed::Run(Box::new(Cli::from_arg_matches(&matches)?)))
 }
 
-/// The arguments a config file option may set for command `name`: the
-/// command's own and the globals, as (arg, the matches that hold it).
+/// The arguments a config file may set for command `name`: the globals,
+/// then the command's own.
 fn config_args<'a>(cmd: &'a clap::Command, name: &str) -> Vec<&'a clap::Arg> {
     let sub = cmd
         .find_subcommand(name)
