@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use servercore::{ServerService, ServiceStats};
+use servercore::{DisconnectKind, EngineMetrics, ServerService, ServiceStats};
 use servercore_admin::{AdminServer, Histogram, ServerInfo, Snapshot};
 use servercore_game::latency::LatencySnapshot;
 use servercore_game::{GameServer, GameStats};
@@ -12,22 +12,81 @@ use servercore_game::{GameServer, GameStats};
 use crate::cli::AdminArgs;
 use crate::limits::FileLimit;
 
-/// The engine's numbers.
-pub fn engine_metrics(out: &mut Snapshot, stats: &ServiceStats) {
+/// The engine's numbers: the service's counts and every worker's counters.
+pub fn engine_metrics(out: &mut Snapshot, stats: &ServiceStats, metrics: &EngineMetrics) {
+    let total = metrics.total();
     out.gauge(
         "servercore_sessions_active",
         "Sessions connected now (including ones closing).",
         stats.active_sessions as f64,
     );
+    out.gauge_by(
+        "servercore_worker_sessions",
+        "Sessions each worker holds now.",
+        "worker",
+        metrics
+            .workers
+            .iter()
+            .enumerate()
+            .map(|(index, worker)| (index, worker.sessions as f64)),
+    );
     out.counter(
         "servercore_sessions_accepted",
-        "Sessions accepted since start.",
+        "Sessions started since start.",
         stats.sessions_total,
     );
     out.counter(
         "servercore_sessions_refused",
-        "Connections refused because max-sessions was reached.",
+        "Connections refused because max-sessions was reached or the server was stopping.",
         stats.refused_total,
+    );
+    out.counter_by(
+        "servercore_disconnects",
+        "Sessions ended, by reason.",
+        "reason",
+        DisconnectKind::ALL
+            .iter()
+            .map(|&kind| (kind.name(), total.disconnects_of(kind))),
+    );
+    out.counter(
+        "servercore_bytes_in",
+        "Bytes received from peers.",
+        total.bytes_in,
+    );
+    out.counter(
+        "servercore_bytes_out",
+        "Bytes written to sockets.",
+        total.bytes_out,
+    );
+    out.counter(
+        "servercore_packets_in",
+        "Packets delivered to handlers by the packet layer.",
+        total.packets_in,
+    );
+    out.counter(
+        "servercore_packets_out",
+        "Buffers taken from send queues for writing (one per packet).",
+        total.packets_out,
+    );
+    out.counter(
+        "servercore_writes",
+        "Gathered writes handed to the driver.",
+        total.writes,
+    );
+    out.gauge(
+        "servercore_send_queue_bytes",
+        "Bytes queued and not yet written, over every session.",
+        total.queued_bytes as f64,
+    );
+    out.counter(
+        "servercore_driver_events",
+        "Completions (io_uring) or readiness events (poll) dispatched.",
+        total.events,
+    );
+    out.counter(
+        "servercore_coalesced_flushes",
+        "Writes that send coalescing held back and sent together.",
+        total.coalesced_flushes,
     );
     out.gauge(
         "servercore_session_slots_live",
@@ -138,7 +197,7 @@ pub fn start_for_service(
     };
     let service = Arc::clone(service);
     let admin = AdminServer::start(addr, info, move |out: &mut Snapshot| {
-        engine_metrics(out, &service.stats());
+        engine_metrics(out, &service.stats(), &service.metrics());
         process_metrics(out, limit);
     })?;
     announce(&admin);
@@ -161,7 +220,7 @@ pub fn start_for_game(
     };
     let server = Arc::clone(server);
     let admin = AdminServer::start(addr, info, move |out: &mut Snapshot| {
-        engine_metrics(out, &server.service_stats());
+        engine_metrics(out, &server.service_stats(), &server.engine_metrics());
         game_metrics(out, &server.stats(), server.db_queue_depth());
         db_latency(out, &server.db_latency());
         process_metrics(out, limit);

@@ -332,6 +332,12 @@ fn restart_twenty_times(backend: Backend, signal: &str) {
         let mut client = Client::connect(server.addr);
         assert!(client.login(&format!("restart{round}")).success);
         if signal == "TERM" {
+            // After a clean stop the port is free at once: no retry.
+            assert!(
+                !server.log().contains("address in use"),
+                "round {round}: bound on the first try; log:\n{}",
+                server.log()
+            );
             server.terminate();
         } else {
             server.signal(signal);
@@ -483,9 +489,21 @@ fn metrics_count_the_traffic(backend: Backend) {
         missing("python3 with prometheus_client");
         return;
     };
+    let mut login_bytes = 0;
     for i in 0..100 {
         let mut client = Client::connect(server.addr);
-        assert!(client.login(&format!("metrics{i}")).success);
+        let account = format!("metrics{i}");
+        login_bytes += make_packet(&CLogin {
+            account: account.clone(),
+        })
+        .len();
+        assert!(client.login(&account).success);
+    }
+    // Three packets whose size is below the header's: each disconnects.
+    for _ in 0..3 {
+        let mut client = Client::connect(server.addr);
+        client.stream.write_all(&[2, 0, 0, 0]).unwrap();
+        client.expect_closed();
     }
     // Each client closed; wait until the server has seen every disconnect.
     let deadline = Instant::now() + DEADLINE;
@@ -496,10 +514,20 @@ fn metrics_count_the_traffic(backend: Backend) {
         }
         std::thread::sleep(Duration::from_millis(20));
     };
+    let reason = |name: &str| format!("servercore_disconnects_total{{reason=\"{name}\"}}");
     let delta = |name: &str| after[name] - before[name];
     assert_eq!(delta("servercore_game_logins_total"), 100.0);
     assert_eq!(delta("servercore_game_logins_refused_total"), 0.0);
-    assert_eq!(delta("servercore_sessions_accepted_total"), 100.0);
+    assert_eq!(delta("servercore_sessions_accepted_total"), 103.0);
+    assert_eq!(delta(&reason("malformed_packet")), 3.0);
+    assert_eq!(delta(&reason("closed_by_peer")), 100.0);
+    assert_eq!(delta("servercore_packets_in_total"), 100.0);
+    assert_eq!(delta("servercore_packets_out_total"), 100.0);
+    assert_eq!(
+        delta("servercore_bytes_in_total"),
+        (login_bytes + 3 * 4) as f64
+    );
+    assert_eq!(after["servercore_send_queue_bytes"], 0.0);
     assert_eq!(delta("servercore_sessions_refused_total"), 0.0);
     assert_eq!(delta("servercore_game_db_login_seconds_count"), 100.0);
     assert_eq!(
