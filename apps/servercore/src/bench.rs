@@ -202,9 +202,11 @@ impl BenchServerArgs {
     }
 }
 
-/// Runs the benchmarks.
+/// Runs the benchmarks; SIGINT/SIGTERM skips what is not measured yet
+/// and prints the tables so far.
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
-    servercore_load::bench::run(args.to_options())
+    use crate::shutdown::{Install as _, StopSignal};
+    servercore_load::bench::run_until(args.to_options(), &StopSignal::install())
 }
 
 /// Runs one benchmark server until its stdin ends.

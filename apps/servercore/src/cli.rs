@@ -14,8 +14,42 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "FILTER")]
     pub log: Option<String>,
 
+    /// Log line format: text (for people) or json (one object a line, for
+    /// log collectors).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Read the command's options from a TOML file (keys: the long flag
+    /// names); flags and SERVERCORE_* environment variables override it.
+    #[arg(long, global = true, value_name = "FILE", env = "SERVERCORE_CONFIG")]
+    pub config: Option<std::path::PathBuf>,
+
+    /// Print the effective configuration (defaults, file, environment and
+    /// flags combined) as TOML and exit.
+    #[arg(long, global = true)]
+    pub print_config: bool,
+
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// How log lines look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Plain lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The admin HTTP listener's flag, on every server command.
+#[derive(Debug, Clone, Args)]
+pub struct AdminArgs {
+    /// Serve /metrics (Prometheus), /healthz, /status (JSON) and a live
+    /// status page on this address (off by default; keep it private, e.g.
+    /// 127.0.0.1:9100).
+    #[arg(long, value_name = "ADDR")]
+    pub admin: Option<SocketAddr>,
 }
 
 /// The subcommands.
@@ -90,6 +124,9 @@ pub struct EchoArgs {
 
     #[command(flatten)]
     pub engine: EngineArgs,
+
+    #[command(flatten)]
+    pub admin: AdminArgs,
 }
 
 /// `servercore hello`.
@@ -143,6 +180,9 @@ pub struct DemoArgs {
 
     #[command(flatten)]
     pub engine: EngineArgs,
+
+    #[command(flatten)]
+    pub admin: AdminArgs,
 }
 
 /// Runs the chosen subcommand.

@@ -23,7 +23,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     game.backend = args.engine.backend;
     game.workers = args.engine.workers;
     game.max_sessions = game.max_sessions.max(args.clients + 16);
-    let server = servercore_game::start(game)?;
+    let server = std::sync::Arc::new(servercore_game::start(game)?);
     let addr = server.local_addr();
     println!(
         "demo: game server on {addr} (backend {}, in-memory database); \
@@ -50,8 +50,11 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     load.backend = args.engine.backend;
     load.workers = args.engine.workers;
     load.account_prefix = "demo".to_owned();
+    let admin = crate::admin::start_for_game(&args.admin, &server, crate::limits::raised())?;
     let report = run_load_until(load, !args.no_progress, &StopSignal::install());
 
+    drop(admin);
+    let server = std::sync::Arc::into_inner(server).expect("nothing else holds the game server");
     let sessions = server.service_stats();
     let stats = server.stop_and_join();
     let report = report?;
@@ -68,8 +71,11 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     if let Some(path) = &args.json {
         report.write_json(path)?;
     }
+    // Stopped by a signal before anyone connected is a stop, not a failure.
     anyhow::ensure!(
-        report.sessions.requested == 0 || report.sessions.connected > 0,
+        report.sessions.requested == 0
+            || report.sessions.connected > 0
+            || StopSignal::install().is_set(),
         "no client could connect to the game server"
     );
     Ok(())

@@ -1,5 +1,6 @@
 //! `servercore echo`: the course's echo server, until a stop signal.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use servercore::{ServerTransport, WebSocketConfig};
@@ -8,15 +9,18 @@ use servercore_load::echo::{self, EchoConfig};
 use crate::cli::EchoArgs;
 use crate::shutdown::{Install as _, StopSignal};
 
-/// Runs until Ctrl-C.
+/// Runs until SIGINT or SIGTERM, then stops cleanly and prints totals.
 pub fn run(args: EchoArgs) -> anyhow::Result<()> {
     let stop = StopSignal::install();
+    let limit = crate::limits::raised();
+    let workers = crate::limits::workers(args.engine.workers);
+    crate::limits::check_sessions(args.max_sessions, workers, limit)?;
     let tls = args.tls.server_config()?;
     let transport = match &tls {
         Some(tls) => ServerTransport::tls(std::sync::Arc::clone(tls)),
         None => ServerTransport::plain(),
     };
-    let service = echo::start(EchoConfig {
+    let service = Arc::new(echo::start(EchoConfig {
         addr: args.addr,
         backend: args.engine.backend,
         workers: args.engine.workers,
@@ -34,7 +38,7 @@ pub fn run(args: EchoArgs) -> anyhow::Result<()> {
                 },
             )
         }),
-    })?;
+    })?);
     let addrs: Vec<String> = service
         .local_addrs()
         .iter()
@@ -46,10 +50,26 @@ pub fn run(args: EchoArgs) -> anyhow::Result<()> {
         service.backend(),
         if tls.is_some() { ", TLS" } else { "" }
     );
+    let admin = crate::admin::start_for_service(&args.admin, "echo", &service, limit)?;
+    tracing::info!(
+        addr = %service.local_addr(),
+        backend = %service.backend(),
+        admin = ?admin.as_ref().map(|admin| admin.local_addr()),
+        workers,
+        max_sessions = args.max_sessions,
+        open_files_limit = limit.soft,
+        "echo server started"
+    );
     while !stop.wait(Duration::from_secs(3600)) {}
+    drop(admin);
     service.stop();
     service.join();
     let stats = service.stats();
+    tracing::info!(
+        sessions = stats.sessions_total,
+        refused = stats.refused_total,
+        "echo server stopped"
+    );
     println!(
         "stopped: {} sessions served, {} refused",
         stats.sessions_total, stats.refused_total

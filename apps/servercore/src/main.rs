@@ -5,21 +5,33 @@
 //! runs both in one process for a newcomer's first run, and `bench` compares
 //! the engine with a plain tokio baseline.
 
+mod admin;
 mod bench;
 mod cli;
 mod client;
+mod config;
 mod demo;
 mod echo;
 mod hello;
+mod limits;
 mod server;
 mod shutdown;
 mod transport;
 
-use clap::Parser;
+use shutdown::Install as _;
 
 fn main() -> std::process::ExitCode {
-    let cli = cli::Cli::parse();
-    init_logging(cli.log.as_deref());
+    let cli = config::parse();
+    init_logging(
+        cli.log.as_deref(),
+        cli.log_format,
+        default_filter(&cli.command),
+    );
+    // The CLI owns the process's signals. A bench-server child takes the
+    // terminal's Ctrl-C like its parent but stops when the parent closes
+    // its stdin, so the measurement running then can finish.
+    shutdown::StopSignal::install();
+    limits::raised();
     match cli::run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
@@ -29,18 +41,32 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn init_logging(filter: Option<&str>) {
+/// Servers log their start, refusals and stop by default; the other
+/// commands only warnings (their report is the output).
+fn default_filter(command: &cli::Command) -> &'static str {
+    match command {
+        cli::Command::Echo(_) | cli::Command::Server(_) => "info",
+        _ => "warn",
+    }
+}
+
+/// `--log` (or `SERVERCORE_LOG`, which clap reads into it) picks what is
+/// logged, `--log-format` how: text lines or one JSON object a line.
+fn init_logging(filter: Option<&str>, format: cli::LogFormat, default: &str) {
     use tracing_subscriber::EnvFilter;
-    let filter = match filter {
-        Some(filter) => EnvFilter::new(filter),
-        None => {
-            EnvFilter::try_from_env("SERVERCORE_LOG").unwrap_or_else(|_| EnvFilter::new("warn"))
-        }
-    };
-    tracing_subscriber::fmt()
+    let filter = EnvFilter::new(filter.unwrap_or(default));
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .init();
+        .with_target(false);
+    match format {
+        cli::LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        cli::LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
+    }
 }

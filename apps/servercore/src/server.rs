@@ -3,11 +3,12 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use servercore_game::{GameConfig, WorldConfig, DEFAULT_DB_PATH};
 
-use crate::cli::EngineArgs;
+use crate::cli::{AdminArgs, EngineArgs};
 use crate::shutdown::{Install as _, StopSignal};
 
 /// `servercore server` options.
@@ -64,6 +65,9 @@ pub struct ServerArgs {
 
     #[command(flatten)]
     pub engine: EngineArgs,
+
+    #[command(flatten)]
+    pub admin: AdminArgs,
 }
 
 impl ServerArgs {
@@ -93,13 +97,16 @@ impl ServerArgs {
     }
 }
 
-/// Runs the game server until Ctrl-C, then stops it cleanly and prints its
-/// counters.
+/// Runs the game server until SIGINT or SIGTERM, then stops it cleanly
+/// (every acknowledged login is on disk) and prints its counters.
 pub fn run(args: ServerArgs) -> anyhow::Result<()> {
     let stop = StopSignal::install();
+    let limit = crate::limits::raised();
+    let workers = crate::limits::workers(args.engine.workers);
+    crate::limits::check_sessions(args.max_sessions, workers, limit)?;
     let config = args.to_config()?;
     let secure = config.tls.is_some();
-    let server = servercore_game::start(config)?;
+    let server = Arc::new(servercore_game::start(config)?);
     let websocket = server
         .ws_addr()
         .map(|addr| format!(", WebSocket on {addr}"))
@@ -111,9 +118,32 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
         server.backend(),
         server.db_path().display()
     );
+    let admin = crate::admin::start_for_game(&args.admin, &server, limit)?;
+    tracing::info!(
+        addr = %server.local_addr(),
+        backend = %server.backend(),
+        database = %server.db_path().display(),
+        admin = ?admin.as_ref().map(|admin| admin.local_addr()),
+        workers,
+        max_sessions = args.max_sessions,
+        open_files_limit = limit.soft,
+        "game server started"
+    );
     while !stop.wait(Duration::from_secs(3600)) {}
+    // The admin thread holds the last other reference to the server.
+    drop(admin);
+    let server = Arc::into_inner(server).expect("nothing else holds the game server");
     let sessions = server.service_stats();
     let stats = server.stop_and_join();
+    tracing::info!(
+        sessions = sessions.sessions_total,
+        refused = sessions.refused_total,
+        logins = stats.logins,
+        enters = stats.enters,
+        chats = stats.chats_relayed,
+        deliveries = stats.chat_deliveries,
+        "game server stopped"
+    );
     println!(
         "stopped: sessions={} refused={} {stats}",
         sessions.sessions_total, sessions.refused_total

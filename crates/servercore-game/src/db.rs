@@ -21,10 +21,12 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{Receiver, Sender};
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
+
+use crate::latency::{LatencyHistogram, LatencySnapshot};
 
 /// The path that opens a private in-memory database instead of a file
 /// (nothing survives the process; for demos and benchmarks).
@@ -393,6 +395,8 @@ enum Request {
 #[derive(Clone)]
 pub struct DbHandle {
     tx: Sender<Request>,
+    /// From a login's request to its committed answer.
+    latency: Arc<LatencyHistogram>,
 }
 
 impl fmt::Debug for DbHandle {
@@ -404,9 +408,25 @@ impl fmt::Debug for DbHandle {
 }
 
 impl DbHandle {
+    /// Requests waiting for the database thread now (a snapshot).
+    pub fn queued(&self) -> usize {
+        self.tx.len()
+    }
+
+    /// Login latency so far: from the request to its committed answer.
+    pub fn latency(&self) -> LatencySnapshot {
+        self.latency.snapshot()
+    }
+
     /// Asks for a login of `account`; `reply` runs on the database thread
     /// once the result is committed (so keep it short: push a job).
     pub fn login(&self, account: String, reply: LoginReply) {
+        let asked = Instant::now();
+        let latency = Arc::clone(&self.latency);
+        let reply: LoginReply = Box::new(move |result| {
+            latency.record(asked.elapsed());
+            reply(result)
+        });
         if let Err(error) = self.tx.send(Request::Login { account, reply }) {
             if let Request::Login { reply, .. } = error.into_inner() {
                 reply(Err(DbError::Closed));
@@ -460,7 +480,10 @@ impl DbThread {
             .spawn(move || serve(db, rx))
             .map_err(|error| DbError::Thread(Arc::new(error)))?;
         Ok(DbThread {
-            handle: DbHandle { tx },
+            handle: DbHandle {
+                tx,
+                latency: Arc::default(),
+            },
             thread: Some(thread),
             path: path.to_owned(),
         })

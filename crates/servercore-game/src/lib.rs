@@ -47,6 +47,7 @@
 
 pub mod db;
 pub mod handler;
+pub mod latency;
 pub mod player;
 pub mod room;
 pub mod stats;
@@ -363,9 +364,25 @@ impl GameServer {
         self.ctx.world.grid()
     }
 
+    /// Requests waiting for the database thread now.
+    pub fn db_queue_depth(&self) -> usize {
+        self.ctx.db.queued()
+    }
+
+    /// Login latency through the database: request to committed answer.
+    pub fn db_latency(&self) -> latency::LatencySnapshot {
+        self.ctx.db.latency()
+    }
+
     /// The engine's counters (sessions now, total, refused).
     pub fn service_stats(&self) -> ServiceStats {
         self.service.stats()
+    }
+
+    /// The engine's per-worker counters (bytes, packets, writes, queued
+    /// bytes, disconnects by kind, ...): relaxed loads, no lock.
+    pub fn engine_metrics(&self) -> servercore::EngineMetrics {
+        self.service.metrics()
     }
 
     /// Stops cleanly: no new sessions, every session disconnected (each

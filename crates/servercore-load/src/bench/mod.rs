@@ -490,6 +490,13 @@ struct Bench {
 
 /// Runs the benchmarks: every scenario on each transport in turn.
 pub fn run(args: BenchOptions) -> anyhow::Result<()> {
+    run_until(args, &crate::StopSignal::new())
+}
+
+/// Runs the benchmarks until `stop` is set: the measurement running then
+/// finishes (its window is bounded), the rest are skipped, and the tables
+/// of what was measured are printed as usual.
+pub fn run_until(args: BenchOptions, stop: &crate::StopSignal) -> anyhow::Result<()> {
     if let Some(path) = &args.replay {
         return replay(path, &args);
     }
@@ -528,7 +535,7 @@ pub fn run(args: BenchOptions) -> anyhow::Result<()> {
                 one.scenarios = vec![Scenario::Echo, Scenario::Broadcast];
             }
         }
-        failures += run_transport(one, transport, cert.as_ref())?;
+        failures += run_transport(one, transport, cert.as_ref(), stop)?;
     }
     anyhow::ensure!(
         failures == 0,
@@ -555,6 +562,7 @@ fn run_transport(
     args: BenchOptions,
     transport: Transport,
     cert: Option<&transport::DevCert>,
+    stop: &crate::StopSignal,
 ) -> anyhow::Result<usize> {
     let connector = transport::Connector::new(transport, cert)?;
     let mut notes = Vec::new();
@@ -673,6 +681,7 @@ fn run_transport(
         connector,
         cert_files: cert.map(|c| (c.cert.clone(), c.key.clone())),
     };
+    let mut skipped = 0usize;
     for scenario in bench.plan.scenarios.clone() {
         if scenario == Scenario::Move {
             bench.moves();
@@ -684,6 +693,10 @@ fn run_transport(
         for round in 0..bench.plan.repeat {
             bench.round = round;
             for imp in bench.plan.implementations.clone() {
+                if stop.is_set() {
+                    skipped += 1;
+                    continue;
+                }
                 let result = match scenario {
                     Scenario::Echo => bench.echo(imp),
                     Scenario::Broadcast => bench.broadcast(imp),
@@ -716,6 +729,11 @@ fn run_transport(
         for section in sections {
             bench.progress.println(&section.render());
         }
+    }
+    if skipped > 0 {
+        let note = format!("stopped by a signal: {skipped} measurement(s) skipped");
+        bench.progress.eprintln(&note);
+        bench.report.notes.push(note);
     }
     bench.progress.finish();
     finish_report(&mut bench.report, &args)?;

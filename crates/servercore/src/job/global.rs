@@ -62,7 +62,6 @@ impl GlobalQueue {
     }
 
     /// Number of waiting actors (a snapshot).
-    #[cfg(test)]
     pub(super) fn len(&self) -> usize {
         self.len.load(Ordering::Acquire)
     }

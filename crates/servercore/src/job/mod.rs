@@ -61,6 +61,12 @@ use std::time::Duration;
 pub use queue::{Actor, JobQueue, WeakActor, WeakJobQueue};
 pub(crate) use worker::{attach_worker, WorkerAttachment};
 
+/// Actors waiting in the global queue for a worker right now: the process's
+/// job-queue depth (one atomic load, no lock; what an admin page shows).
+pub fn global_queue_depth() -> usize {
+    scheduler::SCHEDULER.global_len()
+}
+
 /// The time slice a thread gets when it runs a queue as its first pusher
 /// outside of a worker's slice (a session callback, a plain thread), and the
 /// slice of the fallback thread.

@@ -121,7 +121,6 @@ impl Scheduler {
     }
 
     /// Number of actors waiting in the global queue.
-    #[cfg(test)]
     pub(super) fn global_len(&self) -> usize {
         self.global.len()
     }

@@ -1,0 +1,237 @@
+//! The admin listener of the server commands (`--admin ADDR`): which
+//! numbers each server exposes, read from its atomic counters on the admin
+//! thread (a scrape takes no lock the I/O workers use).
+
+use std::sync::Arc;
+
+use servercore::{DisconnectKind, EngineMetrics, ServerService, ServiceStats};
+use servercore_admin::{AdminServer, Histogram, ServerInfo, Snapshot};
+use servercore_game::latency::LatencySnapshot;
+use servercore_game::{GameServer, GameStats};
+
+use crate::cli::AdminArgs;
+use crate::limits::FileLimit;
+
+/// The engine's numbers: the service's counts and every worker's counters.
+pub fn engine_metrics(out: &mut Snapshot, stats: &ServiceStats, metrics: &EngineMetrics) {
+    let total = metrics.total();
+    out.gauge(
+        "servercore_sessions_active",
+        "Sessions connected now (including ones closing).",
+        stats.active_sessions as f64,
+    );
+    out.gauge_by(
+        "servercore_worker_sessions",
+        "Sessions each worker holds now.",
+        "worker",
+        metrics
+            .workers
+            .iter()
+            .enumerate()
+            .map(|(index, worker)| (index, worker.sessions as f64)),
+    );
+    out.counter(
+        "servercore_sessions_accepted",
+        "Sessions started since start.",
+        stats.sessions_total,
+    );
+    out.counter(
+        "servercore_sessions_refused",
+        "Connections refused because max-sessions was reached or the server was stopping.",
+        stats.refused_total,
+    );
+    out.counter_by(
+        "servercore_disconnects",
+        "Sessions ended, by reason.",
+        "reason",
+        DisconnectKind::ALL
+            .iter()
+            .map(|&kind| (kind.name(), total.disconnects_of(kind))),
+    );
+    out.counter(
+        "servercore_bytes_in",
+        "Bytes received from peers.",
+        total.bytes_in,
+    );
+    out.counter(
+        "servercore_bytes_out",
+        "Bytes written to sockets.",
+        total.bytes_out,
+    );
+    out.counter(
+        "servercore_packets_in",
+        "Packets delivered to handlers by the packet layer.",
+        total.packets_in,
+    );
+    out.counter(
+        "servercore_packets_out",
+        "Buffers taken from send queues for writing (one per packet).",
+        total.packets_out,
+    );
+    out.counter(
+        "servercore_writes",
+        "Gathered writes handed to the driver.",
+        total.writes,
+    );
+    out.gauge(
+        "servercore_send_queue_bytes",
+        "Bytes queued and not yet written, over every session.",
+        total.queued_bytes as f64,
+    );
+    out.counter(
+        "servercore_driver_events",
+        "Completions (io_uring) or readiness events (poll) dispatched.",
+        total.events,
+    );
+    out.counter(
+        "servercore_coalesced_flushes",
+        "Writes that send coalescing held back and sent together.",
+        total.coalesced_flushes,
+    );
+    out.gauge(
+        "servercore_session_slots_live",
+        "Worker slots still holding a session.",
+        stats.live_slots as f64,
+    );
+    out.gauge(
+        "servercore_job_queue_depth",
+        "Actors waiting in the global job queue for a worker.",
+        servercore::job::global_queue_depth() as f64,
+    );
+}
+
+/// The game server's numbers.
+pub fn game_metrics(out: &mut Snapshot, stats: &GameStats, db_queue_depth: usize) {
+    out.counter("servercore_game_logins", "Successful logins.", stats.logins);
+    out.counter(
+        "servercore_game_logins_refused",
+        "Refused logins (second login, name too long, database error).",
+        stats.logins_refused,
+    );
+    out.counter(
+        "servercore_game_enters",
+        "Players that entered the game.",
+        stats.enters,
+    );
+    out.counter(
+        "servercore_game_enters_refused",
+        "Refused C_ENTER_GAME requests.",
+        stats.enters_refused,
+    );
+    out.counter(
+        "servercore_game_chats",
+        "Chat messages broadcast (one S_CHAT buffer each).",
+        stats.chats_relayed,
+    );
+    out.counter(
+        "servercore_game_chat_deliveries",
+        "S_CHAT sends over all receivers (the broadcasts' fan-out).",
+        stats.chat_deliveries,
+    );
+    out.counter_by(
+        "servercore_game_chats_dropped",
+        "Chat messages dropped, by reason.",
+        "reason",
+        [
+            ("not_in_game", stats.chats_refused_not_in_room),
+            ("too_long", stats.chats_refused_too_long),
+        ],
+    );
+    out.gauge(
+        "servercore_game_players_in_game",
+        "Players in the game now.",
+        stats.players_in_room as f64,
+    );
+    out.gauge(
+        "servercore_game_player_states",
+        "Per-connection player states alive.",
+        stats.player_states as f64,
+    );
+    out.gauge(
+        "servercore_game_db_queue_depth",
+        "Requests waiting for the database thread.",
+        db_queue_depth as f64,
+    );
+}
+
+/// The database's login latency, in seconds.
+fn db_latency(out: &mut Snapshot, latency: &LatencySnapshot) {
+    out.histogram(
+        "servercore_game_db_login_seconds",
+        "Login latency through the database: request to committed answer.",
+        Histogram {
+            buckets: latency
+                .buckets
+                .iter()
+                .map(|&(bound_us, count)| (bound_us as f64 / 1e6, count))
+                .collect(),
+            sum: latency.sum_us as f64 / 1e6,
+            count: latency.count,
+        },
+    );
+}
+
+/// The process's numbers.
+fn process_metrics(out: &mut Snapshot, limit: FileLimit) {
+    out.gauge(
+        "servercore_open_files_limit",
+        "The soft open-file limit in force.",
+        limit.soft as f64,
+    );
+}
+
+/// Starts the admin listener for an engine service (`echo`), if asked.
+pub fn start_for_service(
+    args: &AdminArgs,
+    kind: &str,
+    service: &Arc<ServerService>,
+    limit: FileLimit,
+) -> anyhow::Result<Option<AdminServer>> {
+    let Some(addr) = args.admin else {
+        return Ok(None);
+    };
+    let info = ServerInfo {
+        kind: kind.to_owned(),
+        backend: service.backend().to_string(),
+        listen: service.local_addr().to_string(),
+    };
+    let service = Arc::clone(service);
+    let admin = AdminServer::start(addr, info, move |out: &mut Snapshot| {
+        engine_metrics(out, &service.stats(), &service.metrics());
+        process_metrics(out, limit);
+    })?;
+    announce(&admin);
+    Ok(Some(admin))
+}
+
+/// Starts the admin listener for the game server, if asked.
+pub fn start_for_game(
+    args: &AdminArgs,
+    server: &Arc<GameServer>,
+    limit: FileLimit,
+) -> anyhow::Result<Option<AdminServer>> {
+    let Some(addr) = args.admin else {
+        return Ok(None);
+    };
+    let info = ServerInfo {
+        kind: "game".to_owned(),
+        backend: server.backend().to_string(),
+        listen: server.local_addr().to_string(),
+    };
+    let server = Arc::clone(server);
+    let admin = AdminServer::start(addr, info, move |out: &mut Snapshot| {
+        engine_metrics(out, &server.service_stats(), &server.engine_metrics());
+        game_metrics(out, &server.stats(), server.db_queue_depth());
+        db_latency(out, &server.db_latency());
+        process_metrics(out, limit);
+    })?;
+    announce(&admin);
+    Ok(Some(admin))
+}
+
+fn announce(admin: &AdminServer) {
+    println!(
+        "admin HTTP on http://{}/ (/metrics, /healthz, /status)",
+        admin.local_addr()
+    );
+}
