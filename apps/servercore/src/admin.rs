@@ -152,6 +152,83 @@ pub fn game_metrics(out: &mut Snapshot, stats: &GameStats, db_queue_depth: usize
         "Requests waiting for the database thread.",
         db_queue_depth as f64,
     );
+    out.counter(
+        "servercore_game_moves",
+        "C_MOVE packets accepted.",
+        stats.moves,
+    );
+    out.counter(
+        "servercore_game_move_deliveries",
+        "S_MOVE sends over all receivers.",
+        stats.move_deliveries,
+    );
+    out.counter(
+        "servercore_game_spawns_sent",
+        "S_SPAWN packets sent.",
+        stats.spawns_sent,
+    );
+    out.counter(
+        "servercore_game_despawns_sent",
+        "S_DESPAWN packets sent.",
+        stats.despawns_sent,
+    );
+    out.counter(
+        "servercore_game_handovers",
+        "Players handed from one region to another.",
+        stats.handovers,
+    );
+    out.counter_by(
+        "servercore_game_moves_dropped",
+        "Moves dropped or changed, by reason.",
+        "reason",
+        [
+            ("rate", stats.moves_dropped_rate),
+            ("queue_full", stats.moves_dropped_queue_full),
+            ("not_in_world", stats.moves_dropped_not_in_world),
+            ("clamped", stats.moves_clamped),
+            ("cut", stats.moves_cut),
+        ],
+    );
+    out.counter_by(
+        "servercore_game_chats_shed",
+        "Chats shed by the world's limits, by reason.",
+        "reason",
+        [
+            ("rate", stats.chats_dropped_rate),
+            ("queue_full", stats.chats_dropped_queue_full),
+        ],
+    );
+}
+
+/// Most often the world map is copied for `/status` (each copy takes each
+/// region's position lock once).
+const WORLD_MAP_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// The live map's `/status` field: `{size, cell, players: [[x, y], ...]}`,
+/// copied at most every [`WORLD_MAP_EVERY`].
+fn world_map(
+    server: &GameServer,
+    cache: &parking_lot::Mutex<Option<(std::time::Instant, serde_json::Value)>>,
+) -> serde_json::Value {
+    let mut cache = cache.lock();
+    if let Some((at, value)) = cache.as_ref() {
+        if at.elapsed() < WORLD_MAP_EVERY {
+            return value.clone();
+        }
+    }
+    let grid = server.world_grid();
+    let players: Vec<[f32; 2]> = server
+        .world_snapshot()
+        .into_iter()
+        .map(|(_, x, y)| [x, y])
+        .collect();
+    let value = serde_json::json!({
+        "size": grid.size(),
+        "cell": grid.cell_size(),
+        "players": players,
+    });
+    *cache = Some((std::time::Instant::now(), value.clone()));
+    value
 }
 
 /// The database's login latency, in seconds.
@@ -219,9 +296,11 @@ pub fn start_for_game(
         listen: server.local_addr().to_string(),
     };
     let server = Arc::clone(server);
+    let map_cache = parking_lot::Mutex::new(None);
     let admin = AdminServer::start(addr, info, move |out: &mut Snapshot| {
         engine_metrics(out, &server.service_stats(), &server.engine_metrics());
         game_metrics(out, &server.stats(), server.db_queue_depth());
+        out.status_field("world", world_map(&server, &map_cache));
         db_latency(out, &server.db_latency());
         process_metrics(out, limit);
     })?;
