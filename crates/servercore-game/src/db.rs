@@ -86,6 +86,9 @@ pub enum DbError {
     },
     /// The account name is longer than [`MAX_ACCOUNT_LEN`].
     AccountTooLong(usize),
+    /// A login that may not create its account found none (the address
+    /// is past its account-creation limit).
+    NoSuchAccount,
     /// The database thread has stopped.
     Closed,
 }
@@ -104,6 +107,7 @@ impl fmt::Display for DbError {
                 "account name of {len} bytes is longer than {MAX_ACCOUNT_LEN}"
             ),
             DbError::Closed => f.write_str("the database thread has stopped"),
+            DbError::NoSuchAccount => f.write_str("no such account, and none may be created"),
         }
     }
 }
@@ -209,14 +213,26 @@ impl Database {
     pub fn login(&mut self, account: &str) -> Result<AccountRecord, DbError> {
         check_account(account)?;
         let tx = self.conn.transaction()?;
-        let record = login_in(&tx, account)?;
+        let record = login_in(&tx, account, true)?;
         tx.commit()?;
         Ok(record)
     }
 
     /// Runs a batch of logins in one transaction, each in its own
-    /// savepoint: a failing one is rolled back alone and reported.
+    /// savepoint: a failing one is rolled back alone and reported. Each
+    /// may create its account.
     pub fn login_batch(&mut self, accounts: &[&str]) -> Vec<Result<AccountRecord, DbError>> {
+        let requests: Vec<(&str, bool)> = accounts.iter().map(|name| (*name, true)).collect();
+        self.login_batch_with(&requests)
+    }
+
+    /// [`Database::login_batch`] where each `(account, may_create)` says
+    /// whether the login may create its account ([`DbError::NoSuchAccount`]
+    /// if not and it does not exist).
+    pub fn login_batch_with(
+        &mut self,
+        accounts: &[(&str, bool)],
+    ) -> Vec<Result<AccountRecord, DbError>> {
         let mut tx = match self.conn.transaction() {
             Ok(tx) => tx,
             Err(error) => {
@@ -225,8 +241,8 @@ impl Database {
             }
         };
         let mut results = Vec::with_capacity(accounts.len());
-        for account in accounts {
-            results.push(login_savepoint(&mut tx, account));
+        for (account, may_create) in accounts {
+            results.push(login_savepoint(&mut tx, account, *may_create));
         }
         if let Err(error) = tx.commit() {
             let error = DbError::from(error);
@@ -247,10 +263,14 @@ fn check_account(account: &str) -> Result<(), DbError> {
     Ok(())
 }
 
-fn login_savepoint(tx: &mut Transaction<'_>, account: &str) -> Result<AccountRecord, DbError> {
+fn login_savepoint(
+    tx: &mut Transaction<'_>,
+    account: &str,
+    may_create: bool,
+) -> Result<AccountRecord, DbError> {
     check_account(account)?;
     let sp = tx.savepoint()?;
-    let record = login_in(&sp, account)?;
+    let record = login_in(&sp, account, may_create)?;
     sp.commit()?;
     Ok(record)
 }
@@ -262,7 +282,7 @@ fn now_us() -> i64 {
 }
 
 /// The login itself, inside a transaction or savepoint.
-fn login_in(conn: &Connection, account: &str) -> Result<AccountRecord, DbError> {
+fn login_in(conn: &Connection, account: &str, may_create: bool) -> Result<AccountRecord, DbError> {
     let now = now_us();
     let existing: Option<i64> = if account.is_empty() {
         None
@@ -273,6 +293,7 @@ fn login_in(conn: &Connection, account: &str) -> Result<AccountRecord, DbError> 
     };
     let (account_id, created) = match existing {
         Some(id) => (id, false),
+        None if !may_create => return Err(DbError::NoSuchAccount),
         None => {
             let name = (!account.is_empty()).then_some(account);
             conn.prepare_cached("INSERT INTO accounts (name, created_at_us) VALUES (?1, ?2)")?
@@ -327,7 +348,11 @@ fn login_in(conn: &Connection, account: &str) -> Result<AccountRecord, DbError> 
 pub type LoginReply = Box<dyn FnOnce(Result<AccountRecord, DbError>) + Send>;
 
 enum Request {
-    Login { account: String, reply: LoginReply },
+    Login {
+        account: String,
+        may_create: bool,
+        reply: LoginReply,
+    },
     Stop,
 }
 
@@ -348,10 +373,16 @@ impl fmt::Debug for DbHandle {
 }
 
 impl DbHandle {
-    /// Asks for a login of `account`; `reply` runs on the database thread
-    /// once the result is committed (so keep it short: push a job).
-    pub fn login(&self, account: String, reply: LoginReply) {
-        if let Err(error) = self.tx.send(Request::Login { account, reply }) {
+    /// Asks for a login of `account` (creating it only if `may_create`);
+    /// `reply` runs on the database thread once the result is committed (so
+    /// keep it short: push a job).
+    pub fn login(&self, account: String, may_create: bool, reply: LoginReply) {
+        let request = Request::Login {
+            account,
+            may_create,
+            reply,
+        };
+        if let Err(error) = self.tx.send(request) {
             if let Request::Login { reply, .. } = error.into_inner() {
                 reply(Err(DbError::Closed));
             }
@@ -423,7 +454,7 @@ impl Drop for DbThread {
 /// The thread's loop: take one request, add whatever else is queued (up to
 /// [`MAX_BATCH`]), run them in one transaction, then answer.
 fn serve(mut db: Database, rx: Receiver<Request>) {
-    let mut accounts: Vec<String> = Vec::with_capacity(MAX_BATCH);
+    let mut accounts: Vec<(String, bool)> = Vec::with_capacity(MAX_BATCH);
     let mut replies: Vec<LoginReply> = Vec::with_capacity(MAX_BATCH);
     let mut stop = false;
     while !stop {
@@ -431,8 +462,12 @@ fn serve(mut db: Database, rx: Receiver<Request>) {
         let mut next = Some(first);
         while let Some(request) = next.take() {
             match request {
-                Request::Login { account, reply } => {
-                    accounts.push(account);
+                Request::Login {
+                    account,
+                    may_create,
+                    reply,
+                } => {
+                    accounts.push((account, may_create));
                     replies.push(reply);
                 }
                 Request::Stop => {
@@ -447,11 +482,18 @@ fn serve(mut db: Database, rx: Receiver<Request>) {
         if accounts.is_empty() {
             continue;
         }
-        let names: Vec<&str> = accounts.iter().map(String::as_str).collect();
-        let results = db.login_batch(&names);
+        let names: Vec<(&str, bool)> = accounts
+            .iter()
+            .map(|(name, may_create)| (name.as_str(), *may_create))
+            .collect();
+        let results = db.login_batch_with(&names);
         for (reply, result) in replies.drain(..).zip(results) {
             if let Err(error) = &result {
-                tracing::warn!(%error, "login failed");
+                // A refused creation is the limit working, counted and
+                // logged by the player.
+                if !matches!(error, DbError::NoSuchAccount) {
+                    tracing::warn!(%error, "login failed");
+                }
             }
             reply(result);
         }
@@ -578,6 +620,7 @@ mod tests {
             let name = format!("user{}", i % 50);
             handle.login(
                 name,
+                true,
                 Box::new(move |result| {
                     tx.send((i, result.map(|r| r.players[0].id))).unwrap();
                 }),
@@ -594,6 +637,7 @@ mod tests {
         let tx2 = tx.clone();
         handle.login(
             "late".into(),
+            true,
             Box::new(move |result| tx2.send((0, result.map(|_| 0))).unwrap()),
         );
         let (_, late) = rx.recv_timeout(Duration::from_secs(1)).unwrap();

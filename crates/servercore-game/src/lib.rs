@@ -18,11 +18,34 @@
 //!   logged at debug level and counted in [`GameStats`]; the session stays.
 //! - A disconnect leaves the room.
 //!
+//! Against abusive clients (all configurable in [`GameConfig`], `0`/`None`
+//! turning a limit off):
+//! - a connection that sends no `C_LOGIN` within `login_deadline` is cut
+//!   ([`DisconnectReason::LoginTimeout`](servercore::DisconnectReason)), and
+//!   one whose started packet stays incomplete for `packet_deadline` too
+//!   (`PacketTimeout`, the engine's packet layer);
+//! - one address holds at most `max_conns_per_ip` connections and creates
+//!   at most `max_new_accounts_per_min` accounts a minute (module `limits`);
+//!   a login past the latter is refused (`success = false`) unless its
+//!   account exists;
+//! - what a session has queued for its player (jobs not yet run, packets
+//!   kept while a login or enter is pending) is bounded in bytes
+//!   ([`player::MAX_PENDING_BYTES`]); past it the session is cut
+//!   (`RateLimited`);
+//! - with `auth` set, `C_LOGIN.account` must carry a signed token (module
+//!   `auth`); without it the server is open: anyone may log in as any
+//!   account.
+//!
+//! Each refusal and cut is counted in [`GameStats`] and logged at `warn`,
+//! at most one line a second per kind with the count of the others.
+//!
 //! This crate owns the configuration ([`GameConfig`]) and the running server
 //! ([`GameServer`], [`start`]). Its modules:
+//! - `auth`: signed login tokens (minting and checking);
 //! - `db`: the SQLite schema, its migrations and the database thread;
 //! - `handler`: [`handler::GameSession`], the packet handler on the I/O
 //!   workers;
+//! - `limits`: the per-address limits;
 //! - `player`: [`player::Player`], a connection's game state, an actor;
 //! - `room`: [`room::Room`], the room, an actor;
 //! - `stats`: the counters.
@@ -34,8 +57,10 @@
 
 #![warn(missing_docs)]
 
+pub mod auth;
 pub mod db;
 pub mod handler;
+pub mod limits;
 pub mod player;
 pub mod room;
 pub mod stats;
@@ -51,8 +76,10 @@ use servercore::packet::{PacketConfig, PacketSession, RateLimits, HEADER_SIZE, M
 use servercore::{Backend, ServerService, ServiceStats};
 use servercore_protocol::SERVER_RECEIVES_IDS;
 
+use auth::TokenKey;
 use db::{DbHandle, DbThread};
 use handler::GameSession;
+use limits::AddressLimits;
 use room::Room;
 pub use stats::{GameCounters, GameStats};
 
@@ -89,12 +116,26 @@ pub struct GameConfig {
     /// Per-session flood limits (default: the engine's, far above a
     /// player's needs; a load test may want [`RateLimits::unlimited`]).
     pub rate_limits: RateLimits,
+    /// Cut a connection that sends no `C_LOGIN` for this long (`None`:
+    /// never).
+    pub login_deadline: Option<Duration>,
+    /// Cut a connection whose started packet is still incomplete after this
+    /// long (`None`: never).
+    pub packet_deadline: Option<Duration>,
+    /// Most connections at once from one IP address (0: unlimited).
+    pub max_conns_per_ip: usize,
+    /// Most accounts one IP address may create per minute (0: unlimited).
+    pub max_new_accounts_per_min: u32,
+    /// The key of signed login tokens; `None` runs the server open (any
+    /// `C_LOGIN.account` is taken as the account name).
+    pub auth: Option<TokenKey>,
 }
 
 impl Default for GameConfig {
     /// `127.0.0.1:7777`, [`DEFAULT_DB_PATH`], the automatic backend, 10,000
     /// sessions, a 60 s idle timeout, chats up to 256 bytes, packets up to
-    /// 8 KiB.
+    /// 8 KiB, 10 s login and packet deadlines, 64 connections and 20 new
+    /// accounts a minute per address, no token check.
     fn default() -> Self {
         GameConfig {
             addr: SocketAddr::from(([127, 0, 0, 1], 7777)),
@@ -106,6 +147,11 @@ impl Default for GameConfig {
             max_chat_len: 256,
             max_packet_size: 8 * 1024,
             rate_limits: RateLimits::default(),
+            login_deadline: Some(Duration::from_secs(10)),
+            packet_deadline: Some(Duration::from_secs(10)),
+            max_conns_per_ip: 64,
+            max_new_accounts_per_min: 20,
+            auth: None,
         }
     }
 }
@@ -139,6 +185,12 @@ pub struct GameContext {
     pub counters: Arc<GameCounters>,
     /// Longest chat message relayed, in bytes.
     pub max_chat_len: usize,
+    /// Cut a connection without `C_LOGIN` after this long.
+    pub login_deadline: Option<Duration>,
+    /// The per-address limits.
+    pub limits: AddressLimits,
+    /// The token key, when logins must carry a signed token.
+    pub auth: Option<TokenKey>,
 }
 
 /// A running game server: the engine's service, the database thread and
@@ -167,8 +219,12 @@ pub fn start(config: GameConfig) -> anyhow::Result<GameServer> {
         db: db.handle(),
         counters,
         max_chat_len: config.max_chat_len,
+        login_deadline: config.login_deadline,
+        limits: AddressLimits::new(config.max_conns_per_ip, config.max_new_accounts_per_min),
+        auth: config.auth.clone(),
     });
     let packets = PacketConfig::default()
+        .with_packet_deadline(config.packet_deadline)
         .with_max_packet_size(config.effective_max_packet_size())
         .with_known_ids(SERVER_RECEIVES_IDS.iter().copied())
         .with_rate_limits(config.rate_limits.clone());

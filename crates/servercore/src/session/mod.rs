@@ -36,6 +36,14 @@ pub trait Session: 'static {
         let _ = (session, len);
     }
 
+    /// The owning worker's housekeeping round (about every 100 ms) found
+    /// this session open: the place for cheap deadline checks (a partial
+    /// packet, a login) without a timer per session. `now` is the round's
+    /// time. A session closed meanwhile is not ticked.
+    fn on_tick(&mut self, session: &SessionHandle, now: std::time::Instant) {
+        let _ = (session, now);
+    }
+
     /// The connection ended. Runs exactly once for every session whose
     /// `on_connected` ran; nothing is called after it.
     fn on_disconnected(&mut self, session: &SessionHandle, reason: &DisconnectReason) {
@@ -52,6 +60,9 @@ impl Session for Box<dyn Session> {
     }
     fn on_send(&mut self, session: &SessionHandle, len: usize) {
         (**self).on_send(session, len)
+    }
+    fn on_tick(&mut self, session: &SessionHandle, now: std::time::Instant) {
+        (**self).on_tick(session, now)
     }
     fn on_disconnected(&mut self, session: &SessionHandle, reason: &DisconnectReason) {
         (**self).on_disconnected(session, reason)

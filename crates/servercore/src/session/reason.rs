@@ -30,6 +30,16 @@ pub enum DisconnectReason {
     ReceiveOverflow,
     /// Nothing was received for longer than the idle timeout.
     IdleTimeout,
+    /// The peer did not log in within the application's login deadline
+    /// (a connection that holds a slot without ever starting to play).
+    LoginTimeout,
+    /// A packet the peer started did not complete within the packet
+    /// deadline (a peer trickling bytes to hold its slot).
+    PacketTimeout,
+    /// The application ended the session for a reason of its own; the text
+    /// is a stable `snake_case` name (`too_many_connections_from_address`),
+    /// used as-is by [`DisconnectReason::name`].
+    App(&'static str),
     /// The service was stopped.
     Shutdown,
     /// A callback of this session panicked; the text is the panic message.
@@ -63,6 +73,9 @@ impl DisconnectReason {
             DisconnectReason::SendQueueOverflow => "send_queue_overflow",
             DisconnectReason::ReceiveOverflow => "receive_overflow",
             DisconnectReason::IdleTimeout => "idle_timeout",
+            DisconnectReason::LoginTimeout => "login_timeout",
+            DisconnectReason::PacketTimeout => "packet_timeout",
+            DisconnectReason::App(name) => name,
             DisconnectReason::Shutdown => "shutdown",
             DisconnectReason::CallbackPanic(_) => "callback_panic",
         }
@@ -81,6 +94,9 @@ impl fmt::Display for DisconnectReason {
             DisconnectReason::SendQueueOverflow => f.write_str("send queue overflow"),
             DisconnectReason::ReceiveOverflow => f.write_str("receive buffer overflow"),
             DisconnectReason::IdleTimeout => f.write_str("idle timeout"),
+            DisconnectReason::LoginTimeout => f.write_str("login timeout"),
+            DisconnectReason::PacketTimeout => f.write_str("packet timeout"),
+            DisconnectReason::App(name) => write!(f, "closed by the application: {name}"),
             DisconnectReason::Shutdown => f.write_str("service shutdown"),
             DisconnectReason::CallbackPanic(message) => write!(f, "callback panicked: {message}"),
         }
