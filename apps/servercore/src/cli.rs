@@ -35,6 +35,9 @@ pub enum Command {
     Demo(DemoArgs),
     /// Scripted benchmarks against the engine and a plain tokio baseline.
     Bench(crate::bench::BenchArgs),
+    /// Mints a signed login token for `server --auth-secret` (what a
+    /// separate login service would do).
+    Token(crate::token::TokenArgs),
     /// A benchmark server process (started by `bench`).
     #[command(hide = true)]
     BenchServer(crate::bench::BenchServerArgs),
@@ -129,5 +132,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo(args) => crate::demo::run(args),
         Command::Bench(args) => crate::bench::run(args),
         Command::BenchServer(args) => crate::bench::run_server(args),
+        Command::Token(args) => crate::token::run(args),
     }
 }

@@ -5,6 +5,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use anyhow::Context as _;
+use servercore_game::auth::TokenKey;
 use servercore_game::{GameConfig, DEFAULT_DB_PATH};
 
 use crate::cli::EngineArgs;
@@ -34,14 +36,46 @@ pub struct ServerArgs {
     #[arg(long, value_name = "BYTES", default_value_t = 256)]
     pub max_chat_len: usize,
 
+    /// Disconnect a connection that sends no C_LOGIN within this many
+    /// seconds (0: never).
+    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    pub login_timeout: u64,
+
+    /// Disconnect a connection whose started packet is not complete within
+    /// this many seconds, however slowly it keeps sending (0: never).
+    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    pub packet_timeout: u64,
+
+    /// Most accounts one IP address may create per minute; past it a login
+    /// of a new account is refused (0: unlimited).
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    pub max_new_accounts_per_min: u32,
+
+    /// Most connections at once from one IP address; more are closed
+    /// (0: unlimited).
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    pub max_conns_per_ip: usize,
+
+    /// Accept only logins whose C_LOGIN.account is a token signed with the
+    /// secret in FILE (at least 32 bytes; see `servercore token`). Without
+    /// it the server is open: anyone may log in as any account.
+    #[arg(long, value_name = "FILE")]
+    pub auth_secret: Option<PathBuf>,
+
     #[command(flatten)]
     pub engine: EngineArgs,
 }
 
 impl ServerArgs {
-    /// The configuration these options describe.
-    pub fn to_config(&self) -> GameConfig {
-        GameConfig {
+    /// The configuration these options describe; fails on an unreadable
+    /// or too short secret file.
+    pub fn to_config(&self) -> anyhow::Result<GameConfig> {
+        let seconds = |secs: u64| (secs > 0).then(|| Duration::from_secs(secs));
+        let auth = match &self.auth_secret {
+            Some(path) => Some(TokenKey::from_file(path).context("--auth-secret")?),
+            None => None,
+        };
+        Ok(GameConfig {
             addr: self.addr,
             db_path: self.db.clone(),
             backend: self.engine.backend,
@@ -49,8 +83,13 @@ impl ServerArgs {
             max_sessions: self.max_sessions,
             idle_timeout: (self.idle_timeout > 0).then(|| Duration::from_secs(self.idle_timeout)),
             max_chat_len: self.max_chat_len,
+            login_deadline: seconds(self.login_timeout),
+            packet_deadline: seconds(self.packet_timeout),
+            max_new_accounts_per_min: self.max_new_accounts_per_min,
+            max_conns_per_ip: self.max_conns_per_ip,
+            auth,
             ..GameConfig::default()
-        }
+        })
     }
 }
 
@@ -58,7 +97,14 @@ impl ServerArgs {
 /// counters.
 pub fn run(args: ServerArgs) -> anyhow::Result<()> {
     let stop = StopSignal::install();
-    let server = servercore_game::start(args.to_config())?;
+    let config = args.to_config()?;
+    if config.auth.is_none() {
+        tracing::warn!(
+            "no --auth-secret: the server is open, anyone may log in as any account \
+             (C_LOGIN.account is taken as the account name)"
+        );
+    }
+    let server = servercore_game::start(config)?;
     println!(
         "game server listening on {} (backend {}, database {}); Ctrl-C stops it",
         server.local_addr(),

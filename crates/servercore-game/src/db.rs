@@ -515,6 +515,21 @@ mod tests {
     use std::time::Duration;
 
     #[test]
+    fn a_login_that_may_not_create_only_finds() {
+        let mut db = Database::open(Path::new(IN_MEMORY)).unwrap();
+        db.login("existing").unwrap();
+        let results = db.login_batch_with(&[("existing", false), ("absent", false), ("", false)]);
+        assert!(!results[0].as_ref().unwrap().created);
+        assert!(matches!(results[1], Err(DbError::NoSuchAccount)));
+        assert!(matches!(results[2], Err(DbError::NoSuchAccount)));
+        let count: i64 = db
+            .conn
+            .query_row("SELECT COUNT(*) FROM accounts", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(count, 1, "nothing was created");
+    }
+
+    #[test]
     fn login_creates_then_finds() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("game.db");

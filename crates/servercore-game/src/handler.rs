@@ -168,7 +168,11 @@ impl PacketHandler for GameSession {
 }
 
 impl ServerHandler for GameSession {
-    fn handle_c_login(&mut self, session: &SessionHandle, msg: CLogin) -> Result<(), DispatchError> {
+    fn handle_c_login(
+        &mut self,
+        session: &SessionHandle,
+        msg: CLogin,
+    ) -> Result<(), DispatchError> {
         self.login_seen = true;
         let max = if self.ctx.auth.is_some() {
             MAX_TOKEN_LEN

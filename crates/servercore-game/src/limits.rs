@@ -51,12 +51,12 @@ impl AddressLimits {
         }
     }
 
-    fn state<'a>(
-        table: &'a mut HashMap<IpAddr, AddressState>,
+    fn state(
+        table: &mut HashMap<IpAddr, AddressState>,
         ip: IpAddr,
         burst: f64,
         now: Instant,
-    ) -> &'a mut AddressState {
+    ) -> &mut AddressState {
         if table.len() >= SWEEP_AT && !table.contains_key(&ip) {
             table.retain(|_, state| {
                 let refill = now.saturating_duration_since(state.refilled).as_secs_f64();

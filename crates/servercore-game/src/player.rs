@@ -215,9 +215,7 @@ impl Player {
         self.waiting = false;
         let created = matches!(&result, Ok(record) if record.created);
         if std::mem::take(&mut self.creation_reserved) && !created {
-            self.ctx
-                .limits
-                .refund_account(self.handle.peer_addr().ip());
+            self.ctx.limits.refund_account(self.handle.peer_addr().ip());
         }
         if self.closed {
             return;

@@ -63,6 +63,9 @@ impl Running {
                 config.workers = args.workers;
                 config.max_sessions = args.max_sessions;
                 config.idle_timeout = None;
+                // Every benchmark client comes from one address.
+                config.max_conns_per_ip = 0;
+                config.max_new_accounts_per_min = 0;
                 return Ok(Running::Game(servercore_game::start(config)?));
             }
         };
