@@ -82,6 +82,18 @@ pub struct BenchArgs {
     /// Client source addresses 127.0.0.1 ..= 127.0.0.N, used round-robin.
     #[arg(long, default_value_t = 16, value_name = "N")]
     pub sources: u8,
+
+    /// soak: minutes of churn (fractions allowed; 0.2 is a smoke run).
+    #[arg(long, default_value_t = 10.0, value_name = "N")]
+    pub minutes: f64,
+
+    /// soak: live clients.
+    #[arg(long, default_value_t = 1000, value_name = "N")]
+    pub soak_clients: usize,
+
+    /// soak: milliseconds between two chats of one client.
+    #[arg(long, default_value_t = 5000, value_name = "MS")]
+    pub soak_chat_interval_ms: u64,
 }
 
 /// `servercore bench-server` options (started by `bench`).
@@ -133,6 +145,9 @@ impl BenchArgs {
             repeat: self.repeat,
             perf: self.perf,
             sources: self.sources,
+            soak_minutes: self.minutes,
+            soak_clients: self.soak_clients,
+            soak_chat_interval_ms: self.soak_chat_interval_ms,
         }
     }
 }

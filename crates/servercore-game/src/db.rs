@@ -373,6 +373,11 @@ impl fmt::Debug for DbHandle {
 }
 
 impl DbHandle {
+    /// Requests waiting for the database thread.
+    pub fn queued(&self) -> usize {
+        self.tx.len()
+    }
+
     /// Asks for a login of `account` (creating it only if `may_create`);
     /// `reply` runs on the database thread once the result is committed (so
     /// keep it short: push a job).

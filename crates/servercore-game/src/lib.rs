@@ -273,6 +273,17 @@ impl GameServer {
         self.ctx.counters.snapshot()
     }
 
+    /// Jobs waiting in the room actor now (a queue that only grows means
+    /// the room cannot keep up).
+    pub fn room_pending_jobs(&self) -> usize {
+        self.ctx.room.pending_jobs()
+    }
+
+    /// Requests waiting for the database thread now.
+    pub fn db_queue_len(&self) -> usize {
+        self.ctx.db.queued()
+    }
+
     /// The engine's counters (sessions now, total, refused).
     pub fn service_stats(&self) -> ServiceStats {
         self.service.stats()

@@ -81,7 +81,8 @@ impl Sources {
         self.addrs.len()
     }
 
-    fn pick(&self, index: usize) -> IpAddr {
+    /// The address of connection number `index`.
+    pub fn pick(&self, index: usize) -> IpAddr {
         self.addrs[index % self.addrs.len()]
     }
 }
@@ -507,7 +508,7 @@ async fn enter(mut stream: TcpStream) -> anyhow::Result<(TcpStream, u64, BytesMu
 
 /// Reads until a packet with id `want` arrives (skipping others) and
 /// returns its body.
-async fn read_packet(
+pub async fn read_packet(
     stream: &mut TcpStream,
     buf: &mut BytesMut,
     want: u16,

@@ -15,7 +15,9 @@
 //! - [`procfs`]: CPU time and RSS of the server from `/proc`; [`perf`]: its
 //!   system calls and context switches from `perf stat` (`--perf`);
 //! - [`report`] and [`chart`]: tables, targets, JSON and the SVG chart;
-//! - [`progress`]: the progress bar.
+//! - [`progress`]: the progress bar;
+//! - [`soak`]: `bench soak`, the long churn run watched for leaks (its own
+//!   loop and report, not a comparison).
 //!
 //! The server under test always runs in its own process, so the load
 //! generator's CPU and memory are never counted. Targets are printed beside
@@ -32,6 +34,7 @@ mod progress;
 mod proto;
 mod report;
 mod server;
+pub mod soak;
 mod tokio_server;
 
 use std::net::SocketAddr;
@@ -55,6 +58,9 @@ pub enum Scenario {
     Broadcast,
     /// Many idle connections: server memory per session.
     Idle,
+    /// The game server under a long churn of live clients, watched for
+    /// leaks (`--minutes`; runs alone, see [`soak`]).
+    Soak,
 }
 
 impl Scenario {
@@ -67,6 +73,7 @@ impl Scenario {
             Scenario::Echo => "echo",
             Scenario::Broadcast => "broadcast",
             Scenario::Idle => "idle",
+            Scenario::Soak => "soak",
         }
     }
 }
@@ -182,6 +189,15 @@ pub struct BenchOptions {
 
     /// Client source addresses 127.0.0.1 ..= 127.0.0.N, used round-robin.
     pub sources: u8,
+
+    /// `soak`: minutes of churn.
+    pub soak_minutes: f64,
+
+    /// `soak`: live clients.
+    pub soak_clients: usize,
+
+    /// `soak`: milliseconds between two chats of one client.
+    pub soak_chat_interval_ms: u64,
 }
 
 /// What one `servercore bench-server` process serves (started by the
@@ -359,6 +375,25 @@ pub fn run(args: BenchOptions) -> anyhow::Result<()> {
     if let Some(path) = &args.replay {
         return replay(path, &args);
     }
+    if args.scenarios.contains(&Scenario::Soak) {
+        anyhow::ensure!(
+            args.scenarios.iter().all(|s| *s == Scenario::Soak),
+            "soak runs alone: `servercore bench soak --minutes N`"
+        );
+        anyhow::ensure!(
+            args.backends.len() <= 1,
+            "soak runs one server: give at most one of --backends uring|poll"
+        );
+        return soak::run(soak::SoakOptions {
+            minutes: args.soak_minutes,
+            clients: args.soak_clients,
+            chat_interval: Duration::from_millis(args.soak_chat_interval_ms.max(1)),
+            implementation: args.backends.first().copied(),
+            workers: args.workers,
+            sources: args.sources,
+            json: args.json.clone(),
+        });
+    }
     let mut notes = Vec::new();
     let open_file_limit = match procfs::raise_nofile_limit() {
         Ok(limit) => limit,
@@ -454,6 +489,7 @@ pub fn run(args: BenchOptions) -> anyhow::Result<()> {
                     Scenario::Echo => bench.echo(imp),
                     Scenario::Broadcast => bench.broadcast(imp),
                     Scenario::Idle => bench.idle(imp),
+                    Scenario::Soak => unreachable!("soak runs alone, before this loop"),
                 };
                 if let Err(error) = result {
                     bench.failures += 1;
@@ -473,6 +509,7 @@ pub fn run(args: BenchOptions) -> anyhow::Result<()> {
                     Scenario::Echo => "server CPU/request",
                     Scenario::Broadcast => "server CPU/delivery",
                     Scenario::Idle => "RSS per session",
+                    Scenario::Soak => unreachable!("soak runs alone, before this loop"),
                 }
             ));
         }
@@ -508,6 +545,8 @@ fn scenario_sections(report: &Report, scenario: Scenario) -> Vec<report::Section
         Scenario::Idle => report::idle_section(&report.idle, columns)
             .into_iter()
             .collect(),
+        // The soak prints its own table and is never in a comparison report.
+        Scenario::Soak => Vec::new(),
     }
 }
 

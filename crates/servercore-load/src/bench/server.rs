@@ -38,6 +38,7 @@ impl Running {
                 let kind = match args.scenario {
                     Scenario::Echo | Scenario::Idle => tokio_server::Kind::Echo,
                     Scenario::Broadcast => tokio_server::Kind::Chat,
+                    Scenario::Soak => anyhow::bail!("the soak runs the engine's game server"),
                 };
                 return Ok(Running::Tokio(TokioServer::start(
                     kind,
@@ -56,6 +57,18 @@ impl Running {
             })?,
             Scenario::Broadcast if args.chat == ChatServer::Minimal => {
                 super::engine_chat::start(args.addr, backend, args.workers, args.max_sessions)?
+            }
+            Scenario::Soak => {
+                // The game server as `servercore server` runs it (deadlines
+                // and idle timeout at their defaults), but every client
+                // comes from a few loopback addresses.
+                let mut config = GameConfig::in_memory(args.addr);
+                config.backend = backend;
+                config.workers = args.workers;
+                config.max_sessions = args.max_sessions;
+                config.max_conns_per_ip = 0;
+                config.max_new_accounts_per_min = 0;
+                return Ok(Running::Game(servercore_game::start(config)?));
             }
             Scenario::Broadcast => {
                 let mut config = GameConfig::in_memory(args.addr);
@@ -85,6 +98,20 @@ impl Running {
             Running::Engine(service) => service.stats().active_sessions,
             Running::Game(server) => server.service_stats().active_sessions,
             Running::Tokio(server) => server.sessions(),
+        }
+    }
+
+    /// `room=N db=N players=N` for the game server (its queue depths and
+    /// live player states), empty for the others.
+    fn queues(&self) -> String {
+        match self {
+            Running::Game(server) => format!(
+                "room={} db={} players={}",
+                server.room_pending_jobs(),
+                server.db_queue_len(),
+                server.stats().player_states
+            ),
+            _ => String::new(),
         }
     }
 
@@ -124,6 +151,7 @@ pub fn run(args: BenchServerOptions) -> anyhow::Result<()> {
         };
         match line.trim() {
             "sessions" => writeln!(out, "sessions {}", running.sessions())?,
+            "queues" => writeln!(out, "queues {}", running.queues())?,
             "quit" => break,
             "" => continue,
             other => writeln!(out, "error unknown command {other:?}")?,
