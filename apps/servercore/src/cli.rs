@@ -38,6 +38,8 @@ pub enum Command {
     /// Mints a signed login token for `server --auth-secret` (what a
     /// separate login service would do).
     Token(crate::token::TokenArgs),
+    /// Writes a self-signed certificate and key (PEM) for development TLS.
+    Cert(crate::transport::CertArgs),
     /// A benchmark server process (started by `bench`).
     #[command(hide = true)]
     BenchServer(crate::bench::BenchServerArgs),
@@ -76,6 +78,14 @@ pub struct EchoArgs {
     #[arg(long, default_value_t = 10_000)]
     pub max_sessions: usize,
 
+    /// Also serve WebSocket clients on ADDR (binary messages; WSS with
+    /// --tls-cert/--tls-key).
+    #[arg(long, value_name = "ADDR")]
+    pub ws_addr: Option<SocketAddr>,
+
+    #[command(flatten)]
+    pub tls: crate::transport::TlsServerArgs,
+
     #[command(flatten)]
     pub engine: EngineArgs,
 }
@@ -90,6 +100,9 @@ pub struct HelloArgs {
     /// How many client sessions to connect.
     #[arg(long, default_value_t = 1)]
     pub sessions: usize,
+
+    #[command(flatten)]
+    pub tls: crate::transport::TlsClientArgs,
 
     #[command(flatten)]
     pub engine: EngineArgs,
@@ -131,6 +144,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Client(args) => crate::client::run(args),
         Command::Demo(args) => crate::demo::run(args),
         Command::Bench(args) => crate::bench::run(args),
+        Command::Cert(args) => crate::transport::run_cert(args),
         Command::BenchServer(args) => crate::bench::run_server(args),
         Command::Token(args) => crate::token::run(args),
     }

@@ -21,6 +21,14 @@ pub struct ClientArgs {
     #[arg(long, default_value_t = 500)]
     pub sessions: usize,
 
+    /// Connect over WebSocket to this URL instead of --addr:
+    /// ws://HOST:PORT/PATH, or wss://... (TLS; see --tls-ca).
+    #[arg(long, value_name = "URL", value_parser = crate::transport::parse_ws_url)]
+    pub ws: Option<crate::transport::WsUrl>,
+
+    #[command(flatten)]
+    pub tls: crate::transport::TlsClientArgs,
+
     /// C_CHAT messages per second per session (0: connect, enter and idle).
     #[arg(long, default_value_t = 1.0)]
     pub rate: f64,
@@ -66,9 +74,11 @@ pub struct ClientArgs {
 }
 
 impl ClientArgs {
-    /// The run these options describe.
-    pub fn to_config(&self) -> LoadConfig {
-        let mut config = LoadConfig::new(self.addr);
+    /// The run these options describe (reads the TLS files).
+    pub fn to_config(&self) -> anyhow::Result<LoadConfig> {
+        let addr = self.ws.as_ref().map_or(self.addr, |url| url.addr);
+        let mut config = LoadConfig::new(addr);
+        config.transport = self.tls.client_transport(addr, self.ws.as_ref())?;
         config.sessions = self.sessions;
         config.rate = self.rate;
         config.duration = self.duration;
@@ -79,7 +89,7 @@ impl ClientArgs {
         config.connect_timeout = self.connect_timeout;
         config.setup_timeout = self.setup_timeout;
         config.account_prefix = self.account_prefix.clone();
-        config
+        Ok(config)
     }
 }
 
@@ -87,11 +97,12 @@ impl ClientArgs {
 /// Fails (after reporting) when no session could connect at all.
 pub fn run(args: ClientArgs) -> anyhow::Result<()> {
     let stop = StopSignal::install();
-    let config = args.to_config();
+    let config = args.to_config()?;
     eprintln!(
-        "client: {} sessions -> {}, {} msg/s each for {}; Ctrl-C stops early",
+        "client: {} sessions -> {} ({}), {} msg/s each for {}; Ctrl-C stops early",
         config.sessions,
         config.addr,
+        config.transport.name(),
         config.rate,
         human_duration(config.duration)
     );

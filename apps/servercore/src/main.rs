@@ -14,6 +14,7 @@ mod hello;
 mod server;
 mod shutdown;
 mod token;
+mod transport;
 
 use clap::Parser;
 

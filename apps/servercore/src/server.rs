@@ -62,13 +62,22 @@ pub struct ServerArgs {
     #[arg(long, value_name = "FILE")]
     pub auth_secret: Option<PathBuf>,
 
+    /// Also serve WebSocket clients on ADDR, beside the TCP port and in the
+    /// same world (binary messages carrying the packets; WSS with
+    /// --tls-cert/--tls-key).
+    #[arg(long, value_name = "ADDR")]
+    pub ws_addr: Option<SocketAddr>,
+
+    #[command(flatten)]
+    pub tls: crate::transport::TlsServerArgs,
+
     #[command(flatten)]
     pub engine: EngineArgs,
 }
 
 impl ServerArgs {
-    /// The configuration these options describe; fails on an unreadable
-    /// or too short secret file.
+    /// The configuration these options describe; fails on unreadable TLS
+    /// files or an unreadable or too short secret file.
     pub fn to_config(&self) -> anyhow::Result<GameConfig> {
         let seconds = |secs: u64| (secs > 0).then(|| Duration::from_secs(secs));
         let auth = match &self.auth_secret {
@@ -88,6 +97,8 @@ impl ServerArgs {
             max_new_accounts_per_min: self.max_new_accounts_per_min,
             max_conns_per_ip: self.max_conns_per_ip,
             auth,
+            tls: self.tls.server_config()?,
+            ws_addr: self.ws_addr,
             ..GameConfig::default()
         })
     }
@@ -104,10 +115,16 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
              (C_LOGIN.account is taken as the account name)"
         );
     }
+    let secure = config.tls.is_some();
     let server = servercore_game::start(config)?;
+    let websocket = server
+        .ws_addr()
+        .map(|addr| format!(", WebSocket on {addr}"))
+        .unwrap_or_default();
     println!(
-        "game server listening on {} (backend {}, database {}); Ctrl-C stops it",
+        "game server listening on {}{}{websocket} (backend {}, database {}); Ctrl-C stops it",
         server.local_addr(),
+        if secure { " (TLS)" } else { "" },
         server.backend(),
         server.db_path().display()
     );

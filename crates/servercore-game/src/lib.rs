@@ -73,7 +73,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use servercore::job::Actor;
 use servercore::packet::{PacketConfig, PacketSession, RateLimits, HEADER_SIZE, MAX_PACKET_SIZE};
-use servercore::{Backend, ServerService, ServiceStats};
+use servercore::transport::rustls;
+use servercore::{Backend, ServerService, ServerTransport, ServiceStats, WebSocketConfig};
 use servercore_protocol::SERVER_RECEIVES_IDS;
 
 use auth::TokenKey;
@@ -129,6 +130,13 @@ pub struct GameConfig {
     /// The key of signed login tokens; `None` runs the server open (any
     /// `C_LOGIN.account` is taken as the account name).
     pub auth: Option<TokenKey>,
+    /// TLS on every listener (`addr` then speaks TLS only, and the
+    /// WebSocket listener serves WSS). `None`: plain.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// A WebSocket listener beside the TCP one, for browser clients: the
+    /// same world, binary messages carrying the same packets (see
+    /// `servercore::transport`). `None`: none.
+    pub ws_addr: Option<SocketAddr>,
 }
 
 impl Default for GameConfig {
@@ -152,6 +160,8 @@ impl Default for GameConfig {
             max_conns_per_ip: 64,
             max_new_accounts_per_min: 20,
             auth: None,
+            tls: None,
+            ws_addr: None,
         }
     }
 }
@@ -241,6 +251,16 @@ pub fn start(config: GameConfig) -> anyhow::Result<GameServer> {
     if let Some(timeout) = config.idle_timeout {
         builder = builder.idle_timeout(timeout);
     }
+    if let Some(tls) = &config.tls {
+        builder = builder.tls(Arc::clone(tls));
+    }
+    if let Some(ws_addr) = config.ws_addr {
+        let mut websocket = ServerTransport::websocket(WebSocketConfig::default());
+        if let Some(tls) = &config.tls {
+            websocket = websocket.with_tls(Arc::clone(tls));
+        }
+        builder = builder.listener(ws_addr, websocket);
+    }
     let service = builder
         .start()
         .with_context(|| format!("starting the game server on {}", config.addr))?;
@@ -256,6 +276,11 @@ impl GameServer {
     /// The address the server listens on (the real port if 0 was asked).
     pub fn local_addr(&self) -> SocketAddr {
         self.service.local_addr()
+    }
+
+    /// The WebSocket listener's address, if one was configured.
+    pub fn ws_addr(&self) -> Option<SocketAddr> {
+        self.service.local_addrs().get(1).copied()
     }
 
     /// The I/O backend the workers run on.

@@ -40,7 +40,8 @@ use super::load::{self, Sources};
 use super::procfs;
 use super::progress::Progress;
 use super::proto::{self, CChat, CEnterGame, CLogin, SEnterGame, SLogin};
-use super::{ChatServer, Impl, Scenario};
+use super::transport::ClientStream;
+use super::{ChatServer, Impl, Scenario, Transport};
 
 /// Largest RSS growth after the warm-up that still passes (10 %).
 pub const MAX_RSS_GROWTH: f64 = 0.10;
@@ -205,6 +206,8 @@ pub fn run(options: SoakOptions) -> anyhow::Result<()> {
         options.workers,
         options.clients + 1000,
         ChatServer::Game,
+        Transport::Tcp,
+        None,
         &progress,
     )?;
     progress.finish();
@@ -530,7 +533,7 @@ async fn session(
     chat_interval: Duration,
     counters: &Counters,
 ) -> anyhow::Result<()> {
-    let mut stream = load::connect(server, source).await?;
+    let mut stream = ClientStream::Tcp(load::connect(server, source).await?);
     counters.connects.fetch_add(1, Ordering::Relaxed);
     let mut buf = BytesMut::with_capacity(4096);
     stream
@@ -558,6 +561,9 @@ async fn session(
         counters.enter_refused.fetch_add(1, Ordering::Relaxed);
         return Ok(());
     }
+    let ClientStream::Tcp(mut stream) = stream else {
+        bail!("the soak's clients speak plain TCP");
+    };
     let reading = leave != Leave::NeverRead;
     chat_for(&mut stream, life, chat_interval, reading, counters).await?;
     let chat = proto::packet(
