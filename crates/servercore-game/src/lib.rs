@@ -48,7 +48,8 @@
 //! - `limits`: the per-address limits;
 //! - `player`: [`player::Player`], a connection's game state, an actor;
 //! - `room`: [`room::Room`], the room, an actor;
-//! - `stats`: the counters.
+//! - `stats`: the counters;
+//! - `web`: the browser client's files, served on the WebSocket listener.
 //!
 //! Threads: the engine's I/O workers decode packets and push jobs; the
 //! actors (players, the room) run on whichever worker picks them up; the
@@ -64,6 +65,7 @@ pub mod limits;
 pub mod player;
 pub mod room;
 pub mod stats;
+pub mod web;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -255,7 +257,11 @@ pub fn start(config: GameConfig) -> anyhow::Result<GameServer> {
         builder = builder.tls(Arc::clone(tls));
     }
     if let Some(ws_addr) = config.ws_addr {
-        let mut websocket = ServerTransport::websocket(WebSocketConfig::default());
+        let pages = web::pages(web::WebWorld {
+            world_size: 2000.0,
+            cell: 100.0,
+        });
+        let mut websocket = ServerTransport::websocket(WebSocketConfig::default().pages(pages));
         if let Some(tls) = &config.tls {
             websocket = websocket.with_tls(Arc::clone(tls));
         }
