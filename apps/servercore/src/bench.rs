@@ -102,6 +102,18 @@ pub struct BenchArgs {
     #[arg(long, value_delimiter = ',', value_name = "LIST")]
     pub capacity_steps: Vec<usize>,
 
+    /// soak: minutes of churn (fractions allowed; 0.2 is a smoke run).
+    #[arg(long, default_value_t = 10.0, value_name = "N")]
+    pub minutes: f64,
+
+    /// soak: live clients.
+    #[arg(long, default_value_t = 1000, value_name = "N")]
+    pub soak_clients: usize,
+
+    /// soak: milliseconds between two chats of one client.
+    #[arg(long, default_value_t = 5000, value_name = "MS")]
+    pub soak_chat_interval_ms: u64,
+
     /// Transports to measure one after the other, comma-separated: tcp,
     /// tls, ws (default tcp). Each gets its own tables, its baseline being
     /// tokio over the same transport (tokio-rustls, tokio-tungstenite);
@@ -179,6 +191,9 @@ impl BenchArgs {
             send_coalescing: self.coalesce_ms.map(Duration::from_millis),
             move_players: self.move_players,
             capacity_steps: self.capacity_steps.clone(),
+            soak_minutes: self.minutes,
+            soak_clients: self.soak_clients,
+            soak_chat_interval_ms: self.soak_chat_interval_ms,
             transports: self.transports.clone(),
         }
     }

@@ -69,6 +69,9 @@ pub enum Command {
     Demo(DemoArgs),
     /// Scripted benchmarks against the engine and a plain tokio baseline.
     Bench(crate::bench::BenchArgs),
+    /// Mints a signed login token for `server --auth-secret` (what a
+    /// separate login service would do).
+    Token(crate::token::TokenArgs),
     /// Writes a self-signed certificate and key (PEM) for development TLS.
     Cert(crate::transport::CertArgs),
     /// A benchmark server process (started by `bench`).
@@ -196,5 +199,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(args) => crate::bench::run(args),
         Command::Cert(args) => crate::transport::run_cert(args),
         Command::BenchServer(args) => crate::bench::run_server(args),
+        Command::Token(args) => crate::token::run(args),
     }
 }

@@ -16,6 +16,7 @@ mod hello;
 mod limits;
 mod server;
 mod shutdown;
+mod token;
 mod transport;
 
 use shutdown::Install as _;

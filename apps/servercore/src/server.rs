@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context as _;
+use servercore_game::auth::TokenKey;
 use servercore_game::{GameConfig, WorldConfig, DEFAULT_DB_PATH};
 
 use crate::cli::{AdminArgs, EngineArgs};
@@ -41,6 +43,32 @@ pub struct ServerArgs {
     #[arg(long, value_name = "N")]
     pub coalesce_ms: Option<u64>,
 
+    /// Disconnect a connection that sends no C_LOGIN within this many
+    /// seconds (0: never).
+    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    pub login_timeout: u64,
+
+    /// Disconnect a connection whose started packet is not complete within
+    /// this many seconds, however slowly it keeps sending (0: never).
+    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    pub packet_timeout: u64,
+
+    /// Most accounts one IP address may create per minute; past it a login
+    /// of a new account is refused (0: unlimited).
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    pub max_new_accounts_per_min: u32,
+
+    /// Most connections at once from one IP address; more are closed
+    /// (0: unlimited).
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    pub max_conns_per_ip: usize,
+
+    /// Accept only logins whose C_LOGIN.account is a token signed with the
+    /// secret in FILE (at least 32 bytes; see `servercore token`). Without
+    /// it the server is open: anyone may log in as any account.
+    #[arg(long, value_name = "FILE")]
+    pub auth_secret: Option<PathBuf>,
+
     /// Also serve WebSocket clients on ADDR, beside the TCP port and in the
     /// same world (binary messages carrying the packets; WSS with
     /// --tls-cert/--tls-key).
@@ -71,8 +99,14 @@ pub struct ServerArgs {
 }
 
 impl ServerArgs {
-    /// The configuration these options describe (reads the TLS files).
+    /// The configuration these options describe; fails on unreadable TLS
+    /// files or an unreadable or too short secret file.
     pub fn to_config(&self) -> anyhow::Result<GameConfig> {
+        let seconds = |secs: u64| (secs > 0).then(|| Duration::from_secs(secs));
+        let auth = match &self.auth_secret {
+            Some(path) => Some(TokenKey::from_file(path).context("--auth-secret")?),
+            None => None,
+        };
         Ok(GameConfig {
             addr: self.addr,
             db_path: self.db.clone(),
@@ -84,6 +118,11 @@ impl ServerArgs {
             send_coalescing: self
                 .coalesce_ms
                 .map_or(GameConfig::default().send_coalescing, Duration::from_millis),
+            login_deadline: seconds(self.login_timeout),
+            packet_deadline: seconds(self.packet_timeout),
+            max_new_accounts_per_min: self.max_new_accounts_per_min,
+            max_conns_per_ip: self.max_conns_per_ip,
+            auth,
             tls: self.tls.server_config()?,
             ws_addr: self.ws_addr,
             world: WorldConfig {
@@ -105,6 +144,12 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
     let workers = crate::limits::workers(args.engine.workers);
     crate::limits::check_sessions(args.max_sessions, workers, limit)?;
     let config = args.to_config()?;
+    if config.auth.is_none() {
+        tracing::warn!(
+            "no --auth-secret: the server is open, anyone may log in as any account \
+             (C_LOGIN.account is taken as the account name)"
+        );
+    }
     let secure = config.tls.is_some();
     let server = Arc::new(servercore_game::start(config)?);
     let websocket = server

@@ -247,3 +247,42 @@ fn quick_move_bench_measures_and_sweeps_each_server() {
         serde_json::json!(["poll", "tokio"])
     );
 }
+
+/// `bench soak` in a few seconds: the table, the JSON series with the
+/// baseline and the after-sample, and a passing verdict (sessions and
+/// descriptors back to the baseline, no server error). Only the checks the
+/// soak itself makes are asserted; no number is judged here.
+#[test]
+fn short_soak_passes_and_writes_its_series() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("soak.json");
+    let output = Command::new(EXE)
+        .args(["bench", "soak", "--minutes", "0.1", "--soak-clients", "30"])
+        .args(["--backends", "poll", "--workers", "1"])
+        .arg("--json")
+        .arg(&json)
+        .stdin(Stdio::null())
+        .output()
+        .expect("bench soak runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "soak failed: {stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("soak passed"), "{stdout}");
+    assert!(stdout.contains("RSS MiB"), "{stdout}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let samples = report["samples"].as_array().unwrap();
+    assert_eq!(samples.first().unwrap()["phase"], "baseline");
+    assert_eq!(samples.last().unwrap()["phase"], "after");
+    assert_eq!(
+        samples.first().unwrap()["fds"],
+        samples.last().unwrap()["fds"]
+    );
+    assert_eq!(samples.last().unwrap()["sessions"], 0);
+    assert!(samples.iter().any(|s| s["phase"] == "load"));
+    assert_eq!(report["failures"], serde_json::json!([]));
+    assert_eq!(report["backend"], "poll");
+}

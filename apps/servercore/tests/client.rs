@@ -87,6 +87,10 @@ impl Server {
             "127.0.0.1:0",
             "--db",
             ":memory:",
+            "--max-conns-per-ip",
+            "0",
+            "--max-new-accounts-per-min",
+            "0",
             "--backend",
             backend,
         ])

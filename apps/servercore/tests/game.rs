@@ -33,6 +33,7 @@ backend_tests!(
     two_hundred_clients_chat,
     world_flags_moves_and_saved_position,
     login_then_half_close_is_answered,
+    signed_logins_with_the_token_command,
 );
 
 /// How long a client waits for one expected packet.
@@ -741,7 +742,12 @@ fn two_hundred_clients_chat(backend: Backend) {
     const THREADS: usize = 8;
     let deadline = Instant::now() + Duration::from_secs(20);
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(backend, &dir.path().join("load.db"), &[]);
+    // All 200 come from one address and create 200 accounts.
+    let server = Server::start(
+        backend,
+        &dir.path().join("load.db"),
+        &["--max-conns-per-ip", "0", "--max-new-accounts-per-min", "0"],
+    );
     let addr = server.addr;
 
     // Join from a few threads; every client is in before anyone chats.
@@ -918,4 +924,95 @@ fn world_flags_moves_and_saved_position(backend: Backend) {
     assert_eq!(moved(&mut alice), (alice_id, cut, 0.0, 6));
     drop(alice);
     server.stop().assert(&[("moves", 1), ("moves_cut", 1)]);
+}
+
+/// `servercore token` mints a token that a server started with the same
+/// `--auth-secret` accepts; the plain account name is refused there. A
+/// short secret is a clear start error, and an open server says so once.
+fn signed_logins_with_the_token_command(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "a shared secret of at least 32 bytes\n").unwrap();
+    let minted = Command::new(env!("CARGO_BIN_EXE_servercore"))
+        .arg("token")
+        .arg("--secret-file")
+        .arg(&secret)
+        .args(["--account", "erin", "--ttl", "10m"])
+        .output()
+        .expect("run servercore token");
+    assert!(minted.status.success(), "{minted:?}");
+    let token = String::from_utf8(minted.stdout).unwrap().trim().to_owned();
+    assert_eq!(token.split('.').count(), 3, "a JWT: {token}");
+
+    let secret_arg = secret.to_str().unwrap();
+    let server = Server::start(
+        backend,
+        &dir.path().join("auth.db"),
+        &["--auth-secret", secret_arg],
+    );
+    let mut client = Client::connect(server.addr);
+    let login = client.login(&token);
+    assert!(login.success);
+    assert_eq!(login.players[0].name, "erin_knight");
+    let mut plain = Client::connect(server.addr);
+    assert!(!plain.login("erin").success, "a plain name is refused");
+    assert!(!server.log.lock().unwrap().contains("the server is open"));
+    server
+        .stop()
+        .assert(&[("logins", 1), ("tokens_refused", 1), ("logins_refused", 1)]);
+
+    let short = dir.path().join("short");
+    std::fs::write(&short, "too short\n").unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_servercore"))
+        .args(["server", "--addr", "127.0.0.1:0", "--db", ":memory:"])
+        .args(["--backend", backend.name()])
+        .arg("--auth-secret")
+        .arg(&short)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + READ_TIMEOUT;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the server started with a short secret");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(!status.success());
+    assert!(
+        stderr.contains("the auth secret is 9 bytes; at least 32 are needed"),
+        "{stderr}"
+    );
+
+    let open = Server::start(backend, &dir.path().join("open.db"), &[]);
+    let deadline = Instant::now() + READ_TIMEOUT;
+    while !open.log.lock().unwrap().contains("the server is open") {
+        assert!(
+            Instant::now() < deadline,
+            "no warning that the server is open"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(
+        open.log
+            .lock()
+            .unwrap()
+            .matches("the server is open")
+            .count(),
+        1
+    );
+    open.stop().assert(&[("logins", 0)]);
 }

@@ -93,6 +93,9 @@ pub enum DbError {
     },
     /// The account name is longer than [`MAX_ACCOUNT_LEN`].
     AccountTooLong(usize),
+    /// A login that may not create its account found none (the address
+    /// is past its account-creation limit).
+    NoSuchAccount,
     /// The database thread has stopped.
     Closed,
 }
@@ -111,6 +114,7 @@ impl fmt::Display for DbError {
                 "account name of {len} bytes is longer than {MAX_ACCOUNT_LEN}"
             ),
             DbError::Closed => f.write_str("the database thread has stopped"),
+            DbError::NoSuchAccount => f.write_str("no such account, and none may be created"),
         }
     }
 }
@@ -231,7 +235,7 @@ impl Database {
     pub fn login(&mut self, account: &str) -> Result<AccountRecord, DbError> {
         check_account(account)?;
         let tx = self.conn.transaction()?;
-        let record = login_in(&tx, account)?;
+        let record = login_in(&tx, account, true)?;
         tx.commit()?;
         Ok(record)
     }
@@ -253,8 +257,20 @@ impl Database {
     }
 
     /// Runs a batch of logins in one transaction, each in its own
-    /// savepoint: a failing one is rolled back alone and reported.
+    /// savepoint: a failing one is rolled back alone and reported. Each
+    /// may create its account.
     pub fn login_batch(&mut self, accounts: &[&str]) -> Vec<Result<AccountRecord, DbError>> {
+        let requests: Vec<(&str, bool)> = accounts.iter().map(|name| (*name, true)).collect();
+        self.login_batch_with(&requests)
+    }
+
+    /// [`Database::login_batch`] where each `(account, may_create)` says
+    /// whether the login may create its account ([`DbError::NoSuchAccount`]
+    /// if not and it does not exist).
+    pub fn login_batch_with(
+        &mut self,
+        accounts: &[(&str, bool)],
+    ) -> Vec<Result<AccountRecord, DbError>> {
         let mut tx = match self.conn.transaction() {
             Ok(tx) => tx,
             Err(error) => {
@@ -263,8 +279,8 @@ impl Database {
             }
         };
         let mut results = Vec::with_capacity(accounts.len());
-        for account in accounts {
-            results.push(login_savepoint(&mut tx, account));
+        for (account, may_create) in accounts {
+            results.push(login_savepoint(&mut tx, account, *may_create));
         }
         if let Err(error) = tx.commit() {
             let error = DbError::from(error);
@@ -285,10 +301,14 @@ fn check_account(account: &str) -> Result<(), DbError> {
     Ok(())
 }
 
-fn login_savepoint(tx: &mut Transaction<'_>, account: &str) -> Result<AccountRecord, DbError> {
+fn login_savepoint(
+    tx: &mut Transaction<'_>,
+    account: &str,
+    may_create: bool,
+) -> Result<AccountRecord, DbError> {
     check_account(account)?;
     let sp = tx.savepoint()?;
-    let record = login_in(&sp, account)?;
+    let record = login_in(&sp, account, may_create)?;
     sp.commit()?;
     Ok(record)
 }
@@ -300,7 +320,7 @@ fn now_us() -> i64 {
 }
 
 /// The login itself, inside a transaction or savepoint.
-fn login_in(conn: &Connection, account: &str) -> Result<AccountRecord, DbError> {
+fn login_in(conn: &Connection, account: &str, may_create: bool) -> Result<AccountRecord, DbError> {
     let now = now_us();
     let existing: Option<i64> = if account.is_empty() {
         None
@@ -311,6 +331,7 @@ fn login_in(conn: &Connection, account: &str) -> Result<AccountRecord, DbError> 
     };
     let (account_id, created) = match existing {
         Some(id) => (id, false),
+        None if !may_create => return Err(DbError::NoSuchAccount),
         None => {
             let name = (!account.is_empty()).then_some(account);
             conn.prepare_cached("INSERT INTO accounts (name, created_at_us) VALUES (?1, ?2)")?
@@ -380,6 +401,7 @@ pub type LoginReply = Box<dyn FnOnce(Result<AccountRecord, DbError>) + Send>;
 enum Request {
     Login {
         account: String,
+        may_create: bool,
         reply: LoginReply,
     },
     SavePosition {
@@ -418,16 +440,22 @@ impl DbHandle {
         self.latency.snapshot()
     }
 
-    /// Asks for a login of `account`; `reply` runs on the database thread
-    /// once the result is committed (so keep it short: push a job).
-    pub fn login(&self, account: String, reply: LoginReply) {
+    /// Asks for a login of `account` (creating it only if `may_create`);
+    /// `reply` runs on the database thread once the result is committed (so
+    /// keep it short: push a job).
+    pub fn login(&self, account: String, may_create: bool, reply: LoginReply) {
         let asked = Instant::now();
         let latency = Arc::clone(&self.latency);
         let reply: LoginReply = Box::new(move |result| {
             latency.record(asked.elapsed());
             reply(result)
         });
-        if let Err(error) = self.tx.send(Request::Login { account, reply }) {
+        let request = Request::Login {
+            account,
+            may_create,
+            reply,
+        };
+        if let Err(error) = self.tx.send(request) {
             if let Request::Login { reply, .. } = error.into_inner() {
                 reply(Err(DbError::Closed));
             }
@@ -520,7 +548,7 @@ impl Drop for DbThread {
 /// The thread's loop: take one request, add whatever else is queued (up to
 /// [`MAX_BATCH`]), run them in one transaction, then answer.
 fn serve(mut db: Database, rx: Receiver<Request>) {
-    let mut accounts: Vec<String> = Vec::with_capacity(MAX_BATCH);
+    let mut accounts: Vec<(String, bool)> = Vec::with_capacity(MAX_BATCH);
     let mut replies: Vec<LoginReply> = Vec::with_capacity(MAX_BATCH);
     let mut positions: Vec<(u64, SavedPosition)> = Vec::new();
     let mut stop = false;
@@ -529,8 +557,12 @@ fn serve(mut db: Database, rx: Receiver<Request>) {
         let mut next = Some(first);
         while let Some(request) = next.take() {
             match request {
-                Request::Login { account, reply } => {
-                    accounts.push(account);
+                Request::Login {
+                    account,
+                    may_create,
+                    reply,
+                } => {
+                    accounts.push((account, may_create));
                     replies.push(reply);
                 }
                 Request::SavePosition {
@@ -557,11 +589,18 @@ fn serve(mut db: Database, rx: Receiver<Request>) {
         if accounts.is_empty() {
             continue;
         }
-        let names: Vec<&str> = accounts.iter().map(String::as_str).collect();
-        let results = db.login_batch(&names);
+        let names: Vec<(&str, bool)> = accounts
+            .iter()
+            .map(|(name, may_create)| (name.as_str(), *may_create))
+            .collect();
+        let results = db.login_batch_with(&names);
         for (reply, result) in replies.drain(..).zip(results) {
             if let Err(error) = &result {
-                tracing::warn!(%error, "login failed");
+                // A refused creation is the limit working, counted and
+                // logged by the player.
+                if !matches!(error, DbError::NoSuchAccount) {
+                    tracing::warn!(%error, "login failed");
+                }
             }
             reply(result);
         }
@@ -581,6 +620,21 @@ mod tests {
     use super::*;
     use std::sync::mpsc;
     use std::time::Duration;
+
+    #[test]
+    fn a_login_that_may_not_create_only_finds() {
+        let mut db = Database::open(Path::new(IN_MEMORY)).unwrap();
+        db.login("existing").unwrap();
+        let results = db.login_batch_with(&[("existing", false), ("absent", false), ("", false)]);
+        assert!(!results[0].as_ref().unwrap().created);
+        assert!(matches!(results[1], Err(DbError::NoSuchAccount)));
+        assert!(matches!(results[2], Err(DbError::NoSuchAccount)));
+        let count: i64 = db
+            .conn
+            .query_row("SELECT COUNT(*) FROM accounts", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(count, 1, "nothing was created");
+    }
 
     #[test]
     fn login_creates_then_finds() {
@@ -710,6 +764,7 @@ mod tests {
             let name = format!("user{}", i % 50);
             handle.login(
                 name,
+                true,
                 Box::new(move |result| {
                     tx.send((i, result.map(|r| r.players[0].id))).unwrap();
                 }),
@@ -726,6 +781,7 @@ mod tests {
         let tx2 = tx.clone();
         handle.login(
             "late".into(),
+            true,
             Box::new(move |result| tx2.send((0, result.map(|_| 0))).unwrap()),
         );
         let (_, late) = rx.recv_timeout(Duration::from_secs(1)).unwrap();

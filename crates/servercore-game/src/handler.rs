@@ -11,26 +11,52 @@
 //! connection's [`Player`] actor. A packet that does not decode, or an
 //! id the server does not take, disconnects the peer (`MalformedPacket`); the
 //! packet layer sees to that.
+//!
+//! It also enforces what needs no player state, before anything is queued:
+//! the per-address connection limit (on connect), the login deadline (on
+//! the worker's tick), the length of a `C_LOGIN` name or token, and the byte
+//! bound of the jobs queued for the player.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use servercore::job::Actor;
-use servercore::packet::{DispatchError, PacketHandler};
+use servercore::packet::{DispatchError, LogThrottle, PacketHandler, HEADER_SIZE};
 use servercore::{DisconnectReason, SessionHandle};
 use servercore_protocol::{
-    dispatch_server, CChat, CEnterGame, CLeaveGame, CLogin, CMove, ServerHandler, ServerPacket,
+    dispatch_server, make_packet, CChat, CEnterGame, CLeaveGame, CLogin, CMove, SLogin,
+    ServerHandler, ServerPacket,
 };
 
-use super::player::Player;
+use super::auth::MAX_TOKEN_LEN;
+use super::db::MAX_ACCOUNT_LEN;
+use super::player::{Player, MAX_PENDING_BYTES};
 use super::stats::bump;
 use super::world::TokenBucket;
 use super::GameContext;
+
+/// The reason a connection past the per-address limit is closed with.
+pub const TOO_MANY_CONNECTIONS: DisconnectReason =
+    DisconnectReason::App("too_many_connections_from_address");
+
+static LOGIN_TIMEOUT_LOG: LogThrottle = LogThrottle::new(Duration::from_secs(1));
+static PER_IP_LOG: LogThrottle = LogThrottle::new(Duration::from_secs(1));
+static PENDING_LOG: LogThrottle = LogThrottle::new(Duration::from_secs(1));
 
 /// One game connection's handler; its state lives in its [`Player`] actor.
 pub struct GameSession {
     ctx: Arc<GameContext>,
     player: Option<Actor<Player>>,
+    connected_at: Instant,
+    /// A `C_LOGIN` arrived (the login deadline no longer applies).
+    login_seen: bool,
+    /// The connection counts against its address's limit.
+    counted: bool,
+    /// Bytes of packets forwarded to the player and not yet handled by it.
+    queued: Arc<AtomicUsize>,
+    /// The body length of the packet being dispatched.
+    body_len: usize,
     moves: Option<TokenBucket>,
     chats: Option<TokenBucket>,
 }
@@ -46,13 +72,41 @@ impl GameSession {
             player: None,
             moves,
             chats,
+            connected_at: now,
+            login_seen: false,
+            counted: false,
+            queued: Arc::new(AtomicUsize::new(0)),
+            body_len: 0,
         }
     }
 
-    fn forward(&self, packet: ServerPacket, received: Instant) {
-        if let Some(player) = &self.player {
-            player.do_async(move |player| player.on_packet(packet, received));
+    fn forward(&self, session: &SessionHandle, packet: ServerPacket, received: Instant) {
+        let Some(player) = &self.player else {
+            return;
+        };
+        let cost = self.body_len + HEADER_SIZE;
+        let queued = self.queued.fetch_add(cost, Ordering::AcqRel) + cost;
+        if queued > MAX_PENDING_BYTES {
+            bump(&self.ctx.counters.pending_overflows);
+            if let Some(cuts) = PENDING_LOG.event() {
+                tracing::warn!(
+                    session = %session.id(),
+                    peer = %session.peer_addr(),
+                    queued,
+                    cuts,
+                    "more than {MAX_PENDING_BYTES} bytes queued for the player; disconnecting"
+                );
+            }
+            session.disconnect_with(DisconnectReason::RateLimited(format!(
+                "more than {MAX_PENDING_BYTES} bytes of packets queued for the player"
+            )));
+            return;
         }
+        let queued = Arc::clone(&self.queued);
+        player.do_async(move |player| {
+            queued.fetch_sub(cost, Ordering::AcqRel);
+            player.on_packet(packet, received, cost)
+        });
     }
 }
 
@@ -64,7 +118,43 @@ fn allowed(bucket: &mut Option<TokenBucket>, now: Instant) -> bool {
 impl PacketHandler for GameSession {
     fn on_connected(&mut self, session: &SessionHandle) {
         tracing::debug!(session = %session.id(), peer = %session.peer_addr(), "connected");
+        let ip = session.peer_addr().ip();
+        if !self.ctx.limits.try_connect(ip) {
+            bump(&self.ctx.counters.conns_refused_per_ip);
+            if let Some(refused) = PER_IP_LOG.event() {
+                tracing::warn!(
+                    peer = %session.peer_addr(),
+                    refused,
+                    total = PER_IP_LOG.total(),
+                    "refusing connection: its address holds the most connections allowed"
+                );
+            }
+            session.disconnect_with(TOO_MANY_CONNECTIONS);
+            return;
+        }
+        self.counted = true;
         self.player = Some(Player::spawn(session.clone(), Arc::clone(&self.ctx)));
+    }
+
+    fn on_tick(&mut self, session: &SessionHandle, now: Instant) {
+        let Some(deadline) = self.ctx.login_deadline else {
+            return;
+        };
+        if self.login_seen || now.saturating_duration_since(self.connected_at) < deadline {
+            return;
+        }
+        self.login_seen = true; // cut once
+        if let Some(cuts) = LOGIN_TIMEOUT_LOG.event() {
+            tracing::warn!(
+                session = %session.id(),
+                peer = %session.peer_addr(),
+                cuts,
+                total = LOGIN_TIMEOUT_LOG.total(),
+                "no login within {deadline:?}; disconnecting (cuts counts this one and those \
+                 since the last line)"
+            );
+        }
+        session.disconnect_with(DisconnectReason::LoginTimeout);
     }
 
     fn on_packet(
@@ -73,6 +163,7 @@ impl PacketHandler for GameSession {
         id: u16,
         body: &[u8],
     ) -> Result<(), DispatchError> {
+        self.body_len = body.len();
         dispatch_server(self, session, id, body)
     }
 
@@ -86,6 +177,14 @@ impl PacketHandler for GameSession {
 
     fn on_disconnected(&mut self, session: &SessionHandle, reason: &DisconnectReason) {
         tracing::debug!(session = %session.id(), peer = %session.peer_addr(), %reason, "disconnected");
+        match reason {
+            DisconnectReason::LoginTimeout => bump(&self.ctx.counters.login_timeouts),
+            DisconnectReason::PacketTimeout => bump(&self.ctx.counters.packet_timeouts),
+            _ => {}
+        }
+        if std::mem::take(&mut self.counted) {
+            self.ctx.limits.disconnected(session.peer_addr().ip());
+        }
         if let Some(player) = self.player.take() {
             player.do_async(Player::leave);
         }
@@ -95,19 +194,39 @@ impl PacketHandler for GameSession {
 impl ServerHandler for GameSession {
     fn handle_c_login(
         &mut self,
-        _session: &SessionHandle,
+        session: &SessionHandle,
         msg: CLogin,
     ) -> Result<(), DispatchError> {
-        self.forward(ServerPacket::CLogin(msg), Instant::now());
+        self.login_seen = true;
+        let max = if self.ctx.auth.is_some() {
+            MAX_TOKEN_LEN
+        } else {
+            MAX_ACCOUNT_LEN
+        };
+        if msg.account.len() > max {
+            // Refused here, before anything is queued for the player.
+            tracing::debug!(
+                session = %session.id(),
+                len = msg.account.len(),
+                "login refused: account name too long"
+            );
+            bump(&self.ctx.counters.logins_refused);
+            let _ = session.send(make_packet(&SLogin {
+                success: false,
+                players: Vec::new(),
+            }));
+            return Ok(());
+        }
+        self.forward(session, ServerPacket::CLogin(msg), Instant::now());
         Ok(())
     }
 
     fn handle_c_enter_game(
         &mut self,
-        _session: &SessionHandle,
+        session: &SessionHandle,
         msg: CEnterGame,
     ) -> Result<(), DispatchError> {
-        self.forward(ServerPacket::CEnterGame(msg), Instant::now());
+        self.forward(session, ServerPacket::CEnterGame(msg), Instant::now());
         Ok(())
     }
 
@@ -129,26 +248,26 @@ impl ServerHandler for GameSession {
             bump(&self.ctx.counters.chats_dropped_rate);
             return Ok(());
         }
-        self.forward(ServerPacket::CChat(msg), now);
+        self.forward(session, ServerPacket::CChat(msg), now);
         Ok(())
     }
 
-    fn handle_c_move(&mut self, _session: &SessionHandle, msg: CMove) -> Result<(), DispatchError> {
+    fn handle_c_move(&mut self, session: &SessionHandle, msg: CMove) -> Result<(), DispatchError> {
         let now = Instant::now();
         if !allowed(&mut self.moves, now) {
             bump(&self.ctx.counters.moves_dropped_rate);
             return Ok(());
         }
-        self.forward(ServerPacket::CMove(msg), now);
+        self.forward(session, ServerPacket::CMove(msg), now);
         Ok(())
     }
 
     fn handle_c_leave_game(
         &mut self,
-        _session: &SessionHandle,
+        session: &SessionHandle,
         msg: CLeaveGame,
     ) -> Result<(), DispatchError> {
-        self.forward(ServerPacket::CLeaveGame(msg), Instant::now());
+        self.forward(session, ServerPacket::CLeaveGame(msg), Instant::now());
         Ok(())
     }
 }

@@ -25,11 +25,34 @@
 //!   dropped and counted.
 //! - A disconnect leaves the room and the world; the position is saved.
 //!
+//! Against abusive clients (all configurable in [`GameConfig`], `0`/`None`
+//! turning a limit off):
+//! - a connection that sends no `C_LOGIN` within `login_deadline` is cut
+//!   ([`DisconnectReason::LoginTimeout`](servercore::DisconnectReason)), and
+//!   one whose started packet stays incomplete for `packet_deadline` too
+//!   (`PacketTimeout`, the engine's packet layer);
+//! - one address holds at most `max_conns_per_ip` connections and creates
+//!   at most `max_new_accounts_per_min` accounts a minute (module `limits`);
+//!   a login past the latter is refused (`success = false`) unless its
+//!   account exists;
+//! - what a session has queued for its player (jobs not yet run, packets
+//!   kept while a login or enter is pending) is bounded in bytes
+//!   ([`player::MAX_PENDING_BYTES`]); past it the session is cut
+//!   (`RateLimited`);
+//! - with `auth` set, `C_LOGIN.account` must carry a signed token (module
+//!   `auth`); without it the server is open: anyone may log in as any
+//!   account.
+//!
+//! Each refusal and cut is counted in [`GameStats`] and logged at `warn`,
+//! at most one line a second per kind with the count of the others.
+//!
 //! This crate owns the configuration ([`GameConfig`]) and the running server
 //! ([`GameServer`], [`start`]). Its modules:
+//! - `auth`: signed login tokens (minting and checking);
 //! - `db`: the SQLite schema, its migrations and the database thread;
 //! - `handler`: [`handler::GameSession`], the packet handler on the I/O
 //!   workers;
+//! - `limits`: the per-address limits;
 //! - `player`: [`player::Player`], a connection's game state, an actor;
 //! - `room`: [`room::Room`], the room (world chat), an actor;
 //! - `world`: [`world::World`], the map, its regions (actors) and the
@@ -45,9 +68,11 @@
 
 #![warn(missing_docs)]
 
+pub mod auth;
 pub mod db;
 pub mod handler;
 pub mod latency;
+pub mod limits;
 pub mod player;
 pub mod room;
 pub mod stats;
@@ -67,8 +92,10 @@ use servercore::transport::rustls;
 use servercore::{Backend, ServerService, ServerTransport, ServiceStats, WebSocketConfig};
 use servercore_protocol::SERVER_RECEIVES_IDS;
 
+use auth::TokenKey;
 use db::{DbHandle, DbThread};
 use handler::GameSession;
+use limits::AddressLimits;
 use room::Room;
 pub use stats::{GameCounters, GameStats};
 use world::limit::LogLimiter;
@@ -113,6 +140,19 @@ pub struct GameConfig {
     /// (`Duration::ZERO`: off). Default [`DEFAULT_SEND_COALESCING`].
     pub send_coalescing: Duration,
 
+    /// Cut a connection that sends no `C_LOGIN` for this long (`None`:
+    /// never).
+    pub login_deadline: Option<Duration>,
+    /// Cut a connection whose started packet is still incomplete after this
+    /// long (`None`: never).
+    pub packet_deadline: Option<Duration>,
+    /// Most connections at once from one IP address (0: unlimited).
+    pub max_conns_per_ip: usize,
+    /// Most accounts one IP address may create per minute (0: unlimited).
+    pub max_new_accounts_per_min: u32,
+    /// The key of signed login tokens; `None` runs the server open (any
+    /// `C_LOGIN.account` is taken as the account name).
+    pub auth: Option<TokenKey>,
     /// TLS on every listener (`addr` then speaks TLS only, and the
     /// WebSocket listener serves WSS). `None`: plain.
     pub tls: Option<Arc<rustls::ServerConfig>>,
@@ -135,7 +175,8 @@ impl Default for GameConfig {
     /// `127.0.0.1:7777`, [`DEFAULT_DB_PATH`], the automatic backend, 10,000
     /// sessions, a 60 s idle timeout, chats up to 256 bytes, packets up to
     /// 8 KiB, the default [`WorldConfig`], send coalescing
-    /// [`DEFAULT_SEND_COALESCING`].
+    /// [`DEFAULT_SEND_COALESCING`], 10 s login and packet deadlines, 64
+    /// connections and 20 new accounts a minute per address, no token check.
     fn default() -> Self {
         GameConfig {
             addr: SocketAddr::from(([127, 0, 0, 1], 7777)),
@@ -148,6 +189,11 @@ impl Default for GameConfig {
             max_packet_size: 8 * 1024,
             rate_limits: RateLimits::default(),
             send_coalescing: DEFAULT_SEND_COALESCING,
+            login_deadline: Some(Duration::from_secs(10)),
+            packet_deadline: Some(Duration::from_secs(10)),
+            max_conns_per_ip: 64,
+            max_new_accounts_per_min: 20,
+            auth: None,
             tls: None,
             ws_addr: None,
             world: WorldConfig::default(),
@@ -247,6 +293,12 @@ pub struct GameContext {
     pub(crate) chat_shed_log: LogLimiter,
     /// Logins in flight to the database, drained by a stop.
     pub logins: Arc<LoginGate>,
+    /// Cut a connection without `C_LOGIN` after this long.
+    pub login_deadline: Option<Duration>,
+    /// The per-address limits.
+    pub limits: AddressLimits,
+    /// The token key, when logins must carry a signed token.
+    pub auth: Option<TokenKey>,
 }
 
 /// A running game server: the engine's service, the database thread and
@@ -281,8 +333,12 @@ pub fn start(config: GameConfig) -> anyhow::Result<GameServer> {
         chat_rate: config.world.chat_rate,
         chat_shed_log: LogLimiter::new(Duration::from_secs(1)),
         logins: Arc::default(),
+        login_deadline: config.login_deadline,
+        limits: AddressLimits::new(config.max_conns_per_ip, config.max_new_accounts_per_min),
+        auth: config.auth.clone(),
     });
     let packets = PacketConfig::default()
+        .with_packet_deadline(config.packet_deadline)
         .with_max_packet_size(config.effective_max_packet_size())
         .with_known_ids(SERVER_RECEIVES_IDS.iter().copied())
         .with_rate_limits(config.rate_limits.clone());
@@ -372,6 +428,17 @@ impl GameServer {
     /// Login latency through the database: request to committed answer.
     pub fn db_latency(&self) -> latency::LatencySnapshot {
         self.ctx.db.latency()
+    }
+
+    /// Jobs waiting in the room actor now (a queue that only grows means
+    /// the room cannot keep up).
+    pub fn room_pending_jobs(&self) -> usize {
+        self.ctx.room.pending_jobs()
+    }
+
+    /// Requests waiting for the database thread now.
+    pub fn db_queue_len(&self) -> usize {
+        self.ctx.db.queued()
     }
 
     /// The engine's counters (sessions now, total, refused).

@@ -21,7 +21,14 @@
 //! answer, later packets are kept, in order, and handled once the answer is
 //! in: a client may pipeline `C_LOGIN`, `C_ENTER_GAME`, `C_MOVE` and `C_CHAT`
 //! without waiting, and they mean what they would mean one by one. At most
-//! [`MAX_DEFERRED`] packets wait; a client past that is disconnected.
+//! [`MAX_PENDING_BYTES`] of packets wait (counted on the wire); a client
+//! past that is disconnected. (The session's handler bounds the packets
+//! queued as jobs for this actor the same way.)
+//!
+//! Logging in: with a token key, `C_LOGIN.account` must be a valid token
+//! and the player logs in as the account it names. A login that might
+//! create an account first takes one of its address's creation tokens
+//! (module `limits`); without one it may only find an existing account.
 //!
 //! Ownership: the session's handler and pending jobs hold the actor; the
 //! player holds its session's handle, the shared game context (the room's
@@ -33,9 +40,10 @@
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use servercore::job::{Actor, WeakActor};
+use servercore::packet::LogThrottle;
 use servercore::{DisconnectReason, SessionHandle};
 use servercore_protocol::{
     make_packet, CChat, CMove, ObjectInfo, Player as PlayerInfo, PosInfo, SEnterGame, SLogin,
@@ -47,8 +55,12 @@ use super::stats::bump;
 use super::world::{Change, Event, Identity, Placed};
 use super::GameContext;
 
-/// Most packets kept while a login or an enter waits for its answer.
-pub const MAX_DEFERRED: usize = 256;
+/// Most bytes (on the wire) of packets a session may have waiting: queued
+/// as jobs for its player, or kept while a login or an enter waits.
+pub const MAX_PENDING_BYTES: usize = 64 * 1024;
+
+static ACCOUNT_LIMIT_LOG: LogThrottle = LogThrottle::new(Duration::from_secs(1));
+static TOKEN_LOG: LogThrottle = LogThrottle::new(Duration::from_secs(1));
 
 /// Where the connection stands with the game.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,7 +99,11 @@ pub struct Player {
     body: Option<Body>,
     /// An answer is awaited; packets wait in `deferred`.
     waiting: bool,
-    deferred: VecDeque<(ServerPacket, Instant)>,
+    /// Packets kept while waiting: arrival time and size on the wire.
+    deferred: VecDeque<(ServerPacket, Instant, usize)>,
+    deferred_bytes: usize,
+    /// The pending login took one of the address's account-creation tokens.
+    creation_reserved: bool,
     closed: bool,
     /// The peer finished sending: close once every packet is answered.
     peer_finished: bool,
@@ -106,6 +122,8 @@ impl Player {
             body: None,
             waiting: false,
             deferred: VecDeque::new(),
+            deferred_bytes: 0,
+            creation_reserved: false,
             closed: false,
             peer_finished: false,
         });
@@ -114,28 +132,32 @@ impl Player {
         actor
     }
 
-    /// Handles one packet of the session, received at `received`, or keeps
-    /// it for later while an answer is awaited.
-    pub fn on_packet(&mut self, packet: ServerPacket, received: Instant) {
+    /// Handles one packet of the session, received at `received` (`size`
+    /// bytes on the wire), or keeps it for later while an answer is awaited.
+    pub fn on_packet(&mut self, packet: ServerPacket, received: Instant, size: usize) {
         if self.closed {
             return;
         }
         if self.waiting {
-            if self.deferred.len() >= MAX_DEFERRED {
+            if self.deferred_bytes + size > MAX_PENDING_BYTES {
+                bump(&self.ctx.counters.pending_overflows);
                 tracing::warn!(
                     session = %self.handle.id(),
                     peer = %self.handle.peer_addr(),
-                    "more than {MAX_DEFERRED} packets while waiting for an answer; disconnecting"
+                    "more than {MAX_PENDING_BYTES} bytes of packets while waiting for an answer; \
+                     disconnecting"
                 );
                 self.handle
                     .disconnect_with(DisconnectReason::RateLimited(format!(
-                        "more than {MAX_DEFERRED} packets sent while a login, enter, \
-                         border crossing or leave was pending"
+                        "more than {MAX_PENDING_BYTES} bytes of packets sent while a login, \
+                         enter, border crossing or leave was pending"
                     )));
                 self.deferred.clear();
+                self.deferred_bytes = 0;
                 return;
             }
-            self.deferred.push_back((packet, received));
+            self.deferred_bytes += size;
+            self.deferred.push_back((packet, received, size));
             return;
         }
         match packet {
@@ -167,6 +189,7 @@ impl Player {
     pub fn leave(&mut self) {
         self.closed = true;
         self.deferred.clear();
+        self.deferred_bytes = 0;
         if let Presence::In { .. } = self.presence {
             self.exit(false);
         }
@@ -184,6 +207,26 @@ impl Player {
             self.refuse_login();
             return;
         }
+        let account = match &self.ctx.auth {
+            None => account,
+            Some(key) => match key.verify(&account) {
+                Ok(account) => account,
+                Err(error) => {
+                    bump(&self.ctx.counters.tokens_refused);
+                    if let Some(refused) = TOKEN_LOG.event() {
+                        tracing::warn!(
+                            session = %self.handle.id(),
+                            peer = %self.handle.peer_addr(),
+                            %error,
+                            refused,
+                            "login refused: bad token"
+                        );
+                    }
+                    self.refuse_login();
+                    return;
+                }
+            },
+        };
         if account.len() > MAX_ACCOUNT_LEN {
             tracing::debug!(
                 session = %self.handle.id(),
@@ -197,10 +240,15 @@ impl Player {
             // The server is stopping: the login is left unread.
             return;
         };
+        self.creation_reserved = self
+            .ctx
+            .limits
+            .try_reserve_account(self.handle.peer_addr().ip());
         self.waiting = true;
         let me = self.me.clone();
         self.ctx.db.login(
             account,
+            self.creation_reserved,
             Box::new(move |result| {
                 // On the database thread: hand the result back as a job.
                 if let Some(player) = me.and_then(|me| me.upgrade()) {
@@ -224,6 +272,10 @@ impl Player {
 
     fn logged_in(&mut self, result: Result<AccountRecord, DbError>) {
         self.waiting = false;
+        let created = matches!(&result, Ok(record) if record.created);
+        if std::mem::take(&mut self.creation_reserved) && !created {
+            self.ctx.limits.refund_account(self.handle.peer_addr().ip());
+        }
         if self.closed {
             return;
         }
@@ -242,6 +294,20 @@ impl Player {
                     success: true,
                     players,
                 }));
+            }
+            Err(DbError::NoSuchAccount) => {
+                bump(&self.ctx.counters.accounts_refused);
+                if let Some(refused) = ACCOUNT_LIMIT_LOG.event() {
+                    tracing::warn!(
+                        session = %self.handle.id(),
+                        peer = %self.handle.peer_addr(),
+                        refused,
+                        total = ACCOUNT_LIMIT_LOG.total(),
+                        "login refused: the address created the most accounts allowed this \
+                         minute"
+                    );
+                }
+                self.refuse_login();
             }
             Err(error) => {
                 tracing::warn!(session = %self.handle.id(), %error, "login failed");
@@ -531,10 +597,11 @@ impl Player {
     /// Handles the packets kept while waiting, until one waits again.
     fn replay(&mut self) {
         while !self.waiting && !self.closed {
-            let Some((packet, received)) = self.deferred.pop_front() else {
+            let Some((packet, received, size)) = self.deferred.pop_front() else {
                 break;
             };
-            self.on_packet(packet, received);
+            self.deferred_bytes -= size;
+            self.on_packet(packet, received, size);
         }
         self.close_if_answered();
     }

@@ -20,6 +20,12 @@ pub struct GameCounters {
     pub(super) chat_deliveries: AtomicU64,
     pub(super) chats_refused_not_in_room: AtomicU64,
     pub(super) chats_refused_too_long: AtomicU64,
+    pub(super) login_timeouts: AtomicU64,
+    pub(super) packet_timeouts: AtomicU64,
+    pub(super) conns_refused_per_ip: AtomicU64,
+    pub(super) accounts_refused: AtomicU64,
+    pub(super) tokens_refused: AtomicU64,
+    pub(super) pending_overflows: AtomicU64,
     pub(super) players_in_room: AtomicI64,
     pub(super) player_states: AtomicI64,
     pub(crate) moves: AtomicU64,
@@ -57,6 +63,12 @@ impl GameCounters {
             chat_deliveries: get(&self.chat_deliveries),
             chats_refused_not_in_room: get(&self.chats_refused_not_in_room),
             chats_refused_too_long: get(&self.chats_refused_too_long),
+            login_timeouts: get(&self.login_timeouts),
+            packet_timeouts: get(&self.packet_timeouts),
+            conns_refused_per_ip: get(&self.conns_refused_per_ip),
+            accounts_refused: get(&self.accounts_refused),
+            tokens_refused: get(&self.tokens_refused),
+            pending_overflows: get(&self.pending_overflows),
             players_in_room: self.players_in_room.load(Ordering::Relaxed),
             player_states: self.player_states.load(Ordering::Relaxed),
             moves: get(&self.moves),
@@ -102,6 +114,18 @@ pub struct GameStats {
     pub chats_refused_not_in_room: u64,
     /// Chats dropped because the message was longer than the maximum.
     pub chats_refused_too_long: u64,
+    /// Connections cut for sending no `C_LOGIN` within the login deadline.
+    pub login_timeouts: u64,
+    /// Connections cut for leaving a started packet incomplete past the packet deadline.
+    pub packet_timeouts: u64,
+    /// Connections closed because their address already held `max_conns_per_ip`.
+    pub conns_refused_per_ip: u64,
+    /// Logins refused because their address created `max_new_accounts_per_min` accounts in the last minute (and the account did not exist).
+    pub accounts_refused: u64,
+    /// Logins refused for a bad, expired or malformed token.
+    pub tokens_refused: u64,
+    /// Sessions cut because their queued work passed its byte bound.
+    pub pending_overflows: u64,
     /// Players in the room now.
     pub players_in_room: i64,
     /// Per-connection player states still alive (0 once every session has
@@ -157,7 +181,9 @@ impl fmt::Display for GameStats {
              players_in_room={} player_states={} moves={} moves_clamped={} moves_cut={} \
              moves_dropped_rate={} moves_dropped_queue_full={} moves_dropped_not_in_world={} \
              chats_dropped_rate={} chats_dropped_queue_full={} spawns_sent={} despawns_sent={} \
-             move_deliveries={} handovers={} world_leaves={} players_in_world={} ghosts={}",
+             move_deliveries={} handovers={} world_leaves={} players_in_world={} ghosts={} \
+             login_timeouts={} packet_timeouts={} conns_refused_per_ip={} accounts_refused={} \
+             tokens_refused={} pending_overflows={}",
             self.logins,
             self.logins_refused,
             self.enters,
@@ -183,6 +209,12 @@ impl fmt::Display for GameStats {
             self.world_leaves,
             self.players_in_world,
             self.ghosts,
+            self.login_timeouts,
+            self.packet_timeouts,
+            self.conns_refused_per_ip,
+            self.accounts_refused,
+            self.tokens_refused,
+            self.pending_overflows,
         )
     }
 }

@@ -2,7 +2,8 @@
 //! input ends in `MalformedPacket` with the right detail while another
 //! session on the same worker keeps working; half a header is left to the
 //! idle timeout; a flooding session meets its rate policy while a quiet one
-//! is never touched.
+//! is never touched; a packet trickled byte by byte meets the packet
+//! deadline while packets that complete, even in pieces, never do.
 
 mod common;
 
@@ -182,6 +183,7 @@ backend_tests!(
     flood_is_dropped_and_the_session_stays,
     flood_is_logged_and_delivered,
     split_packets_are_reassembled,
+    a_trickled_packet_meets_the_packet_deadline,
 );
 
 fn hostile_input_is_malformed_and_others_keep_working(backend: Backend) {
@@ -381,5 +383,49 @@ fn split_packets_are_reassembled(backend: Backend) {
     }
     let peer = client.local_addr().unwrap();
     assert!(!seen.lock().reasons.contains_key(&peer));
+    stop(service);
+}
+
+/// With a 500 ms packet deadline (and a 60 s idle timeout that every byte
+/// resets): a client trickling one byte of a packet every 100 ms is cut with
+/// `PacketTimeout`; one sending whole echoes and one sending each echo in two
+/// halves 50 ms apart keep getting replies for three deadlines and stay.
+fn a_trickled_packet_meets_the_packet_deadline(backend: Backend) {
+    let config = PacketConfig::default().with_packet_deadline(Some(Duration::from_millis(500)));
+    let (service, seen) = server(backend, config, Some(Duration::from_secs(60)));
+    let addr = service.local_addr();
+    let mut trickler = connect(addr);
+    let mut whole = connect(addr);
+    let mut halves = connect(addr);
+    let trickler_peer = trickler.local_addr().unwrap();
+    let echo = packet(ECHO, b"a packet sent one byte at a time");
+    let started = std::time::Instant::now();
+    let mut round = 0;
+    while started.elapsed() < Duration::from_millis(1500)
+        || !seen.lock().reasons.contains_key(&trickler_peer)
+    {
+        assert!(started.elapsed() < TIMEOUT, "the trickler was never cut");
+        if !seen.lock().reasons.contains_key(&trickler_peer) {
+            let _ = std::io::Write::write_all(&mut trickler, &[echo[round % echo.len()]]);
+        }
+        assert_echoes(&mut whole, &format!("whole {round}"));
+        let split = packet(ECHO, format!("halves {round}").as_bytes());
+        write_all(&mut halves, &split[..3]);
+        std::thread::sleep(Duration::from_millis(50));
+        write_all(&mut halves, &split[3..]);
+        assert_eq!(
+            read_packet(&mut halves).1,
+            format!("halves {round}").into_bytes()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+        round += 1;
+    }
+    assert_eq!(
+        reason_of(&seen, trickler_peer),
+        DisconnectReason::PacketTimeout
+    );
+    assert!(closed_by_server(&mut trickler));
+    assert_eq!(seen.lock().delivered.get(&trickler_peer), None);
+    assert_eq!(seen.lock().reasons.len(), 1, "only the trickler was cut");
     stop(service);
 }

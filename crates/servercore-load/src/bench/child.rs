@@ -141,6 +141,14 @@ impl ServerProcess {
         Ok(count.parse().ok())
     }
 
+    /// Sends one command line (`queues`, ...) and returns the answer line.
+    pub fn query(&mut self, command: &str) -> anyhow::Result<String> {
+        let stdin = self.stdin.as_mut().context("server stdin closed")?;
+        writeln!(stdin, "{command}")?;
+        stdin.flush()?;
+        self.read_line()
+    }
+
     /// Lines the server wrote to stderr so far.
     pub fn stderr_lines(&self) -> Vec<String> {
         self.stderr.lock().clone()

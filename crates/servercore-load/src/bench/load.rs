@@ -81,7 +81,8 @@ impl Sources {
         self.addrs.len()
     }
 
-    fn pick(&self, index: usize) -> IpAddr {
+    /// The address of connection number `index`.
+    pub fn pick(&self, index: usize) -> IpAddr {
         self.addrs[index % self.addrs.len()]
     }
 }
@@ -578,7 +579,7 @@ async fn enter(mut stream: ClientStream) -> anyhow::Result<(ClientStream, u64, B
 
 /// Reads until a packet with id `want` arrives (skipping others) and
 /// returns its body.
-async fn read_packet(
+pub async fn read_packet(
     stream: &mut ClientStream,
     buf: &mut BytesMut,
     want: u16,

@@ -18,7 +18,9 @@
 //! - [`procfs`]: CPU time and RSS of the server from `/proc`; [`perf`]: its
 //!   system calls and context switches from `perf stat` (`--perf`);
 //! - [`report`] and [`chart`]: tables, targets, JSON and the SVG chart;
-//! - [`progress`]: the progress bar.
+//! - [`progress`]: the progress bar;
+//! - [`soak`]: `bench soak`, the long churn run watched for leaks (its own
+//!   loop and report, not a comparison).
 //!
 //! The server under test always runs in its own process, so the load
 //! generator's CPU and memory are never counted. Targets are printed beside
@@ -37,6 +39,7 @@ mod progress;
 mod proto;
 mod report;
 mod server;
+pub mod soak;
 mod tokio_server;
 mod tokio_world;
 mod transport;
@@ -68,6 +71,9 @@ pub enum Scenario {
     /// Players random-walking the world: move deliveries, CPU per delivery
     /// and a capacity sweep.
     Move,
+    /// The game server under a long churn of live clients, watched for
+    /// leaks (`--minutes`; runs alone, see [`soak`]).
+    Soak,
 }
 
 impl Scenario {
@@ -90,6 +96,7 @@ impl Scenario {
             Scenario::Broadcast => "broadcast",
             Scenario::Idle => "idle",
             Scenario::Move => "move",
+            Scenario::Soak => "soak",
         }
     }
 }
@@ -218,6 +225,15 @@ pub struct BenchOptions {
     /// (default 500,1000,1500,2000,3000,4000,6000,8000,12000,16000;
     /// --quick 100,200).
     pub capacity_steps: Vec<usize>,
+
+    /// `soak`: minutes of churn.
+    pub soak_minutes: f64,
+
+    /// `soak`: live clients.
+    pub soak_clients: usize,
+
+    /// `soak`: milliseconds between two chats of one client.
+    pub soak_chat_interval_ms: u64,
 
     /// Transports to measure, one after the other in this run (default:
     /// tcp). Over tls the baseline is tokio-rustls, over ws
@@ -500,6 +516,25 @@ pub fn run_until(args: BenchOptions, stop: &crate::StopSignal) -> anyhow::Result
     if let Some(path) = &args.replay {
         return replay(path, &args);
     }
+    if args.scenarios.contains(&Scenario::Soak) {
+        anyhow::ensure!(
+            args.scenarios.iter().all(|s| *s == Scenario::Soak),
+            "soak runs alone: `servercore bench soak --minutes N`"
+        );
+        anyhow::ensure!(
+            args.backends.len() <= 1,
+            "soak runs one server: give at most one of --backends uring|poll"
+        );
+        return soak::run(soak::SoakOptions {
+            minutes: args.soak_minutes,
+            clients: args.soak_clients,
+            chat_interval: Duration::from_millis(args.soak_chat_interval_ms.max(1)),
+            implementation: args.backends.first().copied(),
+            workers: args.workers,
+            sources: args.sources,
+            json: args.json.clone(),
+        });
+    }
     let mut transports: Vec<Transport> = Vec::new();
     for transport in &args.transports {
         if !transports.contains(transport) {
@@ -702,6 +737,7 @@ fn run_transport(
                     Scenario::Broadcast => bench.broadcast(imp),
                     Scenario::Idle => bench.idle(imp),
                     Scenario::Move => unreachable!("the move scenario runs above"),
+                    Scenario::Soak => unreachable!("soak runs alone, before this loop"),
                 };
                 if let Err(error) = result {
                     bench.failures += 1;
@@ -722,6 +758,7 @@ fn run_transport(
                     Scenario::Broadcast => "server CPU/delivery",
                     Scenario::Idle => "RSS per session",
                     Scenario::Move => "server CPU/delivery",
+                    Scenario::Soak => unreachable!("soak runs alone, before this loop"),
                 }
             ));
         }
@@ -762,6 +799,8 @@ fn scenario_sections(report: &Report, scenario: Scenario) -> Vec<report::Section
             &report.moves,
             &report.capacity,
         ),
+        // The soak prints its own table and is never in a comparison report.
+        Scenario::Soak => Vec::new(),
     }
 }
 

@@ -181,6 +181,13 @@ pub fn rss_kib(pid: u32) -> anyhow::Result<u64> {
     parse_status_kib(&text, "VmRSS").with_context(|| format!("no VmRSS in {path}"))
 }
 
+/// Open file descriptors of a process (entries of `/proc/<pid>/fd`).
+pub fn open_fds(pid: u32) -> anyhow::Result<u64> {
+    let path = format!("/proc/{pid}/fd");
+    let entries = std::fs::read_dir(&path).with_context(|| format!("reading {path}"))?;
+    Ok(entries.count() as u64)
+}
+
 /// Raises the soft open-file limit to the hard limit; returns the limit now
 /// in force.
 pub fn raise_nofile_limit() -> std::io::Result<u64> {

@@ -52,6 +52,7 @@ impl Running {
                     Scenario::Echo | Scenario::Idle => tokio_server::Kind::Echo,
                     Scenario::Broadcast => tokio_server::Kind::Chat,
                     Scenario::Move => tokio_server::Kind::World(WorldRules::default()),
+                    Scenario::Soak => anyhow::bail!("the soak runs the engine's game server"),
                 };
                 let wire = match (&tls, args.transport) {
                     (Some(tls), _) => tokio_server::Wire::Tls(std::sync::Arc::clone(tls)),
@@ -85,6 +86,18 @@ impl Running {
                 args.send_coalescing.unwrap_or(Duration::ZERO),
                 transport,
             )?,
+            Scenario::Soak => {
+                // The game server as `servercore server` runs it (deadlines
+                // and idle timeout at their defaults), but every client
+                // comes from a few loopback addresses.
+                let mut config = GameConfig::in_memory(args.addr);
+                config.backend = backend;
+                config.workers = args.workers;
+                config.max_sessions = args.max_sessions;
+                config.max_conns_per_ip = 0;
+                config.max_new_accounts_per_min = 0;
+                return Ok(Running::Game(servercore_game::start(config)?));
+            }
             Scenario::Broadcast | Scenario::Move => {
                 let mut config = GameConfig::in_memory(args.addr);
                 config.backend = backend;
@@ -94,6 +107,9 @@ impl Running {
                 if let Some(interval) = args.send_coalescing {
                     config.send_coalescing = interval;
                 }
+                // Every benchmark client comes from one address.
+                config.max_conns_per_ip = 0;
+                config.max_new_accounts_per_min = 0;
                 config.tls = tls;
                 if args.transport == Transport::Ws {
                     // The game serves WebSocket on its second listener; the
@@ -132,6 +148,20 @@ impl Running {
             Running::Engine(service) => Some(service.stats().writes_total),
             Running::Game(server) => Some(server.service_stats().writes_total),
             Running::Tokio(_) => None,
+        }
+    }
+
+    /// `room=N db=N players=N` for the game server (its queue depths and
+    /// live player states), empty for the others.
+    fn queues(&self) -> String {
+        match self {
+            Running::Game(server) => format!(
+                "room={} db={} players={}",
+                server.room_pending_jobs(),
+                server.db_queue_len(),
+                server.stats().player_states
+            ),
+            _ => String::new(),
         }
     }
 
@@ -175,6 +205,7 @@ pub fn run(args: BenchServerOptions) -> anyhow::Result<()> {
                 Some(writes) => writeln!(out, "writes {writes}")?,
                 None => writeln!(out, "writes -")?,
             },
+            "queues" => writeln!(out, "queues {}", running.queues())?,
             "quit" => break,
             "" => continue,
             other => writeln!(out, "error unknown command {other:?}")?,

@@ -59,8 +59,8 @@ pub use frame::{
     split_frame, FrameError, Frames, PacketHeader, RawPacket, HEADER_SIZE, MAX_PACKET_SIZE,
 };
 pub use limits::{
-    Limit, Rate, RateExceeded, RateLimiter, RateLimits, RatePolicy, RateScope, RateUnit,
-    MAX_TRACKED_IDS,
+    Limit, LogThrottle, Rate, RateExceeded, RateLimiter, RateLimits, RatePolicy, RateScope,
+    RateUnit, MAX_TRACKED_IDS,
 };
 pub use session::{
     IdSet, PacketConfig, PacketHandler, PacketReceiver, PacketSession, ReceiveOutcome, Violation,

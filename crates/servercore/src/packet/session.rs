@@ -3,7 +3,7 @@
 //!
 //! This module owns the receive-side packet rules and their configuration:
 //! - [`PacketConfig`]: maximum packet size, the set of known ids (optional),
-//!   the rate limits;
+//!   the rate limits, the packet deadline;
 //! - [`PacketReceiver`]: the engine-free core — framing, the id check, rate
 //!   limiting and delivery over one receive buffer, driven by a closure, so
 //!   it can be tested and fuzzed without sockets;
@@ -14,17 +14,24 @@
 //! Partial packets are not copied here: `on_recv` reports how many bytes the
 //! whole packets took, and the engine keeps the rest in front of the next
 //! bytes (its receive backlog limit must stay above the maximum packet size).
-//! A peer that sends half a packet and then nothing is left to the service's
-//! idle timeout.
+//!
+//! The packet deadline ([`PacketConfig::with_packet_deadline`]) cuts a peer
+//! that starts a packet and does not finish it in time, however slowly it
+//! keeps trickling bytes (each byte would reset an idle timeout):
+//! [`PacketSession`] notes when the incomplete packet at the front of the
+//! stream began and checks it on the worker's housekeeping tick
+//! ([`Session::on_tick`]), so no timer is armed per packet. Such a cut ends
+//! the session with [`DisconnectReason::PacketTimeout`] and a `warn` line
+//! rate-limited over all sessions ([`LogThrottle`]).
 
 use std::fmt;
 use std::net::SocketAddr;
 use std::ops::ControlFlow;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::frame::{Frames, RawPacket, HEADER_SIZE, MAX_PACKET_SIZE};
-use super::limits::{RateExceeded, RateLimiter, RateLimits, RatePolicy};
+use super::limits::{LogThrottle, RateExceeded, RateLimiter, RateLimits, RatePolicy};
 use super::{DispatchError, FrameError};
 use crate::session::{DisconnectReason, Session, SessionHandle};
 
@@ -107,16 +114,19 @@ pub struct PacketConfig {
     max_packet_size: usize,
     known_ids: Option<Arc<IdSet>>,
     rate_limits: Arc<RateLimits>,
+    packet_deadline: Option<Duration>,
 }
 
 impl Default for PacketConfig {
     /// Packets up to 65535 bytes, every id accepted (the dispatcher still
-    /// refuses ids it does not know), [`RateLimits::default`].
+    /// refuses ids it does not know), [`RateLimits::default`], no packet
+    /// deadline.
     fn default() -> Self {
         PacketConfig {
             max_packet_size: MAX_PACKET_SIZE,
             known_ids: None,
             rate_limits: Arc::new(RateLimits::default()),
+            packet_deadline: None,
         }
     }
 }
@@ -151,6 +161,20 @@ impl PacketConfig {
     pub fn with_rate_limits(mut self, limits: RateLimits) -> PacketConfig {
         self.rate_limits = Arc::new(limits);
         self
+    }
+
+    /// Disconnects a peer whose started packet is still incomplete after
+    /// `deadline` ([`DisconnectReason::PacketTimeout`]); checked on the
+    /// worker's housekeeping tick, so the cut comes up to ~100 ms late.
+    /// `None` (the default) leaves a half-sent packet to the idle timeout.
+    pub fn with_packet_deadline(mut self, deadline: Option<Duration>) -> PacketConfig {
+        self.packet_deadline = deadline;
+        self
+    }
+
+    /// The packet deadline, if any.
+    pub fn packet_deadline(&self) -> Option<Duration> {
+        self.packet_deadline
     }
 
     /// The largest packet accepted, header included.
@@ -382,6 +406,12 @@ pub trait PacketHandler: 'static {
         let _ = (session, len);
     }
 
+    /// The worker's housekeeping tick (see [`Session::on_tick`]): for the
+    /// application's own cheap deadline checks.
+    fn on_tick(&mut self, session: &SessionHandle, now: Instant) {
+        let _ = (session, now);
+    }
+
     /// The peer finished sending; every complete packet it sent was handled.
     /// The default disconnects with `ClosedByPeer` once what is queued is
     /// written (see [`Session::on_read_closed`](crate::Session::on_read_closed)).
@@ -402,7 +432,12 @@ pub trait PacketHandler: 'static {
 pub struct PacketSession<H> {
     handler: H,
     receiver: PacketReceiver,
+    /// When the incomplete packet at the front of the stream began.
+    partial_since: Option<Instant>,
 }
+
+/// Packet-deadline cuts, over every session of the process.
+static PACKET_TIMEOUT_LOG: LogThrottle = LogThrottle::new(Duration::from_secs(1));
 
 impl<H: PacketHandler> PacketSession<H> {
     /// Wraps `handler` with `config`.
@@ -410,6 +445,7 @@ impl<H: PacketHandler> PacketSession<H> {
         PacketSession {
             handler,
             receiver: PacketReceiver::new(config),
+            partial_since: None,
         }
     }
 
@@ -446,8 +482,9 @@ impl<H: PacketHandler> Session for PacketSession<H> {
             return data.len();
         }
         let handler = &mut self.handler;
+        let now = Instant::now();
         let delivered_before = self.receiver.delivered();
-        let outcome = self.receiver.receive(data, Instant::now(), |packet| {
+        let outcome = self.receiver.receive(data, now, |packet| {
             handler.on_packet(session, packet.id, packet.body)?;
             Ok(if session.is_connected() {
                 ControlFlow::Continue(())
@@ -471,11 +508,40 @@ impl<H: PacketHandler> Session for PacketSession<H> {
         if outcome.stopped {
             return data.len();
         }
+        if outcome.consumed == data.len() {
+            self.partial_since = None;
+        } else if outcome.consumed > 0 || self.partial_since.is_none() {
+            // A new packet starts now (the one before it completed).
+            self.partial_since = Some(now);
+        }
         outcome.consumed
     }
 
     fn on_send(&mut self, session: &SessionHandle, len: usize) {
         self.handler.on_send(session, len);
+    }
+
+    fn on_tick(&mut self, session: &SessionHandle, now: Instant) {
+        if let (Some(since), Some(deadline)) =
+            (self.partial_since, self.receiver.config.packet_deadline)
+        {
+            if now.saturating_duration_since(since) >= deadline {
+                self.partial_since = None;
+                if let Some(cuts) = PACKET_TIMEOUT_LOG.event() {
+                    tracing::warn!(
+                        session = %session.id(),
+                        peer = %session.peer_addr(),
+                        cuts,
+                        total = PACKET_TIMEOUT_LOG.total(),
+                        "packet not completed within {deadline:?}; disconnecting (cuts counts \
+                         this one and those since the last line)"
+                    );
+                }
+                session.disconnect_with(DisconnectReason::PacketTimeout);
+                return;
+            }
+        }
+        self.handler.on_tick(session, now);
     }
 
     fn on_read_closed(&mut self, session: &SessionHandle) {

@@ -952,8 +952,10 @@ impl Core {
                                 Some(DisconnectReason::IdleTimeout),
                                 CloseMode::Graceful,
                             );
+                            continue;
                         }
                     }
+                    self.tick(slot, now);
                 }
                 Phase::Draining { deadline } if now >= deadline => {
                     self.close(slot, None, CloseMode::Abort);
@@ -967,6 +969,22 @@ impl Core {
             }
         }
         self.mailbox.counters.set_queued_bytes(queued);
+    }
+
+    /// Runs `on_tick` of an open, still connected session.
+    fn tick(&mut self, slot: u32, now: Instant) {
+        let Some(entry) = self.entry_mut(slot) else {
+            return;
+        };
+        if !entry.handle.is_connected() {
+            return;
+        }
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            entry.session.on_tick(&entry.handle, now)
+        }));
+        if let Err(panic) = result {
+            self.callback_panicked(slot, "on_tick", panic);
+        }
     }
 
     fn apply_deferred<D: Driver>(&mut self, driver: &mut D) {

@@ -36,6 +36,14 @@ pub trait Session: 'static {
         let _ = (session, len);
     }
 
+    /// The owning worker's housekeeping round (about every 100 ms) found
+    /// this session open: the place for cheap deadline checks (a partial
+    /// packet, a login) without a timer per session. `now` is the round's
+    /// time. A session closed meanwhile is not ticked.
+    fn on_tick(&mut self, session: &SessionHandle, now: std::time::Instant) {
+        let _ = (session, now);
+    }
+
     /// The peer finished sending (EOF, for example `shutdown(SHUT_WR)`):
     /// every byte it sent has been shown to `on_recv`. The session can still
     /// send. The default disconnects with
@@ -63,6 +71,9 @@ impl Session for Box<dyn Session> {
     }
     fn on_send(&mut self, session: &SessionHandle, len: usize) {
         (**self).on_send(session, len)
+    }
+    fn on_tick(&mut self, session: &SessionHandle, now: std::time::Instant) {
+        (**self).on_tick(session, now)
     }
     fn on_read_closed(&mut self, session: &SessionHandle) {
         (**self).on_read_closed(session)

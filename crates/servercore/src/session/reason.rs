@@ -30,6 +30,16 @@ pub enum DisconnectReason {
     ReceiveOverflow,
     /// Nothing was received for longer than the idle timeout.
     IdleTimeout,
+    /// The peer did not log in within the application's login deadline
+    /// (a connection that holds a slot without ever starting to play).
+    LoginTimeout,
+    /// A packet the peer started did not complete within the packet
+    /// deadline (a peer trickling bytes to hold its slot).
+    PacketTimeout,
+    /// The application ended the session for a reason of its own; the text
+    /// is a stable `snake_case` name (`too_many_connections_from_address`),
+    /// used as-is by [`DisconnectReason::name`].
+    App(&'static str),
     /// The service was stopped.
     Shutdown,
     /// A callback of this session panicked; the text is the panic message.
@@ -70,9 +80,13 @@ impl DisconnectReason {
         }
     }
 
-    /// A short stable name for logs and counters (`closed_by_peer`, ...).
+    /// A short stable name for logs and counters (`closed_by_peer`, ...;
+    /// for [`DisconnectReason::App`], the application's own name).
     pub fn name(&self) -> &'static str {
-        self.kind().name()
+        match self {
+            DisconnectReason::App(name) => name,
+            _ => self.kind().name(),
+        }
     }
 
     /// The reason without its details: what disconnect counters index by.
@@ -93,6 +107,9 @@ impl DisconnectReason {
             DisconnectReason::Tls(_) => DisconnectKind::Tls,
             DisconnectReason::WebSocketHandshake(_) => DisconnectKind::WebSocketHandshake,
             DisconnectReason::WebSocket { .. } => DisconnectKind::WebSocket,
+            DisconnectReason::LoginTimeout => DisconnectKind::LoginTimeout,
+            DisconnectReason::PacketTimeout => DisconnectKind::PacketTimeout,
+            DisconnectReason::App(_) => DisconnectKind::App,
         }
     }
 }
@@ -134,11 +151,17 @@ pub enum DisconnectKind {
     WebSocketHandshake,
     /// [`DisconnectReason::WebSocket`]: `websocket`.
     WebSocket,
+    /// [`DisconnectReason::LoginTimeout`]: `login_timeout`.
+    LoginTimeout,
+    /// [`DisconnectReason::PacketTimeout`]: `packet_timeout`.
+    PacketTimeout,
+    /// [`DisconnectReason::App`], whatever the application named it: `app`.
+    App,
 }
 
 impl DisconnectKind {
     /// How many kinds there are.
-    pub const COUNT: usize = 15;
+    pub const COUNT: usize = 18;
 
     /// Every kind, in index order.
     pub const ALL: [DisconnectKind; DisconnectKind::COUNT] = [
@@ -157,6 +180,9 @@ impl DisconnectKind {
         DisconnectKind::Tls,
         DisconnectKind::WebSocketHandshake,
         DisconnectKind::WebSocket,
+        DisconnectKind::LoginTimeout,
+        DisconnectKind::PacketTimeout,
+        DisconnectKind::App,
     ];
 
     /// The index of this kind in counter arrays (`0..COUNT`).
@@ -182,6 +208,9 @@ impl DisconnectKind {
             DisconnectKind::Tls => "tls",
             DisconnectKind::WebSocketHandshake => "websocket_handshake",
             DisconnectKind::WebSocket => "websocket",
+            DisconnectKind::LoginTimeout => "login_timeout",
+            DisconnectKind::PacketTimeout => "packet_timeout",
+            DisconnectKind::App => "app",
         }
     }
 }
@@ -204,6 +233,9 @@ impl fmt::Display for DisconnectReason {
             DisconnectReason::SendQueueOverflow => f.write_str("send queue overflow"),
             DisconnectReason::ReceiveOverflow => f.write_str("receive buffer overflow"),
             DisconnectReason::IdleTimeout => f.write_str("idle timeout"),
+            DisconnectReason::LoginTimeout => f.write_str("login timeout"),
+            DisconnectReason::PacketTimeout => f.write_str("packet timeout"),
+            DisconnectReason::App(name) => write!(f, "closed by the application: {name}"),
             DisconnectReason::Shutdown => f.write_str("service shutdown"),
             DisconnectReason::CallbackPanic(message) => write!(f, "callback panicked: {message}"),
             DisconnectReason::TlsHandshake(detail) => write!(f, "TLS handshake failed: {detail}"),
