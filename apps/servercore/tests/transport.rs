@@ -301,6 +301,9 @@ fn load_tool_over_tls_and_wss(backend: Backend) {
             key,
             "--ws-addr",
             "127.0.0.1:0",
+            // Twenty dummy accounts from one address: not what this tests.
+            "--max-new-accounts-per-min",
+            "0",
         ],
     );
     let ws_port = server.ws_addr.expect("a WebSocket listener").port();
@@ -313,14 +316,19 @@ fn load_tool_over_tls_and_wss(backend: Backend) {
     ] {
         let args: Vec<&str> = args.into_iter().chain(backend_flag).collect();
         let table = run_load_tool(&args);
-        assert!(
-            table.contains("sessions in game                10"),
+        // Rows are "label  value", padded to the widest label.
+        let row = |label: &str| {
+            table
+                .lines()
+                .find_map(|line| line.trim().strip_prefix(label).map(str::trim))
+                .map(str::to_owned)
+        };
+        assert_eq!(
+            row("sessions in game").as_deref(),
+            Some("10"),
             "{args:?}:\n{table}"
         );
-        assert!(
-            table.contains("errors                        none"),
-            "{args:?}:\n{table}"
-        );
+        assert_eq!(row("errors").as_deref(), Some("none"), "{args:?}:\n{table}");
     }
 }
 
@@ -383,6 +391,8 @@ fn python_websocket_client_chats_with_tcp_client(backend: Backend) {
         .unwrap_or_else(|| panic!("{entered}"))
         .parse()
         .unwrap();
+    // Its move came back as its own S_MOVE (checked by the script).
+    assert_eq!(next_line("own move"), "moved");
 
     // The WebSocket player's chats reach the TCP player, in order...
     for i in 0..6 {

@@ -17,6 +17,7 @@ import sys
 import websockets
 
 C_LOGIN, S_LOGIN, C_ENTER_GAME, S_ENTER_GAME, C_CHAT, S_CHAT = range(1000, 1006)
+C_MOVE, S_MOVE = 1010, 1011
 
 
 def varint(value):
@@ -111,6 +112,21 @@ async def main(url, account, count):
         assert entered.get(1) == [1], f"enter failed: {entered}"
         player_id = entered[2][0]
         print(f"entered {player_id}", flush=True)
+
+        # A short move: the server's S_MOVE comes back with the same
+        # position, this player's id and the client_time_us it was sent.
+        pos = parse(parse(entered[3][0]).get(3, [b""])[0])
+        x = struct.unpack("<f", pos[2][0])[0] if 2 in pos else 0.0
+        y = struct.unpack("<f", pos[3][0])[0] if 3 in pos else 0.0
+        x = x + 1.0 if x < 1000.0 else x - 1.0
+        info = (b"\x15" + struct.pack("<f", x)) + (b"\x1d" + struct.pack("<f", y))
+        await ws.send(packet(C_MOVE, field_bytes(1, info) + field_varint(2, 42)))
+        moved = await packets.expect(S_MOVE)
+        moved_info = parse(moved[1][0])
+        assert moved_info[1] == [player_id], f"S_MOVE of {moved_info}"
+        assert struct.unpack("<f", moved_info[2][0])[0] == struct.unpack("<f", struct.pack("<f", x))[0]
+        assert moved.get(2) == [42], f"client_time_us: {moved}"
+        print("moved", flush=True)
 
         # One packet per message, then two packets in one message, then a
         # packet split over two messages.
