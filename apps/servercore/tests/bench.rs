@@ -226,7 +226,7 @@ fn quick_move_bench_measures_and_sweeps_each_server() {
         .iter()
         .map(|m| m["implementation"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["poll", "tokio"], "{report:#}");
+    assert_eq!(names, ["poll", "poll+5ms", "tokio"], "{report:#}");
     for result in moves {
         assert_eq!(result["players"], 60, "{result}");
         assert_eq!(result["entered"], 60, "{result}");
@@ -236,7 +236,7 @@ fn quick_move_bench_measures_and_sweeps_each_server() {
         assert!(result["server_cpu_seconds"].as_f64().is_some(), "{result}");
     }
     let capacity = report["capacity"].as_array().unwrap();
-    assert_eq!(capacity.len(), 2, "{report:#}");
+    assert_eq!(capacity.len(), 3, "{report:#}");
     for sweep in capacity {
         let steps = sweep["steps"].as_array().unwrap();
         assert!(!steps.is_empty(), "{sweep}");
@@ -244,7 +244,7 @@ fn quick_move_bench_measures_and_sweeps_each_server() {
     }
     assert_eq!(
         report["settings"]["moves"]["variants"],
-        serde_json::json!(["poll", "tokio"])
+        serde_json::json!(["poll", "poll+5ms", "tokio"])
     );
 }
 
