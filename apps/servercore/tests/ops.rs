@@ -481,6 +481,9 @@ fn metrics_count_the_traffic(backend: Backend) {
             ":memory:",
             "--admin",
             "127.0.0.1:0",
+            // A hundred new accounts from one address.
+            "--max-new-accounts-per-min",
+            "0",
         ],
     );
     let admin = server.admin.unwrap();
