@@ -15,6 +15,9 @@ fn config() -> GameConfig {
     GameConfig {
         backend: Backend::Poll,
         workers: Some(2),
+        // Every test client comes from 127.0.0.1.
+        max_conns_per_ip: 0,
+        max_new_accounts_per_min: 0,
         ..GameConfig::in_memory(SocketAddr::from(([127, 0, 0, 1], 0)))
     }
 }

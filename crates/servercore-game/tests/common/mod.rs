@@ -74,6 +74,9 @@ pub fn start(backend: Backend, world: WorldConfig, db: &Path) -> GameServer {
         rate_limits: RateLimits::unlimited(),
         world,
         db_path: db.to_owned(),
+        // Every test client comes from 127.0.0.1.
+        max_conns_per_ip: 0,
+        max_new_accounts_per_min: 0,
         ..GameConfig::in_memory(SocketAddr::from(([127, 0, 0, 1], 0)))
     };
     servercore_game::start(config).expect("game server starts")
