@@ -63,7 +63,7 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
         "game server listening on {} (backend {}, database {}); Ctrl-C stops it",
         server.local_addr(),
         server.backend(),
-        server.db_path().display()
+        server.db_name()
     );
     while !stop.wait(Duration::from_secs(3600)) {}
     let sessions = server.service_stats();
