@@ -4,7 +4,8 @@
 //! directories — for the tests that stop or kill them.
 //!
 //! A test whose service is missing skips with a loud message locally and
-//! fails when `CI` is set.
+//! fails when `CI` (or `SERVERCORE_REQUIRE_SERVICES`, which `.ci/run` sets)
+//! is set.
 
 #![allow(dead_code)]
 
@@ -16,7 +17,8 @@ use std::time::{Duration, Instant};
 
 /// Says why a test cannot run: panics under CI, else prints and returns.
 pub fn missing(what: &str) {
-    if std::env::var_os("CI").is_some() {
+    if std::env::var_os("CI").is_some() || std::env::var_os("SERVERCORE_REQUIRE_SERVICES").is_some()
+    {
         panic!("{what} is required under CI");
     }
     eprintln!("!!! SKIPPED: {what} is not available (set it up as .ci/run does)");
