@@ -13,9 +13,16 @@ use crate::shutdown::{Install as _, StopSignal};
 /// `servercore client` options.
 #[derive(Debug, clap::Args)]
 pub struct ClientArgs {
-    /// The game server's address.
-    #[arg(long, default_value = "127.0.0.1:7777")]
-    pub addr: SocketAddr,
+    /// The game server's address, or several nodes of one cluster, comma
+    /// separated (A,B,C): the sessions are spread over them and the report
+    /// splits local from cross-node deliveries.
+    #[arg(
+        long,
+        default_value = "127.0.0.1:7777",
+        value_delimiter = ',',
+        value_name = "ADDR,..."
+    )]
+    pub addr: Vec<SocketAddr>,
 
     /// How many sessions to connect.
     #[arg(long, default_value_t = 500)]
@@ -68,7 +75,8 @@ pub struct ClientArgs {
 impl ClientArgs {
     /// The run these options describe.
     pub fn to_config(&self) -> LoadConfig {
-        let mut config = LoadConfig::new(self.addr);
+        let mut config = LoadConfig::new(self.addr[0]);
+        config.more_addrs = self.addr[1..].to_vec();
         config.sessions = self.sessions;
         config.rate = self.rate;
         config.duration = self.duration;
@@ -91,7 +99,12 @@ pub fn run(args: ClientArgs) -> anyhow::Result<()> {
     eprintln!(
         "client: {} sessions -> {}, {} msg/s each for {}; Ctrl-C stops early",
         config.sessions,
-        config.addr,
+        config
+            .addrs()
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(","),
         config.rate,
         human_duration(config.duration)
     );

@@ -35,6 +35,7 @@ backend_tests!(
     killed_node_frees_its_accounts,
     nats_restart_mid_chat,
     postgres_stop_and_start,
+    load_client_splits_local_and_cross_node,
 );
 
 /// How long a client waits for one expected packet.
@@ -538,4 +539,38 @@ fn postgres_stop_and_start(backend: Backend) {
     assert_ne!(again.player_id, 0);
     let stats = server.stop_and_join();
     assert_eq!(stats.player_states, 0);
+}
+
+/// The load client over three nodes: sessions spread evenly, every
+/// delivery sorted into local or cross-node, both with latencies.
+fn load_client_splits_local_and_cross_node(backend: Backend) {
+    let Some(nats) = NatsServer::start() else {
+        return;
+    };
+    let nodes: Vec<GameServer> = ["a", "b", "c"]
+        .iter()
+        .map(|name| start_node(backend, ":memory:", &nats.url(), name))
+        .collect();
+    wait_meshed(&nodes.iter().collect::<Vec<_>>());
+    let addrs: Vec<SocketAddr> = nodes.iter().map(GameServer::local_addr).collect();
+    let mut config = servercore_load::client::LoadConfig::new(addrs[0]);
+    config.more_addrs = addrs[1..].to_vec();
+    config.sessions = 30;
+    config.rate = 4.0;
+    config.duration = Duration::from_secs(1);
+    config.backend = backend;
+    config.workers = Some(2);
+    let report = servercore_load::client::run_load(config, false).expect("load run");
+    assert_eq!(report.errors_total, 0, "{report}");
+    let split = report.nodes.clone().expect("a split report");
+    assert_eq!(split.sessions_per_node, [10, 10, 10]);
+    let sent = report.messages_sent;
+    assert!(sent > 0);
+    assert_eq!(report.deliveries_received, sent * 30, "{report}");
+    assert_eq!(split.local_deliveries, sent * 10, "{report}");
+    assert_eq!(split.cross_deliveries, sent * 20, "{report}");
+    assert_eq!(split.local_latency_us.samples, split.local_deliveries);
+    assert_eq!(split.cross_latency_us.samples, split.cross_deliveries);
+    let table = report.table();
+    assert!(table.contains("cross-node deliveries"), "{table}");
 }
