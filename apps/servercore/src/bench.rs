@@ -4,7 +4,9 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use servercore_load::bench::{BenchOptions, BenchServerOptions, ChatServer, Impl, Scenario};
+use servercore_load::bench::{
+    BenchOptions, BenchServerOptions, ChatServer, Impl, Scenario, Transport,
+};
 
 /// `servercore bench` options.
 #[derive(Debug, clap::Args)]
@@ -82,6 +84,13 @@ pub struct BenchArgs {
     /// Client source addresses 127.0.0.1 ..= 127.0.0.N, used round-robin.
     #[arg(long, default_value_t = 16, value_name = "N")]
     pub sources: u8,
+
+    /// Transports to measure one after the other, comma-separated: tcp,
+    /// tls, ws (default tcp). Each gets its own tables, its baseline being
+    /// tokio over the same transport (tokio-rustls, tokio-tungstenite);
+    /// --json/--chart files get a -tls/-ws suffix. Idle runs on tcp only.
+    #[arg(long, value_enum, value_delimiter = ',', value_name = "LIST")]
+    pub transports: Vec<Transport>,
 }
 
 /// `servercore bench-server` options (started by `bench`).
@@ -110,6 +119,18 @@ pub struct BenchServerArgs {
     /// Most sessions at once (engine servers).
     #[arg(long, default_value_t = 20_000)]
     pub max_sessions: usize,
+
+    /// The transport served.
+    #[arg(long, value_enum, default_value_t = Transport::Tcp)]
+    pub transport: Transport,
+
+    /// TLS certificate (PEM), for the tls transport.
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// TLS key (PEM), for the tls transport.
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
 }
 
 impl BenchArgs {
@@ -133,6 +154,7 @@ impl BenchArgs {
             repeat: self.repeat,
             perf: self.perf,
             sources: self.sources,
+            transports: self.transports.clone(),
         }
     }
 }
@@ -147,6 +169,9 @@ impl BenchServerArgs {
             workers: self.workers,
             chat: self.chat,
             max_sessions: self.max_sessions,
+            transport: self.transport,
+            tls_cert: self.tls_cert.clone(),
+            tls_key: self.tls_key.clone(),
         }
     }
 }

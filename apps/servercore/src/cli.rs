@@ -35,6 +35,8 @@ pub enum Command {
     Demo(DemoArgs),
     /// Scripted benchmarks against the engine and a plain tokio baseline.
     Bench(crate::bench::BenchArgs),
+    /// Writes a self-signed certificate and key (PEM) for development TLS.
+    Cert(crate::transport::CertArgs),
     /// A benchmark server process (started by `bench`).
     #[command(hide = true)]
     BenchServer(crate::bench::BenchServerArgs),
@@ -73,6 +75,14 @@ pub struct EchoArgs {
     #[arg(long, default_value_t = 10_000)]
     pub max_sessions: usize,
 
+    /// Also serve WebSocket clients on ADDR (binary messages; WSS with
+    /// --tls-cert/--tls-key).
+    #[arg(long, value_name = "ADDR")]
+    pub ws_addr: Option<SocketAddr>,
+
+    #[command(flatten)]
+    pub tls: crate::transport::TlsServerArgs,
+
     #[command(flatten)]
     pub engine: EngineArgs,
 }
@@ -87,6 +97,9 @@ pub struct HelloArgs {
     /// How many client sessions to connect.
     #[arg(long, default_value_t = 1)]
     pub sessions: usize,
+
+    #[command(flatten)]
+    pub tls: crate::transport::TlsClientArgs,
 
     #[command(flatten)]
     pub engine: EngineArgs,
@@ -128,6 +141,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Client(args) => crate::client::run(args),
         Command::Demo(args) => crate::demo::run(args),
         Command::Bench(args) => crate::bench::run(args),
+        Command::Cert(args) => crate::transport::run_cert(args),
         Command::BenchServer(args) => crate::bench::run_server(args),
     }
 }

@@ -28,6 +28,14 @@ pub struct ClientArgs {
     #[arg(long, default_value_t = 500)]
     pub sessions: usize,
 
+    /// Connect over WebSocket to this URL instead of --addr:
+    /// ws://HOST:PORT/PATH, or wss://... (TLS; see --tls-ca).
+    #[arg(long, value_name = "URL", value_parser = crate::transport::parse_ws_url)]
+    pub ws: Option<crate::transport::WsUrl>,
+
+    #[command(flatten)]
+    pub tls: crate::transport::TlsClientArgs,
+
     /// C_CHAT messages per second per session (0: connect, enter and idle).
     #[arg(long, default_value_t = 1.0)]
     pub rate: f64,
@@ -73,10 +81,14 @@ pub struct ClientArgs {
 }
 
 impl ClientArgs {
-    /// The run these options describe.
-    pub fn to_config(&self) -> LoadConfig {
-        let mut config = LoadConfig::new(self.addr[0]);
-        config.more_addrs = self.addr[1..].to_vec();
+    /// The run these options describe (reads the TLS files).
+    pub fn to_config(&self) -> anyhow::Result<LoadConfig> {
+        let addr = self.ws.as_ref().map_or(self.addr[0], |url| url.addr);
+        let mut config = LoadConfig::new(addr);
+        config.transport = self.tls.client_transport(addr, self.ws.as_ref())?;
+        if self.ws.is_none() {
+            config.more_addrs = self.addr[1..].to_vec();
+        }
         config.sessions = self.sessions;
         config.rate = self.rate;
         config.duration = self.duration;
@@ -87,7 +99,7 @@ impl ClientArgs {
         config.connect_timeout = self.connect_timeout;
         config.setup_timeout = self.setup_timeout;
         config.account_prefix = self.account_prefix.clone();
-        config
+        Ok(config)
     }
 }
 
@@ -95,9 +107,9 @@ impl ClientArgs {
 /// Fails (after reporting) when no session could connect at all.
 pub fn run(args: ClientArgs) -> anyhow::Result<()> {
     let stop = StopSignal::install();
-    let config = args.to_config();
+    let config = args.to_config()?;
     eprintln!(
-        "client: {} sessions -> {}, {} msg/s each for {}; Ctrl-C stops early",
+        "client: {} sessions -> {} ({}), {} msg/s each for {}; Ctrl-C stops early",
         config.sessions,
         config
             .addrs()
@@ -105,6 +117,7 @@ pub fn run(args: ClientArgs) -> anyhow::Result<()> {
             .map(ToString::to_string)
             .collect::<Vec<_>>()
             .join(","),
+        config.transport.name(),
         config.rate,
         human_duration(config.duration)
     );

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use servercore::{ServerTransport, WebSocketConfig};
 use servercore_load::echo::{self, EchoConfig};
 
 use crate::cli::EchoArgs;
@@ -10,17 +11,39 @@ use crate::shutdown::{Install as _, StopSignal};
 /// Runs until Ctrl-C.
 pub fn run(args: EchoArgs) -> anyhow::Result<()> {
     let stop = StopSignal::install();
+    let tls = args.tls.server_config()?;
+    let transport = match &tls {
+        Some(tls) => ServerTransport::tls(std::sync::Arc::clone(tls)),
+        None => ServerTransport::plain(),
+    };
     let service = echo::start(EchoConfig {
         addr: args.addr,
         backend: args.engine.backend,
         workers: args.engine.workers,
         max_sessions: args.max_sessions,
         verbose: args.verbose,
+        transport,
+        ws_addr: args.ws_addr.map(|addr| {
+            let ws = ServerTransport::websocket(WebSocketConfig::default());
+            (
+                addr,
+                match &tls {
+                    Some(tls) => ws.with_tls(std::sync::Arc::clone(tls)),
+                    None => ws,
+                },
+            )
+        }),
     })?;
+    let addrs: Vec<String> = service
+        .local_addrs()
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
     println!(
-        "echo server listening on {} (backend {}); Ctrl-C stops it",
-        service.local_addr(),
-        service.backend()
+        "echo server listening on {} (backend {}{}); Ctrl-C stops it",
+        addrs.join(" and "),
+        service.backend(),
+        if tls.is_some() { ", TLS" } else { "" }
     );
     while !stop.wait(Duration::from_secs(3600)) {}
     service.stop();

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use servercore::job::JobQueue;
-use servercore::{ClientService, DisconnectReason, Session, SessionHandle};
+use servercore::{ClientService, ClientTransport, DisconnectReason, Session, SessionHandle};
 
 use crate::cli::{EngineArgs, HelloArgs};
 use crate::shutdown::{Install as _, StopSignal};
@@ -89,11 +89,13 @@ pub fn start(
     addr: std::net::SocketAddr,
     sessions: usize,
     engine: &EngineArgs,
+    transport: ClientTransport,
     verbose: bool,
     counters: Arc<HelloCounters>,
 ) -> anyhow::Result<ClientService> {
     let mut builder = ClientService::builder(addr)
         .backend(engine.backend)
+        .transport(transport)
         .sessions(sessions)
         .on_connect_error(|failure| {
             eprintln!(
@@ -112,10 +114,12 @@ pub fn start(
 pub fn run(args: HelloArgs) -> anyhow::Result<()> {
     let stop = StopSignal::install();
     let counters = Arc::new(HelloCounters::default());
+    let transport = args.tls.client_transport(args.addr, None)?;
     let clients = start(
         args.addr,
         args.sessions,
         &args.engine,
+        transport,
         true,
         Arc::clone(&counters),
     )?;

@@ -13,6 +13,7 @@ mod echo;
 mod hello;
 mod server;
 mod shutdown;
+mod transport;
 
 use clap::Parser;
 

@@ -58,14 +58,23 @@ pub struct ServerArgs {
     #[arg(long, value_name = "BYTES", default_value_t = 256)]
     pub max_chat_len: usize,
 
+    /// Also serve WebSocket clients on ADDR, beside the TCP port and in the
+    /// same world (binary messages carrying the packets; WSS with
+    /// --tls-cert/--tls-key).
+    #[arg(long, value_name = "ADDR")]
+    pub ws_addr: Option<SocketAddr>,
+
+    #[command(flatten)]
+    pub tls: crate::transport::TlsServerArgs,
+
     #[command(flatten)]
     pub engine: EngineArgs,
 }
 
 impl ServerArgs {
-    /// The configuration these options describe.
-    pub fn to_config(&self) -> GameConfig {
-        GameConfig {
+    /// The configuration these options describe (reads the TLS files).
+    pub fn to_config(&self) -> anyhow::Result<GameConfig> {
+        Ok(GameConfig {
             addr: self.addr,
             db_path: self.db.clone(),
             db_pool: self.db_pool,
@@ -81,8 +90,10 @@ impl ServerArgs {
             max_sessions: self.max_sessions,
             idle_timeout: (self.idle_timeout > 0).then(|| Duration::from_secs(self.idle_timeout)),
             max_chat_len: self.max_chat_len,
+            tls: self.tls.server_config()?,
+            ws_addr: self.ws_addr,
             ..GameConfig::default()
-        }
+        })
     }
 }
 
@@ -90,10 +101,17 @@ impl ServerArgs {
 /// counters.
 pub fn run(args: ServerArgs) -> anyhow::Result<()> {
     let stop = StopSignal::install();
-    let server = servercore_game::start(args.to_config())?;
+    let config = args.to_config()?;
+    let secure = config.tls.is_some();
+    let server = servercore_game::start(config)?;
+    let websocket = server
+        .ws_addr()
+        .map(|addr| format!(", WebSocket on {addr}"))
+        .unwrap_or_default();
     println!(
-        "game server listening on {} (backend {}, database {} {}); Ctrl-C stops it",
+        "game server listening on {}{}{websocket} (backend {}, database {} {}); Ctrl-C stops it",
         server.local_addr(),
+        if secure { " (TLS)" } else { "" },
         server.backend(),
         server.db_kind(),
         server.db_name()

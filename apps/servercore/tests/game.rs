@@ -502,7 +502,8 @@ fn refused_cases(backend: Backend) {
         client.enter(0),
         SEnterGame {
             success: false,
-            player_id: 0
+            player_id: 0,
+            player: None,
         }
     );
     // Chatting before logging in or entering: dropped, no one sees it.
@@ -547,7 +548,8 @@ fn refused_cases(backend: Backend) {
         client.enter(0),
         SEnterGame {
             success: false,
-            player_id: 0
+            player_id: 0,
+            player: None,
         }
     );
     // The same player from a second session.

@@ -61,7 +61,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use servercore::job::Actor;
 use servercore::packet::{PacketConfig, PacketSession, RateLimits, HEADER_SIZE, MAX_PACKET_SIZE};
-use servercore::{Backend, ServerService, ServiceStats};
+use servercore::transport::rustls;
+use servercore::{Backend, ServerService, ServerTransport, ServiceStats, WebSocketConfig};
 use servercore_protocol::SERVER_RECEIVES_IDS;
 
 use bytes::Bytes;
@@ -111,6 +112,13 @@ pub struct GameConfig {
     /// Per-session flood limits (default: the engine's, far above a
     /// player's needs; a load test may want [`RateLimits::unlimited`]).
     pub rate_limits: RateLimits,
+    /// TLS on every listener (`addr` then speaks TLS only, and the
+    /// WebSocket listener serves WSS). `None`: plain.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// A WebSocket listener beside the TCP one, for browser clients: the
+    /// same world, binary messages carrying the same packets (see
+    /// `servercore::transport`). `None`: none.
+    pub ws_addr: Option<SocketAddr>,
 }
 
 impl Default for GameConfig {
@@ -130,6 +138,8 @@ impl Default for GameConfig {
             max_chat_len: 256,
             max_packet_size: 8 * 1024,
             rate_limits: RateLimits::default(),
+            tls: None,
+            ws_addr: None,
         }
     }
 }
@@ -299,6 +309,16 @@ pub fn start(config: GameConfig) -> anyhow::Result<GameServer> {
     if let Some(timeout) = config.idle_timeout {
         builder = builder.idle_timeout(timeout);
     }
+    if let Some(tls) = &config.tls {
+        builder = builder.tls(Arc::clone(tls));
+    }
+    if let Some(ws_addr) = config.ws_addr {
+        let mut websocket = ServerTransport::websocket(WebSocketConfig::default());
+        if let Some(tls) = &config.tls {
+            websocket = websocket.with_tls(Arc::clone(tls));
+        }
+        builder = builder.listener(ws_addr, websocket);
+    }
     let service = builder
         .start()
         .with_context(|| format!("starting the game server on {}", config.addr))?;
@@ -316,6 +336,11 @@ impl GameServer {
     /// The address the server listens on (the real port if 0 was asked).
     pub fn local_addr(&self) -> SocketAddr {
         self.service.local_addr()
+    }
+
+    /// The WebSocket listener's address, if one was configured.
+    pub fn ws_addr(&self) -> Option<SocketAddr> {
+        self.service.local_addrs().get(1).copied()
     }
 
     /// The I/O backend the workers run on.

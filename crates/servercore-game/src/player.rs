@@ -115,6 +115,9 @@ impl Player {
             ServerPacket::CLogin(msg) => self.login(msg.account),
             ServerPacket::CEnterGame(msg) => self.enter(msg.player_index),
             ServerPacket::CChat(msg) => self.chat(msg),
+            // The world's packets are not handled yet: the handler never
+            // forwards them.
+            ServerPacket::CLeaveGame(_) | ServerPacket::CMove(_) => {}
         }
     }
 
@@ -297,6 +300,7 @@ impl Player {
         let _ = self.handle.send(make_packet(&SEnterGame {
             success: false,
             player_id: 0,
+            player: None,
         }));
     }
 

@@ -75,6 +75,7 @@ impl Room {
                 let _ = handle.send(make_packet(&SEnterGame {
                     success: false,
                     player_id: 0,
+                    player: None,
                 }));
                 return false;
             }
@@ -83,6 +84,7 @@ impl Room {
         let answer = make_packet(&SEnterGame {
             success: true,
             player_id,
+            player: None,
         });
         if handle.send(answer).is_err() {
             return false;

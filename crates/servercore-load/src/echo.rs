@@ -3,7 +3,9 @@
 
 use std::net::SocketAddr;
 
-use servercore::{Backend, DisconnectReason, ServerService, Session, SessionHandle};
+use servercore::{
+    Backend, DisconnectReason, ServerService, ServerTransport, Session, SessionHandle,
+};
 
 /// Sends back every byte it receives.
 pub struct EchoSession {
@@ -52,6 +54,10 @@ pub struct EchoConfig {
     pub max_sessions: usize,
     /// Print `OnRecv Len = N` / `OnSend Len = N` for every event.
     pub verbose: bool,
+    /// The listener's transport (plain TCP, TLS, WebSocket, WSS).
+    pub transport: ServerTransport,
+    /// A second listener and its transport (a WebSocket one beside TCP).
+    pub ws_addr: Option<(SocketAddr, ServerTransport)>,
 }
 
 /// Starts an echo server.
@@ -60,7 +66,11 @@ pub fn start(config: EchoConfig) -> anyhow::Result<ServerService> {
     let mut builder = ServerService::builder(config.addr)
         .backend(config.backend)
         .max_sessions(config.max_sessions)
+        .transport(config.transport)
         .session(move || EchoSession::new(verbose));
+    if let Some((addr, transport)) = config.ws_addr {
+        builder = builder.listener(addr, transport);
+    }
     if let Some(workers) = config.workers {
         builder = builder.workers(workers);
     }

@@ -3,9 +3,11 @@
 //! `proto/protocol.proto`.
 //!
 //! - the prost messages: [`CLogin`], [`SLogin`], [`CEnterGame`],
-//!   [`SEnterGame`], [`CChat`], [`SChat`], and the plain [`Player`] and
-//!   [`PlayerType`];
-//! - [`PacketId`] (`C_LOGIN = 1000` ... `S_CHAT = 1005`, in message order)
+//!   [`SEnterGame`], [`CChat`], [`SChat`], the world's [`CLeaveGame`],
+//!   [`SLeaveGame`], [`SSpawn`], [`SDespawn`], [`CMove`], [`SMove`], and
+//!   the plain structs (no id) [`Player`], [`PosInfo`], [`ObjectInfo`] and
+//!   enums [`PlayerType`], [`MoveState`];
+//! - [`PacketId`] (`C_LOGIN = 1000` ... `S_MOVE = 1011`, in message order)
 //!   and the id lists [`ALL_IDS`], [`SERVER_RECEIVES_IDS`],
 //!   [`CLIENT_RECEIVES_IDS`];
 //! - [`ServerHandler`] / [`dispatch_server`] for the `C_` packets the server

@@ -32,6 +32,18 @@ fn test_vectors() -> Vec<(String, Vec<u8>)> {
     vectors
 }
 
+/// The vectors' `POS`, for player `object_id`.
+fn pos(object_id: u64) -> PosInfo {
+    PosInfo {
+        object_id,
+        x: 150.5,
+        y: 42.25,
+        z: 0.0,
+        yaw: 90.0,
+        state: MoveState::Run as i32,
+    }
+}
+
 /// The messages the vectors encode, as the comments of the file describe.
 fn expected_message(name: &str) -> ServerOrClient {
     match name {
@@ -59,6 +71,7 @@ fn expected_message(name: &str) -> ServerOrClient {
         "S_ENTER_GAME" => ServerOrClient::Client(ClientPacket::SEnterGame(SEnterGame {
             success: true,
             player_id: 300,
+            player: None,
         })),
         "C_CHAT" => ServerOrClient::Server(ServerPacket::CChat(CChat {
             msg: "hello".into(),
@@ -67,6 +80,35 @@ fn expected_message(name: &str) -> ServerOrClient {
         "S_CHAT" => ServerOrClient::Client(ClientPacket::SChat(SChat {
             player_id: 300,
             msg: "안녕".into(),
+            client_time_us: TIME_US,
+        })),
+        "C_LEAVE_GAME" => ServerOrClient::Server(ServerPacket::CLeaveGame(CLeaveGame {})),
+        "S_LEAVE_GAME" => ServerOrClient::Client(ClientPacket::SLeaveGame(SLeaveGame {})),
+        "S_SPAWN" => ServerOrClient::Client(ClientPacket::SSpawn(SSpawn {
+            players: vec![
+                ObjectInfo {
+                    object_id: 300,
+                    player_type: PlayerType::Mage as i32,
+                    pos_info: Some(pos(300)),
+                    name: "Merlin".into(),
+                },
+                ObjectInfo {
+                    object_id: 1,
+                    player_type: PlayerType::Knight as i32,
+                    pos_info: None,
+                    name: "Arthur".into(),
+                },
+            ],
+        })),
+        "S_DESPAWN" => ServerOrClient::Client(ClientPacket::SDespawn(SDespawn {
+            object_ids: vec![1, 300],
+        })),
+        "C_MOVE" => ServerOrClient::Server(ServerPacket::CMove(CMove {
+            info: Some(pos(0)),
+            client_time_us: TIME_US,
+        })),
+        "S_MOVE" => ServerOrClient::Client(ClientPacket::SMove(SMove {
+            info: Some(pos(300)),
             client_time_us: TIME_US,
         })),
         other => panic!("test vector for unknown message {other}"),
@@ -92,9 +134,15 @@ impl ServerOrClient {
             ServerOrClient::Server(ServerPacket::CLogin(m)) => make_packet(m),
             ServerOrClient::Server(ServerPacket::CEnterGame(m)) => make_packet(m),
             ServerOrClient::Server(ServerPacket::CChat(m)) => make_packet(m),
+            ServerOrClient::Server(ServerPacket::CLeaveGame(m)) => make_packet(m),
+            ServerOrClient::Server(ServerPacket::CMove(m)) => make_packet(m),
             ServerOrClient::Client(ClientPacket::SLogin(m)) => make_packet(m),
             ServerOrClient::Client(ClientPacket::SEnterGame(m)) => make_packet(m),
             ServerOrClient::Client(ClientPacket::SChat(m)) => make_packet(m),
+            ServerOrClient::Client(ClientPacket::SLeaveGame(m)) => make_packet(m),
+            ServerOrClient::Client(ClientPacket::SSpawn(m)) => make_packet(m),
+            ServerOrClient::Client(ClientPacket::SDespawn(m)) => make_packet(m),
+            ServerOrClient::Client(ClientPacket::SMove(m)) => make_packet(m),
         }
     }
 
@@ -121,21 +169,38 @@ fn ids_are_the_reference_numbering() {
             (1003, "S_ENTER_GAME"),
             (1004, "C_CHAT"),
             (1005, "S_CHAT"),
+            (1006, "C_LEAVE_GAME"),
+            (1007, "S_LEAVE_GAME"),
+            (1008, "S_SPAWN"),
+            (1009, "S_DESPAWN"),
+            (1010, "C_MOVE"),
+            (1011, "S_MOVE"),
         ]
     );
     assert_eq!(CLogin::ID, 1000);
     assert_eq!(SChat::ID, 1005);
     assert_eq!(SChat::NAME, "S_CHAT");
-    assert_eq!(ALL_IDS, [1000, 1001, 1002, 1003, 1004, 1005]);
-    assert_eq!(SERVER_RECEIVES_IDS, [1000, 1002, 1004]);
-    assert_eq!(CLIENT_RECEIVES_IDS, [1001, 1003, 1005]);
+    assert_eq!(SMove::ID, 1011);
+    assert_eq!(
+        ALL_IDS,
+        [1000, 1001, 1002, 1003, 1004, 1005, 1006, 1007, 1008, 1009, 1010, 1011]
+    );
+    assert_eq!(SERVER_RECEIVES_IDS, [1000, 1002, 1004, 1006, 1010]);
+    assert_eq!(
+        CLIENT_RECEIVES_IDS,
+        [1001, 1003, 1005, 1007, 1008, 1009, 1011]
+    );
     for id in PacketId::ALL {
         assert_eq!(PacketId::try_from(u16::from(id)), Ok(id));
         assert_eq!(id.to_string(), id.name());
         assert_eq!(id.is_client_to_server(), id.name().starts_with("C_"));
     }
     assert_eq!(PacketId::try_from(999), Err(DispatchError::UnknownId(999)));
-    assert_eq!(PacketId::from_u16(1006), None);
+    assert_eq!(PacketId::from_u16(1012), None);
+    // Messages named neither C_ nor S_ are plain structs: no id.
+    assert!(PacketId::ALL
+        .iter()
+        .all(|id| !["Player", "PosInfo", "ObjectInfo"].contains(&id.name())));
 }
 
 #[test]
@@ -208,6 +273,20 @@ impl ServerHandler<()> for Recorder {
             .push(format!("c_chat {} {}", msg.msg, msg.client_time_us));
         Ok(())
     }
+
+    fn handle_c_leave_game(&mut self, _: &(), _msg: CLeaveGame) -> DispatchResult {
+        self.calls.push("c_leave_game".into());
+        Ok(())
+    }
+
+    fn handle_c_move(&mut self, _: &(), msg: CMove) -> DispatchResult {
+        let info = msg.info.unwrap_or_default();
+        self.calls.push(format!(
+            "c_move {} {} {}",
+            info.x, info.y, msg.client_time_us
+        ));
+        Ok(())
+    }
 }
 
 impl ClientHandler<()> for Recorder {
@@ -225,6 +304,29 @@ impl ClientHandler<()> for Recorder {
     fn handle_s_chat(&mut self, _: &(), msg: SChat) -> DispatchResult {
         self.calls
             .push(format!("s_chat {} {}", msg.player_id, msg.msg));
+        Ok(())
+    }
+
+    fn handle_s_leave_game(&mut self, _: &(), _msg: SLeaveGame) -> DispatchResult {
+        self.calls.push("s_leave_game".into());
+        Ok(())
+    }
+
+    fn handle_s_spawn(&mut self, _: &(), msg: SSpawn) -> DispatchResult {
+        let names: Vec<&str> = msg.players.iter().map(|p| p.name.as_str()).collect();
+        self.calls.push(format!("s_spawn {}", names.join(",")));
+        Ok(())
+    }
+
+    fn handle_s_despawn(&mut self, _: &(), msg: SDespawn) -> DispatchResult {
+        self.calls.push(format!("s_despawn {:?}", msg.object_ids));
+        Ok(())
+    }
+
+    fn handle_s_move(&mut self, _: &(), msg: SMove) -> DispatchResult {
+        let info = msg.info.unwrap_or_default();
+        self.calls
+            .push(format!("s_move {} {}", info.object_id, info.yaw));
         Ok(())
     }
 }
@@ -257,10 +359,16 @@ fn dispatch_reaches_the_right_method_for_every_message() {
         [
             "c_chat hello 1700000000123456",
             "c_enter_game 1",
+            "c_leave_game",
             "c_login knight01",
+            "c_move 150.5 42.25 1700000000123456",
             "s_chat 300 안녕",
+            "s_despawn [1, 300]",
             "s_enter_game 300",
+            "s_leave_game",
             "s_login true 2",
+            "s_move 300 90",
+            "s_spawn Merlin,Arthur",
         ]
     );
 }
@@ -383,6 +491,42 @@ fn player() -> impl Strategy<Value = Player> {
     })
 }
 
+/// Finite floats only: NaN is not equal to itself, so it cannot round-trip
+/// through `PartialEq` (its bits do; prost copies them).
+fn pos_info() -> impl Strategy<Value = PosInfo> {
+    (
+        any::<u64>(),
+        -1e6f32..1e6,
+        -1e6f32..1e6,
+        -1e3f32..1e3,
+        0f32..360.0,
+        0i32..3,
+    )
+        .prop_map(|(object_id, x, y, z, yaw, state)| PosInfo {
+            object_id,
+            x,
+            y,
+            z,
+            yaw,
+            state,
+        })
+}
+
+fn object_info() -> impl Strategy<Value = ObjectInfo> {
+    (
+        any::<u64>(),
+        0i32..4,
+        prop::option::of(pos_info()),
+        ".{0,20}",
+    )
+        .prop_map(|(object_id, player_type, pos_info, name)| ObjectInfo {
+            object_id,
+            player_type,
+            pos_info,
+            name,
+        })
+}
+
 fn server_packet() -> impl Strategy<Value = ServerPacket> {
     prop_oneof![
         ".{0,40}".prop_map(|account| ServerPacket::CLogin(CLogin { account })),
@@ -393,6 +537,13 @@ fn server_packet() -> impl Strategy<Value = ServerPacket> {
                 client_time_us,
             })
         }),
+        Just(ServerPacket::CLeaveGame(CLeaveGame {})),
+        (prop::option::of(pos_info()), any::<u64>()).prop_map(|(info, client_time_us)| {
+            ServerPacket::CMove(CMove {
+                info,
+                client_time_us,
+            })
+        }),
     ]
 }
 
@@ -400,8 +551,25 @@ fn client_packet() -> impl Strategy<Value = ClientPacket> {
     prop_oneof![
         (any::<bool>(), prop::collection::vec(player(), 0..5))
             .prop_map(|(success, players)| ClientPacket::SLogin(SLogin { success, players })),
-        (any::<bool>(), any::<u64>()).prop_map(|(success, player_id)| {
-            ClientPacket::SEnterGame(SEnterGame { success, player_id })
+        (any::<bool>(), any::<u64>(), prop::option::of(object_info())).prop_map(
+            |(success, player_id, player)| {
+                ClientPacket::SEnterGame(SEnterGame {
+                    success,
+                    player_id,
+                    player,
+                })
+            }
+        ),
+        Just(ClientPacket::SLeaveGame(SLeaveGame {})),
+        prop::collection::vec(object_info(), 0..5)
+            .prop_map(|players| ClientPacket::SSpawn(SSpawn { players })),
+        prop::collection::vec(any::<u64>(), 0..10)
+            .prop_map(|object_ids| ClientPacket::SDespawn(SDespawn { object_ids })),
+        (prop::option::of(pos_info()), any::<u64>()).prop_map(|(info, client_time_us)| {
+            ClientPacket::SMove(SMove {
+                info,
+                client_time_us,
+            })
         }),
         (any::<u64>(), ".{0,200}", any::<u64>()).prop_map(|(player_id, msg, client_time_us)| {
             ClientPacket::SChat(SChat {
@@ -435,7 +603,7 @@ proptest! {
     }
 
     #[test]
-    fn arbitrary_bodies_never_panic(id in 995u16..1010, body in prop::collection::vec(any::<u8>(), 0..64)) {
+    fn arbitrary_bodies_never_panic(id in 995u16..1015, body in prop::collection::vec(any::<u8>(), 0..64)) {
         let _ = dispatch_server(&mut Recorder::default(), &(), id, &body);
         let _ = dispatch_client(&mut Recorder::default(), &(), id, &body);
     }

@@ -84,6 +84,7 @@ impl ServerHandler for GameSession {
         let _ = session.send(make_packet(&SEnterGame {
             success: true,
             player_id: *id,
+            player: None,
         }));
         Ok(())
     }
@@ -203,7 +204,8 @@ fn conversation(backend: Backend) {
         read_packet(&mut client),
         ClientPacket::SEnterGame(SEnterGame {
             success: true,
-            player_id: 2
+            player_id: 2,
+            player: None,
         })
     );
     let chat = read_packet(&mut client);

@@ -7,7 +7,9 @@
 //! - [`service`]: worker threads, listeners, connectors, the session
 //!   registry, start/stop/join, broadcast;
 //! - [`packet`]: `[size][id]` framing, pooled packet building, typed dispatch;
-//! - [`job`]: `JobQueue` actors, the global queue and the timer.
+//! - [`job`]: `JobQueue` actors, the global queue and the timer;
+//! - [`transport`]: TLS (rustls) and WebSocket between the socket and the
+//!   session, per listener.
 //!
 //! ```no_run
 //! use servercore::{ServerService, Session, SessionHandle};
@@ -41,11 +43,16 @@ pub mod packet;
 pub mod service;
 #[deny(unsafe_code)]
 pub mod session;
+#[deny(unsafe_code)]
+pub mod transport;
 
 pub use bytes::Bytes;
 pub use driver::{Backend, BackendError};
 pub use service::{
-    ClientService, ClientServiceBuilder, ConnectError, ServerService, ServerServiceBuilder,
-    ServiceStats, SessionGroup, StartError,
+    ClientService, ClientServiceBuilder, ConnectError, EngineMetrics, ServerService,
+    ServerServiceBuilder, ServiceStats, SessionGroup, StartError, WorkerFailure, WorkerMetrics,
 };
-pub use session::{DisconnectReason, OverflowPolicy, SendError, Session, SessionHandle, SessionId};
+pub use session::{
+    DisconnectKind, DisconnectReason, OverflowPolicy, SendError, Session, SessionHandle, SessionId,
+};
+pub use transport::{ClientTransport, ServerTransport, WebSocketConfig};

@@ -122,6 +122,7 @@ impl ChatPeer {
                 let reply = SEnterGame {
                     success: true,
                     player_id,
+                    ..SEnterGame::default()
                 };
                 Ok(Some(Action::Enter {
                     player_id,

@@ -13,7 +13,7 @@ use anyhow::{bail, Context};
 use parking_lot::Mutex;
 
 use super::progress::Progress;
-use super::{procfs, ChatServer, Impl, Scenario};
+use super::{procfs, ChatServer, Impl, Scenario, Transport};
 
 /// A running benchmark server process.
 pub struct ServerProcess {
@@ -29,12 +29,15 @@ pub struct ServerProcess {
 impl ServerProcess {
     /// Starts `servercore bench-server` for one implementation and scenario
     /// and waits for its address.
+    #[allow(clippy::too_many_arguments)]
     pub fn spawn(
         implementation: Impl,
         scenario: Scenario,
         workers: Option<usize>,
         max_sessions: usize,
         chat: ChatServer,
+        transport: Transport,
+        cert: Option<&(std::path::PathBuf, std::path::PathBuf)>,
         progress: &Progress,
     ) -> anyhow::Result<ServerProcess> {
         let exe = own_executable()?;
@@ -45,7 +48,15 @@ impl ServerProcess {
             .args(["--scenario", scenario.name()])
             .args(["--addr", "127.0.0.1:0"])
             .args(["--max-sessions", &max_sessions.to_string()])
-            .args(["--chat", chat.name()]);
+            .args(["--chat", chat.name()])
+            .args(["--transport", transport.name()]);
+        if let Some((cert, key)) = cert {
+            command
+                .arg("--tls-cert")
+                .arg(cert)
+                .arg("--tls-key")
+                .arg(key);
+        }
         if let Some(workers) = workers {
             command.args(["--workers", &workers.to_string()]);
         }

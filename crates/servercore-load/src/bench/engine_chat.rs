@@ -10,7 +10,9 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use servercore::{Backend, DisconnectReason, ServerService, Session, SessionGroup, SessionHandle};
+use servercore::{
+    Backend, DisconnectReason, ServerService, ServerTransport, Session, SessionGroup, SessionHandle,
+};
 
 use super::chat::{Action, ChatPeer, PlayerIds};
 use super::proto;
@@ -74,11 +76,13 @@ pub fn start(
     backend: Backend,
     workers: Option<usize>,
     max_sessions: usize,
+    transport: ServerTransport,
 ) -> anyhow::Result<ServerService> {
     let shared = Arc::new(Shared::default());
     let mut builder = ServerService::builder(addr)
         .backend(backend)
         .max_sessions(max_sessions)
+        .transport(transport)
         .session(move || ChatSession {
             shared: shared.clone(),
             peer: ChatPeer::new(),

@@ -22,8 +22,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use hdrhistogram::Histogram;
 use parking_lot::Mutex;
 use prost::Message;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -32,6 +31,7 @@ use super::perf::{PerfCounts, PerfStat};
 use super::procfs;
 use super::progress::Progress;
 use super::proto::{self, CChat, CEnterGame, CLogin, SEnterGame, SLogin};
+use super::transport::{ClientStream, Connector};
 
 /// Bytes of one echo request.
 pub const ECHO_SIZE: usize = 128;
@@ -178,6 +178,47 @@ async fn connect_all(
     Ok(connected.streams)
 }
 
+/// Opens `count` connections and runs the transport's handshake on each,
+/// or fails with the first error.
+async fn connect_all_over(
+    server: SocketAddr,
+    count: usize,
+    sources: &Sources,
+    progress: &Progress,
+    connector: &Connector,
+) -> anyhow::Result<Vec<ClientStream>> {
+    let streams = connect_all(server, count, sources, progress).await?;
+    if let Connector::Tcp = connector {
+        return Ok(streams.into_iter().map(ClientStream::Tcp).collect());
+    }
+    progress.step("handshakes", count as u64);
+    let mut upgraded = Vec::with_capacity(count);
+    let mut pending = streams.into_iter();
+    loop {
+        let mut batch = JoinSet::new();
+        for stream in pending.by_ref().take(CONNECT_CONCURRENCY) {
+            let connector = connector.clone();
+            batch.spawn(async move {
+                tokio::time::timeout(Duration::from_secs(20), connector.upgrade(stream, server))
+                    .await
+                    .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
+            });
+        }
+        if batch.is_empty() {
+            break;
+        }
+        while let Some(result) = batch.join_next().await {
+            progress.inc(1);
+            upgraded.push(
+                result
+                    .context("handshake task")?
+                    .context("transport handshake")?,
+            );
+        }
+    }
+    Ok(upgraded)
+}
+
 /// CPU time of the server and of this process over a measured window.
 #[derive(Debug, Clone)]
 pub struct Window {
@@ -295,6 +336,7 @@ pub struct EchoOutcome {
 }
 
 /// Runs `clients` echo clients against `server` (process `server_pid`).
+#[allow(clippy::too_many_arguments)]
 pub async fn echo(
     server: SocketAddr,
     server_pid: u32,
@@ -302,8 +344,9 @@ pub async fn echo(
     timing: Timing,
     sources: &Sources,
     progress: &Progress,
+    connector: &Connector,
 ) -> anyhow::Result<EchoOutcome> {
-    let streams = connect_all(server, clients, sources, progress).await?;
+    let streams = connect_all_over(server, clients, sources, progress, connector).await?;
     let measuring = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = JoinSet::new();
@@ -333,7 +376,7 @@ pub async fn echo(
 }
 
 async fn echo_client(
-    mut stream: TcpStream,
+    mut stream: ClientStream,
     measuring: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
 ) -> (Histogram<u64>, Option<String>) {
@@ -344,6 +387,7 @@ async fn echo_client(
         let sent = Instant::now();
         let result = async {
             stream.write_all(&request).await?;
+            stream.flush().await?;
             stream.read_exact(&mut reply).await?;
             std::io::Result::Ok(())
         };
@@ -401,6 +445,7 @@ impl ChatCounters {
 }
 
 /// Runs `sessions` chatting game clients against `server`.
+#[allow(clippy::too_many_arguments)]
 pub async fn broadcast(
     server: SocketAddr,
     server_pid: u32,
@@ -409,9 +454,10 @@ pub async fn broadcast(
     timing: Timing,
     sources: &Sources,
     progress: &Progress,
+    connector: &Connector,
 ) -> anyhow::Result<BroadcastOutcome> {
     let setup_started = Instant::now();
-    let streams = connect_all(server, sessions, sources, progress).await?;
+    let streams = connect_all_over(server, sessions, sources, progress, connector).await?;
     progress.step("logging in", sessions as u64);
     let mut entering = JoinSet::new();
     for stream in streams {
@@ -434,7 +480,7 @@ pub async fn broadcast(
     let mut writers = JoinSet::new();
     let count = players.len() as u32;
     for (index, (stream, player_id, leftover)) in players.into_iter().enumerate() {
-        let (read, write) = stream.into_split();
+        let (read, write) = tokio::io::split(stream);
         readers.spawn(chat_reader(
             read,
             player_id,
@@ -486,11 +532,12 @@ pub async fn broadcast(
 
 /// Logs in as a guest and enters with the first player: returns the stream,
 /// the player id and whatever was read past `S_ENTER_GAME`.
-async fn enter(mut stream: TcpStream) -> anyhow::Result<(TcpStream, u64, BytesMut)> {
+async fn enter(mut stream: ClientStream) -> anyhow::Result<(ClientStream, u64, BytesMut)> {
     let mut buf = BytesMut::with_capacity(16 * 1024);
     stream
         .write_all(&proto::packet(proto::C_LOGIN, &CLogin::default()))
         .await?;
+    stream.flush().await?;
     let login = SLogin::decode(read_packet(&mut stream, &mut buf, proto::S_LOGIN).await?)?;
     ensure!(login.success && !login.players.is_empty(), "login refused");
     stream
@@ -499,6 +546,7 @@ async fn enter(mut stream: TcpStream) -> anyhow::Result<(TcpStream, u64, BytesMu
             &CEnterGame { player_index: 0 },
         ))
         .await?;
+    stream.flush().await?;
     let entered =
         SEnterGame::decode(read_packet(&mut stream, &mut buf, proto::S_ENTER_GAME).await?)?;
     ensure!(entered.success, "enter game refused");
@@ -508,7 +556,7 @@ async fn enter(mut stream: TcpStream) -> anyhow::Result<(TcpStream, u64, BytesMu
 /// Reads until a packet with id `want` arrives (skipping others) and
 /// returns its body.
 async fn read_packet(
-    stream: &mut TcpStream,
+    stream: &mut ClientStream,
     buf: &mut BytesMut,
     want: u16,
 ) -> anyhow::Result<Bytes> {
@@ -529,7 +577,7 @@ async fn read_packet(
 }
 
 async fn chat_reader(
-    mut read: OwnedReadHalf,
+    mut read: ReadHalf<ClientStream>,
     me: u64,
     mut buf: BytesMut,
     counters: Arc<ChatCounters>,
@@ -586,12 +634,12 @@ async fn chat_reader(
 }
 
 async fn chat_writer(
-    mut write: OwnedWriteHalf,
+    mut write: WriteHalf<ClientStream>,
     first: tokio::time::Instant,
     interval: Duration,
     counters: Arc<ChatCounters>,
     mut stop: watch::Receiver<bool>,
-) -> Option<OwnedWriteHalf> {
+) -> Option<WriteHalf<ClientStream>> {
     let msg: String = "m".repeat(CHAT_SIZE);
     let mut ticker = tokio::time::interval_at(first, interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -604,7 +652,12 @@ async fn chat_writer(
             msg: msg.clone(),
             client_time_us: now_us(),
         };
-        if let Err(error) = write.write_all(&proto::packet(proto::C_CHAT, &chat)).await {
+        let packet = proto::packet(proto::C_CHAT, &chat);
+        let written = async {
+            write.write_all(&packet).await?;
+            write.flush().await
+        };
+        if let Err(error) = written.await {
             counters.fail(format!("write: {error}"));
             return None;
         }

@@ -33,6 +33,9 @@ mod proto;
 mod report;
 mod server;
 mod tokio_server;
+mod transport;
+
+pub use transport::Transport;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -182,6 +185,11 @@ pub struct BenchOptions {
 
     /// Client source addresses 127.0.0.1 ..= 127.0.0.N, used round-robin.
     pub sources: u8,
+
+    /// Transports to measure, one after the other in this run (default:
+    /// tcp). Over tls the baseline is tokio-rustls, over ws
+    /// tokio-tungstenite; the idle scenario runs on tcp only.
+    pub transports: Vec<Transport>,
 }
 
 /// What one `servercore bench-server` process serves (started by the
@@ -205,6 +213,15 @@ pub struct BenchServerOptions {
 
     /// Most sessions at once (engine servers).
     pub max_sessions: usize,
+
+    /// The transport served.
+    pub transport: Transport,
+
+    /// TLS certificate (PEM), for the tls transport.
+    pub tls_cert: Option<PathBuf>,
+
+    /// TLS key (PEM), for the tls transport.
+    pub tls_key: Option<PathBuf>,
 }
 
 /// Runs one benchmark server until its stdin ends.
@@ -352,13 +369,81 @@ struct Bench {
     failures: usize,
     /// The repetition running now.
     round: usize,
+    /// The transport of this part of the run.
+    transport: Transport,
+    /// The load generator's side of it.
+    connector: transport::Connector,
+    /// The TLS pair the servers use.
+    cert_files: Option<(PathBuf, PathBuf)>,
 }
 
-/// Runs the benchmarks.
+/// Runs the benchmarks: every scenario on each transport in turn.
 pub fn run(args: BenchOptions) -> anyhow::Result<()> {
     if let Some(path) = &args.replay {
         return replay(path, &args);
     }
+    let mut transports: Vec<Transport> = Vec::new();
+    for transport in &args.transports {
+        if !transports.contains(transport) {
+            transports.push(*transport);
+        }
+    }
+    if transports.is_empty() {
+        transports.push(Transport::Tcp);
+    }
+    let cert = if transports.contains(&Transport::Tls) {
+        Some(transport::DevCert::generate().context("generating the TLS certificate")?)
+    } else {
+        None
+    };
+    let mut failures = 0;
+    for &transport in &transports {
+        let mut one = args.clone();
+        if transports.len() > 1 && transport != Transport::Tcp {
+            one.json = args
+                .json
+                .as_ref()
+                .map(|path| suffixed(path, transport.name()));
+            one.chart = args
+                .chart
+                .as_ref()
+                .map(|path| suffixed(path, transport.name()));
+        }
+        if transport != Transport::Tcp {
+            one.scenarios.retain(|s| *s != Scenario::Idle);
+            if one.scenarios.is_empty() {
+                one.scenarios = vec![Scenario::Echo, Scenario::Broadcast];
+            }
+        }
+        failures += run_transport(one, transport, cert.as_ref())?;
+    }
+    anyhow::ensure!(
+        failures == 0,
+        "{failures} measurement(s) failed (see the notes above)"
+    );
+    Ok(())
+}
+
+/// `FILE.json` → `FILE-NAME.json`.
+fn suffixed(path: &std::path::Path, name: &str) -> PathBuf {
+    let stem = path
+        .file_stem()
+        .map_or_else(String::new, |s| s.to_string_lossy().into_owned());
+    let file = match path.extension() {
+        Some(ext) => format!("{stem}-{name}.{}", ext.to_string_lossy()),
+        None => format!("{stem}-{name}"),
+    };
+    path.with_file_name(file)
+}
+
+/// Runs every scenario of `args` on one transport; returns the failed
+/// measurements.
+fn run_transport(
+    args: BenchOptions,
+    transport: Transport,
+    cert: Option<&transport::DevCert>,
+) -> anyhow::Result<usize> {
+    let connector = transport::Connector::new(transport, cert)?;
     let mut notes = Vec::new();
     let open_file_limit = match procfs::raise_nofile_limit() {
         Ok(limit) => limit,
@@ -409,7 +494,12 @@ pub fn run(args: BenchOptions) -> anyhow::Result<()> {
         open_file_limit,
     };
     println!(
-        "servercore bench: {} cores, kernel {}, {}; load average {}",
+        "servercore bench over {}: {} cores, kernel {}, {}; load average {}",
+        match transport {
+            Transport::Tcp => "tcp",
+            Transport::Tls => "tls (baseline: tokio-rustls)",
+            Transport::Ws => "ws (baseline: tokio-tungstenite)",
+        },
         machine.cores,
         machine.kernel,
         machine.cpu,
@@ -445,6 +535,9 @@ pub fn run(args: BenchOptions) -> anyhow::Result<()> {
         },
         failures: 0,
         round: 0,
+        transport,
+        connector,
+        cert_files: cert.map(|c| (c.cert.clone(), c.key.clone())),
     };
     for scenario in bench.plan.scenarios.clone() {
         for round in 0..bench.plan.repeat {
@@ -483,12 +576,7 @@ pub fn run(args: BenchOptions) -> anyhow::Result<()> {
     }
     bench.progress.finish();
     finish_report(&mut bench.report, &args)?;
-    anyhow::ensure!(
-        bench.failures == 0,
-        "{} measurement(s) failed (see the notes above)",
-        bench.failures
-    );
-    Ok(())
+    Ok(bench.failures)
 }
 
 /// The tables of one scenario of a report.
@@ -603,6 +691,8 @@ impl Bench {
             self.plan.workers,
             self.plan.max_sessions,
             self.plan.chat_server,
+            self.transport,
+            self.cert_files.as_ref(),
             &self.progress,
         )
     }
@@ -665,6 +755,7 @@ impl Bench {
                 self.plan.timing,
                 &self.sources,
                 &self.progress,
+                &self.connector,
             ));
             let outcome = match outcome {
                 Ok(outcome) => outcome,
@@ -733,6 +824,7 @@ impl Bench {
             timing,
             &self.sources,
             &self.progress,
+            &self.connector,
         ));
         let outcome = match outcome {
             Ok(outcome) => outcome,

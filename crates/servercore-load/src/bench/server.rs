@@ -19,7 +19,8 @@ use std::io::{BufRead, Write};
 use servercore::{Backend, ServerService};
 
 use super::tokio_server::{self, TokioServer};
-use super::{procfs, BenchServerOptions, ChatServer, Impl, Scenario};
+use super::transport::{engine_transport, server_tls};
+use super::{procfs, BenchServerOptions, ChatServer, Impl, Scenario, Transport};
 use servercore_game::{GameConfig, GameServer};
 
 /// A running benchmark server of any implementation.
@@ -31,6 +32,14 @@ enum Running {
 
 impl Running {
     fn start(args: &BenchServerOptions) -> anyhow::Result<Running> {
+        let tls = match args.transport {
+            Transport::Tls => Some(server_tls(
+                args.tls_cert.as_deref(),
+                args.tls_key.as_deref(),
+            )?),
+            _ => None,
+        };
+        let transport = engine_transport(args.transport, tls.as_ref());
         let backend = match args.implementation {
             Impl::Uring => Backend::IoUring,
             Impl::Poll => Backend::Poll,
@@ -39,10 +48,16 @@ impl Running {
                     Scenario::Echo | Scenario::Idle => tokio_server::Kind::Echo,
                     Scenario::Broadcast => tokio_server::Kind::Chat,
                 };
+                let wire = match (&tls, args.transport) {
+                    (Some(tls), _) => tokio_server::Wire::Tls(std::sync::Arc::clone(tls)),
+                    (None, Transport::Ws) => tokio_server::Wire::Ws,
+                    _ => tokio_server::Wire::Tcp,
+                };
                 return Ok(Running::Tokio(TokioServer::start(
                     kind,
                     args.addr,
                     args.workers,
+                    wire,
                 )?));
             }
         };
@@ -53,16 +68,29 @@ impl Running {
                 workers: args.workers,
                 max_sessions: args.max_sessions,
                 verbose: false,
+                transport,
+                ws_addr: None,
             })?,
-            Scenario::Broadcast if args.chat == ChatServer::Minimal => {
-                super::engine_chat::start(args.addr, backend, args.workers, args.max_sessions)?
-            }
+            Scenario::Broadcast if args.chat == ChatServer::Minimal => super::engine_chat::start(
+                args.addr,
+                backend,
+                args.workers,
+                args.max_sessions,
+                transport,
+            )?,
             Scenario::Broadcast => {
                 let mut config = GameConfig::in_memory(args.addr);
                 config.backend = backend;
                 config.workers = args.workers;
                 config.max_sessions = args.max_sessions;
                 config.idle_timeout = None;
+                config.tls = tls;
+                if args.transport == Transport::Ws {
+                    // The game serves WebSocket on its second listener; the
+                    // harness is told that one's address.
+                    config.addr = std::net::SocketAddr::new(args.addr.ip(), 0);
+                    config.ws_addr = Some(args.addr);
+                }
                 return Ok(Running::Game(servercore_game::start(config)?));
             }
         };
@@ -72,7 +100,7 @@ impl Running {
     fn local_addr(&self) -> std::net::SocketAddr {
         match self {
             Running::Engine(service) => service.local_addr(),
-            Running::Game(server) => server.local_addr(),
+            Running::Game(server) => server.ws_addr().unwrap_or_else(|| server.local_addr()),
             Running::Tokio(server) => server.local_addr(),
         }
     }

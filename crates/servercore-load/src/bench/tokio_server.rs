@@ -8,6 +8,11 @@
 //!   writer task per session drains everything queued on its unbounded
 //!   channel (`recv_many`) into one `write_vectored` loop. A chat builds one
 //!   `Bytes` that every member's channel shares.
+//!
+//! Over TLS the same loops run on a `tokio-rustls` stream (split with
+//! `tokio::io::split`); over WebSocket on a `tokio-tungstenite` stream: echo
+//! sends each binary message back, and the chat writer sends everything
+//! queued at once as one binary message.
 
 use std::collections::HashMap;
 use std::io::IoSlice;
@@ -16,10 +21,13 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::{Buf, Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::OwnedWriteHalf;
+use futures_util::{SinkExt, StreamExt};
+use servercore::transport::rustls;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
 
 use super::chat::{Action, ChatPeer, PlayerIds};
 use super::proto;
@@ -50,6 +58,7 @@ impl TokioServer {
         kind: Kind,
         addr: SocketAddr,
         workers: Option<usize>,
+        transport: Wire,
     ) -> anyhow::Result<TokioServer> {
         let mut builder = tokio::runtime::Builder::new_multi_thread();
         builder.enable_all();
@@ -71,7 +80,7 @@ impl TokioServer {
         })?;
         let local_addr = listener.local_addr()?;
         let sessions = Arc::new(AtomicUsize::new(0));
-        runtime.spawn(accept_loop(kind, listener, sessions.clone()));
+        runtime.spawn(accept_loop(kind, listener, sessions.clone(), transport));
         Ok(TokioServer {
             runtime,
             local_addr,
@@ -105,8 +114,23 @@ impl Drop for Counted {
     }
 }
 
-async fn accept_loop(kind: Kind, listener: TcpListener, sessions: Arc<AtomicUsize>) {
+/// The baseline's transport.
+#[derive(Clone)]
+pub enum Wire {
+    /// Plain TCP.
+    Tcp,
+    /// `tokio-rustls`.
+    Tls(Arc<rustls::ServerConfig>),
+    /// `tokio-tungstenite`.
+    Ws,
+}
+
+async fn accept_loop(kind: Kind, listener: TcpListener, sessions: Arc<AtomicUsize>, wire: Wire) {
     let room = Arc::new(Room::default());
+    let acceptor = match &wire {
+        Wire::Tls(config) => Some(tokio_rustls::TlsAcceptor::from(Arc::clone(config))),
+        _ => None,
+    };
     loop {
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
@@ -120,32 +144,113 @@ async fn accept_loop(kind: Kind, listener: TcpListener, sessions: Arc<AtomicUsiz
         let _ = stream.set_nodelay(true);
         sessions.fetch_add(1, Ordering::Relaxed);
         let counted = Counted(sessions.clone());
-        match kind {
-            Kind::Echo => {
-                tokio::spawn(async move {
-                    let _counted = counted;
-                    echo(stream).await;
-                });
+        let room = room.clone();
+        let acceptor = acceptor.clone();
+        let wire = wire.clone();
+        tokio::spawn(async move {
+            let _counted = counted;
+            match (wire, kind) {
+                (Wire::Tcp, Kind::Echo) => echo(stream).await,
+                (Wire::Tcp, Kind::Chat) => chat(stream, room).await,
+                (Wire::Tls(_), kind) => {
+                    let acceptor = acceptor.expect("a TLS acceptor");
+                    let Ok(stream) = acceptor.accept(stream).await else {
+                        return;
+                    };
+                    match kind {
+                        Kind::Echo => echo(stream).await,
+                        Kind::Chat => chat_tls(stream, room).await,
+                    }
+                }
+                (Wire::Ws, kind) => {
+                    let Ok(ws) = tokio_tungstenite::accept_async(stream).await else {
+                        return;
+                    };
+                    match kind {
+                        Kind::Echo => echo_ws(ws).await,
+                        Kind::Chat => chat_ws(ws, room).await,
+                    }
+                }
             }
-            Kind::Chat => {
-                let room = room.clone();
-                tokio::spawn(async move {
-                    let _counted = counted;
-                    chat(stream, room).await;
-                });
-            }
+        });
+    }
+}
+
+/// WebSocket echo: every binary message goes back as it came.
+async fn echo_ws(mut ws: WebSocketStream<TcpStream>) {
+    while let Some(Ok(message)) = ws.next().await {
+        match message {
+            Message::Binary(data) if ws.send(Message::Binary(data)).await.is_err() => return,
+            Message::Close(_) => return,
+            _ => {}
         }
     }
 }
 
-async fn echo(mut stream: TcpStream) {
+/// WebSocket chat: the payloads of binary messages form the packet stream.
+async fn chat_ws(ws: WebSocketStream<TcpStream>, room: Arc<Room>) {
+    let connection = room.next_connection.fetch_add(1, Ordering::Relaxed);
+    let (mut sink, mut stream) = ws.split();
+    let (tx, mut rx) = mpsc::unbounded_channel::<Bytes>();
+    let writer = tokio::spawn(async move {
+        let mut batch = Vec::with_capacity(64);
+        while rx.recv_many(&mut batch, 1024).await > 0 {
+            let mut message = BytesMut::with_capacity(batch.iter().map(Bytes::len).sum());
+            for packet in batch.drain(..) {
+                message.extend_from_slice(&packet);
+            }
+            if sink.send(Message::Binary(message.freeze())).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut peer = ChatPeer::new();
+    let mut buf = BytesMut::with_capacity(4096);
+    'read: while let Some(Ok(message)) = stream.next().await {
+        let Message::Binary(data) = message else {
+            if matches!(message, Message::Close(_)) {
+                break;
+            }
+            continue;
+        };
+        buf.extend_from_slice(&data);
+        loop {
+            let (len, action) = match proto::split_frame(&buf) {
+                Ok(Some(frame)) => (frame.len, peer.handle(&room.ids, frame.id, frame.body)),
+                Ok(None) => break,
+                Err(_) => break 'read,
+            };
+            buf.advance(len);
+            match action {
+                Ok(None) => {}
+                Ok(Some(Action::Reply(packet))) => {
+                    let _ = tx.send(packet);
+                }
+                Ok(Some(Action::Enter { reply, .. })) => {
+                    room.members
+                        .lock()
+                        .expect("room lock")
+                        .insert(connection, tx.clone());
+                    let _ = tx.send(reply);
+                }
+                Ok(Some(Action::Broadcast(packet))) => room.broadcast(&packet),
+                Err(_) => break 'read,
+            }
+        }
+    }
+    room.members.lock().expect("room lock").remove(&connection);
+    drop(tx);
+    let _ = writer.await;
+}
+
+async fn echo<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S) {
     let mut buf = vec![0u8; 1024];
     loop {
         let n = match stream.read(&mut buf).await {
             Ok(0) | Err(_) => return,
             Ok(n) => n,
         };
-        if stream.write_all(&buf[..n]).await.is_err() {
+        if stream.write_all(&buf[..n]).await.is_err() || stream.flush().await.is_err() {
             return;
         }
     }
@@ -169,8 +274,21 @@ impl Room {
 }
 
 async fn chat(stream: TcpStream, room: Arc<Room>) {
+    let (reader, writer) = stream.into_split();
+    chat_halves(reader, writer, room).await;
+}
+
+async fn chat_tls<S: AsyncRead + AsyncWrite + Send + 'static>(stream: S, room: Arc<Room>) {
+    let (reader, writer) = tokio::io::split(stream);
+    chat_halves(reader, writer, room).await;
+}
+
+async fn chat_halves<R, W>(mut reader: R, writer: W, room: Arc<Room>)
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
     let connection = room.next_connection.fetch_add(1, Ordering::Relaxed);
-    let (mut reader, writer) = stream.into_split();
     let (tx, rx) = mpsc::unbounded_channel::<Bytes>();
     let writer = tokio::spawn(write_queued(writer, rx));
     let mut peer = ChatPeer::new();
@@ -213,19 +331,25 @@ async fn chat(stream: TcpStream, room: Arc<Room>) {
 /// The writer task of one chat session: waits for the first queued packet,
 /// takes everything else queued with it, and writes the lot with one
 /// gathered write (more only if the socket takes it partially).
-async fn write_queued(mut writer: OwnedWriteHalf, mut rx: mpsc::UnboundedReceiver<Bytes>) {
+async fn write_queued<W: AsyncWrite + Unpin>(
+    mut writer: W,
+    mut rx: mpsc::UnboundedReceiver<Bytes>,
+) {
     // IOV_MAX on Linux.
     const MAX_BATCH: usize = 1024;
     let mut batch = Vec::with_capacity(64);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        if write_all_vectored(&mut writer, &batch).await.is_err() {
+        if write_all_vectored(&mut writer, &batch).await.is_err() || writer.flush().await.is_err() {
             return;
         }
         batch.clear();
     }
 }
 
-async fn write_all_vectored(writer: &mut OwnedWriteHalf, batch: &[Bytes]) -> std::io::Result<()> {
+async fn write_all_vectored<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    batch: &[Bytes],
+) -> std::io::Result<()> {
     let mut slices: Vec<IoSlice<'_>> = batch.iter().map(|bytes| IoSlice::new(bytes)).collect();
     let mut slices = &mut slices[..];
     while !slices.is_empty() {

@@ -4,7 +4,7 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use servercore::Backend;
+use servercore::{Backend, ClientTransport};
 
 /// Connections one local source address takes before the next one is used.
 /// Linux gives each source address its own ephemeral ports (28,232 by
@@ -56,6 +56,9 @@ pub struct LoadConfig {
     /// Account names are this prefix followed by the session number, so a
     /// second run against the same server reuses the same accounts.
     pub account_prefix: String,
+    /// The connections' transport: plain TCP (default), TLS, WebSocket or
+    /// WSS; the scenario is the same on each.
+    pub transport: ClientTransport,
 }
 
 impl LoadConfig {
@@ -76,6 +79,7 @@ impl LoadConfig {
             setup_timeout: Duration::from_secs(60),
             drain_timeout: Duration::from_secs(10),
             account_prefix: "dummy".to_owned(),
+            transport: ClientTransport::plain(),
         }
     }
 

@@ -175,6 +175,7 @@ fn start_node_clients(
         .sessions(config.sessions)
         .source_addrs(sources.to_vec())
         .connect_timeout(config.connect_timeout)
+        .transport(config.transport.clone())
         .shutdown_timeout(Duration::from_secs(2))
         .on_connect_error(move |failure| {
             let stats = &on_error.stats;

@@ -33,7 +33,7 @@ use servercore::packet::{DispatchError, PacketHandler};
 use servercore::{DisconnectReason, SessionHandle};
 use servercore_protocol::{
     dispatch_client, make_packet, CChat, CEnterGame, CLogin, ClientHandler, PacketId, SChat,
-    SEnterGame, SLogin,
+    SDespawn, SEnterGame, SLogin, SMove, SSpawn,
 };
 
 use super::stats::{kind, now_us, LoadStats};
@@ -354,6 +354,32 @@ impl ClientHandler for GameClient {
             stats.record_latency(now - msg.client_time_us);
             LoadStats::bump(&stats.own_echoes);
         }
+        Ok(())
+    }
+
+    // The world tells every player who is near it; a chatting client does
+    // not move and ignores it.
+    fn handle_s_spawn(
+        &mut self,
+        _session: &SessionHandle,
+        _msg: SSpawn,
+    ) -> Result<(), DispatchError> {
+        Ok(())
+    }
+
+    fn handle_s_despawn(
+        &mut self,
+        _session: &SessionHandle,
+        _msg: SDespawn,
+    ) -> Result<(), DispatchError> {
+        Ok(())
+    }
+
+    fn handle_s_move(
+        &mut self,
+        _session: &SessionHandle,
+        _msg: SMove,
+    ) -> Result<(), DispatchError> {
         Ok(())
     }
 }

@@ -176,7 +176,9 @@ pub(crate) trait Driver: Sized {
     /// Accepted connections arrive as [`Event::Accepted`].
     fn add_listener(&mut self, listener: TcpListener) -> io::Result<()>;
 
-    /// Stops accepting on every listener and closes them.
+    /// Stops accepting on every listener and closes them. Their ports are
+    /// free when this returns, even if an accept of theirs is still in
+    /// flight: a restarted server can bind them at once.
     fn close_listeners(&mut self);
 
     /// Adopts a connected, non-blocking stream under `token` and starts
@@ -185,6 +187,11 @@ pub(crate) trait Driver: Sized {
 
     /// Starts one gathered write of `batch` (non-empty) on `token`.
     fn send(&mut self, token: Token, batch: SendBatch);
+
+    /// Shuts down the write side of `token` (`shutdown(SHUT_WR)`: FIN after
+    /// everything already written) and goes on receiving, for a lingering
+    /// close. Only while no send of `token` is in flight.
+    fn shutdown_write(&mut self, token: Token);
 
     /// Stops reading and writing `token`, cancels what is in flight, closes
     /// the socket and eventually reports [`Event::Released`].

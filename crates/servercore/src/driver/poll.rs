@@ -265,6 +265,20 @@ impl Driver for PollDriver {
         }
     }
 
+    fn shutdown_write(&mut self, token: Token) {
+        let conn = match self.index.get(&token) {
+            Some(&slot) if slot != CLOSING => self.conns[slot].as_mut(),
+            _ => None,
+        };
+        let Some(conn) = conn else {
+            return;
+        };
+        debug_assert!(conn.pending.is_none(), "shutdown with a send in flight");
+        if let Err(error) = conn.stream.shutdown(std::net::Shutdown::Write) {
+            tracing::debug!(%error, token, "shutting down the write side failed");
+        }
+    }
+
     fn close(&mut self, token: Token, mode: CloseMode) {
         let Some(slot) = self.index.get_mut(&token).filter(|slot| **slot != CLOSING) else {
             tracing::debug!(token, "close of an unknown or already closed token");
@@ -1189,5 +1203,124 @@ mod tests {
         assert_eq!(storage.as_ptr(), ptr);
         assert_eq!(storage.capacity(), MAX_IOVECS);
         assert!(storage.is_empty());
+    }
+
+    /// Set in the child process that runs [`broken_poll_child`].
+    #[cfg(target_os = "linux")]
+    const BROKEN_POLL_CHILD: &str = "SERVERCORE_POLL_BROKEN_CHILD";
+
+    /// A worker whose poll fails for good ends, with its sessions
+    /// disconnected, and the service stops and reports why; it does not loop
+    /// on the error. Runs in a process of its own: it breaks the worker's
+    /// epoll descriptor, found among the process's descriptors.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn fatal_poll_error_ends_the_worker_and_is_reported() {
+        let (_, path) = module_path!().split_once("::").unwrap();
+        let output = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", &format!("{path}::broken_poll_child")])
+            .args(["--nocapture", "--test-threads=1"])
+            .env(BROKEN_POLL_CHILD, "1")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "{stdout}\n{stderr}");
+        assert!(
+            stdout.contains("broken poll child: ok"),
+            "{stdout}\n{stderr}"
+        );
+    }
+
+    /// The epoll descriptors of this process.
+    #[cfg(target_os = "linux")]
+    fn epoll_fds() -> Vec<i32> {
+        std::fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .filter_map(|entry| {
+                let entry = entry.ok()?;
+                let target = std::fs::read_link(entry.path()).ok()?;
+                (target.to_str()? == "anon_inode:[eventpoll]")
+                    .then(|| entry.file_name().to_str()?.parse().ok())
+                    .flatten()
+            })
+            .collect()
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn broken_poll_child() {
+        use std::sync::{Arc, Mutex};
+
+        use crate::{DisconnectReason, ServerService, Session, SessionHandle};
+
+        if std::env::var_os(BROKEN_POLL_CHILD).is_none() {
+            return;
+        }
+        struct Recorder(Arc<Mutex<Vec<DisconnectReason>>>);
+        impl Session for Recorder {
+            fn on_recv(&mut self, session: &SessionHandle, data: &[u8]) -> usize {
+                let _ = session.send_copy(data);
+                data.len()
+            }
+            fn on_disconnected(&mut self, _: &SessionHandle, reason: &DisconnectReason) {
+                self.0.lock().unwrap().push(reason.clone());
+            }
+        }
+        let reasons = Arc::new(Mutex::new(Vec::new()));
+        let recorded = Arc::clone(&reasons);
+        let before = epoll_fds();
+        let service = ServerService::builder("127.0.0.1:0")
+            .backend(crate::Backend::Poll)
+            .workers(1)
+            .session(move || Recorder(Arc::clone(&recorded)))
+            .start()
+            .unwrap();
+        let epoll: Vec<i32> = epoll_fds()
+            .into_iter()
+            .filter(|fd| !before.contains(fd))
+            .collect();
+        assert_eq!(epoll.len(), 1, "one worker, one epoll: {epoll:?}");
+        let mut client = TcpStream::connect(service.local_addr()).unwrap();
+        client
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        client.write_all(b"ping").unwrap();
+        let mut buf = [0u8; 4];
+        client.read_exact(&mut buf).unwrap();
+
+        // Put /dev/null where the epoll descriptor was: every later
+        // epoll_wait fails with EINVAL.
+        let null = std::fs::File::open("/dev/null").unwrap();
+        // SAFETY: dup2 on two descriptors this process owns; the epoll one
+        // is replaced atomically and stays a valid descriptor throughout.
+        assert!(unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), epoll[0]) } >= 0);
+        service.broadcast(Bytes::from_static(b"wake"));
+
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let joiner = thread::spawn(move || {
+            service.join();
+            done_tx.send(()).unwrap();
+            service
+        });
+        done_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the failed worker ended and the service stopped");
+        let service = joiner.join().unwrap();
+        let failure = service.failure().expect("the failure is reported");
+        assert_eq!(failure.worker, 0);
+        assert!(service.is_stopping());
+        let stats = service.stats();
+        assert_eq!(
+            (stats.active_sessions, stats.live_slots),
+            (0, 0),
+            "{stats:?}"
+        );
+        let reasons = reasons.lock().unwrap().clone();
+        assert!(
+            matches!(&reasons[..], [DisconnectReason::IoError { .. }]),
+            "{reasons:?}"
+        );
+        println!("broken poll child: ok ({failure})");
     }
 }

@@ -262,6 +262,11 @@ impl Sq {
                 // Timed out, interrupted by a signal, or the completion queue
                 // is backed up (reaping makes room): all normal.
                 Some(libc::ETIME | libc::EINTR | libc::EBUSY | libc::EAGAIN) => Ok(()),
+                // The kernel dropped completions (it could not hold back an
+                // overflowing one); `check_dropped` gives the count.
+                Some(libc::EBADR) => Err(io::Error::other(
+                    "io_uring completion queue overflow: the kernel dropped completions (EBADR)",
+                )),
                 _ => Err(error),
             },
         }
@@ -441,6 +446,8 @@ pub(crate) struct UringDriver {
     wake_armed: bool,
     /// Set by `drop`: nothing is re-armed any more.
     shutting_down: bool,
+    /// The kernel's count of dropped completions when last checked.
+    cq_dropped_seen: u32,
 }
 
 impl UringDriver {
@@ -785,6 +792,30 @@ impl UringDriver {
         }
     }
 
+    /// Compares the kernel's count of completions it dropped (`dropped`,
+    /// read from the ring's overflow counter) with the last check. With
+    /// `IORING_FEAT_NODROP` the kernel drops a completion only when it
+    /// cannot even allocate room to hold it back; the operation it finished
+    /// is then lost to the driver, and its slot, buffers and socket would
+    /// never be released. There is no way to tell which one it was, so the
+    /// driver fails: the worker ends cleanly and the service reports it.
+    fn check_dropped(&mut self, dropped: u32) -> io::Result<()> {
+        let lost = dropped.wrapping_sub(self.cq_dropped_seen);
+        if lost == 0 {
+            return Ok(());
+        }
+        self.cq_dropped_seen = dropped;
+        tracing::error!(
+            lost,
+            in_flight = self.sq.inflight,
+            "io_uring: the completion queue overflowed and the kernel dropped completions; \
+             the operations they finished are lost; failing this worker"
+        );
+        Err(io::Error::other(format!(
+            "io_uring completion queue overflow: the kernel dropped {lost} completions"
+        )))
+    }
+
     fn report_deferred(&mut self, sink: &mut dyn EventSink) -> bool {
         let any = !self.deferred.is_empty();
         while let Some(deferred) = self.deferred.pop_front() {
@@ -853,6 +884,7 @@ impl UringDriver {
             wake_buf,
             wake_armed: false,
             shutting_down: false,
+            cq_dropped_seen: 0,
         };
         tracing::debug!(
             ?mode,
@@ -902,6 +934,7 @@ impl Driver for UringDriver {
             }
             listener.closing = true;
             listener.retry_at = None;
+            stop_listening(&listener.socket);
             if listener.armed {
                 // The listening socket stays open until the accept's last
                 // completion: closing it earlier would not stop the accept.
@@ -1019,6 +1052,25 @@ impl Driver for UringDriver {
         self.sq.push(entry);
     }
 
+    fn shutdown_write(&mut self, token: Token) {
+        let Some(&index) = self.tokens.get(&token) else {
+            return;
+        };
+        let Some(conn) = self.slots[index as usize].conn.as_ref() else {
+            return;
+        };
+        if conn.closing {
+            return;
+        }
+        debug_assert!(conn.send.is_none(), "shutdown with a send in flight");
+        // Nothing of ours is queued in the ring for this socket's write side
+        // (no send in flight), so a direct call keeps the order: FIN after
+        // the last written byte. The multishot receive stays armed.
+        if let Err(error) = conn.stream.shutdown(std::net::Shutdown::Write) {
+            tracing::debug!(token, %error, "io_uring: shutting down the write side failed");
+        }
+    }
+
     fn close(&mut self, token: Token, mode: CloseMode) {
         let Some(&index) = self.tokens.get(&token) else {
             return;
@@ -1065,7 +1117,8 @@ impl Driver for UringDriver {
         }
         self.sq.enter(wait)?;
         self.drain(sink);
-        Ok(())
+        let dropped = self.sq.ring.completion().overflow();
+        self.check_dropped(dropped)
     }
 
     fn waker(&self) -> Arc<dyn Wake> {
@@ -1073,9 +1126,28 @@ impl Driver for UringDriver {
     }
 }
 
+/// Takes `socket` out of the listening state at once (`shutdown(SHUT_RD)`
+/// makes a listener drop its accept queue and unhash): its port is free for
+/// a successor even while an armed accept still holds a reference to the
+/// socket, which lasts until the ring is torn down, and after a crash until
+/// the kernel gets to it.
+fn stop_listening(socket: &TcpListener) {
+    if let Err(error) = socket2::SockRef::from(socket).shutdown(std::net::Shutdown::Read) {
+        // ENOTCONN: it was not listening (any more); nothing holds the port.
+        if error.raw_os_error() != Some(libc::ENOTCONN) {
+            tracing::debug!(%error, "io_uring: shutting a listener down failed");
+        }
+    }
+}
+
 impl Drop for UringDriver {
     fn drop(&mut self) {
         self.shutting_down = true;
+        // Listeners first: their ports are free before anything else is
+        // waited for, whatever happens to the ring afterwards.
+        for listener in self.listeners.iter().flatten() {
+            stop_listening(&listener.socket);
+        }
         if self.sq.inflight > 0 {
             // Cancel everything submitted so far (the backlog is flushed
             // first by `enter`, in order, so this cancel comes last).

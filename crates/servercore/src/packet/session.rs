@@ -382,6 +382,13 @@ pub trait PacketHandler: 'static {
         let _ = (session, len);
     }
 
+    /// The peer finished sending; every complete packet it sent was handled.
+    /// The default disconnects with `ClosedByPeer` once what is queued is
+    /// written (see [`Session::on_read_closed`](crate::Session::on_read_closed)).
+    fn on_read_closed(&mut self, session: &SessionHandle) {
+        session.disconnect_with(DisconnectReason::ClosedByPeer);
+    }
+
     /// The connection ended; runs exactly once, last.
     fn on_disconnected(&mut self, session: &SessionHandle, reason: &DisconnectReason) {
         let _ = (session, reason);
@@ -439,6 +446,7 @@ impl<H: PacketHandler> Session for PacketSession<H> {
             return data.len();
         }
         let handler = &mut self.handler;
+        let delivered_before = self.receiver.delivered();
         let outcome = self.receiver.receive(data, Instant::now(), |packet| {
             handler.on_packet(session, packet.id, packet.body)?;
             Ok(if session.is_connected() {
@@ -447,6 +455,9 @@ impl<H: PacketHandler> Session for PacketSession<H> {
                 ControlFlow::Break(())
             })
         });
+        session
+            .counters()
+            .note_packets_in(self.receiver.delivered() - delivered_before);
         if let Some(violation) = outcome.violation {
             let reason = violation.to_disconnect_reason();
             tracing::warn!(
@@ -465,6 +476,10 @@ impl<H: PacketHandler> Session for PacketSession<H> {
 
     fn on_send(&mut self, session: &SessionHandle, len: usize) {
         self.handler.on_send(session, len);
+    }
+
+    fn on_read_closed(&mut self, session: &SessionHandle) {
+        self.handler.on_read_closed(session);
     }
 
     fn on_disconnected(&mut self, session: &SessionHandle, reason: &DisconnectReason) {

@@ -17,9 +17,9 @@ use parking_lot::Mutex;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use super::config::{common_builder_methods, ServiceConfig};
-use super::engine::{engine_control_methods, Engine, SessionFactory};
+use super::engine::{engine_control_methods, Engine, SessionFactory, Transports};
 use super::StartError;
-use crate::Session;
+use crate::{ClientTransport, Session};
 
 /// A connect that failed.
 #[derive(Debug)]
@@ -46,10 +46,18 @@ pub struct ClientServiceBuilder {
     sources: Vec<IpAddr>,
     connect_timeout: Duration,
     on_connect_error: Option<ConnectErrorHook>,
+    transport: ClientTransport,
 }
 
 impl ClientServiceBuilder {
     common_builder_methods!();
+
+    /// The transport of every connection (default: plain TCP): TLS,
+    /// WebSocket or both. The sessions' callbacks see the plain stream.
+    pub fn transport(mut self, transport: ClientTransport) -> Self {
+        self.transport = transport;
+        self
+    }
 
     /// How many sessions to connect (default 1).
     pub fn sessions(mut self, sessions: usize) -> Self {
@@ -103,7 +111,12 @@ impl ClientServiceBuilder {
             addr: self.addr.clone(),
             source: io::Error::new(io::ErrorKind::InvalidInput, "address resolved to nothing"),
         })?;
-        let engine = Arc::new(Engine::start(self.config, factory, None)?);
+        let engine = Arc::new(Engine::start(
+            self.config,
+            factory,
+            Vec::new(),
+            Transports::Client(self.transport),
+        )?);
         let counters = Arc::new(ConnectCounters::default());
         let connector = {
             let engine = Arc::clone(&engine);
@@ -211,6 +224,7 @@ impl ClientService {
             sources: Vec::new(),
             connect_timeout: Duration::from_secs(5),
             on_connect_error: None,
+            transport: ClientTransport::plain(),
         }
     }
 

@@ -19,7 +19,16 @@ pub(crate) struct ServiceConfig {
     pub driver: DriverConfig,
     pub nodelay: bool,
     pub job_slice: Duration,
+    /// Send coalescing: hold a session's queued sends until this long after
+    /// its last write. `None`: off (every send is written in the next round).
+    pub coalesce_interval: Option<Duration>,
+    /// Send coalescing: queued bytes that end the hold at once.
+    pub coalesce_max_bytes: usize,
 }
+
+/// Default bound of a coalesced queue: about a few full TCP segments' worth
+/// of game packets, far below the default high watermark.
+pub(crate) const DEFAULT_COALESCE_MAX_BYTES: usize = 32 * 1024;
 
 impl Default for ServiceConfig {
     fn default() -> Self {
@@ -32,6 +41,7 @@ impl Default for ServiceConfig {
                 low_watermark: 64 * 1024,
                 hard_limit: 4 * 1024 * 1024,
                 policy: OverflowPolicy::Disconnect,
+                coalesce_max_bytes: usize::MAX,
             },
             idle_timeout: None,
             shutdown_timeout: Duration::from_secs(5),
@@ -40,11 +50,24 @@ impl Default for ServiceConfig {
             driver: DriverConfig::default(),
             nodelay: true,
             job_slice: Duration::from_millis(10),
+            coalesce_interval: None,
+            coalesce_max_bytes: DEFAULT_COALESCE_MAX_BYTES,
         }
     }
 }
 
 impl ServiceConfig {
+    /// The send limits each session gets, with the coalescing bound filled
+    /// in (`usize::MAX` when coalescing is off).
+    pub fn session_limits(&self) -> SendLimits {
+        let mut limits = self.send;
+        limits.coalesce_max_bytes = match self.coalesce_interval {
+            Some(_) => self.coalesce_max_bytes,
+            None => usize::MAX,
+        };
+        limits
+    }
+
     /// Checks the settings for contradictions.
     pub fn validate(&self) -> Result<(), String> {
         if self.workers == 0 {
@@ -68,6 +91,9 @@ impl ServiceConfig {
         }
         if !self.driver.recv_ring_entries.is_power_of_two() {
             return Err("receive ring entries must be a power of two".into());
+        }
+        if self.coalesce_interval.is_some() && self.coalesce_max_bytes == 0 {
+            return Err("coalesce_max_bytes must be at least 1".into());
         }
         if self.max_receive_backlog == 0 {
             return Err("max_receive_backlog must be at least 1".into());
@@ -93,7 +119,10 @@ macro_rules! common_builder_methods {
 
         /// Send queue watermarks in bytes: `is_writable()` turns false above
         /// `high` and true again at `low`; past `hard` the overflow policy
-        /// applies (defaults 256 KiB, 64 KiB, 4 MiB).
+        /// applies (defaults 256 KiB, 64 KiB, 4 MiB). The limits count
+        /// queued bytes; small packets waiting behind a backlog are copied
+        /// out of their pooled 64 KiB writer chunks, so the count bounds the
+        /// memory they hold.
         pub fn send_limits(mut self, low: usize, high: usize, hard: usize) -> Self {
             self.config.send.low_watermark = low;
             self.config.send.high_watermark = high;
@@ -132,6 +161,25 @@ macro_rules! common_builder_methods {
         pub fn receive_buffers(mut self, size: usize, ring_entries: u16) -> Self {
             self.config.driver.recv_buffer_size = size;
             self.config.driver.recv_ring_entries = ring_entries;
+            self
+        }
+
+        /// Send coalescing (off by default): a session's queued sends are
+        /// held until `interval` has passed since its last write, its queued
+        /// bytes reach [`coalesce_max_bytes`](Self::coalesce_max_bytes), or
+        /// the app calls [`SessionHandle::flush`](crate::SessionHandle::flush)
+        /// (or [`send_now`](crate::SessionHandle::send_now)). Fewer, fuller
+        /// writes for broadcast-heavy sessions; order, backpressure and the
+        /// flush on stop are unchanged. `Duration::ZERO` turns it off.
+        pub fn send_coalescing(mut self, interval: std::time::Duration) -> Self {
+            self.config.coalesce_interval = (!interval.is_zero()).then_some(interval);
+            self
+        }
+
+        /// With send coalescing: queued bytes at which a held session is
+        /// written at once (default 32 KiB).
+        pub fn coalesce_max_bytes(mut self, bytes: usize) -> Self {
+            self.config.coalesce_max_bytes = bytes;
             self
         }
 

@@ -10,10 +10,12 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 
 use super::config::ServiceConfig;
+use super::metrics::EngineMetrics;
 use super::worker;
 use super::StartError;
 use crate::driver::{resolve_backend, Backend};
 use crate::session::{Mailbox, Request, Session};
+use crate::transport::{ClientTransport, ServerTransport, Transport};
 
 /// Builds the session object of each new connection.
 pub(crate) type SessionFactory = Box<dyn Fn() -> Box<dyn Session> + Send + Sync>;
@@ -31,6 +33,23 @@ pub struct ServiceStats {
     pub live_slots: usize,
 }
 
+/// Why a worker ended on its own: its I/O driver failed for good (for
+/// example the io_uring completion queue lost completions, or `epoll_wait`
+/// failed). The worker's sessions were disconnected with
+/// [`DisconnectReason::IoError`](crate::DisconnectReason::IoError) and the
+/// whole service stopped itself; [`ServerService::failure`](crate::ServerService::failure)
+/// reports the first such failure.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("worker {worker} failed: {message}")]
+pub struct WorkerFailure {
+    /// Index of the worker that failed.
+    pub worker: usize,
+    /// The driver error's kind.
+    pub kind: std::io::ErrorKind,
+    /// The driver error as text.
+    pub message: String,
+}
+
 /// State every worker of one service shares.
 pub(crate) struct EngineShared {
     pub config: ServiceConfig,
@@ -42,6 +61,38 @@ pub(crate) struct EngineShared {
     pub refused_total: AtomicU64,
     pub next_worker: AtomicUsize,
     pub stopping: AtomicBool,
+    /// The first worker failure, if any.
+    pub failure: Mutex<Option<WorkerFailure>>,
+    pub transports: Transports,
+}
+
+/// Which transport each new connection gets.
+pub(crate) enum Transports {
+    /// A server's listeners, by the port they listen on.
+    Server(Vec<(u16, ServerTransport)>),
+    /// Every connection of a client service.
+    Client(ClientTransport),
+}
+
+impl Transports {
+    /// True when every connection is plain TCP (no lookup needed).
+    pub fn all_plain(&self) -> bool {
+        match self {
+            Transports::Server(listeners) => listeners.iter().all(|(_, t)| t.is_plain()),
+            Transports::Client(transport) => transport.is_plain(),
+        }
+    }
+
+    /// The transport state of a new connection (`None`: plain TCP).
+    pub fn start(&self, local: SocketAddr, peer: SocketAddr) -> Option<Box<Transport>> {
+        match self {
+            Transports::Server(listeners) => listeners
+                .iter()
+                .find(|(port, _)| *port == local.port())
+                .and_then(|(_, transport)| transport.start()),
+            Transports::Client(transport) => transport.start(peer),
+        }
+    }
 }
 
 impl EngineShared {
@@ -59,15 +110,47 @@ impl EngineShared {
         self.active.fetch_sub(1, Ordering::AcqRel);
     }
 
+    /// Asks every worker to stop (graceful: flush, then `Shutdown`).
+    pub fn request_stop(&self) {
+        if !self.stopping.swap(true, Ordering::AcqRel) {
+            tracing::info!("stopping service");
+            for mailbox in &self.mailboxes {
+                mailbox.push(Request::Stop);
+            }
+        }
+    }
+
+    /// Records that worker `worker` failed with `error` (the first failure
+    /// is kept) and stops the service.
+    pub fn worker_failed(&self, worker: u16, error: &std::io::Error) {
+        self.failure.lock().get_or_insert_with(|| WorkerFailure {
+            worker: worker.into(),
+            kind: error.kind(),
+            message: error.to_string(),
+        });
+        self.request_stop();
+    }
+
     /// Picks the worker of the next session, round-robin.
     pub fn pick_worker(&self) -> usize {
         self.next_worker.fetch_add(1, Ordering::Relaxed) % self.mailboxes.len()
     }
 
-    /// Hands a connected stream to a worker (round-robin).
+    /// Hands a connected stream, whose place `try_reserve_session` reserved,
+    /// to a worker (round-robin).
     pub fn hand_out(&self, stream: TcpStream, peer: SocketAddr) {
-        let index = self.pick_worker();
-        self.mailboxes[index].push(Request::Adopt(stream, peer));
+        self.hand_to(self.pick_worker(), stream, peer);
+    }
+
+    /// Hands a connected stream with a reserved place to worker `index`. If
+    /// that worker has already stopped, the stream is closed and the place
+    /// given back.
+    pub fn hand_to(&self, index: usize, stream: TcpStream, peer: SocketAddr) {
+        if let Err((stream, peer)) = self.mailboxes[index].push_adopt(stream, peer) {
+            tracing::debug!(%peer, worker = index, "worker stopped; closing the new connection");
+            drop(stream);
+            self.release_session();
+        }
     }
 }
 
@@ -79,25 +162,30 @@ pub(crate) struct Engine {
 }
 
 impl Engine {
-    /// Starts the workers; `listener`, if any, is served by worker 0.
+    /// Starts the workers; the listeners, if any, are served by worker 0.
     pub fn start(
         config: ServiceConfig,
         factory: SessionFactory,
-        listener: Option<TcpListener>,
+        listeners: Vec<TcpListener>,
+        transports: Transports,
     ) -> Result<Engine, StartError> {
         config.validate().map_err(StartError::Config)?;
         let resolved = resolve_backend(config.backend)?;
         let backend = resolved.as_backend();
         tracing::info!(backend = %backend, workers = config.workers, "starting service");
 
-        let mut listener = listener;
+        let mut listeners = listeners;
         let mut threads = Vec::with_capacity(config.workers);
         let mut mailboxes = Vec::with_capacity(config.workers);
         let mut activations = Vec::with_capacity(config.workers);
         for index in 0..config.workers {
             let (ready_tx, ready_rx) = crossbeam_channel::bounded(1);
             let (go_tx, go_rx) = crossbeam_channel::bounded::<Arc<EngineShared>>(1);
-            let worker_listener = if index == 0 { listener.take() } else { None };
+            let worker_listeners = if index == 0 {
+                std::mem::take(&mut listeners)
+            } else {
+                Vec::new()
+            };
             let driver_config = config.driver.clone();
             let spawned = std::thread::Builder::new()
                 .name(format!("servercore-w{index}"))
@@ -106,7 +194,7 @@ impl Engine {
                         resolved,
                         index as u16,
                         driver_config,
-                        worker_listener,
+                        worker_listeners,
                         ready_tx,
                         go_rx,
                     )
@@ -143,6 +231,8 @@ impl Engine {
             refused_total: AtomicU64::new(0),
             next_worker: AtomicUsize::new(0),
             stopping: AtomicBool::new(false),
+            failure: Mutex::new(None),
+            transports,
         });
         for go in activations {
             let _ = go.send(Arc::clone(&shared));
@@ -164,6 +254,20 @@ impl Engine {
         }
     }
 
+    /// A snapshot of the engine counters, summed per worker.
+    pub fn metrics(&self) -> EngineMetrics {
+        let shared = &self.shared;
+        EngineMetrics {
+            workers: shared
+                .mailboxes
+                .iter()
+                .map(|mailbox| mailbox.counters.snapshot())
+                .collect(),
+            refused_total: shared.refused_total.load(Ordering::Acquire),
+            sessions_total: shared.sessions_total.load(Ordering::Acquire),
+        }
+    }
+
     /// Queues `data` to every connected session; one buffer for all.
     pub fn broadcast(&self, data: Bytes) {
         for mailbox in &self.shared.mailboxes {
@@ -173,12 +277,12 @@ impl Engine {
 
     /// Asks every worker to stop (graceful: flush, then `Shutdown`).
     pub fn stop(&self) {
-        if !self.shared.stopping.swap(true, Ordering::AcqRel) {
-            tracing::info!("stopping service");
-            for mailbox in &self.shared.mailboxes {
-                mailbox.push(Request::Stop);
-            }
-        }
+        self.shared.request_stop();
+    }
+
+    /// The first worker failure, if a worker ended on its own.
+    pub fn failure(&self) -> Option<WorkerFailure> {
+        self.shared.failure.lock().clone()
     }
 
     pub fn is_stopping(&self) -> bool {
@@ -226,6 +330,14 @@ macro_rules! engine_control_methods {
             self.engine.stats()
         }
 
+        /// A snapshot of the engine counters (per worker, and summed with
+        /// [`EngineMetrics::total`](crate::EngineMetrics::total)): sessions,
+        /// accepts, refusals, disconnects by kind, bytes, packets, writes,
+        /// queued bytes, driver events, coalesced flushes.
+        pub fn metrics(&self) -> $crate::EngineMetrics {
+            self.engine.metrics()
+        }
+
         /// Queues `data` to every connected session; the buffer is shared,
         /// and each worker submits its sessions' writes together.
         pub fn broadcast(&self, data: bytes::Bytes) {
@@ -239,9 +351,18 @@ macro_rules! engine_control_methods {
             self.engine.stop();
         }
 
-        /// True once `stop` was called.
+        /// True once `stop` was called (or a worker failure stopped the
+        /// service).
         pub fn is_stopping(&self) -> bool {
             self.engine.is_stopping()
+        }
+
+        /// Why the service stopped on its own: the first worker whose I/O
+        /// driver failed for good. `None` while running normally and after
+        /// an ordinary `stop`. Check it after `join` to tell a failure from
+        /// a requested stop.
+        pub fn failure(&self) -> Option<$crate::WorkerFailure> {
+            self.engine.failure()
         }
     };
 }

@@ -64,21 +64,33 @@ impl SessionGroup {
     }
 
     /// Sends `data` to every member but `except` (typically the sender).
+    ///
+    /// The members are copied out under the lock and sent to without it, so
+    /// other threads can join, leave or broadcast meanwhile; members found
+    /// closed are removed afterwards.
     pub fn broadcast_except(&self, data: &Bytes, except: Option<SessionId>) -> usize {
-        let mut members = self.members.lock();
+        let targets: Vec<SessionHandle> = self
+            .members
+            .lock()
+            .iter()
+            .filter(|(id, _)| Some(**id) != except)
+            .map(|(_, handle)| handle.clone())
+            .collect();
         let mut delivered = 0;
-        members.retain(|id, handle| {
-            if Some(*id) == except {
-                return true;
-            }
+        let mut gone = Vec::new();
+        for handle in &targets {
             match handle.send(data.clone()) {
-                Ok(()) => {
-                    delivered += 1;
-                    true
-                }
-                Err(_) => handle.is_connected(),
+                Ok(()) => delivered += 1,
+                Err(_) if !handle.is_connected() => gone.push(handle.id()),
+                Err(_) => {}
             }
-        });
+        }
+        if !gone.is_empty() {
+            let mut members = self.members.lock();
+            for id in gone {
+                members.remove(&id);
+            }
+        }
         delivered
     }
 

@@ -10,12 +10,17 @@ mod client;
 mod config;
 mod engine;
 mod group;
+mod log_limit;
+pub(crate) mod metrics;
 mod server;
+#[cfg(test)]
+mod tests;
 mod worker;
 
 pub use client::{ClientService, ClientServiceBuilder, ConnectError};
-pub use engine::ServiceStats;
+pub use engine::{ServiceStats, WorkerFailure};
 pub use group::SessionGroup;
+pub use metrics::{EngineMetrics, WorkerMetrics};
 pub use server::{ServerService, ServerServiceBuilder};
 
 /// Why a service could not start.

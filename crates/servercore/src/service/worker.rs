@@ -6,8 +6,19 @@
 //! `io_uring_enter` on io_uring) and dispatch its completions to sessions.
 //! The worker owns the per-connection state no other thread touches: the
 //! session object, its receive leftovers and its write in flight.
+//!
+//! It also owns two send-side policies:
+//! - send coalescing: sessions whose queued sends are held back sit in one
+//!   list with the earliest due time, which bounds the round's wait (one
+//!   deadline per round, no timer or syscall per session);
+//! - closing without losing replies: a session that closes gracefully (peer
+//!   EOF, `disconnect()`, stop) first writes what is queued, then shuts its
+//!   write side down and reads and discards until the peer's EOF or the
+//!   linger deadline (so unread input never turns the close into an RST that
+//!   destroys the last reply), and only then closes.
 
 use std::any::Any;
+use std::collections::VecDeque;
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -19,13 +30,16 @@ use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender};
 
 use super::engine::EngineShared;
+use super::log_limit::AcceptErrorLog;
 use crate::driver::{
     poll::PollDriver, CloseMode, Driver, DriverConfig, Event, EventSink, ResolvedBackend,
     SendBatch, Token,
 };
 use crate::session::{
-    DisconnectReason, Mailbox, Request, Session, SessionHandle, SessionId, SessionShared,
+    copy_out_straggler, DisconnectReason, Mailbox, Request, Session, SessionHandle, SessionId,
+    SessionShared,
 };
+use crate::transport::{self, Transport};
 
 /// How often idle timeouts and drain deadlines are checked.
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_millis(100);
@@ -41,23 +55,23 @@ pub(crate) fn run_thread(
     backend: ResolvedBackend,
     index: u16,
     driver_config: DriverConfig,
-    listener: Option<TcpListener>,
+    listeners: Vec<TcpListener>,
     ready: Sender<io::Result<Arc<Mailbox>>>,
     go: Receiver<Arc<EngineShared>>,
 ) {
     match backend {
         #[cfg(target_os = "linux")]
         ResolvedBackend::IoUring => {
-            run::<crate::driver::uring::UringDriver>(index, driver_config, listener, ready, go)
+            run::<crate::driver::uring::UringDriver>(index, driver_config, listeners, ready, go)
         }
-        ResolvedBackend::Poll => run::<PollDriver>(index, driver_config, listener, ready, go),
+        ResolvedBackend::Poll => run::<PollDriver>(index, driver_config, listeners, ready, go),
     }
 }
 
 fn run<D: Driver>(
     index: u16,
     driver_config: DriverConfig,
-    listener: Option<TcpListener>,
+    listeners: Vec<TcpListener>,
     ready: Sender<io::Result<Arc<Mailbox>>>,
     go: Receiver<Arc<EngineShared>>,
 ) {
@@ -68,7 +82,7 @@ fn run<D: Driver>(
             return;
         }
     };
-    if let Some(listener) = listener {
+    for listener in listeners {
         if let Err(error) = driver.add_listener(listener) {
             let _ = ready.send(Err(error));
             return;
@@ -91,8 +105,13 @@ fn run<D: Driver>(
 /// Where a session is in its life.
 enum Phase {
     Open,
-    /// Closing once queued bytes are written, or at the deadline.
+    /// Writing what is queued before closing; aborted at the deadline.
     Draining {
+        deadline: Instant,
+    },
+    /// Everything was written and the write side shut down: input is
+    /// discarded until the peer's EOF, or the deadline.
+    Lingering {
         deadline: Instant,
     },
     /// `driver.close` was asked; waiting for `Released`.
@@ -106,14 +125,28 @@ struct Entry {
     leftover: Vec<u8>,
     /// A write is in flight (its batch is with the driver).
     sending: bool,
-    /// Bytes taken from the queue but not written yet (not in flight).
+    /// Bytes taken from the queue but not written yet (not in flight);
+    /// wire bytes when a transport is present.
     pending: Vec<Bytes>,
     phase: Phase,
     last_recv: Instant,
+    /// The peer's EOF arrived: nothing more will be received.
+    read_closed: bool,
+    /// When the last write was submitted (send coalescing measures from it);
+    /// `None` before the first.
+    last_write: Option<Instant>,
+    /// Listed in `Core::held` (send coalescing).
+    held: bool,
+    /// The app asked for a write at once; kept until the next write starts.
+    flush_now: bool,
+    /// TLS / WebSocket state; `None` for plain TCP.
+    transport: Option<Box<Transport>>,
 }
 
+/// One place for a session. The generation counts the sessions the slot
+/// has held, so a token of an earlier one never matches.
 struct Slot {
-    generation: u16,
+    generation: u32,
     entry: Option<Entry>,
 }
 
@@ -130,27 +163,42 @@ struct Core {
     engine: Arc<EngineShared>,
     mailbox: Arc<Mailbox>,
     slots: Vec<Slot>,
-    free: Vec<u32>,
+    /// Vacant slots, oldest first: a slot is reused as late as possible.
+    free: VecDeque<u32>,
     live: usize,
+    /// Serial number of the next session of this worker (see `SessionId`).
+    next_serial: u64,
     deferred: Deferred,
     batch_pool: Vec<Vec<Bytes>>,
     stopping: Option<Instant>,
     next_housekeeping: Instant,
+    accept_errors: AcceptErrorLog,
+    /// Send coalescing interval (`None`: off).
+    coalesce: Option<Duration>,
+    /// Sessions whose queued sends are held back by coalescing.
+    held: Vec<u32>,
+    /// The earliest time a held session is due, if any is held.
+    next_due: Option<Instant>,
 }
 
 impl Core {
     fn new(index: u16, engine: Arc<EngineShared>, mailbox: Arc<Mailbox>) -> Core {
         Core {
             index,
-            engine,
             mailbox,
             slots: Vec::new(),
-            free: Vec::new(),
+            free: VecDeque::new(),
             live: 0,
+            next_serial: 1,
             deferred: Deferred::default(),
             batch_pool: Vec::new(),
             stopping: None,
             next_housekeeping: Instant::now() + HOUSEKEEPING_INTERVAL,
+            accept_errors: AcceptErrorLog::default(),
+            coalesce: engine.config.coalesce_interval,
+            engine,
+            held: Vec::new(),
+            next_due: None,
         }
     }
 
@@ -167,6 +215,10 @@ impl Core {
             self.apply_deferred(driver);
 
             let now = Instant::now();
+            if self.next_due.is_some_and(|due| now >= due) {
+                self.flush_due(driver, now);
+                self.apply_deferred(driver);
+            }
             if now >= self.next_housekeeping {
                 self.housekeeping(now);
                 self.apply_deferred(driver);
@@ -190,6 +242,9 @@ impl Core {
             if let Some(at) = next_timer {
                 wake_at = wake_at.min(at);
             }
+            if let Some(due) = self.next_due {
+                wake_at = wake_at.min(due);
+            }
             let timeout = if !self.mailbox.is_empty() || !self.deferred.is_empty() {
                 Duration::ZERO
             } else {
@@ -198,10 +253,16 @@ impl Core {
                     .min(MAX_WAIT)
             };
             if let Err(error) = driver.poll(Some(timeout), self) {
-                tracing::error!(worker = self.index, %error, "driver poll failed");
-                std::thread::sleep(Duration::from_millis(10));
+                // Drivers report only errors they cannot recover from.
+                self.fail(driver, error);
+                break;
             }
             self.apply_deferred(driver);
+        }
+        // Connections handed to this worker that it will never adopt.
+        for (stream, _peer) in self.mailbox.close() {
+            drop(stream);
+            self.engine.release_session();
         }
         // Whatever is left (only after the stop deadline) is dropped with the
         // driver, which cancels its operations.
@@ -214,6 +275,29 @@ impl Core {
         }
     }
 
+    /// The driver failed for good: disconnects every session (their
+    /// `on_disconnected` runs, with an `IoError`), reports the failure and
+    /// stops the service. The caller leaves the loop.
+    fn fail<D: Driver>(&mut self, driver: &mut D, error: io::Error) {
+        tracing::error!(
+            worker = self.index,
+            %error,
+            sessions = self.live,
+            "the I/O driver failed; the worker ends and the service stops"
+        );
+        let reason = DisconnectReason::IoError {
+            kind: error.kind(),
+            message: format!("the worker's I/O driver failed: {error}"),
+        };
+        for slot in 0..self.slots.len() as u32 {
+            self.close(slot, Some(reason.clone()), CloseMode::Abort);
+        }
+        // Best effort: the driver may still close the sockets; whatever it
+        // does not release goes with it when it is dropped.
+        self.apply_deferred(driver);
+        self.engine.worker_failed(self.index, &error);
+    }
+
     // ---- mailbox ---------------------------------------------------------
 
     fn process_mailbox<D: Driver>(&mut self, driver: &mut D) {
@@ -221,7 +305,7 @@ impl Core {
             match request {
                 Request::Flush(shared) => {
                     if let Some(slot) = self.slot_of(&shared) {
-                        self.flush(driver, slot);
+                        self.request_flush(driver, slot);
                     }
                 }
                 Request::Disconnect(shared) => {
@@ -237,7 +321,7 @@ impl Core {
     }
 
     fn slot_of(&self, shared: &Arc<SessionShared>) -> Option<u32> {
-        let slot = shared.id.slot();
+        let slot = shared.token as u32;
         let entry = self.slots.get(slot as usize)?.entry.as_ref()?;
         Arc::ptr_eq(&entry.handle.inner, shared).then_some(slot)
     }
@@ -254,6 +338,7 @@ impl Core {
 
     fn on_disconnect_request<D: Driver>(&mut self, driver: &mut D, slot: u32) {
         let linger = self.engine.config.disconnect_linger;
+        let shutdown_timeout = self.engine.config.shutdown_timeout;
         let Some(entry) = self.entry_mut(slot) else {
             return;
         };
@@ -261,9 +346,18 @@ impl Core {
             return;
         }
         let reason = entry.handle.inner.peek_reason();
-        if matches!(reason, Some(DisconnectReason::ClosedByApp)) {
-            let deadline = Instant::now() + linger;
-            entry.phase = Phase::Draining { deadline };
+        // A graceful close writes what is queued first: the app's within the
+        // linger time, the reply to a half-closed peer within the shutdown
+        // deadline.
+        let drain_for = match reason {
+            Some(DisconnectReason::ClosedByApp) => Some(linger),
+            Some(DisconnectReason::ClosedByPeer) => Some(shutdown_timeout),
+            _ => None,
+        };
+        if let Some(drain_for) = drain_for {
+            entry.phase = Phase::Draining {
+                deadline: Instant::now() + drain_for,
+            };
             self.flush(driver, slot);
         } else {
             let mode = match reason {
@@ -314,7 +408,7 @@ impl Core {
             self.engine.release_session();
             return;
         }
-        let slot = match self.free.pop() {
+        let slot = match self.free.pop_front() {
             Some(slot) => slot,
             None => {
                 self.slots.push(Slot {
@@ -324,19 +418,27 @@ impl Core {
                 (self.slots.len() - 1) as u32
             }
         };
+        let transport = if self.engine.transports.all_plain() {
+            None
+        } else {
+            self.engine.transports.start(local, peer)
+        };
         let generation = self.slots[slot as usize].generation;
-        let id = SessionId::new(self.index, slot, generation);
-        if let Err(error) = driver.add_stream(id.token(), stream) {
+        let token = (u64::from(generation) << 32) | u64::from(slot);
+        if let Err(error) = driver.add_stream(token, stream) {
             tracing::warn!(%peer, %error, "cannot register connection");
-            self.free.push(slot);
+            self.free.push_front(slot);
             self.engine.release_session();
             return;
         }
+        let id = SessionId::new(self.index, self.next_serial);
+        self.next_serial += 1;
         let shared = Arc::new(SessionShared::new(
             id,
+            token,
             peer,
             local,
-            self.engine.config.send,
+            self.engine.config.session_limits(),
             Arc::clone(&self.mailbox),
         ));
         let handle = SessionHandle::from_shared(shared);
@@ -355,8 +457,14 @@ impl Core {
             pending: Vec::new(),
             phase: Phase::Open,
             last_recv: Instant::now(),
+            read_closed: false,
+            last_write: None,
+            held: false,
+            flush_now: false,
+            transport,
         });
         self.live += 1;
+        self.mailbox.counters.set_sessions(self.live);
         self.engine.live_slots.fetch_add(1, Ordering::AcqRel);
         self.engine.sessions_total.fetch_add(1, Ordering::AcqRel);
         tracing::debug!(session = %id, %peer, "connected");
@@ -374,7 +482,37 @@ impl Core {
         }));
         if let Err(panic) = result {
             self.callback_panicked(slot, "on_connected", panic);
+            return;
         }
+        if let Some(transport) = entry.transport.as_mut() {
+            match transport.take_startup_failure() {
+                Some(reason) => self.end_transport(slot, reason),
+                // A client's hello (TLS, the upgrade request) goes out now.
+                None if transport.wants_flush() => self.deferred.flush.push(slot),
+                None => {}
+            }
+        }
+    }
+
+    /// Ends a session for a transport reason once the transport's goodbye
+    /// (alert, close frame, HTTP error) is written; nothing more of the
+    /// session's queue is sent.
+    fn end_transport(&mut self, slot: u32, reason: DisconnectReason) {
+        let linger = self.engine.config.disconnect_linger;
+        let Some(entry) = self.entry_mut(slot) else {
+            return;
+        };
+        if matches!(entry.phase, Phase::Closed) {
+            return;
+        }
+        entry.handle.inner.begin_close(reason);
+        entry.handle.inner.discard_queue();
+        if matches!(entry.phase, Phase::Open) {
+            entry.phase = Phase::Draining {
+                deadline: Instant::now() + linger,
+            };
+        }
+        self.deferred.flush.push(slot);
     }
 
     /// Ends a session: runs `on_disconnected` once and asks the driver to
@@ -394,10 +532,19 @@ impl Core {
         shared.discard_queue();
         entry.phase = Phase::Closed;
         entry.leftover = Vec::new();
-        for buf in entry.pending.drain(..) {
-            shared.note_written(buf.len());
+        let unsent = match entry.transport.as_mut() {
+            Some(transport) => {
+                entry.pending.clear();
+                transport.discard()
+            }
+            None => entry.pending.drain(..).map(|buf| buf.len()).sum(),
+        };
+        shared.note_written(unsent);
+        let token = shared.token;
+        entry.handle.counters().note_disconnect(reason.kind());
+        if transport::is_transport_reason(&reason) {
+            transport::log_rejection(entry.handle.peer_addr(), &reason);
         }
-        let token = shared.id.token();
         log_disconnect(&entry.handle, &reason);
         let result = catch_unwind(AssertUnwindSafe(|| {
             entry.session.on_disconnected(&entry.handle, &reason)
@@ -420,8 +567,9 @@ impl Core {
         // `close` already ran `on_disconnected` and emptied the queue.
         if slot_ref.entry.take().is_some() {
             slot_ref.generation = slot_ref.generation.wrapping_add(1);
-            self.free.push(slot);
+            self.free.push_back(slot);
             self.live -= 1;
+            self.mailbox.counters.set_sessions(self.live);
             self.engine.release_session();
             self.engine.live_slots.fetch_sub(1, Ordering::AcqRel);
         }
@@ -447,6 +595,80 @@ impl Core {
 
     // ---- sending ---------------------------------------------------------
 
+    /// Something was queued (or a write finished): writes now, or, with send
+    /// coalescing, holds the session until its interval since the last write
+    /// has passed, its queue reached the bound, or the app asked to flush.
+    fn request_flush<D: Driver>(&mut self, driver: &mut D, slot: u32) {
+        let Some(interval) = self.coalesce else {
+            self.flush(driver, slot);
+            return;
+        };
+        let Some(entry) = self.entry_mut(slot) else {
+            return;
+        };
+        let shared = &entry.handle.inner;
+        entry.flush_now |= shared.take_flush_now();
+        if entry.sending || matches!(entry.phase, Phase::Closed) {
+            return;
+        }
+        // The rest of a partial write, a closing session, a full queue or
+        // an explicit flush go out now; so does a session idle for longer
+        // than the interval.
+        let now = Instant::now();
+        let due = entry.last_write.map_or(now, |at| at + interval);
+        if !entry.pending.is_empty()
+            || entry.flush_now
+            || !matches!(entry.phase, Phase::Open)
+            || shared.queued_bytes() >= shared.coalesce_max_bytes()
+            || now >= due
+        {
+            self.flush(driver, slot);
+            return;
+        }
+        if !shared.has_unflushed() {
+            return;
+        }
+        if !entry.held {
+            entry.held = true;
+            self.held.push(slot);
+        }
+        self.next_due = Some(self.next_due.map_or(due, |next| next.min(due)));
+    }
+
+    /// Writes the held sessions that are due; recomputes the next due time.
+    fn flush_due<D: Driver>(&mut self, driver: &mut D, now: Instant) {
+        let Some(interval) = self.coalesce else {
+            return;
+        };
+        self.next_due = None;
+        let mut due_now = Vec::new();
+        let mut held = std::mem::take(&mut self.held);
+        held.retain(|&slot| {
+            let Some(entry) = self
+                .slots
+                .get_mut(slot as usize)
+                .and_then(|s| s.entry.as_mut())
+            else {
+                return false;
+            };
+            if !entry.held {
+                return false;
+            }
+            let due = entry.last_write.map_or(now, |at| at + interval);
+            if due > now && matches!(entry.phase, Phase::Open) {
+                self.next_due = Some(self.next_due.map_or(due, |next| next.min(due)));
+                return true;
+            }
+            entry.held = false;
+            due_now.push(slot);
+            false
+        });
+        self.held = held;
+        for slot in due_now {
+            self.flush(driver, slot);
+        }
+    }
+
     /// Starts a write of everything queued, unless one is in flight.
     fn flush<D: Driver>(&mut self, driver: &mut D, slot: u32) {
         let Some(entry) = self
@@ -464,19 +686,62 @@ impl Core {
                 entry.pending = reused;
             }
         }
-        entry.handle.inner.drain_queue_into(&mut entry.pending);
+        let taken = match entry.transport.as_mut() {
+            None => entry.handle.inner.drain_queue_into(&mut entry.pending),
+            Some(transport) => {
+                let mut plain = self.batch_pool.pop().unwrap_or_default();
+                let taken = entry.handle.inner.drain_queue_into(&mut plain);
+                let draining = matches!(entry.phase, Phase::Draining { .. });
+                transport.encode(&mut plain, &mut entry.pending);
+                if entry.pending.is_empty() && draining {
+                    let reason = entry.handle.inner.peek_reason();
+                    let reason = reason.unwrap_or(DisconnectReason::ClosedByApp);
+                    if transport.farewell(&reason) {
+                        transport.encode(&mut plain, &mut entry.pending);
+                    }
+                }
+                recycle(&mut self.batch_pool, plain);
+                taken
+            }
+        };
+        self.mailbox.counters.note_packets_out(taken);
+        entry.flush_now = false;
         if entry.pending.is_empty() {
             let spare = std::mem::take(&mut entry.pending);
             let draining = matches!(entry.phase, Phase::Draining { .. });
             recycle(&mut self.batch_pool, spare);
             if draining {
-                self.close(slot, None, CloseMode::Graceful);
+                self.finish_draining(driver, slot);
             }
             return;
         }
         let bufs = std::mem::take(&mut entry.pending);
         entry.sending = true;
-        driver.send(entry.handle.inner.id.token(), SendBatch { bufs });
+        self.mailbox.counters.note_write();
+        entry.last_write = Some(Instant::now());
+        entry.handle.inner.note_write_started();
+        driver.send(entry.handle.inner.token, SendBatch { bufs });
+    }
+
+    /// Everything queued is written: close now if the peer already sent its
+    /// EOF, else shut the write side down and linger for that EOF.
+    fn finish_draining<D: Driver>(&mut self, driver: &mut D, slot: u32) {
+        let linger = self.engine.config.disconnect_linger;
+        let hard_deadline = self.stopping;
+        let Some(entry) = self.entry_mut(slot) else {
+            return;
+        };
+        if entry.read_closed {
+            self.close(slot, None, CloseMode::Graceful);
+            return;
+        }
+        let mut deadline = Instant::now() + linger;
+        if let Some(hard_deadline) = hard_deadline {
+            deadline = deadline.min(hard_deadline);
+        }
+        entry.phase = Phase::Lingering { deadline };
+        entry.leftover = Vec::new();
+        driver.shutdown_write(entry.handle.inner.token);
     }
 
     fn on_sent(&mut self, token: Token, result: io::Result<usize>, batch: SendBatch) {
@@ -491,7 +756,12 @@ impl Core {
         let shared = &entry.handle.inner;
         match result {
             Ok(written) if !matches!(entry.phase, Phase::Closed) => {
-                shared.note_written(written);
+                self.mailbox.counters.note_bytes_out(written);
+                let written_plain = match entry.transport.as_mut() {
+                    Some(transport) => transport.wire_written(written),
+                    None => written,
+                };
+                shared.note_written(written_plain);
                 let mut batch = batch;
                 batch.advance(written);
                 if batch.bufs.is_empty() {
@@ -499,19 +769,25 @@ impl Core {
                 } else {
                     entry.pending = batch.bufs;
                 }
-                let result = catch_unwind(AssertUnwindSafe(|| {
-                    entry.session.on_send(&entry.handle, written)
-                }));
-                if let Err(panic) = result {
-                    self.callback_panicked(slot, "on_send", panic);
-                    return;
+                if written_plain > 0 {
+                    let result = catch_unwind(AssertUnwindSafe(|| {
+                        entry.session.on_send(&entry.handle, written_plain)
+                    }));
+                    if let Err(panic) = result {
+                        self.callback_panicked(slot, "on_send", panic);
+                        return;
+                    }
                 }
                 self.deferred.flush.push(slot);
             }
             result => {
                 // Closed meanwhile, or the write failed: nothing more goes
                 // out, and the unsent bytes leave the queued count.
-                shared.note_written(batch.len());
+                let unsent = match entry.transport.as_mut() {
+                    Some(transport) => transport.discard(),
+                    None => batch.len(),
+                };
+                shared.note_written(unsent);
                 recycle(&mut self.batch_pool, batch.bufs);
                 if let Err(error) = result {
                     self.close(
@@ -535,12 +811,36 @@ impl Core {
             .entry
             .as_mut()
             .expect("slot_for_token");
-        if !matches!(entry.phase, Phase::Open) {
+        if !matches!(entry.phase, Phase::Open) || !entry.handle.is_connected() {
+            // Closing: what still arrives is read and discarded, never kept.
+            entry.leftover = Vec::new();
             return;
         }
         entry.last_recv = Instant::now();
-        match deliver(entry, data, max_backlog) {
-            Ok(()) => {}
+        self.mailbox.counters.note_bytes_in(data.len());
+        let mut ending = None;
+        let result = match entry.transport.take() {
+            None => deliver(entry, data, max_backlog),
+            Some(mut transport) => {
+                ending = transport.receive(data);
+                let result = deliver(entry, transport.plain(), max_backlog);
+                transport.clear_plain();
+                if ending.is_none() && transport.wants_flush() {
+                    self.deferred.flush.push(slot);
+                }
+                entry.transport = Some(transport);
+                result
+            }
+        };
+        match result {
+            Ok(()) => {
+                if !entry.handle.is_connected() {
+                    entry.leftover = Vec::new();
+                }
+                if let Some(reason) = ending {
+                    self.end_transport(slot, reason);
+                }
+            }
             Err(Failure::Panic(panic)) => self.callback_panicked(slot, "on_recv", panic),
             Err(Failure::Backlog(held)) => {
                 tracing::warn!(
@@ -562,28 +862,84 @@ impl Core {
         let Some(slot) = self.slot_for_token(token) else {
             return;
         };
-        let reason = match &error {
-            None => DisconnectReason::ClosedByPeer,
-            Some(error) => DisconnectReason::from_io(error),
-        };
-        let mode = if error.is_some() {
-            CloseMode::Abort
-        } else {
-            CloseMode::Graceful
-        };
-        self.close(slot, Some(reason), mode);
+        if let Some(error) = error {
+            let reason = DisconnectReason::from_io(&error);
+            self.close(slot, Some(reason), CloseMode::Abort);
+            return;
+        }
+        let handshake_failure = self.slots[slot as usize]
+            .entry
+            .as_ref()
+            .and_then(|entry| entry.transport.as_ref())
+            .filter(|transport| !transport.is_ready())
+            .map(|transport| {
+                transport.handshake_failure("the peer closed the connection during the handshake")
+            });
+        if let Some(reason) = handshake_failure {
+            self.close(slot, Some(reason), CloseMode::Graceful);
+            return;
+        }
+        let entry = self.slots[slot as usize]
+            .entry
+            .as_mut()
+            .expect("slot_for_token");
+        entry.read_closed = true;
+        match entry.phase {
+            // The peer half-closed: the session has seen every byte; it
+            // decides when to close (by default at once: what is queued is
+            // written first, then `on_disconnected(ClosedByPeer)`).
+            Phase::Open if entry.handle.is_connected() => {
+                let result = catch_unwind(AssertUnwindSafe(|| {
+                    entry.session.on_read_closed(&entry.handle)
+                }));
+                if let Err(panic) = result {
+                    self.callback_panicked(slot, "on_read_closed", panic);
+                }
+            }
+            // A disconnect is on its way through the mailbox, or the queue is
+            // being written: that path closes when done.
+            Phase::Open | Phase::Draining { .. } => {}
+            Phase::Lingering { .. } => self.close(slot, None, CloseMode::Graceful),
+            Phase::Closed => {}
+        }
     }
 
     // ---- housekeeping ----------------------------------------------------
 
     fn housekeeping(&mut self, now: Instant) {
         let idle_timeout = self.engine.config.idle_timeout;
+        let mut queued = 0;
         for slot in 0..self.slots.len() as u32 {
             let Some(entry) = self.slots[slot as usize].entry.as_ref() else {
                 continue;
             };
+            if entry.sending && entry.handle.queued_bytes() > 0 {
+                // A backlog behind a write in flight: free the chunks its
+                // small packets would keep alive (the send limits count
+                // their bytes, not the chunks).
+                let entry = self.slots[slot as usize].entry.as_mut().expect("checked");
+                entry.handle.inner.compact_queue();
+                for buf in &mut entry.pending {
+                    copy_out_straggler(buf);
+                }
+            }
+            let Some(entry) = self.slots[slot as usize].entry.as_ref() else {
+                continue;
+            };
+            queued += entry.handle.queued_bytes();
             match entry.phase {
                 Phase::Open => {
+                    let handshake_due = entry
+                        .transport
+                        .as_ref()
+                        .and_then(|transport| transport.handshake_deadline())
+                        .filter(|deadline| now >= *deadline);
+                    if handshake_due.is_some() {
+                        let transport = entry.transport.as_ref().expect("has a deadline");
+                        let reason = transport.handshake_failure("timed out");
+                        self.close(slot, Some(reason), CloseMode::Abort);
+                        continue;
+                    }
                     if let Some(timeout) = idle_timeout {
                         if now.duration_since(entry.last_recv) >= timeout {
                             self.close(
@@ -597,9 +953,15 @@ impl Core {
                 Phase::Draining { deadline } if now >= deadline => {
                     self.close(slot, None, CloseMode::Abort);
                 }
+                // Everything was written and FIN sent; the peer did not
+                // answer with its own in time.
+                Phase::Lingering { deadline } if now >= deadline => {
+                    self.close(slot, None, CloseMode::Graceful);
+                }
                 _ => {}
             }
         }
+        self.mailbox.counters.set_queued_bytes(queued);
     }
 
     fn apply_deferred<D: Driver>(&mut self, driver: &mut D) {
@@ -608,7 +970,7 @@ impl Core {
                 self.adopt(driver, stream, peer);
             }
             for slot in std::mem::take(&mut self.deferred.flush) {
-                self.flush(driver, slot);
+                self.request_flush(driver, slot);
             }
             for (token, mode) in std::mem::take(&mut self.deferred.close) {
                 driver.close(token, mode);
@@ -624,7 +986,7 @@ impl Core {
 
     fn slot_for_token(&self, token: Token) -> Option<u32> {
         let slot = token as u32;
-        let generation = (token >> 32) as u16;
+        let generation = (token >> 32) as u32;
         let entry = self.slots.get(slot as usize)?;
         (entry.generation == generation && entry.entry.is_some()).then_some(slot)
     }
@@ -638,14 +1000,17 @@ impl Deferred {
 
 impl EventSink for Core {
     fn event(&mut self, event: Event<'_>) {
+        self.mailbox.counters.note_events(1);
         match event {
             Event::Accepted { stream, peer } => {
+                self.mailbox.counters.note_accepted();
+                self.accept_errors.succeeded(self.index);
                 if self.engine.try_reserve_session() {
                     let worker = self.engine.pick_worker();
                     if worker == self.index as usize {
                         self.deferred.adopt.push((stream, peer));
                     } else {
-                        self.engine.mailboxes[worker].push(Request::Adopt(stream, peer));
+                        self.engine.hand_to(worker, stream, peer);
                     }
                 } else {
                     let refused = self.engine.refused_total.fetch_add(1, Ordering::AcqRel) + 1;
@@ -661,7 +1026,8 @@ impl EventSink for Core {
                 }
             }
             Event::AcceptError(error) => {
-                tracing::warn!(worker = self.index, %error, "accept failed");
+                self.accept_errors
+                    .failed(self.index, &error, Instant::now());
             }
             Event::Received { token, data } => self.on_received(token, data),
             Event::ReadClosed { token, error } => self.on_read_closed(token, error),

@@ -5,7 +5,7 @@ use std::cell::Cell;
 use std::collections::VecDeque;
 use std::fmt;
 use std::net::{SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -14,15 +14,23 @@ use parking_lot::Mutex;
 
 use super::DisconnectReason;
 use crate::driver::Wake;
+use crate::service::metrics::WorkerCounters;
 
-/// Identifies one session for its whole life. Ids carry the slot's
-/// generation, so the id of a closed session never names a newer one.
+/// Identifies one session for its whole life, and no other session of the
+/// service ever: the worker's index and the session's serial number on that
+/// worker (48 bits, counting from 1, never reused — 2^48 sessions is nine
+/// years of a million connects a second). Sessions compare, hash and sort by
+/// id; ids of one worker sort in connection order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SessionId(u64);
 
 impl SessionId {
-    pub(crate) fn new(worker: u16, slot: u32, generation: u16) -> SessionId {
-        SessionId(((worker as u64) << 48) | ((generation as u64) << 32) | slot as u64)
+    /// Bits of the per-worker serial number; the worker index sits above.
+    const SERIAL_BITS: u32 = 48;
+    const SERIAL_MASK: u64 = (1 << Self::SERIAL_BITS) - 1;
+
+    pub(crate) fn new(worker: u16, serial: u64) -> SessionId {
+        SessionId((u64::from(worker) << Self::SERIAL_BITS) | (serial & Self::SERIAL_MASK))
     }
 
     /// The id as one number, unique among the sessions of a service.
@@ -32,28 +40,19 @@ impl SessionId {
 
     /// Index of the worker thread that owns the session.
     pub fn worker(self) -> usize {
-        (self.0 >> 48) as usize
+        (self.0 >> Self::SERIAL_BITS) as usize
     }
 
-    pub(crate) fn slot(self) -> u32 {
-        self.0 as u32
-    }
-
-    /// The driver token: slot and generation, without the worker.
-    pub(crate) fn token(self) -> u64 {
-        self.0 & 0x0000_FFFF_FFFF_FFFF
+    /// The session's number among its worker's sessions: 1 for the first,
+    /// then counting up, never reused.
+    pub fn serial(self) -> u64 {
+        self.0 & Self::SERIAL_MASK
     }
 }
 
 impl fmt::Display for SessionId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}:{}.{}",
-            self.worker(),
-            self.slot(),
-            (self.0 >> 32) as u16
-        )
+        write!(f, "{}:{}", self.worker(), self.serial())
     }
 }
 
@@ -89,6 +88,9 @@ pub(crate) struct SendLimits {
     /// Past this the overflow policy applies.
     pub hard_limit: usize,
     pub policy: OverflowPolicy,
+    /// With send coalescing: queued bytes that end the hold at once.
+    /// `usize::MAX` when coalescing is off.
+    pub coalesce_max_bytes: usize,
 }
 
 /// A request to the worker that owns a session.
@@ -112,6 +114,12 @@ pub(crate) struct Mailbox {
     queue: SegQueue<Request>,
     notified: AtomicBool,
     waker: Arc<dyn Wake>,
+    /// The owning worker's counters (reached from its sessions' handles).
+    pub(crate) counters: WorkerCounters,
+    /// False once the worker left its loop: new sessions are refused. A
+    /// lock, not a flag, so no adoption slips in between the worker's last
+    /// look at its inbox and the close (taken once per new session only).
+    adopting: Mutex<bool>,
 }
 
 thread_local! {
@@ -125,7 +133,37 @@ impl Mailbox {
             queue: SegQueue::new(),
             notified: AtomicBool::new(false),
             waker,
+            counters: WorkerCounters::default(),
+            adopting: Mutex::new(true),
         }
+    }
+
+    /// Hands a new connection to the worker, or gives it back if the worker
+    /// has left its loop (see [`Mailbox::close`]).
+    pub(crate) fn push_adopt(
+        &self,
+        stream: TcpStream,
+        peer: SocketAddr,
+    ) -> Result<(), (TcpStream, SocketAddr)> {
+        let adopting = self.adopting.lock();
+        if !*adopting {
+            return Err((stream, peer));
+        }
+        self.push(Request::Adopt(stream, peer));
+        Ok(())
+    }
+
+    /// Called by the worker when it leaves its loop: later `push_adopt`s
+    /// fail. Returns the connections handed over before, never adopted.
+    pub(crate) fn close(&self) -> Vec<(TcpStream, SocketAddr)> {
+        *self.adopting.lock() = false;
+        let mut orphans = Vec::new();
+        while let Some(request) = self.queue.pop() {
+            if let Request::Adopt(stream, peer) = request {
+                orphans.push((stream, peer));
+            }
+        }
+        orphans
     }
 
     pub(crate) fn push(&self, request: Request) {
@@ -168,6 +206,9 @@ const CLOSING: u8 = 1;
 /// State of one session shared between its handles and its worker.
 pub(crate) struct SessionShared {
     pub(crate) id: SessionId,
+    /// The owning worker's key of the session: its slot (low 32 bits) and
+    /// the slot's generation (high 32 bits); also the driver token.
+    pub(crate) token: u64,
     pub(crate) peer: SocketAddr,
     pub(crate) local: SocketAddr,
     state: AtomicU8,
@@ -176,6 +217,9 @@ pub(crate) struct SessionShared {
     queued: AtomicUsize,
     writable: AtomicBool,
     flush_scheduled: AtomicBool,
+    /// [`SessionHandle::flush`] asked for a write that coalescing must not hold.
+    flush_now: AtomicBool,
+    writes: AtomicU64,
     limits: SendLimits,
     pub(crate) mailbox: Arc<Mailbox>,
 }
@@ -183,6 +227,7 @@ pub(crate) struct SessionShared {
 impl SessionShared {
     pub(crate) fn new(
         id: SessionId,
+        token: u64,
         peer: SocketAddr,
         local: SocketAddr,
         limits: SendLimits,
@@ -190,6 +235,7 @@ impl SessionShared {
     ) -> SessionShared {
         SessionShared {
             id,
+            token,
             peer,
             local,
             state: AtomicU8::new(OPEN),
@@ -198,6 +244,8 @@ impl SessionShared {
             queued: AtomicUsize::new(0),
             writable: AtomicBool::new(true),
             flush_scheduled: AtomicBool::new(false),
+            flush_now: AtomicBool::new(false),
+            writes: AtomicU64::new(0),
             limits,
             mailbox,
         }
@@ -248,10 +296,44 @@ impl SessionShared {
 
     /// Called by the worker when `written` bytes reached the socket.
     pub(crate) fn note_written(&self, written: usize) {
+        // Under the queue lock, like `send`: see there.
+        let _queue = self.queue.lock();
         let left = self.queued.fetch_sub(written, Ordering::AcqRel) - written;
         if left <= self.limits.low_watermark {
             self.writable.store(true, Ordering::Release);
         }
+    }
+
+    /// Queued bytes at which send coalescing stops holding the session.
+    pub(crate) fn coalesce_max_bytes(&self) -> usize {
+        self.limits.coalesce_max_bytes
+    }
+
+    /// Takes the "write at once" request of [`SessionHandle::flush`].
+    pub(crate) fn take_flush_now(&self) -> bool {
+        self.flush_now.swap(false, Ordering::AcqRel)
+    }
+
+    /// True if something was queued since the worker last drained the queue.
+    pub(crate) fn has_unflushed(&self) -> bool {
+        self.flush_scheduled.load(Ordering::Acquire)
+    }
+
+    /// Counts one gathered write submitted to the driver.
+    pub(crate) fn note_write_started(&self) {
+        self.writes.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Copies small buffers that are the last users of a larger allocation
+    /// (a pooled writer chunk) out of it, so the chunk is freed while they
+    /// wait; returns how many were copied. See [`copy_out_straggler`].
+    pub(crate) fn compact_queue(&self) -> usize {
+        let mut queue = self.queue.lock();
+        let mut copied = 0;
+        for buf in queue.iter_mut() {
+            copied += usize::from(copy_out_straggler(buf));
+        }
+        copied
     }
 
     /// Drops whatever is still queued (the session is closed).
@@ -259,6 +341,35 @@ impl SessionShared {
         let mut queue = self.queue.lock();
         let dropped: usize = queue.drain(..).map(|b| b.len()).sum();
         self.queued.fetch_sub(dropped, Ordering::AcqRel);
+    }
+}
+
+/// Largest buffer [`copy_out_straggler`] copies: packet-sized.
+const STRAGGLER_MAX: usize = 2 * 1024;
+
+/// A queued packet cut from a 64 KiB writer chunk keeps the whole chunk
+/// alive while the send limits count only its own bytes. When `buf` is small
+/// and the only user left of an allocation with room to spare, it is copied
+/// into an exact allocation of its own and the chunk is freed. Returns
+/// whether it copied. Buffers still shared (a broadcast other sessions have
+/// not written yet) and exact allocations are left as they are.
+pub(crate) fn copy_out_straggler(buf: &mut Bytes) -> bool {
+    if buf.len() > STRAGGLER_MAX || !buf.is_unique() {
+        return false;
+    }
+    match std::mem::take(buf).try_into_mut() {
+        Ok(owned) if owned.capacity() > owned.len() => {
+            *buf = Bytes::copy_from_slice(&owned);
+            true
+        }
+        Ok(owned) => {
+            *buf = owned.freeze();
+            false
+        }
+        Err(shared) => {
+            *buf = shared;
+            false
+        }
     }
 }
 
@@ -275,6 +386,11 @@ pub struct SessionHandle {
 impl SessionHandle {
     pub(crate) fn from_shared(inner: Arc<SessionShared>) -> SessionHandle {
         SessionHandle { inner }
+    }
+
+    /// The counters of the worker that owns the session.
+    pub(crate) fn counters(&self) -> &WorkerCounters {
+        &self.inner.mailbox.counters
     }
 
     /// The session's id.
@@ -320,27 +436,63 @@ impl SessionHandle {
             };
         }
         let len = data.len();
-        let queued = {
+        let (before, queued) = {
             let mut queue = shared.queue.lock();
             if !shared.is_open() {
                 return Err(SendError::Closed);
             }
-            let queued = shared.queued.load(Ordering::Acquire) + len;
+            // The count and the flag change only under the queue lock (the
+            // worker's `note_written` takes it too), so neither a written
+            // count nor a "writable again" can be overwritten by a sender.
+            let before = shared.queued.load(Ordering::Acquire);
+            let queued = before + len;
             if queued > shared.limits.hard_limit {
                 drop(queue);
                 return Err(self.overflow());
             }
             shared.queued.store(queued, Ordering::Release);
+            if queued > shared.limits.high_watermark {
+                shared.writable.store(false, Ordering::Release);
+            }
             queue.push_back(data);
-            queued
+            (before, queued)
         };
-        if queued > shared.limits.high_watermark {
-            shared.writable.store(false, Ordering::Release);
-        }
         if !shared.flush_scheduled.swap(true, Ordering::AcqRel) {
+            shared.mailbox.push(Request::Flush(Arc::clone(&self.inner)));
+        } else if before < shared.limits.coalesce_max_bytes
+            && queued >= shared.limits.coalesce_max_bytes
+        {
+            // A session held back by send coalescing goes out once its
+            // queue passes the bound: tell the worker again.
             shared.mailbox.push(Request::Flush(Arc::clone(&self.inner)));
         }
         Ok(())
+    }
+
+    /// Queues `data` and writes it, with everything queued before it, at
+    /// once: it is not held back by send coalescing.
+    pub fn send_now(&self, data: Bytes) -> Result<(), SendError> {
+        self.send(data)?;
+        self.flush();
+        Ok(())
+    }
+
+    /// Writes everything queued so far at once, without waiting for the
+    /// send-coalescing interval. Without coalescing every send is written
+    /// in the owning worker's next round anyway, and this does nothing.
+    pub fn flush(&self) {
+        let shared = &*self.inner;
+        if shared.limits.coalesce_max_bytes == usize::MAX || !shared.is_open() {
+            return;
+        }
+        shared.flush_now.store(true, Ordering::Release);
+        shared.mailbox.push(Request::Flush(Arc::clone(&self.inner)));
+    }
+
+    /// Gathered writes submitted to the socket for this session so far (one
+    /// `sendmsg`/`writev` each, partial writes included).
+    pub fn write_count(&self) -> u64 {
+        self.inner.writes.load(Ordering::Relaxed)
     }
 
     /// Copies `data` into a new buffer and queues it.
@@ -389,5 +541,40 @@ impl fmt::Debug for SessionHandle {
             .field("peer", &self.peer_addr())
             .field("connected", &self.is_connected())
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lone_small_packet_leaves_its_chunk() {
+        let mut writer = crate::packet::PacketWriter::new();
+        let mut packet = writer.write_raw(1, b"abcd").unwrap();
+        let neighbour = writer.write_raw(2, b"efgh").unwrap();
+        // Still sharing the chunk with the writer and a neighbour: kept.
+        assert!(!copy_out_straggler(&mut packet));
+        drop(writer);
+        drop(neighbour);
+        let before = packet.as_ptr();
+        assert!(copy_out_straggler(&mut packet));
+        assert_ne!(packet.as_ptr(), before, "copied into its own allocation");
+        assert_eq!(&packet[..], &[8, 0, 1, 0, b'a', b'b', b'c', b'd']);
+        // An exact allocation is not copied again.
+        assert!(!copy_out_straggler(&mut packet));
+        assert_eq!(&packet[..], &[8, 0, 1, 0, b'a', b'b', b'c', b'd']);
+    }
+
+    #[test]
+    fn large_or_shared_buffers_are_left_alone() {
+        let mut large = Bytes::from(vec![1u8; STRAGGLER_MAX + 1]).slice(1..);
+        assert!(!copy_out_straggler(&mut large));
+        let mut shared = Bytes::from(vec![2u8; 16]);
+        let other = shared.clone();
+        assert!(!copy_out_straggler(&mut shared));
+        assert_eq!(shared, other);
+        let mut fixed = Bytes::from_static(b"static");
+        assert!(!copy_out_straggler(&mut fixed));
     }
 }

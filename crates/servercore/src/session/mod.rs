@@ -9,9 +9,9 @@
 mod handle;
 mod reason;
 
-pub(crate) use handle::{Mailbox, Request, SendLimits, SessionShared};
+pub(crate) use handle::{copy_out_straggler, Mailbox, Request, SendLimits, SessionShared};
 pub use handle::{OverflowPolicy, SendError, SessionHandle, SessionId};
-pub use reason::DisconnectReason;
+pub use reason::{DisconnectKind, DisconnectReason};
 
 /// A connection's behaviour: the course's `OnConnected / OnRecv / OnSend /
 /// OnDisconnected`.
@@ -36,6 +36,17 @@ pub trait Session: 'static {
         let _ = (session, len);
     }
 
+    /// The peer finished sending (EOF, for example `shutdown(SHUT_WR)`):
+    /// every byte it sent has been shown to `on_recv`. The session can still
+    /// send. The default disconnects with
+    /// [`DisconnectReason::ClosedByPeer`]: the engine writes everything
+    /// queued, closes, then calls `on_disconnected(ClosedByPeer)`. A session
+    /// whose replies are produced later (by jobs) may instead disconnect
+    /// once they are queued.
+    fn on_read_closed(&mut self, session: &SessionHandle) {
+        session.disconnect_with(DisconnectReason::ClosedByPeer);
+    }
+
     /// The connection ended. Runs exactly once for every session whose
     /// `on_connected` ran; nothing is called after it.
     fn on_disconnected(&mut self, session: &SessionHandle, reason: &DisconnectReason) {
@@ -52,6 +63,9 @@ impl Session for Box<dyn Session> {
     }
     fn on_send(&mut self, session: &SessionHandle, len: usize) {
         (**self).on_send(session, len)
+    }
+    fn on_read_closed(&mut self, session: &SessionHandle) {
+        (**self).on_read_closed(session)
     }
     fn on_disconnected(&mut self, session: &SessionHandle, reason: &DisconnectReason) {
         (**self).on_disconnected(session, reason)

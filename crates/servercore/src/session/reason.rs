@@ -34,6 +34,25 @@ pub enum DisconnectReason {
     Shutdown,
     /// A callback of this session panicked; the text is the panic message.
     CallbackPanic(String),
+    /// The TLS handshake failed (bad or untrusted certificate, a peer that
+    /// does not speak TLS, a protocol error) or did not finish within the
+    /// handshake timeout; the text is rustls's error or what happened.
+    TlsHandshake(String),
+    /// A TLS error after the handshake (a corrupt or forged record).
+    Tls(String),
+    /// The WebSocket opening handshake failed (not an upgrade request, a
+    /// missing `Sec-WebSocket-Key`, a wrong path, a bad server answer) or
+    /// did not finish within the handshake timeout.
+    WebSocketHandshake(String),
+    /// The WebSocket connection was closed with `code` (RFC 6455 7.4):
+    /// by this end for a protocol violation (1002, 1003, 1007, 1009), or by
+    /// the peer with a code other than 1000/1001.
+    WebSocket {
+        /// The close code sent or received.
+        code: u16,
+        /// What happened.
+        detail: String,
+    },
 }
 
 impl DisconnectReason {
@@ -53,19 +72,123 @@ impl DisconnectReason {
 
     /// A short stable name for logs and counters (`closed_by_peer`, ...).
     pub fn name(&self) -> &'static str {
+        self.kind().name()
+    }
+
+    /// The reason without its details: what disconnect counters index by.
+    pub fn kind(&self) -> DisconnectKind {
         match self {
-            DisconnectReason::ClosedByPeer => "closed_by_peer",
-            DisconnectReason::Reset => "reset",
-            DisconnectReason::IoError { .. } => "io_error",
-            DisconnectReason::ClosedByApp => "closed_by_app",
-            DisconnectReason::MalformedPacket(_) => "malformed_packet",
-            DisconnectReason::RateLimited(_) => "rate_limited",
-            DisconnectReason::SendQueueOverflow => "send_queue_overflow",
-            DisconnectReason::ReceiveOverflow => "receive_overflow",
-            DisconnectReason::IdleTimeout => "idle_timeout",
-            DisconnectReason::Shutdown => "shutdown",
-            DisconnectReason::CallbackPanic(_) => "callback_panic",
+            DisconnectReason::ClosedByPeer => DisconnectKind::ClosedByPeer,
+            DisconnectReason::Reset => DisconnectKind::Reset,
+            DisconnectReason::IoError { .. } => DisconnectKind::IoError,
+            DisconnectReason::ClosedByApp => DisconnectKind::ClosedByApp,
+            DisconnectReason::MalformedPacket(_) => DisconnectKind::MalformedPacket,
+            DisconnectReason::RateLimited(_) => DisconnectKind::RateLimited,
+            DisconnectReason::SendQueueOverflow => DisconnectKind::SendQueueOverflow,
+            DisconnectReason::ReceiveOverflow => DisconnectKind::ReceiveOverflow,
+            DisconnectReason::IdleTimeout => DisconnectKind::IdleTimeout,
+            DisconnectReason::Shutdown => DisconnectKind::Shutdown,
+            DisconnectReason::CallbackPanic(_) => DisconnectKind::CallbackPanic,
+            DisconnectReason::TlsHandshake(_) => DisconnectKind::TlsHandshake,
+            DisconnectReason::Tls(_) => DisconnectKind::Tls,
+            DisconnectReason::WebSocketHandshake(_) => DisconnectKind::WebSocketHandshake,
+            DisconnectReason::WebSocket { .. } => DisconnectKind::WebSocket,
         }
+    }
+}
+
+/// The kinds of [`DisconnectReason`], without details: a small dense index
+/// (`kind as usize`, `0..DisconnectKind::COUNT`) for counter arrays, and a
+/// stable snake_case name for metrics and logs. New kinds are only ever
+/// appended, so indices and names never change meaning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum DisconnectKind {
+    /// [`DisconnectReason::ClosedByPeer`]: `closed_by_peer`.
+    ClosedByPeer,
+    /// [`DisconnectReason::Reset`]: `reset`.
+    Reset,
+    /// [`DisconnectReason::IoError`]: `io_error`.
+    IoError,
+    /// [`DisconnectReason::ClosedByApp`]: `closed_by_app`.
+    ClosedByApp,
+    /// [`DisconnectReason::MalformedPacket`]: `malformed_packet`.
+    MalformedPacket,
+    /// [`DisconnectReason::RateLimited`]: `rate_limited`.
+    RateLimited,
+    /// [`DisconnectReason::SendQueueOverflow`]: `send_queue_overflow`.
+    SendQueueOverflow,
+    /// [`DisconnectReason::ReceiveOverflow`]: `receive_overflow`.
+    ReceiveOverflow,
+    /// [`DisconnectReason::IdleTimeout`]: `idle_timeout`.
+    IdleTimeout,
+    /// [`DisconnectReason::Shutdown`]: `shutdown`.
+    Shutdown,
+    /// [`DisconnectReason::CallbackPanic`]: `callback_panic`.
+    CallbackPanic,
+    /// [`DisconnectReason::TlsHandshake`]: `tls_handshake`.
+    TlsHandshake,
+    /// [`DisconnectReason::Tls`]: `tls`.
+    Tls,
+    /// [`DisconnectReason::WebSocketHandshake`]: `websocket_handshake`.
+    WebSocketHandshake,
+    /// [`DisconnectReason::WebSocket`]: `websocket`.
+    WebSocket,
+}
+
+impl DisconnectKind {
+    /// How many kinds there are.
+    pub const COUNT: usize = 15;
+
+    /// Every kind, in index order.
+    pub const ALL: [DisconnectKind; DisconnectKind::COUNT] = [
+        DisconnectKind::ClosedByPeer,
+        DisconnectKind::Reset,
+        DisconnectKind::IoError,
+        DisconnectKind::ClosedByApp,
+        DisconnectKind::MalformedPacket,
+        DisconnectKind::RateLimited,
+        DisconnectKind::SendQueueOverflow,
+        DisconnectKind::ReceiveOverflow,
+        DisconnectKind::IdleTimeout,
+        DisconnectKind::Shutdown,
+        DisconnectKind::CallbackPanic,
+        DisconnectKind::TlsHandshake,
+        DisconnectKind::Tls,
+        DisconnectKind::WebSocketHandshake,
+        DisconnectKind::WebSocket,
+    ];
+
+    /// The index of this kind in counter arrays (`0..COUNT`).
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The stable snake_case name (`closed_by_peer`, `malformed_packet`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            DisconnectKind::ClosedByPeer => "closed_by_peer",
+            DisconnectKind::Reset => "reset",
+            DisconnectKind::IoError => "io_error",
+            DisconnectKind::ClosedByApp => "closed_by_app",
+            DisconnectKind::MalformedPacket => "malformed_packet",
+            DisconnectKind::RateLimited => "rate_limited",
+            DisconnectKind::SendQueueOverflow => "send_queue_overflow",
+            DisconnectKind::ReceiveOverflow => "receive_overflow",
+            DisconnectKind::IdleTimeout => "idle_timeout",
+            DisconnectKind::Shutdown => "shutdown",
+            DisconnectKind::CallbackPanic => "callback_panic",
+            DisconnectKind::TlsHandshake => "tls_handshake",
+            DisconnectKind::Tls => "tls",
+            DisconnectKind::WebSocketHandshake => "websocket_handshake",
+            DisconnectKind::WebSocket => "websocket",
+        }
+    }
+}
+
+impl fmt::Display for DisconnectKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
     }
 }
 
@@ -83,6 +206,34 @@ impl fmt::Display for DisconnectReason {
             DisconnectReason::IdleTimeout => f.write_str("idle timeout"),
             DisconnectReason::Shutdown => f.write_str("service shutdown"),
             DisconnectReason::CallbackPanic(message) => write!(f, "callback panicked: {message}"),
+            DisconnectReason::TlsHandshake(detail) => write!(f, "TLS handshake failed: {detail}"),
+            DisconnectReason::Tls(detail) => write!(f, "TLS error: {detail}"),
+            DisconnectReason::WebSocketHandshake(detail) => {
+                write!(f, "WebSocket handshake failed: {detail}")
+            }
+            DisconnectReason::WebSocket { code, detail } => {
+                write!(f, "WebSocket closed with {code}: {detail}")
+            }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_are_dense_and_named_once() {
+        for (index, kind) in DisconnectKind::ALL.iter().enumerate() {
+            assert_eq!(kind.index(), index);
+        }
+        let mut names: Vec<_> = DisconnectKind::ALL.iter().map(|k| k.name()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), DisconnectKind::COUNT);
+        assert_eq!(
+            DisconnectReason::MalformedPacket("x".into()).kind().name(),
+            "malformed_packet"
+        );
     }
 }

@@ -804,6 +804,61 @@ fn tiny_queues_overflow_without_losing_anything() {
     poll_until(&mut driver, &mut sink, "all Released", |s| {
         (0..40u64).all(|t| s.released(t) == 1)
     });
+    // Held back, never dropped: every poll checked the counter.
+    assert_eq!(driver.sq.ring.completion().overflow(), 0);
+}
+
+/// A completion queue of 8 entries under a flood: the kernel holds the
+/// overflow back (NODROP) and nothing is lost; and once the kernel reports
+/// dropped completions the next poll fails the driver instead of running on
+/// with operations that will never complete.
+#[test]
+fn dropped_completions_fail_the_next_poll() {
+    let mut driver = UringDriver::new(&DriverConfig {
+        recv_ring_entries: 64,
+        recv_buffer_size: 256,
+        sq_entries: 2,
+    })
+    .unwrap();
+    assert_eq!(driver.sq.ring.params().cq_entries(), 8);
+    let mut sink = Collect::default();
+    let mut clients = Vec::new();
+    for token in 0..32u64 {
+        let (server, mut client) = pair();
+        driver.add_stream(token, server).unwrap();
+        client.write_all(&pattern(2000, token as usize)).unwrap();
+        clients.push(client);
+    }
+    poll_until(&mut driver, &mut sink, "every byte", |s| {
+        (0..32u64).all(|t| s.received(t).len() == 2000)
+    });
+    for token in 0..32u64 {
+        assert!(sink.received(token) == pattern(2000, token as usize));
+    }
+    assert_eq!(driver.sq.ring.completion().overflow(), 0);
+
+    assert!(driver.check_dropped(0).is_ok());
+    let error = driver.check_dropped(3).unwrap_err();
+    assert!(
+        error.to_string().contains("dropped 3 completions"),
+        "{error}"
+    );
+    assert!(
+        driver.check_dropped(3).is_ok(),
+        "each drop is reported once"
+    );
+
+    // Through `poll`: the kernel's counter (0) is one past what the driver
+    // saw last, as after one dropped completion.
+    driver.cq_dropped_seen = u32::MAX;
+    let error = driver
+        .poll(Some(Duration::ZERO), &mut sink)
+        .expect_err("a dropped completion fails the poll");
+    assert!(
+        error.to_string().contains("dropped 1 completions"),
+        "{error}"
+    );
+    driver.poll(Some(Duration::ZERO), &mut sink).unwrap();
 }
 
 /// Runs `probe` on a fresh thread whose seccomp filter fails
@@ -984,4 +1039,36 @@ fn emfile_scenario() {
             .count()
             == clients.len()
     });
+}
+
+/// `close_listeners` gives the port back at once, before any completion is
+/// reaped: a process that exits (or crashes) with the accept still armed
+/// must not keep its successor from binding the same port.
+#[test]
+fn close_listeners_frees_the_port_at_once() {
+    let mut driver = driver();
+    let mut sink = Collect::default();
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_reuse_address(true).unwrap();
+    socket
+        .bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    socket.listen(16).unwrap();
+    let listener: TcpListener = socket.into();
+    let addr = listener.local_addr().unwrap();
+    driver.add_listener(listener).unwrap();
+    // Submit the multishot accept.
+    driver.poll(Some(Duration::ZERO), &mut sink).unwrap();
+    driver.close_listeners();
+
+    let successor =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    successor.set_reuse_address(true).unwrap();
+    successor
+        .bind(&addr.into())
+        .expect("the port is free right after close_listeners");
+    successor.listen(16).unwrap();
+    drop(successor);
+    drop(driver);
+    assert!(sink.events.is_empty(), "{:?}", sink.events);
 }

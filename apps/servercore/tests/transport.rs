@@ -1,0 +1,406 @@
+//! The game server over its transports, end to end: `servercore server`
+//! with `--tls-cert/--tls-key` (a pair from `servercore cert`) and
+//! `--ws-addr`, played by rustls clients, by the `servercore client` load
+//! tool over TLS and WSS, and by a WebSocket client from outside the
+//! project (Python `websockets`, `tests/ws_client.py`) in the same world as
+//! a plain TCP client. Every test runs on both backends.
+
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::Duration;
+
+use servercore::packet::Packet;
+use servercore::transport::rustls;
+use servercore::transport::rustls::pki_types::ServerName;
+use servercore::Backend;
+use servercore_protocol::{make_packet, CChat, CEnterGame, CLogin, ClientPacket, SChat};
+
+mod common;
+
+backend_tests!(
+    tls_game_login_enter_chat,
+    load_tool_over_tls_and_wss,
+    python_websocket_client_chats_with_tcp_client,
+);
+
+const READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn servercore() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_servercore"))
+}
+
+/// Writes a development pair with `servercore cert`; returns (cert, key).
+fn make_cert(dir: &Path) -> (PathBuf, PathBuf) {
+    let out = servercore()
+        .args(["cert", "--out"])
+        .arg(dir)
+        .output()
+        .expect("run servercore cert");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (dir.join("cert.pem"), dir.join("key.pem"))
+}
+
+/// A `servercore server` child; killed on drop.
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+    ws_addr: Option<SocketAddr>,
+    log: Arc<Mutex<String>>,
+}
+
+impl Server {
+    fn start(backend: Backend, extra: &[&str]) -> Server {
+        let mut child = servercore()
+            .args([
+                "--log",
+                "warn",
+                "server",
+                "--addr",
+                "127.0.0.1:0",
+                "--workers",
+                "2",
+            ])
+            .args(["--db", ":memory:", "--backend", backend.name()])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn servercore server");
+        let log = Arc::new(Mutex::new(String::new()));
+        let sink = Arc::clone(&log);
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push_str(&(line + "\n"));
+            }
+        });
+        let (tx, rx) = mpsc::channel();
+        let stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let banner = rx
+            .recv_timeout(READ_TIMEOUT)
+            .unwrap_or_else(|_| panic!("no banner; server log:\n{}", log.lock().unwrap()));
+        // "game server listening on ADDR[ (TLS)][, WebSocket on ADDR] (backend ..."
+        let rest = banner
+            .strip_prefix("game server listening on ")
+            .unwrap_or_else(|| panic!("unexpected banner: {banner}"));
+        let addr = rest.split([' ', ',']).next().unwrap().parse().unwrap();
+        let ws_addr = rest
+            .split_once("WebSocket on ")
+            .map(|(_, ws)| ws.split(' ').next().unwrap().parse().unwrap());
+        assert!(
+            banner.contains(&format!("(backend {},", backend.name())),
+            "{banner}"
+        );
+        Server {
+            child,
+            addr,
+            ws_addr,
+            log,
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("server log:\n{}", self.log.lock().unwrap());
+        }
+    }
+}
+
+trait Stream: Read + Write + Send {}
+impl<T: Read + Write + Send> Stream for T {}
+
+/// A blocking game client over plain TCP or TLS.
+struct Client {
+    stream: Box<dyn Stream>,
+}
+
+fn tcp(addr: SocketAddr) -> TcpStream {
+    let stream = TcpStream::connect_timeout(&addr, READ_TIMEOUT).expect("connect");
+    stream.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
+    stream.set_nodelay(true).unwrap();
+    stream
+}
+
+fn tls_config(cert: &Path) -> Arc<rustls::ClientConfig> {
+    servercore::transport::tls::client_config_from_pem(cert).unwrap()
+}
+
+impl Client {
+    fn plain(addr: SocketAddr) -> Client {
+        Client {
+            stream: Box::new(tcp(addr)),
+        }
+    }
+
+    fn tls(addr: SocketAddr, config: Arc<rustls::ClientConfig>) -> Client {
+        let name = ServerName::try_from("localhost").unwrap();
+        let conn = rustls::ClientConnection::new(config, name).unwrap();
+        Client {
+            stream: Box::new(rustls::StreamOwned::new(conn, tcp(addr))),
+        }
+    }
+
+    fn send<M: Packet>(&mut self, msg: &M) {
+        self.stream.write_all(&make_packet(msg)).expect("send");
+        self.stream.flush().unwrap();
+    }
+
+    fn recv(&mut self) -> ClientPacket {
+        let mut header = [0u8; 4];
+        self.stream
+            .read_exact(&mut header)
+            .expect("a packet header");
+        let size = u16::from_le_bytes([header[0], header[1]]) as usize;
+        let id = u16::from_le_bytes([header[2], header[3]]);
+        let mut body = vec![0u8; size - 4];
+        self.stream.read_exact(&mut body).expect("a packet body");
+        ClientPacket::decode(id, &body).expect("a known packet")
+    }
+
+    fn recv_chat(&mut self) -> SChat {
+        loop {
+            if let ClientPacket::SChat(chat) = self.recv() {
+                return chat;
+            }
+        }
+    }
+
+    /// Logs in and enters with the first player; returns its id.
+    fn join(&mut self, account: &str) -> u64 {
+        self.send(&CLogin {
+            account: account.into(),
+        });
+        let ClientPacket::SLogin(login) = self.recv() else {
+            panic!("expected S_LOGIN")
+        };
+        assert!(login.success);
+        self.send(&CEnterGame { player_index: 0 });
+        let ClientPacket::SEnterGame(entered) = self.recv() else {
+            panic!("expected S_ENTER_GAME")
+        };
+        assert!(entered.success);
+        entered.player_id
+    }
+
+    fn chat(&mut self, msg: &str, client_time_us: u64) {
+        self.send(&CChat {
+            msg: msg.into(),
+            client_time_us,
+        });
+    }
+}
+
+fn chat_of(player_id: u64, msg: &str, client_time_us: u64) -> SChat {
+    SChat {
+        player_id,
+        msg: msg.into(),
+        client_time_us,
+    }
+}
+
+fn tls_game_login_enter_chat(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = make_cert(dir.path());
+    let server = Server::start(
+        backend,
+        &[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+    );
+    let config = tls_config(&cert);
+    let mut alice = Client::tls(server.addr, Arc::clone(&config));
+    let mut bob = Client::tls(server.addr, config);
+    let a = alice.join("alice");
+    let b = bob.join("bob");
+    for i in 0..10 {
+        alice.chat(&format!("a{i}"), i);
+    }
+    bob.chat("bob here", 99);
+    for client in [&mut alice, &mut bob] {
+        let mut next_a = 0;
+        let mut seen_b = false;
+        for _ in 0..11 {
+            let chat = client.recv_chat();
+            if chat.player_id == a {
+                assert_eq!(chat, chat_of(a, &format!("a{next_a}"), next_a));
+                next_a += 1;
+            } else {
+                assert_eq!(chat, chat_of(b, "bob here", 99));
+                seen_b = true;
+            }
+        }
+        assert!(seen_b && next_a == 10);
+    }
+    // A plain client on the TLS port gets an alert and a close, no game.
+    let mut plain = Client::plain(server.addr);
+    plain.send(&CLogin {
+        account: "plain".into(),
+    });
+    let mut answer = Vec::new();
+    match plain.stream.read_to_end(&mut answer) {
+        Ok(_) => {}
+        Err(e) if e.kind() == ErrorKind::ConnectionReset => {}
+        Err(e) => panic!("the TLS port did not close a plain client: {e}"),
+    }
+    assert_eq!(answer.first(), Some(&21), "a TLS alert record: {answer:?}");
+}
+
+fn run_load_tool(args: &[&str]) -> String {
+    let out = servercore()
+        .args(["--log", "warn", "client", "--sessions", "10", "--rate", "5"])
+        .args([
+            "--duration",
+            "1s",
+            "--no-progress",
+            "--setup-timeout",
+            "10s",
+        ])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run servercore client");
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{args:?}: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+fn load_tool_over_tls_and_wss(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = make_cert(dir.path());
+    let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
+    let server = Server::start(
+        backend,
+        &[
+            "--tls-cert",
+            cert,
+            "--tls-key",
+            key,
+            "--ws-addr",
+            "127.0.0.1:0",
+        ],
+    );
+    let ws_port = server.ws_addr.expect("a WebSocket listener").port();
+    let addr = server.addr.to_string();
+    let wss = format!("wss://localhost:{ws_port}/ws");
+    let backend_flag = ["--backend", backend.name()];
+    for args in [
+        vec!["--addr", addr.as_str(), "--tls", "--tls-ca", cert],
+        vec!["--ws", wss.as_str(), "--tls-ca", cert],
+    ] {
+        let args: Vec<&str> = args.into_iter().chain(backend_flag).collect();
+        let table = run_load_tool(&args);
+        assert!(
+            table.contains("sessions in game                10"),
+            "{args:?}:\n{table}"
+        );
+        assert!(
+            table.contains("errors                        none"),
+            "{args:?}:\n{table}"
+        );
+    }
+}
+
+fn python_has_websockets() -> bool {
+    let ok = Command::new("python3")
+        .args(["-c", "import websockets"])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        if std::env::var_os("SERVERCORE_REQUIRE_PY").is_some() {
+            panic!("python3 with the websockets package is required (pip install websockets)");
+        }
+        eprintln!("skipping: python3 -c 'import websockets' failed (pip install websockets)");
+    }
+    ok
+}
+
+fn python_websocket_client_chats_with_tcp_client(backend: Backend) {
+    if !python_has_websockets() {
+        return;
+    }
+    let server = Server::start(backend, &["--ws-addr", "127.0.0.1:0"]);
+    let ws_addr = server.ws_addr.expect("a WebSocket listener");
+    let mut tcp = Client::plain(server.addr);
+    let tcp_id = tcp.join("tcp_player");
+
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/ws_client.py");
+    let mut python = Command::new("python3")
+        .arg(script)
+        .arg(format!("ws://{ws_addr}/ws"))
+        .args(["py_player", "6"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn python3");
+    let mut to_python = python.stdin.take().unwrap();
+    let (tx, lines) = mpsc::channel();
+    let stdout = python.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut next_line = |what: &str| -> String {
+        match lines.recv_timeout(READ_TIMEOUT) {
+            Ok(line) => line,
+            Err(_) => {
+                let _ = python.kill();
+                let mut err = String::new();
+                let _ = python.stderr.take().unwrap().read_to_string(&mut err);
+                panic!("no {what} from the Python client; its stderr:\n{err}")
+            }
+        }
+    };
+    let entered = next_line("entered line");
+    let py_id: u64 = entered
+        .strip_prefix("entered ")
+        .unwrap_or_else(|| panic!("{entered}"))
+        .parse()
+        .unwrap();
+
+    // The WebSocket player's chats reach the TCP player, in order...
+    for i in 0..6 {
+        assert_eq!(tcp.recv_chat(), chat_of(py_id, &format!("py{i}"), i));
+    }
+    writeln!(to_python, "expect {py_id} py 6").unwrap();
+    assert_eq!(next_line("own chats"), "got py");
+    // ...and the TCP player's reach the WebSocket player, in order.
+    for i in 0..4 {
+        tcp.chat(&format!("tcp{i}"), i);
+    }
+    writeln!(to_python, "expect {tcp_id} tcp 4").unwrap();
+    assert_eq!(next_line("TCP chats"), "got tcp");
+    for i in 0..4 {
+        assert_eq!(tcp.recv_chat(), chat_of(tcp_id, &format!("tcp{i}"), i));
+    }
+    writeln!(to_python, "done").unwrap();
+    assert_eq!(next_line("the end"), "ok");
+    let status = python.wait().unwrap();
+    assert!(status.success(), "python exited with {status}");
+}
