@@ -179,10 +179,13 @@ async fn accept_loop(kind: Kind, listener: TcpListener, sessions: Arc<AtomicUsiz
 /// WebSocket echo: every binary message goes back as it came.
 async fn echo_ws(mut ws: WebSocketStream<TcpStream>) {
     while let Some(Ok(message)) = ws.next().await {
-        match message {
-            Message::Binary(data) if ws.send(Message::Binary(data)).await.is_err() => return,
-            Message::Close(_) => return,
-            _ => {}
+        let echoed = match message {
+            Message::Binary(data) => ws.send(Message::Binary(data)).await.is_ok(),
+            Message::Close(_) => false,
+            _ => true,
+        };
+        if !echoed {
+            return;
         }
     }
 }
