@@ -34,7 +34,8 @@
 //!   workers;
 //! - `player`: [`player::Player`], a connection's game state, an actor;
 //! - `room`: [`room::Room`], the room, an actor;
-//! - `stats`: the counters.
+//! - `stats`: the counters;
+//! - `web`: the browser client's files, served on the WebSocket listener.
 //!
 //! Threads: the engine's I/O workers decode packets and push jobs; the
 //! actors (players, the room) run on whichever worker picks them up; the
@@ -52,6 +53,7 @@ pub mod room;
 pub mod sessions;
 pub mod stats;
 pub mod storage;
+pub mod web;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -313,7 +315,11 @@ pub fn start(config: GameConfig) -> anyhow::Result<GameServer> {
         builder = builder.tls(Arc::clone(tls));
     }
     if let Some(ws_addr) = config.ws_addr {
-        let mut websocket = ServerTransport::websocket(WebSocketConfig::default());
+        let pages = web::pages(web::WebWorld {
+            world_size: 2000.0,
+            cell: 100.0,
+        });
+        let mut websocket = ServerTransport::websocket(WebSocketConfig::default().pages(pages));
         if let Some(tls) = &config.tls {
             websocket = websocket.with_tls(Arc::clone(tls));
         }

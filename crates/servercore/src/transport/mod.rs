@@ -59,7 +59,7 @@ pub mod tls;
 pub mod websocket;
 
 pub use rustls;
-pub use websocket::{close_code, WebSocketConfig};
+pub use websocket::{close_code, PageLookup, WebPage, WebSocketConfig};
 
 use crate::session::DisconnectReason;
 use websocket::WebSocket;

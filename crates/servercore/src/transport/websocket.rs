@@ -40,14 +40,42 @@ pub mod close_code {
     pub const MESSAGE_TOO_BIG: u16 = 1009;
 }
 
-/// Settings of the WebSocket transport, for a listener or a client.
+/// A file a WebSocket listener serves to a plain HTTP `GET` (one that asks
+/// for no upgrade): a browser client's page and scripts, on the same port
+/// as the game's socket.
 #[derive(Debug, Clone)]
+pub struct WebPage {
+    /// The `Content-Type` header's value.
+    pub content_type: &'static str,
+    /// The file's bytes.
+    pub body: Bytes,
+}
+
+/// Finds the [`WebPage`] for a request path (`None`: 404).
+pub type PageLookup = std::sync::Arc<dyn Fn(&str) -> Option<WebPage> + Send + Sync>;
+
+/// Settings of the WebSocket transport, for a listener or a client.
+#[derive(Clone)]
 pub struct WebSocketConfig {
     pub(crate) max_message_size: usize,
     pub(crate) max_outgoing_message: usize,
     pub(crate) subprotocol: String,
     pub(crate) path: String,
     pub(crate) host: Option<String>,
+    pub(crate) pages: Option<PageLookup>,
+}
+
+impl std::fmt::Debug for WebSocketConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebSocketConfig")
+            .field("max_message_size", &self.max_message_size)
+            .field("max_outgoing_message", &self.max_outgoing_message)
+            .field("subprotocol", &self.subprotocol)
+            .field("path", &self.path)
+            .field("host", &self.host)
+            .field("pages", &self.pages.is_some())
+            .finish()
+    }
 }
 
 impl Default for WebSocketConfig {
@@ -58,6 +86,7 @@ impl Default for WebSocketConfig {
             subprotocol: "servercore".to_string(),
             path: "/".to_string(),
             host: None,
+            pages: None,
         }
     }
 }
@@ -87,6 +116,15 @@ impl WebSocketConfig {
     /// Client side: the `Host` header (default: the server's address).
     pub fn host(mut self, host: impl Into<String>) -> Self {
         self.host = Some(host.into());
+        self
+    }
+
+    /// Server side: answer a plain HTTP `GET` (no upgrade asked) with the
+    /// page `pages` finds for its path, then close the connection; a path
+    /// it does not know gets 404. Upgrades on `/` and `/ws` are unchanged.
+    /// Such a connection ends with [`DisconnectReason::ClosedByApp`].
+    pub fn pages(mut self, pages: PageLookup) -> Self {
+        self.pages = Some(pages);
         self
     }
 }
@@ -139,6 +177,7 @@ pub(crate) struct WebSocket {
     control: Vec<u8>,
     close_sent: bool,
     mask_state: u64,
+    pages: Option<PageLookup>,
 }
 
 /// What a read ended with, when it ended the connection.
@@ -188,6 +227,7 @@ impl WebSocket {
             control: Vec::new(),
             close_sent: false,
             mask_state: 0,
+            pages: config.pages.clone(),
         }
     }
 
@@ -284,12 +324,6 @@ impl WebSocket {
             http_error(out, "405 Method Not Allowed", "Allow: GET\r\n");
             return Err(handshake_error("method is not GET"));
         }
-        let path = request.path.unwrap_or("");
-        let path = path.split('?').next().unwrap_or("");
-        if path != "/" && path != "/ws" {
-            http_error(out, "404 Not Found", "");
-            return Err(handshake_error(&format!("unknown path {path:?}")));
-        }
         let header = |name: &str| {
             request
                 .headers
@@ -306,7 +340,29 @@ impl WebSocket {
                 .flat_map(|v| v.split(','))
                 .any(|t| t.trim().eq_ignore_ascii_case(token))
         };
-        if !has_token("Upgrade", "websocket") || !has_token("Connection", "upgrade") {
+        let path = request.path.unwrap_or("");
+        let path = path.split('?').next().unwrap_or("");
+        let upgrade = has_token("Upgrade", "websocket");
+        if !upgrade {
+            if let Some(page) = self.pages.as_ref().and_then(|pages| pages(path)) {
+                out.extend_from_slice(
+                    format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: {}\r\nContent-Length: {}\r\n\
+                         Cache-Control: no-cache\r\nConnection: close\r\n\r\n",
+                        page.content_type,
+                        page.body.len()
+                    )
+                    .as_bytes(),
+                );
+                out.extend_from_slice(&page.body);
+                return Err(DisconnectReason::ClosedByApp);
+            }
+        }
+        if path != "/" && path != "/ws" {
+            http_error(out, "404 Not Found", "");
+            return Err(handshake_error(&format!("unknown path {path:?}")));
+        }
+        if !upgrade || !has_token("Connection", "upgrade") {
             http_error(out, "400 Bad Request", "");
             return Err(handshake_error("not a WebSocket upgrade request"));
         }

@@ -1,0 +1,58 @@
+//! The browser client (`web/` in the repository), built into the server and
+//! served by its WebSocket listener to plain HTTP `GET`s: open
+//! `http://WS_ADDR/` in a browser and it plays over `ws://WS_ADDR/ws`.
+//!
+//! The page fetches `protocol.proto`, the same file the server's packet ids
+//! are generated from, so browser and server can never disagree on ids.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use servercore::transport::{PageLookup, WebPage};
+
+const INDEX_HTML: &[u8] = include_bytes!("../../../web/index.html");
+const APP_JS: &[u8] = include_bytes!("../../../web/app.js");
+const PROTOCOL_JS: &[u8] = include_bytes!("../../../web/protocol.js");
+const STYLE_CSS: &[u8] = include_bytes!("../../../web/style.css");
+const PROTOBUF_JS: &[u8] = include_bytes!("../../../web/vendor/protobuf.min.js");
+const PROTOCOL_PROTO: &[u8] = include_bytes!("../../../proto/protocol.proto");
+
+/// What the page needs to know of this server's world, served as
+/// `/config.json`.
+#[derive(Debug, Clone, Copy)]
+pub struct WebWorld {
+    /// The map's side length.
+    pub world_size: f32,
+    /// A cell's side length.
+    pub cell: f32,
+}
+
+/// The browser client's files by request path.
+pub fn pages(world: WebWorld) -> PageLookup {
+    let config = Bytes::from(format!(
+        "{{\"world_size\":{},\"cell\":{}}}",
+        world.world_size, world.cell
+    ));
+    Arc::new(move |path: &str| {
+        let (content_type, body): (&'static str, Bytes) = match path {
+            "/" | "/index.html" => ("text/html; charset=utf-8", Bytes::from_static(INDEX_HTML)),
+            "/app.js" => ("text/javascript; charset=utf-8", Bytes::from_static(APP_JS)),
+            "/protocol.js" => (
+                "text/javascript; charset=utf-8",
+                Bytes::from_static(PROTOCOL_JS),
+            ),
+            "/style.css" => ("text/css; charset=utf-8", Bytes::from_static(STYLE_CSS)),
+            "/vendor/protobuf.min.js" => (
+                "text/javascript; charset=utf-8",
+                Bytes::from_static(PROTOBUF_JS),
+            ),
+            "/protocol.proto" => (
+                "text/plain; charset=utf-8",
+                Bytes::from_static(PROTOCOL_PROTO),
+            ),
+            "/config.json" => ("application/json", config.clone()),
+            _ => return None,
+        };
+        Some(WebPage { content_type, body })
+    })
+}
