@@ -436,11 +436,6 @@ impl GameServer {
         self.ctx.room.pending_jobs()
     }
 
-    /// Requests waiting for the database thread now.
-    pub fn db_queue_len(&self) -> usize {
-        self.ctx.db.queued()
-    }
-
     /// The engine's counters (sessions now, total, refused).
     pub fn service_stats(&self) -> ServiceStats {
         self.service.stats()

@@ -158,7 +158,7 @@ impl Running {
             Running::Game(server) => format!(
                 "room={} db={} players={}",
                 server.room_pending_jobs(),
-                server.db_queue_len(),
+                server.db_queue_depth(),
                 server.stats().player_states
             ),
             _ => String::new(),
