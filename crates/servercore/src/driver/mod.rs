@@ -5,7 +5,9 @@
 //! The driver owns every buffer an operation points at while the operation
 //! is in flight (the send batch, its iovec array, the receive buffer ring),
 //! so the layers above never hand the kernel memory they could free early.
-//! All `unsafe` code of servercore lives below this module.
+//! All `unsafe` code of servercore lives below this module, which is why
+//! [`heap`] (the C allocator's statistics and trimming, FFI calls) sits
+//! here too.
 //!
 //! The worker (service layer) owns one driver and drives it in rounds:
 //! queue operations (`add_stream`, `send`, `close`, ...), then call
@@ -19,6 +21,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+pub mod heap;
 pub(crate) mod poll;
 #[cfg(target_os = "linux")]
 pub(crate) mod uring;
