@@ -47,6 +47,12 @@ const HOUSEKEEPING_INTERVAL: Duration = Duration::from_millis(100);
 const MAX_WAIT: Duration = Duration::from_millis(500);
 /// Emptied send-batch vectors kept for reuse.
 const BATCH_POOL_LIMIT: usize = 256;
+/// Capacity (buffers) a pooled send-batch vector is cut back to: the pool
+/// holds at most `BATCH_POOL_LIMIT` × this × 32 bytes (1 MiB) per worker,
+/// however large a peak (a slow reader's queue drained in one batch) grew
+/// one of them. Uncut, the pool kept 2.8 MB after a 3-minute soak's
+/// peaks with no session left (docs/BENCHMARKS.md, "Soak").
+const POOLED_BATCH_CAPACITY: usize = 128;
 /// A drained leftover buffer larger than this is freed rather than kept.
 const LEFTOVER_KEEP: usize = 4 * 1024;
 
@@ -1119,7 +1125,9 @@ fn consume(
 
 fn recycle(pool: &mut Vec<Vec<Bytes>>, mut bufs: Vec<Bytes>) {
     bufs.clear();
-    if pool.len() < BATCH_POOL_LIMIT && bufs.capacity() > 0 && bufs.capacity() <= 4096 {
+    if pool.len() < BATCH_POOL_LIMIT && bufs.capacity() > 0 {
+        // Shrinking in place frees the tail; no copy (the vector is empty).
+        bufs.shrink_to(POOLED_BATCH_CAPACITY);
         pool.push(bufs);
     }
 }
