@@ -408,6 +408,10 @@ enum Request {
         player_id: u64,
         position: SavedPosition,
     },
+    /// Tests: the thread waits until the sender is dropped, so every login
+    /// asked for meanwhile stays pending for as long as a test needs.
+    #[cfg(test)]
+    Pause(Receiver<()>),
     Stop,
 }
 
@@ -460,6 +464,15 @@ impl DbHandle {
                 reply(Err(DbError::Closed));
             }
         }
+    }
+
+    /// Holds the database thread (once it has served what is queued before)
+    /// until the returned sender is dropped.
+    #[cfg(test)]
+    pub(crate) fn pause(&self) -> Sender<()> {
+        let (resume, paused) = crossbeam_channel::bounded(0);
+        let _ = self.tx.send(Request::Pause(paused));
+        resume
     }
 
     /// Saves where player `player_id` stands (no answer; a failure is
@@ -569,6 +582,10 @@ fn serve(mut db: Database, rx: Receiver<Request>) {
                     player_id,
                     position,
                 } => positions.push((player_id, position)),
+                #[cfg(test)]
+                Request::Pause(resume) => {
+                    let _ = resume.recv();
+                }
                 Request::Stop => {
                     stop = true;
                     break;

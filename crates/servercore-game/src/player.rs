@@ -61,6 +61,7 @@ pub const MAX_PENDING_BYTES: usize = 64 * 1024;
 
 static ACCOUNT_LIMIT_LOG: LogThrottle = LogThrottle::new(Duration::from_secs(1));
 static TOKEN_LOG: LogThrottle = LogThrottle::new(Duration::from_secs(1));
+static DEFERRED_LOG: LogThrottle = LogThrottle::new(Duration::from_secs(1));
 
 /// Where the connection stands with the game.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -141,12 +142,15 @@ impl Player {
         if self.waiting {
             if self.deferred_bytes + size > MAX_PENDING_BYTES {
                 bump(&self.ctx.counters.pending_overflows);
-                tracing::warn!(
-                    session = %self.handle.id(),
-                    peer = %self.handle.peer_addr(),
-                    "more than {MAX_PENDING_BYTES} bytes of packets while waiting for an answer; \
-                     disconnecting"
-                );
+                if let Some(cuts) = DEFERRED_LOG.event() {
+                    tracing::warn!(
+                        session = %self.handle.id(),
+                        peer = %self.handle.peer_addr(),
+                        cuts,
+                        "more than {MAX_PENDING_BYTES} bytes of packets while waiting for an \
+                         answer; disconnecting"
+                    );
+                }
                 self.handle
                     .disconnect_with(DisconnectReason::RateLimited(format!(
                         "more than {MAX_PENDING_BYTES} bytes of packets sent while a login, \

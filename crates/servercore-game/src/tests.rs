@@ -4,12 +4,13 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use servercore::Backend;
+use servercore::{Backend, DisconnectKind};
 use servercore_protocol::{make_packet, CChat, CEnterGame, CLogin, ClientPacket, SChat};
 
-use super::{start, GameConfig, MAX_CHAT_LEN_LIMIT};
+use super::player::MAX_PENDING_BYTES;
+use super::{start, GameConfig, WorldConfig, MAX_CHAT_LEN_LIMIT};
 
 fn config() -> GameConfig {
     GameConfig {
@@ -196,5 +197,190 @@ fn logins_queued_at_stop_are_committed_and_answered() {
         let answered = answered.iter().filter(|a| **a).count();
         assert_eq!(stats.logins as usize, answered, "{backend}");
         eprintln!("{backend}: {answered} of {CLIENTS} logins answered at stop");
+    }
+}
+
+/// Reads the next packet that is not the world's (`S_SPAWN`, `S_DESPAWN`,
+/// `S_MOVE`: players entering at random points may see each other).
+fn recv_game(stream: &mut TcpStream) -> ClientPacket {
+    loop {
+        let packet = recv(stream);
+        if !matches!(
+            packet,
+            ClientPacket::SSpawn(_) | ClientPacket::SDespawn(_) | ClientPacket::SMove(_)
+        ) {
+            return packet;
+        }
+    }
+}
+
+/// Waits up to ten seconds for `done`.
+fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(Instant::now() < deadline, "not within 10 s: {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// The bound on what waits for a player is in bytes on the wire, not in
+/// packets: with the database held, a login stays pending and every packet
+/// behind it is kept. A client whose kept packets come to exactly
+/// [`MAX_PENDING_BYTES`] is served in full, in order, once the login is
+/// answered; one a single chat over it is cut (`RateLimited`, counted once)
+/// without an answer, and meanwhile the server keeps serving a bystander
+/// and, after, new logins. On every backend.
+#[test]
+fn pending_packets_are_bounded_in_bytes() {
+    for backend in servercore::driver::available_backends() {
+        let server = start(GameConfig {
+            backend,
+            world: WorldConfig {
+                // Every chat of the flood must reach the player.
+                chat_rate: None,
+                ..WorldConfig::default()
+            },
+            ..config()
+        })
+        .unwrap();
+        let addr = server.local_addr();
+        let connect = || {
+            let stream = TcpStream::connect(addr).unwrap();
+            stream
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            stream
+        };
+        let login = |stream: &mut TcpStream, account: &str| {
+            stream
+                .write_all(&make_packet(&CLogin {
+                    account: account.into(),
+                }))
+                .unwrap();
+        };
+
+        // A bystander in the room before the database is held.
+        let mut bystander = connect();
+        login(&mut bystander, "bystander");
+        let ClientPacket::SLogin(bystander_login) = recv_game(&mut bystander) else {
+            panic!("{backend}: expected S_LOGIN")
+        };
+        assert!(bystander_login.success);
+        bystander
+            .write_all(&make_packet(&CEnterGame { player_index: 0 }))
+            .unwrap();
+        let ClientPacket::SEnterGame(bystander_in) = recv_game(&mut bystander) else {
+            panic!("{backend}: expected S_ENTER_GAME")
+        };
+        assert!(bystander_in.success);
+
+        // Chats of about one size (two-byte length and time varints), the
+        // first `pad` of them a byte longer, so that the enter and
+        // `fitting` chats come to the bound exactly.
+        let enter = make_packet(&CEnterGame { player_index: 0 });
+        let sized = |i: usize, pad: usize| CChat {
+            msg: format!("{i:04}{}", "x".repeat(130 + pad)),
+            client_time_us: 1000 + i as u64,
+        };
+        let chat_size = make_packet(&sized(1, 0)).len();
+        let fitting = (MAX_PENDING_BYTES - enter.len()) / chat_size;
+        let pad = (MAX_PENDING_BYTES - enter.len()) % chat_size;
+        assert!(pad < fitting);
+        let chat = |i: usize| sized(i, usize::from(i < pad));
+        let kept: usize = enter.len()
+            + (0..fitting)
+                .map(|i| make_packet(&chat(i)).len())
+                .sum::<usize>();
+        assert_eq!(kept, MAX_PENDING_BYTES, "{backend}: the flood's arithmetic");
+        let flood = |account: &str, chats: usize| {
+            let mut burst = make_packet(&CLogin {
+                account: account.into(),
+            })
+            .to_vec();
+            burst.extend_from_slice(&enter);
+            for i in 0..chats {
+                burst.extend_from_slice(&make_packet(&chat(i)));
+            }
+            burst
+        };
+
+        let resume = server.pause_database();
+        let mut under = connect();
+        under.write_all(&flood("under", fitting)).unwrap();
+        let mut over = connect();
+        over.write_all(&flood("over", fitting + 1)).unwrap();
+
+        // The one over the bound is cut before its login is answered.
+        let mut rest = Vec::new();
+        match over.read_to_end(&mut rest) {
+            Ok(_) => assert!(
+                rest.is_empty(),
+                "{backend}: {} bytes to the cut client",
+                rest.len()
+            ),
+            Err(error) => assert_eq!(
+                error.kind(),
+                std::io::ErrorKind::ConnectionReset,
+                "{backend}"
+            ),
+        }
+        eventually("the cut counted", || {
+            let rate_limited = server
+                .engine_metrics()
+                .total()
+                .disconnects_of(DisconnectKind::RateLimited);
+            server.stats().pending_overflows == 1 && rate_limited == 1
+        });
+
+        // The bystander is served while the database is held.
+        bystander
+            .write_all(&make_packet(&CChat {
+                msg: "still here".into(),
+                client_time_us: 1,
+            }))
+            .unwrap();
+        assert_eq!(
+            recv_game(&mut bystander),
+            ClientPacket::SChat(SChat {
+                player_id: bystander_in.player_id,
+                msg: "still here".into(),
+                client_time_us: 1,
+            }),
+            "{backend}"
+        );
+
+        // The database answers: everything kept for `under` is handled, in
+        // order.
+        drop(resume);
+        let ClientPacket::SLogin(under_login) = recv_game(&mut under) else {
+            panic!("{backend}: expected S_LOGIN")
+        };
+        assert!(under_login.success, "{backend}");
+        let ClientPacket::SEnterGame(under_in) = recv_game(&mut under) else {
+            panic!("{backend}: expected S_ENTER_GAME")
+        };
+        assert!(under_in.success, "{backend}");
+        assert_eq!(under_in.player_id, under_login.players[0].id);
+        for i in 0..fitting {
+            let expected = ClientPacket::SChat(SChat {
+                player_id: under_in.player_id,
+                msg: chat(i).msg,
+                client_time_us: chat(i).client_time_us,
+            });
+            assert_eq!(recv_game(&mut under), expected, "{backend}: chat {i}");
+            assert_eq!(recv_game(&mut bystander), expected, "{backend}: chat {i}");
+        }
+
+        // New logins go through; the cut stays the only one.
+        let mut late = connect();
+        login(&mut late, "late");
+        let ClientPacket::SLogin(late_login) = recv_game(&mut late) else {
+            panic!("{backend}: expected S_LOGIN")
+        };
+        assert!(late_login.success, "{backend}");
+        let stats = server.stop_and_join();
+        assert_eq!(stats.pending_overflows, 1, "{backend}");
+        assert_eq!(stats.chats_relayed, 1 + fitting as u64, "{backend}");
+        eprintln!("{backend}: {fitting} chats of {chat_size} bytes kept, one more cut");
     }
 }
