@@ -283,6 +283,11 @@ fn short_soak_passes_and_writes_its_series() {
     );
     assert_eq!(samples.last().unwrap()["sessions"], 0);
     assert!(samples.iter().any(|s| s["phase"] == "load"));
+    // The clients walked, and the allocator was sampled and trimmed.
+    assert!(samples.last().unwrap()["moves"].as_u64().unwrap() > 0);
+    assert!(samples.iter().all(|s| s["heap_in_use_kib"].is_u64()));
+    assert!(report["rss_trimmed_kib"].as_u64().unwrap() > 0);
+    assert!(stdout.contains(" trimmed "), "{stdout}");
     assert_eq!(report["failures"], serde_json::json!([]));
     assert_eq!(report["backend"], "poll");
 }

@@ -15,7 +15,9 @@ use servercore::packet::{FrameError, PacketHeader, MAX_PACKET_SIZE};
 use servercore_protocol::PacketId;
 
 pub use servercore::packet::HEADER_SIZE;
-pub use servercore_protocol::{CChat, CEnterGame, CLogin, Player, SChat, SEnterGame, SLogin};
+pub use servercore_protocol::{
+    CChat, CEnterGame, CLogin, CMove, MoveState, Player, PosInfo, SChat, SEnterGame, SLogin,
+};
 /// Client → server: log in.
 pub const C_LOGIN: u16 = PacketId::CLogin.as_u16();
 /// Server → client: the account's players.
@@ -28,6 +30,8 @@ pub const S_ENTER_GAME: u16 = PacketId::SEnterGame.as_u16();
 pub const C_CHAT: u16 = PacketId::CChat.as_u16();
 /// Server → client: a chat line of a room member (the sender included).
 pub const S_CHAT: u16 = PacketId::SChat.as_u16();
+/// Client → server: where the player wants to be.
+pub const C_MOVE: u16 = PacketId::CMove.as_u16();
 
 /// Players each login offers (the course server's three characters).
 pub const PLAYERS_PER_ACCOUNT: u64 = 3;

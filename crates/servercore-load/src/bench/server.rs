@@ -13,7 +13,10 @@
 //! - the first stdout line is `listening on ADDR (...)`;
 //! - each `sessions` line on stdin is answered with `sessions N` (the
 //!   connections the server holds now), each `writes` line with `writes N`
-//!   (the gathered socket writes so far; `writes -` where not counted);
+//!   (the gathered socket writes so far; `writes -` where not counted),
+//!   each `heap` line with `heap in_use=N free=N from_system=N` (the C
+//!   allocator's bytes; `heap -` where it cannot tell), each `trim` line
+//!   (give the allocator's free memory back now) with `trimmed BOOL`;
 //! - `quit` or the end of stdin stops the server and the process exits.
 
 use std::io::{BufRead, Write};
@@ -26,6 +29,10 @@ use super::tokio_world::WorldRules;
 use super::transport::{engine_transport, server_tls};
 use super::{procfs, BenchServerOptions, ChatServer, Impl, Scenario, Transport};
 use servercore_game::{GameConfig, GameServer};
+
+/// The environment variable that sets the soak server's heap trim
+/// interval in milliseconds (0: never trim); unset, the game's default.
+pub const SOAK_HEAP_TRIM_ENV: &str = "SERVERCORE_SOAK_HEAP_TRIM_MS";
 
 /// A running benchmark server of any implementation.
 enum Running {
@@ -96,6 +103,14 @@ impl Running {
                 config.max_sessions = args.max_sessions;
                 config.max_conns_per_ip = 0;
                 config.max_new_accounts_per_min = 0;
+                // The trim interval can be changed for a comparison run
+                // (0: no trim), as docs/BENCHMARKS.md's "Soak" did.
+                if let Some(ms) = std::env::var(SOAK_HEAP_TRIM_ENV)
+                    .ok()
+                    .and_then(|ms| ms.trim().parse::<u64>().ok())
+                {
+                    config.heap_trim_interval = Some(Duration::from_millis(ms));
+                }
                 return Ok(Running::Game(servercore_game::start(config)?));
             }
             Scenario::Broadcast | Scenario::Move => {
@@ -206,6 +221,15 @@ pub fn run(args: BenchServerOptions) -> anyhow::Result<()> {
                 None => writeln!(out, "writes -")?,
             },
             "queues" => writeln!(out, "queues {}", running.queues())?,
+            "heap" => match servercore::driver::heap::stats() {
+                Some(heap) => writeln!(
+                    out,
+                    "heap in_use={} free={} from_system={}",
+                    heap.in_use, heap.free, heap.from_system
+                )?,
+                None => writeln!(out, "heap -")?,
+            },
+            "trim" => writeln!(out, "trimmed {}", servercore::driver::heap::trim())?,
             "quit" => break,
             "" => continue,
             other => writeln!(out, "error unknown command {other:?}")?,

@@ -2,19 +2,24 @@
 //! live clients, watched for leaks.
 //!
 //! About 1,000 clients (`--soak-clients`) each loop: connect, log in, enter,
-//! chat while reading the room's chat for a few seconds, then leave in one
+//! chat and walk (the move scenario's random walk, [`MOVES_PER_SECOND`]
+//! steps a second, so the world's regions, cells and handovers churn too)
+//! while reading what the server sends for a few seconds, then leave in one
 //! of six ways, in turn: close cleanly, reset (`SO_LINGER` 0), vanish in the
 //! middle of a packet, stall in the middle of a packet until the server's
 //! packet deadline cuts them, never read anything (the server's send queue
 //! for them fills), or half-close and read until the server closes; then
 //! reconnect. Every ten seconds (two for runs under two minutes) the server's
-//! resident memory, open descriptors, sessions and queue depths (the room
-//! actor's pending jobs, the database thread's requests) are sampled and
-//! printed as one table row; `--json FILE` writes them all.
+//! resident memory, the C allocator's bytes in use and free (so a retained
+//! allocation and memory merely kept by the allocator can be told apart),
+//! open descriptors, sessions and queue depths (the room actor's pending
+//! jobs, the database thread's requests) are sampled and printed as one
+//! table row; `--json FILE` writes them all.
 //!
 //! After the run the clients leave and the server is watched until its
 //! sessions and descriptors are back to their values before the first
-//! client. The run fails (non-zero exit) if the RSS grew more than
+//! client; then it is asked for one heap trim and sampled once more (the
+//! `trimmed` row: what stays resident once free memory is given back). The run fails (non-zero exit) if the RSS grew more than
 //! [`MAX_RSS_GROWTH`] between the end of the warm-up (the first fifth of the
 //! run) and the last loaded sample, if sessions or descriptors do not return
 //! to the baseline within [`SETTLE`], or if the server logged an error.
@@ -39,9 +44,12 @@ use super::child::ServerProcess;
 use super::load::{self, Sources};
 use super::procfs;
 use super::progress::Progress;
-use super::proto::{self, CChat, CEnterGame, CLogin, SEnterGame, SLogin};
+use super::proto::{
+    self, CChat, CEnterGame, CLogin, CMove, MoveState, PosInfo, SEnterGame, SLogin,
+};
 use super::transport::ClientStream;
 use super::{ChatServer, Impl, Scenario, Transport};
+use crate::client::Walker;
 
 /// Largest RSS growth after the warm-up that still passes (10 %).
 pub const MAX_RSS_GROWTH: f64 = 0.10;
@@ -50,6 +58,11 @@ pub const MAX_RSS_GROWTH: f64 = 0.10;
 pub const SETTLE: Duration = Duration::from_secs(30);
 /// Descriptors kept free beside the clients' connections.
 const SPARE_FDS: u64 = 512;
+/// Steps of each client's walk per second.
+pub const MOVES_PER_SECOND: f64 = 2.0;
+/// Walking speed in world units per second: half the server's default max
+/// speed, so no move is cut.
+const WALK_SPEED: f64 = 150.0;
 
 /// What `bench soak` runs (the CLI fills it from its flags).
 #[derive(Debug, Clone)]
@@ -98,6 +111,7 @@ struct Counters {
     connects: AtomicU64,
     cycles: AtomicU64,
     chats: AtomicU64,
+    moves: AtomicU64,
     /// Stalled clients the server cut (the packet deadline working).
     cut_by_server: AtomicU64,
     /// Enters refused because the same player was still leaving the room
@@ -126,6 +140,11 @@ pub struct SoakSample {
     pub phase: &'static str,
     /// Server resident memory, KiB.
     pub rss_kib: u64,
+    /// Bytes in live allocations of the server's C allocator, KiB (0 where
+    /// it cannot tell).
+    pub heap_in_use_kib: u64,
+    /// Bytes the allocator holds free (resident until trimmed), KiB.
+    pub heap_free_kib: u64,
     /// Server open descriptors.
     pub fds: u64,
     /// Server sessions.
@@ -140,6 +159,8 @@ pub struct SoakSample {
     pub cycles: u64,
     /// Chats sent so far.
     pub chats: u64,
+    /// Moves sent so far.
+    pub moves: u64,
     /// Stalled clients cut by the packet deadline so far.
     pub cut_by_server: u64,
     /// Client errors so far.
@@ -157,12 +178,17 @@ pub struct SoakReport {
     pub minutes: f64,
     /// Milliseconds between two chats of one client.
     pub chat_interval_ms: u64,
+    /// Steps of each client's walk per second.
+    pub moves_per_second: f64,
     /// Seconds of warm-up excluded from the RSS check.
     pub warmup_s: f64,
     /// Every sample, in order.
     pub samples: Vec<SoakSample>,
     /// RSS growth from the end of the warm-up to the last loaded sample.
     pub rss_growth: f64,
+    /// The server's RSS after the clients left and one heap trim, KiB (the
+    /// `trimmed` row of the table).
+    pub rss_trimmed_kib: u64,
     /// Server log lines at ERROR level.
     pub server_errors: Vec<String>,
     /// Server log lines at WARN level (counted).
@@ -215,12 +241,14 @@ pub fn run(options: SoakOptions) -> anyhow::Result<()> {
     let sources = Sources::loopback(options.sources);
     println!(
         "servercore bench soak: {} game server (pid {}), {} clients from {} addresses, \
-         a chat every {} ms each, {:.1} min (warm-up {:.0} s), a sample every {} s",
+         a chat every {} ms and {} steps a second each, {:.1} min (warm-up {:.0} s), \
+         a sample every {} s",
         implementation.name(),
         server.pid(),
         options.clients,
         sources.len(),
         options.chat_interval.as_millis(),
+        MOVES_PER_SECOND,
         options.minutes,
         warmup.as_secs_f64(),
         interval.as_secs()
@@ -288,6 +316,16 @@ pub fn run(options: SoakOptions) -> anyhow::Result<()> {
     };
     println!("{}", row(&after));
     samples.push(after.clone());
+    let trimmed = server.query("trim")?;
+    anyhow::ensure!(
+        trimmed.starts_with("trimmed "),
+        "unexpected answer to trim: {trimmed:?}"
+    );
+    let t = started.elapsed().as_secs_f64();
+    // Printed, but kept out of the series (which ends with `after`): the
+    // report carries it as `rss_trimmed_kib`.
+    let after_trim = sample(&mut server, &counters, t, "trimmed")?;
+    println!("{}", row(&after_trim));
 
     let (note, stderr) = server.stop(Duration::from_secs(10));
     let server_errors: Vec<String> = stderr
@@ -345,22 +383,27 @@ pub fn run(options: SoakOptions) -> anyhow::Result<()> {
     let first_client_error = counters.first_error.lock().clone();
     println!();
     println!(
-        "rss {:.1} MiB after the warm-up, {:.1} MiB at the end of the load ({:+.1} %); \
+        "rss {:.1} MiB after the warm-up, {:.1} MiB at the end of the load ({:+.1} %), \
+         {:.1} MiB once idle and trimmed; heap in use {:.1} -> {:.1} MiB; \
          sessions {} -> {}, fds {} -> {} after the clients left",
         warm.as_ref().map_or(0.0, |s| mib(s.rss_kib)),
         last.as_ref().map_or(0.0, |s| mib(s.rss_kib)),
         rss_growth * 100.0,
+        mib(after_trim.rss_kib),
+        warm.as_ref().map_or(0.0, |s| mib(s.heap_in_use_kib)),
+        last.as_ref().map_or(0.0, |s| mib(s.heap_in_use_kib)),
         baseline.sessions,
         after.sessions,
         baseline.fds,
         after.fds
     );
     println!(
-        "clients: {} connections, {} sessions, {} chats, {} stalled clients cut by the \
-         server, {} enters retried, {} errors{}; server log: {} warnings, {} errors",
+        "clients: {} connections, {} sessions, {} chats, {} moves, {} stalled clients cut \
+         by the server, {} enters retried, {} errors{}; server log: {} warnings, {} errors",
         after.connects,
         after.cycles,
         after.chats,
+        after.moves,
         after.cut_by_server,
         counters.enter_refused.load(Ordering::Relaxed),
         after.client_errors,
@@ -375,9 +418,11 @@ pub fn run(options: SoakOptions) -> anyhow::Result<()> {
         clients: options.clients,
         minutes: options.minutes,
         chat_interval_ms: options.chat_interval.as_millis() as u64,
+        moves_per_second: MOVES_PER_SECOND,
         warmup_s: warmup.as_secs_f64(),
         samples,
         rss_growth,
+        rss_trimmed_kib: after_trim.rss_kib,
         server_errors,
         server_warnings,
         first_client_error,
@@ -407,10 +452,12 @@ fn mib(kib: u64) -> f64 {
 
 fn header() -> String {
     format!(
-        "{:>7} {:<8} {:>8} {:>6} {:>8} {:>7} {:>5} {:>9} {:>8} {:>8} {:>6} {:>6}",
+        "{:>7} {:<8} {:>8} {:>8} {:>8} {:>6} {:>8} {:>7} {:>5} {:>9} {:>8} {:>8} {:>8} {:>6} {:>6}",
         "t (s)",
         "phase",
         "RSS MiB",
+        "heap MiB",
+        "free MiB",
         "fds",
         "sessions",
         "room_q",
@@ -418,6 +465,7 @@ fn header() -> String {
         "connects",
         "cycles",
         "chats",
+        "moves",
         "cuts",
         "errors"
     )
@@ -425,10 +473,12 @@ fn header() -> String {
 
 fn row(s: &SoakSample) -> String {
     format!(
-        "{:>7.0} {:<8} {:>8.1} {:>6} {:>8} {:>7} {:>5} {:>9} {:>8} {:>8} {:>6} {:>6}",
+        "{:>7.0} {:<8} {:>8.1} {:>8.1} {:>8.1} {:>6} {:>8} {:>7} {:>5} {:>9} {:>8} {:>8} {:>8} {:>6} {:>6}",
         s.t_s,
         s.phase,
         mib(s.rss_kib),
+        mib(s.heap_in_use_kib),
+        mib(s.heap_free_kib),
         s.fds,
         s.sessions,
         s.room_jobs,
@@ -436,6 +486,7 @@ fn row(s: &SoakSample) -> String {
         s.connects,
         s.cycles,
         s.chats,
+        s.moves,
         s.cut_by_server,
         s.client_errors
     )
@@ -456,10 +507,19 @@ fn sample(
             .unwrap_or(0)
     };
     let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+    let heap = server.query("heap")?;
+    let heap_field = |name: &str| -> u64 {
+        heap.split_whitespace()
+            .find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
+            .and_then(|value| value.parse::<u64>().ok())
+            .map_or(0, |bytes| bytes / 1024)
+    };
     Ok(SoakSample {
         t_s,
         phase,
         rss_kib: server.rss_kib()?,
+        heap_in_use_kib: heap_field("in_use"),
+        heap_free_kib: heap_field("free"),
         fds: procfs::open_fds(server.pid())?,
         sessions: server.sessions()? as u64,
         room_jobs: field("room"),
@@ -467,6 +527,7 @@ fn sample(
         connects: get(&counters.connects),
         cycles: get(&counters.cycles),
         chats: get(&counters.chats),
+        moves: get(&counters.moves),
         cut_by_server: get(&counters.cut_by_server),
         client_errors: get(&counters.errors),
     })
@@ -504,8 +565,9 @@ async fn client(
         let leave = Leave::ALL[(index + cycle as usize) % Leave::ALL.len()];
         let life = Duration::from_millis(2000 + rng.below(4000));
         let player = cycle % proto::PLAYERS_PER_ACCOUNT;
+        let walk_seed = ((index as u64) << 32) | cycle;
         let outcome = tokio::select! {
-            outcome = session(server, source, &account, player, leave, life, chat_interval, &counters) => outcome,
+            outcome = session(server, source, &account, player, leave, life, chat_interval, walk_seed, &counters) => outcome,
             _ = stop.changed() => return,
         };
         match outcome {
@@ -522,7 +584,8 @@ async fn client(
     }
 }
 
-/// One client session: log in, enter, chat for `life`, leave as `leave`.
+/// One client session: log in, enter, chat and walk for `life`, leave as
+/// `leave`.
 #[allow(clippy::too_many_arguments)]
 async fn session(
     server: SocketAddr,
@@ -532,6 +595,7 @@ async fn session(
     leave: Leave,
     life: Duration,
     chat_interval: Duration,
+    walk_seed: u64,
     counters: &Counters,
 ) -> anyhow::Result<()> {
     let mut stream = ClientStream::Tcp(load::connect(server, source).await?);
@@ -565,8 +629,17 @@ async fn session(
     let ClientStream::Tcp(mut stream) = stream else {
         bail!("the soak's clients speak plain TCP");
     };
+    let mut walker = Walker::new(servercore_game::WorldConfig::default().size, walk_seed);
+    if let Some(pos) = entered.player.and_then(|player| player.pos_info) {
+        walker.place(pos.x, pos.y);
+    }
     let reading = leave != Leave::NeverRead;
-    chat_for(&mut stream, life, chat_interval, reading, counters).await?;
+    let activity = Activity {
+        life,
+        chat_interval,
+        reading,
+    };
+    play(&mut stream, activity, &mut walker, counters).await?;
     let chat = proto::packet(
         proto::C_CHAT,
         &CChat {
@@ -612,18 +685,32 @@ async fn drain(stream: &mut TcpStream) {
     }
 }
 
-/// Chats every `interval` for `life`, reading (and discarding) the room's
-/// chat meanwhile if `reading`.
-async fn chat_for(
-    stream: &mut TcpStream,
+/// What one session does once in the game.
+struct Activity {
+    /// How long it stays.
     life: Duration,
-    interval: Duration,
+    /// Time between two chats.
+    chat_interval: Duration,
+    /// Whether it reads (and discards) what the server sends.
     reading: bool,
+}
+
+/// Chats every `chat_interval` and takes a step of `walker` every
+/// 1 / [`MOVES_PER_SECOND`] s for `life`, reading (and discarding) the
+/// room's chat and the world's packets meanwhile if `reading`.
+async fn play(
+    stream: &mut TcpStream,
+    activity: Activity,
+    walker: &mut Walker,
     counters: &Counters,
 ) -> anyhow::Result<()> {
-    let end = tokio::time::Instant::now() + life;
-    let mut ticker = tokio::time::interval(interval);
+    let end = tokio::time::Instant::now() + activity.life;
+    let mut ticker = tokio::time::interval(activity.chat_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut steps = tokio::time::interval(Duration::from_secs_f64(1.0 / MOVES_PER_SECOND));
+    steps.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let step = (WALK_SPEED / MOVES_PER_SECOND) as f32;
+    let reading = activity.reading;
     let mut scratch = vec![0u8; 16 * 1024];
     let msg = "s".repeat(load::CHAT_SIZE);
     loop {
@@ -633,6 +720,22 @@ async fn chat_for(
                 let chat = CChat { msg: msg.clone(), client_time_us: load::now_us() };
                 stream.write_all(&proto::packet(proto::C_CHAT, &chat)).await?;
                 counters.chats.fetch_add(1, Ordering::Relaxed);
+            }
+            _ = steps.tick() => {
+                let (x, y, yaw) = walker.step(step);
+                let walk = CMove {
+                    info: Some(PosInfo {
+                        object_id: 0,
+                        x,
+                        y,
+                        z: 0.0,
+                        yaw,
+                        state: MoveState::Run as i32,
+                    }),
+                    client_time_us: load::now_us(),
+                };
+                stream.write_all(&proto::packet(proto::C_MOVE, &walk)).await?;
+                counters.moves.fetch_add(1, Ordering::Relaxed);
             }
             read = stream.read(&mut scratch), if reading => {
                 if read? == 0 {

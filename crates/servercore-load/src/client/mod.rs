@@ -29,6 +29,8 @@ mod session;
 mod stats;
 mod walk;
 
+pub(crate) use walk::Walker;
+
 pub use config::{
     parse_duration, plan_source_addrs, LoadConfig, Scenario, SESSIONS_PER_SOURCE_ADDR,
 };
