@@ -31,8 +31,9 @@ use servercore_protocol::{
     make_packet, CChat, Player as PlayerInfo, SEnterGame, SLogin, ServerPacket,
 };
 
-use super::db::{AccountRecord, DbError, PlayerRecord, MAX_ACCOUNT_LEN};
+use super::sessions;
 use super::stats::bump;
+use super::storage::{AccountRecord, DbError, PlayerRecord, MAX_ACCOUNT_LEN};
 use super::GameContext;
 
 /// Most packets kept while a login or an enter waits for its answer.
@@ -57,6 +58,9 @@ pub struct Player {
     me: Option<WeakActor<Player>>,
     /// The account's players, once logged in.
     account: Option<AccountRecord>,
+    /// The account's name, once logged in with one (guests have none):
+    /// this session holds it on this node and in the cluster.
+    account_name: Option<String>,
     room: InRoom,
     /// A login or an enter awaits its answer; packets wait in `deferred`.
     waiting: bool,
@@ -73,6 +77,7 @@ impl Player {
             ctx,
             me: None,
             account: None,
+            account_name: None,
             room: InRoom::Out,
             waiting: false,
             deferred: VecDeque::new(),
@@ -116,10 +121,19 @@ impl Player {
         }
     }
 
-    /// The session closed: leave the room and drop whatever waits.
+    /// The session closed (or lost its account to a newer login): leave
+    /// the room, let go of the account, and drop whatever waits. Running it
+    /// twice does nothing the second time.
     pub fn leave(&mut self) {
         self.closed = true;
         self.deferred.clear();
+        if let Some(name) = self.account_name.take() {
+            if self.ctx.sessions.release(&name, self.handle.id()) {
+                if let Some(cluster) = &self.ctx.cluster {
+                    cluster.offline(name);
+                }
+            }
+        }
         if let InRoom::Entering(player_id) | InRoom::In(player_id) = self.room {
             let session = self.handle.id();
             self.ctx
@@ -145,13 +159,36 @@ impl Player {
             return;
         }
         self.waiting = true;
+        if account.is_empty() {
+            return self.ask_storage(account);
+        }
+        // One account, one session: whoever holds it (here or on another
+        // node) is disconnected and its save committed before we log in.
         let me = self.me.clone();
+        let name = account.clone();
+        self.ctx.take_over(
+            account,
+            Box::new(move || {
+                if let Some(player) = me.and_then(|me| me.upgrade()) {
+                    player.post(move |player| player.ask_storage(name));
+                }
+            }),
+        );
+    }
+
+    fn ask_storage(&mut self, account: String) {
+        if self.closed {
+            self.waiting = false;
+            return;
+        }
+        let me = self.me.clone();
+        let name = account.clone();
         self.ctx.db.login(
             account,
             Box::new(move |result| {
                 // On the database thread: hand the result back as a job.
                 if let Some(player) = me.and_then(|me| me.upgrade()) {
-                    player.post(move |player| player.logged_in(result));
+                    player.post(move |player| player.logged_in(name, result));
                 }
             }),
         );
@@ -165,7 +202,7 @@ impl Player {
         }));
     }
 
-    fn logged_in(&mut self, result: Result<AccountRecord, DbError>) {
+    fn logged_in(&mut self, name: String, result: Result<AccountRecord, DbError>) {
         self.waiting = false;
         if self.closed {
             return;
@@ -173,6 +210,9 @@ impl Player {
         match result {
             Ok(record) => {
                 bump(&self.ctx.counters.logins);
+                if !name.is_empty() {
+                    self.hold_account(name);
+                }
                 let players = record.players.iter().map(player_info).collect();
                 tracing::debug!(
                     session = %self.handle.id(),
@@ -187,11 +227,38 @@ impl Player {
                 }));
             }
             Err(error) => {
-                tracing::warn!(session = %self.handle.id(), %error, "login failed");
+                tracing::debug!(session = %self.handle.id(), %error, "login failed");
+                if matches!(error, DbError::Unavailable(_) | DbError::Closed) {
+                    bump(&self.ctx.counters.logins_failed_db_down);
+                }
                 self.refuse_login();
             }
         }
         self.replay();
+    }
+
+    /// Registers this session as the holder of `name` here and in the
+    /// cluster; a session that logged in the same account meanwhile (a
+    /// race the handover cannot see) is the one that goes.
+    fn hold_account(&mut self, name: String) {
+        let Some(me) = self.me.clone() else { return };
+        let previous = self.ctx.sessions.register(&name, self.handle.clone(), me);
+        if let Some((handle, player)) = previous {
+            if handle.id() != self.handle.id() {
+                sessions::kick(
+                    name.clone(),
+                    handle,
+                    player,
+                    self.ctx.db.clone(),
+                    &self.ctx.counters,
+                    Box::new(|| {}),
+                );
+            }
+        }
+        if let Some(cluster) = &self.ctx.cluster {
+            cluster.online(name.clone());
+        }
+        self.account_name = Some(name);
     }
 
     fn enter(&mut self, index: u64) {

@@ -22,8 +22,12 @@ pub const SESSIONS_PER_SOURCE_ADDR: usize = 20_000;
 /// ```
 #[derive(Debug, Clone)]
 pub struct LoadConfig {
-    /// The game server.
+    /// The game server (the first node when there are several).
     pub addr: SocketAddr,
+    /// More nodes of one cluster: the sessions are spread round-robin over
+    /// `addr` and these, and the report splits local from cross-node
+    /// deliveries (empty: one server).
+    pub more_addrs: Vec<SocketAddr>,
     /// How many sessions to connect.
     pub sessions: usize,
     /// `C_CHAT` messages per second per session (0: log in, enter and stay
@@ -63,6 +67,7 @@ impl LoadConfig {
     pub fn new(addr: SocketAddr) -> LoadConfig {
         LoadConfig {
             addr,
+            more_addrs: Vec::new(),
             sessions: 500,
             rate: 1.0,
             duration: Duration::from_secs(30),
@@ -96,6 +101,13 @@ impl LoadConfig {
             self.message_bytes
         );
         Ok(())
+    }
+
+    /// Every node: `addr`, then `more_addrs`.
+    pub fn addrs(&self) -> Vec<SocketAddr> {
+        std::iter::once(self.addr)
+            .chain(self.more_addrs.iter().copied())
+            .collect()
     }
 
     /// The time between two messages of one session (None at rate 0).

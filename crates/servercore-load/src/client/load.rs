@@ -27,6 +27,7 @@ use servercore::ClientService;
 use servercore_protocol::CLIENT_RECEIVES_IDS;
 
 use super::config::LoadConfig;
+use super::nodes::{share, Clients, NodeSplit};
 use super::progress::Progress;
 use super::report::{LatencySummary, LoadReport, SessionSummary};
 use super::session::{GameClient, RunShared};
@@ -61,11 +62,14 @@ pub fn run_load_until(
 ) -> anyhow::Result<LoadReport> {
     config.validate()?;
     let sources = config.resolved_source_addrs();
-    let shared = Arc::new(RunShared::new(
-        config.period(),
-        config.message_bytes,
-        &config.account_prefix,
-    ));
+    let shared = Arc::new(
+        RunShared::new(
+            config.period(),
+            config.message_bytes,
+            &config.account_prefix,
+        )
+        .with_nodes(config.addrs()),
+    );
     let mut display = Progress::new(progress, config.sessions);
     let clients = start_clients(&config, &sources, &shared)?;
     let stats = &shared.stats;
@@ -139,7 +143,24 @@ pub fn run_load_until(
     ))
 }
 
+/// One client service per node, the sessions spread evenly.
 fn start_clients(
+    config: &LoadConfig,
+    sources: &[std::net::IpAddr],
+    shared: &Arc<RunShared>,
+) -> anyhow::Result<Clients> {
+    let addrs = config.addrs();
+    let mut services = Vec::with_capacity(addrs.len());
+    for (node, addr) in addrs.iter().enumerate() {
+        let mut node_config = config.clone();
+        node_config.addr = *addr;
+        node_config.sessions = share(config.sessions, addrs.len(), node);
+        services.push(start_node_clients(&node_config, sources, shared)?);
+    }
+    Ok(Clients::new(services, addrs))
+}
+
+fn start_node_clients(
     config: &LoadConfig,
     sources: &[std::net::IpAddr],
     shared: &Arc<RunShared>,
@@ -209,7 +230,7 @@ fn drain(config: &LoadConfig, stats: &LoadStats, stop: &StopSignal) -> Instant {
 fn build_report(
     config: &LoadConfig,
     sources: &[std::net::IpAddr],
-    clients: &ClientService,
+    clients: &Clients,
     stats: &LoadStats,
     (chat_time, receive_time): (Duration, Duration),
     interrupted: bool,
@@ -222,7 +243,12 @@ fn build_report(
     let connect_failed = clients.failed();
     let errors = stats.errors();
     LoadReport {
-        addr: config.addr.to_string(),
+        addr: clients
+            .addrs
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(","),
         backend: clients.backend().to_string(),
         rate_per_session: config.rate,
         duration_secs: config.duration.as_secs_f64(),
@@ -245,5 +271,16 @@ fn build_report(
         latency_us: LatencySummary::from_histogram(&stats.latency_snapshot()),
         errors_total: errors.values().sum(),
         errors,
+        nodes: (clients.addrs.len() > 1).then(|| {
+            let split = stats.split.lock();
+            NodeSplit {
+                addrs: clients.addrs.iter().map(ToString::to_string).collect(),
+                sessions_per_node: clients.connected_per_node(),
+                local_deliveries: LoadStats::get(&stats.local_deliveries),
+                cross_deliveries: LoadStats::get(&stats.cross_deliveries),
+                local_latency_us: LatencySummary::from_histogram(&split.local),
+                cross_latency_us: LatencySummary::from_histogram(&split.cross),
+            }
+        }),
     }
 }

@@ -54,6 +54,9 @@ pub struct LoadReport {
     pub errors: BTreeMap<String, u64>,
     /// All errors.
     pub errors_total: u64,
+    /// Local against cross-node deliveries, for a run over several nodes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nodes: Option<super::nodes::NodeSplit>,
 }
 
 /// The sessions of a run.
@@ -172,6 +175,24 @@ impl LoadReport {
             row("latency p99.9", micros(l.p999));
             row("latency max", micros(l.max));
             row("latency samples", count(l.samples));
+        }
+        if let Some(split) = &self.nodes {
+            row("nodes", split.addrs.join(", "));
+            let per_node: Vec<String> = split.sessions_per_node.iter().map(|n| count(*n)).collect();
+            row("sessions per node", per_node.join(" / "));
+            row("local deliveries", count(split.local_deliveries));
+            row("cross-node deliveries", count(split.cross_deliveries));
+            for (name, l) in [
+                ("local", &split.local_latency_us),
+                ("cross-node", &split.cross_latency_us),
+            ] {
+                if l.samples > 0 {
+                    row(
+                        &format!("{name} latency p50/p99/p99.9"),
+                        format!("{} / {} / {}", micros(l.p50), micros(l.p99), micros(l.p999)),
+                    );
+                }
+            }
         }
         if self.errors.is_empty() {
             row("errors", "none".to_owned());
@@ -293,6 +314,7 @@ mod tests {
             latency_us: LatencySummary::from_histogram(&histogram),
             errors: BTreeMap::from([("disconnect:reset".to_owned(), 2)]),
             errors_total: 2,
+            nodes: None,
         }
     }
 

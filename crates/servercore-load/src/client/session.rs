@@ -49,6 +49,8 @@ pub struct RunShared {
     next_index: AtomicUsize,
     chatting: AtomicBool,
     gate: Mutex<Gate>,
+    /// The nodes of a run over several (empty: one server).
+    nodes: Vec<std::net::SocketAddr>,
 }
 
 /// The chat schedule's state.
@@ -72,6 +74,8 @@ struct Chatter {
     /// Weak: the session's timers stop when the session is gone.
     queue: WeakJobQueue,
     index: usize,
+    /// The session's node in a run over several.
+    node: Option<usize>,
 }
 
 impl RunShared {
@@ -93,7 +97,17 @@ impl RunShared {
             next_index: AtomicUsize::new(0),
             chatting: AtomicBool::new(false),
             gate: Mutex::new(Gate::Waiting(Vec::new())),
+            nodes: Vec::new(),
         }
+    }
+
+    /// Spreads the run over several nodes: chats are tagged with the
+    /// sender's node and deliveries split into local and cross-node.
+    pub fn with_nodes(mut self, nodes: Vec<std::net::SocketAddr>) -> RunShared {
+        if nodes.len() > 1 {
+            self.nodes = nodes;
+        }
+        self
     }
 
     /// Opens the chat window for `duration`: every session already in game
@@ -170,8 +184,12 @@ impl RunShared {
         if due >= end || !self.chatting.load(Ordering::Acquire) || !chatter.handle.is_connected() {
             return;
         }
+        let msg = match chatter.node {
+            Some(node) => super::nodes::tag(node) + &self.message,
+            None => self.message.clone(),
+        };
         let packet = make_packet(&CChat {
-            msg: self.message.clone(),
+            msg,
             client_time_us: now_us(),
         });
         if chatter.handle.send(packet).is_err() {
@@ -220,6 +238,8 @@ pub struct GameClient {
     failed: bool,
     /// Owns the chat timer; dropping the session stops it.
     timer: JobQueue,
+    /// This session's node in a run over several (from its peer address).
+    node: Option<usize>,
 }
 
 impl GameClient {
@@ -232,6 +252,7 @@ impl GameClient {
             phase: Phase::Connecting,
             failed: false,
             timer: JobQueue::new(),
+            node: None,
         }
     }
 
@@ -294,6 +315,7 @@ impl ClientHandler for GameClient {
             handle: session.clone(),
             queue: self.timer.downgrade(),
             index: self.index,
+            node: self.node,
         });
         Ok(())
     }
@@ -307,6 +329,17 @@ impl ClientHandler for GameClient {
         };
         let stats = &self.shared.stats;
         LoadStats::bump(&stats.deliveries);
+        if let (Some(node), Some(from)) = (self.node, super::nodes::sender_node(&msg.msg)) {
+            let latency = now_us().saturating_sub(msg.client_time_us).max(1);
+            let mut split = stats.split.lock();
+            if from == node {
+                LoadStats::bump(&stats.local_deliveries);
+                split.local.saturating_record(latency);
+            } else {
+                LoadStats::bump(&stats.cross_deliveries);
+                split.cross.saturating_record(latency);
+            }
+        }
         if own_id != 0 && msg.player_id == own_id && msg.client_time_us != 0 {
             let now = now_us();
             if msg.client_time_us > now {
@@ -355,6 +388,10 @@ impl PacketHandler for GameClient {
     fn on_connected(&mut self, session: &SessionHandle) {
         LoadStats::bump(&self.shared.stats.connected);
         self.phase = Phase::LoggingIn;
+        if !self.shared.nodes.is_empty() {
+            let peer = session.peer_addr();
+            self.node = self.shared.nodes.iter().position(|addr| *addr == peer);
+        }
         let account = format!("{}{}", self.shared.account_prefix, self.index);
         let _ = session.send(make_packet(&CLogin { account }));
     }
