@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use servercore::Backend;
 use servercore_game::cluster::ClusterConfig;
 use servercore_game::{GameConfig, GameServer};
-use servercore_protocol::{make_packet, CChat, CEnterGame, CLogin, ClientPacket};
+use servercore_protocol::{make_packet, CChat, CEnterGame, CLogin, CMove, ClientPacket, PosInfo};
 
 mod common;
 #[path = "../../../crates/servercore-game/tests/services/mod.rs"]
@@ -98,6 +98,8 @@ fn held_on(observer: &GameServer, node: &str) -> Option<usize> {
 struct Client {
     stream: TcpStream,
     player_id: u64,
+    /// Where the player stands (from S_ENTER_GAME, then its own S_MOVEs).
+    pos: (f32, f32),
 }
 
 impl Client {
@@ -108,6 +110,7 @@ impl Client {
         Client {
             stream,
             player_id: 0,
+            pos: (0.0, 0.0),
         }
     }
 
@@ -197,6 +200,8 @@ impl Client {
             ClientPacket::SEnterGame(entered) => {
                 assert!(entered.success, "enter refused");
                 self.player_id = entered.player_id;
+                let pos = entered.player.and_then(|p| p.pos_info).expect("a position");
+                self.pos = (pos.x, pos.y);
             }
             other => panic!("expected S_ENTER_GAME, got {other:?}"),
         }
@@ -207,6 +212,31 @@ impl Client {
         assert!(client.login(account), "login of {account} refused");
         client.enter();
         client
+    }
+
+    /// Moves one step of `dx, dy` and waits for the server's answer (its own
+    /// S_MOVE); returns where the server put the player.
+    fn step(&mut self, dx: f32, dy: f32) -> (f32, f32) {
+        self.send(&make_packet(&CMove {
+            info: Some(PosInfo {
+                x: self.pos.0 + dx,
+                y: self.pos.1 + dy,
+                ..PosInfo::default()
+            }),
+            client_time_us: 7,
+        }));
+        loop {
+            match self.try_recv_any().expect("connection closed") {
+                ClientPacket::SMove(moved)
+                    if moved.info.as_ref().map(|i| i.object_id) == Some(self.player_id) =>
+                {
+                    let info = moved.info.unwrap();
+                    self.pos = (info.x, info.y);
+                    return self.pos;
+                }
+                _ => {}
+            }
+        }
     }
 
     fn chat(&mut self, msg: &str) {
@@ -366,6 +396,9 @@ fn duplicate_login_across_nodes(backend: Backend) {
         eventually(Duration::from_secs(5), || held_on(&b, "a") == Some(1)),
         "b sees the account on a"
     );
+    // Walk on A: where the player stands there is saved when A lets go.
+    std::thread::sleep(Duration::from_millis(200));
+    let walked = first.step(20.0, -15.0);
     let mut second = Client::connect(b.local_addr());
     assert!(second.login("twice"));
     // B answered only after A let go: A's kick is already counted.
@@ -374,6 +407,7 @@ fn duplicate_login_across_nodes(backend: Backend) {
     assert!(first.closed_within(READ_TIMEOUT), "A's session is closed");
     second.enter();
     assert_eq!(second.player_id, first.player_id, "the same player");
+    assert_eq!(second.pos, walked, "B enters where A saved the player");
     assert!(
         eventually(Duration::from_secs(5), || held_on(&a, "b") == Some(1)
             && held_on(&b, "a") == Some(0)),
