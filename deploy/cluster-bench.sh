@@ -55,6 +55,7 @@ run() {
         local cluster=()
         [ "$nodes" -gt 1 ] && cluster=(--nats "nats://127.0.0.1:$nats_port" --node "n$n")
         "$bin" server --addr "127.0.0.1:$port" --db ":memory:" --max-sessions 20000 \
+            --max-conns-per-ip 0 --max-new-accounts-per-min 0 \
             "${cluster[@]}" >"$work/$name-n$n.out" 2>&1 &
         node_pids+=($!); pids+=($!); addrs+=("127.0.0.1:$port")
     done

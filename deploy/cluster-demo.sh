@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # A local servercore cluster in one command: starts nats-server, three game
 # server nodes on loopback (one shared SQLite file, or PostgreSQL with
-# --db postgres://...), then dummy clients spread over the three that chat
-# for a while, prints the clients' report (local against cross-node
-# deliveries and latency) and each node's final counters, and stops
-# everything.
+# --db postgres://...), then dummy clients spread over the three that walk
+# the world and chat for a while, prints the clients' report (local against
+# cross-node deliveries and latency) and each node's final counters, and
+# stops everything.
 #
-#   deploy/cluster-demo.sh [--sessions N] [--rate R] [--duration 10s]
-#                          [--db PATH|URL] [--nats-port P] [--base-port P]
+#   deploy/cluster-demo.sh [--sessions N] [--rate R] [--move-rate M]
+#                          [--duration 10s] [--db PATH|URL]
+#                          [--nats-port P] [--base-port P]
+#
+# R chats and M moves per second per client (defaults 2 and 5).
 #
 # Needs nats-server on the PATH (apt-get install nats-server). Uses
 # $SERVERCORE as the binary, else target/release/servercore (built if
@@ -17,6 +20,7 @@ cd "$(dirname "$0")/.."
 
 sessions=300
 rate=2
+move_rate=5
 duration=10s
 db=""
 nats_port=4222
@@ -25,11 +29,12 @@ while [ $# -gt 0 ]; do
     case "$1" in
         --sessions) sessions="$2"; shift 2 ;;
         --rate) rate="$2"; shift 2 ;;
+        --move-rate) move_rate="$2"; shift 2 ;;
         --duration) duration="$2"; shift 2 ;;
         --db) db="$2"; shift 2 ;;
         --nats-port) nats_port="$2"; shift 2 ;;
         --base-port) base_port="$2"; shift 2 ;;
-        -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
         *) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -71,6 +76,7 @@ for n in 1 2 3; do
     echo "== node$n on 127.0.0.1:$port"
     "$bin" --log info server --addr "127.0.0.1:$port" --db "$db" \
         --nats "nats://127.0.0.1:$nats_port" --node "node$n" \
+        --max-conns-per-ip 0 --max-new-accounts-per-min 0 \
         >"$work/node$n.out" 2>"$work/node$n.log" &
     pids+=($!)
     addrs+=("127.0.0.1:$port")
@@ -79,10 +85,10 @@ for n in 1 2 3; do wait_port $((base_port + n - 1)); done
 # Let the nodes hear each other's first heartbeats.
 sleep 1.5
 
-echo "== $sessions dummy clients over ${addrs[*]}, $rate msg/s each, for $duration"
+echo "== $sessions dummy clients over ${addrs[*]}: $move_rate moves and $rate chats/s each, for $duration"
 list="$(IFS=,; echo "${addrs[*]}")"
-"$bin" client --addr "$list" --sessions "$sessions" --rate "$rate" \
-    --duration "$duration" --no-progress
+"$bin" client --addr "$list" --sessions "$sessions" --scenario move \
+    --move-rate "$move_rate" --rate "$rate" --duration "$duration" --no-progress
 
 echo "== nodes"
 for pid in "${pids[@]:1}"; do kill -INT "$pid" 2>/dev/null || true; done
