@@ -128,6 +128,7 @@ backend_tests!(
     tcp_and_websocket_listeners_share_one_service,
     websocket_disconnect_sends_close_frame,
     websocket_ping_flood_without_reading_is_cut,
+    many_client_sessions_finish_every_handshake,
 );
 
 // ---- TLS ------------------------------------------------------------------
@@ -760,4 +761,176 @@ fn websocket_ping_flood_without_reading_is_cut(backend: Backend) {
     );
     drop(ws);
     stop(&service);
+}
+
+// ---- many handshakes through the client service -----------------------------
+
+/// Sent by [`GreetingEcho`] from `on_connected`, before the handshake is
+/// done: the transport holds it and must release it when the handshake
+/// completes.
+const GREETING: &[u8] = b"welcome;";
+
+/// Greets from `on_connected`, then echoes; counts its disconnects.
+struct GreetingEcho {
+    record: Shared,
+}
+
+impl Session for GreetingEcho {
+    fn on_connected(&mut self, session: &SessionHandle) {
+        self.record.lock().connected += 1;
+        let _ = session.send_copy(GREETING);
+    }
+    fn on_recv(&mut self, session: &SessionHandle, data: &[u8]) -> usize {
+        let _ = session.send_copy(data);
+        data.len()
+    }
+    fn on_disconnected(&mut self, _session: &SessionHandle, reason: &DisconnectReason) {
+        self.record.lock().disconnected.push(reason.clone());
+    }
+}
+
+/// A client session that waits for the server's greeting, then sends its
+/// own payload and keeps what comes back in its own buffer. It never
+/// speaks first, so nothing it sends can push the server's held bytes out.
+struct OwnEcho {
+    data: Bytes,
+    sent: bool,
+    got: Arc<Mutex<Vec<u8>>>,
+    record: Shared,
+}
+
+impl Session for OwnEcho {
+    fn on_connected(&mut self, _session: &SessionHandle) {
+        self.record.lock().connected += 1;
+    }
+    fn on_recv(&mut self, session: &SessionHandle, data: &[u8]) -> usize {
+        let mut got = self.got.lock();
+        got.extend_from_slice(data);
+        if !self.sent && got.len() >= GREETING.len() {
+            self.sent = true;
+            let _ = session.send(self.data.clone());
+        }
+        data.len()
+    }
+    fn on_disconnected(&mut self, _session: &SessionHandle, reason: &DisconnectReason) {
+        self.record.lock().disconnected.push(reason.clone());
+    }
+}
+
+/// Sessions per case of [`many_client_sessions_finish_every_handshake`].
+const MANY_SESSIONS: usize = 50;
+
+/// Many client-service sessions over WS, TLS and WSS against a server with
+/// and without send coalescing: every one finishes its handshakes, gets the
+/// server's greeting (queued before the handshake was done), then sends its
+/// payload and gets it back byte for byte, and nobody hits a handshake
+/// timeout. With coalescing on, the server's last handshake answers (the
+/// TLS session tickets, the HTTP 101, the greeting the handshake released)
+/// come while its first flight was just written: they must go out at once,
+/// not wait for a packet the session never queues.
+fn many_client_sessions_finish_every_handshake(backend: Backend) {
+    let cert = localhost_cert();
+    let ws = WebSocketConfig::default();
+    let transports = [
+        (
+            ServerTransport::websocket(ws.clone()),
+            ClientTransport::websocket(ws.clone()),
+        ),
+        (
+            ServerTransport::tls(server_tls(&cert)),
+            ClientTransport::tls(client_tls(&cert), localhost()),
+        ),
+        (
+            ServerTransport::websocket(ws.clone()).with_tls(server_tls(&cert)),
+            ClientTransport::websocket(ws.clone()).with_tls(client_tls(&cert), localhost()),
+        ),
+    ];
+    // Off, the sample game's default, and one long enough that every
+    // client's second flight lands inside it.
+    let intervals = [
+        Duration::ZERO,
+        Duration::from_millis(5),
+        Duration::from_millis(200),
+    ];
+    for (server_transport, client_transport) in &transports {
+        for interval in intervals {
+            let case = format!("{} with coalescing {interval:?}", server_transport.name());
+            let server_record: Shared = Default::default();
+            let shared = Arc::clone(&server_record);
+            let service = ServerService::builder("127.0.0.1:0")
+                .backend(backend)
+                .workers(2)
+                .send_coalescing(interval)
+                .shutdown_timeout(Duration::from_secs(1))
+                .transport(server_transport.clone())
+                .session(move || GreetingEcho {
+                    record: Arc::clone(&shared),
+                })
+                .start()
+                .expect("start");
+            let client_record: Shared = Default::default();
+            let buffers: Arc<Mutex<Vec<(Bytes, Arc<Mutex<Vec<u8>>>)>>> = Default::default();
+            let (r, b) = (Arc::clone(&client_record), Arc::clone(&buffers));
+            let client = ClientService::builder(service.local_addr())
+                .backend(backend)
+                .workers(2)
+                .sessions(MANY_SESSIONS)
+                .shutdown_timeout(Duration::from_secs(1))
+                // Shorter than the wait below: a stall shows as a reason.
+                .transport(
+                    client_transport
+                        .clone()
+                        .handshake_timeout(Duration::from_secs(3)),
+                )
+                .session(move || {
+                    let mut buffers = b.lock();
+                    let index = buffers.len();
+                    let data = Bytes::from(payload(1 + index * 997 % 6000, index as u64 + 500));
+                    let got: Arc<Mutex<Vec<u8>>> = Default::default();
+                    buffers.push((data.clone(), Arc::clone(&got)));
+                    OwnEcho {
+                        data,
+                        sent: false,
+                        got,
+                        record: Arc::clone(&r),
+                    }
+                })
+                .start()
+                .expect("client start");
+            let complete = |buffers: &[(Bytes, Arc<Mutex<Vec<u8>>>)]| {
+                buffers
+                    .iter()
+                    .filter(|(data, got)| got.lock().len() >= GREETING.len() + data.len())
+                    .count()
+            };
+            let all_done = wait_until(Duration::from_secs(15), || {
+                let buffers = buffers.lock();
+                buffers.len() == MANY_SESSIONS && complete(&buffers) == MANY_SESSIONS
+                    || !client_record.lock().disconnected.is_empty()
+            });
+            let early: Vec<DisconnectReason> = client_record.lock().disconnected.clone();
+            assert!(
+                all_done && early.is_empty(),
+                "{case}: {} of {MANY_SESSIONS} sessions echoed, client disconnects: {early:?}",
+                complete(&buffers.lock())
+            );
+            for (index, (data, got)) in buffers.lock().iter().enumerate() {
+                let got = got.lock();
+                assert!(
+                    got[..GREETING.len()] == *GREETING && got[GREETING.len()..] == data[..],
+                    "{case}: session {index} got the greeting, then its {} bytes",
+                    data.len()
+                );
+            }
+            assert_eq!(client_record.lock().connected, MANY_SESSIONS, "{case}");
+            client.stop();
+            client.join();
+            let reasons = wait_reasons(&server_record, MANY_SESSIONS);
+            assert!(
+                reasons.iter().all(|r| *r == DisconnectReason::ClosedByPeer),
+                "{case}: {reasons:?}"
+            );
+            stop(&service);
+        }
+    }
 }
