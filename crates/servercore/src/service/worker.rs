@@ -616,10 +616,19 @@ impl Core {
         }
         // The rest of a partial write, a closing session, a full queue or
         // an explicit flush go out now; so does a session idle for longer
-        // than the interval.
+        // than the interval. So do the transport's own bytes (handshake
+        // flights, the HTTP upgrade answer, pongs) and the data a finished
+        // handshake released: they are not in the session's queue, so
+        // holding them would wait for a packet the session may never send
+        // (a WebSocket client sends nothing before the 101 arrives).
         let now = Instant::now();
         let due = entry.last_write.map_or(now, |at| at + interval);
+        let transport_owes = entry
+            .transport
+            .as_ref()
+            .is_some_and(|transport| transport.wants_flush());
         if !entry.pending.is_empty()
+            || transport_owes
             || entry.flush_now
             || !matches!(entry.phase, Phase::Open)
             || shared.queued_bytes() >= shared.coalesce_max_bytes()
