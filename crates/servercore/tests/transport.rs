@@ -16,6 +16,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::*;
 use parking_lot::Mutex;
+use servercore::packet::{DispatchError, PacketConfig, PacketHandler, PacketSession};
 use servercore::transport::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use servercore::transport::{self, close_code, rustls};
 use servercore::{
@@ -129,6 +130,7 @@ backend_tests!(
     websocket_disconnect_sends_close_frame,
     websocket_ping_flood_without_reading_is_cut,
     many_client_sessions_finish_every_handshake,
+    websocket_cuts_send_a_close_frame_with_the_reason,
 );
 
 // ---- TLS ------------------------------------------------------------------
@@ -933,4 +935,128 @@ fn many_client_sessions_finish_every_handshake(backend: Backend) {
             stop(&service);
         }
     }
+}
+
+// ---- cuts over WebSocket say why ---------------------------------------------
+
+/// A packet server that answers nothing; the packet layer cuts bad input.
+struct SilentPackets {
+    record: Shared,
+}
+
+impl PacketHandler for SilentPackets {
+    fn on_packet(
+        &mut self,
+        _session: &SessionHandle,
+        id: u16,
+        _body: &[u8],
+    ) -> Result<(), DispatchError> {
+        Err(DispatchError::UnknownId(id))
+    }
+    fn on_disconnected(&mut self, _session: &SessionHandle, reason: &DisconnectReason) {
+        self.record.lock().disconnected.push(reason.clone());
+    }
+}
+
+/// A session the packet layer or the idle timeout cuts over an open
+/// WebSocket gets a close frame with the fitting code and the reason's name
+/// before the socket closes (raw client over WS; the engine's client over
+/// WSS reads the code into its own disconnect reason).
+fn websocket_cuts_send_a_close_frame_with_the_reason(backend: Backend) {
+    let cert = localhost_cert();
+    let ws = WebSocketConfig::default();
+    let record: Shared = Default::default();
+    let shared = Arc::clone(&record);
+    let service = ServerService::builder("127.0.0.1:0")
+        .backend(backend)
+        .workers(1)
+        .idle_timeout(Duration::from_millis(300))
+        .shutdown_timeout(Duration::from_secs(1))
+        .transport(ServerTransport::websocket(ws.clone()))
+        .listener(
+            "127.0.0.1:0",
+            ServerTransport::websocket(ws.clone()).with_tls(server_tls(&cert)),
+        )
+        .session(move || {
+            PacketSession::new(
+                SilentPackets {
+                    record: Arc::clone(&shared),
+                },
+                PacketConfig::default(),
+            )
+        })
+        .start()
+        .unwrap();
+    let addrs = service.local_addrs().to_vec();
+    let close_payload = |code: u16, text: &str| {
+        let mut payload = code.to_be_bytes().to_vec();
+        payload.extend_from_slice(text.as_bytes());
+        payload
+    };
+
+    // A packet header whose size is below the header's own 4 bytes.
+    let mut garbage = ws_connect(addrs[0]);
+    write_all(&mut garbage, &masked_frame(0x82, &[2, 0, 0xE8, 0x03]));
+    assert_eq!(
+        read_frame(&mut garbage),
+        (
+            0x88,
+            close_payload(close_code::PROTOCOL_ERROR, "malformed_packet")
+        )
+    );
+    assert!(
+        read_to_close(&mut garbage).is_empty(),
+        "then the socket closes"
+    );
+    drop(garbage);
+    let reasons = wait_reasons(&record, 1);
+    assert!(
+        matches!(&reasons[0], DisconnectReason::MalformedPacket(_)),
+        "{reasons:?}"
+    );
+
+    // Silence past the idle timeout (the read blocks until the cut).
+    let mut idle = ws_connect(addrs[0]);
+    assert_eq!(
+        read_frame(&mut idle),
+        (
+            0x88,
+            close_payload(close_code::POLICY_VIOLATION, "idle_timeout")
+        )
+    );
+    assert!(
+        read_to_close(&mut idle).is_empty(),
+        "then the socket closes"
+    );
+    drop(idle);
+    assert_eq!(wait_reasons(&record, 2)[1], DisconnectReason::IdleTimeout);
+
+    // The engine's client over WSS: the code becomes its reason.
+    let transport = ClientTransport::websocket(ws).with_tls(client_tls(&cert), localhost());
+    let (client, got, client_record) = client_service(
+        backend,
+        addrs[1],
+        transport,
+        Bytes::from_static(&[1, 0, 0, 0]),
+    );
+    let client_reasons = wait_reasons(&client_record, 1);
+    assert_eq!(
+        client_reasons,
+        vec![DisconnectReason::WebSocket {
+            code: close_code::PROTOCOL_ERROR,
+            detail: "closed by peer: malformed_packet".into(),
+        }]
+    );
+    assert!(got.lock().is_empty(), "no payload reached the client");
+    assert!(
+        matches!(
+            &wait_reasons(&record, 3)[2],
+            DisconnectReason::MalformedPacket(_)
+        ),
+        "{:?}",
+        record.lock().disconnected
+    );
+    client.stop();
+    client.join();
+    stop(&service);
 }

@@ -367,7 +367,26 @@ impl Core {
                 Some(DisconnectReason::SendQueueOverflow) => CloseMode::Abort,
                 _ => CloseMode::Graceful,
             };
-            self.close(slot, None, mode);
+            match reason {
+                Some(reason) if mode == CloseMode::Graceful => self.cut(slot, reason),
+                _ => self.close(slot, None, mode),
+            }
+        }
+    }
+
+    /// Cuts a session (bad input, a deadline, an app's reason): what it
+    /// queued is dropped. Over an open WebSocket the close frame saying why
+    /// still goes out first, so the peer learns the reason; otherwise the
+    /// socket closes at once.
+    fn cut(&mut self, slot: u32, reason: DisconnectReason) {
+        let says_why = self
+            .entry_mut(slot)
+            .and_then(|entry| entry.transport.as_ref())
+            .is_some_and(|transport| transport.can_send_close_frame());
+        if says_why {
+            self.end_after_goodbye(slot, reason);
+        } else {
+            self.close(slot, Some(reason), CloseMode::Graceful);
         }
     }
 
@@ -489,7 +508,7 @@ impl Core {
         }
         if let Some(transport) = entry.transport.as_mut() {
             match transport.take_startup_failure() {
-                Some(reason) => self.end_transport(slot, reason),
+                Some(reason) => self.end_after_goodbye(slot, reason),
                 // A client's hello (TLS, the upgrade request) goes out now.
                 None if transport.wants_flush() => self.deferred.flush.push(slot),
                 None => {}
@@ -497,10 +516,9 @@ impl Core {
         }
     }
 
-    /// Ends a session for a transport reason once the transport's goodbye
-    /// (alert, close frame, HTTP error) is written; nothing more of the
-    /// session's queue is sent.
-    fn end_transport(&mut self, slot: u32, reason: DisconnectReason) {
+    /// Ends a session once the transport's goodbye (alert, close frame,
+    /// HTTP error) is written; nothing more of the session's queue is sent.
+    fn end_after_goodbye(&mut self, slot: u32, reason: DisconnectReason) {
         let linger = self.engine.config.disconnect_linger;
         let Some(entry) = self.entry_mut(slot) else {
             return;
@@ -852,7 +870,7 @@ impl Core {
                     entry.leftover = Vec::new();
                 }
                 if let Some(reason) = ending {
-                    self.end_transport(slot, reason);
+                    self.end_after_goodbye(slot, reason);
                 }
             }
             Err(Failure::Panic(panic)) => self.callback_panicked(slot, "on_recv", panic),
@@ -956,11 +974,7 @@ impl Core {
                     }
                     if let Some(timeout) = idle_timeout {
                         if now.duration_since(entry.last_recv) >= timeout {
-                            self.close(
-                                slot,
-                                Some(DisconnectReason::IdleTimeout),
-                                CloseMode::Graceful,
-                            );
+                            self.cut(slot, DisconnectReason::IdleTimeout);
                             continue;
                         }
                     }
