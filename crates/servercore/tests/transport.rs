@@ -819,6 +819,10 @@ impl Session for OwnEcho {
     }
 }
 
+/// Each client session's payload and what came back to it, in the order
+/// the sessions were made.
+type Exchanges = Arc<Mutex<Vec<(Bytes, Arc<Mutex<Vec<u8>>>)>>>;
+
 /// Sessions per case of [`many_client_sessions_finish_every_handshake`].
 const MANY_SESSIONS: usize = 50;
 
@@ -871,7 +875,7 @@ fn many_client_sessions_finish_every_handshake(backend: Backend) {
                 .start()
                 .expect("start");
             let client_record: Shared = Default::default();
-            let buffers: Arc<Mutex<Vec<(Bytes, Arc<Mutex<Vec<u8>>>)>>> = Default::default();
+            let buffers: Exchanges = Default::default();
             let (r, b) = (Arc::clone(&client_record), Arc::clone(&buffers));
             let client = ClientService::builder(service.local_addr())
                 .backend(backend)
