@@ -943,7 +943,11 @@ fn many_client_sessions_finish_every_handshake(backend: Backend) {
 
 // ---- cuts over WebSocket say why ---------------------------------------------
 
-/// A packet server that answers nothing; the packet layer cuts bad input.
+/// Packet id on which [`SilentPackets`] panics.
+const PANIC_ID: u16 = 1200;
+
+/// A packet server that answers nothing; the packet layer cuts bad input,
+/// and packet [`PANIC_ID`] makes the handler panic.
 struct SilentPackets {
     record: Shared,
 }
@@ -955,6 +959,7 @@ impl PacketHandler for SilentPackets {
         id: u16,
         _body: &[u8],
     ) -> Result<(), DispatchError> {
+        assert_ne!(id, PANIC_ID, "the handler fails on purpose");
         Err(DispatchError::UnknownId(id))
     }
     fn on_disconnected(&mut self, _session: &SessionHandle, reason: &DisconnectReason) {
@@ -962,9 +967,9 @@ impl PacketHandler for SilentPackets {
     }
 }
 
-/// A session the packet layer or the idle timeout cuts over an open
-/// WebSocket gets a close frame with the fitting code and the reason's name
-/// before the socket closes (raw client over WS; the engine's client over
+/// A session the packet layer, the idle timeout or a panic cuts over an
+/// open WebSocket gets a close frame with the fitting code and the reason's
+/// name before the socket closes (raw client over WS; the engine's client over
 /// WSS reads the code into its own disconnect reason).
 fn websocket_cuts_send_a_close_frame_with_the_reason(backend: Backend) {
     let cert = localhost_cert();
@@ -1035,6 +1040,29 @@ fn websocket_cuts_send_a_close_frame_with_the_reason(backend: Backend) {
     drop(idle);
     assert_eq!(wait_reasons(&record, 2)[1], DisconnectReason::IdleTimeout);
 
+    // A panic in the session's callbacks: 1011, and the panic's text stays
+    // in the server's log.
+    let mut panicking = ws_connect(addrs[0]);
+    let [low, high] = PANIC_ID.to_le_bytes();
+    write_all(&mut panicking, &masked_frame(0x82, &[4, 0, low, high]));
+    assert_eq!(
+        read_frame(&mut panicking),
+        (
+            0x88,
+            close_payload(close_code::INTERNAL_ERROR, "callback_panic")
+        )
+    );
+    assert!(
+        read_to_close(&mut panicking).is_empty(),
+        "then the socket closes"
+    );
+    drop(panicking);
+    assert!(
+        matches!(&wait_reasons(&record, 3)[2], DisconnectReason::CallbackPanic(text) if text.contains("on purpose")),
+        "{:?}",
+        record.lock().disconnected
+    );
+
     // The engine's client over WSS: the code becomes its reason.
     let transport = ClientTransport::websocket(ws).with_tls(client_tls(&cert), localhost());
     let (client, got, client_record) = client_service(
@@ -1054,7 +1082,7 @@ fn websocket_cuts_send_a_close_frame_with_the_reason(backend: Backend) {
     assert!(got.lock().is_empty(), "no payload reached the client");
     assert!(
         matches!(
-            &wait_reasons(&record, 3)[2],
+            &wait_reasons(&record, 4)[3],
             DisconnectReason::MalformedPacket(_)
         ),
         "{:?}",

@@ -379,15 +379,19 @@ impl Core {
     /// still goes out first, so the peer learns the reason; otherwise the
     /// socket closes at once.
     fn cut(&mut self, slot: u32, reason: DisconnectReason) {
-        let says_why = self
-            .entry_mut(slot)
-            .and_then(|entry| entry.transport.as_ref())
-            .is_some_and(|transport| transport.can_send_close_frame());
-        if says_why {
+        if self.can_say_why(slot) {
             self.end_after_goodbye(slot, reason);
         } else {
             self.close(slot, Some(reason), CloseMode::Graceful);
         }
+    }
+
+    /// True when the session's transport can still send a close frame that
+    /// tells the peer why it is cut.
+    fn can_say_why(&mut self, slot: u32) -> bool {
+        self.entry_mut(slot)
+            .and_then(|entry| entry.transport.as_ref())
+            .is_some_and(|transport| transport.can_send_close_frame())
     }
 
     fn begin_stop<D: Driver>(&mut self, driver: &mut D) {
@@ -607,11 +611,14 @@ impl Core {
                 "session callback panicked; disconnecting the session"
             );
         }
-        self.close(
-            slot,
-            Some(DisconnectReason::CallbackPanic(message)),
-            CloseMode::Abort,
-        );
+        let reason = DisconnectReason::CallbackPanic(message);
+        if self.can_say_why(slot) {
+            // The transport lives beside the session, untouched by the
+            // panic: a WebSocket peer still learns it was an internal error.
+            self.end_after_goodbye(slot, reason);
+        } else {
+            self.close(slot, Some(reason), CloseMode::Abort);
+        }
     }
 
     // ---- sending ---------------------------------------------------------

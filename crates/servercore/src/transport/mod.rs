@@ -27,10 +27,10 @@
 //!   socket is closed.
 //! - A session the engine or the app cuts over an open WebSocket (a
 //!   malformed packet, a rate limit, the idle, login or packet deadline, an
-//!   [`DisconnectReason::App`] reason) drops its queued sends but still gets
-//!   a close frame before the socket closes: 1002 for a malformed packet,
-//!   1008 for the others, with the reason's name (`idle_timeout`) as the
-//!   close reason.
+//!   [`DisconnectReason::App`] reason, a panic in its callbacks) drops its
+//!   queued sends but still gets a close frame before the socket closes:
+//!   1002 for a malformed packet, 1011 for a panic, 1008 for the others,
+//!   with the reason's name (`idle_timeout`) as the close reason.
 //!
 //! # The WebSocket listener
 //! - The upgrade is a `GET` to `/` or `/ws` (a query string is ignored) with
@@ -623,6 +623,7 @@ fn close_code_for(reason: &DisconnectReason) -> u16 {
         | DisconnectReason::LoginTimeout
         | DisconnectReason::PacketTimeout
         | DisconnectReason::App(_) => close_code::POLICY_VIOLATION,
+        DisconnectReason::CallbackPanic(_) => close_code::INTERNAL_ERROR,
         _ => close_code::NORMAL,
     }
 }

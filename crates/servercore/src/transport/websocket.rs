@@ -41,6 +41,8 @@ pub mod close_code {
     pub const POLICY_VIOLATION: u16 = 1008;
     /// A message larger than the configured maximum.
     pub const MESSAGE_TOO_BIG: u16 = 1009;
+    /// This end failed (a session callback panicked).
+    pub const INTERNAL_ERROR: u16 = 1011;
 }
 
 /// A file a WebSocket listener serves to a plain HTTP `GET` (one that asks
