@@ -861,7 +861,16 @@ impl Core {
         let result = match entry.transport.take() {
             None => deliver(entry, data, max_backlog),
             Some(mut transport) => {
+                let was_ready = transport.is_ready();
                 ending = transport.receive(data);
+                if !was_ready && transport.is_ready() {
+                    tracing::debug!(
+                        session = %entry.handle.id(),
+                        peer = %entry.handle.peer_addr(),
+                        owed = transport.wants_flush(),
+                        "transport handshake done"
+                    );
+                }
                 let result = deliver(entry, transport.plain(), max_backlog);
                 transport.clear_plain();
                 if ending.is_none() && transport.wants_flush() {
