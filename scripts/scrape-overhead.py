@@ -56,7 +56,9 @@ def main():
 
     server = subprocess.Popen(
         [BIN, "server", "--addr", "127.0.0.1:0", "--db", ":memory:", "--admin", "127.0.0.1:0",
-         "--backend", args.backend, "--log", "warn"],
+         "--backend", args.backend, "--log", "warn",
+         # every dummy client comes from 127.0.0.1
+         "--max-conns-per-ip", "0", "--max-new-accounts-per-min", "0"],
         stdout=subprocess.PIPE, text=True)
     addr = server.stdout.readline().split()[4]
     admin = server.stdout.readline().split("http://")[1].split("/")[0]

@@ -15,9 +15,16 @@ use crate::shutdown::{Install as _, StopSignal};
 /// `servercore client` options.
 #[derive(Debug, clap::Args)]
 pub struct ClientArgs {
-    /// The game server's address.
-    #[arg(long, default_value = "127.0.0.1:7777")]
-    pub addr: SocketAddr,
+    /// The game server's address, or several nodes of one cluster, comma
+    /// separated (A,B,C): the sessions are spread over them and the report
+    /// splits local from cross-node deliveries.
+    #[arg(
+        long,
+        default_value = "127.0.0.1:7777",
+        value_delimiter = ',',
+        value_name = "ADDR,..."
+    )]
+    pub addr: Vec<SocketAddr>,
 
     /// How many sessions to connect.
     #[arg(long, default_value_t = 500)]
@@ -98,9 +105,12 @@ pub struct ClientArgs {
 impl ClientArgs {
     /// The run these options describe (reads the TLS files).
     pub fn to_config(&self) -> anyhow::Result<LoadConfig> {
-        let addr = self.ws.as_ref().map_or(self.addr, |url| url.addr);
+        let addr = self.ws.as_ref().map_or(self.addr[0], |url| url.addr);
         let mut config = LoadConfig::new(addr);
         config.transport = self.tls.client_transport(addr, self.ws.as_ref())?;
+        if self.ws.is_none() {
+            config.more_addrs = self.addr[1..].to_vec();
+        }
         config.sessions = self.sessions;
         config.scenario = self.scenario;
         config.rate = self.rate.unwrap_or(match self.scenario {
@@ -134,7 +144,12 @@ pub fn run(args: ClientArgs) -> anyhow::Result<()> {
     eprintln!(
         "client: {} sessions -> {} ({}), {} msg/s each{moving} for {}; Ctrl-C stops early",
         config.sessions,
-        config.addr,
+        config
+            .addrs()
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(","),
         config.transport.name(),
         config.rate,
         human_duration(config.duration)

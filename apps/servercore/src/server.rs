@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use servercore_game::auth::TokenKey;
+use servercore_game::cluster::ClusterConfig;
 use servercore_game::{GameConfig, WorldConfig, DEFAULT_DB_PATH};
 
 use crate::cli::{AdminArgs, EngineArgs};
@@ -20,10 +21,33 @@ pub struct ServerArgs {
     #[arg(long, default_value = "127.0.0.1:7777")]
     pub addr: SocketAddr,
 
-    /// The SQLite database file, created and migrated on start
-    /// (`:memory:` keeps nothing).
-    #[arg(long, value_name = "PATH", default_value = DEFAULT_DB_PATH)]
+    /// The database, created and migrated on start: an SQLite file
+    /// (`:memory:` keeps nothing), or a PostgreSQL URL
+    /// (`postgres://user[:password]@host[:port]/db`).
+    #[arg(long, value_name = "PATH|URL", default_value = DEFAULT_DB_PATH)]
     pub db: PathBuf,
+
+    /// Database threads, each with its own connection.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub db_pool: usize,
+
+    /// Join a cluster through this NATS server (e.g. nats://127.0.0.1:4222):
+    /// world chat, presence and one session per account across nodes.
+    #[arg(long, value_name = "URL", requires = "node")]
+    pub nats: Option<String>,
+
+    /// This node's name in the cluster (letters, digits, '-', '_'; unique).
+    #[arg(long, value_name = "NAME")]
+    pub node: Option<String>,
+
+    /// Milliseconds between this node's heartbeats to the cluster.
+    #[arg(long, value_name = "MS", default_value_t = 1000)]
+    pub heartbeat_ms: u64,
+
+    /// A node silent for this many milliseconds is taken for dead and its
+    /// accounts for offline.
+    #[arg(long, value_name = "MS", default_value_t = 3000)]
+    pub node_timeout_ms: u64,
 
     /// Most sessions at once; connections past it are refused.
     #[arg(long, default_value_t = 10_000)]
@@ -110,6 +134,14 @@ impl ServerArgs {
         Ok(GameConfig {
             addr: self.addr,
             db_path: self.db.clone(),
+            db_pool: self.db_pool,
+            cluster: self.nats.as_ref().map(|url| {
+                let mut cluster =
+                    ClusterConfig::new(url.clone(), self.node.clone().unwrap_or_default());
+                cluster.heartbeat_interval = Duration::from_millis(self.heartbeat_ms);
+                cluster.node_timeout = Duration::from_millis(self.node_timeout_ms);
+                cluster
+            }),
             backend: self.engine.backend,
             workers: self.engine.workers,
             max_sessions: self.max_sessions,
@@ -157,28 +189,38 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
         .map(|addr| format!(", WebSocket on {addr}"))
         .unwrap_or_default();
     println!(
-        "game server listening on {}{}{websocket} (backend {}, database {}); Ctrl-C stops it",
+        "game server listening on {}{}{websocket} (backend {}, database {} {}); Ctrl-C stops it",
         server.local_addr(),
         if secure { " (TLS)" } else { "" },
         server.backend(),
-        server.db_path().display()
+        server.db_kind(),
+        server.db_name()
     );
     let admin = crate::admin::start_for_game(&args.admin, &server, limit)?;
     tracing::info!(
         addr = %server.local_addr(),
         backend = %server.backend(),
-        database = %server.db_path().display(),
+        database = %server.db_name(),
+        node = args.node.as_deref(),
+        nats = args.nats.as_deref(),
         admin = ?admin.as_ref().map(|admin| admin.local_addr()),
         workers,
         max_sessions = args.max_sessions,
         open_files_limit = limit.soft,
         "game server started"
     );
+    if let Some(cluster) = &args.nats {
+        println!(
+            "cluster node {} via {cluster}",
+            args.node.as_deref().unwrap_or_default()
+        );
+    }
     while !stop.wait(Duration::from_secs(3600)) {}
     // The admin thread holds the last other reference to the server.
     drop(admin);
     let server = Arc::into_inner(server).expect("nothing else holds the game server");
     let sessions = server.service_stats();
+    let cluster = server.cluster_stats();
     let stats = server.stop_and_join();
     tracing::info!(
         sessions = sessions.sessions_total,
@@ -193,5 +235,8 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
         "stopped: sessions={} refused={} {stats}",
         sessions.sessions_total, sessions.refused_total
     );
+    if let Some(cluster) = cluster {
+        println!("cluster: {cluster}");
+    }
     Ok(())
 }

@@ -22,7 +22,7 @@ use anyhow::Context as _;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
-use crate::db::MAX_ACCOUNT_LEN;
+use crate::storage::MAX_ACCOUNT_LEN;
 
 /// The shortest secret accepted, in bytes (HS256's key should be at least
 /// as long as its 32-byte output).

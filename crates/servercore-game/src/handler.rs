@@ -30,9 +30,9 @@ use servercore_protocol::{
 };
 
 use super::auth::MAX_TOKEN_LEN;
-use super::db::MAX_ACCOUNT_LEN;
 use super::player::{Player, MAX_PENDING_BYTES};
 use super::stats::bump;
+use super::storage::MAX_ACCOUNT_LEN;
 use super::world::TokenBucket;
 use super::GameContext;
 

@@ -46,10 +46,19 @@
 //! Each refusal and cut is counted in [`GameStats`] and logged at `warn`,
 //! at most one line a second per kind with the count of the others.
 //!
+//! - One account, one session: a login of a named account that is already
+//!   in game (on this node, or on another node of the cluster) disconnects
+//!   the older session, waits for its save, then succeeds.
+//!
 //! This crate owns the configuration ([`GameConfig`]) and the running server
 //! ([`GameServer`], [`start`]). Its modules:
 //! - `auth`: signed login tokens (minting and checking);
-//! - `db`: the SQLite schema, its migrations and the database thread;
+//! - `storage`: the [`storage::Storage`] trait, its SQLite (default) and
+//!   PostgreSQL implementations with their migrations, and the pool of
+//!   database threads;
+//! - `cluster`: the NATS link between nodes (world chat, presence,
+//!   duplicate logins, node liveness);
+//! - `sessions`: the node's account → session registry and the handover;
 //! - `handler`: [`handler::GameSession`], the packet handler on the I/O
 //!   workers;
 //! - `limits`: the per-address limits;
@@ -62,25 +71,28 @@
 //!
 //! Threads: the engine's I/O workers decode packets and push jobs; the
 //! actors (players, the room, the regions) run on whichever worker picks
-//! them up; the
-//! database runs on its own thread and answers by pushing a job onto the
-//! asking player's actor. No database call ever runs on an I/O worker.
+//! them up; the database runs on its own threads (`--db-pool`) and answers
+//! by pushing a job onto the asking player's actor; the cluster link runs
+//! NATS on a thread of its own and answers the same way. No database or
+//! NATS call ever runs on an I/O worker.
 
 #![warn(missing_docs)]
 
 pub mod auth;
-pub mod db;
+pub mod cluster;
 pub mod handler;
 pub mod latency;
 pub mod limits;
 pub mod player;
 pub mod room;
+pub mod sessions;
 pub mod stats;
+pub mod storage;
 pub mod web;
 pub mod world;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -93,11 +105,14 @@ use servercore::{Backend, ServerService, ServerTransport, ServiceStats, WebSocke
 use servercore_protocol::SERVER_RECEIVES_IDS;
 
 use auth::TokenKey;
-use db::{DbHandle, DbThread};
+use bytes::Bytes;
+use cluster::{ClusterConfig, ClusterEvents, ClusterHandle, ClusterLink, ClusterStats};
 use handler::GameSession;
 use limits::AddressLimits;
 use room::Room;
+use sessions::LocalSessions;
 pub use stats::{GameCounters, GameStats};
+use storage::{DbTarget, StorageHandle, StorageKind, StorageOptions, StoragePool};
 use world::limit::LogLimiter;
 use world::World;
 pub use world::WorldConfig;
@@ -115,8 +130,14 @@ pub struct GameConfig {
     /// Address to listen on (port 0 picks a free one; see
     /// [`GameServer::local_addr`]).
     pub addr: SocketAddr,
-    /// The SQLite file ([`db::IN_MEMORY`] for a database that keeps nothing).
+    /// The database: an SQLite file ([`storage::IN_MEMORY`] for one that
+    /// keeps nothing), or a PostgreSQL URL (`postgres://user@host/db`,
+    /// see [`DbTarget::from_path`]).
     pub db_path: PathBuf,
+    /// Database threads, each with its own connection.
+    pub db_pool: usize,
+    /// Join a cluster of nodes through NATS (None: a single node).
+    pub cluster: Option<ClusterConfig>,
     /// The I/O backend.
     pub backend: Backend,
     /// Worker threads (`None`: available cores).
@@ -181,6 +202,8 @@ impl Default for GameConfig {
         GameConfig {
             addr: SocketAddr::from(([127, 0, 0, 1], 7777)),
             db_path: PathBuf::from(DEFAULT_DB_PATH),
+            db_pool: 1,
+            cluster: None,
             backend: Backend::Auto,
             workers: None,
             max_sessions: 10_000,
@@ -207,7 +230,7 @@ impl GameConfig {
     pub fn in_memory(addr: SocketAddr) -> GameConfig {
         GameConfig {
             addr,
-            db_path: PathBuf::from(db::IN_MEMORY),
+            db_path: PathBuf::from(storage::IN_MEMORY),
             ..GameConfig::default()
         }
     }
@@ -277,8 +300,8 @@ const LOGIN_DRAIN_LIMIT: Duration = Duration::from_secs(5);
 pub struct GameContext {
     /// The room, an actor.
     pub room: Actor<Room>,
-    /// Requests to the database thread.
-    pub db: DbHandle,
+    /// Requests to the database threads.
+    pub db: StorageHandle,
     /// The counters.
     pub counters: Arc<GameCounters>,
     /// Longest chat message relayed, in bytes.
@@ -299,32 +322,120 @@ pub struct GameContext {
     pub limits: AddressLimits,
     /// The token key, when logins must carry a signed token.
     pub auth: Option<TokenKey>,
+    /// The logged-in named accounts of this node.
+    pub sessions: Arc<LocalSessions>,
+    /// The cluster link, if this node is in a cluster.
+    pub cluster: Option<ClusterHandle>,
 }
 
-/// A running game server: the engine's service, the database thread and
-/// the room. Dropping it stops it like [`GameServer::stop_and_join`].
+impl GameContext {
+    /// Makes sure no session holds `account` any more, here or on another
+    /// node (disconnecting it and waiting for its save), then calls `done`.
+    pub fn take_over(&self, account: String, done: Box<dyn FnOnce() + Send>) {
+        let cluster = self.cluster.clone();
+        let then_cluster = move |account: String| match cluster {
+            Some(cluster) => cluster.claim(account, done),
+            None => done(),
+        };
+        let local_cluster = self.cluster.clone();
+        let name = account.clone();
+        sessions::kick_local(
+            &self.sessions,
+            account,
+            self.db.clone(),
+            &self.counters,
+            Box::new(move |kicked| {
+                if kicked {
+                    if let Some(cluster) = &local_cluster {
+                        cluster.offline(name.clone());
+                    }
+                }
+                then_cluster(name);
+            }),
+        );
+    }
+}
+
+/// What the cluster link calls: chats from other nodes go to the room,
+/// kicks to the account registry.
+struct ClusterBridge {
+    room: Actor<Room>,
+    sessions: Arc<LocalSessions>,
+    db: StorageHandle,
+    counters: Arc<GameCounters>,
+}
+
+impl ClusterEvents for ClusterBridge {
+    fn remote_chat(&self, packet: Bytes) {
+        // `post`, not `do_async`: the broadcast runs on a worker, never on
+        // the link's thread.
+        self.room.post(move |room| room.remote_chat(packet));
+    }
+
+    fn kick(&self, account: String, done: Box<dyn FnOnce(bool) + Send>) {
+        sessions::kick_local(
+            &self.sessions,
+            account,
+            self.db.clone(),
+            &self.counters,
+            done,
+        );
+    }
+}
+
+/// A running game server: the engine's service, the database threads, the
+/// cluster link and the room. Dropping it stops it like
+/// [`GameServer::stop_and_join`].
 pub struct GameServer {
     service: ServerService,
-    db: DbThread,
+    db: StoragePool,
+    cluster: Option<ClusterLink>,
+    db_path: PathBuf,
     ctx: Arc<GameContext>,
     stopped: bool,
 }
 
 /// Starts a game server: opens and migrates the database, starts its
-/// thread, then listens. Errors name what failed (a database that cannot be
-/// opened, an address in use, an unavailable backend).
+/// threads, joins the cluster if configured, then listens. Errors name what
+/// failed (a database that cannot be opened, a malformed NATS URL or node
+/// name, an address in use, an unavailable backend). A NATS server that is
+/// down is not an error: the node serves its players and joins once it
+/// answers.
 pub fn start(config: GameConfig) -> anyhow::Result<GameServer> {
     anyhow::ensure!(
         config.max_chat_len <= MAX_CHAT_LEN_LIMIT,
         "max chat length {} is above the limit of {MAX_CHAT_LEN_LIMIT} bytes",
         config.max_chat_len
     );
+    let target = DbTarget::from_path(&config.db_path);
+    let options = StorageOptions {
+        pool_size: config.db_pool.max(1),
+        ..StorageOptions::default()
+    };
+    let db = StoragePool::start(&target, &options)
+        .with_context(|| format!("opening the database {}", target.display_name()))?;
     let counters = Arc::new(GameCounters::default());
     let world = World::new(&config.world, Arc::clone(&counters)).context("the world's size")?;
-    let db = DbThread::start(&config.db_path)
-        .with_context(|| format!("opening the database {}", config.db_path.display()))?;
+    let room = Actor::new(Room::new(Arc::clone(&counters)));
+    let sessions = Arc::new(LocalSessions::default());
+    let cluster = match &config.cluster {
+        Some(cluster_config) => {
+            let bridge = ClusterBridge {
+                room: room.clone(),
+                sessions: Arc::clone(&sessions),
+                db: db.handle(),
+                counters: Arc::clone(&counters),
+            };
+            let link = ClusterLink::start(cluster_config.clone(), Arc::new(bridge))
+                .with_context(|| format!("joining the cluster as node {}", cluster_config.node))?;
+            let handle = link.handle();
+            room.do_async(move |room| room.set_cluster(handle));
+            Some(link)
+        }
+        None => None,
+    };
     let ctx = Arc::new(GameContext {
-        room: Actor::new(Room::new(Arc::clone(&counters))),
+        room,
         db: db.handle(),
         counters,
         max_chat_len: config.max_chat_len,
@@ -336,6 +447,8 @@ pub fn start(config: GameConfig) -> anyhow::Result<GameServer> {
         login_deadline: config.login_deadline,
         limits: AddressLimits::new(config.max_conns_per_ip, config.max_new_accounts_per_min),
         auth: config.auth.clone(),
+        sessions,
+        cluster: cluster.as_ref().map(ClusterLink::handle),
     });
     let packets = PacketConfig::default()
         .with_packet_deadline(config.packet_deadline)
@@ -376,6 +489,8 @@ pub fn start(config: GameConfig) -> anyhow::Result<GameServer> {
     Ok(GameServer {
         service,
         db,
+        cluster,
+        db_path: config.db_path.clone(),
         ctx,
         stopped: false,
     })
@@ -397,9 +512,27 @@ impl GameServer {
         self.service.backend()
     }
 
-    /// The database file.
-    pub fn db_path(&self) -> &Path {
-        self.db.path()
+    /// The configured database path (or URL, password included: prefer
+    /// [`GameServer::db_name`] for display).
+    pub fn db_path(&self) -> &std::path::Path {
+        &self.db_path
+    }
+
+    /// The database: a file's path, or a PostgreSQL URL without its
+    /// password.
+    pub fn db_name(&self) -> String {
+        self.db.target().display_name()
+    }
+
+    /// The database's backend.
+    pub fn db_kind(&self) -> StorageKind {
+        self.db.kind()
+    }
+
+    /// The cluster link's counters and the nodes it sees (None: not in a
+    /// cluster).
+    pub fn cluster_stats(&self) -> Option<ClusterStats> {
+        self.ctx.cluster.as_ref().map(ClusterHandle::stats)
     }
 
     /// The game's counters now.
@@ -420,7 +553,7 @@ impl GameServer {
         self.ctx.world.grid()
     }
 
-    /// Requests waiting for the database thread now.
+    /// Requests waiting for the database threads now.
     pub fn db_queue_depth(&self) -> usize {
         self.ctx.db.queued()
     }
@@ -471,7 +604,7 @@ impl GameServer {
         self.service.join();
         // Leaving runs as jobs (player, room, region); they finish on the job
         // layer's threads shortly after the sessions are gone, and queue the
-        // positions to save before the database thread stops.
+        // positions to save before the database threads stop.
         let deadline = Instant::now() + Duration::from_secs(2);
         while Instant::now() < deadline {
             let stats = self.stats();
@@ -481,7 +614,12 @@ impl GameServer {
             }
             std::thread::sleep(Duration::from_millis(5));
         }
+        // The saves' barriers tell the cluster which accounts went offline,
+        // so the link stops after the database threads.
         self.db.stop_and_join();
+        if let Some(cluster) = &mut self.cluster {
+            cluster.stop_and_join();
+        }
     }
 }
 

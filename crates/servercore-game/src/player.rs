@@ -50,10 +50,11 @@ use servercore_protocol::{
     SMove, ServerPacket,
 };
 
-use super::db::{AccountRecord, DbError, PlayerRecord, SavedPosition, MAX_ACCOUNT_LEN};
+use super::sessions;
 use super::stats::bump;
+use super::storage::{AccountRecord, DbError, PlayerRecord, Position, MAX_ACCOUNT_LEN};
 use super::world::{Change, Event, Identity, Placed};
-use super::GameContext;
+use super::{GameContext, PendingLogin};
 
 /// Most bytes (on the wire) of packets a session may have waiting: queued
 /// as jobs for its player, or kept while a login or an enter waits.
@@ -95,6 +96,10 @@ pub struct Player {
     me: Option<WeakActor<Player>>,
     /// The account's players, once logged in.
     account: Option<AccountRecord>,
+    /// The account's name, once logged in with one (guests have none).
+    account_name: Option<String>,
+    /// This session holds `account_name` on this node and in the cluster.
+    holds_account: bool,
     presence: Presence,
     body: Option<Body>,
     /// An answer is awaited; packets wait in `deferred`.
@@ -118,6 +123,8 @@ impl Player {
             ctx,
             me: None,
             account: None,
+            account_name: None,
+            holds_account: false,
             presence: Presence::Out,
             body: None,
             waiting: false,
@@ -184,17 +191,26 @@ impl Player {
         }
     }
 
-    /// The session closed: leave the game (now, or once the pending answer
-    /// is in) and drop whatever waits.
+    /// The session closed (or lost its account to a newer login): leave
+    /// the game (now, or once the pending answer is in), save the position,
+    /// let go of the account, and drop whatever waits. Running it twice does
+    /// nothing the second time.
     pub fn leave(&mut self) {
         self.closed = true;
         self.deferred.clear();
         self.deferred_bytes = 0;
-        if let Presence::In { .. } = self.presence {
-            self.exit(false);
+        match self.presence {
+            Presence::In { .. } => self.exit(false),
+            // Saved now, so a handover's barrier after this leave sees it;
+            // the answer's handler leaves the world later.
+            Presence::Placing(player_id) | Presence::Crossing(player_id) => {
+                self.save_position(player_id);
+            }
+            // Entering: the answer's handler sees `closed` and leaves;
+            // Leaving: already on its way out.
+            Presence::Out | Presence::Entering(_) | Presence::Leaving(_) => {}
         }
-        // Entering, Placing, Crossing: the answer's handler sees `closed`
-        // and leaves; Leaving: already on its way out.
+        self.release_account();
     }
 
     fn strong_me(&self) -> Option<Actor<Player>> {
@@ -245,7 +261,33 @@ impl Player {
             .limits
             .try_reserve_account(self.handle.peer_addr().ip());
         self.waiting = true;
+        if account.is_empty() {
+            return self.ask_storage(account, pending);
+        }
+        // One account, one session: whoever holds it (here or on another
+        // node) is disconnected and its save committed before we log in.
         let me = self.me.clone();
+        let name = account.clone();
+        self.ctx.take_over(
+            account,
+            Box::new(move || {
+                if let Some(player) = me.and_then(|me| me.upgrade()) {
+                    player.post(move |player| player.ask_storage(name, pending));
+                }
+            }),
+        );
+    }
+
+    fn ask_storage(&mut self, account: String, pending: PendingLogin) {
+        if self.closed {
+            self.waiting = false;
+            if std::mem::take(&mut self.creation_reserved) {
+                self.ctx.limits.refund_account(self.handle.peer_addr().ip());
+            }
+            return;
+        }
+        let me = self.me.clone();
+        let name = account.clone();
         self.ctx.db.login(
             account,
             self.creation_reserved,
@@ -253,7 +295,7 @@ impl Player {
                 // On the database thread: hand the result back as a job.
                 if let Some(player) = me.and_then(|me| me.upgrade()) {
                     player.post(move |player| {
-                        player.logged_in(result);
+                        player.logged_in(name, result);
                         // The answer is queued: a stop may close the session.
                         drop(pending);
                     });
@@ -270,7 +312,7 @@ impl Player {
         }));
     }
 
-    fn logged_in(&mut self, result: Result<AccountRecord, DbError>) {
+    fn logged_in(&mut self, name: String, result: Result<AccountRecord, DbError>) {
         self.waiting = false;
         let created = matches!(&result, Ok(record) if record.created);
         if std::mem::take(&mut self.creation_reserved) && !created {
@@ -282,6 +324,9 @@ impl Player {
         match result {
             Ok(record) => {
                 bump(&self.ctx.counters.logins);
+                if !name.is_empty() {
+                    self.hold_account(name);
+                }
                 let players = record.players.iter().map(player_info).collect();
                 tracing::debug!(
                     session = %self.handle.id(),
@@ -310,11 +355,59 @@ impl Player {
                 self.refuse_login();
             }
             Err(error) => {
-                tracing::warn!(session = %self.handle.id(), %error, "login failed");
+                tracing::debug!(session = %self.handle.id(), %error, "login failed");
+                if matches!(error, DbError::Unavailable(_) | DbError::Closed) {
+                    bump(&self.ctx.counters.logins_failed_db_down);
+                }
                 self.refuse_login();
             }
         }
         self.replay();
+    }
+
+    /// Registers this session as the holder of `name` here and in the
+    /// cluster; a session that logged in the same account meanwhile (a
+    /// race the handover cannot see) is the one that goes.
+    fn hold_account(&mut self, name: String) {
+        let Some(me) = self.me.clone() else { return };
+        let previous = self.ctx.sessions.register(&name, self.handle.clone(), me);
+        if let Some((handle, player)) = previous {
+            if handle.id() != self.handle.id() {
+                sessions::kick(
+                    name.clone(),
+                    handle,
+                    player,
+                    self.ctx.db.clone(),
+                    &self.ctx.counters,
+                    Box::new(|| {}),
+                );
+            }
+        }
+        if let Some(cluster) = &self.ctx.cluster {
+            cluster.online(name.clone());
+        }
+        self.account_name = Some(name);
+        self.holds_account = true;
+    }
+
+    /// Lets go of the account: here at once, in the cluster once every save
+    /// of it sent so far is committed (so a login elsewhere reads it).
+    fn release_account(&mut self) {
+        if !std::mem::take(&mut self.holds_account) {
+            return;
+        }
+        let Some(name) = self.account_name.clone() else {
+            return;
+        };
+        if !self.ctx.sessions.release(&name, self.handle.id()) {
+            return;
+        }
+        if let Some(cluster) = self.ctx.cluster.clone() {
+            let account = name.clone();
+            self.ctx
+                .db
+                .barrier(&name, Box::new(move || cluster.offline(account)));
+        }
     }
 
     fn enter(&mut self, index: u64) {
@@ -509,21 +602,8 @@ impl Player {
         let Presence::In { player_id, region } = self.presence else {
             return;
         };
+        self.save_position(player_id);
         let body = self.body.as_ref().expect("in the world");
-        let saved = SavedPosition {
-            x: body.pos.x,
-            y: body.pos.y,
-            z: body.pos.z,
-            yaw: body.pos.yaw,
-        };
-        self.ctx.db.save_position(player_id, saved);
-        if let Some(record) = self
-            .account
-            .as_mut()
-            .and_then(|account| account.players.iter_mut().find(|p| p.id == player_id))
-        {
-            record.position = Some(saved);
-        }
         let cell = self.ctx.world.grid().cell_of(body.pos.x, body.pos.y);
         let event = Event {
             subject: player_id,
@@ -550,6 +630,28 @@ impl Player {
             room.leave(player_id, session);
             world.leave(region, event, session, tell, left);
         });
+    }
+
+    /// Saves where player `player_id` stands, through the database thread
+    /// of its account (ordered with the account's logins), and remembers it
+    /// for the next enter on this session.
+    fn save_position(&mut self, player_id: u64) {
+        let Some(body) = &self.body else { return };
+        let saved = Position {
+            x: body.pos.x,
+            y: body.pos.y,
+            z: body.pos.z,
+            yaw: body.pos.yaw,
+        };
+        let account = self.account_name.as_deref().unwrap_or("");
+        self.ctx.db.save_position(account, player_id, saved, None);
+        if let Some(record) = self
+            .account
+            .as_mut()
+            .and_then(|account| account.players.iter_mut().find(|p| p.id == player_id))
+        {
+            record.position = Some(saved);
+        }
     }
 
     /// The world let the player go.

@@ -17,9 +17,11 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use servercore::{SessionHandle, SessionId};
 use servercore_protocol::{make_packet, try_make_packet, ObjectInfo, SChat, SEnterGame};
 
+use super::cluster::ClusterHandle;
 use super::stats::{bump, GameCounters};
 
 /// One player in the room.
@@ -32,6 +34,9 @@ struct Member {
 pub struct Room {
     members: HashMap<u64, Member>,
     counters: Arc<GameCounters>,
+    /// The cluster link, if this node is in one: every chat relayed here
+    /// goes to the other nodes too.
+    cluster: Option<ClusterHandle>,
 }
 
 impl Room {
@@ -40,7 +45,13 @@ impl Room {
         Room {
             members: HashMap::new(),
             counters,
+            cluster: None,
         }
+    }
+
+    /// Joins the cluster: chats from now on go to the other nodes too.
+    pub fn set_cluster(&mut self, cluster: ClusterHandle) {
+        self.cluster = Some(cluster);
     }
 
     /// Lets player `player_id` in through `handle` and answers
@@ -139,6 +150,29 @@ impl Room {
                 return;
             }
         };
+        let delivered = self.send_to_members(&packet);
+        if let Some(cluster) = &self.cluster {
+            cluster.publish_chat(packet);
+        }
+        bump(&self.counters.chats_relayed);
+        self.counters
+            .chat_deliveries
+            .fetch_add(delivered, Ordering::Relaxed);
+    }
+
+    /// Relays a world chat from another node (its `S_CHAT` packet, as
+    /// built there) to every member.
+    pub fn remote_chat(&mut self, packet: Bytes) {
+        let delivered = self.send_to_members(&packet);
+        bump(&self.counters.remote_chats);
+        self.counters
+            .chat_deliveries
+            .fetch_add(delivered, Ordering::Relaxed);
+    }
+
+    /// Sends `packet` to every member; removes those whose session closed.
+    /// Returns how many got it.
+    fn send_to_members(&mut self, packet: &Bytes) -> u64 {
         let mut delivered = 0u64;
         let mut gone = Vec::new();
         for (id, member) in &self.members {
@@ -153,9 +187,6 @@ impl Room {
         for id in gone {
             self.remove(id);
         }
-        bump(&self.counters.chats_relayed);
-        self.counters
-            .chat_deliveries
-            .fetch_add(delivered, Ordering::Relaxed);
+        delivered
     }
 }

@@ -14,6 +14,9 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 pub struct GameCounters {
     pub(super) logins: AtomicU64,
     pub(super) logins_refused: AtomicU64,
+    pub(super) logins_failed_db_down: AtomicU64,
+    pub(super) duplicate_login_kicks: AtomicU64,
+    pub(super) remote_chats: AtomicU64,
     pub(super) enters: AtomicU64,
     pub(super) enters_refused: AtomicU64,
     pub(super) chats_relayed: AtomicU64,
@@ -57,6 +60,9 @@ impl GameCounters {
         GameStats {
             logins: get(&self.logins),
             logins_refused: get(&self.logins_refused),
+            logins_failed_db_down: get(&self.logins_failed_db_down),
+            duplicate_login_kicks: get(&self.duplicate_login_kicks),
+            remote_chats: get(&self.remote_chats),
             enters: get(&self.enters),
             enters_refused: get(&self.enters_refused),
             chats_relayed: get(&self.chats_relayed),
@@ -101,6 +107,14 @@ pub struct GameStats {
     /// Refused logins: a second login on one session, an account name too
     /// long, a database error.
     pub logins_refused: u64,
+    /// Of the refused logins, those refused because the database was
+    /// unavailable (down, unreachable, stopped).
+    pub logins_failed_db_down: u64,
+    /// Sessions disconnected because their account logged in again (here
+    /// or on another node).
+    pub duplicate_login_kicks: u64,
+    /// World chats from other nodes relayed to this node's players.
+    pub remote_chats: u64,
     /// Players that entered the room.
     pub enters: u64,
     /// Refused `C_ENTER_GAME`: not logged in, index out of range, already
@@ -176,7 +190,8 @@ impl fmt::Display for GameStats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "logins={} logins_refused={} enters={} enters_refused={} chats_relayed={} \
+            "logins={} logins_refused={} logins_failed_db_down={} duplicate_login_kicks={} \
+             remote_chats={} enters={} enters_refused={} chats_relayed={} \
              chat_deliveries={} chats_refused_not_in_room={} chats_refused_too_long={} \
              players_in_room={} player_states={} moves={} moves_clamped={} moves_cut={} \
              moves_dropped_rate={} moves_dropped_queue_full={} moves_dropped_not_in_world={} \
@@ -186,6 +201,9 @@ impl fmt::Display for GameStats {
              tokens_refused={} pending_overflows={}",
             self.logins,
             self.logins_refused,
+            self.logins_failed_db_down,
+            self.duplicate_login_kicks,
+            self.remote_chats,
             self.enters,
             self.enters_refused,
             self.chats_relayed,

@@ -9,6 +9,7 @@ use std::time::Duration;
 use servercore::Backend;
 use servercore_protocol::{make_packet, CChat, CEnterGame, CLogin, ClientPacket, SChat};
 
+use super::storage::Storage as _;
 use super::{start, GameConfig, MAX_CHAT_LEN_LIMIT};
 
 fn config() -> GameConfig {
@@ -185,7 +186,11 @@ fn logins_queued_at_stop_are_committed_and_answered() {
                 answered[i] = true;
             }
         }
-        let mut db = super::db::Database::open(&db_path).unwrap();
+        let mut db = super::storage::SqliteStorage::open(
+            &db_path,
+            &super::storage::StorageOptions::default(),
+        )
+        .unwrap();
         for (i, answered) in answered.iter().enumerate() {
             let committed = !db.login(&format!("queued{i}")).unwrap().created;
             assert_eq!(

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use servercore::packet::{split_frame, Packet, RateLimits, MAX_PACKET_SIZE};
 use servercore::Backend;
-use servercore_game::db::{Database, SavedPosition};
+use servercore_game::storage::{Position, SqliteStorage, Storage as _, StorageOptions};
 use servercore_game::{GameConfig, GameServer, WorldConfig};
 use servercore_protocol::{
     make_packet, CEnterGame, CLogin, CMove, ClientPacket, PosInfo, SEnterGame, SLogin, SMove,
@@ -86,7 +86,8 @@ pub fn start(backend: Backend, world: WorldConfig, db: &Path) -> GameServer {
 /// server opens it) with their first player saved at the given point.
 /// Returns the first player's id of each, in order.
 pub fn place(db: &Path, placed: &[(&str, f32, f32)]) -> Vec<u64> {
-    let mut database = Database::open(db).expect("open the test database");
+    let mut database =
+        SqliteStorage::open(db, &StorageOptions::default()).expect("open the test database");
     let mut ids = Vec::new();
     let mut positions = Vec::new();
     for (account, x, y) in placed {
@@ -95,7 +96,7 @@ pub fn place(db: &Path, placed: &[(&str, f32, f32)]) -> Vec<u64> {
         ids.push(id);
         positions.push((
             id,
-            SavedPosition {
+            Position {
                 x: *x,
                 y: *y,
                 z: 0.0,

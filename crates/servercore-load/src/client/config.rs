@@ -46,8 +46,12 @@ impl Scenario {
 /// ```
 #[derive(Debug, Clone)]
 pub struct LoadConfig {
-    /// The game server.
+    /// The game server (the first node when there are several).
     pub addr: SocketAddr,
+    /// More nodes of one cluster: the sessions are spread round-robin over
+    /// `addr` and these, and the report splits local from cross-node
+    /// deliveries (empty: one server).
+    pub more_addrs: Vec<SocketAddr>,
     /// How many sessions to connect.
     pub sessions: usize,
     /// What the sessions do in game.
@@ -100,6 +104,7 @@ impl LoadConfig {
     pub fn new(addr: SocketAddr) -> LoadConfig {
         LoadConfig {
             addr,
+            more_addrs: Vec::new(),
             sessions: 500,
             scenario: Scenario::Chat,
             rate: 1.0,
@@ -153,6 +158,13 @@ impl LoadConfig {
             self.message_bytes
         );
         Ok(())
+    }
+
+    /// Every node: `addr`, then `more_addrs`.
+    pub fn addrs(&self) -> Vec<SocketAddr> {
+        std::iter::once(self.addr)
+            .chain(self.more_addrs.iter().copied())
+            .collect()
     }
 
     /// The time between two chat messages of one session (None at rate 0).

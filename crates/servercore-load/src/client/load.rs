@@ -30,6 +30,7 @@ use servercore::ClientService;
 use servercore_protocol::CLIENT_RECEIVES_IDS;
 
 use super::config::{LoadConfig, Scenario};
+use super::nodes::{share, Clients, NodeSplit};
 use super::progress::Progress;
 use super::report::{LatencySummary, LoadReport, MoveSummary, SessionSummary};
 use super::session::{GameClient, RunShared};
@@ -100,7 +101,7 @@ pub fn run_load_observed(
 ) -> anyhow::Result<LoadReport> {
     config.validate()?;
     let sources = config.resolved_source_addrs();
-    let shared = Arc::new(RunShared::new(&config));
+    let shared = Arc::new(RunShared::new(&config).with_nodes(config.addrs()));
     let moving = config.move_period().is_some();
     let mut display = Progress::new(progress, config.sessions, moving);
     let clients = start_clients(&config, &sources, &shared)?;
@@ -196,7 +197,24 @@ pub fn run_load_observed(
     ))
 }
 
+/// One client service per node, the sessions spread evenly.
 fn start_clients(
+    config: &LoadConfig,
+    sources: &[std::net::IpAddr],
+    shared: &Arc<RunShared>,
+) -> anyhow::Result<Clients> {
+    let addrs = config.addrs();
+    let mut services = Vec::with_capacity(addrs.len());
+    for (node, addr) in addrs.iter().enumerate() {
+        let mut node_config = config.clone();
+        node_config.addr = *addr;
+        node_config.sessions = share(config.sessions, addrs.len(), node);
+        services.push(start_node_clients(&node_config, sources, shared)?);
+    }
+    Ok(Clients::new(services, addrs))
+}
+
+fn start_node_clients(
     config: &LoadConfig,
     sources: &[std::net::IpAddr],
     shared: &Arc<RunShared>,
@@ -268,7 +286,7 @@ fn drain(config: &LoadConfig, stats: &LoadStats, stop: &StopSignal) -> Instant {
 fn build_report(
     config: &LoadConfig,
     sources: &[std::net::IpAddr],
-    clients: &ClientService,
+    clients: &Clients,
     stats: &LoadStats,
     (chat_time, receive_time): (Duration, Duration),
     interrupted: bool,
@@ -305,7 +323,12 @@ fn build_report(
         });
     LoadReport {
         scenario: config.scenario.name().to_owned(),
-        addr: config.addr.to_string(),
+        addr: clients
+            .addrs
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(","),
         backend: clients.backend().to_string(),
         rate_per_session: config.rate,
         duration_secs: config.duration.as_secs_f64(),
@@ -329,5 +352,16 @@ fn build_report(
         movement,
         errors_total: errors.values().sum(),
         errors,
+        nodes: (clients.addrs.len() > 1).then(|| {
+            let split = stats.split.lock();
+            NodeSplit {
+                addrs: clients.addrs.iter().map(ToString::to_string).collect(),
+                sessions_per_node: clients.connected_per_node(),
+                local_deliveries: LoadStats::get(&stats.local_deliveries),
+                cross_deliveries: LoadStats::get(&stats.cross_deliveries),
+                local_latency_us: LatencySummary::from_histogram(&split.local),
+                cross_latency_us: LatencySummary::from_histogram(&split.cross),
+            }
+        }),
     }
 }

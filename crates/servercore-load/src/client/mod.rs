@@ -19,10 +19,12 @@
 //! - `stats`: counters, latency histograms, errors by kind;
 //! - `load`: the run itself (set-up, chat, drain, stop);
 //! - `progress`: the live display (indicatif);
-//! - `report`: [`LoadReport`], its table and JSON.
+//! - `report`: [`LoadReport`], its table and JSON;
+//! - `nodes`: runs over several nodes: local and cross-node deliveries.
 
 mod config;
 mod load;
+mod nodes;
 mod progress;
 mod report;
 mod session;
@@ -33,4 +35,5 @@ pub use config::{
     parse_duration, plan_source_addrs, LoadConfig, Scenario, SESSIONS_PER_SOURCE_ADDR,
 };
 pub use load::{run_load, run_load_observed, run_load_until, LoadObserver, WindowCounts};
+pub use nodes::NodeSplit;
 pub use report::{count, human_duration, LatencySummary, LoadReport, MoveSummary, SessionSummary};

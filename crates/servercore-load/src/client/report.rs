@@ -62,6 +62,9 @@ pub struct LoadReport {
     pub errors: BTreeMap<String, u64>,
     /// All errors.
     pub errors_total: u64,
+    /// Local against cross-node deliveries, for a run over several nodes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nodes: Option<super::nodes::NodeSplit>,
 }
 
 fn chat_scenario() -> String {
@@ -225,6 +228,24 @@ impl LoadReport {
             row("despawns", count(m.despawns));
             row("corrections", count(m.corrections));
         }
+        if let Some(split) = &self.nodes {
+            row("nodes", split.addrs.join(", "));
+            let per_node: Vec<String> = split.sessions_per_node.iter().map(|n| count(*n)).collect();
+            row("sessions per node", per_node.join(" / "));
+            row("local deliveries", count(split.local_deliveries));
+            row("cross-node deliveries", count(split.cross_deliveries));
+            for (name, l) in [
+                ("local", &split.local_latency_us),
+                ("cross-node", &split.cross_latency_us),
+            ] {
+                if l.samples > 0 {
+                    row(
+                        &format!("{name} latency p50/p99/p99.9"),
+                        format!("{} / {} / {}", micros(l.p50), micros(l.p99), micros(l.p999)),
+                    );
+                }
+            }
+        }
         if self.errors.is_empty() {
             row("errors", "none".to_owned());
         } else {
@@ -385,6 +406,7 @@ mod tests {
             }),
             errors: BTreeMap::from([("disconnect:reset".to_owned(), 2)]),
             errors_total: 2,
+            nodes: None,
         }
     }
 

@@ -77,6 +77,8 @@ pub struct RunShared {
     next_index: AtomicUsize,
     chatting: AtomicBool,
     gate: Mutex<Gate>,
+    /// The nodes of a run over several (empty: one server).
+    nodes: Vec<std::net::SocketAddr>,
 }
 
 /// What a session's timer sends.
@@ -108,6 +110,8 @@ struct Chatter {
     /// Weak: the session's timers stop when the session is gone.
     queue: WeakJobQueue,
     index: usize,
+    /// The session's node in a run over several.
+    node: Option<usize>,
     walk: Arc<Mutex<WalkState>>,
 }
 
@@ -141,6 +145,7 @@ impl RunShared {
             next_index: AtomicUsize::new(0),
             chatting: AtomicBool::new(false),
             gate: Mutex::new(Gate::Waiting(Vec::new())),
+            nodes: Vec::new(),
         }
     }
 
@@ -149,6 +154,15 @@ impl RunShared {
             Activity::Chat => self.period,
             Activity::Move => self.move_period,
         }
+    }
+
+    /// Spreads the run over several nodes: chats are tagged with the
+    /// sender's node and deliveries split into local and cross-node.
+    pub fn with_nodes(mut self, nodes: Vec<std::net::SocketAddr>) -> RunShared {
+        if nodes.len() > 1 {
+            self.nodes = nodes;
+        }
+        self
     }
 
     /// Opens the window for `duration`: every session already in game gets
@@ -232,13 +246,19 @@ impl RunShared {
             return;
         }
         let (packet, counter) = match activity {
-            Activity::Chat => (
-                make_packet(&CChat {
-                    msg: self.message.clone(),
-                    client_time_us: now_us(),
-                }),
-                &self.stats.sent,
-            ),
+            Activity::Chat => {
+                let msg = match chatter.node {
+                    Some(node) => super::nodes::tag(node) + &self.message,
+                    None => self.message.clone(),
+                };
+                (
+                    make_packet(&CChat {
+                        msg,
+                        client_time_us: now_us(),
+                    }),
+                    &self.stats.sent,
+                )
+            }
             Activity::Move => (self.next_move(&chatter), &self.stats.moves_sent),
         };
         if chatter.handle.send(packet).is_err() {
@@ -317,6 +337,8 @@ pub struct GameClient {
     failed: bool,
     /// Owns the chat and move timers; dropping the session stops them.
     timer: JobQueue,
+    /// This session's node in a run over several (from its peer address).
+    node: Option<usize>,
     walk: Arc<Mutex<WalkState>>,
     /// The players the server spawned for this session and has not
     /// despawned.
@@ -339,6 +361,7 @@ impl GameClient {
             phase: Phase::Connecting,
             failed: false,
             timer: JobQueue::new(),
+            node: None,
             walk,
             seen: HashSet::new(),
             unflushed_deliveries: 0,
@@ -465,6 +488,7 @@ impl ClientHandler for GameClient {
             queue: self.timer.downgrade(),
             index: self.index,
             walk: Arc::clone(&self.walk),
+            node: self.node,
         });
         Ok(())
     }
@@ -547,6 +571,17 @@ impl ClientHandler for GameClient {
         };
         let stats = &self.shared.stats;
         LoadStats::bump(&stats.deliveries);
+        if let (Some(node), Some(from)) = (self.node, super::nodes::sender_node(&msg.msg)) {
+            let latency = now_us().saturating_sub(msg.client_time_us).max(1);
+            let mut split = stats.split.lock();
+            if from == node {
+                LoadStats::bump(&stats.local_deliveries);
+                split.local.saturating_record(latency);
+            } else {
+                LoadStats::bump(&stats.cross_deliveries);
+                split.cross.saturating_record(latency);
+            }
+        }
         if own_id != 0 && msg.player_id == own_id && msg.client_time_us != 0 {
             let now = now_us();
             if msg.client_time_us > now {
@@ -569,6 +604,10 @@ impl PacketHandler for GameClient {
     fn on_connected(&mut self, session: &SessionHandle) {
         LoadStats::bump(&self.shared.stats.connected);
         self.phase = Phase::LoggingIn;
+        if !self.shared.nodes.is_empty() {
+            let peer = session.peer_addr();
+            self.node = self.shared.nodes.iter().position(|addr| *addr == peer);
+        }
         let account = format!("{}{}", self.shared.account_prefix, self.index);
         let _ = session.send(make_packet(&CLogin { account }));
     }

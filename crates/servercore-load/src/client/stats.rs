@@ -102,8 +102,15 @@ pub struct LoadStats {
     /// Set when the run stops its sessions: disconnects after it are not
     /// errors.
     pub finishing: AtomicBool,
+    /// Deliveries from a sender on the receiver's node (runs over several
+    /// nodes only).
+    pub local_deliveries: AtomicU64,
+    /// Deliveries from a sender on another node (runs over several nodes
+    /// only).
+    pub cross_deliveries: AtomicU64,
     latency: Mutex<Latency>,
     move_latency: Mutex<Latency>,
+    pub(crate) split: Mutex<super::nodes::SplitLatency>,
     errors: Mutex<BTreeMap<String, u64>>,
 }
 

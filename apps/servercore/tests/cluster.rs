@@ -1,0 +1,648 @@
+//! Game-server nodes over a real nats-server (and PostgreSQL), on
+//! loopback: world chat across three nodes, one session per account across
+//! nodes, a node killed with SIGKILL, NATS killed and restarted mid-chat,
+//! PostgreSQL stopped and started under a node.
+//!
+//! Every test starts its own nats-server (own port) so killing it cannot
+//! disturb another test; nodes run in this process (`servercore_game::start`)
+//! except the one that is SIGKILLed, a `servercore server` child process.
+//! Each test runs on both backends and is bounded by read timeouts and
+//! deadlines; a service that is missing skips the test with a message
+//! (fails under CI).
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use servercore::Backend;
+use servercore_game::cluster::ClusterConfig;
+use servercore_game::{GameConfig, GameServer};
+use servercore_protocol::{make_packet, CChat, CEnterGame, CLogin, CMove, ClientPacket, PosInfo};
+
+mod common;
+#[path = "../../../crates/servercore-game/tests/services/mod.rs"]
+mod services;
+
+use services::{eventually, NatsServer, PostgresServer};
+
+backend_tests!(
+    three_nodes_sixty_clients_chat,
+    duplicate_login_across_nodes,
+    killed_node_frees_its_accounts,
+    nats_restart_mid_chat,
+    postgres_stop_and_start,
+    load_client_splits_local_and_cross_node,
+);
+
+/// How long a client waits for one expected packet.
+const READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// The liveness bound the issue sets: a dead node noticed within 5 s.
+const LIVENESS_BOUND: Duration = Duration::from_secs(5);
+
+// ---------------------------------------------------------------------------
+// Nodes
+
+fn node_config(backend: Backend, db: &str, nats: &str, node: &str) -> GameConfig {
+    let mut cluster = ClusterConfig::new(nats, node);
+    cluster.heartbeat_interval = Duration::from_millis(300);
+    cluster.node_timeout = Duration::from_secs(2);
+    GameConfig {
+        backend,
+        workers: Some(2),
+        db_path: PathBuf::from(db),
+        cluster: Some(cluster),
+        // Every client comes from 127.0.0.1.
+        max_conns_per_ip: 0,
+        max_new_accounts_per_min: 0,
+        ..GameConfig::in_memory(SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+}
+
+fn start_node(backend: Backend, db: &str, nats: &str, node: &str) -> GameServer {
+    servercore_game::start(node_config(backend, db, nats, node)).expect("node starts")
+}
+
+/// Waits until every node sees all the others (their subscriptions are in
+/// place: heartbeats are subscribed after chat).
+fn wait_meshed(nodes: &[&GameServer]) {
+    let others = nodes.len() - 1;
+    assert!(
+        eventually(Duration::from_secs(10), || nodes.iter().all(|node| {
+            let stats = node.cluster_stats().unwrap();
+            stats.connected && stats.nodes.len() == others
+        })),
+        "nodes did not see each other: {:?}",
+        nodes.iter().map(|n| n.cluster_stats()).collect::<Vec<_>>()
+    );
+}
+
+/// How many accounts `observer` sees on `node`.
+fn held_on(observer: &GameServer, node: &str) -> Option<usize> {
+    observer
+        .cluster_stats()
+        .unwrap()
+        .nodes
+        .iter()
+        .find(|(name, _)| name == node)
+        .map(|(_, held)| *held)
+}
+
+// ---------------------------------------------------------------------------
+// The test client
+
+/// A blocking game client.
+struct Client {
+    stream: TcpStream,
+    player_id: u64,
+    /// Where the player stands (from S_ENTER_GAME, then its own S_MOVEs).
+    pos: (f32, f32),
+}
+
+impl Client {
+    fn connect(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect(addr).expect("connect");
+        stream.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
+        stream.set_nodelay(true).unwrap();
+        Client {
+            stream,
+            player_id: 0,
+            pos: (0.0, 0.0),
+        }
+    }
+
+    fn send(&mut self, packet: &[u8]) {
+        self.stream.write_all(packet).expect("send");
+    }
+
+    /// The next packet that is not world traffic (spawns, despawns and
+    /// moves of players nearby, which these tests do not check), or None on
+    /// EOF / reset.
+    fn try_recv(&mut self) -> Option<ClientPacket> {
+        loop {
+            match self.try_recv_any()? {
+                ClientPacket::SSpawn(_) | ClientPacket::SDespawn(_) | ClientPacket::SMove(_) => {}
+                packet => return Some(packet),
+            }
+        }
+    }
+
+    /// The first packet other than world traffic that arrives within
+    /// `quiet` of the last packet, if any (world traffic may go on).
+    fn quiet_for(&mut self, quiet: Duration) -> Option<ClientPacket> {
+        self.stream.set_read_timeout(Some(quiet)).unwrap();
+        let mut header = [0u8; 1];
+        let found = loop {
+            match self.stream.peek(&mut header) {
+                Ok(0) => break None,
+                Ok(_) => match self.try_recv_any() {
+                    Some(
+                        ClientPacket::SSpawn(_)
+                        | ClientPacket::SDespawn(_)
+                        | ClientPacket::SMove(_),
+                    ) => {}
+                    other => break other,
+                },
+                Err(error)
+                    if matches!(error.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) =>
+                {
+                    break None
+                }
+                Err(error) => panic!("read: {error}"),
+            }
+        };
+        self.stream.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
+        found
+    }
+
+    /// The next packet, or None on EOF / reset.
+    fn try_recv_any(&mut self) -> Option<ClientPacket> {
+        let mut header = [0u8; 4];
+        match self.stream.read_exact(&mut header) {
+            Ok(()) => {}
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    ErrorKind::UnexpectedEof | ErrorKind::ConnectionReset
+                ) =>
+            {
+                return None
+            }
+            Err(error) => panic!("read: {error}"),
+        }
+        let size = u16::from_le_bytes([header[0], header[1]]) as usize;
+        let mut body = vec![0u8; size - 4];
+        self.stream.read_exact(&mut body).expect("body");
+        Some(ClientPacket::decode(u16::from_le_bytes([header[2], header[3]]), &body).unwrap())
+    }
+
+    fn recv(&mut self) -> ClientPacket {
+        self.try_recv().expect("connection closed")
+    }
+
+    /// Logs in; returns `S_LOGIN.success`.
+    fn login(&mut self, account: &str) -> bool {
+        self.send(&make_packet(&CLogin {
+            account: account.into(),
+        }));
+        match self.recv() {
+            ClientPacket::SLogin(login) => login.success,
+            other => panic!("expected S_LOGIN, got {other:?}"),
+        }
+    }
+
+    fn enter(&mut self) {
+        self.send(&make_packet(&CEnterGame { player_index: 0 }));
+        match self.recv() {
+            ClientPacket::SEnterGame(entered) => {
+                assert!(entered.success, "enter refused");
+                self.player_id = entered.player_id;
+                let pos = entered.player.and_then(|p| p.pos_info).expect("a position");
+                self.pos = (pos.x, pos.y);
+            }
+            other => panic!("expected S_ENTER_GAME, got {other:?}"),
+        }
+    }
+
+    fn join(addr: SocketAddr, account: &str) -> Client {
+        let mut client = Client::connect(addr);
+        assert!(client.login(account), "login of {account} refused");
+        client.enter();
+        client
+    }
+
+    /// Moves one step of `dx, dy` and waits for the server's answer (its own
+    /// S_MOVE); returns where the server put the player.
+    fn step(&mut self, dx: f32, dy: f32) -> (f32, f32) {
+        self.send(&make_packet(&CMove {
+            info: Some(PosInfo {
+                x: self.pos.0 + dx,
+                y: self.pos.1 + dy,
+                ..PosInfo::default()
+            }),
+            client_time_us: 7,
+        }));
+        loop {
+            match self.try_recv_any().expect("connection closed") {
+                ClientPacket::SMove(moved)
+                    if moved.info.as_ref().map(|i| i.object_id) == Some(self.player_id) =>
+                {
+                    let info = moved.info.unwrap();
+                    self.pos = (info.x, info.y);
+                    return self.pos;
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn chat(&mut self, msg: &str) {
+        self.send(&make_packet(&CChat {
+            msg: msg.into(),
+            client_time_us: 1,
+        }));
+    }
+
+    /// Reads chats until one whose text is `msg` arrives; false if the
+    /// deadline passes first.
+    fn wait_chat(&mut self, msg: &str, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        self.stream
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let found = loop {
+            if Instant::now() >= deadline {
+                break false;
+            }
+            let mut header = [0u8; 4];
+            match self.stream.read_exact(&mut header) {
+                Ok(()) => {}
+                Err(error)
+                    if matches!(error.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) =>
+                {
+                    continue
+                }
+                Err(error) => panic!("read: {error}"),
+            }
+            self.stream.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
+            let size = u16::from_le_bytes([header[0], header[1]]) as usize;
+            let mut body = vec![0u8; size - 4];
+            self.stream.read_exact(&mut body).expect("body");
+            self.stream
+                .set_read_timeout(Some(Duration::from_millis(200)))
+                .unwrap();
+            if let Ok(ClientPacket::SChat(chat)) =
+                ClientPacket::decode(u16::from_le_bytes([header[2], header[3]]), &body)
+            {
+                if chat.msg == msg {
+                    break true;
+                }
+            }
+        };
+        self.stream.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
+        found
+    }
+
+    /// True once the server has closed the connection (within the limit).
+    fn closed_within(&mut self, limit: Duration) -> bool {
+        self.stream.set_read_timeout(Some(limit)).unwrap();
+        let mut sink = [0u8; 4096];
+        loop {
+            match self.stream.read(&mut sink) {
+                Ok(0) => return true,
+                Ok(_) => continue,
+                Err(error) if error.kind() == ErrorKind::ConnectionReset => return true,
+                Err(_) => return false,
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The tests
+
+/// 60 clients over three nodes, five chats each: every client receives
+/// every chat exactly once, each sender's in the order sent.
+fn three_nodes_sixty_clients_chat(backend: Backend) {
+    const CLIENTS: usize = 60;
+    const CHATS: usize = 5;
+    let Some(nats) = NatsServer::start() else {
+        return;
+    };
+    let nodes: Vec<GameServer> = ["a", "b", "c"]
+        .iter()
+        .map(|name| start_node(backend, ":memory:", &nats.url(), name))
+        .collect();
+    wait_meshed(&nodes.iter().collect::<Vec<_>>());
+    let addrs: Vec<SocketAddr> = nodes.iter().map(GameServer::local_addr).collect();
+    let entered = Arc::new(Barrier::new(CLIENTS));
+    let threads: Vec<_> = (0..CLIENTS)
+        .map(|i| {
+            let addr = addrs[i % addrs.len()];
+            let entered = Arc::clone(&entered);
+            std::thread::spawn(move || {
+                let mut client = Client::join(addr, &format!("chatter{i}"));
+                entered.wait();
+                for k in 0..CHATS {
+                    client.chat(&format!("{i}:{k}"));
+                }
+                // sender → the sequence numbers received from it, in order
+                let mut got: HashMap<usize, Vec<usize>> = HashMap::new();
+                let mut total = 0;
+                while total < CLIENTS * CHATS {
+                    match client.recv() {
+                        ClientPacket::SChat(chat) => {
+                            let (from, seq) = chat.msg.split_once(':').expect("i:k");
+                            got.entry(from.parse().unwrap())
+                                .or_default()
+                                .push(seq.parse().unwrap());
+                            total += 1;
+                        }
+                        other => panic!("client {i}: unexpected {other:?}"),
+                    }
+                }
+                // Nothing more may come but world traffic: exactly once.
+                let more = client.quiet_for(Duration::from_millis(300));
+                assert!(
+                    more.is_none(),
+                    "client {i}: a chat more than once: {more:?}"
+                );
+                got
+            })
+        })
+        .collect();
+    let expected: Vec<usize> = (0..CHATS).collect();
+    for (i, thread) in threads.into_iter().enumerate() {
+        let got = thread.join().expect("client thread");
+        assert_eq!(got.len(), CLIENTS, "client {i} heard every sender");
+        for (from, seqs) in got {
+            assert_eq!(seqs, expected, "client {i}: sender {from}'s chats in order");
+        }
+    }
+    for node in &nodes {
+        let cluster = node.cluster_stats().unwrap();
+        let stats = node.stats();
+        assert_eq!(stats.chats_relayed, (CLIENTS / 3 * CHATS) as u64);
+        assert_eq!(stats.remote_chats, (CLIENTS / 3 * 2 * CHATS) as u64);
+        assert_eq!(cluster.chats_out, (CLIENTS / 3 * CHATS) as u64);
+        assert_eq!(cluster.chats_dropped, 0);
+        assert_eq!(
+            stats.chat_deliveries,
+            (CLIENTS / 3 * CLIENTS * CHATS) as u64,
+            "{}",
+            cluster.node
+        );
+    }
+}
+
+/// Logging in on B while the account is in game on A disconnects A's
+/// session before B's login succeeds; a second login on the same node does
+/// the same locally.
+fn duplicate_login_across_nodes(backend: Backend) {
+    let Some(nats) = NatsServer::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("shared.db");
+    let db = db.to_str().unwrap();
+    let a = start_node(backend, db, &nats.url(), "a");
+    let b = start_node(backend, db, &nats.url(), "b");
+    wait_meshed(&[&a, &b]);
+    let mut first = Client::join(a.local_addr(), "twice");
+    assert!(
+        eventually(Duration::from_secs(5), || held_on(&b, "a") == Some(1)),
+        "b sees the account on a"
+    );
+    // Walk on A: where the player stands there is saved when A lets go.
+    std::thread::sleep(Duration::from_millis(200));
+    let walked = first.step(20.0, -15.0);
+    let mut second = Client::connect(b.local_addr());
+    assert!(second.login("twice"));
+    // B answered only after A let go: A's kick is already counted.
+    assert_eq!(a.stats().duplicate_login_kicks, 1);
+    assert_eq!(b.cluster_stats().unwrap().kicks_sent, 1);
+    assert!(first.closed_within(READ_TIMEOUT), "A's session is closed");
+    second.enter();
+    assert_eq!(second.player_id, first.player_id, "the same player");
+    assert_eq!(second.pos, walked, "B enters where A saved the player");
+    assert!(
+        eventually(Duration::from_secs(5), || held_on(&a, "b") == Some(1)
+            && held_on(&b, "a") == Some(0)),
+        "presence moved to b"
+    );
+    // The same on one node: the newer login wins.
+    let mut third = Client::connect(b.local_addr());
+    assert!(third.login("twice"));
+    assert_eq!(b.stats().duplicate_login_kicks, 1);
+    assert!(
+        second.closed_within(READ_TIMEOUT),
+        "the older session on B is closed"
+    );
+    third.enter();
+    drop(third);
+    assert!(
+        eventually(Duration::from_secs(5), || b.stats().player_states == 0
+            && held_on(&a, "b") == Some(0)),
+        "the account went offline everywhere"
+    );
+}
+
+/// A `servercore server` node as a child process.
+struct ChildNode {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl ChildNode {
+    fn start(backend: Backend, db: &str, nats: &str, node: &str) -> ChildNode {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_servercore"))
+            .args(["--log", "warn", "server", "--addr", "127.0.0.1:0"])
+            .args(["--workers", "2", "--backend", backend.name(), "--db", db])
+            .args(["--nats", nats, "--node", node])
+            .args(["--heartbeat-ms", "300", "--node-timeout-ms", "2000"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn servercore server");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let banner = lines.next().expect("banner").expect("banner line");
+        let addr = banner
+            .strip_prefix("game server listening on ")
+            .and_then(|rest| rest.split_once(' '))
+            .map(|(addr, _)| addr.parse().unwrap())
+            .unwrap_or_else(|| panic!("unexpected banner: {banner}"));
+        // Keep draining its output so it never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        ChildNode { child, addr }
+    }
+
+    fn sigkill(&mut self) {
+        let status = Command::new("kill")
+            .args(["-KILL", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ChildNode {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A node killed with SIGKILL is noticed within the bound, its accounts are
+/// offline, and they log in on another node.
+fn killed_node_frees_its_accounts(backend: Backend) {
+    let Some(nats) = NatsServer::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("shared.db");
+    let db = db.to_str().unwrap();
+    let mut victim = ChildNode::start(backend, db, &nats.url(), "victim");
+    let survivor = start_node(backend, db, &nats.url(), "survivor");
+    let _held = Client::join(victim.addr, "orphan");
+    assert!(
+        eventually(Duration::from_secs(10), || held_on(&survivor, "victim")
+            == Some(1)),
+        "survivor sees the account on the victim: {:?}",
+        survivor.cluster_stats()
+    );
+    victim.sigkill();
+    let killed = Instant::now();
+    assert!(
+        eventually(LIVENESS_BOUND, || held_on(&survivor, "victim").is_none()),
+        "the dead node was not noticed within {LIVENESS_BOUND:?}"
+    );
+    let noticed = killed.elapsed();
+    assert!(noticed <= LIVENESS_BOUND, "noticed after {noticed:?}");
+    assert_eq!(survivor.cluster_stats().unwrap().nodes_lost, 1);
+    let mut again = Client::connect(survivor.local_addr());
+    assert!(again.login("orphan"), "the account logs in elsewhere");
+    again.enter();
+    assert!(killed.elapsed() <= LIVENESS_BOUND + READ_TIMEOUT);
+}
+
+/// NATS killed and restarted mid-chat: local chat never stops, cross-node
+/// chat resumes without restarting a node, no node crashes.
+fn nats_restart_mid_chat(backend: Backend) {
+    let Some(mut nats) = NatsServer::start() else {
+        return;
+    };
+    let a = start_node(backend, ":memory:", &nats.url(), "a");
+    let b = start_node(backend, ":memory:", &nats.url(), "b");
+    wait_meshed(&[&a, &b]);
+    let mut speaker = Client::join(a.local_addr(), "speaker");
+    let mut neighbour = Client::join(a.local_addr(), "neighbour");
+    let mut far = Client::join(b.local_addr(), "far");
+    speaker.chat("before");
+    assert!(
+        far.wait_chat("before", READ_TIMEOUT),
+        "cross-node chat works"
+    );
+    assert!(neighbour.wait_chat("before", READ_TIMEOUT));
+    nats.kill();
+    assert!(
+        eventually(Duration::from_secs(10), || !a
+            .cluster_stats()
+            .unwrap()
+            .connected),
+        "a noticed the outage"
+    );
+    for n in 0..5 {
+        let msg = format!("during{n}");
+        speaker.chat(&msg);
+        assert!(
+            neighbour.wait_chat(&msg, READ_TIMEOUT),
+            "local chat goes on"
+        );
+        assert!(speaker.wait_chat(&msg, READ_TIMEOUT));
+    }
+    nats.restart();
+    // Cross-node chat resumes: keep chatting until one gets across.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut n = 0;
+    let resumed = loop {
+        if Instant::now() >= deadline {
+            break false;
+        }
+        let msg = format!("after{n}");
+        n += 1;
+        speaker.chat(&msg);
+        if far.wait_chat(&msg, Duration::from_millis(500)) {
+            break true;
+        }
+    };
+    assert!(resumed, "cross-node chat resumed: {:?}", a.cluster_stats());
+    let stats = a.cluster_stats().unwrap();
+    assert!(stats.connected);
+    assert_eq!(stats.outages, 1, "the outage counted once");
+    assert!(
+        stats.chats_dropped >= 5,
+        "chats during the outage were dropped"
+    );
+    // And the other way.
+    far.chat("back");
+    assert!(speaker.wait_chat("back", READ_TIMEOUT));
+}
+
+/// PostgreSQL stopped under a node: logins fail cleanly (S_LOGIN
+/// success=false, counted); started again: logins succeed, no restart.
+fn postgres_stop_and_start(backend: Backend) {
+    let Some(mut pg) = PostgresServer::start() else {
+        return;
+    };
+    let config = GameConfig {
+        backend,
+        workers: Some(2),
+        db_path: PathBuf::from(pg.url()),
+        db_pool: 2,
+        ..GameConfig::in_memory(SocketAddr::from(([127, 0, 0, 1], 0)))
+    };
+    let server = servercore_game::start(config).expect("node starts on postgres");
+    assert_eq!(server.db_kind().to_string(), "postgres");
+    let _first = Client::join(server.local_addr(), "before");
+    pg.stop();
+    for n in 0..3 {
+        let mut client = Client::connect(server.local_addr());
+        assert!(
+            !client.login(&format!("down{n}")),
+            "login refused while down"
+        );
+    }
+    let stats = server.stats();
+    assert_eq!(stats.logins_failed_db_down, 3);
+    assert_eq!(stats.logins_refused, 3);
+    pg.resume();
+    let mut n = 0;
+    let back = eventually(Duration::from_secs(15), || {
+        n += 1;
+        Client::connect(server.local_addr()).login(&format!("back{n}"))
+    });
+    assert!(back, "logins succeed once postgres is back");
+    let again = Client::join(server.local_addr(), "before");
+    assert_ne!(again.player_id, 0);
+    let stats = server.stop_and_join();
+    assert_eq!(stats.player_states, 0);
+}
+
+/// The load client over three nodes: sessions spread evenly, every
+/// delivery sorted into local or cross-node, both with latencies.
+fn load_client_splits_local_and_cross_node(backend: Backend) {
+    let Some(nats) = NatsServer::start() else {
+        return;
+    };
+    let nodes: Vec<GameServer> = ["a", "b", "c"]
+        .iter()
+        .map(|name| start_node(backend, ":memory:", &nats.url(), name))
+        .collect();
+    wait_meshed(&nodes.iter().collect::<Vec<_>>());
+    let addrs: Vec<SocketAddr> = nodes.iter().map(GameServer::local_addr).collect();
+    let mut config = servercore_load::client::LoadConfig::new(addrs[0]);
+    config.more_addrs = addrs[1..].to_vec();
+    config.sessions = 30;
+    config.rate = 4.0;
+    config.duration = Duration::from_secs(1);
+    config.backend = backend;
+    config.workers = Some(2);
+    let report = servercore_load::client::run_load(config, false).expect("load run");
+    assert_eq!(report.errors_total, 0, "{report}");
+    let split = report.nodes.clone().expect("a split report");
+    assert_eq!(split.sessions_per_node, [10, 10, 10]);
+    let sent = report.messages_sent;
+    assert!(sent > 0);
+    assert_eq!(report.deliveries_received, sent * 30, "{report}");
+    assert_eq!(split.local_deliveries, sent * 10, "{report}");
+    assert_eq!(split.cross_deliveries, sent * 20, "{report}");
+    assert_eq!(split.local_latency_us.samples, split.local_deliveries);
+    assert_eq!(split.cross_latency_us.samples, split.cross_deliveries);
+    let table = report.table();
+    assert!(table.contains("cross-node deliveries"), "{table}");
+}

@@ -1,0 +1,122 @@
+//! The presence table: which account is online on which node, as this node
+//! last heard it (heartbeats carry a node's whole list, online/offline
+//! events the changes between them), and the accounts of this node itself.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+/// Another node as last heard.
+struct NodeEntry {
+    last_seen: Instant,
+    accounts: HashSet<String>,
+}
+
+/// The table. Owned by the link's thread (behind a lock so stats can read
+/// it from any thread).
+#[derive(Default)]
+pub(crate) struct Presence {
+    /// This node's accounts.
+    pub(crate) local: HashSet<String>,
+    nodes: HashMap<String, NodeEntry>,
+}
+
+impl Presence {
+    fn entry(&mut self, node: &str, now: Instant) -> (&mut NodeEntry, bool) {
+        let new = !self.nodes.contains_key(node);
+        let entry = self
+            .nodes
+            .entry(node.to_owned())
+            .or_insert_with(|| NodeEntry {
+                last_seen: now,
+                accounts: HashSet::new(),
+            });
+        entry.last_seen = entry.last_seen.max(now);
+        (entry, new)
+    }
+
+    /// A heartbeat: `node` is alive and holds exactly `accounts`. Returns
+    /// true if the node was not known.
+    pub(crate) fn heartbeat(&mut self, node: &str, accounts: Vec<String>, now: Instant) -> bool {
+        let (entry, new) = self.entry(node, now);
+        entry.accounts = accounts.into_iter().collect();
+        new
+    }
+
+    /// `account` came online on `node`.
+    pub(crate) fn online(&mut self, node: &str, account: String, now: Instant) {
+        self.entry(node, now).0.accounts.insert(account);
+    }
+
+    /// `account` went offline on `node`.
+    pub(crate) fn offline(&mut self, node: &str, account: &str) {
+        if let Some(entry) = self.nodes.get_mut(node) {
+            entry.accounts.remove(account);
+        }
+    }
+
+    /// The other nodes that hold `account`, by name.
+    pub(crate) fn holders(&self, account: &str) -> Vec<String> {
+        let mut holders: Vec<String> = self
+            .nodes
+            .iter()
+            .filter(|(_, entry)| entry.accounts.contains(account))
+            .map(|(node, _)| node.clone())
+            .collect();
+        holders.sort();
+        holders
+    }
+
+    /// Forgets `node` (it left); returns how many accounts it held.
+    pub(crate) fn remove_node(&mut self, node: &str) -> Option<usize> {
+        self.nodes.remove(node).map(|entry| entry.accounts.len())
+    }
+
+    /// Forgets the nodes silent for longer than `timeout`; returns them
+    /// with the number of accounts each held.
+    pub(crate) fn sweep(&mut self, timeout: Duration, now: Instant) -> Vec<(String, usize)> {
+        let dead: Vec<String> = self
+            .nodes
+            .iter()
+            .filter(|(_, entry)| now.saturating_duration_since(entry.last_seen) > timeout)
+            .map(|(node, _)| node.clone())
+            .collect();
+        dead.into_iter()
+            .filter_map(|node| {
+                let held = self.remove_node(&node)?;
+                Some((node, held))
+            })
+            .collect()
+    }
+
+    /// The other live nodes and their account counts, sorted by name.
+    pub(crate) fn summary(&self) -> Vec<(String, usize)> {
+        let mut nodes: Vec<(String, usize)> = self
+            .nodes
+            .iter()
+            .map(|(node, entry)| (node.clone(), entry.accounts.len()))
+            .collect();
+        nodes.sort();
+        nodes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heartbeats_events_and_sweeps() {
+        let start = Instant::now();
+        let mut presence = Presence::default();
+        assert!(presence.heartbeat("a", vec!["x".into(), "y".into()], start));
+        assert!(!presence.heartbeat("a", vec!["x".into()], start));
+        presence.online("b", "x".into(), start + Duration::from_secs(2));
+        assert_eq!(presence.holders("x"), ["a", "b"]);
+        presence.offline("a", "x");
+        assert_eq!(presence.holders("x"), ["b"]);
+        assert!(presence.holders("y").is_empty());
+        let dead = presence.sweep(Duration::from_secs(1), start + Duration::from_millis(2500));
+        assert_eq!(dead, [("a".to_owned(), 0)]);
+        assert_eq!(presence.summary(), [("b".to_owned(), 1)]);
+    }
+}
