@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # World chat over three nodes against one node with the same players, in
 # one run: deliveries/s, server CPU per delivery per node, NATS's CPU, and
-# the clients' local and cross-node latency. Release build; loopback.
+# the clients' local and cross-node latency. Release build; loopback; the
+# nodes of a run share one SQLite file (player ids are unique across them).
 #
 #   deploy/cluster-bench.sh [--sessions 300] [--rate 2] [--duration 15s]
 #
 # CPU is read from /proc/<pid>/stat (user + system ticks) before and after
-# the chat window of each run, for every node and for nats-server.
+# the client run (connect, log in, enter, chat), for every node and for
+# nats-server.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -38,6 +40,7 @@ wait_port() {
         (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
         sleep 0.1
     done
+    echo "nothing listens on port $1" >&2
     return 1
 }
 
@@ -54,12 +57,14 @@ run() {
         local port=$((port_base + n))
         local cluster=()
         [ "$nodes" -gt 1 ] && cluster=(--nats "nats://127.0.0.1:$nats_port" --node "n$n")
-        "$bin" server --addr "127.0.0.1:$port" --db ":memory:" --max-sessions 20000 \
+        "$bin" server --addr "127.0.0.1:$port" --db "$work/$name.db" \
             --max-conns-per-ip 0 --max-new-accounts-per-min 0 \
             "${cluster[@]}" >"$work/$name-n$n.out" 2>&1 &
         node_pids+=($!); pids+=($!); addrs+=("127.0.0.1:$port")
     done
-    for n in $(seq 1 "$nodes"); do wait_port $((port_base + n)); done
+    for n in $(seq 1 "$nodes"); do
+        wait_port $((port_base + n)) || { cat "$work/$name-n$n.out" >&2; exit 1; }
+    done
     sleep 1.5
     for pid in "${node_pids[@]}"; do before+=("$(ticks "$pid")"); done
     [ -n "$nats_pid" ] && nats_before=$(ticks "$nats_pid")

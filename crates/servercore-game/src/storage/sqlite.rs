@@ -2,6 +2,7 @@
 //! migrations, tracked in `PRAGMA user_version`.
 
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
@@ -59,7 +60,20 @@ impl SqliteStorage {
         conn.busy_timeout(options.connect_timeout)?;
         // WAL: readers never wait for the writer, and a commit is one
         // append. Ignored (left as "memory") for an in-memory database.
-        let _mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
+        // Switching needs the file to itself, and SQLite does not wait for
+        // that: several nodes opening one file together retry here.
+        let deadline = Instant::now() + options.connect_timeout;
+        loop {
+            match conn.query_row("PRAGMA journal_mode = WAL", [], |row| {
+                row.get::<_, String>(0)
+            }) {
+                Ok(_) => break,
+                Err(error) if is_busy(&error) && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(error) => return Err(error.into()),
+            }
+        }
         conn.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;")?;
         let mut db = SqliteStorage { conn };
         db.migrate()?;
@@ -149,6 +163,14 @@ impl Storage for SqliteStorage {
         tx.commit()?;
         Ok(())
     }
+}
+
+/// True for SQLite's "database is locked / busy" errors.
+fn is_busy(error: &rusqlite::Error) -> bool {
+    matches!(
+        error.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
 }
 
 fn login_savepoint(
@@ -269,6 +291,33 @@ mod tests {
         assert!(results[0].is_err());
         assert!(results[1].as_ref().unwrap().created);
         assert!(results[2].as_ref().unwrap().created);
+    }
+
+    #[test]
+    fn many_open_one_new_file_at_once() {
+        // Nodes on one machine sharing a file start together.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("shared.db");
+        for round in 0..5 {
+            let path = path.with_extension(format!("{round}.db"));
+            let start = std::sync::Arc::new(std::sync::Barrier::new(8));
+            let threads: Vec<_> = (0..8)
+                .map(|_| {
+                    let (path, start) = (path.clone(), std::sync::Arc::clone(&start));
+                    std::thread::spawn(move || {
+                        start.wait();
+                        open(&path).map(|mut db| db.version().unwrap())
+                    })
+                })
+                .collect();
+            for thread in threads {
+                let version = thread.join().unwrap();
+                assert!(
+                    matches!(version, Ok(v) if v == schema_version()),
+                    "round {round}: {version:?}"
+                );
+            }
+        }
     }
 
     #[test]
