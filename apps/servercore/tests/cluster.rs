@@ -633,7 +633,7 @@ fn load_client_splits_local_and_cross_node(backend: Backend) {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let (nodes, addrs) = start_three(backend, &dir, &nats);
+    let (_nodes, addrs) = start_three(backend, &dir, &nats);
     let mut config = servercore_load::client::LoadConfig::new(addrs[0]);
     config.more_addrs = addrs[1..].to_vec();
     config.sessions = 30;
