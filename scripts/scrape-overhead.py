@@ -6,7 +6,10 @@ where every message is broadcast to every session), then measures
 alternating windows in one run: plain, scraped (a thread GETs /metrics ten
 times a second), plain, scraped, ... The server's CPU comes from
 /proc/PID/stat, the deliveries from its own counter. Prints one line per
-window and the ratio of the medians.
+window and the ratio of the medians. Before the clients start it also
+measures the server CPU of one scrape directly (scrapes back to back against
+an idle server, minus the idle CPU), which this noise does not blur, and
+what ten a second cost against the plain windows' CPU.
 
     cargo build --release -p servercore-cli
     python3 scripts/scrape-overhead.py [--sessions 1000] [--rate 2] [--windows 6]
@@ -38,6 +41,19 @@ def deliveries(admin):
     return float(match.group(1))
 
 
+def scrape_cost(pid, admin, seconds=3.0):
+    """Server CPU seconds per scrape: back-to-back scrapes minus idle."""
+    cpu0, t0 = cpu_seconds(pid), time.time()
+    time.sleep(seconds)
+    idle = (cpu_seconds(pid) - cpu0) / (time.time() - t0)
+    cpu0, t0, count = cpu_seconds(pid), time.time(), 0
+    while time.time() - t0 < seconds:
+        urllib.request.urlopen(f"http://{admin}/metrics", timeout=5).read()
+        count += 1
+    busy = cpu_seconds(pid) - cpu0 - idle * (time.time() - t0)
+    return max(busy, 0.0) / count, count
+
+
 def scraper(admin, stop, counter):
     while not stop.is_set():
         urllib.request.urlopen(f"http://{admin}/metrics", timeout=5).read()
@@ -62,6 +78,8 @@ def main():
         stdout=subprocess.PIPE, text=True)
     addr = server.stdout.readline().split()[4]
     admin = server.stdout.readline().split("http://")[1].split("/")[0]
+    per_scrape, count = scrape_cost(server.pid, admin)
+    print(f"one scrape: {per_scrape * 1e6:.0f} us server CPU ({count} back to back)")
     total = args.window * (args.windows + 2) + 30
     client = subprocess.Popen(
         [BIN, "client", "--addr", addr, "--sessions", str(args.sessions), "--rate", str(args.rate),
@@ -74,6 +92,7 @@ def main():
             time.sleep(0.2)
         time.sleep(args.window)
         results = {"plain": [], "scraped": []}
+        plain_cores = []
         for i in range(args.windows):
             mode = "scraped" if i % 2 else "plain"
             stop, counter = threading.Event(), [0]
@@ -89,6 +108,8 @@ def main():
                 thread.join()
             per = (cpu1 - cpu0) / max(del1 - del0, 1) * 1e9
             results[mode].append(per)
+            if mode == "plain":
+                plain_cores.append((cpu1 - cpu0) / (t1 - t0))
             print(f"{mode:8} window {i}: {del1 - del0:12,.0f} deliveries, "
                   f"{(cpu1 - cpu0) / (t1 - t0):.2f} cores, {per:7.1f} ns CPU/delivery, "
                   f"{counter[0]} scrapes")
@@ -96,6 +117,9 @@ def main():
         scraped = statistics.median(results["scraped"])
         print(f"median ns CPU/delivery: plain {plain:.1f}, scraped {scraped:.1f}, "
               f"ratio {scraped / plain:.3f}")
+        cores = statistics.median(plain_cores)
+        print(f"ten scrapes a second from the direct cost: {10 * per_scrape * 1e3:.2f} ms CPU/s, "
+              f"{10 * per_scrape / cores * 100:.2f}% of the plain windows' {cores:.2f} cores")
     finally:
         client.terminate()
         client.wait()

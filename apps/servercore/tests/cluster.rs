@@ -66,6 +66,23 @@ fn start_node(backend: Backend, db: &str, nats: &str, node: &str) -> GameServer 
     servercore_game::start(node_config(backend, db, nats, node)).expect("node starts")
 }
 
+/// Nodes a, b and c sharing one SQLite file in `dir` (so player ids are
+/// unique across them, as with one PostgreSQL), once they see each other.
+fn start_three(
+    backend: Backend,
+    dir: &tempfile::TempDir,
+    nats: &NatsServer,
+) -> (Vec<GameServer>, Vec<SocketAddr>) {
+    let db = dir.path().join("shared.db");
+    let nodes: Vec<GameServer> = ["a", "b", "c"]
+        .iter()
+        .map(|name| start_node(backend, db.to_str().unwrap(), &nats.url(), name))
+        .collect();
+    wait_meshed(&nodes.iter().collect::<Vec<_>>());
+    let addrs = nodes.iter().map(GameServer::local_addr).collect();
+    (nodes, addrs)
+}
+
 /// Waits until every node sees all the others (their subscriptions are in
 /// place: heartbeats are subscribed after chat).
 fn wait_meshed(nodes: &[&GameServer]) {
@@ -312,12 +329,8 @@ fn three_nodes_sixty_clients_chat(backend: Backend) {
     let Some(nats) = NatsServer::start() else {
         return;
     };
-    let nodes: Vec<GameServer> = ["a", "b", "c"]
-        .iter()
-        .map(|name| start_node(backend, ":memory:", &nats.url(), name))
-        .collect();
-    wait_meshed(&nodes.iter().collect::<Vec<_>>());
-    let addrs: Vec<SocketAddr> = nodes.iter().map(GameServer::local_addr).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let (nodes, addrs) = start_three(backend, &dir, &nats);
     let entered = Arc::new(Barrier::new(CLIENTS));
     let threads: Vec<_> = (0..CLIENTS)
         .map(|i| {
@@ -619,12 +632,8 @@ fn load_client_splits_local_and_cross_node(backend: Backend) {
     let Some(nats) = NatsServer::start() else {
         return;
     };
-    let nodes: Vec<GameServer> = ["a", "b", "c"]
-        .iter()
-        .map(|name| start_node(backend, ":memory:", &nats.url(), name))
-        .collect();
-    wait_meshed(&nodes.iter().collect::<Vec<_>>());
-    let addrs: Vec<SocketAddr> = nodes.iter().map(GameServer::local_addr).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let (_nodes, addrs) = start_three(backend, &dir, &nats);
     let mut config = servercore_load::client::LoadConfig::new(addrs[0]);
     config.more_addrs = addrs[1..].to_vec();
     config.sessions = 30;
@@ -639,6 +648,10 @@ fn load_client_splits_local_and_cross_node(backend: Backend) {
     let sent = report.messages_sent;
     assert!(sent > 0);
     assert_eq!(report.deliveries_received, sent * 30, "{report}");
+    assert_eq!(
+        report.own_echoes, sent,
+        "each chat came back to its sender once"
+    );
     assert_eq!(split.local_deliveries, sent * 10, "{report}");
     assert_eq!(split.cross_deliveries, sent * 20, "{report}");
     assert_eq!(split.local_latency_us.samples, split.local_deliveries);

@@ -310,12 +310,10 @@ fn load_tool_over_tls_and_wss(backend: Backend) {
     let addr = server.addr.to_string();
     let wss = format!("wss://localhost:{ws_port}/ws");
     let backend_flag = ["--backend", backend.name()];
-    // The `--ws wss://` leg is left out for now: one of ten WSS connects
-    // through the load tool sometimes stalls until the handshake timeout
-    // (an open defect of the client-side TLS + WebSocket handshake).
-    let _ = &wss;
-    #[allow(clippy::single_element_loop)] // the WSS leg comes back here
-    for args in [vec!["--addr", addr.as_str(), "--tls", "--tls-ca", cert]] {
+    for args in [
+        vec!["--addr", addr.as_str(), "--tls", "--tls-ca", cert],
+        vec!["--ws", wss.as_str(), "--tls-ca", cert],
+    ] {
         let args: Vec<&str> = args.into_iter().chain(backend_flag).collect();
         let table = run_load_tool(&args);
         // Rows are "label  value", padded to the widest label.

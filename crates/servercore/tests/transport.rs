@@ -16,6 +16,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::*;
 use parking_lot::Mutex;
+use servercore::packet::{DispatchError, PacketConfig, PacketHandler, PacketSession};
 use servercore::transport::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use servercore::transport::{self, close_code, rustls};
 use servercore::{
@@ -128,6 +129,8 @@ backend_tests!(
     tcp_and_websocket_listeners_share_one_service,
     websocket_disconnect_sends_close_frame,
     websocket_ping_flood_without_reading_is_cut,
+    many_client_sessions_finish_every_handshake,
+    websocket_cuts_send_a_close_frame_with_the_reason,
 );
 
 // ---- TLS ------------------------------------------------------------------
@@ -759,5 +762,333 @@ fn websocket_ping_flood_without_reading_is_cut(backend: Backend) {
         vec![DisconnectReason::SendQueueOverflow]
     );
     drop(ws);
+    stop(&service);
+}
+
+// ---- many handshakes through the client service -----------------------------
+
+/// Sent by [`GreetingEcho`] from `on_connected`, before the handshake is
+/// done: the transport holds it and must release it when the handshake
+/// completes.
+const GREETING: &[u8] = b"welcome;";
+
+/// Greets from `on_connected`, then echoes; counts its disconnects.
+struct GreetingEcho {
+    record: Shared,
+}
+
+impl Session for GreetingEcho {
+    fn on_connected(&mut self, session: &SessionHandle) {
+        self.record.lock().connected += 1;
+        let _ = session.send_copy(GREETING);
+    }
+    fn on_recv(&mut self, session: &SessionHandle, data: &[u8]) -> usize {
+        let _ = session.send_copy(data);
+        data.len()
+    }
+    fn on_disconnected(&mut self, _session: &SessionHandle, reason: &DisconnectReason) {
+        self.record.lock().disconnected.push(reason.clone());
+    }
+}
+
+/// A client session that waits for the server's greeting, then sends its
+/// own payload and keeps what comes back in its own buffer. It never
+/// speaks first, so nothing it sends can push the server's held bytes out.
+struct OwnEcho {
+    data: Bytes,
+    sent: bool,
+    got: Arc<Mutex<Vec<u8>>>,
+    record: Shared,
+}
+
+impl Session for OwnEcho {
+    fn on_connected(&mut self, _session: &SessionHandle) {
+        self.record.lock().connected += 1;
+    }
+    fn on_recv(&mut self, session: &SessionHandle, data: &[u8]) -> usize {
+        let mut got = self.got.lock();
+        got.extend_from_slice(data);
+        if !self.sent && got.len() >= GREETING.len() {
+            self.sent = true;
+            let _ = session.send(self.data.clone());
+        }
+        data.len()
+    }
+    fn on_disconnected(&mut self, _session: &SessionHandle, reason: &DisconnectReason) {
+        self.record.lock().disconnected.push(reason.clone());
+    }
+}
+
+/// Each client session's payload and what came back to it, in the order
+/// the sessions were made.
+type Exchanges = Arc<Mutex<Vec<(Bytes, Arc<Mutex<Vec<u8>>>)>>>;
+
+/// Sessions per case of [`many_client_sessions_finish_every_handshake`].
+const MANY_SESSIONS: usize = 50;
+
+/// Many client-service sessions over WS, TLS and WSS against a server with
+/// and without send coalescing: every one finishes its handshakes, gets the
+/// server's greeting (queued before the handshake was done), then sends its
+/// payload and gets it back byte for byte, and nobody hits a handshake
+/// timeout. With coalescing on, the server's last handshake answers (the
+/// TLS session tickets, the HTTP 101, the greeting the handshake released)
+/// come while its first flight was just written: they must go out at once,
+/// not wait for a packet the session never queues.
+fn many_client_sessions_finish_every_handshake(backend: Backend) {
+    let cert = localhost_cert();
+    let ws = WebSocketConfig::default();
+    let transports = [
+        (
+            ServerTransport::websocket(ws.clone()),
+            ClientTransport::websocket(ws.clone()),
+        ),
+        (
+            ServerTransport::tls(server_tls(&cert)),
+            ClientTransport::tls(client_tls(&cert), localhost()),
+        ),
+        (
+            ServerTransport::websocket(ws.clone()).with_tls(server_tls(&cert)),
+            ClientTransport::websocket(ws.clone()).with_tls(client_tls(&cert), localhost()),
+        ),
+    ];
+    // Off, the sample game's default, and one long enough that every
+    // client's second flight lands inside it.
+    let intervals = [
+        Duration::ZERO,
+        Duration::from_millis(5),
+        Duration::from_millis(200),
+    ];
+    for (server_transport, client_transport) in &transports {
+        for interval in intervals {
+            let case = format!("{} with coalescing {interval:?}", server_transport.name());
+            let server_record: Shared = Default::default();
+            let shared = Arc::clone(&server_record);
+            let service = ServerService::builder("127.0.0.1:0")
+                .backend(backend)
+                .workers(2)
+                .send_coalescing(interval)
+                .shutdown_timeout(Duration::from_secs(1))
+                .transport(server_transport.clone())
+                .session(move || GreetingEcho {
+                    record: Arc::clone(&shared),
+                })
+                .start()
+                .expect("start");
+            let client_record: Shared = Default::default();
+            let buffers: Exchanges = Default::default();
+            let (r, b) = (Arc::clone(&client_record), Arc::clone(&buffers));
+            let client = ClientService::builder(service.local_addr())
+                .backend(backend)
+                .workers(2)
+                .sessions(MANY_SESSIONS)
+                .shutdown_timeout(Duration::from_secs(1))
+                // Shorter than the wait below: a stall shows as a reason.
+                .transport(
+                    client_transport
+                        .clone()
+                        .handshake_timeout(Duration::from_secs(3)),
+                )
+                .session(move || {
+                    let mut buffers = b.lock();
+                    let index = buffers.len();
+                    let data = Bytes::from(payload(1 + index * 997 % 6000, index as u64 + 500));
+                    let got: Arc<Mutex<Vec<u8>>> = Default::default();
+                    buffers.push((data.clone(), Arc::clone(&got)));
+                    OwnEcho {
+                        data,
+                        sent: false,
+                        got,
+                        record: Arc::clone(&r),
+                    }
+                })
+                .start()
+                .expect("client start");
+            let complete = |buffers: &[(Bytes, Arc<Mutex<Vec<u8>>>)]| {
+                buffers
+                    .iter()
+                    .filter(|(data, got)| got.lock().len() >= GREETING.len() + data.len())
+                    .count()
+            };
+            let all_done = wait_until(Duration::from_secs(15), || {
+                let buffers = buffers.lock();
+                buffers.len() == MANY_SESSIONS && complete(&buffers) == MANY_SESSIONS
+                    || !client_record.lock().disconnected.is_empty()
+            });
+            let early: Vec<DisconnectReason> = client_record.lock().disconnected.clone();
+            assert!(
+                all_done && early.is_empty(),
+                "{case}: {} of {MANY_SESSIONS} sessions echoed, client disconnects: {early:?}",
+                complete(&buffers.lock())
+            );
+            for (index, (data, got)) in buffers.lock().iter().enumerate() {
+                let got = got.lock();
+                assert!(
+                    got[..GREETING.len()] == *GREETING && got[GREETING.len()..] == data[..],
+                    "{case}: session {index} got the greeting, then its {} bytes",
+                    data.len()
+                );
+            }
+            assert_eq!(client_record.lock().connected, MANY_SESSIONS, "{case}");
+            client.stop();
+            client.join();
+            let reasons = wait_reasons(&server_record, MANY_SESSIONS);
+            assert!(
+                reasons.iter().all(|r| *r == DisconnectReason::ClosedByPeer),
+                "{case}: {reasons:?}"
+            );
+            stop(&service);
+        }
+    }
+}
+
+// ---- cuts over WebSocket say why ---------------------------------------------
+
+/// Packet id on which [`SilentPackets`] panics.
+const PANIC_ID: u16 = 1200;
+
+/// A packet server that answers nothing; the packet layer cuts bad input,
+/// and packet [`PANIC_ID`] makes the handler panic.
+struct SilentPackets {
+    record: Shared,
+}
+
+impl PacketHandler for SilentPackets {
+    fn on_packet(
+        &mut self,
+        _session: &SessionHandle,
+        id: u16,
+        _body: &[u8],
+    ) -> Result<(), DispatchError> {
+        assert_ne!(id, PANIC_ID, "the handler fails on purpose");
+        Err(DispatchError::UnknownId(id))
+    }
+    fn on_disconnected(&mut self, _session: &SessionHandle, reason: &DisconnectReason) {
+        self.record.lock().disconnected.push(reason.clone());
+    }
+}
+
+/// A session the packet layer, the idle timeout or a panic cuts over an
+/// open WebSocket gets a close frame with the fitting code and the reason's
+/// name before the socket closes (raw client over WS; the engine's client over
+/// WSS reads the code into its own disconnect reason).
+fn websocket_cuts_send_a_close_frame_with_the_reason(backend: Backend) {
+    let cert = localhost_cert();
+    let ws = WebSocketConfig::default();
+    let record: Shared = Default::default();
+    let shared = Arc::clone(&record);
+    let service = ServerService::builder("127.0.0.1:0")
+        .backend(backend)
+        .workers(1)
+        .idle_timeout(Duration::from_millis(300))
+        .shutdown_timeout(Duration::from_secs(1))
+        .transport(ServerTransport::websocket(ws.clone()))
+        .listener(
+            "127.0.0.1:0",
+            ServerTransport::websocket(ws.clone()).with_tls(server_tls(&cert)),
+        )
+        .session(move || {
+            PacketSession::new(
+                SilentPackets {
+                    record: Arc::clone(&shared),
+                },
+                PacketConfig::default(),
+            )
+        })
+        .start()
+        .unwrap();
+    let addrs = service.local_addrs().to_vec();
+    let close_payload = |code: u16, text: &str| {
+        let mut payload = code.to_be_bytes().to_vec();
+        payload.extend_from_slice(text.as_bytes());
+        payload
+    };
+
+    // A packet header whose size is below the header's own 4 bytes.
+    let mut garbage = ws_connect(addrs[0]);
+    write_all(&mut garbage, &masked_frame(0x82, &[2, 0, 0xE8, 0x03]));
+    assert_eq!(
+        read_frame(&mut garbage),
+        (
+            0x88,
+            close_payload(close_code::PROTOCOL_ERROR, "malformed_packet")
+        )
+    );
+    assert!(
+        read_to_close(&mut garbage).is_empty(),
+        "then the socket closes"
+    );
+    drop(garbage);
+    let reasons = wait_reasons(&record, 1);
+    assert!(
+        matches!(&reasons[0], DisconnectReason::MalformedPacket(_)),
+        "{reasons:?}"
+    );
+
+    // Silence past the idle timeout (the read blocks until the cut).
+    let mut idle = ws_connect(addrs[0]);
+    assert_eq!(
+        read_frame(&mut idle),
+        (
+            0x88,
+            close_payload(close_code::POLICY_VIOLATION, "idle_timeout")
+        )
+    );
+    assert!(
+        read_to_close(&mut idle).is_empty(),
+        "then the socket closes"
+    );
+    drop(idle);
+    assert_eq!(wait_reasons(&record, 2)[1], DisconnectReason::IdleTimeout);
+
+    // A panic in the session's callbacks: 1011, and the panic's text stays
+    // in the server's log.
+    let mut panicking = ws_connect(addrs[0]);
+    let [low, high] = PANIC_ID.to_le_bytes();
+    write_all(&mut panicking, &masked_frame(0x82, &[4, 0, low, high]));
+    assert_eq!(
+        read_frame(&mut panicking),
+        (
+            0x88,
+            close_payload(close_code::INTERNAL_ERROR, "callback_panic")
+        )
+    );
+    assert!(
+        read_to_close(&mut panicking).is_empty(),
+        "then the socket closes"
+    );
+    drop(panicking);
+    assert!(
+        matches!(&wait_reasons(&record, 3)[2], DisconnectReason::CallbackPanic(text) if text.contains("on purpose")),
+        "{:?}",
+        record.lock().disconnected
+    );
+
+    // The engine's client over WSS: the code becomes its reason.
+    let transport = ClientTransport::websocket(ws).with_tls(client_tls(&cert), localhost());
+    let (client, got, client_record) = client_service(
+        backend,
+        addrs[1],
+        transport,
+        Bytes::from_static(&[1, 0, 0, 0]),
+    );
+    let client_reasons = wait_reasons(&client_record, 1);
+    assert_eq!(
+        client_reasons,
+        vec![DisconnectReason::WebSocket {
+            code: close_code::PROTOCOL_ERROR,
+            detail: "closed by peer: malformed_packet".into(),
+        }]
+    );
+    assert!(got.lock().is_empty(), "no payload reached the client");
+    assert!(
+        matches!(
+            &wait_reasons(&record, 4)[3],
+            DisconnectReason::MalformedPacket(_)
+        ),
+        "{:?}",
+        record.lock().disconnected
+    );
+    client.stop();
+    client.join();
     stop(&service);
 }

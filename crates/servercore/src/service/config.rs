@@ -170,7 +170,9 @@ macro_rules! common_builder_methods {
         /// the app calls [`SessionHandle::flush`](crate::SessionHandle::flush)
         /// (or [`send_now`](crate::SessionHandle::send_now)). Fewer, fuller
         /// writes for broadcast-heavy sessions; order, backpressure and the
-        /// flush on stop are unchanged. `Duration::ZERO` turns it off.
+        /// flush on stop are unchanged. A transport's own bytes (TLS and
+        /// WebSocket handshake answers, pongs, close frames) are never held.
+        /// `Duration::ZERO` turns it off.
         pub fn send_coalescing(mut self, interval: std::time::Duration) -> Self {
             self.config.coalesce_interval = (!interval.is_zero()).then_some(interval);
             self

@@ -373,8 +373,31 @@ impl Core {
                 Some(DisconnectReason::SendQueueOverflow) => CloseMode::Abort,
                 _ => CloseMode::Graceful,
             };
-            self.close(slot, None, mode);
+            match reason {
+                Some(reason) if mode == CloseMode::Graceful => self.cut(slot, reason),
+                _ => self.close(slot, None, mode),
+            }
         }
+    }
+
+    /// Cuts a session (bad input, a deadline, an app's reason): what it
+    /// queued is dropped. Over an open WebSocket the close frame saying why
+    /// still goes out first, so the peer learns the reason; otherwise the
+    /// socket closes at once.
+    fn cut(&mut self, slot: u32, reason: DisconnectReason) {
+        if self.can_say_why(slot) {
+            self.end_after_goodbye(slot, reason);
+        } else {
+            self.close(slot, Some(reason), CloseMode::Graceful);
+        }
+    }
+
+    /// True when the session's transport can still send a close frame that
+    /// tells the peer why it is cut.
+    fn can_say_why(&mut self, slot: u32) -> bool {
+        self.entry_mut(slot)
+            .and_then(|entry| entry.transport.as_ref())
+            .is_some_and(|transport| transport.can_send_close_frame())
     }
 
     fn begin_stop<D: Driver>(&mut self, driver: &mut D) {
@@ -495,7 +518,7 @@ impl Core {
         }
         if let Some(transport) = entry.transport.as_mut() {
             match transport.take_startup_failure() {
-                Some(reason) => self.end_transport(slot, reason),
+                Some(reason) => self.end_after_goodbye(slot, reason),
                 // A client's hello (TLS, the upgrade request) goes out now.
                 None if transport.wants_flush() => self.deferred.flush.push(slot),
                 None => {}
@@ -503,10 +526,9 @@ impl Core {
         }
     }
 
-    /// Ends a session for a transport reason once the transport's goodbye
-    /// (alert, close frame, HTTP error) is written; nothing more of the
-    /// session's queue is sent.
-    fn end_transport(&mut self, slot: u32, reason: DisconnectReason) {
+    /// Ends a session once the transport's goodbye (alert, close frame,
+    /// HTTP error) is written; nothing more of the session's queue is sent.
+    fn end_after_goodbye(&mut self, slot: u32, reason: DisconnectReason) {
         let linger = self.engine.config.disconnect_linger;
         let Some(entry) = self.entry_mut(slot) else {
             return;
@@ -595,11 +617,14 @@ impl Core {
                 "session callback panicked; disconnecting the session"
             );
         }
-        self.close(
-            slot,
-            Some(DisconnectReason::CallbackPanic(message)),
-            CloseMode::Abort,
-        );
+        let reason = DisconnectReason::CallbackPanic(message);
+        if self.can_say_why(slot) {
+            // The transport lives beside the session, untouched by the
+            // panic: a WebSocket peer still learns it was an internal error.
+            self.end_after_goodbye(slot, reason);
+        } else {
+            self.close(slot, Some(reason), CloseMode::Abort);
+        }
     }
 
     // ---- sending ---------------------------------------------------------
@@ -622,10 +647,19 @@ impl Core {
         }
         // The rest of a partial write, a closing session, a full queue or
         // an explicit flush go out now; so does a session idle for longer
-        // than the interval.
+        // than the interval. So do the transport's own bytes (handshake
+        // flights, the HTTP upgrade answer, pongs) and the data a finished
+        // handshake released: they are not in the session's queue, so
+        // holding them would wait for a packet the session may never send
+        // (a WebSocket client sends nothing before the 101 arrives).
         let now = Instant::now();
         let due = entry.last_write.map_or(now, |at| at + interval);
+        let transport_owes = entry
+            .transport
+            .as_ref()
+            .is_some_and(|transport| transport.wants_flush());
         if !entry.pending.is_empty()
+            || transport_owes
             || entry.flush_now
             || !matches!(entry.phase, Phase::Open)
             || shared.queued_bytes() >= shared.coalesce_max_bytes()
@@ -833,7 +867,16 @@ impl Core {
         let result = match entry.transport.take() {
             None => deliver(entry, data, max_backlog),
             Some(mut transport) => {
+                let was_ready = transport.is_ready();
                 ending = transport.receive(data);
+                if !was_ready && transport.is_ready() {
+                    tracing::debug!(
+                        session = %entry.handle.id(),
+                        peer = %entry.handle.peer_addr(),
+                        owed = transport.wants_flush(),
+                        "transport handshake done"
+                    );
+                }
                 let result = deliver(entry, transport.plain(), max_backlog);
                 transport.clear_plain();
                 if ending.is_none() && transport.wants_flush() {
@@ -849,7 +892,7 @@ impl Core {
                     entry.leftover = Vec::new();
                 }
                 if let Some(reason) = ending {
-                    self.end_transport(slot, reason);
+                    self.end_after_goodbye(slot, reason);
                 }
             }
             Err(Failure::Panic(panic)) => self.callback_panicked(slot, "on_recv", panic),
@@ -953,11 +996,7 @@ impl Core {
                     }
                     if let Some(timeout) = idle_timeout {
                         if now.duration_since(entry.last_recv) >= timeout {
-                            self.close(
-                                slot,
-                                Some(DisconnectReason::IdleTimeout),
-                                CloseMode::Graceful,
-                            );
+                            self.cut(slot, DisconnectReason::IdleTimeout);
                             continue;
                         }
                     }

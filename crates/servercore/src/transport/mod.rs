@@ -25,6 +25,12 @@
 //! - A graceful end (`disconnect`, service stop) sends the WebSocket close
 //!   frame (1000, or 1001 on shutdown) and TLS `close_notify` before the
 //!   socket is closed.
+//! - A session the engine or the app cuts over an open WebSocket (a
+//!   malformed packet, a rate limit, the idle, login or packet deadline, an
+//!   [`DisconnectReason::App`] reason, a panic in its callbacks) drops its
+//!   queued sends but still gets a close frame before the socket closes:
+//!   1002 for a malformed packet, 1011 for a panic, 1008 for the others,
+//!   with the reason's name (`idle_timeout`) as the close reason.
 //!
 //! # The WebSocket listener
 //! - The upgrade is a `GET` to `/` or `/ws` (a query string is ignored) with
@@ -567,6 +573,17 @@ impl Transport {
         plain
     }
 
+    /// True when a WebSocket close frame can still go out: the handshakes
+    /// are done and no goodbye was queued yet.
+    pub(crate) fn can_send_close_frame(&self) -> bool {
+        self.is_ready()
+            && !self.farewell_done
+            && self
+                .websocket
+                .as_ref()
+                .is_some_and(WebSocket::can_send_close)
+    }
+
     /// Queues the goodbye of a graceful end (WebSocket close frame, TLS
     /// `close_notify`) once; true if that added bytes to send.
     pub(crate) fn farewell(&mut self, reason: &DisconnectReason) -> bool {
@@ -578,12 +595,14 @@ impl Transport {
             return false;
         }
         if let Some(ws) = &mut self.websocket {
-            let code = match reason {
-                DisconnectReason::Shutdown => close_code::GOING_AWAY,
-                _ => close_code::NORMAL,
+            let code = close_code_for(reason);
+            // A cut names its reason; a normal close or a shutdown needs none.
+            let text = match code {
+                close_code::NORMAL | close_code::GOING_AWAY => "",
+                _ => reason.name(),
             };
             let mut frame = Vec::new();
-            ws.write_close(code, "", &mut frame);
+            ws.write_close(code, text, &mut frame);
             self.send_own(&frame);
         }
         if let Some(tls) = &mut self.tls {
@@ -591,6 +610,21 @@ impl Transport {
         }
         self.collect_tls_output(0);
         !self.outgoing.is_empty()
+    }
+}
+
+/// The WebSocket close code that tells the peer why this end closed.
+fn close_code_for(reason: &DisconnectReason) -> u16 {
+    match reason {
+        DisconnectReason::Shutdown => close_code::GOING_AWAY,
+        DisconnectReason::MalformedPacket(_) => close_code::PROTOCOL_ERROR,
+        DisconnectReason::RateLimited(_)
+        | DisconnectReason::IdleTimeout
+        | DisconnectReason::LoginTimeout
+        | DisconnectReason::PacketTimeout
+        | DisconnectReason::App(_) => close_code::POLICY_VIOLATION,
+        DisconnectReason::CallbackPanic(_) => close_code::INTERNAL_ERROR,
+        _ => close_code::NORMAL,
     }
 }
 

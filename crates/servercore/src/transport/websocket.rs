@@ -36,8 +36,13 @@ pub mod close_code {
     pub const UNSUPPORTED_DATA: u16 = 1003;
     /// A close frame's reason was not UTF-8.
     pub const INVALID_PAYLOAD: u16 = 1007;
+    /// The peer broke a policy of the application: rate limits, the idle,
+    /// login or packet deadlines, or an app-specific reason.
+    pub const POLICY_VIOLATION: u16 = 1008;
     /// A message larger than the configured maximum.
     pub const MESSAGE_TOO_BIG: u16 = 1009;
+    /// This end failed (a session callback panicked).
+    pub const INTERNAL_ERROR: u16 = 1011;
 }
 
 /// A file a WebSocket listener serves to a plain HTTP `GET` (one that asks
@@ -229,6 +234,12 @@ impl WebSocket {
             mask_state: 0,
             pages: config.pages.clone(),
         }
+    }
+
+    /// True while a close frame can still be sent: the opening handshake
+    /// is done and no close went out yet.
+    pub(crate) fn can_send_close(&self) -> bool {
+        self.is_open() && !self.close_sent
     }
 
     /// True once the opening handshake is done.
