@@ -75,7 +75,7 @@ pub fn engine_metrics(out: &mut Snapshot, stats: &ServiceStats, metrics: &Engine
     );
     out.gauge(
         "servercore_send_queue_bytes",
-        "Bytes queued and not yet written, over every session.",
+        "Bytes queued and not yet written, over every session (each worker samples its sessions every 100 ms).",
         total.queued_bytes as f64,
     );
     out.counter(

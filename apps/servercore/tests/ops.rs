@@ -508,11 +508,14 @@ fn metrics_count_the_traffic(backend: Backend) {
         client.stream.write_all(&[2, 0, 0, 0]).unwrap();
         client.expect_closed();
     }
-    // Each client closed; wait until the server has seen every disconnect.
+    // Each client closed; wait until the server has seen every disconnect
+    // (the send-queue gauge is a sample each worker takes every 100 ms).
     let deadline = Instant::now() + DEADLINE;
     let after = loop {
         let now = parse_metrics(&http_get(admin, "/metrics")).unwrap();
-        if now["servercore_sessions_active"] == 0.0 || Instant::now() > deadline {
+        let settled =
+            now["servercore_sessions_active"] == 0.0 && now["servercore_send_queue_bytes"] == 0.0;
+        if settled || Instant::now() > deadline {
             break now;
         }
         std::thread::sleep(Duration::from_millis(20));
