@@ -6,12 +6,10 @@
 //! read timeouts and deadlines.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use servercore::packet::Packet;
@@ -22,6 +20,7 @@ use servercore_protocol::{
 };
 
 mod common;
+use common::ChildProcess;
 
 backend_tests!(
     full_flow,
@@ -47,119 +46,58 @@ const QUIET: Duration = Duration::from_millis(300);
 /// A `servercore server` child process; killed on drop if still running,
 /// with its log printed when the test failed.
 struct Server {
-    child: Child,
+    process: ChildProcess,
     addr: SocketAddr,
-    lines: mpsc::Receiver<String>,
-    log: Arc<Mutex<String>>,
 }
 
 impl Server {
     /// Starts a server on a free loopback port with the database `db`.
     fn start(backend: Backend, db: &Path, extra: &[&str]) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_servercore"))
-            .args([
-                "--log",
-                "warn",
-                "server",
-                "--addr",
-                "127.0.0.1:0",
-                "--workers",
-                "2",
-            ])
-            .args(["--backend", backend.name()])
-            .arg("--db")
-            .arg(db)
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn servercore server");
-        let (tx, lines) = mpsc::channel();
-        let stdout = child.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let log = Arc::new(Mutex::new(String::new()));
-        let stderr = child.stderr.take().unwrap();
-        let sink = Arc::clone(&log);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                let mut log = sink.lock().unwrap();
-                log.push_str(&line);
-                log.push('\n');
-            }
-        });
-        let mut server = Server {
-            child,
-            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            lines,
-            log,
-        };
-        let banner = server.next_line("the listening banner");
+        let mut process = ChildProcess::spawn(
+            Command::new(env!("CARGO_BIN_EXE_servercore"))
+                .args([
+                    "--log",
+                    "warn",
+                    "server",
+                    "--addr",
+                    "127.0.0.1:0",
+                    "--workers",
+                    "2",
+                ])
+                .args(["--backend", backend.name()])
+                .arg("--db")
+                .arg(db)
+                .args(extra),
+        );
+        let banner = process.next_line("the listening banner", READ_TIMEOUT);
         // "game server listening on ADDR (backend NAME, database PATH); ..."
         let rest = banner
             .strip_prefix("game server listening on ")
             .unwrap_or_else(|| panic!("unexpected banner: {banner}"));
         let (addr, rest) = rest.split_once(' ').unwrap();
-        server.addr = addr.parse().unwrap();
         assert!(
             rest.starts_with(&format!("(backend {},", backend.name())),
             "banner names the backend: {banner}"
         );
-        server
+        Server {
+            process,
+            addr: addr.parse().unwrap(),
+        }
     }
 
-    fn next_line(&mut self, what: &str) -> String {
-        match self.lines.recv_timeout(READ_TIMEOUT) {
-            Ok(line) => line,
-            Err(_) => panic!(
-                "no {what} from the server within {READ_TIMEOUT:?}; its log:\n{}",
-                self.log.lock().unwrap()
-            ),
-        }
+    /// The stderr so far.
+    fn log(&self) -> String {
+        self.process.log()
     }
 
     /// Ctrl-C (SIGINT), then the final counters it prints, parsed.
     fn stop(mut self) -> Stats {
-        let status = Command::new("kill")
-            .args(["-INT", &self.child.id().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(status.success());
-        let line = self.next_line("final counters");
+        self.process.signal("INT");
+        let line = self.process.next_line("final counters", READ_TIMEOUT);
         let stats = Stats::parse(&line);
-        let deadline = Instant::now() + READ_TIMEOUT;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                assert!(status.success(), "server exited with {status}");
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "server did not exit after Ctrl-C"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        let status = self.process.wait_exit(READ_TIMEOUT);
+        assert!(status.success(), "server exited with {status}");
         stats
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-        if std::thread::panicking() {
-            eprintln!("server log:\n{}", self.log.lock().unwrap());
-        }
     }
 }
 
@@ -951,7 +889,7 @@ fn signed_logins_with_the_token_command(backend: Backend) {
     assert_eq!(login.players[0].name, "erin_knight");
     let mut plain = Client::connect(server.addr);
     assert!(!plain.login("erin").success, "a plain name is refused");
-    assert!(!server.log.lock().unwrap().contains("the server is open"));
+    assert!(!server.log().contains("the server is open"));
     server
         .stop()
         .assert(&[("logins", 1), ("tokens_refused", 1), ("logins_refused", 1)]);
@@ -994,20 +932,13 @@ fn signed_logins_with_the_token_command(backend: Backend) {
 
     let open = Server::start(backend, &dir.path().join("open.db"), &[]);
     let deadline = Instant::now() + READ_TIMEOUT;
-    while !open.log.lock().unwrap().contains("the server is open") {
+    while !open.log().contains("the server is open") {
         assert!(
             Instant::now() < deadline,
             "no warning that the server is open"
         );
         std::thread::sleep(Duration::from_millis(10));
     }
-    assert_eq!(
-        open.log
-            .lock()
-            .unwrap()
-            .matches("the server is open")
-            .count(),
-        1
-    );
+    assert_eq!(open.log().matches("the server is open").count(), 1);
     open.stop().assert(&[("logins", 0)]);
 }

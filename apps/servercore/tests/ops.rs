@@ -13,9 +13,7 @@ use std::collections::HashMap;
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use servercore::packet::Packet;
@@ -23,6 +21,7 @@ use servercore::Backend;
 use servercore_protocol::{make_packet, CEnterGame, CLogin, ClientPacket, SLogin};
 
 mod common;
+use common::ChildProcess;
 
 backend_tests!(
     sigterm_keeps_acknowledged_accounts,
@@ -41,53 +40,25 @@ const DEADLINE: Duration = Duration::from_secs(15);
 /// A `servercore server` child; killed on drop if still running, its log
 /// printed when the test failed.
 struct Server {
-    child: Child,
+    process: ChildProcess,
     addr: SocketAddr,
     admin: Option<SocketAddr>,
-    lines: mpsc::Receiver<String>,
-    log: Arc<Mutex<String>>,
 }
 
 impl Server {
     /// Starts `servercore server` with `args` and waits for its banner
     /// (and the admin line when `--admin` is among `args`).
     fn start(backend: Backend, args: &[&str]) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_servercore"))
-            .args(["server", "--workers", "2", "--backend", backend.name()])
-            .args(args)
-            .env_remove("SERVERCORE_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn servercore server");
-        let (tx, lines) = mpsc::channel();
-        let stdout = child.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let log = Arc::new(Mutex::new(String::new()));
-        let stderr = child.stderr.take().unwrap();
-        let sink = Arc::clone(&log);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                let mut log = sink.lock().unwrap();
-                log.push_str(&line);
-                log.push('\n');
-            }
-        });
+        let process = ChildProcess::spawn(
+            Command::new(env!("CARGO_BIN_EXE_servercore"))
+                .args(["server", "--workers", "2", "--backend", backend.name()])
+                .args(args)
+                .env_remove("SERVERCORE_LOG"),
+        );
         let mut server = Server {
-            child,
+            process,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             admin: None,
-            lines,
-            log,
         };
         let banner = server.next_line("the listening banner");
         let rest = banner
@@ -105,37 +76,16 @@ impl Server {
     }
 
     fn next_line(&mut self, what: &str) -> String {
-        match self.lines.recv_timeout(DEADLINE) {
-            Ok(line) => line,
-            Err(_) => panic!(
-                "no {what} from the server within {DEADLINE:?}; its log:\n{}",
-                self.log()
-            ),
-        }
+        self.process.next_line(what, DEADLINE)
     }
 
     fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .args([&format!("-{name}"), &self.child.id().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -{name}");
+        self.process.signal(name);
     }
 
     /// Waits for the process to end, within the deadline.
     fn wait_exit(&mut self) -> ExitStatus {
-        let deadline = Instant::now() + DEADLINE;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the server did not exit within {DEADLINE:?}; its log:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        self.process.wait_exit(DEADLINE)
     }
 
     /// SIGTERM; asserts a clean exit (0) and returns the final line.
@@ -164,24 +114,9 @@ impl Server {
         }
     }
 
-    /// The stderr so far (a copy: no lock is held while a panic formats).
+    /// The stderr so far.
     fn log(&self) -> String {
-        self.log
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-        if std::thread::panicking() {
-            eprintln!("server log:\n{}", self.log());
-        }
+        self.process.log()
     }
 }
 
@@ -935,48 +870,25 @@ fn deploy_example_config_is_valid() {
 /// Starts `servercore args`, waits for a stdout line starting with
 /// `ready`, sends SIGTERM, and returns (exit status, all stdout).
 fn sigterm_after(args: &[&str], ready: &str) -> (ExitStatus, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_servercore"))
-        .args(args)
-        .env_remove("SERVERCORE_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn servercore");
-    let (tx, lines) = mpsc::channel();
-    let stdout = child.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let mut process = ChildProcess::spawn(
+        Command::new(env!("CARGO_BIN_EXE_servercore"))
+            .args(args)
+            .env_remove("SERVERCORE_LOG"),
+    );
     let mut seen = String::new();
     loop {
-        let line = lines
-            .recv_timeout(DEADLINE)
-            .unwrap_or_else(|_| panic!("no {ready:?} line from {args:?}; got:\n{seen}"));
+        let line = process
+            .try_next_line(DEADLINE)
+            .unwrap_or_else(|| panic!("no {ready:?} line from {args:?}; got:\n{seen}"));
         seen.push_str(&line);
         seen.push('\n');
         if line.starts_with(ready) {
             break;
         }
     }
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    let deadline = Instant::now() + DEADLINE;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "{args:?} ignored SIGTERM");
-        std::thread::sleep(Duration::from_millis(5));
-    };
-    while let Ok(line) = lines.recv_timeout(Duration::from_secs(2)) {
+    process.signal("TERM");
+    let status = process.wait_exit(DEADLINE);
+    while let Some(line) = process.try_next_line(Duration::from_secs(2)) {
         seen.push_str(&line);
         seen.push('\n');
     }
