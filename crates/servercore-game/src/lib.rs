@@ -406,7 +406,6 @@ pub struct GameServer {
     service: ServerService,
     db: StoragePool,
     cluster: Option<ClusterLink>,
-    db_path: PathBuf,
     ctx: Arc<GameContext>,
     trimmer: Option<HeapTrimmer>,
     stopped: bool,
@@ -513,7 +512,6 @@ pub fn start(config: GameConfig) -> anyhow::Result<GameServer> {
         service,
         db,
         cluster,
-        db_path: config.db_path.clone(),
         ctx,
         trimmer,
         stopped: false,
@@ -534,12 +532,6 @@ impl GameServer {
     /// The I/O backend the workers run on.
     pub fn backend(&self) -> Backend {
         self.service.backend()
-    }
-
-    /// The configured database path (or URL, password included: prefer
-    /// [`GameServer::db_name`] for display).
-    pub fn db_path(&self) -> &std::path::Path {
-        &self.db_path
     }
 
     /// The database: a file's path, or a PostgreSQL URL without its
