@@ -4,10 +4,11 @@
 //!
 //! - the prost messages: [`CLogin`], [`SLogin`], [`CEnterGame`],
 //!   [`SEnterGame`], [`CChat`], [`SChat`], the world's [`CLeaveGame`],
-//!   [`SLeaveGame`], [`SSpawn`], [`SDespawn`], [`CMove`], [`SMove`], and
+//!   [`SLeaveGame`], [`SSpawn`], [`SDespawn`], [`CMove`], [`SMove`], the
+//!   cross-node [`STransfer`], and
 //!   the plain structs (no id) [`Player`], [`PosInfo`], [`ObjectInfo`] and
 //!   enums [`PlayerType`], [`MoveState`];
-//! - [`PacketId`] (`C_LOGIN = 1000` ... `S_MOVE = 1011`, in message order)
+//! - [`PacketId`] (`C_LOGIN = 1000` ... `S_TRANSFER = 1012`, in message order)
 //!   and the id lists [`ALL_IDS`], [`SERVER_RECEIVES_IDS`],
 //!   [`CLIENT_RECEIVES_IDS`];
 //! - [`ServerHandler`] / [`dispatch_server`] for the `C_` packets the server

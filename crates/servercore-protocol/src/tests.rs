@@ -111,6 +111,13 @@ fn expected_message(name: &str) -> ServerOrClient {
             info: Some(pos(300)),
             client_time_us: TIME_US,
         })),
+        "S_TRANSFER" => ServerOrClient::Client(ClientPacket::STransfer(STransfer {
+            node: "b".to_owned(),
+            addr: "h:1".to_owned(),
+            ws_url: String::new(),
+            token: "t".to_owned(),
+            pos: Some(pos(300)),
+        })),
         other => panic!("test vector for unknown message {other}"),
     }
 }
@@ -143,6 +150,7 @@ impl ServerOrClient {
             ServerOrClient::Client(ClientPacket::SSpawn(m)) => make_packet(m),
             ServerOrClient::Client(ClientPacket::SDespawn(m)) => make_packet(m),
             ServerOrClient::Client(ClientPacket::SMove(m)) => make_packet(m),
+            ServerOrClient::Client(ClientPacket::STransfer(m)) => make_packet(m),
         }
     }
 
@@ -175,6 +183,7 @@ fn ids_are_the_reference_numbering() {
             (1009, "S_DESPAWN"),
             (1010, "C_MOVE"),
             (1011, "S_MOVE"),
+            (1012, "S_TRANSFER"),
         ]
     );
     assert_eq!(CLogin::ID, 1000);
@@ -183,12 +192,12 @@ fn ids_are_the_reference_numbering() {
     assert_eq!(SMove::ID, 1011);
     assert_eq!(
         ALL_IDS,
-        [1000, 1001, 1002, 1003, 1004, 1005, 1006, 1007, 1008, 1009, 1010, 1011]
+        [1000, 1001, 1002, 1003, 1004, 1005, 1006, 1007, 1008, 1009, 1010, 1011, 1012]
     );
     assert_eq!(SERVER_RECEIVES_IDS, [1000, 1002, 1004, 1006, 1010]);
     assert_eq!(
         CLIENT_RECEIVES_IDS,
-        [1001, 1003, 1005, 1007, 1008, 1009, 1011]
+        [1001, 1003, 1005, 1007, 1008, 1009, 1011, 1012]
     );
     for id in PacketId::ALL {
         assert_eq!(PacketId::try_from(u16::from(id)), Ok(id));
@@ -196,7 +205,7 @@ fn ids_are_the_reference_numbering() {
         assert_eq!(id.is_client_to_server(), id.name().starts_with("C_"));
     }
     assert_eq!(PacketId::try_from(999), Err(DispatchError::UnknownId(999)));
-    assert_eq!(PacketId::from_u16(1012), None);
+    assert_eq!(PacketId::from_u16(1013), None);
     // Messages named neither C_ nor S_ are plain structs: no id.
     assert!(PacketId::ALL
         .iter()
@@ -329,6 +338,15 @@ impl ClientHandler<()> for Recorder {
             .push(format!("s_move {} {}", info.object_id, info.yaw));
         Ok(())
     }
+
+    fn handle_s_transfer(&mut self, _: &(), msg: STransfer) -> DispatchResult {
+        let pos = msg.pos.unwrap_or_default();
+        self.calls.push(format!(
+            "s_transfer {} {} {} {}",
+            msg.node, msg.addr, msg.token, pos.object_id
+        ));
+        Ok(())
+    }
 }
 
 /// Implements nothing: every packet reaches the defaults.
@@ -369,6 +387,7 @@ fn dispatch_reaches_the_right_method_for_every_message() {
             "s_login true 2",
             "s_move 300 90",
             "s_spawn Merlin,Arthur",
+            "s_transfer b h:1 t 300",
         ]
     );
 }
@@ -578,6 +597,22 @@ fn client_packet() -> impl Strategy<Value = ClientPacket> {
                 client_time_us,
             })
         }),
+        (
+            ".{0,20}",
+            ".{0,40}",
+            ".{0,40}",
+            ".{0,200}",
+            prop::option::of(pos_info())
+        )
+            .prop_map(|(node, addr, ws_url, token, pos)| {
+                ClientPacket::STransfer(STransfer {
+                    node,
+                    addr,
+                    ws_url,
+                    token,
+                    pos,
+                })
+            }),
     ]
 }
 

@@ -20,6 +20,7 @@ backend_tests!(
     is_writable_returns_after_eight_concurrent_senders,
     drop_newest_refuses_and_keeps_the_session,
     a_send_inside_broadcast_except_runs_without_the_group_lock,
+    a_batch_goes_out_in_one_write_and_all_or_nothing,
 );
 
 /// Records its handle; ignores input.
@@ -218,6 +219,44 @@ fn a_send_inside_broadcast_except_runs_without_the_group_lock(backend: Backend) 
         .disconnected
         == vec![DisconnectReason::SendQueueOverflow]));
     assert_eq!(group.len(), 0, "the closed member left the group");
+    service.stop();
+    service.join();
+}
+
+/// `send_batch` queues its buffers as one unit: they arrive in order in one
+/// gathered write; a batch past the hard limit queues none of them.
+fn a_batch_goes_out_in_one_write_and_all_or_nothing(backend: Backend) {
+    const HARD: usize = 4096;
+    let (service, record) = quiet_server(backend, 1024, 2048, HARD, OverflowPolicy::DropNewest);
+    let mut client = connect(service.local_addr());
+    let handle = first_handle(&record);
+    let parts: Vec<Bytes> = (0..10u8)
+        .map(|i| Bytes::from(vec![b'a' + i; usize::from(i) + 1]))
+        .collect();
+    let expected: Vec<u8> = parts.iter().flat_map(|part| part.iter().copied()).collect();
+    // Let the first write (none yet) settle so the count below is this batch's.
+    let writes_before = handle.write_count();
+    handle
+        .send_batch(parts.iter().cloned().chain([Bytes::new()]))
+        .expect("batch");
+    assert_eq!(read_exact(&mut client, expected.len()), expected);
+    assert!(wait_until(Duration::from_secs(5), || handle.queued_bytes() == 0));
+    assert_eq!(
+        handle.write_count() - writes_before,
+        1,
+        "ten buffers queued as one batch go out in one write"
+    );
+    // Past the hard limit: refused whole, nothing of it is written.
+    let too_big = vec![
+        Bytes::from(vec![b'x'; HARD / 2]),
+        Bytes::from(vec![b'y'; HARD]),
+    ];
+    assert_eq!(handle.send_batch(too_big), Err(SendError::QueueFull));
+    assert_eq!(handle.queued_bytes(), 0);
+    handle.send(Bytes::from_static(b"end")).expect("still open");
+    assert_eq!(read_exact(&mut client, 3), b"end");
+    assert!(handle.is_connected());
+    drop(client);
     service.stop();
     service.join();
 }

@@ -457,16 +457,61 @@ impl SessionHandle {
             queue.push_back(data);
             (before, queued)
         };
-        if !shared.flush_scheduled.swap(true, Ordering::AcqRel) {
-            shared.mailbox.push(Request::Flush(Arc::clone(&self.inner)));
-        } else if before < shared.limits.coalesce_max_bytes
-            && queued >= shared.limits.coalesce_max_bytes
-        {
-            // A session held back by send coalescing goes out once its
-            // queue passes the bound: tell the worker again.
+        self.request_flush(before, queued);
+        Ok(())
+    }
+
+    /// Queues several buffers as one unit: all of them, in order, under one
+    /// lock and with one flush request, so they go out in the same gathered
+    /// write (a game tick's output for one player). Empty buffers are
+    /// skipped. If they would take the queue past its hard limit, none is
+    /// queued and the overflow policy applies, as for [`send`](Self::send).
+    pub fn send_batch(&self, buffers: impl IntoIterator<Item = Bytes>) -> Result<(), SendError> {
+        let shared = &*self.inner;
+        let (before, queued) = {
+            let mut queue = shared.queue.lock();
+            if !shared.is_open() {
+                return Err(SendError::Closed);
+            }
+            let before = shared.queued.load(Ordering::Acquire);
+            let start = queue.len();
+            let mut added = 0usize;
+            for data in buffers {
+                if data.is_empty() {
+                    continue;
+                }
+                added += data.len();
+                queue.push_back(data);
+            }
+            if added == 0 {
+                return Ok(());
+            }
+            let queued = before + added;
+            if queued > shared.limits.hard_limit {
+                queue.truncate(start);
+                drop(queue);
+                return Err(self.overflow());
+            }
+            shared.queued.store(queued, Ordering::Release);
+            if queued > shared.limits.high_watermark {
+                shared.writable.store(false, Ordering::Release);
+            }
+            (before, queued)
+        };
+        self.request_flush(before, queued);
+        Ok(())
+    }
+
+    /// Tells the owning worker that bytes were queued (`before` → `queued`):
+    /// once per flush it has not taken yet, and again when a session held
+    /// back by send coalescing passes the bound that ends the hold.
+    fn request_flush(&self, before: usize, queued: usize) {
+        let shared = &*self.inner;
+        let first = !shared.flush_scheduled.swap(true, Ordering::AcqRel);
+        let bound = shared.limits.coalesce_max_bytes;
+        if first || (before < bound && queued >= bound) {
             shared.mailbox.push(Request::Flush(Arc::clone(&self.inner)));
         }
-        Ok(())
     }
 
     /// Queues `data` and writes it, with everything queued before it, at
