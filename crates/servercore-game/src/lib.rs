@@ -116,8 +116,8 @@ use heap_trim::HeapTrimmer;
 use limits::AddressLimits;
 use room::Room;
 use sessions::LocalSessions;
-pub use stats::{GameCounters, GameStats};
 use stats::bump;
+pub use stats::{GameCounters, GameStats};
 use storage::{DbTarget, StorageHandle, StorageKind, StorageOptions, StoragePool};
 use world::World;
 pub use world::WorldConfig;
@@ -568,8 +568,9 @@ impl GameServer {
         self.ctx.world.step(limit)
     }
 
-    /// How long the world's ticks have taken (a cumulative histogram).
-    pub fn tick_histogram(&self) -> world::TickHistogram {
+    /// How long the world's ticks have taken, start to the end of the last
+    /// phase.
+    pub fn tick_histogram(&self) -> latency::LatencySnapshot {
         self.ctx.world.tick_histogram()
     }
 

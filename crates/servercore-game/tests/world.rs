@@ -286,8 +286,12 @@ impl<'s> Stepper<'s> {
         self.sent_moves += input.moves.len() as u64;
         self.sent_chats += input.chats.len() as u64;
         self.sent_leaves += (input.leaves.len() + input.disconnects.len()) as u64;
-        let (moves, chats, leaves, enters) =
-            (self.sent_moves, self.sent_chats, self.sent_leaves, self.enters);
+        let (moves, chats, leaves, enters) = (
+            self.sent_moves,
+            self.sent_chats,
+            self.sent_leaves,
+            self.enters,
+        );
         self.wait_for("the tick's input taken", |stats| {
             stats.moves == moves
                 && stats.chats_relayed == chats
@@ -445,7 +449,11 @@ fn scripted_ticks(backend: Backend) {
     });
     let (mut b_again, entered) = Client::join(server.local_addr(), "b");
     let pos = entered.player.unwrap().pos_info.unwrap();
-    assert_eq!((pos.x, pos.y), (350.0, 50.0), "saved where the last move put it");
+    assert_eq!(
+        (pos.x, pos.y),
+        (350.0, 50.0),
+        "saved where the last move put it"
+    );
     b_again.expect_nothing(SETTLE);
     world.enter_with(b_again, pos);
     world.tick(TickInput::default());
@@ -492,9 +500,12 @@ fn random_ticks_follow_the_rule(backend: Backend) {
             let roll = next(&mut rng) % 100;
             if roll < 50 {
                 let moves = 1 + next(&mut rng) % 2;
-                let (mut x, mut y) = world.model.at.get(&id).copied().unwrap_or_else(|| {
-                    world.model.entering.get(&id).copied().unwrap()
-                });
+                let (mut x, mut y) = world
+                    .model
+                    .at
+                    .get(&id)
+                    .copied()
+                    .unwrap_or_else(|| world.model.entering.get(&id).copied().unwrap());
                 for _ in 0..moves {
                     x = (x + (next(&mut rng) % 601) as f32 - 300.0).clamp(0.0, 899.0);
                     y = (y + (next(&mut rng) % 601) as f32 - 300.0).clamp(0.0, 899.0);
@@ -550,11 +561,17 @@ fn too_fast_move_is_cut(backend: Backend) {
     let info = moved.info.unwrap();
     assert_eq!((info.object_id, moved.client_time_us), (ids[0], 3));
     // Clamped to the map's edge, then cut to 50 from (160, 180).
-    assert!(info.y < below_600 && (info.y - 180.0 - 50.0).abs() < 1.0, "{info:?}");
+    assert!(
+        info.y < below_600 && (info.y - 180.0 - 50.0).abs() < 1.0,
+        "{info:?}"
+    );
     runner.expect_nothing(SETTLE);
     drop(runner);
     let stats = server.stop_and_join();
-    assert_eq!((stats.moves, stats.moves_cut, stats.moves_clamped), (3, 2, 1));
+    assert_eq!(
+        (stats.moves, stats.moves_cut, stats.moves_clamped),
+        (3, 2, 1)
+    );
 }
 
 fn position_survives_a_restart(backend: Backend) {

@@ -59,6 +59,8 @@ pub(super) struct Member {
     pub prev: Option<Cell>,
     /// Where it stands.
     pub pos: PosInfo,
+    /// The last tick it moved in (0: not since it entered).
+    pub moved: u64,
     pub identity: Arc<Identity>,
     info: OnceLock<Bytes>,
     latest: OnceLock<Bytes>,
@@ -69,12 +71,14 @@ impl Member {
         id: u64,
         prev: Option<Cell>,
         pos: PosInfo,
+        moved: u64,
         identity: Arc<Identity>,
     ) -> Member {
         Member {
             id,
             prev,
             pos,
+            moved,
             identity,
             info: OnceLock::new(),
             latest: OnceLock::new(),
@@ -190,7 +194,10 @@ impl<'a> ListPackets<'a> {
 
 /// Appends `S_SPAWN` packets listing `entries` (from
 /// [`Member::spawn_entry`]) to `buf`; returns how many packets.
-pub(super) fn put_spawns<'e>(buf: &mut BytesMut, entries: impl IntoIterator<Item = &'e Bytes>) -> usize {
+pub(super) fn put_spawns<'e>(
+    buf: &mut BytesMut,
+    entries: impl IntoIterator<Item = &'e Bytes>,
+) -> usize {
     let mut list = ListPackets::new(buf, SSpawn::ID);
     for entry in entries {
         list.push(entry);
@@ -242,6 +249,7 @@ mod tests {
                 y: 2.5,
                 ..PosInfo::default()
             },
+            0,
             Arc::new(Identity {
                 name: "n".repeat(name_len),
                 player_type: PlayerType::Mage as i32,
@@ -264,7 +272,10 @@ mod tests {
     fn a_spawn_entry_is_the_field_of_a_real_s_spawn() {
         let members: Vec<Member> = (1..=3).map(|id| member(id, 5)).collect();
         let mut buf = BytesMut::new();
-        assert_eq!(put_spawns(&mut buf, members.iter().map(Member::spawn_entry)), 1);
+        assert_eq!(
+            put_spawns(&mut buf, members.iter().map(Member::spawn_entry)),
+            1
+        );
         let expected = servercore_protocol::make_packet(&SSpawn {
             players: members
                 .iter()

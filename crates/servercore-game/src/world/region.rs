@@ -39,6 +39,13 @@ use crate::stats::GameCounters;
 /// every tick, for the live map.
 pub type Published = Arc<Mutex<Vec<(u64, f32, f32)>>>;
 
+/// A crowd's receiver gets about `crowd_limit / CROWD_SHARE` positions a
+/// tick: each player's latest position every `⌈CROWD_SHARE × players in the
+/// block / crowd_limit⌉` ticks. At the limit itself that is every 4 ticks
+/// (5 Hz at the default 20 Hz tick), half the fan-out of every move at 10
+/// moves a second.
+pub const CROWD_SHARE: usize = 4;
+
 /// A player this region owns.
 pub(super) struct Entry {
     seat: Arc<Seat>,
@@ -50,6 +57,8 @@ pub(super) struct Entry {
     /// This tick's `S_MOVE`s of the player (a slice of the region's buffer).
     moves: Bytes,
     move_count: usize,
+    /// The last tick the player moved in (0: not since it entered).
+    moved: u64,
     /// Where the moves sit in the buffer being written (apply only).
     range: Option<(usize, usize)>,
 }
@@ -123,6 +132,7 @@ impl Region {
                 prev: None,
                 moves: Bytes::new(),
                 move_count: 0,
+                moved: 0,
                 range: None,
             });
             self.counters
@@ -147,6 +157,9 @@ impl Region {
                 entry.pos = input.pos;
             }
             entry.move_count = taken.moves.len();
+            if entry.move_count > 0 {
+                entry.moved = tick;
+            }
             entry.range = (buf.len() > start).then_some((start, buf.len()));
             entry.cell = self.grid.cell_of(entry.pos.x, entry.pos.y);
             if let Some(request) = taken.leave {
@@ -267,6 +280,7 @@ impl Region {
                     entry.seat.player_id,
                     entry.prev,
                     entry.pos,
+                    entry.moved,
                     Arc::clone(&entry.seat.identity),
                 ));
             }
@@ -296,7 +310,10 @@ impl Region {
             around.load(neighbour, shared);
         }
         for entry in &self.entries {
-            if let Some(prev) = entry.prev.filter(|prev| self.grid.region_of(*prev) != self.index) {
+            if let Some(prev) = entry
+                .prev
+                .filter(|prev| self.grid.region_of(*prev) != self.index)
+            {
                 around.load_around(&self.grid, prev, shared);
             }
         }
@@ -320,7 +337,8 @@ impl Region {
             let crowded = crowd_limit > 0 && seen > crowd_limit;
             let (view, view_moves) = if crowded {
                 crowded_cells += 1;
-                thinned_view(&block, seen.div_ceil(crowd_limit) as u64, tick)
+                let every = (seen * CROWD_SHARE).div_ceil(crowd_limit) as u64;
+                thinned_view(&block, every, tick)
             } else {
                 full_view(&block)
             };
@@ -491,15 +509,18 @@ fn full_view(block: &[(Cell, &CellTick)]) -> (Bytes, u64) {
     (view.freeze(), count as u64)
 }
 
-/// A crowd's view: the latest position of about one player in `every`,
-/// a different share each tick, so each player's position goes out every
-/// `every` ticks whatever it does meanwhile.
+/// A crowd's view: each tick, the latest positions of about one player in
+/// `every` (a different share each tick), of those that moved in the last
+/// `2 × every` ticks: every move reaches the crowd's receivers within
+/// `every` ticks as a position, however big the crowd, and a crowd that
+/// stands still costs nothing.
 fn thinned_view(block: &[(Cell, &CellTick)], every: u64, tick: u64) -> (Bytes, u64) {
     let mut view = BytesMut::new();
     let mut count = 0;
+    let recent = tick.saturating_sub(2 * every);
     for (_, cell) in block {
         for member in &cell.members {
-            if (member.id.wrapping_add(tick)) % every == 0 {
+            if member.moved > recent && member.id.wrapping_add(tick) % every == 0 {
                 view.extend_from_slice(member.position_packet());
                 count += 1;
             }

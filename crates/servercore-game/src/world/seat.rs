@@ -221,7 +221,11 @@ mod tests {
             .collect();
         assert_eq!(kept, [(0.0, 0), (1.0, 1), (2.0, 2)]);
         assert!(taken.leave.is_none());
-        assert_eq!(inbox.push_move(input(4.0, 4)), Ok(()), "room again after a tick");
+        assert_eq!(
+            inbox.push_move(input(4.0, 4)),
+            Ok(()),
+            "room again after a tick"
+        );
         let (left_tx, left_rx) = mpsc::channel();
         let tx = left_tx.clone();
         let first = LeaveRequest {

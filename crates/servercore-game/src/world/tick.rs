@@ -32,6 +32,7 @@ use super::cells::RegionTick;
 use super::grid::Grid;
 use super::region::{Entry, Region};
 use super::seat::Seat;
+use crate::latency::{LatencyHistogram, LatencySnapshot};
 use crate::stats::GameCounters;
 
 /// The numbers a tick runs by.
@@ -89,33 +90,6 @@ struct RunState {
     started: Instant,
 }
 
-/// Buckets of the tick-duration histogram, upper bounds in seconds.
-pub const TICK_BUCKETS: [f64; 12] = [
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
-];
-
-/// Tick durations so far, as a cumulative histogram.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct TickHistogram {
-    /// `(upper bound in seconds, ticks that took at most that long)`, for
-    /// each of [`TICK_BUCKETS`].
-    pub buckets: Vec<(f64, u64)>,
-    /// Ticks run.
-    pub count: u64,
-    /// Their total duration, in seconds.
-    pub sum_seconds: f64,
-    /// The longest, in seconds.
-    pub max_seconds: f64,
-}
-
-#[derive(Default)]
-struct Durations {
-    buckets: [u64; TICK_BUCKETS.len()],
-    count: u64,
-    sum: Duration,
-    max: Duration,
-}
-
 /// What the regions share across the phases of a tick.
 pub(super) struct TickShared {
     grid: Grid,
@@ -132,7 +106,7 @@ pub(super) struct TickShared {
     remaining: AtomicUsize,
     /// The newest tick started.
     current: AtomicU64,
-    durations: Mutex<Durations>,
+    durations: LatencyHistogram,
     counters: Arc<GameCounters>,
 }
 
@@ -162,7 +136,7 @@ impl TickShared {
             }),
             remaining: AtomicUsize::new(0),
             current: AtomicU64::new(0),
-            durations: Mutex::default(),
+            durations: LatencyHistogram::default(),
             counters,
         }
     }
@@ -315,7 +289,7 @@ impl TickShared {
             let mut run = self.run.lock();
             let took = run.started.elapsed();
             run.running = false;
-            self.record(took);
+            self.durations.record(took);
             std::mem::take(&mut run.owed)
         };
         self.counters.ticks.fetch_add(1, Ordering::Relaxed);
@@ -324,31 +298,9 @@ impl TickShared {
         }
     }
 
-    fn record(&self, took: Duration) {
-        let mut durations = self.durations.lock();
-        let seconds = took.as_secs_f64();
-        for (bucket, bound) in durations.buckets.iter_mut().zip(TICK_BUCKETS) {
-            if seconds <= bound {
-                *bucket += 1;
-            }
-        }
-        durations.count += 1;
-        durations.sum += took;
-        durations.max = durations.max.max(took);
-    }
-
-    pub fn histogram(&self) -> TickHistogram {
-        let durations = self.durations.lock();
-        TickHistogram {
-            buckets: TICK_BUCKETS
-                .iter()
-                .copied()
-                .zip(durations.buckets.iter().copied())
-                .collect(),
-            count: durations.count,
-            sum_seconds: durations.sum.as_secs_f64(),
-            max_seconds: durations.max.as_secs_f64(),
-        }
+    /// How long the ticks took, start to end of the last phase.
+    pub fn histogram(&self) -> LatencySnapshot {
+        self.durations.snapshot()
     }
 
     /// Whether a tick is running now.

@@ -44,6 +44,7 @@ mod tokio_server;
 mod tokio_world;
 mod transport;
 
+pub use procfs::raise_nofile_limit;
 pub use transport::Transport;
 
 use std::net::SocketAddr;

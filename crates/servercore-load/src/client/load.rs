@@ -318,6 +318,7 @@ fn build_report(
                 latency_us: LatencySummary::from_histogram(&stats.move_latency_snapshot()),
                 spawns,
                 despawns: LoadStats::get(&stats.despawns),
+                largest_spawn_bytes: LoadStats::get(&stats.largest_spawn_bytes),
                 corrections: LoadStats::get(&stats.corrections),
             }
         });

@@ -95,6 +95,9 @@ pub struct MoveSummary {
     pub spawns: u64,
     /// Players despawned from sessions.
     pub despawns: u64,
+    /// The largest `S_SPAWN` packet received, header included, in bytes
+    /// (a crowd's spawn list is split under 64 KiB).
+    pub largest_spawn_bytes: u64,
     /// Own moves the server clamped or cut (position back differs from the
     /// one sent).
     pub corrections: u64,
@@ -402,6 +405,7 @@ mod tests {
                 latency_us: LatencySummary::from_histogram(&histogram),
                 spawns: 4_321,
                 despawns: 1_234,
+                largest_spawn_bytes: 900,
                 corrections: 3,
             }),
             errors: BTreeMap::from([("disconnect:reset".to_owned(), 2)]),
