@@ -273,6 +273,11 @@ fn game_histograms(out: &mut Snapshot, server: &GameServer) {
         "World tick durations: from the tick's start to the end of its last phase.",
         seconds(&server.tick_histogram()),
     );
+    out.histogram(
+        "servercore_game_tick_work_seconds",
+        "World tick work: the tick's region jobs' run times summed over the workers (the rest of a tick's duration is waiting for a worker).",
+        seconds(&server.tick_work_histogram()),
+    );
 }
 
 /// The process's numbers.

@@ -574,6 +574,12 @@ impl GameServer {
         self.ctx.world.tick_histogram()
     }
 
+    /// The work of each world tick: its region jobs' run times summed over
+    /// the workers.
+    pub fn tick_work_histogram(&self) -> latency::LatencySnapshot {
+        self.ctx.world.tick_work_histogram()
+    }
+
     /// The world's map (size, cells, regions).
     pub fn world_grid(&self) -> &world::Grid {
         self.ctx.world.grid()

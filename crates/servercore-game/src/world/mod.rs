@@ -322,6 +322,13 @@ impl World {
         self.shared.histogram()
     }
 
+    /// The CPU work of each tick: its region jobs' run times, summed over
+    /// every worker (a tick whose duration is far above its work waited
+    /// for busy workers).
+    pub fn tick_work_histogram(&self) -> LatencySnapshot {
+        self.shared.work_histogram()
+    }
+
     /// A random point on the map for a player never placed.
     pub fn random_pos(&self, player_id: u64) -> PosInfo {
         let mut state = limit::seed() ^ player_id.wrapping_mul(0x9e37_79b9_7f4a_7c15);

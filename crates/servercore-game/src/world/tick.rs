@@ -107,6 +107,9 @@ pub(super) struct TickShared {
     /// The newest tick started.
     current: AtomicU64,
     durations: LatencyHistogram,
+    /// The running tick's region jobs' time, summed, in nanoseconds.
+    work_ns: AtomicU64,
+    work: LatencyHistogram,
     counters: Arc<GameCounters>,
 }
 
@@ -137,6 +140,8 @@ impl TickShared {
             remaining: AtomicUsize::new(0),
             current: AtomicU64::new(0),
             durations: LatencyHistogram::default(),
+            work_ns: AtomicU64::new(0),
+            work: LatencyHistogram::default(),
             counters,
         }
     }
@@ -261,11 +266,14 @@ impl TickShared {
         for region in &self.regions {
             let shared = Arc::clone(self);
             region.post(move |region| {
+                let started = Instant::now();
                 match phase {
                     Phase::Apply => region.apply(&shared, tick),
                     Phase::Publish => region.publish(&shared, tick),
                     Phase::Deliver => region.deliver(&shared, tick),
                 }
+                let took = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                shared.work_ns.fetch_add(took, Ordering::Relaxed);
                 shared.phase_done(phase, tick);
             });
         }
@@ -290,6 +298,8 @@ impl TickShared {
             let took = run.started.elapsed();
             run.running = false;
             self.durations.record(took);
+            let work = self.work_ns.swap(0, Ordering::Relaxed);
+            self.work.record(Duration::from_nanos(work));
             std::mem::take(&mut run.owed)
         };
         self.counters.ticks.fetch_add(1, Ordering::Relaxed);
@@ -301,6 +311,12 @@ impl TickShared {
     /// How long the ticks took, start to end of the last phase.
     pub fn histogram(&self) -> LatencySnapshot {
         self.durations.snapshot()
+    }
+
+    /// The work of each tick: its region jobs' run times, summed (the rest
+    /// of a tick's duration is waiting for a worker).
+    pub fn work_histogram(&self) -> LatencySnapshot {
+        self.work.snapshot()
     }
 
     /// Whether a tick is running now.

@@ -12,9 +12,11 @@
 //!   writer design (plain TCP only).
 //!
 //! With a send tick (the game server's world tick, for a same-interval
-//! comparison) each writer waits one tick after the first packet it is
-//! given before it drains its channel, so a session gets at most about one
-//! gathered write per tick, the way a tokio programmer would batch.
+//! comparison) a writer given a packet waits for the next tick boundary
+//! (the server's ticks, every `tick` from its start) and then drains its
+//! channel: each session gets at most one gathered write per tick, at the
+//! same moments as the game server's, the way a tokio programmer would
+//! batch.
 //!
 //! Over TLS the same loops run on a `tokio-rustls` stream (split with
 //! `tokio::io::split`); over WebSocket on a `tokio-tungstenite` stream: echo
@@ -63,11 +65,13 @@ pub struct TokioServer {
 }
 
 /// How every writer task of one server writes, and what it counts.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Writers {
-    /// Wait this long after the first queued packet before draining
+    /// Drain at the tick boundaries after the first queued packet
     /// (`None`: drain at once).
     pub tick: Option<std::time::Duration>,
+    /// Tick boundaries are `epoch + k × tick`.
+    pub epoch: tokio::time::Instant,
     /// Gathered writes (`write_vectored` calls) so far, over all sessions.
     pub writes: Arc<AtomicU64>,
 }
@@ -84,6 +88,7 @@ impl TokioServer {
     ) -> anyhow::Result<TokioServer> {
         let writers = Writers {
             tick: tick.filter(|tick| !tick.is_zero()),
+            epoch: tokio::time::Instant::now(),
             writes: Arc::default(),
         };
         let mut builder = tokio::runtime::Builder::new_multi_thread();
@@ -402,7 +407,10 @@ pub(super) async fn write_queued<W: AsyncWrite + Unpin>(
     let mut batch = Vec::with_capacity(64);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
         if let Some(tick) = writers.tick {
-            tokio::time::sleep(tick).await;
+            let since = writers.epoch.elapsed().as_nanos();
+            let step = tick.as_nanos().max(1);
+            let next = u64::try_from((since / step + 1) * step).unwrap_or(u64::MAX);
+            tokio::time::sleep_until(writers.epoch + std::time::Duration::from_nanos(next)).await;
             while batch.len() < MAX_BATCH {
                 match rx.try_recv() {
                     Ok(packet) => batch.push(packet),
