@@ -27,6 +27,8 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     game.max_conns_per_ip = 0;
     game.max_new_accounts_per_min = 0;
     let server = std::sync::Arc::new(servercore_game::start(game)?);
+    // Every listener is bound before the banner says so.
+    let admin = crate::admin::start_for_game(&args.admin, &server, crate::limits::raised())?;
     let addr = server.local_addr();
     println!(
         "demo: game server on {addr} (backend {}, in-memory database); \
@@ -53,7 +55,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     load.backend = args.engine.backend;
     load.workers = args.engine.workers;
     load.account_prefix = "demo".to_owned();
-    let admin = crate::admin::start_for_game(&args.admin, &server, crate::limits::raised())?;
+    crate::admin::announce(admin.as_ref());
     let report = run_load_until(load, !args.no_progress, &StopSignal::install());
 
     drop(admin);

@@ -253,13 +253,6 @@ impl LoadReport {
                 row(&format!("errors: {kind}"), count(*n));
             }
         }
-        let width = rows.iter().map(|(name, _)| name.len()).max().unwrap_or(0);
-        let value_width = rows
-            .iter()
-            .map(|(_, value)| value.chars().count())
-            .max()
-            .unwrap_or(0);
-        let mut out = String::new();
         let moving = self
             .movement
             .as_ref()
@@ -272,8 +265,7 @@ impl LoadReport {
                 )
             })
             .unwrap_or_default();
-        let _ = writeln!(
-            out,
+        let title = format!(
             "{} sessions -> {} (backend {}), {} msg/s each{moving}, {:.1} s{}",
             count(s.requested),
             self.addr,
@@ -286,13 +278,32 @@ impl LoadReport {
                 ""
             }
         );
-        let _ = writeln!(out, "  {:-<width$}  {:-<value_width$}", "", "");
-        for (name, value) in &rows {
-            let _ = writeln!(out, "  {name:<width$}  {value:>value_width$}");
-        }
-        let _ = write!(out, "  {:-<width$}  {:-<value_width$}", "", "");
-        out
+        summary_table(&title, &rows)
     }
+}
+
+/// A titled table of named values, one a line, names left and values right
+/// aligned between two rules: the report of `servercore client` and the
+/// closing summary of `servercore server`.
+pub fn summary_table(title: &str, rows: &[(String, String)]) -> String {
+    let width = rows
+        .iter()
+        .map(|(name, _)| name.chars().count())
+        .max()
+        .unwrap_or(0);
+    let value_width = rows
+        .iter()
+        .map(|(_, value)| value.chars().count())
+        .max()
+        .unwrap_or(0);
+    let mut out = String::new();
+    let _ = writeln!(out, "{title}");
+    let _ = writeln!(out, "  {:-<width$}  {:-<value_width$}", "", "");
+    for (name, value) in rows {
+        let _ = writeln!(out, "  {name:<width$}  {value:>value_width$}");
+    }
+    let _ = write!(out, "  {:-<width$}  {:-<value_width$}", "", "");
+    out
 }
 
 /// The percentile rows of one latency summary, named `name p50` ...
