@@ -195,6 +195,16 @@ pub fn game_metrics(out: &mut Snapshot, stats: &GameStats, db_queue_depth: usize
         [("clamped", stats.moves_clamped), ("cut", stats.moves_cut)],
     );
     out.counter_by(
+        "servercore_game_http_requests",
+        "Plain HTTP requests on the WebSocket listener (the browser client's files), \
+         by result; they are not game sessions.",
+        "result",
+        [
+            ("served", stats.http_requests_served),
+            ("not_found", stats.http_requests_not_found),
+        ],
+    );
+    out.counter_by(
         "servercore_game_chats_shed",
         "Chats shed by the world's limits, by reason.",
         "reason",

@@ -46,6 +46,8 @@ pub struct GameCounters {
     pub(crate) world_leaves: AtomicU64,
     pub(crate) players_in_world: AtomicI64,
     pub(crate) ghosts: AtomicI64,
+    pub(crate) http_served: AtomicU64,
+    pub(crate) http_not_found: AtomicU64,
 }
 
 /// Adds one to a counter.
@@ -92,6 +94,8 @@ impl GameCounters {
             world_leaves: get(&self.world_leaves),
             players_in_world: self.players_in_world.load(Ordering::Relaxed),
             ghosts: self.ghosts.load(Ordering::Relaxed),
+            http_requests_served: get(&self.http_served),
+            http_requests_not_found: get(&self.http_not_found),
         }
     }
 }
@@ -177,12 +181,18 @@ pub struct GameStats {
     /// near the border (0 once everyone has left and the regions have
     /// heard of it).
     pub ghosts: i64,
+    /// Plain HTTP requests on the WebSocket listener answered with a file
+    /// of the browser client (page, scripts, favicon).
+    pub http_requests_served: u64,
+    /// Plain HTTP requests on the WebSocket listener for a path it does not
+    /// serve (answered 404).
+    pub http_requests_not_found: u64,
 }
 
 impl GameStats {
     /// Every counter and gauge by its name, in the order the closing
     /// summary and the `key=value` line show them.
-    pub fn fields(&self) -> [(&'static str, i64); 34] {
+    pub fn fields(&self) -> [(&'static str, i64); 36] {
         let n = |value: u64| i64::try_from(value).unwrap_or(i64::MAX);
         [
             ("logins", n(self.logins)),
@@ -225,6 +235,8 @@ impl GameStats {
             ("accounts_refused", n(self.accounts_refused)),
             ("tokens_refused", n(self.tokens_refused)),
             ("pending_overflows", n(self.pending_overflows)),
+            ("http_requests_served", n(self.http_requests_served)),
+            ("http_requests_not_found", n(self.http_requests_not_found)),
         ]
     }
 
