@@ -328,7 +328,7 @@ fn load_tool_over_tls_and_wss(backend: Backend) {
                 .map(str::to_owned)
         };
         assert_eq!(
-            row("sessions in game").as_deref(),
+            row("sessions in game at the end").as_deref(),
             Some("10"),
             "{args:?}:\n{table}"
         );
