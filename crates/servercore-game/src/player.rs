@@ -46,8 +46,8 @@ use servercore::job::{Actor, WeakActor};
 use servercore::packet::LogThrottle;
 use servercore::{DisconnectReason, SessionHandle};
 use servercore_protocol::{
-    make_packet, CChat, CMove, ObjectInfo, Player as PlayerInfo, PosInfo, SEnterGame, SLogin,
-    SMove, ServerPacket,
+    make_packet, CChat, CMove, LoginRefusal, ObjectInfo, Player as PlayerInfo, PosInfo, SEnterGame,
+    SLogin, SMove, ServerPacket,
 };
 
 use super::sessions;
@@ -224,7 +224,7 @@ impl Player {
     fn login(&mut self, account: String) {
         if self.account.is_some() {
             tracing::debug!(session = %self.handle.id(), "login refused: already logged in");
-            self.refuse_login();
+            self.refuse_login(LoginRefusal::AlreadyLoggedIn);
             return;
         }
         let account = match &self.ctx.auth {
@@ -242,7 +242,7 @@ impl Player {
                             "login refused: bad token"
                         );
                     }
-                    self.refuse_login();
+                    self.refuse_login(LoginRefusal::BadToken);
                     return;
                 }
             },
@@ -253,7 +253,7 @@ impl Player {
                 len = account.len(),
                 "login refused: account name too long"
             );
-            self.refuse_login();
+            self.refuse_login(LoginRefusal::AccountNameTooLong);
             return;
         }
         let Some(pending) = self.ctx.logins.admit() else {
@@ -308,12 +308,9 @@ impl Player {
         );
     }
 
-    fn refuse_login(&mut self) {
+    fn refuse_login(&mut self, reason: LoginRefusal) {
         bump(&self.ctx.counters.logins_refused);
-        let _ = self.handle.send(make_packet(&SLogin {
-            success: false,
-            players: Vec::new(),
-        }));
+        let _ = self.handle.send(login_refusal(reason));
     }
 
     fn logged_in(&mut self, name: String, result: Result<AccountRecord, DbError>) {
@@ -342,6 +339,7 @@ impl Player {
                 let _ = self.handle.send(make_packet(&SLogin {
                     success: true,
                     players,
+                    reason: LoginRefusal::Unspecified as i32,
                 }));
             }
             Err(DbError::NoSuchAccount) => {
@@ -356,14 +354,17 @@ impl Player {
                          minute"
                     );
                 }
-                self.refuse_login();
+                self.refuse_login(LoginRefusal::AccountLimit);
             }
             Err(error) => {
                 tracing::debug!(session = %self.handle.id(), %error, "login failed");
-                if matches!(error, DbError::Unavailable(_) | DbError::Closed) {
+                let reason = if matches!(error, DbError::Unavailable(_) | DbError::Closed) {
                     bump(&self.ctx.counters.logins_failed_db_down);
-                }
-                self.refuse_login();
+                    LoginRefusal::DatabaseUnavailable
+                } else {
+                    LoginRefusal::ServerError
+                };
+                self.refuse_login(reason);
             }
         }
         self.replay();
@@ -720,6 +721,15 @@ impl Drop for Player {
             .player_states
             .fetch_sub(1, Ordering::Relaxed);
     }
+}
+
+/// The `S_LOGIN` that refuses a login, saying why.
+pub(crate) fn login_refusal(reason: LoginRefusal) -> bytes::Bytes {
+    make_packet(&SLogin {
+        success: false,
+        players: Vec::new(),
+        reason: reason as i32,
+    })
 }
 
 fn player_info(record: &PlayerRecord) -> PlayerInfo {
