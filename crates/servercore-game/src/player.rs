@@ -45,8 +45,8 @@ use servercore::job::{Actor, WeakActor};
 use servercore::packet::LogThrottle;
 use servercore::{DisconnectReason, SessionHandle};
 use servercore_protocol::{
-    make_packet, try_make_packet, CChat, CMove, ObjectInfo, Player as PlayerInfo, PosInfo, SChat,
-    SEnterGame, SLogin, ServerPacket,
+    make_packet, try_make_packet, CChat, CMove, LoginRefusal, ObjectInfo, Player as PlayerInfo,
+    PosInfo, SChat, SEnterGame, SLogin, ServerPacket,
 };
 
 use super::sessions;
@@ -220,7 +220,7 @@ impl Player {
     fn login(&mut self, account: String) {
         if self.account.is_some() {
             tracing::debug!(session = %self.handle.id(), "login refused: already logged in");
-            self.refuse_login();
+            self.refuse_login(LoginRefusal::AlreadyLoggedIn);
             return;
         }
         let account = match &self.ctx.auth {
@@ -238,7 +238,7 @@ impl Player {
                             "login refused: bad token"
                         );
                     }
-                    self.refuse_login();
+                    self.refuse_login(LoginRefusal::BadToken);
                     return;
                 }
             },
@@ -249,7 +249,7 @@ impl Player {
                 len = account.len(),
                 "login refused: account name too long"
             );
-            self.refuse_login();
+            self.refuse_login(LoginRefusal::AccountNameTooLong);
             return;
         }
         let Some(pending) = self.ctx.logins.admit() else {
@@ -304,12 +304,9 @@ impl Player {
         );
     }
 
-    fn refuse_login(&mut self) {
+    fn refuse_login(&mut self, reason: LoginRefusal) {
         bump(&self.ctx.counters.logins_refused);
-        let _ = self.handle.send(make_packet(&SLogin {
-            success: false,
-            players: Vec::new(),
-        }));
+        let _ = self.handle.send(login_refusal(reason));
     }
 
     fn logged_in(&mut self, name: String, result: Result<AccountRecord, DbError>) {
@@ -338,6 +335,7 @@ impl Player {
                 let _ = self.handle.send(make_packet(&SLogin {
                     success: true,
                     players,
+                    reason: LoginRefusal::Unspecified as i32,
                 }));
             }
             Err(DbError::NoSuchAccount) => {
@@ -352,14 +350,17 @@ impl Player {
                          minute"
                     );
                 }
-                self.refuse_login();
+                self.refuse_login(LoginRefusal::AccountLimit);
             }
             Err(error) => {
                 tracing::debug!(session = %self.handle.id(), %error, "login failed");
-                if matches!(error, DbError::Unavailable(_) | DbError::Closed) {
+                let reason = if matches!(error, DbError::Unavailable(_) | DbError::Closed) {
                     bump(&self.ctx.counters.logins_failed_db_down);
-                }
-                self.refuse_login();
+                    LoginRefusal::DatabaseUnavailable
+                } else {
+                    LoginRefusal::ServerError
+                };
+                self.refuse_login(reason);
             }
         }
         self.replay();
@@ -645,6 +646,15 @@ impl Drop for Player {
             .player_states
             .fetch_sub(1, Ordering::Relaxed);
     }
+}
+
+/// The `S_LOGIN` that refuses a login, saying why.
+pub(crate) fn login_refusal(reason: LoginRefusal) -> bytes::Bytes {
+    make_packet(&SLogin {
+        success: false,
+        players: Vec::new(),
+        reason: reason as i32,
+    })
 }
 
 fn player_info(record: &PlayerRecord) -> PlayerInfo {

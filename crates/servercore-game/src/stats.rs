@@ -1,8 +1,8 @@
 //! The game server's counters: what was answered, refused and relayed, what
 //! the world did with moves (accepted, corrected, dropped by reason), how
 //! many spawns, despawns and moves it sent and how its ticks went, and the
-//! gauges (players in the room, players in the world, live player states,
-//! crowded cells) that must fall back to zero once every client has left,
+//! gauges (players in the room, players in the world, crowded cells, live
+//! player states) that must fall back to zero once every client has left,
 //! the proof that sessions, players, the room and the regions do not keep
 //! each other alive.
 
@@ -52,6 +52,8 @@ pub struct GameCounters {
     pub(crate) tick_overruns: AtomicU64,
     pub(crate) crowded_cells: AtomicI64,
     pub(crate) thinned_deliveries: AtomicU64,
+    pub(crate) http_served: AtomicU64,
+    pub(crate) http_not_found: AtomicU64,
 }
 
 /// Adds one to a counter.
@@ -91,8 +93,8 @@ impl GameCounters {
             moves_dropped_not_in_world: get(&self.moves_dropped_not_in_world),
             chats_dropped_rate: get(&self.chats_dropped_rate),
             chats_dropped_queue_full: get(&self.chats_dropped_queue_full),
-            spawns_sent: get(&self.spawns_sent),
-            despawns_sent: get(&self.despawns_sent),
+            spawn_packets_sent: get(&self.spawns_sent),
+            despawn_packets_sent: get(&self.despawns_sent),
             move_deliveries: get(&self.move_deliveries),
             handovers: get(&self.handovers),
             world_leaves: get(&self.world_leaves),
@@ -103,14 +105,16 @@ impl GameCounters {
             tick_overruns: get(&self.tick_overruns),
             crowded_cells: self.crowded_cells.load(Ordering::Relaxed),
             thinned_deliveries: get(&self.thinned_deliveries),
+            http_requests_served: get(&self.http_served),
+            http_requests_not_found: get(&self.http_not_found),
         }
     }
 }
 
 /// A snapshot of the game server's counters.
 ///
-/// Its `Display` is one line of `key=value` pairs (what `servercore server`
-/// prints when it stops).
+/// Its `Display` is one line of `key=value` pairs, [`GameStats::fields`] in
+/// order (what `servercore server` prints when it stops, off a terminal).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct GameStats {
     /// Successful logins (`S_LOGIN success=true`).
@@ -174,9 +178,9 @@ pub struct GameStats {
     /// Chats dropped: the tick's world chat was full.
     pub chats_dropped_queue_full: u64,
     /// `S_SPAWN` packets sent (each lists one or more players).
-    pub spawns_sent: u64,
+    pub spawn_packets_sent: u64,
     /// `S_DESPAWN` packets sent.
-    pub despawns_sent: u64,
+    pub despawn_packets_sent: u64,
     /// `S_MOVE`s delivered as sent, over all receivers (the moves'
     /// fan-out).
     pub move_deliveries: u64,
@@ -202,10 +206,72 @@ pub struct GameStats {
     /// Latest positions sent to receivers in a crowd instead of every move
     /// (each an `S_MOVE` with `client_time_us` 0), over all receivers.
     pub thinned_deliveries: u64,
+    /// Plain HTTP requests on the WebSocket listener answered with a file
+    /// of the browser client (page, scripts, favicon).
+    pub http_requests_served: u64,
+    /// Plain HTTP requests on the WebSocket listener for a path it does not
+    /// serve (answered 404).
+    pub http_requests_not_found: u64,
 }
 
 impl GameStats {
-    /// Every move dropped, whatever the reason.
+    /// Every counter and gauge by its name, in the order the closing
+    /// summary and the `key=value` line show them.
+    pub fn fields(&self) -> [(&'static str, i64); 41] {
+        let n = |value: u64| i64::try_from(value).unwrap_or(i64::MAX);
+        [
+            ("logins", n(self.logins)),
+            ("logins_refused", n(self.logins_refused)),
+            ("logins_failed_db_down", n(self.logins_failed_db_down)),
+            ("duplicate_login_kicks", n(self.duplicate_login_kicks)),
+            ("remote_chats", n(self.remote_chats)),
+            ("enters", n(self.enters)),
+            ("enters_refused", n(self.enters_refused)),
+            ("chats_relayed", n(self.chats_relayed)),
+            ("chat_deliveries", n(self.chat_deliveries)),
+            (
+                "chats_refused_not_in_room",
+                n(self.chats_refused_not_in_room),
+            ),
+            ("chats_refused_too_long", n(self.chats_refused_too_long)),
+            ("players_in_room", self.players_in_room),
+            ("player_states", self.player_states),
+            ("moves", n(self.moves)),
+            ("moves_clamped", n(self.moves_clamped)),
+            ("moves_cut", n(self.moves_cut)),
+            ("moves_dropped_rate", n(self.moves_dropped_rate)),
+            ("moves_dropped_queue_full", n(self.moves_dropped_queue_full)),
+            (
+                "moves_dropped_not_in_world",
+                n(self.moves_dropped_not_in_world),
+            ),
+            ("chats_dropped_rate", n(self.chats_dropped_rate)),
+            ("chats_dropped_queue_full", n(self.chats_dropped_queue_full)),
+            ("spawn_packets_sent", n(self.spawn_packets_sent)),
+            ("despawn_packets_sent", n(self.despawn_packets_sent)),
+            ("move_deliveries", n(self.move_deliveries)),
+            ("handovers", n(self.handovers)),
+            ("world_enters", n(self.world_enters)),
+            ("world_leave_requests", n(self.world_leave_requests)),
+            ("world_leaves", n(self.world_leaves)),
+            ("players_in_world", self.players_in_world),
+            ("ticks", n(self.ticks)),
+            ("tick_overruns", n(self.tick_overruns)),
+            ("crowded_cells", self.crowded_cells),
+            ("thinned_deliveries", n(self.thinned_deliveries)),
+            ("login_timeouts", n(self.login_timeouts)),
+            ("packet_timeouts", n(self.packet_timeouts)),
+            ("conns_refused_per_ip", n(self.conns_refused_per_ip)),
+            ("accounts_refused", n(self.accounts_refused)),
+            ("tokens_refused", n(self.tokens_refused)),
+            ("pending_overflows", n(self.pending_overflows)),
+            ("http_requests_served", n(self.http_requests_served)),
+            ("http_requests_not_found", n(self.http_requests_not_found)),
+        ]
+    }
+
+    /// Every move dropped, whatever the reason (clamped and cut moves were
+    /// delivered, changed: they are not drops).
     pub fn moves_dropped(&self) -> u64 {
         self.moves_dropped_rate + self.moves_dropped_queue_full + self.moves_dropped_not_in_world
     }
@@ -213,58 +279,12 @@ impl GameStats {
 
 impl fmt::Display for GameStats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "logins={} logins_refused={} logins_failed_db_down={} duplicate_login_kicks={} \
-             remote_chats={} enters={} enters_refused={} chats_relayed={} \
-             chat_deliveries={} chats_refused_not_in_room={} chats_refused_too_long={} \
-             players_in_room={} player_states={} moves={} moves_clamped={} moves_cut={} \
-             moves_dropped_rate={} moves_dropped_queue_full={} moves_dropped_not_in_world={} \
-             chats_dropped_rate={} chats_dropped_queue_full={} spawns_sent={} despawns_sent={} \
-             move_deliveries={} handovers={} world_enters={} world_leave_requests={} \
-             world_leaves={} players_in_world={} ticks={} \
-             tick_overruns={} crowded_cells={} thinned_deliveries={} \
-             login_timeouts={} packet_timeouts={} conns_refused_per_ip={} accounts_refused={} \
-             tokens_refused={} pending_overflows={}",
-            self.logins,
-            self.logins_refused,
-            self.logins_failed_db_down,
-            self.duplicate_login_kicks,
-            self.remote_chats,
-            self.enters,
-            self.enters_refused,
-            self.chats_relayed,
-            self.chat_deliveries,
-            self.chats_refused_not_in_room,
-            self.chats_refused_too_long,
-            self.players_in_room,
-            self.player_states,
-            self.moves,
-            self.moves_clamped,
-            self.moves_cut,
-            self.moves_dropped_rate,
-            self.moves_dropped_queue_full,
-            self.moves_dropped_not_in_world,
-            self.chats_dropped_rate,
-            self.chats_dropped_queue_full,
-            self.spawns_sent,
-            self.despawns_sent,
-            self.move_deliveries,
-            self.handovers,
-            self.world_enters,
-            self.world_leave_requests,
-            self.world_leaves,
-            self.players_in_world,
-            self.ticks,
-            self.tick_overruns,
-            self.crowded_cells,
-            self.thinned_deliveries,
-            self.login_timeouts,
-            self.packet_timeouts,
-            self.conns_refused_per_ip,
-            self.accounts_refused,
-            self.tokens_refused,
-            self.pending_overflows,
-        )
+        for (at, (key, value)) in self.fields().iter().enumerate() {
+            if at > 0 {
+                f.write_str(" ")?;
+            }
+            write!(f, "{key}={value}")?;
+        }
+        Ok(())
     }
 }
