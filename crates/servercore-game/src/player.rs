@@ -457,11 +457,12 @@ impl Player {
         self.waiting = true;
         let handle = self.handle.clone();
         let me = self.me.clone();
-        let name = record.name.clone();
+        let world = Arc::clone(&self.ctx.world);
+        let identity = Arc::clone(&self.body.as_ref().expect("just set").identity);
         self.ctx.room.do_async(move |room| {
-            let entered = room.enter(player_id, name, handle, info);
+            let seat = room.enter(&world, identity, handle, info);
             if let Some(player) = me.and_then(|me| me.upgrade()) {
-                player.do_async(move |player| player.entered(player_id, entered));
+                player.do_async(move |player| player.entered(player_id, seat));
             }
         });
     }
@@ -475,32 +476,27 @@ impl Player {
         }));
     }
 
-    /// The room's answer to an enter: if let in, place the player in the
-    /// world.
-    fn entered(&mut self, player_id: u64, entered: bool) {
-        if !entered {
+    /// The room's answer to an enter: the player's seat in the world if it
+    /// was let in.
+    fn entered(&mut self, player_id: u64, seat: Option<Arc<Seat>>) {
+        let Some(seat) = seat else {
             self.presence = Presence::Out;
             self.body = None;
             self.waiting = false;
             self.replay();
             return;
-        }
+        };
         if self.closed {
             let session = self.handle.id();
-            self.ctx
-                .room
-                .do_async(move |room| room.leave(player_id, session));
+            let world = Arc::clone(&self.ctx.world);
+            self.ctx.room.do_async(move |room| {
+                room.leave(player_id, session);
+                world.leave(&seat, false, Box::new(|| {}));
+            });
             self.presence = Presence::Out;
             self.body = None;
             return;
         }
-        let body = self.body.as_ref().expect("set by enter");
-        let seat = self.ctx.world.enter(
-            self.handle.clone(),
-            player_id,
-            Arc::clone(&body.identity),
-            body.pos,
-        );
         self.presence = Presence::In { player_id, seat };
         self.waiting = false;
         self.replay();

@@ -3,8 +3,9 @@
 //!
 //! This module owns the game's membership (player id → the member's
 //! [`SessionHandle`]) and the two things done to it: enter (one player in
-//! the game once, answered with `S_ENTER_GAME` from inside the room) and
-//! leave. World chat goes out with the world's tick (see
+//! the game once: placed in the world, then answered with `S_ENTER_GAME`
+//! from inside the room, so every chat sent after the answer reaches the
+//! newcomer) and leave. World chat goes out with the world's tick (see
 //! [`World::push_chat`](crate::world::World::push_chat)).
 //!
 //! Every method runs as a job of the room's actor: one at a time, in push
@@ -19,6 +20,7 @@ use servercore::{SessionHandle, SessionId};
 use servercore_protocol::{make_packet, ObjectInfo, SEnterGame};
 
 use super::stats::{bump, GameCounters};
+use super::world::{Identity, Seat, World};
 
 /// One player in the room.
 struct Member {
@@ -48,13 +50,15 @@ impl Room {
     /// gets no answer.
     pub fn enter(
         &mut self,
-        player_id: u64,
-        name: String,
+        world: &World,
+        identity: Arc<Identity>,
         handle: SessionHandle,
         info: ObjectInfo,
-    ) -> bool {
+    ) -> Option<Arc<Seat>> {
+        let player_id = info.object_id;
+        let name = identity.name.clone();
         if !handle.is_connected() {
-            return false;
+            return None;
         }
         if let Some(existing) = self.members.get(&player_id) {
             if existing.handle.is_connected() {
@@ -70,17 +74,22 @@ impl Room {
                     player_id: 0,
                     player: None,
                 }));
-                return false;
+                return None;
             }
             self.remove(player_id);
         }
+        let pos = info.pos_info.unwrap_or_default();
+        // In the world before the answer: a chat anyone sends once the
+        // newcomer has its answer goes out at a tick the newcomer is in.
+        let seat = world.enter(handle.clone(), player_id, identity, pos);
         let answer = make_packet(&SEnterGame {
             success: true,
             player_id,
             player: Some(info),
         });
         if handle.send(answer).is_err() {
-            return false;
+            world.leave(&seat, false, Box::new(|| {}));
+            return None;
         }
         tracing::debug!(player_id, %name, session = %handle.id(), "entered the room");
         self.members.insert(player_id, Member { handle, name });
@@ -88,7 +97,7 @@ impl Room {
             .players_in_room
             .fetch_add(1, Ordering::Relaxed);
         bump(&self.counters.enters);
-        true
+        Some(seat)
     }
 
     /// Removes player `player_id` if it is in the room through `session`.
