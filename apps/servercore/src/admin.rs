@@ -174,8 +174,24 @@ pub fn game_metrics(out: &mut Snapshot, stats: &GameStats, db_queue_depth: usize
     );
     out.counter(
         "servercore_game_handovers",
-        "Players handed from one region to another.",
+        "Players handed from one region to another at a tick.",
         stats.handovers,
+    );
+    out.counter("servercore_game_ticks", "World ticks run.", stats.ticks);
+    out.counter(
+        "servercore_game_tick_overruns",
+        "World ticks that started late because the one before was still running.",
+        stats.tick_overruns,
+    );
+    out.gauge(
+        "servercore_game_crowded_cells",
+        "Cells whose receivers got a crowd's thinned positions at the last tick.",
+        stats.crowded_cells as f64,
+    );
+    out.counter(
+        "servercore_game_thinned_deliveries",
+        "Latest positions sent to receivers in a crowd in place of every move (degraded deliveries).",
+        stats.thinned_deliveries,
     );
     out.counter_by(
         "servercore_game_moves_dropped",
@@ -183,7 +199,7 @@ pub fn game_metrics(out: &mut Snapshot, stats: &GameStats, db_queue_depth: usize
         "reason",
         [
             ("rate", stats.moves_dropped_rate),
-            ("queue_full", stats.moves_dropped_queue_full),
+            ("tick_full", stats.moves_dropped_queue_full),
             ("not_in_world", stats.moves_dropped_not_in_world),
         ],
     );
@@ -210,7 +226,7 @@ pub fn game_metrics(out: &mut Snapshot, stats: &GameStats, db_queue_depth: usize
         "reason",
         [
             ("rate", stats.chats_dropped_rate),
-            ("queue_full", stats.chats_dropped_queue_full),
+            ("tick_full", stats.chats_dropped_queue_full),
         ],
     );
 }
@@ -246,20 +262,36 @@ fn world_map(
     value
 }
 
-/// The database's login latency, in seconds.
-fn db_latency(out: &mut Snapshot, latency: &LatencySnapshot) {
+/// A latency histogram in seconds.
+fn seconds(latency: &LatencySnapshot) -> Histogram {
+    Histogram {
+        buckets: latency
+            .buckets
+            .iter()
+            .map(|&(bound_us, count)| (bound_us as f64 / 1e6, count))
+            .collect(),
+        sum: latency.sum_us as f64 / 1e6,
+        count: latency.count,
+    }
+}
+
+/// The database's login latency and the world's tick durations, in
+/// seconds.
+fn game_histograms(out: &mut Snapshot, server: &GameServer) {
     out.histogram(
         "servercore_game_db_login_seconds",
         "Login latency through the database: request to committed answer.",
-        Histogram {
-            buckets: latency
-                .buckets
-                .iter()
-                .map(|&(bound_us, count)| (bound_us as f64 / 1e6, count))
-                .collect(),
-            sum: latency.sum_us as f64 / 1e6,
-            count: latency.count,
-        },
+        seconds(&server.db_latency()),
+    );
+    out.histogram(
+        "servercore_game_tick_seconds",
+        "World tick durations: from the tick's start to the end of its last phase.",
+        seconds(&server.tick_histogram()),
+    );
+    out.histogram(
+        "servercore_game_tick_work_seconds",
+        "World tick work: the tick's region jobs' run times summed over the workers (the rest of a tick's duration is waiting for a worker).",
+        seconds(&server.tick_work_histogram()),
     );
 }
 
@@ -317,7 +349,7 @@ pub fn start_for_game(
         engine_metrics(out, &server.service_stats(), &server.engine_metrics());
         game_metrics(out, &server.stats(), server.db_queue_depth());
         out.status_field("world", world_map(&server, &map_cache));
-        db_latency(out, &server.db_latency());
+        game_histograms(out, &server);
         process_metrics(out, limit);
     })?;
     Ok(Some(admin))

@@ -122,6 +122,32 @@ pub struct BenchArgs {
     /// --json/--chart files get a -tls/-ws suffix. Idle runs on tcp only.
     #[arg(long, value_enum, value_delimiter = ',', value_name = "LIST")]
     pub transports: Vec<Transport>,
+
+    /// The send interval of every chat and world server, in milliseconds:
+    /// the game server's world tick, and the tokio baseline's writers wait
+    /// this long before they drain, so every ratio is same-interval.
+    #[arg(long, default_value_t = 50, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub tick_ms: u64,
+
+    /// The tokio baseline's writer wait when it should differ from
+    /// --tick-ms, in milliseconds (0: tokio drains at once, no tick).
+    #[arg(long, value_name = "MS")]
+    pub tokio_tick_ms: Option<u64>,
+
+    /// move: a constant-density sweep, the world growing with the players
+    /// (1,000 players per 2000 x 2000), instead of the fixed default world.
+    #[arg(long)]
+    pub density: bool,
+
+    /// move: N players in one cell (a world of one 100 x 100 cell) instead
+    /// of the walking world; no capacity sweep.
+    #[arg(long, value_name = "N")]
+    pub crowd: Option<usize>,
+
+    /// Pin each server to CPU N and the load generator to the other CPUs,
+    /// so neither steals the other's core.
+    #[arg(long, value_name = "CPU")]
+    pub pin_server: Option<usize>,
 }
 
 /// `servercore bench-server` options (started by `bench`).
@@ -167,6 +193,19 @@ pub struct BenchServerArgs {
     /// TLS key (PEM), for the tls transport.
     #[arg(long, value_name = "FILE")]
     pub tls_key: Option<PathBuf>,
+
+    /// The game server's world tick and the tokio writers' wait, in
+    /// milliseconds (default: the game's tick; tokio drains at once).
+    #[arg(long, value_name = "MS")]
+    pub tick_ms: Option<u64>,
+
+    /// The tokio writers' wait when it differs from --tick-ms (0: none).
+    #[arg(long, value_name = "MS")]
+    pub tokio_tick_ms: Option<u64>,
+
+    /// The move scenario's world side (default 2000).
+    #[arg(long, value_name = "SIZE")]
+    pub world_size: Option<f32>,
 }
 
 impl BenchArgs {
@@ -197,6 +236,11 @@ impl BenchArgs {
             soak_clients: self.soak_clients,
             soak_chat_interval_ms: self.soak_chat_interval_ms,
             transports: self.transports.clone(),
+            tick: Duration::from_millis(self.tick_ms),
+            tokio_tick: self.tokio_tick_ms.map(Duration::from_millis),
+            density: self.density,
+            crowd: self.crowd,
+            pin_server: self.pin_server,
         }
     }
 }
@@ -215,6 +259,9 @@ impl BenchServerArgs {
             transport: self.transport,
             tls_cert: self.tls_cert.clone(),
             tls_key: self.tls_key.clone(),
+            tick: self.tick_ms.map(Duration::from_millis),
+            tokio_tick: self.tokio_tick_ms.map(Duration::from_millis),
+            world_size: self.world_size,
         }
     }
 }

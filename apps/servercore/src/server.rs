@@ -64,8 +64,8 @@ pub struct ServerArgs {
     pub max_chat_len: usize,
 
     /// Send coalescing: hold a session's packets up to N ms after its last
-    /// write, for fewer, fuller writes (0: off; default: the game's, chosen
-    /// by measurement, see docs/BENCHMARKS.md).
+    /// write (default 0: off; moves and chat already go out with the world's
+    /// tick, one write per player per tick).
     #[arg(long, value_name = "N")]
     pub coalesce_ms: Option<u64>,
 
@@ -118,6 +118,19 @@ pub struct ServerArgs {
     #[arg(long, value_name = "UNITS", default_value_t = 300.0)]
     pub max_speed: f32,
 
+    /// The world's tick in milliseconds: each player gets what changed
+    /// around it (spawns, despawns, moves, then world chat) once per tick,
+    /// in one write. 50 ms is 20 Hz; a late tick is counted in
+    /// servercore_game_tick_overruns_total.
+    #[arg(long, value_name = "MS", default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub tick_ms: u64,
+
+    /// Players in a 3x3 block of cells past which it is a crowd: its players
+    /// get their own moves and, per tick, the latest positions of about
+    /// N/4 of the others instead of every move of everyone (0: never thin).
+    #[arg(long, value_name = "N", default_value_t = servercore_game::world::DEFAULT_CROWD_LIMIT)]
+    pub crowd_limit: usize,
+
     #[command(flatten)]
     pub engine: EngineArgs,
 
@@ -164,6 +177,8 @@ impl ServerArgs {
                 size: self.world_size,
                 cell: self.cell,
                 max_speed: self.max_speed,
+                tick: Duration::from_millis(self.tick_ms),
+                crowd_limit: self.crowd_limit,
                 ..WorldConfig::default()
             },
             ..GameConfig::default()

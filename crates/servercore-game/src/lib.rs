@@ -17,8 +17,8 @@
 //!   `S_MOVE`, `S_LEAVE_GAME`: see [`world`] for the exact rules. After
 //!   `S_LEAVE_GAME` the session may enter again.
 //! - `C_CHAT { msg, client_time_us }` → `S_CHAT { player_id, msg,
-//!   client_time_us }` to everyone in the room, the sender included, as one
-//!   shared buffer. `S_CHAT` has no success field, so a refused chat (sent
+//!   client_time_us }` to everyone in the game, the sender included, with
+//!   the world's next tick (one chat buffer per tick shared by everyone). `S_CHAT` has no success field, so a refused chat (sent
 //!   before entering, or longer than `max_chat_len` bytes) is dropped,
 //!   logged at debug level and counted in [`GameStats`]; the session stays.
 //! - Moves and chats past the per-player rates ([`WorldConfig`]) are
@@ -65,15 +65,16 @@
 //!   after peaks ([`GameConfig::heap_trim_interval`]);
 //! - `limits`: the per-address limits;
 //! - `player`: [`player::Player`], a connection's game state, an actor;
-//! - `room`: [`room::Room`], the room (world chat), an actor;
-//! - `world`: [`world::World`], the map, its regions (actors) and the
-//!   movement and visibility rules;
+//! - `room`: [`room::Room`], who is in the game, an actor;
+//! - `world`: [`world::World`], the map, its regions (actors), the tick
+//!   and the movement and visibility rules;
 //! - `stats`: the counters;
 //! - `web`: the browser client's files, served on the WebSocket listener.
 //!
 //! Threads: the engine's I/O workers decode packets and push jobs; the
 //! actors (players, the room, the regions) run on whichever worker picks
-//! them up; the database runs on its own threads (`--db-pool`) and answers
+//! them up; the world's tick thread only starts each tick on schedule (its
+//! phases are region jobs on the workers); the database runs on its own threads (`--db-pool`) and answers
 //! by pushing a job onto the asking player's actor; the cluster link runs
 //! NATS on a thread of its own and answers the same way. No database or
 //! NATS call ever runs on an I/O worker.
@@ -115,9 +116,9 @@ use heap_trim::HeapTrimmer;
 use limits::AddressLimits;
 use room::Room;
 use sessions::LocalSessions;
+use stats::bump;
 pub use stats::{GameCounters, GameStats};
 use storage::{DbTarget, StorageHandle, StorageKind, StorageOptions, StoragePool};
-use world::limit::LogLimiter;
 use world::World;
 pub use world::WorldConfig;
 
@@ -161,8 +162,9 @@ pub struct GameConfig {
     /// player's needs; a load test may want [`RateLimits::unlimited`]).
     pub rate_limits: RateLimits,
     /// Send coalescing: a session's packets wait up to this long after its
-    /// last write, so a busy room costs fewer, fuller writes
-    /// (`Duration::ZERO`: off). Default [`DEFAULT_SEND_COALESCING`].
+    /// last write (`Duration::ZERO`: off, the default). The world's tick
+    /// already sends each player one write per tick; this is for other
+    /// traffic.
     pub send_coalescing: Duration,
 
     /// Cut a connection that sends no `C_LOGIN` for this long (`None`:
@@ -200,11 +202,11 @@ pub struct GameConfig {
 /// docs/BENCHMARKS.md, "Soak".
 pub const DEFAULT_HEAP_TRIM_INTERVAL: Duration = Duration::from_secs(5);
 
-/// The game server's send coalescing by default: 5 ms, chosen by
-/// measurement (`servercore bench broadcast`; see docs/BENCHMARKS.md, "Send
-/// coalescing"): about a third of the writes and of the engine's CPU per
-/// delivery of no coalescing, for at most 5 ms more latency per packet.
-pub const DEFAULT_SEND_COALESCING: Duration = Duration::from_millis(5);
+/// The game server's send coalescing by default: off. Moves and world chat
+/// go out with the world's tick, one write per player per tick
+/// ([`WorldConfig::tick`]); what is left (login and enter answers) is one
+/// packet now and then.
+pub const DEFAULT_SEND_COALESCING: Duration = Duration::ZERO;
 
 impl Default for GameConfig {
     /// `127.0.0.1:7777`, [`DEFAULT_DB_PATH`], the automatic backend, 10,000
@@ -314,7 +316,7 @@ const LOGIN_DRAIN_LIMIT: Duration = Duration::from_secs(5);
 
 /// What every session of one game server shares.
 pub struct GameContext {
-    /// The room, an actor.
+    /// The room (who is in the game), an actor.
     pub room: Actor<Room>,
     /// Requests to the database threads.
     pub db: StorageHandle,
@@ -328,8 +330,6 @@ pub struct GameContext {
     pub move_rate: Option<servercore::packet::Rate>,
     /// Each player's chat rate (`None`: unlimited).
     pub chat_rate: Option<servercore::packet::Rate>,
-    /// Rate-limits the "shedding chats" warning.
-    pub(crate) chat_shed_log: LogLimiter,
     /// Logins in flight to the database, drained by a stop.
     pub logins: Arc<LoginGate>,
     /// Cut a connection without `C_LOGIN` after this long.
@@ -372,10 +372,10 @@ impl GameContext {
     }
 }
 
-/// What the cluster link calls: chats from other nodes go to the room,
-/// kicks to the account registry.
+/// What the cluster link calls: chats from other nodes go to the world's
+/// next tick, kicks to the account registry.
 struct ClusterBridge {
-    room: Actor<Room>,
+    world: Arc<World>,
     sessions: Arc<LocalSessions>,
     db: StorageHandle,
     counters: Arc<GameCounters>,
@@ -383,9 +383,11 @@ struct ClusterBridge {
 
 impl ClusterEvents for ClusterBridge {
     fn remote_chat(&self, packet: Bytes) {
-        // `post`, not `do_async`: the broadcast runs on a worker, never on
-        // the link's thread.
-        self.room.post(move |room| room.remote_chat(packet));
+        // Appended to the next tick's chat (bounded like local chat); the
+        // tick's regions send it, never the link's thread.
+        if self.world.push_chat(&packet) {
+            bump(&self.counters.remote_chats);
+        }
     }
 
     fn kick(&self, account: String, done: Box<dyn FnOnce(bool) + Send>) {
@@ -431,21 +433,19 @@ pub fn start(config: GameConfig) -> anyhow::Result<GameServer> {
     let db = StoragePool::start(&target, &options)
         .with_context(|| format!("opening the database {}", target.display_name()))?;
     let counters = Arc::new(GameCounters::default());
-    let world = World::new(&config.world, Arc::clone(&counters)).context("the world's size")?;
+    let world = Arc::new(World::new(&config.world, Arc::clone(&counters)).context("the world")?);
     let room = Actor::new(Room::new(Arc::clone(&counters)));
     let sessions = Arc::new(LocalSessions::default());
     let cluster = match &config.cluster {
         Some(cluster_config) => {
             let bridge = ClusterBridge {
-                room: room.clone(),
+                world: Arc::clone(&world),
                 sessions: Arc::clone(&sessions),
                 db: db.handle(),
                 counters: Arc::clone(&counters),
             };
             let link = ClusterLink::start(cluster_config.clone(), Arc::new(bridge))
                 .with_context(|| format!("joining the cluster as node {}", cluster_config.node))?;
-            let handle = link.handle();
-            room.do_async(move |room| room.set_cluster(handle));
             Some(link)
         }
         None => None,
@@ -455,10 +455,9 @@ pub fn start(config: GameConfig) -> anyhow::Result<GameServer> {
         db: db.handle(),
         counters,
         max_chat_len: config.max_chat_len,
-        world: Arc::new(world),
+        world,
         move_rate: config.world.move_rate,
         chat_rate: config.world.chat_rate,
-        chat_shed_log: LogLimiter::new(Duration::from_secs(1)),
         logins: Arc::default(),
         login_deadline: config.login_deadline,
         limits: AddressLimits::new(config.max_conns_per_ip, config.max_new_accounts_per_min),
@@ -559,12 +558,29 @@ impl GameServer {
         self.ctx.counters.snapshot()
     }
 
-    /// Every player in the world now, as `(player_id, x, y)` sorted by id:
-    /// a cheap copy of the regions' published positions (no job, one lock
-    /// per region), for a live map. A player crossing a border at this
-    /// moment may be missing from one snapshot.
+    /// Every player in the world at the end of the last tick, as
+    /// `(player_id, x, y)` sorted by id: a cheap copy of the regions'
+    /// published positions (no job, one lock per region), for a live map.
     pub fn world_snapshot(&self) -> Vec<(u64, f32, f32)> {
         self.ctx.world.snapshot()
+    }
+
+    /// Runs one world tick now and waits (up to `limit`) for its end: for
+    /// a world configured with [`WorldConfig::manual_ticks`].
+    pub fn step_world_tick(&self, limit: Duration) -> bool {
+        self.ctx.world.step(limit)
+    }
+
+    /// How long the world's ticks have taken, start to the end of the last
+    /// phase.
+    pub fn tick_histogram(&self) -> latency::LatencySnapshot {
+        self.ctx.world.tick_histogram()
+    }
+
+    /// The work of each world tick: its region jobs' run times summed over
+    /// the workers.
+    pub fn tick_work_histogram(&self) -> latency::LatencySnapshot {
+        self.ctx.world.tick_work_histogram()
     }
 
     /// The world's map (size, cells, regions).
@@ -590,7 +606,7 @@ impl GameServer {
     }
 
     /// Jobs waiting in the room actor now (a queue that only grows means
-    /// the room cannot keep up).
+    /// the room cannot keep up with enters and leaves).
     pub fn room_pending_jobs(&self) -> usize {
         self.ctx.room.pending_jobs()
     }
@@ -638,6 +654,13 @@ impl GameServer {
             {
                 break;
             }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // The tick stops; a player still in the world now is let go (its
+        // leave answered) before the database threads drain.
+        self.ctx.world.stop(Duration::from_secs(1));
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while self.stats().player_states != 0 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));
         }
         // The saves' barriers tell the cluster which accounts went offline,

@@ -12,13 +12,12 @@
 //!
 //! The player actor is the authority on its player's position: it applies
 //! the movement rules ([`World::accept_move`](crate::world::World::accept_move))
-//! and numbers each change, and it knows which region owns the player, so
-//! it sends each accepted move to that region (see the world's docs for the
-//! handover when a move crosses a border). It saves the position through the
-//! database thread when the player leaves the world or the session closes.
+//! and leaves each accepted move in the player's [`Seat`], where the
+//! world's next tick takes it (see the world's docs). It saves the position
+//! through the database thread when the player leaves the world or the
+//! session closes.
 //!
-//! While a login, an enter, a border crossing or a leave waits for its
-//! answer, later packets are kept, in order, and handled once the answer is
+//! While a login, an enter or a leave waits for its answer, later packets are kept, in order, and handled once the answer is
 //! in: a client may pipeline `C_LOGIN`, `C_ENTER_GAME`, `C_MOVE` and `C_CHAT`
 //! without waiting, and they mean what they would mean one by one. At most
 //! [`MAX_PENDING_BYTES`] of packets wait (counted on the wire); a client
@@ -46,14 +45,14 @@ use servercore::job::{Actor, WeakActor};
 use servercore::packet::LogThrottle;
 use servercore::{DisconnectReason, SessionHandle};
 use servercore_protocol::{
-    make_packet, CChat, CMove, LoginRefusal, ObjectInfo, Player as PlayerInfo, PosInfo, SEnterGame,
-    SLogin, SMove, ServerPacket,
+    make_packet, try_make_packet, CChat, CMove, LoginRefusal, ObjectInfo, Player as PlayerInfo,
+    PosInfo, SChat, SEnterGame, SLogin, ServerPacket,
 };
 
 use super::sessions;
 use super::stats::bump;
 use super::storage::{AccountRecord, DbError, PlayerRecord, Position, MAX_ACCOUNT_LEN};
-use super::world::{Change, Event, Identity, Placed};
+use super::world::{Identity, Seat};
 use super::{GameContext, PendingLogin};
 
 /// Most bytes (on the wire) of packets a session may have waiting: queued
@@ -65,20 +64,22 @@ static TOKEN_LOG: LogThrottle = LogThrottle::new(Duration::from_secs(1));
 static DEFERRED_LOG: LogThrottle = LogThrottle::new(Duration::from_secs(1));
 
 /// Where the connection stands with the game.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Clone)]
 enum Presence {
     /// Not in the game.
     Out,
     /// Asked the room to let this player in; no answer yet.
-    Entering(u64),
-    /// In the room; the world is placing the player.
-    Placing(u64),
-    /// In the game; `region` owns the player.
-    In { player_id: u64, region: usize },
-    /// A move into another region is being handed over.
-    Crossing(u64),
+    Entering,
+    /// In the game: in the room, and in the world through `seat`.
+    In { player_id: u64, seat: Arc<Seat> },
     /// Leaving the room and the world.
-    Leaving(u64),
+    Leaving,
+}
+
+impl Presence {
+    fn is_out(&self) -> bool {
+        matches!(self, Presence::Out)
+    }
 }
 
 /// The player in the world: what the actor knows of it.
@@ -205,14 +206,9 @@ impl Player {
         self.deferred_bytes = 0;
         match self.presence {
             Presence::In { .. } => self.exit(false),
-            // Saved now, so a handover's barrier after this leave sees it;
-            // the answer's handler leaves the world later.
-            Presence::Placing(player_id) | Presence::Crossing(player_id) => {
-                self.save_position(player_id);
-            }
             // Entering: the answer's handler sees `closed` and leaves;
             // Leaving: already on its way out.
-            Presence::Out | Presence::Entering(_) | Presence::Leaving(_) => {}
+            Presence::Out | Presence::Entering | Presence::Leaving => {}
         }
         self.release_account();
     }
@@ -420,7 +416,7 @@ impl Player {
             tracing::debug!(session = %self.handle.id(), "enter refused: not logged in");
             return self.refuse_enter();
         };
-        if self.presence != Presence::Out {
+        if !self.presence.is_out() {
             tracing::debug!(session = %self.handle.id(), "enter refused: already in the game");
             return self.refuse_enter();
         }
@@ -457,15 +453,16 @@ impl Player {
             pos,
             last_move: Instant::now(),
         });
-        self.presence = Presence::Entering(player_id);
+        self.presence = Presence::Entering;
         self.waiting = true;
         let handle = self.handle.clone();
         let me = self.me.clone();
-        let name = record.name.clone();
+        let world = Arc::clone(&self.ctx.world);
+        let identity = Arc::clone(&self.body.as_ref().expect("just set").identity);
         self.ctx.room.do_async(move |room| {
-            let entered = room.enter(player_id, name, handle, info);
+            let seat = room.enter(&world, identity, handle, info);
             if let Some(player) = me.and_then(|me| me.upgrade()) {
-                player.do_async(move |player| player.entered(player_id, entered));
+                player.do_async(move |player| player.entered(player_id, seat));
             }
         });
     }
@@ -479,118 +476,55 @@ impl Player {
         }));
     }
 
-    /// The room's answer to an enter: if let in, place the player in the
-    /// world.
-    fn entered(&mut self, player_id: u64, entered: bool) {
-        if !entered {
+    /// The room's answer to an enter: the player's seat in the world if it
+    /// was let in.
+    fn entered(&mut self, player_id: u64, seat: Option<Arc<Seat>>) {
+        let Some(seat) = seat else {
             self.presence = Presence::Out;
             self.body = None;
             self.waiting = false;
             self.replay();
             return;
-        }
+        };
         if self.closed {
             let session = self.handle.id();
-            self.ctx
-                .room
-                .do_async(move |room| room.leave(player_id, session));
+            let world = Arc::clone(&self.ctx.world);
+            self.ctx.room.do_async(move |room| {
+                room.leave(player_id, session);
+                world.leave(&seat, false, Box::new(|| {}));
+            });
             self.presence = Presence::Out;
             self.body = None;
             return;
         }
-        self.presence = Presence::Placing(player_id);
-        let body = self.body.as_ref().expect("set by enter");
-        let cell = self.ctx.world.grid().cell_of(body.pos.x, body.pos.y);
-        let event = Event {
-            subject: player_id,
-            seq: self.ctx.world.next_seq(),
-            identity: Arc::clone(&body.identity),
-            pos: body.pos,
-            old_cell: None,
-            new_cell: cell,
-            change: Change::Enter,
-        };
-        let placed = self.placed_reply();
-        self.ctx.world.enter(self.handle.clone(), event, placed);
-    }
-
-    /// The answer a region gives once it owns the player.
-    fn placed_reply(&self) -> Placed {
-        let me = self.strong_me();
-        Box::new(move |region| {
-            if let Some(player) = me {
-                player.do_async(move |player| player.placed(region));
-            }
-        })
-    }
-
-    /// Region `region` owns the player now (after an enter or a crossing).
-    fn placed(&mut self, region: usize) {
-        let player_id = match self.presence {
-            Presence::Placing(id) | Presence::Crossing(id) => id,
-            other => {
-                tracing::warn!(session = %self.handle.id(), ?other, "placed while not entering or crossing");
-                return;
-            }
-        };
-        self.presence = Presence::In { player_id, region };
-        if self.closed {
-            self.exit(false);
-            return;
-        }
+        self.presence = Presence::In { player_id, seat };
         self.waiting = false;
         self.replay();
     }
 
     fn move_to(&mut self, msg: CMove, received: Instant) {
-        let Presence::In { player_id, region } = self.presence else {
+        let Presence::In { seat, .. } = &self.presence else {
             tracing::debug!(session = %self.handle.id(), "move dropped: not in the world");
             bump(&self.ctx.counters.moves_dropped_not_in_world);
             return;
         };
-        let world = Arc::clone(&self.ctx.world);
-        if world.shed_move(region) {
-            return;
-        }
+        let world = &self.ctx.world;
         let body = self.body.as_mut().expect("in the world");
         let requested = msg.info.unwrap_or_default();
         let since_last = received.saturating_duration_since(body.last_move);
         let accepted = world.accept_move(&body.pos, &requested, since_last);
+        body.pos = accepted.pos;
+        body.last_move = body.last_move.max(received);
+        world.push_move(seat, accepted.pos, msg.client_time_us);
+        // Counted once queued for the tick (a test steps the tick then).
         let counters = &self.ctx.counters;
-        bump(&counters.moves);
         if accepted.clamped {
             bump(&counters.moves_clamped);
         }
         if accepted.cut {
             bump(&counters.moves_cut);
         }
-        let grid = world.grid();
-        let old_cell = grid.cell_of(body.pos.x, body.pos.y);
-        let new_cell = grid.cell_of(accepted.pos.x, accepted.pos.y);
-        body.pos = accepted.pos;
-        body.last_move = body.last_move.max(received);
-        let packet = make_packet(&SMove {
-            info: Some(accepted.pos),
-            client_time_us: msg.client_time_us,
-        });
-        let event = Event {
-            subject: player_id,
-            seq: world.next_seq(),
-            identity: Arc::clone(&body.identity),
-            pos: accepted.pos,
-            old_cell: Some(old_cell),
-            new_cell,
-            change: Change::Move(packet),
-        };
-        let crossing = if grid.region_of(new_cell) != region {
-            // Hold later packets until the new region owns the player.
-            self.presence = Presence::Crossing(player_id);
-            self.waiting = true;
-            Some(self.placed_reply())
-        } else {
-            None
-        };
-        world.move_player(region, event, crossing);
+        bump(&counters.moves);
     }
 
     fn leave_game(&mut self) {
@@ -601,39 +535,29 @@ impl Player {
         self.exit(true);
     }
 
-    /// Leaves the room, then the world (`S_LEAVE_GAME` if `tell`), and saves
-    /// the position. Only from `In`.
+    /// Leaves the room, then the world (`S_LEAVE_GAME` if `tell`, at the
+    /// next tick), and saves the position. Only from `In`.
     fn exit(&mut self, tell: bool) {
-        let Presence::In { player_id, region } = self.presence else {
+        let Presence::In { player_id, seat } =
+            std::mem::replace(&mut self.presence, Presence::Leaving)
+        else {
             return;
         };
         self.save_position(player_id);
-        let body = self.body.as_ref().expect("in the world");
-        let cell = self.ctx.world.grid().cell_of(body.pos.x, body.pos.y);
-        let event = Event {
-            subject: player_id,
-            seq: self.ctx.world.next_seq(),
-            identity: Arc::clone(&body.identity),
-            pos: body.pos,
-            old_cell: Some(cell),
-            new_cell: cell,
-            change: Change::Leave,
-        };
-        self.presence = Presence::Leaving(player_id);
         self.waiting = true;
         let me = self.strong_me();
         let left = Box::new(move || {
             if let Some(player) = me {
-                player.do_async(Player::left);
+                player.post(Player::left);
             }
         });
-        // The room first, then the world from the room's job: every chat
-        // the room sends this player comes before its S_LEAVE_GAME.
-        let world = Arc::clone(&self.ctx.world);
+        // The room first, then the world: once the room has let the player
+        // go, no enter of it from another session is refused.
         let session = self.handle.id();
+        let world = Arc::clone(&self.ctx.world);
         self.ctx.room.do_async(move |room| {
             room.leave(player_id, session);
-            world.leave(region, event, session, tell, left);
+            world.leave(&seat, tell, left);
         });
     }
 
@@ -672,33 +596,30 @@ impl Player {
         let Presence::In { player_id, .. } = self.presence else {
             // S_CHAT has no success field: the refusal is a drop, logged and
             // counted.
-            tracing::debug!(session = %self.handle.id(), "chat refused: not in the room");
+            tracing::debug!(session = %self.handle.id(), "chat refused: not in the game");
             bump(&self.ctx.counters.chats_refused_not_in_room);
             return;
         };
-        if self
-            .ctx
-            .world
-            .over_queue_limit(self.ctx.room.pending_jobs())
-        {
-            bump(&self.ctx.counters.chats_dropped_queue_full);
-            if self.ctx.chat_shed_log.allow() {
-                tracing::warn!(
-                    pending = self.ctx.room.pending_jobs(),
-                    dropped = self
-                        .ctx
-                        .counters
-                        .chats_dropped_queue_full
-                        .load(Ordering::Relaxed),
-                    "room overloaded: shedding chats"
-                );
+        let packet = match try_make_packet(&SChat {
+            player_id,
+            msg: msg.msg,
+            client_time_us: msg.client_time_us,
+        }) {
+            Ok(packet) => packet,
+            Err(error) => {
+                // Only if the configured chat limit exceeds the frame size.
+                tracing::warn!(player_id, %error, "chat not relayed");
+                bump(&self.ctx.counters.chats_refused_too_long);
+                return;
             }
+        };
+        if !self.ctx.world.push_chat(&packet) {
             return;
         }
-        let session = self.handle.id();
-        self.ctx.room.do_async(move |room| {
-            room.chat(player_id, session, msg.msg, msg.client_time_us);
-        });
+        bump(&self.ctx.counters.chats_relayed);
+        if let Some(cluster) = &self.ctx.cluster {
+            cluster.publish_chat(packet);
+        }
     }
 
     /// Handles the packets kept while waiting, until one waits again.

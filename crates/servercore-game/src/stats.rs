@@ -1,9 +1,10 @@
 //! The game server's counters: what was answered, refused and relayed, what
-//! the world did with moves (accepted, corrected, dropped by reason) and how
-//! many spawns, despawns and moves it sent, and four gauges (players in the
-//! room, players in the world, the regions' ghosts, live player states) that
-//! must fall back to zero once every client has left, the proof that sessions, players, the
-//! room and the regions do not keep each other alive.
+//! the world did with moves (accepted, corrected, dropped by reason), how
+//! many spawns, despawns and moves it sent and how its ticks went, and the
+//! gauges (players in the room, players in the world, crowded cells, live
+//! player states) that must fall back to zero once every client has left,
+//! the proof that sessions, players, the room and the regions do not keep
+//! each other alive.
 
 use std::fmt;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -45,7 +46,12 @@ pub struct GameCounters {
     pub(crate) handovers: AtomicU64,
     pub(crate) world_leaves: AtomicU64,
     pub(crate) players_in_world: AtomicI64,
-    pub(crate) ghosts: AtomicI64,
+    pub(crate) world_enters: AtomicU64,
+    pub(crate) world_leave_requests: AtomicU64,
+    pub(crate) ticks: AtomicU64,
+    pub(crate) tick_overruns: AtomicU64,
+    pub(crate) crowded_cells: AtomicI64,
+    pub(crate) thinned_deliveries: AtomicU64,
     pub(crate) http_served: AtomicU64,
     pub(crate) http_not_found: AtomicU64,
 }
@@ -93,7 +99,12 @@ impl GameCounters {
             handovers: get(&self.handovers),
             world_leaves: get(&self.world_leaves),
             players_in_world: self.players_in_world.load(Ordering::Relaxed),
-            ghosts: self.ghosts.load(Ordering::Relaxed),
+            world_enters: get(&self.world_enters),
+            world_leave_requests: get(&self.world_leave_requests),
+            ticks: get(&self.ticks),
+            tick_overruns: get(&self.tick_overruns),
+            crowded_cells: self.crowded_cells.load(Ordering::Relaxed),
+            thinned_deliveries: get(&self.thinned_deliveries),
             http_requests_served: get(&self.http_served),
             http_requests_not_found: get(&self.http_not_found),
         }
@@ -157,30 +168,44 @@ pub struct GameStats {
     pub moves_cut: u64,
     /// Moves dropped: past the player's move rate.
     pub moves_dropped_rate: u64,
-    /// Moves dropped: the player's region had too many jobs waiting.
+    /// Moves dropped: the player already had the most moves waiting for
+    /// a tick.
     pub moves_dropped_queue_full: u64,
     /// Moves dropped: the sender was not in the world.
     pub moves_dropped_not_in_world: u64,
     /// Chats dropped: past the player's chat rate.
     pub chats_dropped_rate: u64,
-    /// Chats dropped: the room had too many jobs waiting.
+    /// Chats dropped: the tick's world chat was full.
     pub chats_dropped_queue_full: u64,
     /// `S_SPAWN` packets sent (each lists one or more players).
     pub spawn_packets_sent: u64,
     /// `S_DESPAWN` packets sent.
     pub despawn_packets_sent: u64,
-    /// `S_MOVE` sends, over all receivers (the moves' fan-out).
+    /// `S_MOVE`s delivered as sent, over all receivers (the moves'
+    /// fan-out).
     pub move_deliveries: u64,
-    /// Players handed from one region to another.
+    /// Players handed from one region to another at a tick.
     pub handovers: u64,
     /// Players that left the world (`C_LEAVE_GAME` or a disconnect).
     pub world_leaves: u64,
     /// Players in the world now.
     pub players_in_world: i64,
-    /// Copies of players that regions keep of their neighbours' players
-    /// near the border (0 once everyone has left and the regions have
-    /// heard of it).
-    pub ghosts: i64,
+    /// Players put into the world (each appears at the next tick).
+    pub world_enters: u64,
+    /// Leaves asked of the world (`C_LEAVE_GAME` or a disconnect; each is
+    /// taken at the next tick).
+    pub world_leave_requests: u64,
+    /// World ticks run.
+    pub ticks: u64,
+    /// Ticks whose scheduled start came while the one before still ran
+    /// (each started late, as soon as that one ended).
+    pub tick_overruns: u64,
+    /// Cells whose receivers got a crowd's thinned positions at the last
+    /// tick.
+    pub crowded_cells: i64,
+    /// Latest positions sent to receivers in a crowd instead of every move
+    /// (each an `S_MOVE` with `client_time_us` 0), over all receivers.
+    pub thinned_deliveries: u64,
     /// Plain HTTP requests on the WebSocket listener answered with a file
     /// of the browser client (page, scripts, favicon).
     pub http_requests_served: u64,
@@ -192,7 +217,7 @@ pub struct GameStats {
 impl GameStats {
     /// Every counter and gauge by its name, in the order the closing
     /// summary and the `key=value` line show them.
-    pub fn fields(&self) -> [(&'static str, i64); 36] {
+    pub fn fields(&self) -> [(&'static str, i64); 41] {
         let n = |value: u64| i64::try_from(value).unwrap_or(i64::MAX);
         [
             ("logins", n(self.logins)),
@@ -226,9 +251,14 @@ impl GameStats {
             ("despawn_packets_sent", n(self.despawn_packets_sent)),
             ("move_deliveries", n(self.move_deliveries)),
             ("handovers", n(self.handovers)),
+            ("world_enters", n(self.world_enters)),
+            ("world_leave_requests", n(self.world_leave_requests)),
             ("world_leaves", n(self.world_leaves)),
             ("players_in_world", self.players_in_world),
-            ("ghosts", self.ghosts),
+            ("ticks", n(self.ticks)),
+            ("tick_overruns", n(self.tick_overruns)),
+            ("crowded_cells", self.crowded_cells),
+            ("thinned_deliveries", n(self.thinned_deliveries)),
             ("login_timeouts", n(self.login_timeouts)),
             ("packet_timeouts", n(self.packet_timeouts)),
             ("conns_refused_per_ip", n(self.conns_refused_per_ip)),

@@ -241,8 +241,10 @@ fn pending_packets_are_bounded_in_bytes() {
         let server = start(GameConfig {
             backend,
             world: WorldConfig {
-                // Every chat of the flood must reach the player.
+                // Every chat of the flood must reach the player, in one
+                // tick if it comes to that.
                 chat_rate: None,
+                chat_bytes_per_tick: 1 << 20,
                 ..WorldConfig::default()
             },
             ..config()

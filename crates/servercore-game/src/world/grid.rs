@@ -159,6 +159,56 @@ impl Grid {
     pub fn region_sees(&self, region: usize, cell: Cell) -> bool {
         self.around(cell).any(|seen| self.region_of(seen) == region)
     }
+
+    /// A region's side, in cells (the regions of the last row and column
+    /// may own fewer).
+    pub fn region_cells(&self) -> u32 {
+        self.region_cells
+    }
+
+    /// Slots for one region's cells: `region_cells²`, indexed by
+    /// [`Grid::local_index`].
+    pub fn cells_per_region(&self) -> usize {
+        (self.region_cells * self.region_cells) as usize
+    }
+
+    /// `cell`'s place among its region's cells, row by row.
+    pub fn local_index(&self, cell: Cell) -> usize {
+        let column = cell.0 % self.region_cells;
+        let row = cell.1 % self.region_cells;
+        (row * self.region_cells + column) as usize
+    }
+
+    /// The cell at place `local` of region `region` (see
+    /// [`Grid::local_index`]); `None` past the map's edge.
+    pub fn cell_at(&self, region: usize, local: usize) -> Option<Cell> {
+        let region = region as u32;
+        let local = local as u32;
+        let column = (region % self.regions) * self.region_cells + local % self.region_cells;
+        let row = (region / self.regions) * self.region_cells + local / self.region_cells;
+        (column < self.cells && row < self.cells).then_some((column, row))
+    }
+
+    /// The regions around `region` (itself included), as `(column, row)`
+    /// offsets from -1 to 1 paired with the region's index: every region
+    /// that can own a cell seen from one of `region`'s cells.
+    pub fn regions_around(&self, region: usize) -> impl Iterator<Item = ((i32, i32), usize)> + '_ {
+        let region = region as u32;
+        let (column, row) = (region % self.regions, region / self.regions);
+        (-1i32..=1).flat_map(move |dy| {
+            (-1i32..=1).filter_map(move |dx| {
+                let c = column.checked_add_signed(dx)?;
+                let r = row.checked_add_signed(dy)?;
+                (c < self.regions && r < self.regions)
+                    .then_some(((dx, dy), (r * self.regions + c) as usize))
+            })
+        })
+    }
+
+    /// A cell's index in the whole map, row by row.
+    pub fn cell_index(&self, cell: Cell) -> usize {
+        (cell.1 * self.cells + cell.0) as usize
+    }
 }
 
 /// Cuts the jump from `from` to `to` to at most `max_len` along the same
@@ -224,6 +274,29 @@ mod tests {
         assert!(Grid::new(0.0, 1.0, 1).is_err());
         assert!(Grid::new(100.0, 0.0, 1).is_err());
         assert!(Grid::new(1e9, 1.0, 1).is_err());
+    }
+
+    #[test]
+    fn local_places_and_neighbouring_regions() {
+        // 5 cells a side in regions of 2: regions 3 a side, the last ones short.
+        let grid = Grid::new(500.0, 100.0, 2).unwrap();
+        assert_eq!(grid.regions_per_side(), 3);
+        assert_eq!(grid.cells_per_region(), 4);
+        for row in 0..5 {
+            for column in 0..5 {
+                let cell = (column, row);
+                let region = grid.region_of(cell);
+                assert_eq!(grid.cell_at(region, grid.local_index(cell)), Some(cell));
+            }
+        }
+        // Region 8 (bottom right) owns only cell (4, 4).
+        assert_eq!(grid.cell_at(8, 0), Some((4, 4)));
+        assert_eq!(grid.cell_at(8, 1), None);
+        assert_eq!(grid.cell_at(8, 2), None);
+        let around: Vec<_> = grid.regions_around(0).collect();
+        assert_eq!(around, [((0, 0), 0), ((1, 0), 1), ((0, 1), 3), ((1, 1), 4)]);
+        assert_eq!(grid.regions_around(4).count(), 9);
+        assert_eq!(grid.cell_index((3, 2)), 13);
     }
 
     #[test]

@@ -1,12 +1,18 @@
 //! The world: players on a square map, who sees whom (the interest grid),
-//! movement, and the regions that share the work.
+//! movement, and the tick that tells every player what changed.
 //!
 //! This module owns the world's configuration ([`WorldConfig`]), the shared
-//! [`World`] (the map's [`Grid`], one [`Region`] actor per region, the move
-//! sequence, the live map for [`World::snapshot`]) and the rules every
-//! player's move goes through ([`World::accept_move`]). The submodules:
+//! [`World`] (the map's [`Grid`], one [`Region`] actor per block of cells,
+//! the tick and its schedule, the live map for [`World::snapshot`]) and the
+//! rules every player's move goes through ([`World::accept_move`]). The
+//! submodules:
 //! - `grid`: the geometry (cells, regions, clamping, cutting a jump);
-//! - `region`: a region's actor state and the visibility bookkeeping;
+//! - `seat`: a player's [`Seat`], where its actor leaves moves and a leave
+//!   for the next tick;
+//! - `tick`: the schedule, the three phases of a tick, and what regions
+//!   hand each other between them;
+//! - `region`: a region's players and its part of each phase;
+//! - `cells`: what a tick publishes per cell, and the packets built from it;
 //! - `limit`: the per-player token buckets and the rate-limited log line.
 //!
 //! # Semantics
@@ -15,125 +21,106 @@
 //!   every other player whose cell is at most one cell away in each
 //!   direction (the 3×3 block); seeing is symmetric.
 //! - Enter: the player appears at its saved position (or a random point for
-//!   a player never placed); `S_ENTER_GAME.player` carries it. The newcomer
-//!   then gets one `S_SPAWN` listing everyone it sees (if anyone) and each of
-//!   them gets an `S_SPAWN` of the newcomer.
+//!   a player never placed); `S_ENTER_GAME.player` carries it.
 //! - `C_MOVE`: the point is clamped into the map (a coordinate that is not a
 //!   number counts as 0); then a jump longer than `max_speed ×` (seconds
 //!   since the player's last accepted move, or since it entered) `+ 50` is
 //!   cut to that length along the same direction. The accepted `PosInfo`
 //!   (`object_id` = the mover; `z`, `yaw` and `state` as sent, a `z` or
-//!   `yaw` that is not finite as 0) goes out as one `S_MOVE` buffer, carrying
-//!   the move's `client_time_us`, to everyone who sees the mover at its new
-//!   position, the mover included.
-//! - On a cell change, each player that no longer sees the mover gets an
-//!   `S_DESPAWN` of it, each that newly sees it an `S_SPAWN` of it (then the
-//!   `S_MOVE`); the mover gets one `S_DESPAWN` of all it no longer sees, then
-//!   one `S_SPAWN` of all it newly sees, then its `S_MOVE`. So at every
-//!   receiver a move's spawns and despawns come before its `S_MOVE`.
-//! - Leave (`C_LEAVE_GAME` or a disconnect): everyone who saw the player
-//!   gets an `S_DESPAWN` of it; the leaver, if still connected, then gets
+//!   `yaw` that is not finite as 0) is the move.
+//! - Leave (`C_LEAVE_GAME` or a disconnect): the leaver, if it asked, gets
 //!   `S_LEAVE_GAME` and may enter again. The position is saved.
+//!
+//! # The tick
+//!
+//! What a player is told is decided once per tick (`tick`, default 50 ms),
+//! from where everyone stands at the tick's end, and reaches it as **one
+//! write**. Let V_t(r) be the players in the 3×3 block around r's cell at
+//! the end of tick t. At tick t, r gets, in this order: one `S_DESPAWN` of
+//! V_{t-1} \ V_t, one `S_SPAWN` of V_t \ V_{t-1} (split into packets under
+//! 64 KiB for a crowd), the tick's `S_MOVE`s of the players in V_t (its
+//! own included), then the tick's world chat. So no client ever gets an
+//! `S_MOVE` of a player it was not spawned, and nothing is kept per pair of
+//! players: only players and receivers that changed cell cause spawns or
+//! despawns.
+//!
+//! Each cell's `S_MOVE`s of a tick are encoded once, into one buffer; the
+//! receivers standing in one cell share one view of their 3×3 block (the
+//! nine cells' buffers, concatenated once); a receiver's write is that view,
+//! its own spawns and despawns (shared too, by everyone who stayed in the
+//! cell) and the tick's chat buffer, queued as a batch of shared `Bytes`.
+//! Per delivered move the server does no encoding, no copy and no lookup.
 //!
 //! # Regions
 //!
-//! The cells are grouped into square blocks of `region_cells × region_cells`
-//! cells, each block a [`Region`], an [`Actor`]: moves in different regions
-//! run on different workers. A region *owns* the players whose position is
-//! in it (their session handle and what each of them has been shown) and
-//! keeps a *ghost* (identity and position, no handle) of every player of
-//! another region whose cell is seen from one of its own cells: the players
-//! within one cell of its border.
+//! The cells are grouped into square blocks of `region_cells ×
+//! region_cells` cells, each block a [`Region`], an [`Actor`]. A region owns
+//! the players standing in its cells. A tick runs in three phases, each one
+//! job per region on whichever worker takes it (module `tick`): apply (take
+//! arrivals, moves and leaves; hand players now standing in another region
+//! to it), publish (each cell's moves, members and departures), deliver
+//! (every owned player's write, from the published cells of its block). A
+//! player crossing a region border changes owner between apply and
+//! publish; nothing is forwarded per move between regions.
 //!
-//! Every change to a player (enter, move, leave) is an [`Event`] numbered
-//! from one world-wide sequence. The owning region applies it to its own
-//! players and sends the same `Arc<Event>` to every other region owning a
-//! cell that sees the old or the new cell; each of those applies it to its
-//! own players and updates its ghost. So every player is told of every
-//! change by exactly one actor: the region owning it.
+//! # Crowds
 //!
-//! What a player has been shown is explicit: each owned player keeps a map
-//! `known` of the players it has been sent an `S_SPAWN` of (with the
-//! sequence number of the last state it was sent). A region sends `S_SPAWN`
-//! only of a player not in `known`, `S_MOVE` and `S_DESPAWN` only of one in
-//! it, and only for a newer sequence number. So no client ever gets an
-//! `S_MOVE` or `S_DESPAWN` of a player it has not been spawned, never two
-//! spawns in a row of one player, and never one move twice, however the
-//! regions interleave. (A player despawned for a receiver is remembered for
-//! two seconds with the last state shown, so that a region the receiver
-//! moves into neither spawns it from an older copy nor shows a move it saw
-//! before: see `Owned::forgotten` in `region`.)
-//!
-//! Where two regions decide about one pair of players from positions a
-//! moment apart (two players moving at once on either side of a border),
-//! the later event corrects the earlier decision: every region sees every
-//! event that concerns its players, in each mover's order, so once the
-//! players stop, every client's view is exactly the 3×3 rule of the final
-//! positions, at the final positions.
-//!
-//! # Crossing a border
-//!
-//! A player's moves go through its [`Player`](crate::player::Player) actor,
-//! which knows its current region and sends each move there. A move into
-//! another region is a *handover*: the old region applies the move to its
-//! own players, forwards it to the others, removes the player and sends its
-//! state (handle, `known`, recent despawns) with the move to the new region
-//! in one job; the new region takes it in, tells the mover what it sees from
-//! there (`S_DESPAWN`, `S_SPAWN`, then the `S_MOVE`) and answers the player
-//! actor. Until that answer the player actor holds the player's later
-//! packets, in order, and sends them to the new region afterwards: no move
-//! can reach a region that does not own the player, none is applied twice.
-//!
-//! Why no event is lost or doubled at the mover: jobs one actor pushes to
-//! another run in push order. An event of the old region's own players is
-//! applied there either before it pushes the handover (the mover gets it
-//! from the old region) or after, and then its forward reaches the new
-//! region after the handover (the mover gets it from the new region):
-//! never both, never neither. An event from anywhere else (the new region's
-//! own players, a third region) reaches the two regions independently. If
-//! the old region applies it while it still owns the mover, the mover's
-//! `known` carries its sequence number and the new region does not send it
-//! again. If the new region applied it before the mover arrived and the old
-//! one after the mover left, the mover's `known` is behind the new region's
-//! copy, and the new region sends a caught-up `S_MOVE` (`client_time_us` 0)
-//! with the copy's position as it takes the mover in.
+//! A receiver whose 3×3 block holds more than `crowd_limit` players is in a
+//! crowd: instead of every move of everyone, it gets its own moves as
+//! always, and each tick the latest position (an `S_MOVE` with
+//! `client_time_us` 0) of about one player in k of its block, a different
+//! share each tick (k = ⌈4 × players in the block / crowd_limit⌉), of those
+//! that moved lately. So every move still reaches a crowd's receivers
+//! within k ticks, a receiver gets about `crowd_limit / 4` positions per
+//! tick however big the crowd (32 at the default limit of 128: 640 a second
+//! at 20 Hz), and a crowd that stands still costs nothing.
+//! EVE's time dilation is the anchor: the crowd slows down, the server does
+//! not. Counted in [`GameStats`](crate::GameStats) (`crowded_cells`,
+//! `thinned_deliveries`).
 //!
 //! # Backpressure
 //!
 //! The session handler drops moves and chats past the per-player token
-//! buckets (`move_rate`, `chat_rate`) before they become jobs; the player
-//! actor drops a move whose region has `queue_limit` jobs waiting (and a
-//! chat when the room has), counted in [`GameStats`](crate::GameStats) and
-//! logged at most once a second. Enters, leaves, handovers and forwarded
-//! events are never dropped: the queues they add to are bounded by the
-//! moves and players let in.
+//! buckets (`move_rate`, `chat_rate`) before they become jobs; a player's
+//! seat holds at most `max_pending_moves` moves for the next tick, and one
+//! tick carries at most `chat_bytes_per_tick` of world chat; what is past
+//! either is dropped, counted and logged at most once a second.
 
+pub mod cells;
 pub mod grid;
 pub mod limit;
 pub mod region;
+pub mod seat;
+pub mod tick;
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use parking_lot::Mutex;
 use servercore::job::Actor;
 use servercore::packet::Rate;
-use servercore::{SessionHandle, SessionId};
-use servercore_protocol::{ObjectInfo, PosInfo};
+use servercore::SessionHandle;
+use servercore_protocol::PosInfo;
 
 pub use grid::{Cell, Grid, GridError};
 pub use limit::TokenBucket;
-pub use region::Region;
+pub use region::{Published, Region};
+pub use seat::{MoveRefused, Seat};
 
+use crate::latency::LatencySnapshot;
 use crate::stats::{bump, GameCounters};
 use limit::LogLimiter;
+use tick::{TickSettings, TickShared, Ticker};
 
 /// The length a jump may always have, whatever the time since the last
 /// move (network jitter).
 pub const JUMP_ALLOWANCE: f64 = 50.0;
+
+/// The world's tick by default: 50 ms, 20 Hz.
+pub const DEFAULT_TICK: Duration = Duration::from_millis(50);
+
+/// Players in a 3×3 block past which it is a crowd, by default.
+pub const DEFAULT_CROWD_LIMIT: usize = 128;
 
 /// The world's numbers.
 #[derive(Debug, Clone, PartialEq)]
@@ -150,15 +137,26 @@ pub struct WorldConfig {
     pub move_rate: Option<Rate>,
     /// Each player's accepted chats (`None`: no limit); excess is dropped.
     pub chat_rate: Option<Rate>,
-    /// Most jobs waiting in one region (or the room) before new moves (or
-    /// chats) are shed.
-    pub queue_limit: usize,
+    /// Time from one tick's start to the next (`--tick-ms`).
+    pub tick: Duration,
+    /// Players in a 3×3 block past which it is a crowd and its receivers
+    /// get thinned positions (`--crowd-limit`; 0: never).
+    pub crowd_limit: usize,
+    /// Most moves one player may have waiting for the next tick; more are
+    /// dropped.
+    pub max_pending_moves: usize,
+    /// Most bytes of world chat one tick carries; more is dropped.
+    pub chat_bytes_per_tick: usize,
+    /// No ticks on a schedule: each runs when [`World::step`] asks (tests
+    /// and tools that drive the clock themselves).
+    pub manual_ticks: bool,
 }
 
 impl Default for WorldConfig {
     /// A 2000 × 2000 map of 100 × 100 cells in regions of 5 × 5 cells (16
     /// regions), 300 units/s, moves 20/s (burst 40) and chats 20/s (burst
-    /// 40) per player, 4096 queued jobs per region.
+    /// 40) per player, a 50 ms tick, crowds past 128 players in a block,
+    /// 16 moves waiting per player and 64 KiB of chat per tick.
     fn default() -> Self {
         WorldConfig {
             size: 2000.0,
@@ -167,7 +165,11 @@ impl Default for WorldConfig {
             region_cells: 5,
             move_rate: Some(Rate::per_second(20).burst(40)),
             chat_rate: Some(Rate::per_second(20).burst(40)),
-            queue_limit: 4096,
+            tick: DEFAULT_TICK,
+            crowd_limit: DEFAULT_CROWD_LIMIT,
+            max_pending_moves: 16,
+            chat_bytes_per_tick: 64 * 1024,
+            manual_ticks: false,
         }
     }
 }
@@ -181,61 +183,7 @@ pub struct Identity {
     pub player_type: i32,
 }
 
-/// What happened to a player.
-#[derive(Debug)]
-pub enum Change {
-    /// It entered the world.
-    Enter,
-    /// It moved; the `S_MOVE` every receiver gets (one buffer).
-    Move(Bytes),
-    /// It left the world.
-    Leave,
-}
-
-/// One change to one player, shared by every region that applies it.
-#[derive(Debug)]
-pub struct Event {
-    /// The player.
-    pub subject: u64,
-    /// World-wide sequence number: later events of a player are larger.
-    pub seq: u64,
-    /// The player's name and kind.
-    pub identity: Arc<Identity>,
-    /// The position after the change (before it, for a leave).
-    pub pos: PosInfo,
-    /// The cell before the change (none for an enter).
-    pub old_cell: Option<Cell>,
-    /// The cell after the change (the cell left, for a leave).
-    pub new_cell: Cell,
-    /// What happened.
-    pub change: Change,
-}
-
-impl Event {
-    /// The `ObjectInfo` an `S_SPAWN` of the subject carries.
-    pub fn object_info(&self) -> ObjectInfo {
-        object_info(self.subject, &self.identity, &self.pos)
-    }
-}
-
-fn object_info(id: u64, identity: &Identity, pos: &PosInfo) -> ObjectInfo {
-    ObjectInfo {
-        object_id: id,
-        player_type: identity.player_type,
-        pos_info: Some(*pos),
-        name: identity.name.clone(),
-    }
-}
-
-/// A region's owned players' positions (`player_id → (x, y)`), shared
-/// with the snapshot.
-pub type Published = Arc<Mutex<HashMap<u64, (f32, f32)>>>;
-
-/// Called by a region with its index once it owns the player (after an
-/// enter or a handover).
-pub type Placed = Box<dyn FnOnce(usize) + Send>;
-
-/// Called by a region once a player has left it.
+/// Called once the world has let a player go.
 pub type Left = Box<dyn FnOnce() + Send>;
 
 /// What a move came to: the accepted position and what was done to it.
@@ -249,21 +197,23 @@ pub struct AcceptedMove {
     pub cut: bool,
 }
 
-/// The world shared by every player: the map and its regions.
+/// The world shared by every player: the map, its regions and the tick.
 pub struct World {
     grid: Grid,
     max_speed: f32,
-    queue_limit: usize,
-    regions: Vec<Actor<Region>>,
+    max_pending_moves: usize,
+    shared: Arc<TickShared>,
     /// Each region's owned players' positions, for [`World::snapshot`].
     published: Vec<Published>,
-    seq: AtomicU64,
+    ticker: Mutex<Option<Ticker>>,
     counters: Arc<GameCounters>,
-    shed_log: LogLimiter,
+    move_shed_log: LogLimiter,
+    chat_shed_log: LogLimiter,
 }
 
 impl World {
-    /// The world `config` describes, counting into `counters`.
+    /// The world `config` describes, counting into `counters`; its tick
+    /// starts at once.
     pub fn new(config: &WorldConfig, counters: Arc<GameCounters>) -> Result<World, GridError> {
         if !(config.max_speed.is_finite() && config.max_speed >= 0.0) {
             return Err(GridError::new(format!(
@@ -271,11 +221,17 @@ impl World {
                 config.max_speed
             )));
         }
+        if config.tick.is_zero() || config.tick > Duration::from_secs(10) {
+            return Err(GridError::new(format!(
+                "tick {:?} must be above 0 and at most 10 s",
+                config.tick
+            )));
+        }
         let grid = Grid::new(config.size, config.cell, config.region_cells)?;
         let mut regions = Vec::with_capacity(grid.region_count());
         let mut published = Vec::with_capacity(grid.region_count());
         for index in 0..grid.region_count() {
-            let map = Arc::new(Mutex::new(HashMap::new()));
+            let map: Published = Arc::default();
             regions.push(Actor::new(Region::new(
                 index,
                 grid.clone(),
@@ -284,15 +240,33 @@ impl World {
             )));
             published.push(map);
         }
+        let settings = TickSettings {
+            interval: config.tick,
+            crowd_limit: config.crowd_limit,
+            chat_bytes: config.chat_bytes_per_tick.max(1),
+        };
+        let shared = Arc::new(TickShared::new(
+            grid.clone(),
+            settings,
+            regions,
+            Arc::clone(&counters),
+        ));
+        let ticker = match config.manual_ticks {
+            true => None,
+            false => Some(Ticker::start(Arc::clone(&shared)).map_err(|error| {
+                GridError::new(format!("cannot start the tick thread: {error}"))
+            })?),
+        };
         Ok(World {
             grid,
             max_speed: config.max_speed,
-            queue_limit: config.queue_limit.max(1),
-            regions,
+            max_pending_moves: config.max_pending_moves.max(1),
+            shared,
             published,
-            seq: AtomicU64::new(1),
+            ticker: Mutex::new(ticker),
             counters,
-            shed_log: LogLimiter::new(Duration::from_secs(1)),
+            move_shed_log: LogLimiter::new(Duration::from_secs(1)),
+            chat_shed_log: LogLimiter::new(Duration::from_secs(1)),
         })
     }
 
@@ -301,49 +275,58 @@ impl World {
         &self.grid
     }
 
-    /// Every player in the world now, as `(player_id, x, y)`, sorted by
-    /// player id. Cheap: one uncontended lock per region, no job; a player
-    /// crossing a border at this moment may be missing.
+    /// The time between ticks.
+    pub fn tick_interval(&self) -> Duration {
+        self.shared.settings().interval
+    }
+
+    /// Every player in the world at the end of the last tick, as
+    /// `(player_id, x, y)`, sorted by player id. Cheap: one uncontended
+    /// lock per region, no job.
     pub fn snapshot(&self) -> Vec<(u64, f32, f32)> {
         let mut players: Vec<(u64, f32, f32)> = Vec::new();
         for map in &self.published {
-            players.extend(map.lock().iter().map(|(id, (x, y))| (*id, *x, *y)));
+            players.extend(map.lock().iter().copied());
         }
         players.sort_by_key(|(id, _, _)| *id);
         players
     }
 
-    /// The next event sequence number.
-    pub fn next_seq(&self) -> u64 {
-        self.seq.fetch_add(1, Ordering::Relaxed)
-    }
-
-    /// Whether `region` has too many jobs waiting to take another move;
-    /// counted and logged (at most once a second) when it has.
-    pub fn shed_move(&self, region: usize) -> bool {
-        let pending = self.regions[region].pending_jobs();
-        if pending < self.queue_limit {
-            return false;
-        }
-        bump(&self.counters.moves_dropped_queue_full);
-        if self.shed_log.allow() {
-            tracing::warn!(
-                region,
-                pending,
-                limit = self.queue_limit,
-                dropped = self
-                    .counters
-                    .moves_dropped_queue_full
-                    .load(Ordering::Relaxed),
-                "region overloaded: shedding moves"
-            );
+    /// Runs one tick now and waits (up to `limit`) until it has ended;
+    /// returns whether it did. Meant for a world with
+    /// [`WorldConfig::manual_ticks`]: on a schedule it may overlap a
+    /// scheduled tick and count as an overrun.
+    pub fn step(&self, limit: Duration) -> bool {
+        let before = self
+            .counters
+            .ticks
+            .load(std::sync::atomic::Ordering::Acquire);
+        self.shared.start_tick();
+        let deadline = std::time::Instant::now() + limit;
+        while self
+            .counters
+            .ticks
+            .load(std::sync::atomic::Ordering::Acquire)
+            <= before
+        {
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_micros(200));
         }
         true
     }
 
-    /// Whether an actor with `pending` jobs is past the queue limit.
-    pub fn over_queue_limit(&self, pending: usize) -> bool {
-        pending >= self.queue_limit
+    /// How long the ticks have taken (start to the end of the last phase).
+    pub fn tick_histogram(&self) -> LatencySnapshot {
+        self.shared.histogram()
+    }
+
+    /// The CPU work of each tick: its region jobs' run times, summed over
+    /// every worker (a tick whose duration is far above its work waited
+    /// for busy workers).
+    pub fn tick_work_histogram(&self) -> LatencySnapshot {
+        self.shared.work_histogram()
     }
 
     /// A random point on the map for a player never placed.
@@ -401,48 +384,99 @@ impl World {
         }
     }
 
-    /// Puts a player into the world at `event.pos` (an [`Change::Enter`]
-    /// event); `placed` gets the region that owns it.
-    pub fn enter(self: &Arc<Self>, handle: SessionHandle, event: Event, placed: Placed) {
-        let region = self.grid.region_of(event.new_cell);
-        let world = Arc::clone(self);
-        self.regions[region]
-            .do_async(move |state| state.enter(&world, handle, Arc::new(event), placed));
+    /// Puts player `player_id` into the world at `pos` (from the next
+    /// tick), played through `handle`; returns its seat. A seat of the same
+    /// player still in the world (an older session) leaves first.
+    pub fn enter(
+        &self,
+        handle: SessionHandle,
+        player_id: u64,
+        identity: Arc<Identity>,
+        pos: PosInfo,
+    ) -> Arc<Seat> {
+        let seat = Arc::new(Seat::new(
+            player_id,
+            identity,
+            handle,
+            self.max_pending_moves,
+        ));
+        let pos = PosInfo {
+            object_id: player_id,
+            ..pos
+        };
+        self.shared.enter(Arc::clone(&seat), pos);
+        bump(&self.counters.world_enters);
+        seat
     }
 
-    /// Sends an accepted move to the region owning the player; `crossing`
-    /// (for a move into another region) gets the new region once the
-    /// handover is done.
-    pub fn move_player(self: &Arc<Self>, region: usize, event: Event, crossing: Option<Placed>) {
-        let world = Arc::clone(self);
-        self.regions[region]
-            .do_async(move |state| state.own_move(&world, Arc::new(event), crossing));
+    /// Asks the world to let `seat`'s player go at the next tick (`tell`:
+    /// send it `S_LEAVE_GAME`); `left` is called once it has.
+    pub fn leave(&self, seat: &Seat, tell: bool, left: Left) {
+        seat.leave(tell, left);
+        bump(&self.counters.world_leave_requests);
     }
 
-    /// Takes the player of `session` out of the world (a [`Change::Leave`]
-    /// event), sending it `S_LEAVE_GAME` if `tell` and it is still
-    /// connected.
-    pub fn leave(
-        self: &Arc<Self>,
-        region: usize,
-        event: Event,
-        session: SessionId,
-        tell: bool,
-        left: Left,
-    ) {
-        let world = Arc::clone(self);
-        self.regions[region]
-            .do_async(move |state| state.leave(&world, Arc::new(event), session, tell, left));
-    }
-
-    /// Sends `event` to every region in `targets` but `skip`.
-    fn forward(&self, event: &Arc<Event>, targets: &[usize], skip: [usize; 2]) {
-        for &region in targets {
-            if skip.contains(&region) {
-                continue;
+    /// Queues an accepted move of `seat`'s player for the next tick; a
+    /// move past the seat's bound is dropped, counted and logged.
+    pub fn push_move(&self, seat: &Seat, pos: PosInfo, client_time_us: u64) {
+        match seat.push_move(pos, client_time_us) {
+            Ok(()) => {}
+            Err(MoveRefused::Gone) => bump(&self.counters.moves_dropped_not_in_world),
+            Err(MoveRefused::Full) => {
+                bump(&self.counters.moves_dropped_queue_full);
+                if self.move_shed_log.allow() {
+                    tracing::warn!(
+                        player_id = seat.player_id,
+                        limit = self.max_pending_moves,
+                        dropped = self
+                            .counters
+                            .moves_dropped_queue_full
+                            .load(std::sync::atomic::Ordering::Relaxed),
+                        "a player's moves wait for a tick that is late: shedding moves"
+                    );
+                }
             }
-            let event = Arc::clone(event);
-            self.regions[region].do_async(move |state| state.apply_remote(&event));
+        }
+    }
+
+    /// Adds one `S_CHAT` packet to the next tick's world chat; false (and
+    /// counted, logged at most once a second) if the tick's chat is full.
+    pub fn push_chat(&self, packet: &[u8]) -> bool {
+        if self.shared.push_chat(packet) {
+            return true;
+        }
+        bump(&self.counters.chats_dropped_queue_full);
+        if self.chat_shed_log.allow() {
+            tracing::warn!(
+                limit = self.shared.settings().chat_bytes,
+                dropped = self
+                    .counters
+                    .chats_dropped_queue_full
+                    .load(std::sync::atomic::Ordering::Relaxed),
+                "a tick's world chat is full: shedding chats"
+            );
+        }
+        false
+    }
+
+    /// Stops the tick and lets every player still in the world go (their
+    /// leaves are answered). Waits up to `limit` for a running tick.
+    pub fn stop(&self, limit: Duration) {
+        if let Some(mut ticker) = self.ticker.lock().take() {
+            ticker.stop();
+        }
+        let deadline = std::time::Instant::now() + limit;
+        while self.shared.is_running() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        self.shared.release_all();
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        if let Some(mut ticker) = self.ticker.get_mut().take() {
+            ticker.stop();
         }
     }
 }
@@ -457,46 +491,7 @@ fn finite_or_zero(v: f32) -> f32 {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::mpsc;
-    use std::time::Instant;
-
     use super::*;
-
-    #[test]
-    fn a_busy_region_sheds_moves() {
-        let counters = Arc::new(GameCounters::default());
-        let config = WorldConfig {
-            queue_limit: 3,
-            ..WorldConfig::default()
-        };
-        let world = World::new(&config, Arc::clone(&counters)).unwrap();
-        assert!(!world.shed_move(0));
-        // One job holds the region while two more wait behind it.
-        let (started_tx, started_rx) = mpsc::channel();
-        let (release_tx, release_rx) = mpsc::channel::<()>();
-        let region = world.regions[0].clone();
-        let blocker = std::thread::spawn(move || {
-            region.do_async(move |_| {
-                started_tx.send(()).unwrap();
-                let _ = release_rx.recv_timeout(Duration::from_secs(10));
-            });
-        });
-        started_rx.recv_timeout(Duration::from_secs(10)).unwrap();
-        world.regions[0].do_async(|_| {});
-        world.regions[0].do_async(|_| {});
-        assert!(world.shed_move(0));
-        assert!(world.shed_move(0));
-        assert!(!world.shed_move(1), "other regions are not affected");
-        assert_eq!(counters.moves_dropped_queue_full.load(Ordering::Relaxed), 2);
-        release_tx.send(()).unwrap();
-        blocker.join().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while world.regions[0].pending_jobs() > 0 {
-            assert!(Instant::now() < deadline, "the region never drained");
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        assert!(!world.shed_move(0));
-    }
 
     #[test]
     fn moves_are_clamped_then_cut() {

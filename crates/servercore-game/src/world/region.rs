@@ -1,560 +1,595 @@
-//! A region: one square block of cells, an [`Actor<Region>`](servercore::job::Actor).
+//! A region: one square block of cells and the players standing in it, an
+//! [`Actor<Region>`](servercore::job::Actor).
 //!
-//! A region owns the players whose position is in its cells (their session
-//! handles and what each has been shown, `known`) and keeps ghosts of the
-//! players of other regions within one cell of its border (see the
-//! [world's docs](super) for the protocol between regions). Every method
-//! runs as a job of the region's actor, so the region's maps need no lock;
-//! the only lock is the published position map the live snapshot reads.
+//! A region owns the players whose cell (at the end of the last tick) is one
+//! of its cells: their seats, positions and the cell each stood in at the
+//! end of the previous tick. It does its part of every tick in three jobs,
+//! one per phase (see [`super::tick`] for who starts them):
 //!
-//! The one rule every event goes through is [`Region::deliver`]: for each
-//! owned player near the event's old or new cell, compare "sees the subject
-//! now" with "has been shown the subject" and send the difference
-//! (`S_SPAWN` then `S_MOVE`, `S_MOVE`, or `S_DESPAWN`). Receivers are found
-//! through the cell index, so a move costs the players of at most 18
-//! cells, never the whole region.
+//! 1. [`Region::apply`]: takes the players entering here, each owned
+//!    player's moves and leave from its seat, encodes the moves of the tick
+//!    into one buffer, notes which cells each player left, and hands the
+//!    players whose new cell another region owns to that region;
+//! 2. [`Region::publish`]: takes the players handed to it and publishes
+//!    each of its cells (the cell's moves, members and departures) as one
+//!    immutable [`RegionTick`];
+//! 3. [`Region::deliver`]: builds every owned player's write of the tick
+//!    from the published cells of its 3×3 block (its own region's and its
+//!    neighbours', read-only) and queues it as one batch of shared buffers.
+//!
+//! No lookup, encoding or copy happens per delivered move: the work is per
+//! cell (one view of a 3×3 block, shared by every receiver standing in its
+//! centre cell) and per receiver (a batch of a few `Bytes`), plus per player
+//! that changed cell (its spawns and despawns).
 
-use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use servercore::{SessionHandle, SessionId};
-use servercore_protocol::{make_packet, ObjectInfo, PosInfo, SDespawn, SLeaveGame, SMove, SSpawn};
+use bytes::{Bytes, BytesMut};
+use parking_lot::Mutex;
+use servercore_protocol::{make_packet, PosInfo, SLeaveGame, SMove};
 
+use super::cells::{self, CellTick, Departure, Member, RegionTick};
 use super::grid::{Cell, Grid};
-use super::{object_info, Change, Event, Identity, Left, Placed, Published, World};
-use crate::stats::{bump, GameCounters};
+use super::seat::{LeaveRequest, Seat};
+use super::tick::{Arrival, TickShared};
+use crate::stats::GameCounters;
 
-/// What a region keeps of a player it owns, besides its position.
-struct Owned {
-    handle: SessionHandle,
-    /// The players this one has been sent an `S_SPAWN` of and not an
-    /// `S_DESPAWN` since, each with the sequence number of the last state
-    /// of it this one was sent.
-    known: HashMap<u64, u64>,
-    /// The players despawned for this one lately, with the sequence number
-    /// of the last state of each it was sent and when: after a handover,
-    /// an event of theirs that this one saw before the despawn may still be
-    /// on its way to the new region (pushed there by a third region a
-    /// moment after it reached the old one), and must not be shown again.
-    forgotten: HashMap<u64, (u64, Instant)>,
-}
+/// A region's owned players' positions (`(player_id, x, y)`), rewritten
+/// every tick, for the live map.
+pub type Published = Arc<Mutex<Vec<(u64, f32, f32)>>>;
 
-impl Owned {
-    fn new(handle: SessionHandle) -> Owned {
-        Owned {
-            handle,
-            known: HashMap::new(),
-            forgotten: HashMap::new(),
-        }
-    }
+/// A crowd's receiver gets about `crowd_limit / CROWD_SHARE` positions a
+/// tick: each player's latest position every `⌈CROWD_SHARE × players in the
+/// block / crowd_limit⌉` ticks. At the limit itself that is every 4 ticks
+/// (5 Hz at the default 20 Hz tick), half the fan-out of every move at 10
+/// moves a second.
+pub const CROWD_SHARE: usize = 4;
 
-    /// Stops showing `id` (after its `S_DESPAWN`), remembering for a while
-    /// which state of it was shown last.
-    fn forget(&mut self, id: u64, now: Instant) {
-        if let Some(seq) = self.known.remove(&id) {
-            if self.forgotten.len() >= FORGOTTEN_PRUNE_AT {
-                self.forgotten
-                    .retain(|_, (_, at)| now.saturating_duration_since(*at) < FORGET_AFTER);
-            }
-            self.forgotten.insert(id, (seq, now));
-        }
-    }
-
-    /// What to do with a state `seq` of `id`, a player this one does not
-    /// know: `Some(false)` show it (spawn) as usual, `Some(true)` spawn it
-    /// but do not send its move again (this one saw exactly that move
-    /// before it was despawned), `None` skip it (older than what this one
-    /// saw: the newer one is on its way).
-    fn unforget(&mut self, id: u64, seq: u64) -> Option<bool> {
-        let Some((last, _)) = self.forgotten.get(&id).copied() else {
-            return Some(false);
-        };
-        if seq < last {
-            return None;
-        }
-        self.forgotten.remove(&id);
-        Some(seq == last)
-    }
-}
-
-/// How long a despawn is remembered (see `Owned::forgotten`): far longer
-/// than a job takes from one region to the next.
-const FORGET_AFTER: Duration = Duration::from_secs(2);
-
-/// Past this many remembered despawns, the old ones are dropped.
-const FORGOTTEN_PRUNE_AT: usize = 64;
-
-/// A player in (or, as a ghost, near) this region.
-struct Entry {
-    identity: Arc<Identity>,
+/// A player this region owns.
+pub(super) struct Entry {
+    seat: Arc<Seat>,
     pos: PosInfo,
+    /// Its cell now (after this tick's moves, once applied).
     cell: Cell,
-    /// The sequence number of the last event applied to this entry.
-    seq: u64,
-    /// Set if this region owns the player; `None` for a ghost.
-    owned: Option<Owned>,
+    /// Its cell at the end of the previous tick (`None`: entered this tick).
+    prev: Option<Cell>,
+    /// This tick's `S_MOVE`s of the player (a slice of the region's buffer).
+    moves: Bytes,
+    move_count: usize,
+    /// The last tick the player moved in (0: not since it entered).
+    moved: u64,
+    /// Where the moves sit in the buffer being written (apply only).
+    range: Option<(usize, usize)>,
 }
 
-/// The lazily built packets about one event's subject, shared by every
-/// receiver of that event in this region.
+/// A player taken out of the world this tick, answered after the phase.
+struct Removal {
+    seat: Arc<Seat>,
+    request: Option<LeaveRequest>,
+}
+
+/// What a region's receivers got in one tick, added to the counters once.
 #[derive(Default)]
-struct SubjectPackets {
-    spawn: Option<Bytes>,
-    despawn: Option<Bytes>,
+struct Delivered {
+    spawn_packets: u64,
+    despawn_packets: u64,
+    moves: u64,
+    thinned: u64,
+    chats: u64,
+    crowded_cells: i64,
 }
 
 /// One region's state, owned by its actor.
 pub struct Region {
     index: usize,
     grid: Grid,
-    entries: HashMap<u64, Entry>,
-    /// Player ids by cell, owned players and ghosts alike.
-    cells: HashMap<Cell, Vec<u64>>,
+    entries: Vec<Entry>,
+    /// Per local cell: the entries standing there (rebuilt every publish).
+    by_cell: Vec<Vec<u32>>,
+    /// Per local cell: who left it this tick (filled by apply).
+    departed: Vec<Vec<Departure>>,
+    /// Bytes of moves the last tick encoded (the next buffer's size).
+    last_moves_len: usize,
+    /// Crowded centre cells this region counted in the gauge.
+    crowded_cells: i64,
     counters: Arc<GameCounters>,
-    published: Published,
+    positions: Published,
 }
 
 impl Region {
     /// The empty region `index` of `grid`, publishing its owned players'
-    /// positions into `published`.
+    /// positions into `positions`.
     pub fn new(
         index: usize,
         grid: Grid,
         counters: Arc<GameCounters>,
-        published: Published,
+        positions: Published,
     ) -> Region {
+        let slots = grid.cells_per_region();
         Region {
             index,
             grid,
-            entries: HashMap::new(),
-            cells: HashMap::new(),
+            entries: Vec::new(),
+            by_cell: vec![Vec::new(); slots],
+            departed: vec![Vec::new(); slots],
+            last_moves_len: 0,
+            crowded_cells: 0,
             counters,
-            published,
+            positions,
         }
     }
 
-    /// A player enters the world in this region.
-    pub(super) fn enter(
-        &mut self,
-        world: &World,
-        handle: SessionHandle,
-        event: Arc<Event>,
-        placed: Placed,
-    ) {
-        let old = self.entries.get(&event.subject);
-        // Owned already: the player entered again from a new session before
-        // the old session's leave arrived. The new session takes its place
-        // (and the old leave is ignored), so the player is counted once.
-        let replaces = old.is_some_and(|entry| entry.owned.is_some());
-        let old = old.map(|entry| entry.cell);
-        self.deliver(&event, old);
-        let owned = Owned::new(handle);
-        self.upsert(&event, Some(owned));
-        if !replaces {
+    /// Phase 1: arrivals, moves and leaves of tick `tick`; players now in
+    /// another region's cells are handed to it.
+    pub(super) fn apply(&mut self, shared: &TickShared, tick: u64) {
+        for Arrival { seat, pos } in shared.take_arrivals(self.index, tick) {
+            let cell = self.grid.cell_of(pos.x, pos.y);
+            self.entries.push(Entry {
+                seat,
+                pos,
+                cell,
+                prev: None,
+                moves: Bytes::new(),
+                move_count: 0,
+                moved: 0,
+                range: None,
+            });
             self.counters
                 .players_in_world
                 .fetch_add(1, Ordering::Relaxed);
         }
-        self.show_surroundings(event.subject);
-        self.publish(&event);
-        let mut targets = Vec::new();
-        self.grid.regions_seeing(event.new_cell, &mut targets);
-        world.forward(&event, &targets, [self.index, self.index]);
-        placed(self.index);
-    }
-
-    /// A move of a player this region owns. If the player stays, it is
-    /// applied here and forwarded; if it crosses into another region, the
-    /// player is handed over with it (and `crossing` goes along, for the
-    /// new region to call).
-    pub(super) fn own_move(&mut self, world: &World, event: Arc<Event>, crossing: Option<Placed>) {
-        let Some(old) = self
-            .entries
-            .get(&event.subject)
-            .filter(|entry| entry.owned.is_some())
-            .map(|entry| entry.cell)
-        else {
-            // The player actor sends moves only to the region that owns the
-            // player; never expected. Unstick its handover if it waits.
-            tracing::warn!(
-                region = self.index,
-                player_id = event.subject,
-                "move for a player this region does not own"
-            );
-            if let Some(placed) = crossing {
-                placed(self.index);
-            }
-            return;
-        };
-        self.deliver(&event, Some(old));
-        let mut targets = Vec::new();
-        self.grid.regions_seeing(old, &mut targets);
-        self.grid.regions_seeing(event.new_cell, &mut targets);
-        let target = self.grid.region_of(event.new_cell);
-        if target == self.index {
-            self.upsert(&event, None);
-            if old != event.new_cell {
-                self.show_surroundings(event.subject);
-            }
-            if let Change::Move(packet) = &event.change {
-                self.send_to(event.subject, packet);
-            }
-            self.publish(&event);
-            world.forward(&event, &targets, [self.index, self.index]);
-            if let Some(placed) = crossing {
-                placed(self.index);
-            }
-            return;
-        }
-        // Handover: out of this region (a ghost if still seen from here),
-        // forwarded to the third regions, and into the new one, which tells
-        // the mover what it sees.
-        let owned = self
-            .remove(event.subject)
-            .and_then(|entry| entry.owned)
-            .expect("checked above: owned here");
-        self.published.lock().remove(&event.subject);
-        if self.grid.region_sees(self.index, event.new_cell) {
-            self.upsert(&event, None);
-        }
-        world.forward(&event, &targets, [self.index, target]);
-        bump(&self.counters.handovers);
-        world.regions[target].do_async(move |region| region.take_over(owned, event, crossing));
-    }
-
-    /// Takes in a player handed over by a neighbouring region with the move
-    /// that brought it here.
-    fn take_over(&mut self, owned: Owned, event: Arc<Event>, crossing: Option<Placed>) {
-        let old = self
-            .entries
-            .get(&event.subject)
-            .filter(|entry| entry.owned.is_none())
-            .map(|entry| entry.cell);
-        self.deliver(&event, old);
-        self.upsert(&event, Some(owned));
-        self.show_surroundings(event.subject);
-        if let Change::Move(packet) = &event.change {
-            self.send_to(event.subject, packet);
-        }
-        self.publish(&event);
-        if let Some(placed) = crossing {
-            placed(self.index);
-        }
-    }
-
-    /// A player this region owns through `session` leaves the world. (If
-    /// the player entered again from a new session before the old one's
-    /// leave arrived, the new one stays.)
-    pub(super) fn leave(
-        &mut self,
-        world: &World,
-        event: Arc<Event>,
-        session: SessionId,
-        tell: bool,
-        left: Left,
-    ) {
-        let owned_by_session = self
-            .entries
-            .get(&event.subject)
-            .and_then(|entry| entry.owned.as_ref())
-            .is_some_and(|owned| owned.handle.id() == session);
-        if !owned_by_session {
-            tracing::debug!(
-                region = self.index,
-                player_id = event.subject,
-                %session,
-                "leave of a player this region does not own through that session"
-            );
-            left();
-            return;
-        }
-        let entry = self.remove(event.subject).expect("checked above");
-        self.published.lock().remove(&event.subject);
-        self.counters
-            .players_in_world
-            .fetch_sub(1, Ordering::Relaxed);
-        self.deliver(&event, Some(entry.cell));
-        if tell {
-            if let Some(owned) = &entry.owned {
-                let _ = owned.handle.send(make_packet(&SLeaveGame {}));
-            }
-        }
-        let mut targets = Vec::new();
-        self.grid.regions_seeing(entry.cell, &mut targets);
-        world.forward(&event, &targets, [self.index, self.index]);
-        left();
-    }
-
-    /// An event of a player another region owns: applied to this region's
-    /// players, and the ghost updated (dropped once the player is no
-    /// longer seen from here).
-    pub(super) fn apply_remote(&mut self, event: &Event) {
-        let old = match self.entries.get(&event.subject) {
-            Some(entry) if entry.owned.is_some() => {
-                tracing::debug!(
-                    region = self.index,
-                    player_id = event.subject,
-                    "remote event for a player this region owns"
-                );
-                return;
-            }
-            // Older than what is here: nothing new (see the world's docs).
-            Some(entry) if entry.seq >= event.seq => return,
-            Some(entry) => Some(entry.cell),
-            None => None,
-        };
-        self.deliver(event, old);
-        let keep = !matches!(event.change, Change::Leave)
-            && self.grid.region_sees(self.index, event.new_cell);
-        if keep {
-            self.upsert(event, None);
-        } else {
-            self.remove(event.subject);
-        }
-    }
-
-    /// The rule: tells each owned player near `old` (where this region had
-    /// the subject) or the event's new cell what changed for it.
-    fn deliver(&mut self, event: &Event, old: Option<Cell>) {
-        let mut packets = SubjectPackets::default();
-        let new_cell = event.new_cell;
-        let sees_subject_now = !matches!(event.change, Change::Leave);
-        let near_old = old
-            .into_iter()
-            .flat_map(|old| self.grid.around(old))
-            .filter(|cell| !Grid::sees(*cell, new_cell));
-        let scan: Vec<Cell> = self.grid.around(new_cell).chain(near_old).collect();
-        let (mut spawns, mut despawns, mut moves) = (0u64, 0u64, 0u64);
-        let mut now = None;
-        for cell in scan {
-            let Some(ids) = self.cells.get(&cell) else {
-                continue;
-            };
-            for id in ids {
-                if *id == event.subject {
-                    continue;
-                }
-                let Some(entry) = self.entries.get_mut(id) else {
-                    continue;
-                };
-                let receiver_cell = entry.cell;
-                let Some(owned) = entry.owned.as_mut() else {
-                    continue;
-                };
-                let sees = sees_subject_now && Grid::sees(receiver_cell, new_cell);
-                match (sees, owned.known.get_mut(&event.subject)) {
-                    (true, None) => {
-                        let Some(seen_this_move) = owned.unforget(event.subject, event.seq) else {
-                            continue;
-                        };
-                        let spawn = packets.spawn.get_or_insert_with(|| {
-                            make_packet(&SSpawn {
-                                players: vec![event.object_info()],
-                            })
-                        });
-                        let _ = owned.handle.send(spawn.clone());
-                        spawns += 1;
-                        owned.known.insert(event.subject, event.seq);
-                        if let Change::Move(packet) = &event.change {
-                            if !seen_this_move {
-                                let _ = owned.handle.send(packet.clone());
-                                moves += 1;
-                            }
-                        }
-                    }
-                    (true, Some(seen)) => {
-                        if event.seq > *seen {
-                            if let Change::Move(packet) = &event.change {
-                                let _ = owned.handle.send(packet.clone());
-                                moves += 1;
-                            }
-                            *seen = event.seq;
-                        }
-                    }
-                    (false, Some(_)) => {
-                        let despawn = packets.despawn.get_or_insert_with(|| {
-                            make_packet(&SDespawn {
-                                object_ids: vec![event.subject],
-                            })
-                        });
-                        let _ = owned.handle.send(despawn.clone());
-                        despawns += 1;
-                        owned.forget(event.subject, *now.get_or_insert_with(Instant::now));
-                    }
-                    (false, None) => {}
-                }
-            }
-        }
-        self.count(spawns, despawns, moves);
-    }
-
-    /// Tells owned player `id` what it sees from its cell that it has not
-    /// been told: one `S_DESPAWN` of those it no longer sees, one `S_SPAWN`
-    /// of those it newly sees, and an `S_MOVE` (`client_time_us` 0) of each
-    /// it sees whose last move it missed (a handover's gap).
-    fn show_surroundings(&mut self, id: u64) {
-        let Some((cell, mut owned)) = self
-            .entries
-            .get_mut(&id)
-            .and_then(|entry| Some((entry.cell, entry.owned.take()?)))
-        else {
-            return;
-        };
-        let mut seen_now = HashSet::new();
-        let mut spawns: Vec<ObjectInfo> = Vec::new();
-        let mut catch_up: Vec<Bytes> = Vec::new();
-        for around in self.grid.around(cell) {
-            for other in self.cells.get(&around).into_iter().flatten() {
-                if *other == id {
-                    continue;
-                }
-                let Some(entry) = self.entries.get(other) else {
-                    continue;
-                };
-                seen_now.insert(*other);
-                match owned.known.get_mut(other) {
-                    None => {
-                        // Older than what this one was shown before a
-                        // despawn: the newer state is on its way here and
-                        // will spawn it.
-                        if owned.unforget(*other, entry.seq).is_none() {
-                            continue;
-                        }
-                        spawns.push(object_info(*other, &entry.identity, &entry.pos));
-                        owned.known.insert(*other, entry.seq);
-                    }
-                    Some(seen) if entry.seq > *seen => {
-                        catch_up.push(make_packet(&SMove {
-                            info: Some(entry.pos),
-                            client_time_us: 0,
-                        }));
-                        *seen = entry.seq;
-                    }
-                    Some(_) => {}
-                }
-            }
-        }
-        let mut gone: Vec<u64> = owned
-            .known
-            .keys()
-            .filter(|other| !seen_now.contains(other))
-            .copied()
-            .collect();
-        gone.sort_unstable();
-        let now = Instant::now();
-        for other in &gone {
-            owned.forget(*other, now);
-        }
-        let (mut despawns, mut spawned, moves) = (0, 0, catch_up.len() as u64);
-        if !gone.is_empty() {
-            let _ = owned
-                .handle
-                .send(make_packet(&SDespawn { object_ids: gone }));
-            despawns = 1;
-        }
-        if !spawns.is_empty() {
-            spawns.sort_by_key(|info| info.object_id);
-            let _ = owned.handle.send(make_packet(&SSpawn { players: spawns }));
-            spawned = 1;
-        }
-        for packet in catch_up {
-            let _ = owned.handle.send(packet);
-        }
-        self.count(spawned, despawns, moves);
-        if let Some(entry) = self.entries.get_mut(&id) {
-            entry.owned = Some(owned);
-        }
-    }
-
-    /// Sends `packet` to owned player `id` (one delivery of a move).
-    fn send_to(&self, id: u64, packet: &Bytes) {
-        if let Some(owned) = self.entries.get(&id).and_then(|e| e.owned.as_ref()) {
-            let _ = owned.handle.send(packet.clone());
-            self.count(0, 0, 1);
-        }
-    }
-
-    fn count(&self, spawns: u64, despawns: u64, moves: u64) {
-        let counters = &self.counters;
-        if spawns > 0 {
-            counters.spawns_sent.fetch_add(spawns, Ordering::Relaxed);
-        }
-        if despawns > 0 {
-            counters
-                .despawns_sent
-                .fetch_add(despawns, Ordering::Relaxed);
-        }
-        if moves > 0 {
-            counters.move_deliveries.fetch_add(moves, Ordering::Relaxed);
-        }
-    }
-
-    fn publish(&self, event: &Event) {
-        self.published
-            .lock()
-            .insert(event.subject, (event.pos.x, event.pos.y));
-    }
-
-    /// Records the event's position for its subject (inserting it if new),
-    /// and `owned` if given (else an owned player stays owned, a ghost a
-    /// ghost).
-    fn upsert(&mut self, event: &Event, owned: Option<Owned>) {
-        let subject = event.subject;
-        match self.entries.get_mut(&subject) {
-            Some(entry) => {
-                if entry.cell != event.new_cell {
-                    remove_from_cell(&mut self.cells, entry.cell, subject);
-                    self.cells.entry(event.new_cell).or_default().push(subject);
-                }
-                entry.cell = event.new_cell;
-                entry.pos = event.pos;
-                entry.seq = event.seq;
-                if owned.is_some() {
-                    if entry.owned.is_none() {
-                        self.counters.ghosts.fetch_sub(1, Ordering::Relaxed);
-                    }
-                    entry.owned = owned;
-                }
-            }
-            None => {
-                if owned.is_none() {
-                    self.counters.ghosts.fetch_add(1, Ordering::Relaxed);
-                }
-                self.cells.entry(event.new_cell).or_default().push(subject);
-                self.entries.insert(
-                    subject,
-                    Entry {
-                        identity: Arc::clone(&event.identity),
-                        pos: event.pos,
-                        cell: event.new_cell,
-                        seq: event.seq,
-                        owned,
+        let mut buf = BytesMut::with_capacity(self.last_moves_len + self.last_moves_len / 4);
+        let mut removed = Vec::new();
+        let mut i = 0;
+        while i < self.entries.len() {
+            let entry = &mut self.entries[i];
+            let taken = entry.seat.take();
+            let start = buf.len();
+            for input in &taken.moves {
+                cells::put_packet(
+                    &mut buf,
+                    &SMove {
+                        info: Some(input.pos),
+                        client_time_us: input.client_time_us,
                     },
                 );
+                entry.pos = input.pos;
+            }
+            entry.move_count = taken.moves.len();
+            if entry.move_count > 0 {
+                entry.moved = tick;
+            }
+            entry.range = (buf.len() > start).then_some((start, buf.len()));
+            entry.cell = self.grid.cell_of(entry.pos.x, entry.pos.y);
+            if let Some(request) = taken.leave {
+                let entry = self.entries.swap_remove(i);
+                if let Some(prev) = entry.prev {
+                    self.departed[self.grid.local_index(prev)].push(Departure {
+                        id: entry.seat.player_id,
+                        to: None,
+                    });
+                }
+                removed.push(Removal {
+                    seat: entry.seat,
+                    request,
+                });
+                continue;
+            }
+            i += 1;
+        }
+        self.last_moves_len = buf.len();
+        let moves = buf.freeze();
+        let mut leaving: Vec<(usize, Vec<Entry>)> = Vec::new();
+        let mut i = 0;
+        while i < self.entries.len() {
+            let entry = &mut self.entries[i];
+            entry.moves = match entry.range.take() {
+                Some((start, end)) => moves.slice(start..end),
+                None => Bytes::new(),
+            };
+            if let Some(prev) = entry.prev.filter(|prev| *prev != entry.cell) {
+                self.departed[self.grid.local_index(prev)].push(Departure {
+                    id: entry.seat.player_id,
+                    to: Some(entry.cell),
+                });
+            }
+            let target = self.grid.region_of(entry.cell);
+            if target == self.index {
+                i += 1;
+                continue;
+            }
+            let entry = self.entries.swap_remove(i);
+            match leaving.iter_mut().find(|(region, _)| *region == target) {
+                Some((_, list)) => list.push(entry),
+                None => leaving.push((target, vec![entry])),
+            }
+        }
+        for (target, list) in leaving {
+            self.counters
+                .handovers
+                .fetch_add(list.len() as u64, Ordering::Relaxed);
+            shared.hand_over(target, list);
+        }
+        self.answer_leaves(shared, removed);
+    }
+
+    /// Tells each leaver (asked with `C_LEAVE_GAME`) `S_LEAVE_GAME`, lets go
+    /// of its seat and answers its player actor.
+    fn answer_leaves(&mut self, shared: &TickShared, removed: Vec<Removal>) {
+        if removed.is_empty() {
+            return;
+        }
+        self.counters
+            .players_in_world
+            .fetch_sub(removed.len() as i64, Ordering::Relaxed);
+        let leave_packet = make_packet(&SLeaveGame {});
+        for Removal { seat, request } in removed {
+            shared.forget(&seat);
+            if let Some(request) = request {
+                if request.tell {
+                    let _ = seat.handle.send(leave_packet.clone());
+                }
+                (request.left)();
             }
         }
     }
 
-    fn remove(&mut self, id: u64) -> Option<Entry> {
-        let entry = self.entries.remove(&id)?;
-        remove_from_cell(&mut self.cells, entry.cell, id);
-        if entry.owned.is_none() {
-            self.counters.ghosts.fetch_sub(1, Ordering::Relaxed);
+    /// Phase 2: takes the players handed over, then publishes every cell.
+    pub(super) fn publish(&mut self, shared: &TickShared, tick: u64) {
+        self.entries.extend(shared.take_incoming(self.index));
+        for list in &mut self.by_cell {
+            list.clear();
         }
-        Some(entry)
+        for (i, entry) in self.entries.iter().enumerate() {
+            self.by_cell[self.grid.local_index(entry.cell)].push(i as u32);
+        }
+        // Members in id order, so what a receiver is sent does not depend
+        // on the order players arrived in.
+        let entries = &self.entries;
+        for list in &mut self.by_cell {
+            if list.len() > 1 {
+                list.sort_unstable_by_key(|&i| entries[i as usize].seat.player_id);
+            }
+        }
+        for departed in &mut self.departed {
+            departed.sort_unstable_by_key(|departure| departure.id);
+        }
+        let mut cells = Vec::with_capacity(self.by_cell.len());
+        for (local, ids) in self.by_cell.iter().enumerate() {
+            let departed = std::mem::take(&mut self.departed[local]);
+            if ids.is_empty() {
+                cells.push(CellTick {
+                    departed,
+                    ..CellTick::default()
+                });
+                continue;
+            }
+            let len: usize = ids
+                .iter()
+                .map(|&i| self.entries[i as usize].moves.len())
+                .sum();
+            let mut moves = BytesMut::with_capacity(len);
+            let mut members = Vec::with_capacity(ids.len());
+            let mut move_count = 0;
+            for &i in ids {
+                let entry = &self.entries[i as usize];
+                moves.extend_from_slice(&entry.moves);
+                move_count += entry.move_count;
+                members.push(Member::new(
+                    entry.seat.player_id,
+                    entry.prev,
+                    entry.pos,
+                    entry.moved,
+                    Arc::clone(&entry.seat.identity),
+                ));
+            }
+            cells.push(CellTick {
+                moves: moves.freeze(),
+                move_count,
+                members,
+                departed,
+            });
+        }
+        {
+            let mut positions = self.positions.lock();
+            positions.clear();
+            positions.extend(
+                self.entries
+                    .iter()
+                    .map(|entry| (entry.seat.player_id, entry.pos.x, entry.pos.y)),
+            );
+        }
+        shared.publish(self.index, Arc::new(RegionTick { tick, cells }));
+    }
+
+    /// Phase 3: every owned player's write of the tick.
+    pub(super) fn deliver(&mut self, shared: &TickShared, tick: u64) {
+        let mut around = Around::new(tick);
+        for (_, neighbour) in self.grid.regions_around(self.index) {
+            around.load(neighbour, shared);
+        }
+        for entry in &self.entries {
+            if let Some(prev) = entry
+                .prev
+                .filter(|prev| self.grid.region_of(*prev) != self.index)
+            {
+                around.load_around(&self.grid, prev, shared);
+            }
+        }
+        let chat = shared.tick_chat();
+        let crowd_limit = shared.settings().crowd_limit;
+        let mut delivered = Delivered::default();
+        let mut crowded_cells = 0i64;
+        for (local, ids) in self.by_cell.iter().enumerate() {
+            if ids.is_empty() {
+                continue;
+            }
+            let Some(centre) = self.grid.cell_at(self.index, local) else {
+                continue;
+            };
+            let block: Vec<(Cell, &CellTick)> = self
+                .grid
+                .around(centre)
+                .map(|cell| (cell, around.cell(&self.grid, cell)))
+                .collect();
+            let seen: usize = block.iter().map(|(_, cell)| cell.members.len()).sum();
+            let crowded = crowd_limit > 0 && seen > crowd_limit;
+            let (view, view_moves) = if crowded {
+                crowded_cells += 1;
+                let every = (seen * CROWD_SHARE).div_ceil(crowd_limit) as u64;
+                thinned_view(&block, every, tick)
+            } else {
+                full_view(&block)
+            };
+            // The spawns and despawns of a receiver that stayed in `centre`
+            // are the same for all of them: built once, if one needs them.
+            let mut stationary: Option<(Bytes, u64, u64)> = None;
+            for &i in ids {
+                let entry = &self.entries[i as usize];
+                let (changes, spawns, despawns) = if entry.prev == Some(centre) {
+                    stationary
+                        .get_or_insert_with(|| stationary_changes(centre, &block))
+                        .clone()
+                } else {
+                    let prev_block: Vec<(Cell, &CellTick)> = entry
+                        .prev
+                        .map(|prev| {
+                            self.grid
+                                .around(prev)
+                                .map(|cell| (cell, around.cell(&self.grid, cell)))
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    crossing_changes(entry, centre, &block, &prev_block)
+                };
+                let own = if crowded {
+                    entry.moves.clone()
+                } else {
+                    Bytes::new()
+                };
+                let batch = [changes, view.clone(), own, chat.packets.clone()];
+                if entry.seat.handle.send_batch(batch).is_ok() {
+                    delivered.spawn_packets += spawns;
+                    delivered.despawn_packets += despawns;
+                    if crowded {
+                        delivered.thinned += view_moves;
+                        delivered.moves += entry.move_count as u64;
+                    } else {
+                        delivered.moves += view_moves;
+                    }
+                    delivered.chats += chat.count;
+                }
+            }
+        }
+        drop(around);
+        for entry in &mut self.entries {
+            entry.prev = Some(entry.cell);
+            entry.moves = Bytes::new();
+            entry.move_count = 0;
+        }
+        delivered.crowded_cells = crowded_cells - self.crowded_cells;
+        self.crowded_cells = crowded_cells;
+        self.count(&delivered);
+    }
+
+    /// The world is stopping (no tick runs any more): every owned player,
+    /// and every player still waiting to enter here, lets go of its seat;
+    /// leaves that were waiting are answered.
+    pub(super) fn release_all(&mut self, shared: &TickShared) {
+        let mut removed: Vec<Removal> = self
+            .entries
+            .drain(..)
+            .chain(shared.take_incoming(self.index))
+            .map(|entry| Removal {
+                request: entry.seat.release(),
+                seat: entry.seat,
+            })
+            .collect();
+        let arrivals = shared.take_arrivals(self.index, u64::MAX);
+        // Arrivals never counted in the world; answer_leaves takes every
+        // removal off the count.
+        self.counters
+            .players_in_world
+            .fetch_add(arrivals.len() as i64, Ordering::Relaxed);
+        removed.extend(arrivals.into_iter().map(|arrival| Removal {
+            request: arrival.seat.release(),
+            seat: arrival.seat,
+        }));
+        self.answer_leaves(shared, removed);
+        self.counters
+            .crowded_cells
+            .fetch_sub(std::mem::take(&mut self.crowded_cells), Ordering::Relaxed);
+        self.positions.lock().clear();
+    }
+
+    fn count(&self, delivered: &Delivered) {
+        let counters = &self.counters;
+        let add = |counter: &std::sync::atomic::AtomicU64, n: u64| {
+            if n > 0 {
+                counter.fetch_add(n, Ordering::Relaxed);
+            }
+        };
+        add(&counters.spawns_sent, delivered.spawn_packets);
+        add(&counters.despawns_sent, delivered.despawn_packets);
+        add(&counters.move_deliveries, delivered.moves);
+        add(&counters.thinned_deliveries, delivered.thinned);
+        add(&counters.chat_deliveries, delivered.chats);
+        if delivered.crowded_cells != 0 {
+            counters
+                .crowded_cells
+                .fetch_add(delivered.crowded_cells, Ordering::Relaxed);
+        }
     }
 }
 
-fn remove_from_cell(cells: &mut HashMap<Cell, Vec<u64>>, cell: Cell, id: u64) {
-    if let Some(ids) = cells.get_mut(&cell) {
-        if let Some(at) = ids.iter().position(|other| *other == id) {
-            ids.swap_remove(at);
-        }
-        if ids.is_empty() {
-            cells.remove(&cell);
+/// The published ticks a deliver reads: the region's own, its neighbours',
+/// and, for a receiver that jumped here from further away, those around
+/// the cell it came from.
+struct Around {
+    /// `(region, its tick)`, few enough to search in order.
+    ticks: Vec<(usize, Arc<RegionTick>)>,
+    /// The tick being delivered (every region published it).
+    tick: u64,
+    empty: CellTick,
+}
+
+impl Around {
+    fn new(tick: u64) -> Around {
+        Around {
+            ticks: Vec::with_capacity(9),
+            tick,
+            empty: CellTick::default(),
         }
     }
+
+    /// Loads `region`'s published tick if it is not loaded yet.
+    fn load(&mut self, region: usize, shared: &TickShared) {
+        if !self.ticks.iter().any(|(loaded, _)| *loaded == region) {
+            let published = shared.published(region);
+            debug_assert!(published.tick == self.tick || published.tick == 0);
+            self.ticks.push((region, published));
+        }
+    }
+
+    /// Loads every region owning a cell of `cell`'s 3×3 block.
+    fn load_around(&mut self, grid: &Grid, cell: Cell, shared: &TickShared) {
+        for seen in grid.around(cell) {
+            self.load(grid.region_of(seen), shared);
+        }
+    }
+
+    /// The published state of `cell` (loaded before; empty otherwise).
+    fn cell(&self, grid: &Grid, cell: Cell) -> &CellTick {
+        let region = grid.region_of(cell);
+        self.ticks
+            .iter()
+            .find(|(loaded, _)| *loaded == region)
+            .and_then(|(_, tick)| tick.cells.get(grid.local_index(cell)))
+            .unwrap_or(&self.empty)
+    }
+}
+
+/// Every `S_MOVE` of the block's cells, in one buffer (no copy for one
+/// cell with moves); returns it with the number of moves.
+fn full_view(block: &[(Cell, &CellTick)]) -> (Bytes, u64) {
+    let count: usize = block.iter().map(|(_, cell)| cell.move_count).sum();
+    let mut with_moves = block.iter().filter(|(_, cell)| !cell.moves.is_empty());
+    let (Some(first), second) = (with_moves.next(), with_moves.next()) else {
+        return (Bytes::new(), 0);
+    };
+    if second.is_none() {
+        return (first.1.moves.clone(), count as u64);
+    }
+    let len: usize = block.iter().map(|(_, cell)| cell.moves.len()).sum();
+    let mut view = BytesMut::with_capacity(len);
+    for (_, cell) in block {
+        view.extend_from_slice(&cell.moves);
+    }
+    (view.freeze(), count as u64)
+}
+
+/// A crowd's view: each tick, the latest positions of about one player in
+/// `every` (a different share each tick), of those that moved in the last
+/// `2 × every` ticks: every move reaches the crowd's receivers within
+/// `every` ticks as a position, however big the crowd, and a crowd that
+/// stands still costs nothing.
+fn thinned_view(block: &[(Cell, &CellTick)], every: u64, tick: u64) -> (Bytes, u64) {
+    let mut view = BytesMut::new();
+    let mut count = 0;
+    let recent = tick.saturating_sub(2 * every);
+    for (_, cell) in block {
+        for member in &cell.members {
+            if member.moved > recent && member.id.wrapping_add(tick) % every == 0 {
+                view.extend_from_slice(member.position_packet());
+                count += 1;
+            }
+        }
+    }
+    (view.freeze(), count)
+}
+
+/// Despawns then spawns for a receiver that stayed in `centre`: the players
+/// that left its block, then those that came into it.
+fn stationary_changes(centre: Cell, block: &[(Cell, &CellTick)]) -> (Bytes, u64, u64) {
+    let mut gone = Vec::new();
+    for (_, cell) in block {
+        for departure in &cell.departed {
+            if departure.to.is_none_or(|to| !Grid::sees(centre, to)) {
+                gone.push(departure.id);
+            }
+        }
+    }
+    let came = block.iter().flat_map(|(_, cell)| {
+        cell.members
+            .iter()
+            .filter(|member| member.prev.is_none_or(|prev| !Grid::sees(centre, prev)))
+    });
+    changes_packets(&gone, came)
+}
+
+/// Despawns then spawns for a receiver that entered the world or changed
+/// cell this tick: it saw the players standing in its previous block at the
+/// end of the last tick, and sees those of `block` now.
+fn crossing_changes(
+    receiver: &Entry,
+    centre: Cell,
+    block: &[(Cell, &CellTick)],
+    prev_block: &[(Cell, &CellTick)],
+) -> (Bytes, u64, u64) {
+    let me = receiver.seat.player_id;
+    let mut gone = Vec::new();
+    for (cell_at, cell) in prev_block {
+        for member in &cell.members {
+            // Stayed in a cell this receiver no longer sees.
+            if member.prev == Some(*cell_at) && !Grid::sees(centre, *cell_at) {
+                gone.push(member.id);
+            }
+        }
+        for departure in &cell.departed {
+            if departure.id != me && departure.to.is_none_or(|to| !Grid::sees(centre, to)) {
+                gone.push(departure.id);
+            }
+        }
+    }
+    let prev = receiver.prev;
+    let came = block.iter().flat_map(|(_, cell)| {
+        cell.members.iter().filter(move |member| {
+            member.id != me
+                && match (prev, member.prev) {
+                    (Some(was), Some(theirs)) => !Grid::sees(was, theirs),
+                    _ => true,
+                }
+        })
+    });
+    changes_packets(&gone, came)
+}
+
+/// One buffer of `S_DESPAWN`s of `gone` then `S_SPAWN`s of `came`; with
+/// the counts of each kind of packet.
+fn changes_packets<'m>(gone: &[u64], came: impl Iterator<Item = &'m Member>) -> (Bytes, u64, u64) {
+    let mut buf = BytesMut::new();
+    let despawns = cells::put_despawns(&mut buf, gone);
+    let spawns = cells::put_spawns(&mut buf, came.map(Member::spawn_entry));
+    (buf.freeze(), spawns as u64, despawns as u64)
 }

@@ -51,7 +51,8 @@ macro_rules! backend_tests {
 /// How long a test waits for a packet it expects.
 pub const TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A world for scripted tests: no rate limits, so every move counts.
+/// A world for tests: no rate limits, so every move counts, and a short
+/// tick (10 ms), so a test waits little for each.
 pub fn world(size: f32, cell: f32, region_cells: u32, max_speed: f32) -> WorldConfig {
     WorldConfig {
         size,
@@ -60,7 +61,18 @@ pub fn world(size: f32, cell: f32, region_cells: u32, max_speed: f32) -> WorldCo
         region_cells,
         move_rate: None,
         chat_rate: None,
-        queue_limit: 1 << 20,
+        tick: Duration::from_millis(10),
+        max_pending_moves: 1 << 20,
+        ..WorldConfig::default()
+    }
+}
+
+/// The same world, ticking only when the test steps it
+/// ([`GameServer::step_world_tick`]).
+pub fn manual_world(size: f32, cell: f32, region_cells: u32, max_speed: f32) -> WorldConfig {
+    WorldConfig {
+        manual_ticks: true,
+        ..world(size, cell, region_cells, max_speed)
     }
 }
 

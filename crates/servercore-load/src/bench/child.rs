@@ -26,21 +26,45 @@ pub struct ServerProcess {
     label: String,
 }
 
+/// Which benchmark server to start, and how.
+#[derive(Debug, Clone)]
+pub struct ServerSpec {
+    pub implementation: Impl,
+    pub scenario: Scenario,
+    pub workers: Option<usize>,
+    pub max_sessions: usize,
+    pub chat: ChatServer,
+    pub send_coalescing: Option<Duration>,
+    pub transport: Transport,
+    pub cert: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    /// The game's world tick and the tokio writers' wait.
+    pub tick: Option<Duration>,
+    /// The tokio writers' wait, where it differs from `tick`.
+    pub tokio_tick: Option<Duration>,
+    /// The move scenario's world side.
+    pub world_size: Option<f32>,
+    /// Pin the server to this CPU.
+    pub pin_cpu: Option<usize>,
+}
+
 impl ServerProcess {
-    /// Starts `servercore bench-server` for one implementation and scenario
-    /// and waits for its address.
-    #[allow(clippy::too_many_arguments)]
-    pub fn spawn(
-        implementation: Impl,
-        scenario: Scenario,
-        workers: Option<usize>,
-        max_sessions: usize,
-        chat: ChatServer,
-        send_coalescing: Option<Duration>,
-        transport: Transport,
-        cert: Option<&(std::path::PathBuf, std::path::PathBuf)>,
-        progress: &Progress,
-    ) -> anyhow::Result<ServerProcess> {
+    /// Starts `servercore bench-server` as `spec` says and waits for its
+    /// address.
+    pub fn spawn(spec: &ServerSpec, progress: &Progress) -> anyhow::Result<ServerProcess> {
+        let ServerSpec {
+            implementation,
+            scenario,
+            workers,
+            max_sessions,
+            chat,
+            send_coalescing,
+            transport,
+            ref cert,
+            tick,
+            tokio_tick,
+            world_size,
+            pin_cpu,
+        } = *spec;
         let exe = own_executable()?;
         let mut command = Command::new(exe);
         command
@@ -64,12 +88,25 @@ impl ServerProcess {
         if let Some(interval) = send_coalescing {
             command.args(["--coalesce-ms", &interval.as_millis().to_string()]);
         }
+        if let Some(tick) = tick {
+            command.args(["--tick-ms", &tick.as_millis().to_string()]);
+        }
+        if let Some(tick) = tokio_tick {
+            command.args(["--tokio-tick-ms", &tick.as_millis().to_string()]);
+        }
+        if let Some(size) = world_size {
+            command.args(["--world-size", &size.to_string()]);
+        }
         let mut child = command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .context("starting the bench-server process")?;
+        if let Some(cpu) = pin_cpu {
+            procfs::pin(child.id(), &[cpu])
+                .with_context(|| format!("pinning the server to CPU {cpu}"))?;
+        }
         let label = format!("{} {} server", implementation.name(), scenario.name());
         let stderr = Arc::new(Mutex::new(Vec::new()));
         let stderr_thread = child.stderr.take().map(|pipe| {

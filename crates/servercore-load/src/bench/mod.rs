@@ -44,6 +44,7 @@ mod tokio_server;
 mod tokio_world;
 mod transport;
 
+pub use procfs::raise_nofile_limit;
 pub use transport::Transport;
 
 use std::net::SocketAddr;
@@ -239,6 +240,28 @@ pub struct BenchOptions {
     /// tcp). Over tls the baseline is tokio-rustls, over ws
     /// tokio-tungstenite; the idle scenario runs on tcp only.
     pub transports: Vec<Transport>,
+
+    /// The send interval of every chat and world server: the game server's
+    /// world tick, and how long the tokio baseline's writers wait before
+    /// they drain, so every ratio is same-interval (default 50 ms).
+    pub tick: Duration,
+
+    /// The tokio baseline's writer wait when it differs from `tick`
+    /// (`Some(ZERO)`: the tokio server drains at once, no tick).
+    pub tokio_tick: Option<Duration>,
+
+    /// Move scenario: a constant-density sweep, the world growing with the
+    /// players (1,000 players per 2,000 × 2,000), instead of the fixed
+    /// default world.
+    pub density: bool,
+
+    /// Move scenario: a crowd of N players in one cell (a world of one
+    /// 100 × 100 cell) instead of the walking world; no sweep.
+    pub crowd: Option<usize>,
+
+    /// Pin each server to this CPU and the load generator to the others
+    /// (`None`: no pinning).
+    pub pin_server: Option<usize>,
 }
 
 /// What one `servercore bench-server` process serves (started by the
@@ -274,6 +297,18 @@ pub struct BenchServerOptions {
 
     /// TLS key (PEM), for the tls transport.
     pub tls_key: Option<PathBuf>,
+
+    /// The send tick: the game server's world tick (`None`: its default),
+    /// and how long the tokio baseline's writers wait before draining
+    /// (`None` or zero: they drain at once).
+    pub tick: Option<Duration>,
+
+    /// The tokio baseline's writer tick when it differs from `tick`
+    /// (`Some(ZERO)`: no tick for tokio while the game ticks).
+    pub tokio_tick: Option<Duration>,
+
+    /// The world's side for the move scenario (`None`: 2000).
+    pub world_size: Option<f32>,
 }
 
 /// Runs one benchmark server until its stdin ends.
@@ -303,6 +338,9 @@ struct Plan {
     chat_server: ChatServer,
     repeat: usize,
     send_coalescing: Option<Duration>,
+    tick: Duration,
+    tokio_tick: Option<Duration>,
+    pin_server: Option<usize>,
     moves: MovePlan,
 }
 
@@ -433,31 +471,43 @@ impl Plan {
             .copied()
             .unwrap_or(0)
             .max(move_players);
-        // Each engine backend twice: coalescing off, then on (the given
-        // interval, or the game server's default).
-        let coalescing_on = args
-            .send_coalescing
-            .filter(|interval| !interval.is_zero())
-            .unwrap_or(servercore_game::DEFAULT_SEND_COALESCING);
-        let mut variants: Vec<Variant> = Vec::new();
-        for &implementation in &implementations {
-            variants.push(Variant {
-                implementation,
-                coalescing: None,
-            });
-            if implementation != Impl::Tokio {
-                variants.push(Variant {
-                    implementation,
-                    coalescing: Some(coalescing_on),
-                });
-            }
-        }
-        // The baseline last, as in every table.
+        anyhow::ensure!(
+            !args.tick.is_zero() && args.tick <= Duration::from_secs(10),
+            "--tick-ms must be between 1 and 10000"
+        );
+        // Every implementation at the same tick; the baseline last, as in
+        // every table.
+        let mut variants: Vec<Variant> = implementations
+            .iter()
+            .map(|&implementation| Variant { implementation })
+            .collect();
         variants.sort_by_key(|v| v.implementation == Impl::Tokio);
+        let world = match (args.crowd, args.density) {
+            (Some(_), true) => {
+                anyhow::bail!("--crowd and --density are two different worlds: pick one")
+            }
+            (Some(players), false) => {
+                anyhow::ensure!(players > 0, "--crowd needs at least one player");
+                moves::WorldShape::Crowd
+            }
+            (None, true) => moves::WorldShape::Density,
+            (None, false) => moves::WorldShape::Fixed,
+        };
+        let move_players = args.crowd.unwrap_or(move_players);
+        anyhow::ensure!(
+            !scenarios.contains(&Scenario::Move) || move_players <= usable,
+            "the open-file limit ({open_file_limit}) is too low for {move_players} players"
+        );
         let moves = MovePlan {
             players: move_players,
             variants,
-            steps: capacity_steps,
+            world,
+            tick: args.tick,
+            steps: if args.crowd.is_some() {
+                Vec::new()
+            } else {
+                capacity_steps
+            },
             window: timing.duration,
             step_window: Duration::from_secs_f64(if quick { duration } else { 3.0 }),
             warmup: timing.warmup,
@@ -466,7 +516,11 @@ impl Plan {
             move_rate: 10.0,
             speed: 150.0,
         };
-        let max_sessions = idle_sessions.max(biggest_load).max(biggest_move) + 1000;
+        let max_sessions = idle_sessions
+            .max(biggest_load)
+            .max(biggest_move)
+            .max(moves.players)
+            + 1000;
         Ok(Plan {
             scenarios,
             implementations,
@@ -481,6 +535,9 @@ impl Plan {
             chat_server: args.chat_server,
             repeat: args.repeat.max(1),
             send_coalescing: args.send_coalescing,
+            tick: args.tick,
+            tokio_tick: args.tokio_tick,
+            pin_server: args.pin_server,
             moves,
         })
     }
@@ -534,6 +591,18 @@ pub fn run_until(args: BenchOptions, stop: &crate::StopSignal) -> anyhow::Result
             sources: args.sources,
             json: args.json.clone(),
         });
+    }
+    if let Some(cpu) = args.pin_server {
+        let others: Vec<usize> = procfs::allowed_cpus()
+            .into_iter()
+            .filter(|&other| other != cpu)
+            .collect();
+        anyhow::ensure!(
+            !others.is_empty(),
+            "--pin-server {cpu}: no other CPU is left for the load generator"
+        );
+        procfs::pin(std::process::id(), &others)
+            .context("pinning the load generator to the other CPUs")?;
     }
     let mut transports: Vec<Transport> = Vec::new();
     for transport in &args.transports {
@@ -662,6 +731,8 @@ fn run_transport(
                 players: plan.moves.players,
                 move_rate: plan.moves.move_rate,
                 speed: plan.moves.speed,
+                tick_ms: plan.moves.tick.as_secs_f64() * 1000.0,
+                world: plan.moves.world.describe().to_string(),
                 variants: plan.moves.variants.iter().map(Variant::label).collect(),
                 capacity_steps: plan.moves.steps.clone(),
                 capacity_window_seconds: plan.moves.step_window.as_secs_f64(),
@@ -898,17 +969,25 @@ impl Bench {
             "starting the server",
             0,
         );
-        ServerProcess::spawn(
-            imp,
+        ServerProcess::spawn(&self.server_spec(imp, scenario), &self.progress)
+    }
+
+    /// How this run starts a server of `imp` for `scenario`.
+    fn server_spec(&self, imp: Impl, scenario: Scenario) -> child::ServerSpec {
+        child::ServerSpec {
+            implementation: imp,
             scenario,
-            self.plan.workers,
-            self.plan.max_sessions,
-            self.plan.chat_server,
-            self.plan.send_coalescing,
-            self.transport,
-            self.cert_files.as_ref(),
-            &self.progress,
-        )
+            workers: self.plan.workers,
+            max_sessions: self.plan.max_sessions,
+            chat: self.plan.chat_server,
+            send_coalescing: self.plan.send_coalescing,
+            transport: self.transport,
+            cert: self.cert_files.clone(),
+            tick: Some(self.plan.tick),
+            tokio_tick: self.plan.tokio_tick,
+            world_size: None,
+            pin_cpu: self.plan.pin_server,
+        }
     }
 
     /// Notes a window during which other processes used noticeable CPU.

@@ -1,22 +1,27 @@
-//! The move scenario of `servercore bench`: players random-walking the
-//! default world, on each server variant (the engine on each backend, with
-//! send coalescing off and on, and the tokio world server), then a capacity
-//! sweep per variant.
+//! The move scenario of `servercore bench`: players random-walking a world,
+//! on each server (the engine on each backend and the tokio world server,
+//! all at the same send interval: the game's world tick, and the tokio
+//! writers waiting one tick before they drain), then a capacity sweep per
+//! server.
 //!
 //! The load is the dummy client's own move scenario
 //! ([`crate::client::run_load_observed`]) on the engine's client side, in
 //! the harness process; the server runs in its own `bench-server` process,
 //! fresh for every measurement (an empty world each time). The harness
-//! reads the server's CPU and the machine's TCP segments exactly over the
-//! client's measured window (a [`LoadObserver`]), and divides by the
-//! `S_MOVE` deliveries counted in that window.
+//! reads the server's CPU, its gathered writes and the machine's TCP
+//! segments exactly over the client's measured window (a [`LoadObserver`]),
+//! and divides by the `S_MOVE` deliveries counted in that window.
+//!
+//! Worlds ([`WorldShape`]): the fixed default world (2000 × 2000); a
+//! constant density (the world grows with the players, 1,000 per 2000 ×
+//! 2000); or a crowd (everyone in a world of one cell).
 //!
 //! Capacity: the sweep runs its player counts in order, each for a short
 //! window, and stops at the first that fails (own-move p99 above the limit,
-//! any error, a player that did not enter) or when the variant's time
-//! budget is spent. The capacity is the last count that held. The load
-//! generator shares the machine: where it saturates first, the capacity is
-//! the machine's, not the server's (the tables show its CPU).
+//! any error, a player that did not enter) or when the server's time budget
+//! is spent. The capacity is the last count that held. A step where the
+//! load generator itself was saturated (its CPU at its cores' worth) is
+//! invalid: the sweep stops there without blaming the server.
 
 use std::time::{Duration, Instant};
 
@@ -26,29 +31,56 @@ use super::child::ServerProcess;
 use super::load::{Timing, Window, WindowStart};
 use super::move_report::{CapacityResult, CapacityStep, MoveResult};
 use super::report::{format_micros, format_rate, WindowCpu};
-use super::{Bench, Impl, Scenario, Transport};
+use super::{Bench, Impl, Scenario};
 use crate::client::{run_load_observed, LoadConfig, LoadObserver, Scenario as Load, WindowCounts};
 use crate::stop::StopSignal;
 
-/// One server setting the move scenario compares.
+/// Share of its cores at which the load generator counts as saturated.
+const SATURATED: f64 = 0.9;
+
+/// One server the move scenario compares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Variant {
     /// The implementation.
     pub implementation: Impl,
-    /// The engine's send coalescing interval (`None`: off; tokio: none).
-    pub coalescing: Option<Duration>,
 }
 
 impl Variant {
-    /// The column name: `uring`, `uring+5ms`, `tokio`.
+    /// The column name: `uring`, `poll`, `tokio`.
     pub fn label(&self) -> String {
-        match self.coalescing {
-            Some(interval) => format!(
-                "{}+{}ms",
-                self.implementation.name(),
-                interval.as_secs_f64() * 1000.0
-            ),
-            None => self.implementation.name().to_string(),
+        self.implementation.name().to_string()
+    }
+}
+
+/// The world the players walk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorldShape {
+    /// The game's default world, 2000 × 2000, whatever the player count.
+    Fixed,
+    /// 1,000 players per 2000 × 2000: the side grows with √players.
+    Density,
+    /// Everyone in one 100 × 100 cell (the whole world).
+    Crowd,
+}
+
+impl WorldShape {
+    /// The world's side for `players`.
+    pub fn side(self, players: usize) -> f32 {
+        match self {
+            WorldShape::Fixed => 2000.0,
+            WorldShape::Density => (2000.0 * (players as f64 / 1000.0).sqrt()).max(100.0) as f32,
+            WorldShape::Crowd => 100.0,
+        }
+    }
+
+    /// How the tables describe it.
+    pub fn describe(self) -> &'static str {
+        match self {
+            WorldShape::Fixed => "the default world (2000², 100-unit cells)",
+            WorldShape::Density => {
+                "a world that grows with the players (1,000 per 2000², 100-unit cells)"
+            }
+            WorldShape::Crowd => "a crowd: a world of one 100 × 100 cell",
         }
     }
 }
@@ -58,9 +90,13 @@ impl Variant {
 pub struct MovePlan {
     /// Players of the main measurement.
     pub players: usize,
-    /// The variants, tokio last.
+    /// The servers, tokio last.
     pub variants: Vec<Variant>,
-    /// The capacity sweep's player counts, ascending.
+    /// The world they walk.
+    pub world: WorldShape,
+    /// The send interval of every server.
+    pub tick: Duration,
+    /// The capacity sweep's player counts, ascending (none for a crowd).
     pub steps: Vec<usize>,
     /// The main measurement's window.
     pub window: Duration,
@@ -78,28 +114,38 @@ pub struct MovePlan {
     pub speed: f64,
 }
 
-/// Reads the server's CPU and the machine's counters over the client's
-/// measured window.
-struct WindowProbe {
-    server_pid: u32,
+/// Reads the server's CPU, its writes and the machine's counters over the
+/// client's measured window.
+struct WindowProbe<'a> {
+    server: &'a mut ServerProcess,
     timing: Timing,
     start: Option<anyhow::Result<WindowStart>>,
+    writes_before: Option<u64>,
     window: Option<anyhow::Result<Window>>,
     counts: WindowCounts,
 }
 
-impl LoadObserver for WindowProbe {
+impl LoadObserver for WindowProbe<'_> {
     fn window_opened(&mut self) {
-        self.start = Some(WindowStart::now(self.server_pid, &self.timing));
+        self.writes_before = self.server.writes().ok().flatten();
+        self.start = Some(WindowStart::now(self.server.pid(), &self.timing));
     }
 
     fn window_closed(&mut self, counts: WindowCounts) {
         self.counts = counts;
+        let pid = self.server.pid();
         self.window = match self.start.take() {
-            Some(Ok(start)) => Some(start.close(self.server_pid)),
+            Some(Ok(start)) => Some(start.close(pid)),
             Some(Err(error)) => Some(Err(error)),
             None => None,
         };
+        let writes_after = self.server.writes().ok().flatten();
+        if let Some(Ok(window)) = &mut self.window {
+            window.server_writes = match (self.writes_before, writes_after) {
+                (Some(before), Some(after)) => Some(after.saturating_sub(before)),
+                _ => None,
+            };
+        }
     }
 }
 
@@ -128,8 +174,10 @@ impl Bench {
                     None
                 }
             };
-            let capacity = self.sweep(*variant, &plan, main);
-            self.report.capacity.push(capacity);
+            if !plan.steps.is_empty() {
+                let capacity = self.sweep(*variant, &plan, main);
+                self.report.capacity.push(capacity);
+            }
         }
     }
 
@@ -168,24 +216,44 @@ impl Bench {
                     break;
                 }
             };
-            let failure = result.failure(limit_us);
+            let saturated = result.load_saturated;
+            let failure = if saturated {
+                None
+            } else {
+                result.failure(limit_us)
+            };
             self.progress.println(&format!(
                 "  move {players} · {label}: {} deliveries, own-move p99 {}, server {:.2} cores, load gen {:.2} cores: {}",
                 format_rate(result.deliveries_per_sec),
                 format_micros(result.latency.p99_us as f64),
                 result.cpu.server_cpu_cores,
                 result.cpu.load_cpu_cores,
-                failure.as_deref().unwrap_or("held")
+                if saturated {
+                    "invalid: the load generator was saturated"
+                } else {
+                    failure.as_deref().unwrap_or("held")
+                }
             ));
             steps.push(CapacityStep {
                 players,
+                p50_us: result.latency.p50_us,
                 p99_us: result.latency.p99_us,
                 deliveries_per_sec: result.deliveries_per_sec,
+                server_cpu_us_per_delivery: result.server_cpu_us_per_delivery,
+                writes_per_delivery: result.writes_per_delivery,
                 server_cpu_cores: result.cpu.server_cpu_cores,
                 load_cpu_cores: result.cpu.load_cpu_cores,
+                load_saturated: saturated,
                 errors_total: result.errors_total,
                 failure: failure.clone(),
             });
+            if saturated {
+                stopped = Some(format!(
+                    "the load generator was saturated at {players} players ({:.2} cores): that step is invalid, and the capacity is at least the last step held",
+                    result.cpu.load_cpu_cores
+                ));
+                break;
+            }
             if let Some(failure) = failure {
                 stopped = Some(format!("{players} players failed: {failure}"));
                 break;
@@ -219,18 +287,15 @@ impl Bench {
             "starting the server",
             0,
         );
-        let server = ServerProcess::spawn(
-            variant.implementation,
-            Scenario::Move,
-            self.plan.workers,
-            self.plan.max_sessions,
-            self.plan.chat_server,
-            Some(variant.coalescing.unwrap_or(Duration::ZERO)),
-            // The world runs over plain TCP.
-            Transport::Tcp,
-            None,
-            &self.progress,
-        )?;
+        let world_size = self.plan.moves.world.side(players);
+        let mut spec = self.server_spec(variant.implementation, Scenario::Move);
+        // The world runs over plain TCP, at the plan's tick for every server.
+        spec.transport = super::Transport::Tcp;
+        spec.cert = None;
+        spec.send_coalescing = Some(Duration::ZERO);
+        spec.tick = Some(self.plan.moves.tick);
+        spec.world_size = Some(world_size);
+        let mut server = ServerProcess::spawn(&spec, &self.progress)?;
         self.progress
             .step("players entering, walking, measuring", 0);
         let plan = &self.plan.moves;
@@ -240,6 +305,7 @@ impl Bench {
         config.rate = 0.0;
         config.move_rate = plan.move_rate;
         config.speed = plan.speed;
+        config.world_size = f64::from(world_size);
         config.warmup = plan.warmup;
         config.duration = window;
         config.connect_timeout = Duration::from_secs(10);
@@ -247,31 +313,55 @@ impl Bench {
         config.drain_timeout = Duration::from_secs(3);
         config.account_prefix = "bench".to_owned();
         let mut probe = WindowProbe {
-            server_pid: server.pid(),
+            server: &mut server,
             timing: Timing {
                 warmup: plan.warmup,
                 duration: window,
                 perf: false,
             },
             start: None,
+            writes_before: None,
             window: None,
             counts: WindowCounts::default(),
         };
         let report = run_load_observed(config, false, &StopSignal::new(), &mut probe);
+        let (window, counts) = (probe.window.take(), probe.counts);
+        let rss_kib = server.rss_kib().ok();
         self.finish(server);
         let report = report?;
-        let measured = probe
-            .window
+        let measured = window
             .context("the measured window never closed")?
             .context("reading the server's counters")?;
         self.check_quiet(&format!("move {players} on {label}"), &measured);
-        Ok(MoveResult::new(
+        let mut result = MoveResult::new(
             &label,
             &report,
             measured.elapsed.as_secs_f64(),
             WindowCpu::from_window(&measured),
-            probe.counts.move_deliveries,
+            counts.move_deliveries,
             measured.tcp_segments,
-        ))
+        );
+        result.world_size = world_size;
+        result.writes_per_delivery = measured
+            .server_writes
+            .filter(|_| counts.move_deliveries > 0)
+            .map(|writes| writes as f64 / counts.move_deliveries as f64);
+        result.server_rss_kib = rss_kib;
+        result.load_saturated =
+            result.cpu.load_cpu_cores >= SATURATED * self.load_generator_cores() as f64;
+        Ok(result)
+    }
+}
+
+impl Bench {
+    /// The cores the load generator may use: those not given to the server
+    /// when it is pinned, else every core but the server's workers' worth.
+    fn load_generator_cores(&self) -> usize {
+        let cpus = super::procfs::allowed_cpus().len().max(1);
+        match (self.plan.pin_server, self.plan.workers) {
+            (Some(_), _) => cpus.saturating_sub(1).max(1),
+            (None, Some(workers)) => cpus.saturating_sub(workers).max(1),
+            (None, None) => cpus,
+        }
     }
 }

@@ -199,6 +199,43 @@ pub fn raise_nofile_limit() -> std::io::Result<u64> {
     Ok(hard.max(soft))
 }
 
+/// Runs process `pid` (all its threads) on the CPUs in `cpus` only.
+pub fn pin(pid: u32, cpus: &[usize]) -> anyhow::Result<()> {
+    use nix::sched::{sched_setaffinity, CpuSet};
+    use nix::unistd::Pid;
+    let mut set = CpuSet::new();
+    for &cpu in cpus {
+        set.set(cpu)
+            .with_context(|| format!("CPU {cpu} is out of range"))?;
+    }
+    // Every thread of the process: a thread started later inherits its
+    // creator's mask, so the ones alive now are enough.
+    let tasks = format!("/proc/{pid}/task");
+    let threads: Vec<i32> = match std::fs::read_dir(&tasks) {
+        Ok(entries) => entries
+            .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
+            .collect(),
+        Err(_) => vec![pid as i32],
+    };
+    for tid in threads {
+        sched_setaffinity(Pid::from_raw(tid), &set)
+            .with_context(|| format!("setting the CPU affinity of thread {tid}"))?;
+    }
+    Ok(())
+}
+
+/// The CPUs this process may run on.
+pub fn allowed_cpus() -> Vec<usize> {
+    use nix::sched::{sched_getaffinity, CpuSet};
+    use nix::unistd::Pid;
+    match sched_getaffinity(Pid::from_raw(0)) {
+        Ok(set) => (0..CpuSet::count())
+            .filter(|&cpu| set.is_set(cpu).unwrap_or(false))
+            .collect(),
+        Err(_) => (0..std::thread::available_parallelism().map_or(1, usize::from)).collect(),
+    }
+}
+
 /// A few facts about the machine for the report: core count, kernel, CPU
 /// model.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]

@@ -58,7 +58,10 @@ impl Running {
                 let kind = match args.scenario {
                     Scenario::Echo | Scenario::Idle => tokio_server::Kind::Echo,
                     Scenario::Broadcast => tokio_server::Kind::Chat,
-                    Scenario::Move => tokio_server::Kind::World(WorldRules::default()),
+                    Scenario::Move => tokio_server::Kind::World(WorldRules {
+                        size: args.world_size.unwrap_or(WorldRules::default().size),
+                        ..WorldRules::default()
+                    }),
                     Scenario::Soak => anyhow::bail!("the soak runs the engine's game server"),
                 };
                 let wire = match (&tls, args.transport) {
@@ -71,6 +74,7 @@ impl Running {
                     args.addr,
                     args.workers,
                     wire,
+                    args.tokio_tick.or(args.tick),
                 )?));
             }
         };
@@ -122,6 +126,12 @@ impl Running {
                 if let Some(interval) = args.send_coalescing {
                     config.send_coalescing = interval;
                 }
+                if let Some(tick) = args.tick.filter(|tick| !tick.is_zero()) {
+                    config.world.tick = tick;
+                }
+                if let Some(size) = args.world_size {
+                    config.world.size = size;
+                }
                 // Every benchmark client comes from one address.
                 config.max_conns_per_ip = 0;
                 config.max_new_accounts_per_min = 0;
@@ -162,7 +172,7 @@ impl Running {
         match self {
             Running::Engine(service) => Some(service.stats().writes_total),
             Running::Game(server) => Some(server.service_stats().writes_total),
-            Running::Tokio(_) => None,
+            Running::Tokio(server) => Some(server.writes()),
         }
     }
 

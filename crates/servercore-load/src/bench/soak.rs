@@ -226,17 +226,21 @@ pub fn run(options: SoakOptions) -> anyhow::Result<()> {
     };
     let warmup = duration / 5;
     let progress = Progress::new();
-    let mut server = ServerProcess::spawn(
+    let spec = super::child::ServerSpec {
         implementation,
-        Scenario::Soak,
-        options.workers,
-        options.clients + 1000,
-        ChatServer::Game,
-        None,
-        Transport::Tcp,
-        None,
-        &progress,
-    )?;
+        scenario: Scenario::Soak,
+        workers: options.workers,
+        max_sessions: options.clients + 1000,
+        chat: ChatServer::Game,
+        send_coalescing: None,
+        transport: Transport::Tcp,
+        cert: None,
+        tick: None,
+        tokio_tick: None,
+        world_size: None,
+        pin_cpu: None,
+    };
+    let mut server = ServerProcess::spawn(&spec, &progress)?;
     progress.finish();
     let sources = Sources::loopback(options.sources);
     println!(

@@ -11,6 +11,13 @@
 //! - move: the world of [`super::tokio_world`], on the same connection and
 //!   writer design (plain TCP only).
 //!
+//! With a send tick (the game server's world tick, for a same-interval
+//! comparison) a writer given a packet waits for the next tick boundary
+//! (the server's ticks, every `tick` from its start) and then drains its
+//! channel: each session gets at most one gathered write per tick, at the
+//! same moments as the game server's, the way a tokio programmer would
+//! batch.
+//!
 //! Over TLS the same loops run on a `tokio-rustls` stream (split with
 //! `tokio::io::split`); over WebSocket on a `tokio-tungstenite` stream: echo
 //! sends each binary message back, and the chat writer sends everything
@@ -54,6 +61,19 @@ pub struct TokioServer {
     runtime: tokio::runtime::Runtime,
     local_addr: SocketAddr,
     sessions: Arc<AtomicUsize>,
+    writers: Writers,
+}
+
+/// How every writer task of one server writes, and what it counts.
+#[derive(Clone)]
+pub struct Writers {
+    /// Drain at the tick boundaries after the first queued packet
+    /// (`None`: drain at once).
+    pub tick: Option<std::time::Duration>,
+    /// Tick boundaries are `epoch + k × tick`.
+    pub epoch: tokio::time::Instant,
+    /// Gathered writes (`write_vectored` calls) so far, over all sessions.
+    pub writes: Arc<AtomicU64>,
 }
 
 impl TokioServer {
@@ -64,7 +84,13 @@ impl TokioServer {
         addr: SocketAddr,
         workers: Option<usize>,
         transport: Wire,
+        tick: Option<std::time::Duration>,
     ) -> anyhow::Result<TokioServer> {
+        let writers = Writers {
+            tick: tick.filter(|tick| !tick.is_zero()),
+            epoch: tokio::time::Instant::now(),
+            writes: Arc::default(),
+        };
         let mut builder = tokio::runtime::Builder::new_multi_thread();
         builder.enable_all();
         if let Some(workers) = workers {
@@ -85,12 +111,24 @@ impl TokioServer {
         })?;
         let local_addr = listener.local_addr()?;
         let sessions = Arc::new(AtomicUsize::new(0));
-        runtime.spawn(accept_loop(kind, listener, sessions.clone(), transport));
+        runtime.spawn(accept_loop(
+            kind,
+            listener,
+            sessions.clone(),
+            transport,
+            writers.clone(),
+        ));
         Ok(TokioServer {
             runtime,
             local_addr,
             sessions,
+            writers,
         })
+    }
+
+    /// Gathered writes so far, over all sessions (TCP writers).
+    pub fn writes(&self) -> u64 {
+        self.writers.writes.load(Ordering::Relaxed)
     }
 
     /// The bound address.
@@ -130,7 +168,13 @@ pub enum Wire {
     Ws,
 }
 
-async fn accept_loop(kind: Kind, listener: TcpListener, sessions: Arc<AtomicUsize>, wire: Wire) {
+async fn accept_loop(
+    kind: Kind,
+    listener: TcpListener,
+    sessions: Arc<AtomicUsize>,
+    wire: Wire,
+    writers: Writers,
+) {
     let room = Arc::new(Room::default());
     let world = Arc::new(TokioWorld::new(match kind {
         Kind::World(rules) => rules,
@@ -157,12 +201,13 @@ async fn accept_loop(kind: Kind, listener: TcpListener, sessions: Arc<AtomicUsiz
         let world = world.clone();
         let acceptor = acceptor.clone();
         let wire = wire.clone();
+        let writers = writers.clone();
         tokio::spawn(async move {
             let _counted = counted;
             match (wire, kind) {
                 (Wire::Tcp, Kind::Echo) => echo(stream).await,
-                (Wire::Tcp, Kind::Chat) => chat(stream, room).await,
-                (Wire::Tcp, Kind::World(_)) => tokio_world::serve(stream, world).await,
+                (Wire::Tcp, Kind::Chat) => chat(stream, room, writers).await,
+                (Wire::Tcp, Kind::World(_)) => tokio_world::serve(stream, world, writers).await,
                 (Wire::Tls(_), kind) => {
                     let acceptor = acceptor.expect("a TLS acceptor");
                     let Ok(stream) = acceptor.accept(stream).await else {
@@ -170,7 +215,7 @@ async fn accept_loop(kind: Kind, listener: TcpListener, sessions: Arc<AtomicUsiz
                     };
                     match kind {
                         Kind::Echo => echo(stream).await,
-                        Kind::Chat => chat_tls(stream, room).await,
+                        Kind::Chat => chat_tls(stream, room, writers).await,
                         Kind::World(_) => {}
                     }
                 }
@@ -289,24 +334,28 @@ impl Room {
     }
 }
 
-async fn chat(stream: TcpStream, room: Arc<Room>) {
+async fn chat(stream: TcpStream, room: Arc<Room>, writers: Writers) {
     let (reader, writer) = stream.into_split();
-    chat_halves(reader, writer, room).await;
+    chat_halves(reader, writer, room, writers).await;
 }
 
-async fn chat_tls<S: AsyncRead + AsyncWrite + Send + 'static>(stream: S, room: Arc<Room>) {
+async fn chat_tls<S: AsyncRead + AsyncWrite + Send + 'static>(
+    stream: S,
+    room: Arc<Room>,
+    writers: Writers,
+) {
     let (reader, writer) = tokio::io::split(stream);
-    chat_halves(reader, writer, room).await;
+    chat_halves(reader, writer, room, writers).await;
 }
 
-async fn chat_halves<R, W>(mut reader: R, writer: W, room: Arc<Room>)
+async fn chat_halves<R, W>(mut reader: R, writer: W, room: Arc<Room>, writers: Writers)
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin + Send + 'static,
 {
     let connection = room.next_connection.fetch_add(1, Ordering::Relaxed);
     let (tx, rx) = mpsc::unbounded_channel::<Bytes>();
-    let writer = tokio::spawn(write_queued(writer, rx));
+    let writer = tokio::spawn(write_queued(writer, rx, writers));
     let mut peer = ChatPeer::new();
     let mut buf = BytesMut::with_capacity(4096);
     'read: loop {
@@ -344,18 +393,36 @@ where
     let _ = writer.await;
 }
 
-/// The writer task of one chat session: waits for the first queued packet,
-/// takes everything else queued with it, and writes the lot with one
-/// gathered write (more only if the socket takes it partially).
+/// The writer task of one session: waits for the first queued packet (and,
+/// with a tick, one tick more), takes everything else queued with it, and
+/// writes the lot with one gathered write (more only if the socket takes it
+/// partially).
 pub(super) async fn write_queued<W: AsyncWrite + Unpin>(
     mut writer: W,
     mut rx: mpsc::UnboundedReceiver<Bytes>,
+    writers: Writers,
 ) {
     // IOV_MAX on Linux.
     const MAX_BATCH: usize = 1024;
     let mut batch = Vec::with_capacity(64);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        if write_all_vectored(&mut writer, &batch).await.is_err() || writer.flush().await.is_err() {
+        if let Some(tick) = writers.tick {
+            let since = writers.epoch.elapsed().as_nanos();
+            let step = tick.as_nanos().max(1);
+            let next = u64::try_from((since / step + 1) * step).unwrap_or(u64::MAX);
+            tokio::time::sleep_until(writers.epoch + std::time::Duration::from_nanos(next)).await;
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(packet) => batch.push(packet),
+                    Err(_) => break,
+                }
+            }
+        }
+        if write_all_vectored(&mut writer, &batch, &writers.writes)
+            .await
+            .is_err()
+            || writer.flush().await.is_err()
+        {
             return;
         }
         batch.clear();
@@ -365,10 +432,12 @@ pub(super) async fn write_queued<W: AsyncWrite + Unpin>(
 async fn write_all_vectored<W: AsyncWrite + Unpin>(
     writer: &mut W,
     batch: &[Bytes],
+    writes: &AtomicU64,
 ) -> std::io::Result<()> {
     let mut slices: Vec<IoSlice<'_>> = batch.iter().map(|bytes| IoSlice::new(bytes)).collect();
     let mut slices = &mut slices[..];
     while !slices.is_empty() {
+        writes.fetch_add(1, Ordering::Relaxed);
         let written = writer.write_vectored(slices).await?;
         if written == 0 {
             return Err(std::io::ErrorKind::WriteZero.into());

@@ -35,7 +35,7 @@ use tokio::sync::mpsc;
 
 use super::chat::{Action, ChatPeer, PlayerIds};
 use super::proto;
-use super::tokio_server::write_queued;
+use super::tokio_server::{write_queued, Writers};
 
 /// How far a move may reach beyond `max_speed × dt`, in world units.
 const MOVE_SLACK: f32 = 50.0;
@@ -85,10 +85,10 @@ impl TokioWorld {
 
 /// One connection of the tokio world server, until it closes or breaks the
 /// protocol.
-pub async fn serve(stream: TcpStream, shared: Arc<TokioWorld>) {
+pub async fn serve(stream: TcpStream, shared: Arc<TokioWorld>, writers: Writers) {
     let (mut reader, writer) = stream.into_split();
     let (tx, rx) = mpsc::unbounded_channel::<Bytes>();
-    let writer = tokio::spawn(write_queued(writer, rx));
+    let writer = tokio::spawn(write_queued(writer, rx, writers));
     let mut peer = ChatPeer::new();
     let mut buf = BytesMut::with_capacity(4096);
     'read: loop {

@@ -356,6 +356,7 @@ fn build_report(
                 latency_us: LatencySummary::from_histogram(&stats.move_latency_snapshot()),
                 players_spawned: spawns,
                 players_despawned: LoadStats::get(&stats.despawns),
+                largest_spawn_bytes: LoadStats::get(&stats.largest_spawn_bytes),
                 corrections: LoadStats::get(&stats.corrections),
             }
         });

@@ -102,6 +102,10 @@ pub struct MoveSummary {
     /// Players despawned from sessions (each player of an `S_DESPAWN`).
     #[serde(alias = "despawns")]
     pub players_despawned: u64,
+    /// The largest `S_SPAWN` packet received, header included, in bytes
+    /// (a crowd's spawn list is split under 64 KiB).
+    #[serde(default)]
+    pub largest_spawn_bytes: u64,
     /// Own moves the server clamped or cut (position back differs from the
     /// one sent).
     pub corrections: u64,
@@ -492,6 +496,7 @@ mod tests {
                 latency_us: LatencySummary::from_histogram(&histogram),
                 players_spawned: 4_321,
                 players_despawned: 1_234,
+                largest_spawn_bytes: 900,
                 corrections: 3,
             }),
             errors: BTreeMap::from([("disconnect:reset".to_owned(), 2)]),

@@ -619,6 +619,13 @@ impl PacketHandler for GameClient {
         id: u16,
         body: &[u8],
     ) -> Result<(), DispatchError> {
+        if id == PacketId::SSpawn.as_u16() {
+            let size = (body.len() + servercore::packet::HEADER_SIZE) as u64;
+            self.shared
+                .stats
+                .largest_spawn_bytes
+                .fetch_max(size, std::sync::atomic::Ordering::Relaxed);
+        }
         dispatch_client(self, session, id, body)
     }
 

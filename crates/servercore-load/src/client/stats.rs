@@ -119,6 +119,8 @@ pub struct LoadStats {
     pub spawns: AtomicU64,
     /// Players despawned from a session (each player of an `S_DESPAWN`).
     pub despawns: AtomicU64,
+    /// The largest `S_SPAWN` received, header included, in bytes.
+    pub largest_spawn_bytes: AtomicU64,
     /// Own `S_MOVE`s whose position differs from the one sent: the server
     /// clamped or cut the move.
     pub corrections: AtomicU64,

@@ -67,6 +67,16 @@ pub fn global_queue_depth() -> usize {
     scheduler::SCHEDULER.global_len()
 }
 
+/// Wakes up to `n` I/O workers other than the calling thread, so that
+/// actors just handed to the global queue (with [`Actor::post`], say) start
+/// on several workers side by side rather than one after another on the
+/// first one woken. A push wakes one worker by itself; this is for a burst
+/// of independent jobs, such as a game tick's one job per region. Costs one
+/// wake-up per worker woken; does nothing when no worker is attached.
+pub fn wake_workers(n: usize) {
+    scheduler::SCHEDULER.wake_many(n);
+}
+
 /// The time slice a thread gets when it runs a queue as its first pusher
 /// outside of a worker's slice (a session callback, a plain thread), and the
 /// slice of the fallback thread.

@@ -159,6 +159,34 @@ impl Scheduler {
         }
     }
 
+    /// Wakes up to `n` attached workers other than the calling thread
+    /// (round-robin), so that work just handed out starts on several at
+    /// once. Without attached workers it does nothing: the fallback thread
+    /// is woken by the hand-off itself.
+    pub(super) fn wake_many(&'static self, n: usize) {
+        if n == 0 {
+            return;
+        }
+        let me = context::current_worker();
+        let wakers: Vec<Arc<dyn Wake>> = {
+            let workers = self.workers.lock();
+            let count = workers.len();
+            if count == 0 {
+                return;
+            }
+            let start = self.next_wake.fetch_add(n, Ordering::Relaxed);
+            (0..count)
+                .map(|i| &workers[(start + i) % count])
+                .filter(|w| w.id != me)
+                .take(n)
+                .map(|w| Arc::clone(&w.waker))
+                .collect()
+        };
+        for waker in wakers {
+            waker.wake();
+        }
+    }
+
     /// The fallback thread, started on first call.
     fn fallback(&'static self) -> &'static Fallback {
         self.fallback.get_or_init(|| {
