@@ -3,8 +3,8 @@
 //! This module owns the [`Session`] callbacks trait, the thread-safe
 //! [`SessionHandle`] (send queue, connection state, disconnect reason) and
 //! [`DisconnectReason`]. The per-connection state that only the owning worker
-//! touches (receive leftovers, the write in flight) lives in
-//! `service::worker`, beside the loop that drives it.
+//! touches (its lifecycle, receive leftovers, the write in flight) lives in
+//! `service::connection`, driven by the worker loop in `service::worker`.
 
 mod handle;
 mod reason;
