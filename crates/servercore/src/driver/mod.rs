@@ -13,6 +13,13 @@
 //! queue operations (`add_stream`, `send`, `close`, ...), then call
 //! [`Driver::poll`], which submits everything queued in one go, waits up to a
 //! timeout, and hands each completion to an [`EventSink`].
+//!
+//! What both backends share lives here once: the token map and its hasher
+//! (`token_map`), and what an accept error means and how long a listener
+//! rests after one (`accept`). The contract [`Driver`] states is tested by
+//! one suite (`conformance`), generic over the driver and instantiated
+//! unchanged for each backend; each backend's own tests cover only what it
+//! alone does.
 
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -21,12 +28,16 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+mod accept;
+#[cfg(test)]
+mod conformance;
 pub mod heap;
 pub(crate) mod poll;
 #[cfg(target_os = "linux")]
 pub(crate) mod uring;
 
 mod select;
+mod token_map;
 pub use select::{available_backends, uring_unavailable_reason, Backend, BackendError};
 pub(crate) use select::{resolve_backend, ResolvedBackend};
 
@@ -68,9 +79,31 @@ impl SendBatch {
         self.bufs.drain(..whole);
     }
 
+    /// The buffers not written yet, in wire order.
+    pub fn bufs(&self) -> &[Bytes] {
+        &self.bufs
+    }
+
+    /// Keeps only the first `len` buffers not written yet.
+    #[cfg(test)]
+    pub fn truncate(&mut self, len: usize) {
+        self.bufs.truncate(len);
+    }
+
+    /// True when every byte was written.
+    pub fn is_empty(&self) -> bool {
+        self.bufs.is_empty()
+    }
+
     /// Total bytes of the batch.
     pub fn len(&self) -> usize {
         self.bufs.iter().map(Bytes::len).sum()
+    }
+}
+
+impl From<Vec<Bytes>> for SendBatch {
+    fn from(bufs: Vec<Bytes>) -> SendBatch {
+        SendBatch { bufs }
     }
 }
 

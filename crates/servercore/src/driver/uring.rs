@@ -31,8 +31,7 @@ mod tests;
 
 pub(crate) use probe::probe;
 
-use std::collections::{HashMap, VecDeque};
-use std::hash::{BuildHasherDefault, Hasher};
+use std::collections::VecDeque;
 use std::io;
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -43,6 +42,8 @@ use std::time::{Duration, Instant};
 
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
+use super::accept::{self, AcceptFailure, ACCEPT_BACKOFF};
+use super::token_map::TokenMap;
 use super::{CloseMode, Driver, DriverConfig, Event, EventSink, SendBatch, Token, Wake};
 use buf_ring::BufRing;
 
@@ -53,8 +54,6 @@ const IOV_MAX: usize = 1024;
 /// Flags of every accepted socket: the poll backend and the worker expect
 /// non-blocking, close-on-exec streams.
 const ACCEPT_FLAGS: i32 = libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC;
-/// Pause before accepting again after running out of descriptors or memory.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(20);
 /// How long `drop` waits for cancelled operations to complete.
 const DROP_GRACE: Duration = Duration::from_secs(1);
 /// Recycled send blocks kept for reuse.
@@ -393,29 +392,6 @@ enum Deferred {
     Released(Token),
 }
 
-/// A cheap hasher for the opaque tokens (not attacker-controlled).
-#[derive(Default)]
-struct TokenHasher(u64);
-
-impl Hasher for TokenHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &byte in bytes {
-            self.write_u64(self.0 ^ u64::from(byte));
-        }
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        let h = (n ^ self.0.rotate_left(17)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        self.0 = h ^ (h >> 29);
-    }
-}
-
-type TokenMap = HashMap<Token, u32, BuildHasherDefault<TokenHasher>>;
-
 /// A sink for the completions reaped while the driver shuts down.
 struct DiscardSink;
 
@@ -434,7 +410,7 @@ pub(crate) struct UringDriver {
     bufs: BufRing,
     slots: Vec<ConnSlot>,
     free_slots: Vec<u32>,
-    tokens: TokenMap,
+    tokens: TokenMap<u32>,
     listeners: Vec<Option<Listener>>,
     deferred: VecDeque<Deferred>,
     /// Spare send blocks. Boxed on purpose: a block's address is what the
@@ -733,16 +709,30 @@ impl UringDriver {
             listener.ops -= 1;
         }
         let active = !listener.closing && !self.shutting_down;
-        match accepted {
-            Some(stream) if active => match stream.peer_addr() {
+        let failure = (res < 0).then(|| {
+            let error = os_error(res);
+            (accept::classify(&error), error)
+        });
+        // A connection accepted while closing is dropped (closed) here.
+        if let Some(stream) = accepted.filter(|_| active) {
+            match stream.peer_addr() {
                 Ok(peer) => sink.event(Event::Accepted { stream, peer }),
                 // Reset before we saw it: nothing to hand out.
                 Err(error) => tracing::debug!(%error, "accepted connection is already gone"),
-            },
-            Some(_closed_on_drop) => {}
-            None if active => sink.event(Event::AcceptError(os_error(res))),
-            None => {}
+            }
         }
+        let failure = match failure {
+            Some((kind, error)) if active => {
+                if kind == AcceptFailure::Stop {
+                    accept::log_stopped(&error);
+                }
+                if kind != AcceptFailure::Retry {
+                    sink.event(Event::AcceptError(error));
+                }
+                Some(kind)
+            }
+            _ => None,
+        };
         if more {
             return;
         }
@@ -750,21 +740,16 @@ impl UringDriver {
             self.listener_op_done_inner(index);
             return;
         }
-        match -res {
-            libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM => {
-                // Out of resources: the connection waits in the backlog;
-                // retry after a pause instead of spinning on the error.
+        match failure {
+            // Out of resources (or an unknown error): the connection waits
+            // in the backlog; retry after a pause instead of spinning.
+            Some(AcceptFailure::BackOff) => {
                 if let Some(listener) = self.listeners[index as usize].as_mut() {
                     listener.retry_at = Some(Instant::now() + ACCEPT_BACKOFF);
                 }
             }
-            libc::EINVAL | libc::EBADF | libc::ENOTSOCK | libc::EOPNOTSUPP => {
-                tracing::error!(
-                    error = %os_error(res),
-                    "io_uring: accepting stopped on a listener that cannot accept"
-                );
-            }
-            _ => self.arm_accept(index),
+            Some(AcceptFailure::Stop) => {}
+            Some(AcceptFailure::Retry | AcceptFailure::Skip) | None => self.arm_accept(index),
         }
     }
 
@@ -1016,7 +1001,7 @@ impl Driver for UringDriver {
             .unwrap_or_else(|| Box::new(SendOp::new()));
         op.iovs.clear();
         for buf in batch
-            .bufs
+            .bufs()
             .iter()
             .filter(|buf| !buf.is_empty())
             .take(IOV_MAX)

@@ -37,7 +37,7 @@ impl Connection {
                 };
                 self.shared.note_written(written_plain);
                 batch.advance(written);
-                if batch.bufs.is_empty() {
+                if batch.is_empty() {
                     pool.put(batch.bufs);
                 } else {
                     self.pending = batch.bufs;
