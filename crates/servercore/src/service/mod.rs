@@ -11,12 +11,14 @@
 //! [`EngineMetrics`] snapshots the per-worker counters (`metrics`); a worker
 //! whose driver fails for good stops the service, which reports it as a
 //! [`WorkerFailure`]; accept failures are logged at most once a second
-//! (`log_limit`).
+//! (`log_limit`), and disconnects once an interval, counted by reason, for
+//! the whole service (`disconnect_log`).
 
 mod batch_pool;
 mod client;
 mod config;
 mod connection;
+mod disconnect_log;
 mod engine;
 mod group;
 mod log_limit;

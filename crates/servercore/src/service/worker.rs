@@ -35,6 +35,7 @@ use super::engine::EngineShared;
 use super::log_limit::AcceptErrorLog;
 use super::slots::Slots;
 use crate::driver::{poll::PollDriver, CloseMode, Driver, DriverConfig, ResolvedBackend, Token};
+use crate::log_throttle::LogThrottle;
 use crate::session::{
     DisconnectReason, Mailbox, Request, Session, SessionHandle, SessionId, SessionShared,
 };
@@ -45,6 +46,12 @@ use calls::{call, log_disconnect, panic_message, Placeholder};
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_millis(100);
 /// Longest a worker sleeps when nothing is due (it is woken for work).
 const MAX_WAIT: Duration = Duration::from_millis(500);
+
+/// Panics in session callbacks, over every session of the process.
+static PANIC_LOG: LogThrottle = LogThrottle::new(Duration::from_secs(1));
+/// New connections that could not be set up (`failures` counts those since
+/// the last line).
+static ADOPT_LOG: LogThrottle = LogThrottle::new(Duration::from_secs(1));
 
 /// Entry point of a worker thread.
 pub(crate) fn run_thread(
@@ -353,7 +360,9 @@ impl Core {
             .local_addr()
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
         if let Err(error) = stream.set_nonblocking(true) {
-            tracing::warn!(%peer, %error, "cannot make socket non-blocking");
+            if let Some(failures) = ADOPT_LOG.event() {
+                tracing::warn!(%peer, %error, failures, "cannot make socket non-blocking");
+            }
             self.engine.release_session();
             return;
         }
@@ -364,7 +373,9 @@ impl Core {
             self.engine.transports.start(local, peer)
         };
         if let Err(error) = driver.add_stream(token, stream) {
-            tracing::warn!(%peer, %error, "cannot register connection");
+            if let Some(failures) = ADOPT_LOG.event() {
+                tracing::warn!(%peer, %error, failures, "cannot register connection");
+            }
             self.slots.give_back(slot);
             self.engine.release_session();
             return;
@@ -432,13 +443,18 @@ impl Core {
         let Some(entry) = self.slots.get_mut(slot) else {
             return;
         };
-        tracing::error!(
-            session = %entry.handle.id(),
-            peer = %entry.handle.peer_addr(),
-            callback,
-            panic = %message,
-            "session callback panicked; disconnecting the session"
-        );
+        if let Some(panics) = PANIC_LOG.event() {
+            tracing::error!(
+                session = %entry.handle.id(),
+                peer = %entry.handle.peer_addr(),
+                callback,
+                panic = %message,
+                panics,
+                total = PANIC_LOG.total(),
+                "session callback panicked; disconnecting the session (panics counts this one \
+                 and those since the last line, over all sessions)"
+            );
+        }
         entry.conn.callback_panicked(now, message);
     }
 
@@ -555,6 +571,9 @@ impl Core {
             self.settle(slot);
         }
         self.mailbox.counters.set_queued_bytes(queued);
+        self.engine
+            .disconnect_summary
+            .tick(now, &self.engine.mailboxes);
     }
 
     fn apply_deferred<D: Driver>(&mut self, driver: &mut D) {

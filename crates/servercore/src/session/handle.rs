@@ -7,6 +7,7 @@ use std::fmt;
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use crossbeam_queue::SegQueue;
@@ -14,6 +15,7 @@ use parking_lot::Mutex;
 
 use super::DisconnectReason;
 use crate::driver::Wake;
+use crate::log_throttle::LogThrottle;
 use crate::service::metrics::WorkerCounters;
 
 /// Identifies one session for its whole life, and no other session of the
@@ -344,6 +346,9 @@ impl SessionShared {
     }
 }
 
+/// Send-queue overflows, over every session of the process.
+static OVERFLOW_LOG: LogThrottle = LogThrottle::new(Duration::from_secs(1));
+
 /// Largest buffer [`copy_out_straggler`] copies: packet-sized.
 const STRAGGLER_MAX: usize = 2 * 1024;
 
@@ -565,12 +570,17 @@ impl SessionHandle {
     fn overflow(&self) -> SendError {
         match self.inner.limits.policy {
             OverflowPolicy::Disconnect => {
-                tracing::warn!(
-                    session = %self.id(),
-                    peer = %self.peer_addr(),
-                    queued = self.queued_bytes(),
-                    "send queue overflow, disconnecting"
-                );
+                if let Some(cuts) = OVERFLOW_LOG.event() {
+                    tracing::warn!(
+                        session = %self.id(),
+                        peer = %self.peer_addr(),
+                        queued = self.queued_bytes(),
+                        cuts,
+                        total = OVERFLOW_LOG.total(),
+                        "send queue overflow, disconnecting (cuts counts this one and those \
+                         since the last line, over all sessions)"
+                    );
+                }
                 self.disconnect_with(DisconnectReason::SendQueueOverflow);
             }
             OverflowPolicy::DropNewest => {}

@@ -1,11 +1,15 @@
 //! The receive side of a [`Connection`]: decoding through the transport,
 //! the leftovers `on_recv` did not consume, and the backlog bound.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::{Connection, Panic, Phase, LEFTOVER_KEEP};
 use crate::driver::CloseMode;
+use crate::log_throttle::LogThrottle;
 use crate::session::{DisconnectReason, SessionShared};
+
+/// Receive-backlog cuts, over every session of the process.
+static BACKLOG_LOG: LogThrottle = LogThrottle::new(Duration::from_secs(1));
 
 impl Connection {
     /// Bytes arrived. Decodes them through the transport, if any, and hands
@@ -60,12 +64,17 @@ impl Connection {
                 Ok(())
             }
             Ok(Some(held)) => {
-                tracing::warn!(
-                    session = %self.shared.id,
-                    peer = %self.shared.peer,
-                    held,
-                    "unconsumed input passed the receive backlog limit; disconnecting"
-                );
+                if let Some(cuts) = BACKLOG_LOG.event() {
+                    tracing::warn!(
+                        session = %self.shared.id,
+                        peer = %self.shared.peer,
+                        held,
+                        cuts,
+                        total = BACKLOG_LOG.total(),
+                        "unconsumed input passed the receive backlog limit; disconnecting \
+                         (cuts counts this one and those since the last line, over all sessions)"
+                    );
+                }
                 self.close(Some(DisconnectReason::ReceiveOverflow), CloseMode::Abort);
                 Ok(())
             }

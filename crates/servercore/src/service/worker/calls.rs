@@ -12,17 +12,11 @@ pub(super) fn call(callback: impl FnOnce()) -> Result<(), Panic> {
     catch_unwind(AssertUnwindSafe(callback))
 }
 
+/// Every session's end at DEBUG: at INFO a service under load would log
+/// little else; the INFO log has the counts by reason instead (see
+/// `disconnect_log`).
 pub(super) fn log_disconnect(handle: &SessionHandle, reason: &DisconnectReason) {
-    match reason {
-        DisconnectReason::ClosedByPeer
-        | DisconnectReason::ClosedByApp
-        | DisconnectReason::Shutdown => {
-            tracing::debug!(session = %handle.id(), peer = %handle.peer_addr(), %reason, "disconnected")
-        }
-        _ => {
-            tracing::info!(session = %handle.id(), peer = %handle.peer_addr(), %reason, "disconnected")
-        }
-    }
+    tracing::debug!(session = %handle.id(), peer = %handle.peer_addr(), %reason, "disconnected");
 }
 
 pub(super) fn panic_message(panic: &Panic) -> String {
