@@ -41,9 +41,9 @@ const EVENTS_CAPACITY: usize = 1024;
 const ACCEPTS_PER_ROUND: usize = 256;
 /// Reads per connection per round before other connections are served.
 const READS_PER_ROUND: usize = 16;
-/// Buffers per `writev` (`IOV_MAX` on Linux and macOS). The rest of a larger
-/// batch is left to the worker, which resumes after the partial `Sent`.
-const MAX_IOVECS: usize = 1024;
+/// Buffers per `writev`. The rest of a larger batch is left to the worker,
+/// which resumes after the partial `Sent`.
+const MAX_IOVECS: usize = super::MAX_BATCH_BUFFERS;
 /// Whether a read shorter than the buffer proves the socket drained. True
 /// for epoll and kqueue (data arriving later raises a new edge); on Windows
 /// mio re-arms a socket only when an operation returns `WouldBlock`.

@@ -49,8 +49,8 @@ use buf_ring::BufRing;
 
 /// Buffer group id of the driver's receive-buffer ring (one per ring).
 const BUF_GROUP: u16 = 0;
-/// Most iovecs one `sendmsg` takes (`IOV_MAX` on Linux).
-const IOV_MAX: usize = 1024;
+/// Most iovecs one `sendmsg` takes.
+const IOV_MAX: usize = super::MAX_BATCH_BUFFERS;
 /// Flags of every accepted socket: the poll backend and the worker expect
 /// non-blocking, close-on-exec streams.
 const ACCEPT_FLAGS: i32 = libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC;

@@ -40,10 +40,8 @@ use std::io;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-
 use crate::driver::{CloseMode, SendBatch};
-use crate::session::{DisconnectReason, SessionShared};
+use crate::session::{Charge, DisconnectReason, SessionShared};
 use crate::transport::Transport;
 
 use super::config::ServiceConfig;
@@ -143,7 +141,10 @@ pub(crate) struct Connection {
     sending: bool,
     /// Bytes taken from the queue but not written yet (not in flight);
     /// wire bytes when a transport is present.
-    pending: Vec<Bytes>,
+    pending: SendBatch,
+    /// The last write took a full batch from the queue, which may hold
+    /// more: it is written next, not held by coalescing.
+    queue_left: bool,
     last_recv: Instant,
     /// The peer's EOF arrived: nothing more will be received.
     read_closed: bool,
@@ -179,7 +180,8 @@ impl Connection {
             transport,
             leftover: Vec::new(),
             sending: false,
-            pending: Vec::new(),
+            pending: SendBatch::default(),
+            queue_left: false,
             last_recv: now,
             read_closed: false,
             last_write: None,
@@ -397,12 +399,16 @@ impl Connection {
         shared.discard_queue();
         self.phase = Phase::Closed;
         self.leftover = Vec::new();
+        let pending = std::mem::take(&mut self.pending);
         let unsent = match self.transport.as_mut() {
-            Some(transport) => {
-                self.pending.clear();
-                transport.discard()
-            }
-            None => self.pending.drain(..).map(|buf| buf.len()).sum(),
+            Some(transport) => Charge {
+                bytes: transport.discard(),
+                buffers: 0,
+            },
+            None => Charge {
+                bytes: pending.len(),
+                buffers: pending.buffers(),
+            },
         };
         shared.note_written(unsent);
         self.shutdown_wanted = false;

@@ -44,6 +44,7 @@ use calls::{call, log_disconnect, panic_message, Placeholder};
 
 /// How often idle timeouts and drain deadlines are checked.
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_millis(100);
+
 /// Longest a worker sleeps when nothing is due (it is woken for work).
 const MAX_WAIT: Duration = Duration::from_millis(500);
 

@@ -3,6 +3,8 @@
 
 use std::net::SocketAddr;
 
+use bytes::Bytes;
+
 use super::*;
 use crate::driver::Wake;
 use crate::service::batch_pool::BatchPool;
@@ -32,6 +34,7 @@ fn limits() -> SendLimits {
         high_watermark: 1 << 20,
         low_watermark: 1 << 19,
         hard_limit: 2 << 20,
+        max_buffers: 1 << 20,
         policy: OverflowPolicy::Disconnect,
         coalesce_max_bytes: usize::MAX,
     }
@@ -84,7 +87,7 @@ impl Harness {
     /// Expects a batch and returns its bytes with the batch.
     fn expect_batch(&mut self, ms: u64) -> (Vec<u8>, SendBatch) {
         match self.flush(ms) {
-            Write::Batch(batch) => (batch.bufs.concat(), batch),
+            Write::Batch(batch) => (batch.bufs().concat(), batch),
             other => panic!("expected a batch at {ms} ms, got {other:?}"),
         }
     }
@@ -165,7 +168,7 @@ fn coalescing_holds_sends_until_the_interval_since_the_last_write() {
     let Write::Batch(batch) = h.conn.poll_write(now, &mut h.pool) else {
         panic!("the due write");
     };
-    assert_eq!(batch.bufs.concat(), b"b");
+    assert_eq!(batch.bufs().concat(), b"b");
 }
 
 #[test]
@@ -332,9 +335,10 @@ fn a_queue_overflow_aborts_and_drops_what_was_queued() {
     let mut h = Harness::new(
         timing(),
         SendLimits {
-            high_watermark: 50,
+            // Each buffer costs its 60 bytes and a 64-byte overhead.
+            high_watermark: 100,
             low_watermark: 10,
-            hard_limit: 100,
+            hard_limit: 200,
             ..limits()
         },
     );
@@ -461,4 +465,55 @@ fn a_close_during_a_write_counts_the_in_flight_bytes_once() {
         h.closing(),
         (DisconnectReason::ClosedByApp, CloseMode::Graceful)
     );
+}
+
+#[test]
+fn a_write_takes_one_batch_of_buffers_and_the_rest_follows_at_once() {
+    let mut h = Harness::new(
+        Timing {
+            coalesce: Some(ms(10)),
+            ..timing()
+        },
+        SendLimits {
+            coalesce_max_bytes: usize::MAX,
+            ..limits()
+        },
+    );
+    let total = crate::driver::MAX_BATCH_BUFFERS + 10;
+    h.handle
+        .send_batch((0..total).map(|_| Bytes::from_static(b"p")))
+        .unwrap();
+    let Write::Batch(first) = h.flush(0) else {
+        panic!("the first write");
+    };
+    assert_eq!(first.buffers(), crate::driver::MAX_BATCH_BUFFERS);
+    h.complete(first);
+    assert_eq!(h.handle.queued_bytes(), 10);
+    // Within the coalescing interval, yet not held: it is the queue's rest.
+    let (bytes, batch) = h.expect_batch(1);
+    assert_eq!(bytes.len(), 10);
+    h.complete(batch);
+    assert_eq!(h.handle.queued_bytes(), 0);
+}
+
+#[test]
+fn the_queue_is_cut_at_its_most_buffers_too() {
+    let h = Harness::new(
+        timing(),
+        SendLimits {
+            max_buffers: 3,
+            policy: OverflowPolicy::DropNewest,
+            ..limits()
+        },
+    );
+    h.send(b"1");
+    h.handle
+        .send_batch([Bytes::from_static(b"2"), Bytes::from_static(b"3")])
+        .unwrap();
+    assert_eq!(
+        h.handle.send(Bytes::from_static(b"4")),
+        Err(SendError::QueueFull)
+    );
+    assert_eq!(h.handle.queued_bytes(), 3);
+    assert!(h.handle.is_connected(), "DropNewest keeps the session");
 }

@@ -6,9 +6,13 @@ use std::io;
 use std::time::Instant;
 
 use super::{Connection, Phase, Write};
-use crate::driver::{CloseMode, SendBatch};
+use crate::driver::{CloseMode, SendBatch, MAX_BATCH_BUFFERS};
 use crate::service::batch_pool::BatchPool;
-use crate::session::{copy_out_straggler, DisconnectReason};
+use crate::session::{Charge, DisconnectReason};
+
+/// Queued buffers a housekeeping round looks at for compaction, per
+/// session with a write in flight.
+const COMPACT_PER_ROUND: usize = 4096;
 
 impl Connection {
     /// Something was queued, a write finished, or the transport has bytes
@@ -31,29 +35,43 @@ impl Connection {
         match result {
             Ok(written) if self.phase != Phase::Closed => {
                 self.shared.mailbox.counters.note_bytes_out(written);
-                let written_plain = match self.transport.as_mut() {
-                    Some(transport) => transport.wire_written(written),
-                    None => written,
+                let whole = batch.advance(written);
+                let plain = match self.transport.as_mut() {
+                    // The transport's buffers are its own; the session's
+                    // left the charge when they were encoded.
+                    Some(transport) => Charge {
+                        bytes: transport.wire_written(written),
+                        buffers: 0,
+                    },
+                    None => Charge {
+                        bytes: written,
+                        buffers: whole,
+                    },
                 };
-                self.shared.note_written(written_plain);
-                batch.advance(written);
+                self.shared.note_written(plain);
                 if batch.is_empty() {
-                    pool.put(batch.bufs);
+                    pool.put(batch.into_vec());
                 } else {
-                    self.pending = batch.bufs;
+                    self.pending = batch;
                 }
                 self.flush_requested = true;
-                written_plain
+                plain.bytes
             }
             result => {
                 // Closed meanwhile, or the write failed: nothing more goes
-                // out, and the unsent bytes leave the queued count.
+                // out, and the unsent bytes leave the charge.
                 let unsent = match self.transport.as_mut() {
-                    Some(transport) => transport.discard(),
-                    None => batch.len(),
+                    Some(transport) => Charge {
+                        bytes: transport.discard(),
+                        buffers: 0,
+                    },
+                    None => Charge {
+                        bytes: batch.len(),
+                        buffers: batch.buffers(),
+                    },
                 };
                 self.shared.note_written(unsent);
-                pool.put(batch.bufs);
+                pool.put(batch.into_vec());
                 if let Err(error) = result {
                     self.close(Some(DisconnectReason::from_io(&error)), CloseMode::Abort);
                 }
@@ -63,14 +81,12 @@ impl Connection {
     }
 
     /// Frees memory a backlog behind a write in flight would keep alive: the
-    /// chunks its small packets pin (the send limits count their bytes, not
-    /// the chunks).
+    /// chunks its small packets pin (the send limits count their bytes and
+    /// slots, not the chunks). Looks at up to [`COMPACT_PER_ROUND`] queued
+    /// buffers, resuming where the last round stopped.
     pub(crate) fn compact(&mut self) {
         if self.sending && self.shared.queued_bytes() > 0 {
-            self.shared.compact_queue();
-            for buf in &mut self.pending {
-                copy_out_straggler(buf);
-            }
+            self.shared.compact_queue(COMPACT_PER_ROUND);
         }
     }
 
@@ -106,6 +122,7 @@ impl Connection {
                 .as_ref()
                 .is_some_and(|transport| transport.wants_flush());
             let write_now = !self.pending.is_empty()
+                || self.queue_left
                 || transport_owes
                 || self.flush_now
                 || self.phase != Phase::Open
@@ -123,26 +140,38 @@ impl Connection {
         self.write(now, pool)
     }
 
-    /// Starts a write of everything queued, unless one is in flight.
+    /// Starts a write of what is queued (at most one write's worth of
+    /// buffers: the rest stays in the queue, where compaction reaches it),
+    /// unless a write is in flight.
     fn write(&mut self, now: Instant, pool: &mut BatchPool) -> Write {
         if self.sending || self.phase == Phase::Closed {
             return Write::Nothing;
         }
         if self.pending.is_empty() {
-            self.pending = pool.take();
+            self.pending = SendBatch::from(pool.take());
         }
         let draining = matches!(self.phase, Phase::Draining { .. });
         let taken = match self.transport.as_mut() {
-            None => self.shared.drain_queue_into(&mut self.pending),
+            None => {
+                let room = MAX_BATCH_BUFFERS.saturating_sub(self.pending.buffers());
+                let taken = self.shared.take_queued(self.pending.vec_mut(), room);
+                self.queue_left = taken == room;
+                taken
+            }
             Some(transport) => {
                 let mut plain = pool.take();
-                let taken = self.shared.drain_queue_into(&mut plain);
-                transport.encode(&mut plain, &mut self.pending);
-                if self.pending.is_empty() && draining {
+                let taken = self.shared.take_queued(&mut plain, usize::MAX);
+                self.shared.note_written(Charge {
+                    bytes: 0,
+                    buffers: taken,
+                });
+                let wire = self.pending.vec_mut();
+                transport.encode(&mut plain, wire);
+                if wire.is_empty() && draining {
                     let reason = self.shared.peek_reason();
                     let reason = reason.unwrap_or(DisconnectReason::ClosedByApp);
                     if transport.farewell(&reason) {
-                        transport.encode(&mut plain, &mut self.pending);
+                        transport.encode(&mut plain, wire);
                     }
                 }
                 pool.put(plain);
@@ -153,7 +182,7 @@ impl Connection {
         counters.note_packets_out(taken);
         self.flush_now = false;
         if self.pending.is_empty() {
-            pool.put(std::mem::take(&mut self.pending));
+            pool.put(std::mem::take(&mut self.pending).into_vec());
             if draining {
                 self.finish_draining(now);
             }
@@ -163,9 +192,7 @@ impl Connection {
         counters.note_write();
         self.last_write = Some(now);
         self.shared.note_write_started();
-        Write::Batch(SendBatch {
-            bufs: std::mem::take(&mut self.pending),
-        })
+        Write::Batch(std::mem::take(&mut self.pending))
     }
 
     /// Everything queued is written: close now if the peer already sent its
