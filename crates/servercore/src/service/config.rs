@@ -27,9 +27,10 @@ pub(crate) struct ServiceConfig {
 }
 
 /// Default most buffers a session's send queue holds (queued or being
-/// written): at the default hard limit, packets of about 64 bytes reach it
-/// first.
-pub(crate) const DEFAULT_MAX_QUEUED_BUFFERS: usize = 32 * 1024;
+/// written). At the default 4 MiB hard limit the charge (bytes plus 64 per
+/// buffer) is reached first, even for one-byte packets; the cap binds when
+/// the hard limit is raised.
+pub(crate) const DEFAULT_MAX_QUEUED_BUFFERS: usize = 64 * 1024;
 
 /// Default bound of a coalesced queue: about a few full TCP segments' worth
 /// of game packets, far below the default high watermark.
@@ -142,7 +143,7 @@ macro_rules! common_builder_methods {
         }
 
         /// Most buffers a session's send queue holds, queued or being
-        /// written (default 32768); past it the overflow policy applies, as
+        /// written (default 65536); past it the overflow policy applies, as
         /// past the hard limit.
         pub fn send_queue_max_buffers(mut self, buffers: usize) -> Self {
             self.config.send.max_buffers = buffers;
