@@ -1,9 +1,11 @@
-//! The send limits bound real memory: measured with an instrumented allocator (bytes in live allocations over
+//! The send limits bound real memory, and memory comes back after a peak:
+//! measured with an instrumented allocator (bytes in live allocations over
 //! the whole process), over real loopback sockets, on every backend.
 
 mod common;
 
 use std::alloc::System;
+use std::io::Read;
 use std::net::TcpStream;
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,7 +21,10 @@ static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
 /// The allocator's counts are process-wide: one test at a time.
 static ONE_AT_A_TIME: parking_lot::Mutex<()> = parking_lot::Mutex::new(());
 
-backend_tests!(a_never_reading_peer_under_a_flood_of_small_packets_is_cut_near_the_limit_in_memory);
+backend_tests!(
+    a_never_reading_peer_under_a_flood_of_small_packets_is_cut_near_the_limit_in_memory,
+    queues_and_pools_give_their_memory_back_after_a_peak,
+);
 
 /// Bytes in live allocations since `region` began.
 fn in_use(region: &Region<System>) -> isize {
@@ -122,6 +127,62 @@ fn a_never_reading_peer_under_a_flood_of_small_packets_is_cut_near_the_limit_in_
          the bound {bound}"
     );
     drop(client);
+    service.stop();
+    service.join();
+}
+
+/// A peak (sessions with deep queues of small packets, drained by readers
+/// that start late), then quiet: the queues' and the worker's pooled
+/// capacity is given back, not kept at the peak's size.
+fn queues_and_pools_give_their_memory_back_after_a_peak(backend: Backend) {
+    const SESSIONS: usize = 50;
+    const PACKETS: usize = 8192;
+    const PACKET: &[u8] = b"0123456789abcdef";
+    let _alone = ONE_AT_A_TIME.lock();
+    let (service, record) = quiet_server(backend, 64 << 20);
+    let clients: Vec<TcpStream> = (0..SESSIONS)
+        .map(|_| small_window_client(&service))
+        .collect();
+    assert!(wait_until(Duration::from_secs(5), || record
+        .lock()
+        .connected
+        == SESSIONS));
+    let handles = record.lock().handles.clone();
+    // Let the first housekeeping rounds settle what connecting allocated.
+    std::thread::sleep(Duration::from_millis(300));
+
+    let region = Region::new(GLOBAL);
+    for handle in &handles {
+        for _ in 0..PACKETS {
+            handle.send(Bytes::from_static(PACKET)).unwrap();
+        }
+    }
+    let at_peak = in_use(&region);
+    let readers: Vec<_> = clients
+        .into_iter()
+        .map(|mut client| {
+            std::thread::spawn(move || {
+                let mut data = vec![0u8; PACKETS * PACKET.len()];
+                client.read_exact(&mut data).unwrap();
+                assert!(data.chunks(PACKET.len()).all(|chunk| chunk == PACKET));
+                client
+            })
+        })
+        .collect();
+    let clients: Vec<TcpStream> = readers.into_iter().map(|r| r.join().unwrap()).collect();
+    assert!(wait_until(Duration::from_secs(5), || handles
+        .iter()
+        .all(|handle| handle.queued_bytes() == 0)));
+    // Quiet for longer than the pools' trim interval.
+    let bound = (SESSIONS * 2048 + 128 * 1024) as isize;
+    let returned = wait_until(Duration::from_secs(4), || in_use(&region) <= bound);
+    assert!(
+        returned,
+        "{} bytes still held after the peak ({at_peak} at the peak), over {SESSIONS} idle \
+         sessions; the bound is {bound}",
+        in_use(&region)
+    );
+    drop(clients);
     service.stop();
     service.join();
 }

@@ -44,6 +44,7 @@ macro_rules! driver_conformance {
                 close_listeners_frees_the_port_at_once,
                 close_listeners_stops_accepting,
                 drop_with_operations_in_flight_is_prompt_and_closes,
+                trim_between_writes_changes_nothing_that_is_in_use,
             );
 
             #[cfg(target_os = "linux")]

@@ -33,6 +33,7 @@ mod accept;
 mod conformance;
 pub mod heap;
 pub(crate) mod poll;
+pub(crate) mod pool;
 #[cfg(target_os = "linux")]
 pub(crate) mod uring;
 
@@ -273,6 +274,11 @@ pub(crate) trait Driver: Sized {
 
     /// A handle that wakes this driver from another thread.
     fn waker(&self) -> Arc<dyn Wake>;
+
+    /// Gives back memory a peak left: pooled items no operation needed
+    /// since the last call, bookkeeping far larger than what is in use.
+    /// Called on a slow cadence (about once a second).
+    fn trim(&mut self);
 }
 
 #[cfg(test)]

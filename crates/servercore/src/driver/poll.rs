@@ -403,6 +403,21 @@ impl Driver for PollDriver {
     fn waker(&self) -> Arc<dyn Wake> {
         self.waker.clone()
     }
+
+    fn trim(&mut self) {
+        let live = self.index.len();
+        if self.index.capacity() > 4 * live.max(64) {
+            self.index.shrink_to(2 * live);
+        }
+        if self.queued.capacity() > 4 * self.queued.len().max(64) {
+            self.queued.shrink_to(2 * self.queued.len());
+        }
+        for list in [&mut self.readable, &mut self.serving] {
+            if list.capacity() > 4 * list.len().max(64) {
+                list.shrink_to(2 * list.len());
+            }
+        }
+    }
 }
 
 /// Accepts on `listener` unless it rests or is already listed; lists it in

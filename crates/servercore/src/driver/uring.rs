@@ -43,6 +43,7 @@ use std::time::{Duration, Instant};
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
 use super::accept::{self, AcceptFailure, ACCEPT_BACKOFF};
+use super::pool::IdlePool;
 use super::token_map::TokenMap;
 use super::{CloseMode, Driver, DriverConfig, Event, EventSink, SendBatch, Token, Wake};
 use buf_ring::BufRing;
@@ -62,6 +63,9 @@ const SEND_POOL_MAX: usize = 256;
 /// so the pool holds at most `SEND_POOL_MAX` × 2 KiB per ring however
 /// large a peak's batch was (uncut it kept 1.6 MB after a soak's peaks).
 const POOLED_IOVS: usize = 128;
+/// Completions copied out of the queue at a time, as a rule (a flood may
+/// take more; `trim` cuts the vector back).
+const CQE_BATCH: usize = 256;
 /// Longest single wait (the kernel's timespec is signed).
 const MAX_WAIT: Duration = Duration::from_secs(1 << 30);
 
@@ -415,8 +419,7 @@ pub(crate) struct UringDriver {
     deferred: VecDeque<Deferred>,
     /// Spare send blocks. Boxed on purpose: a block's address is what the
     /// kernel reads while its write is in flight.
-    #[allow(clippy::vec_box)]
-    send_pool: Vec<Box<SendOp>>,
+    send_pool: IdlePool<Box<SendOp>>,
     /// Completions copied out of the queue for one dispatch pass.
     cqes: Vec<cqueue::Entry>,
     waker: Arc<EventFdWaker>,
@@ -670,10 +673,8 @@ impl UringDriver {
         let mut op = unsafe { Box::from_raw(op.as_ptr()) };
         let batch = std::mem::take(&mut op.batch);
         op.iovs.clear();
-        if self.send_pool.len() < SEND_POOL_MAX {
-            op.iovs.shrink_to(POOLED_IOVS);
-            self.send_pool.push(op);
-        }
+        op.iovs.shrink_to(POOLED_IOVS);
+        self.send_pool.put(op);
         let result = match res {
             n if n > 0 => Ok(n as usize),
             0 => Err(io::Error::new(
@@ -868,8 +869,8 @@ impl UringDriver {
             tokens: TokenMap::default(),
             listeners: Vec::new(),
             deferred: VecDeque::new(),
-            send_pool: Vec::new(),
-            cqes: Vec::with_capacity(256),
+            send_pool: IdlePool::new(SEND_POOL_MAX),
+            cqes: Vec::with_capacity(CQE_BATCH),
             waker,
             wake_buf,
             wake_armed: false,
@@ -997,7 +998,7 @@ impl Driver for UringDriver {
         }
         let mut op = self
             .send_pool
-            .pop()
+            .take()
             .unwrap_or_else(|| Box::new(SendOp::new()));
         op.iovs.clear();
         for buf in batch
@@ -1012,7 +1013,7 @@ impl Driver for UringDriver {
             });
         }
         if op.iovs.is_empty() {
-            self.send_pool.push(op);
+            self.send_pool.put(op);
             self.deferred.push_back(Deferred::Sent {
                 token,
                 error: io::Error::new(io::ErrorKind::InvalidInput, "empty send batch"),
@@ -1113,6 +1114,20 @@ impl Driver for UringDriver {
 
     fn waker(&self) -> Arc<dyn Wake> {
         self.waker.clone()
+    }
+
+    fn trim(&mut self) {
+        self.send_pool.trim();
+        let live = self.tokens.len();
+        if self.tokens.capacity() > 4 * live.max(64) {
+            self.tokens.shrink_to(2 * live);
+        }
+        if self.cqes.capacity() > CQE_BATCH {
+            self.cqes.shrink_to(CQE_BATCH);
+        }
+        if self.deferred.capacity() > 4 * self.deferred.len().max(64) {
+            self.deferred.shrink_to(2 * self.deferred.len());
+        }
     }
 }
 

@@ -3,7 +3,9 @@
 //! Each round: take requests from the mailbox (flushes, disconnects, new
 //! sessions, broadcast, stop), run due timers and queued jobs for one time
 //! slice, write the sessions whose send-coalescing hold is due, run the
-//! periodic housekeeping (deadlines, `on_tick`), then wait on the driver
+//! periodic housekeeping (deadlines, `on_tick`; once a second also giving
+//! back what a peak left: session queues far above their recent use, idle
+//! pooled vectors, the driver's idle pool entries), then wait on the driver
 //! (one `io_uring_enter` on io_uring) and dispatch its completions.
 //!
 //! The worker owns its sessions' objects and the table they live in
@@ -44,7 +46,9 @@ use calls::{call, log_disconnect, panic_message, Placeholder};
 
 /// How often idle timeouts and drain deadlines are checked.
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_millis(100);
-
+/// How often memory left by a peak is given back: session queues far
+/// larger than their recent use, idle pooled vectors.
+const TRIM_INTERVAL: Duration = Duration::from_secs(1);
 /// Longest a worker sleeps when nothing is due (it is woken for work).
 const MAX_WAIT: Duration = Duration::from_millis(500);
 
@@ -159,6 +163,7 @@ struct Core {
     batch_pool: BatchPool,
     stopping: Option<Instant>,
     next_housekeeping: Instant,
+    next_trim: Instant,
     accept_errors: AcceptErrorLog,
     timing: Timing,
     clock: RoundClock,
@@ -182,6 +187,7 @@ impl Core {
             batch_pool: BatchPool::default(),
             stopping: None,
             next_housekeeping: clock.now() + HOUSEKEEPING_INTERVAL,
+            next_trim: clock.now() + TRIM_INTERVAL,
             accept_errors: AcceptErrorLog::default(),
             timing: Timing::of(&engine.config),
             engine,
@@ -210,8 +216,14 @@ impl Core {
                 self.apply_deferred(driver);
             }
             if now >= self.next_housekeeping {
-                self.housekeeping(now);
+                let trim = now >= self.next_trim;
+                self.housekeeping(now, trim);
                 self.apply_deferred(driver);
+                if trim {
+                    self.trim();
+                    driver.trim();
+                    self.next_trim = now + TRIM_INTERVAL;
+                }
                 self.next_housekeeping = now + HOUSEKEEPING_INTERVAL;
             }
             if let Some(hard_deadline) = self.stopping {
@@ -556,13 +568,18 @@ impl Core {
 
     // ---- housekeeping ----------------------------------------------------
 
-    fn housekeeping(&mut self, now: Instant) {
+    /// The periodic round over every session: compaction, deadlines and
+    /// `on_tick`; with `trim`, their send queues give back what a peak left.
+    fn housekeeping(&mut self, now: Instant, trim: bool) {
         let mut queued = 0;
         for slot in 0..self.slots.end() {
             let Some(entry) = self.slots.get_mut(slot) else {
                 continue;
             };
             entry.conn.compact();
+            if trim {
+                entry.conn.trim();
+            }
             queued += entry.handle.queued_bytes();
             if entry.conn.handle_timeout(now) {
                 if let Err(panic) = call(|| entry.session.on_tick(&entry.handle, now)) {
@@ -575,6 +592,16 @@ impl Core {
         self.engine
             .disconnect_summary
             .tick(now, &self.engine.mailboxes);
+    }
+
+    /// Gives back what a peak left in the worker's own pool and lists.
+    fn trim(&mut self) {
+        self.batch_pool.trim();
+        shrink_list(&mut self.held);
+        shrink_list(&mut self.due_now);
+        shrink_list(&mut self.deferred.drive);
+        shrink_list(&mut self.deferred.close);
+        shrink_list(&mut self.deferred.adopt);
     }
 
     fn apply_deferred<D: Driver>(&mut self, driver: &mut D) {
@@ -600,6 +627,13 @@ impl Core {
     /// The entry in `slot`, which the caller knows is occupied.
     fn entry(&mut self, slot: u32) -> &mut Entry {
         self.slots.get_mut(slot).expect("an occupied slot")
+    }
+}
+
+/// Cuts a list's capacity back when it is far above its length.
+fn shrink_list<T>(list: &mut Vec<T>) {
+    if list.capacity() > 4 * list.len().max(16) {
+        list.shrink_to(2 * list.len().max(16));
     }
 }
 

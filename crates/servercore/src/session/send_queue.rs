@@ -10,7 +10,8 @@
 //! on it is bounded: the worker takes at most one write's worth of buffers
 //! at a time, frees the writer chunks that lone small packets would keep
 //! alive in steps of [`COMPACT_STEP`] buffers resumed where the last step
-//! stopped (`compact_step`).
+//! stopped (`compact_step`), and gives back capacity the queue no longer
+//! needs after a peak (`shrink`).
 
 use std::collections::VecDeque;
 
@@ -25,6 +26,8 @@ pub(crate) const BUFFER_OVERHEAD: usize = std::mem::size_of::<Bytes>() + 32;
 const STRAGGLER_MAX: usize = 2 * 1024;
 /// Buffers a compaction step looks at under the lock.
 pub(crate) const COMPACT_STEP: usize = 256;
+/// Slots a queue keeps however small it became.
+const KEEP_SLOTS: usize = 16;
 
 /// Bytes and buffers queued or being written, and what they cost.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -47,6 +50,8 @@ pub(crate) struct SendQueue {
     bufs: VecDeque<Bytes>,
     /// Where the next compaction step starts.
     cursor: usize,
+    /// The most buffers held since the last `shrink`.
+    peak: usize,
 }
 
 impl SendQueue {
@@ -56,6 +61,7 @@ impl SendQueue {
 
     pub(crate) fn push(&mut self, buf: Bytes) {
         self.bufs.push_back(buf);
+        self.peak = self.peak.max(self.bufs.len());
     }
 
     /// Drops the buffers from `len` on (a batch refused whole).
@@ -84,6 +90,7 @@ impl SendQueue {
         };
         self.bufs = VecDeque::new();
         self.cursor = 0;
+        self.peak = 0;
         charge
     }
 
@@ -107,6 +114,25 @@ impl SendQueue {
             .sum();
         self.cursor = end;
         copied
+    }
+
+    /// Gives back slots far beyond what the queue held since the last call
+    /// (after a peak the capacity would stay at the peak's size). Returns
+    /// true if it shrank.
+    pub(crate) fn shrink(&mut self) -> bool {
+        let wanted = self.peak.max(self.bufs.len()).max(KEEP_SLOTS);
+        self.peak = self.bufs.len();
+        if self.bufs.capacity() <= 4 * wanted {
+            return false;
+        }
+        self.bufs.shrink_to(2 * wanted);
+        true
+    }
+
+    /// Slots allocated now.
+    #[cfg(test)]
+    pub(crate) fn capacity(&self) -> usize {
+        self.bufs.capacity()
     }
 }
 
@@ -200,6 +226,23 @@ mod tests {
         for (n, packet) in out.iter().enumerate() {
             assert_eq!(&packet[4..], &(n as u32).to_le_bytes());
         }
+    }
+
+    #[test]
+    fn a_queue_gives_back_what_a_peak_left() {
+        let mut queue = SendQueue::default();
+        for _ in 0..10_000 {
+            queue.push(Bytes::from_static(b"x"));
+        }
+        let mut out = Vec::new();
+        assert_eq!(queue.take_into(&mut out, 1024).buffers, 1024);
+        assert!(!queue.shrink(), "still holding most of its peak");
+        queue.take_into(&mut out, usize::MAX);
+        assert!(queue.capacity() >= 10_000);
+        assert!(!queue.shrink(), "it held 8976 buffers since the last check");
+        assert!(queue.shrink(), "empty for a whole interval");
+        assert!(queue.capacity() <= 2 * KEEP_SLOTS, "{}", queue.capacity());
+        assert!(!queue.shrink());
     }
 
     #[test]

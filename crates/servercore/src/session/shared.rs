@@ -281,6 +281,11 @@ impl SessionShared {
             .sum()
     }
 
+    /// Gives back queue capacity far beyond recent use (after a peak).
+    pub(crate) fn shrink_queue(&self) {
+        self.queue.lock().shrink();
+    }
+
     /// Drops whatever is still queued (the session is closing).
     pub(crate) fn discard_queue(&self) {
         let dropped = self.queue.lock().discard();

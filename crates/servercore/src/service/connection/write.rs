@@ -90,6 +90,11 @@ impl Connection {
         }
     }
 
+    /// Gives back send-queue capacity far beyond recent use (after a peak).
+    pub(crate) fn trim(&mut self) {
+        self.shared.shrink_queue();
+    }
+
     /// Drops whatever the session still queued (the worker is going away).
     pub(crate) fn discard(&mut self) {
         self.shared.discard_queue();
