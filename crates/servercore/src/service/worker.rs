@@ -32,7 +32,7 @@ use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender};
 
 use super::batch_pool::BatchPool;
-use super::connection::{Closing, Connection, Due, Panic, Timing, Write};
+use super::connection::{Closing, Connection, Panic, Timing, Write};
 use super::engine::EngineShared;
 use super::log_limit::AcceptErrorLog;
 use super::slots::Slots;
@@ -536,74 +536,6 @@ impl Core {
         self.finish(slot);
     }
 
-    /// Writes the held sessions that are due; recomputes the next due time.
-    fn flush_due<D: Driver>(&mut self, driver: &mut D, now: Instant) {
-        self.next_due = None;
-        let mut due_now = std::mem::take(&mut self.due_now);
-        let mut held = std::mem::take(&mut self.held);
-        held.retain(|&slot| {
-            let due = self
-                .slots
-                .get_mut(slot)
-                .map_or(Due::Gone, |entry| entry.conn.handle_due(now));
-            match due {
-                Due::NotYet(due) => {
-                    self.next_due = Some(self.next_due.map_or(due, |next| next.min(due)));
-                    true
-                }
-                Due::Now => {
-                    due_now.push(slot);
-                    false
-                }
-                Due::Gone => false,
-            }
-        });
-        self.held = held;
-        for slot in due_now.drain(..) {
-            self.mailbox.counters.note_coalesced_flush();
-            self.drive(driver, slot);
-        }
-        self.due_now = due_now;
-    }
-
-    // ---- housekeeping ----------------------------------------------------
-
-    /// The periodic round over every session: compaction, deadlines and
-    /// `on_tick`; with `trim`, their send queues give back what a peak left.
-    fn housekeeping(&mut self, now: Instant, trim: bool) {
-        let mut queued = 0;
-        for slot in 0..self.slots.end() {
-            let Some(entry) = self.slots.get_mut(slot) else {
-                continue;
-            };
-            entry.conn.compact();
-            if trim {
-                entry.conn.trim();
-            }
-            queued += entry.handle.queued_bytes();
-            if entry.conn.handle_timeout(now) {
-                if let Err(panic) = call(|| entry.session.on_tick(&entry.handle, now)) {
-                    self.callback_panicked(slot, "on_tick", panic);
-                }
-            }
-            self.settle(slot);
-        }
-        self.mailbox.counters.set_queued_bytes(queued);
-        self.engine
-            .disconnect_summary
-            .tick(now, &self.engine.mailboxes);
-    }
-
-    /// Gives back what a peak left in the worker's own pool and lists.
-    fn trim(&mut self) {
-        self.batch_pool.trim();
-        shrink_list(&mut self.held);
-        shrink_list(&mut self.due_now);
-        shrink_list(&mut self.deferred.drive);
-        shrink_list(&mut self.deferred.close);
-        shrink_list(&mut self.deferred.adopt);
-    }
-
     fn apply_deferred<D: Driver>(&mut self, driver: &mut D) {
         while !self.deferred.is_empty() {
             for (stream, peer) in std::mem::take(&mut self.deferred.adopt) {
@@ -630,12 +562,6 @@ impl Core {
     }
 }
 
-/// Cuts a list's capacity back when it is far above its length.
-fn shrink_list<T>(list: &mut Vec<T>) {
-    if list.capacity() > 4 * list.len().max(16) {
-        list.shrink_to(2 * list.len().max(16));
-    }
-}
-
 mod calls;
 mod events;
+mod housekeeping;
