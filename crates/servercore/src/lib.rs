@@ -11,6 +11,9 @@
 //! - [`transport`]: TLS (rustls) and WebSocket between the socket and the
 //!   session, per listener.
 //!
+//! Beside them, [`log_throttle`] rate-limits every log line a peer can
+//! cause, in whichever layer it is written.
+//!
 //! ```no_run
 //! use servercore::{ServerService, Session, SessionHandle};
 //!
@@ -37,6 +40,8 @@
 pub mod driver;
 #[deny(unsafe_code)]
 pub mod job;
+#[deny(unsafe_code)]
+pub mod log_throttle;
 #[deny(unsafe_code)]
 pub mod packet;
 #[deny(unsafe_code)]

@@ -31,8 +31,7 @@ mod tests;
 
 pub(crate) use probe::probe;
 
-use std::collections::{HashMap, VecDeque};
-use std::hash::{BuildHasherDefault, Hasher};
+use std::collections::VecDeque;
 use std::io;
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -43,18 +42,19 @@ use std::time::{Duration, Instant};
 
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
+use super::accept::{self, AcceptFailure, ACCEPT_BACKOFF};
+use super::pool::IdlePool;
+use super::token_map::TokenMap;
 use super::{CloseMode, Driver, DriverConfig, Event, EventSink, SendBatch, Token, Wake};
 use buf_ring::BufRing;
 
 /// Buffer group id of the driver's receive-buffer ring (one per ring).
 const BUF_GROUP: u16 = 0;
-/// Most iovecs one `sendmsg` takes (`IOV_MAX` on Linux).
-const IOV_MAX: usize = 1024;
+/// Most iovecs one `sendmsg` takes.
+const IOV_MAX: usize = super::MAX_BATCH_BUFFERS;
 /// Flags of every accepted socket: the poll backend and the worker expect
 /// non-blocking, close-on-exec streams.
 const ACCEPT_FLAGS: i32 = libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC;
-/// Pause before accepting again after running out of descriptors or memory.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(20);
 /// How long `drop` waits for cancelled operations to complete.
 const DROP_GRACE: Duration = Duration::from_secs(1);
 /// Recycled send blocks kept for reuse.
@@ -63,6 +63,9 @@ const SEND_POOL_MAX: usize = 256;
 /// so the pool holds at most `SEND_POOL_MAX` × 2 KiB per ring however
 /// large a peak's batch was (uncut it kept 1.6 MB after a soak's peaks).
 const POOLED_IOVS: usize = 128;
+/// Completions copied out of the queue at a time, as a rule (a flood may
+/// take more; `trim` cuts the vector back).
+const CQE_BATCH: usize = 256;
 /// Longest single wait (the kernel's timespec is signed).
 const MAX_WAIT: Duration = Duration::from_secs(1 << 30);
 
@@ -393,29 +396,6 @@ enum Deferred {
     Released(Token),
 }
 
-/// A cheap hasher for the opaque tokens (not attacker-controlled).
-#[derive(Default)]
-struct TokenHasher(u64);
-
-impl Hasher for TokenHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &byte in bytes {
-            self.write_u64(self.0 ^ u64::from(byte));
-        }
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        let h = (n ^ self.0.rotate_left(17)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        self.0 = h ^ (h >> 29);
-    }
-}
-
-type TokenMap = HashMap<Token, u32, BuildHasherDefault<TokenHasher>>;
-
 /// A sink for the completions reaped while the driver shuts down.
 struct DiscardSink;
 
@@ -434,13 +414,12 @@ pub(crate) struct UringDriver {
     bufs: BufRing,
     slots: Vec<ConnSlot>,
     free_slots: Vec<u32>,
-    tokens: TokenMap,
+    tokens: TokenMap<u32>,
     listeners: Vec<Option<Listener>>,
     deferred: VecDeque<Deferred>,
     /// Spare send blocks. Boxed on purpose: a block's address is what the
     /// kernel reads while its write is in flight.
-    #[allow(clippy::vec_box)]
-    send_pool: Vec<Box<SendOp>>,
+    send_pool: IdlePool<Box<SendOp>>,
     /// Completions copied out of the queue for one dispatch pass.
     cqes: Vec<cqueue::Entry>,
     waker: Arc<EventFdWaker>,
@@ -694,10 +673,8 @@ impl UringDriver {
         let mut op = unsafe { Box::from_raw(op.as_ptr()) };
         let batch = std::mem::take(&mut op.batch);
         op.iovs.clear();
-        if self.send_pool.len() < SEND_POOL_MAX {
-            op.iovs.shrink_to(POOLED_IOVS);
-            self.send_pool.push(op);
-        }
+        op.iovs.shrink_to(POOLED_IOVS);
+        self.send_pool.put(op);
         let result = match res {
             n if n > 0 => Ok(n as usize),
             0 => Err(io::Error::new(
@@ -733,16 +710,30 @@ impl UringDriver {
             listener.ops -= 1;
         }
         let active = !listener.closing && !self.shutting_down;
-        match accepted {
-            Some(stream) if active => match stream.peer_addr() {
+        let failure = (res < 0).then(|| {
+            let error = os_error(res);
+            (accept::classify(&error), error)
+        });
+        // A connection accepted while closing is dropped (closed) here.
+        if let Some(stream) = accepted.filter(|_| active) {
+            match stream.peer_addr() {
                 Ok(peer) => sink.event(Event::Accepted { stream, peer }),
                 // Reset before we saw it: nothing to hand out.
                 Err(error) => tracing::debug!(%error, "accepted connection is already gone"),
-            },
-            Some(_closed_on_drop) => {}
-            None if active => sink.event(Event::AcceptError(os_error(res))),
-            None => {}
+            }
         }
+        let failure = match failure {
+            Some((kind, error)) if active => {
+                if kind == AcceptFailure::Stop {
+                    accept::log_stopped(&error);
+                }
+                if kind != AcceptFailure::Retry {
+                    sink.event(Event::AcceptError(error));
+                }
+                Some(kind)
+            }
+            _ => None,
+        };
         if more {
             return;
         }
@@ -750,21 +741,16 @@ impl UringDriver {
             self.listener_op_done_inner(index);
             return;
         }
-        match -res {
-            libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM => {
-                // Out of resources: the connection waits in the backlog;
-                // retry after a pause instead of spinning on the error.
+        match failure {
+            // Out of resources (or an unknown error): the connection waits
+            // in the backlog; retry after a pause instead of spinning.
+            Some(AcceptFailure::BackOff) => {
                 if let Some(listener) = self.listeners[index as usize].as_mut() {
                     listener.retry_at = Some(Instant::now() + ACCEPT_BACKOFF);
                 }
             }
-            libc::EINVAL | libc::EBADF | libc::ENOTSOCK | libc::EOPNOTSUPP => {
-                tracing::error!(
-                    error = %os_error(res),
-                    "io_uring: accepting stopped on a listener that cannot accept"
-                );
-            }
-            _ => self.arm_accept(index),
+            Some(AcceptFailure::Stop) => {}
+            Some(AcceptFailure::Retry | AcceptFailure::Skip) | None => self.arm_accept(index),
         }
     }
 
@@ -883,8 +869,8 @@ impl UringDriver {
             tokens: TokenMap::default(),
             listeners: Vec::new(),
             deferred: VecDeque::new(),
-            send_pool: Vec::new(),
-            cqes: Vec::with_capacity(256),
+            send_pool: IdlePool::new(SEND_POOL_MAX),
+            cqes: Vec::with_capacity(CQE_BATCH),
             waker,
             wake_buf,
             wake_armed: false,
@@ -1012,11 +998,11 @@ impl Driver for UringDriver {
         }
         let mut op = self
             .send_pool
-            .pop()
+            .take()
             .unwrap_or_else(|| Box::new(SendOp::new()));
         op.iovs.clear();
         for buf in batch
-            .bufs
+            .bufs()
             .iter()
             .filter(|buf| !buf.is_empty())
             .take(IOV_MAX)
@@ -1027,7 +1013,7 @@ impl Driver for UringDriver {
             });
         }
         if op.iovs.is_empty() {
-            self.send_pool.push(op);
+            self.send_pool.put(op);
             self.deferred.push_back(Deferred::Sent {
                 token,
                 error: io::Error::new(io::ErrorKind::InvalidInput, "empty send batch"),
@@ -1128,6 +1114,20 @@ impl Driver for UringDriver {
 
     fn waker(&self) -> Arc<dyn Wake> {
         self.waker.clone()
+    }
+
+    fn trim(&mut self) {
+        self.send_pool.trim();
+        let live = self.tokens.len();
+        if self.tokens.capacity() > 4 * live.max(64) {
+            self.tokens.shrink_to(2 * live);
+        }
+        if self.cqes.capacity() > CQE_BATCH {
+            self.cqes.shrink_to(CQE_BATCH);
+        }
+        if self.deferred.capacity() > 4 * self.deferred.len().max(64) {
+            self.deferred.shrink_to(2 * self.deferred.len());
+        }
     }
 }
 

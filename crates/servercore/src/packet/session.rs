@@ -22,7 +22,9 @@
 //! stream began and checks it on the worker's housekeeping tick
 //! ([`Session::on_tick`]), so no timer is armed per packet. Such a cut ends
 //! the session with [`DisconnectReason::PacketTimeout`] and a `warn` line
-//! rate-limited over all sessions ([`LogThrottle`]).
+//! rate-limited over all sessions ([`LogThrottle`]). So is every other line
+//! a peer can cause: a cut for breaking the rules, a packet over a rate
+//! limit; each line names one peer and counts the events it stands for.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -346,10 +348,10 @@ impl PacketReceiver {
                     }
                     RatePolicy::Drop => {
                         self.dropped += 1;
-                        self.log_exceeded(&exceeded, now, "dropping packet");
+                        self.log_exceeded(&exceeded, "dropping packet");
                         continue;
                     }
-                    RatePolicy::Log => self.log_exceeded(&exceeded, now, "delivering anyway"),
+                    RatePolicy::Log => self.log_exceeded(&exceeded, "delivering anyway"),
                 }
             }
             self.delivered += 1;
@@ -368,14 +370,16 @@ impl PacketReceiver {
         outcome
     }
 
-    fn log_exceeded(&mut self, exceeded: &RateExceeded, now: Instant, action: &str) {
-        if let Some(suppressed) = self.limiter.should_log(now) {
+    fn log_exceeded(&mut self, exceeded: &RateExceeded, action: &str) {
+        if let Some(events) = RATE_LOG.event() {
             let peer = self.peer.map(|peer| peer.to_string()).unwrap_or_default();
             tracing::warn!(
                 peer = %peer,
-                suppressed,
+                events,
+                total = RATE_LOG.total(),
                 dropped = self.dropped,
-                "rate limit: {exceeded}; {action}"
+                "rate limit: {exceeded}; {action} (events counts the packets over a limit \
+                 since the last line, over all sessions; dropped those of this session)"
             );
         }
     }
@@ -427,7 +431,8 @@ pub trait PacketHandler: 'static {
 
 /// Adapts a [`PacketHandler`] to [`Session`]: splits the stream into packets
 /// however the bytes were cut across receives, enforces [`PacketConfig`],
-/// and disconnects a peer that breaks it (with a log line naming the peer).
+/// and disconnects a peer that breaks it (with a rate-limited log line
+/// naming the peer).
 #[derive(Debug)]
 pub struct PacketSession<H> {
     handler: H,
@@ -438,6 +443,11 @@ pub struct PacketSession<H> {
 
 /// Packet-deadline cuts, over every session of the process.
 static PACKET_TIMEOUT_LOG: LogThrottle = LogThrottle::new(Duration::from_secs(1));
+/// Cuts for breaking the packet rules (malformed, unknown id, a rate limit
+/// that disconnects, a handler's error), over every session.
+static VIOLATION_LOG: LogThrottle = LogThrottle::new(Duration::from_secs(1));
+/// Packets over a rate limit that only drops or logs, over every session.
+static RATE_LOG: LogThrottle = LogThrottle::new(Duration::from_secs(1));
 
 impl<H: PacketHandler> PacketSession<H> {
     /// Wraps `handler` with `config`.
@@ -497,11 +507,16 @@ impl<H: PacketHandler> Session for PacketSession<H> {
             .note_packets_in(self.receiver.delivered() - delivered_before);
         if let Some(violation) = outcome.violation {
             let reason = violation.to_disconnect_reason();
-            tracing::warn!(
-                session = %session.id(),
-                peer = %session.peer_addr(),
-                "{reason}; disconnecting"
-            );
+            if let Some(cuts) = VIOLATION_LOG.event() {
+                tracing::warn!(
+                    session = %session.id(),
+                    peer = %session.peer_addr(),
+                    cuts,
+                    total = VIOLATION_LOG.total(),
+                    "{reason}; disconnecting (cuts counts this one and those since the last \
+                     line, over all sessions)"
+                );
+            }
             session.disconnect_with(reason);
             return data.len();
         }

@@ -6,8 +6,10 @@
 //! and frozen into a [`Bytes`] that shares the chunk. A new chunk is taken
 //! only when the current one has no room left, and even then the old one is
 //! reclaimed without allocating when every packet cut from it has been
-//! dropped (written to the socket). So in the steady state building a packet
-//! allocates nothing.
+//! dropped (written to the socket). A chunk whose packets still wait (a slow
+//! reader's queue) is retired onto a short free list (at most four per
+//! writer) and reused once they are gone, rather than freed and allocated
+//! again. So in the steady state building a packet allocates nothing.
 //!
 //! [`make_packet`] and friends use one writer per thread, the course's
 //! thread-local `SendBufferChunk`.
@@ -21,6 +23,10 @@ use super::Packet;
 
 /// Size of one pooled chunk: 64 KiB, room for the largest packet.
 pub const CHUNK_SIZE: usize = 64 * 1024;
+/// Retired chunks a writer keeps for reuse. A listed chunk stays allocated
+/// (that is the point) and its packets are not copied out of it while they
+/// wait, so a writer holds at most 256 KiB beyond its current chunk.
+const RETIRED_CHUNKS: usize = 4;
 
 /// A packet would not fit the `u16` size field of the header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -40,6 +46,9 @@ pub struct PacketTooLarge {
 #[derive(Debug)]
 pub struct PacketWriter {
     chunk: BytesMut,
+    /// Earlier chunks whose packets were still alive when the writer moved
+    /// on, kept (at most [`RETIRED_CHUNKS`]) to be reused once they are gone.
+    retired: Vec<BytesMut>,
     chunk_size: usize,
     chunks_allocated: u64,
 }
@@ -62,6 +71,7 @@ impl PacketWriter {
     pub fn with_chunk_size(chunk_size: usize) -> PacketWriter {
         PacketWriter {
             chunk: BytesMut::new(),
+            retired: Vec::new(),
             chunk_size: chunk_size.max(MAX_PACKET_SIZE),
             chunks_allocated: 0,
         }
@@ -114,10 +124,33 @@ impl PacketWriter {
             return;
         }
         // Take the whole chunk back if every packet cut from it is gone...
-        if !self.chunk.try_reclaim(self.chunk_size) {
-            // ...or start a new one; the old one lives on in its packets.
-            self.chunk = BytesMut::with_capacity(self.chunk_size);
-            self.chunks_allocated += 1;
+        if self.chunk.try_reclaim(self.chunk_size) {
+            return;
+        }
+        // Before the first chunk the writer holds an empty, unallocated one.
+        let had_chunk = self.chunks_allocated > 0;
+        // ...or an earlier one whose packets are all gone...
+        let chunk_size = self.chunk_size;
+        let free = self
+            .retired
+            .iter_mut()
+            .position(|chunk| chunk.try_reclaim(chunk_size));
+        let next = match free {
+            Some(index) => self.retired.swap_remove(index),
+            // ...or start a new one.
+            None => {
+                self.chunks_allocated += 1;
+                BytesMut::with_capacity(self.chunk_size)
+            }
+        };
+        // The old one lives on in its packets; kept to be reused after them.
+        let old = std::mem::replace(&mut self.chunk, next);
+        if had_chunk {
+            if self.retired.len() == RETIRED_CHUNKS {
+                // The oldest is freed when its last packet is.
+                self.retired.remove(0);
+            }
+            self.retired.push(old);
         }
     }
 }
@@ -219,6 +252,45 @@ mod tests {
             assert_eq!(packet.len(), 1004);
         }
         assert_eq!(writer.chunks_allocated(), 4, "free chunks are reclaimed");
+    }
+
+    #[test]
+    fn a_retired_chunk_is_reused_once_its_packets_are_gone() {
+        let mut writer = PacketWriter::new();
+        let body = vec![7u8; 1000];
+        // 65 packets of 1004 bytes fill one 64 KiB chunk.
+        let first: Vec<Bytes> = (0..65)
+            .map(|_| writer.write_raw(3, &body).unwrap())
+            .collect();
+        let second: Vec<Bytes> = (0..65)
+            .map(|_| writer.write_raw(3, &body).unwrap())
+            .collect();
+        assert_eq!(writer.chunks_allocated(), 2);
+        // The first chunk's packets are written; the second's still wait
+        // (a slow reader), so the current chunk cannot be taken back.
+        drop(first);
+        let third: Vec<Bytes> = (0..65)
+            .map(|_| writer.write_raw(3, &body).unwrap())
+            .collect();
+        assert_eq!(
+            writer.chunks_allocated(),
+            2,
+            "the first chunk is reused, not a new one allocated"
+        );
+        drop((second, third));
+    }
+
+    #[test]
+    fn the_free_list_is_bounded() {
+        let mut writer = PacketWriter::new();
+        let body = vec![7u8; 1000];
+        // Every chunk stays referenced: each switch retires one more.
+        let kept: Vec<Bytes> = (0..65 * 20)
+            .map(|_| writer.write_raw(3, &body).unwrap())
+            .collect();
+        assert_eq!(writer.chunks_allocated(), 20);
+        assert!(writer.retired.len() <= RETIRED_CHUNKS);
+        drop(kept);
     }
 
     #[test]

@@ -26,6 +26,12 @@ pub(crate) struct ServiceConfig {
     pub coalesce_max_bytes: usize,
 }
 
+/// Default most buffers a session's send queue holds (queued or being
+/// written). At the default 4 MiB hard limit the charge (bytes plus 64 per
+/// buffer) is reached first, even for one-byte packets; the cap binds when
+/// the hard limit is raised.
+pub(crate) const DEFAULT_MAX_QUEUED_BUFFERS: usize = 64 * 1024;
+
 /// Default bound of a coalesced queue: about a few full TCP segments' worth
 /// of game packets, far below the default high watermark.
 pub(crate) const DEFAULT_COALESCE_MAX_BYTES: usize = 32 * 1024;
@@ -40,6 +46,7 @@ impl Default for ServiceConfig {
                 high_watermark: 256 * 1024,
                 low_watermark: 64 * 1024,
                 hard_limit: 4 * 1024 * 1024,
+                max_buffers: DEFAULT_MAX_QUEUED_BUFFERS,
                 policy: OverflowPolicy::Disconnect,
                 coalesce_max_bytes: usize::MAX,
             },
@@ -86,6 +93,9 @@ impl ServiceConfig {
                 send.low_watermark, send.high_watermark, send.hard_limit
             ));
         }
+        if send.max_buffers == 0 {
+            return Err("the send queue must hold at least one buffer".into());
+        }
         if self.driver.recv_buffer_size < 64 || self.driver.recv_buffer_size > 16 * 1024 * 1024 {
             return Err("receive buffer size must be between 64 B and 16 MiB".into());
         }
@@ -119,14 +129,24 @@ macro_rules! common_builder_methods {
 
         /// Send queue watermarks in bytes: `is_writable()` turns false above
         /// `high` and true again at `low`; past `hard` the overflow policy
-        /// applies (defaults 256 KiB, 64 KiB, 4 MiB). The limits count
-        /// queued bytes; small packets waiting behind a backlog are copied
-        /// out of their pooled 64 KiB writer chunks, so the count bounds the
-        /// memory they hold.
+        /// applies (defaults 256 KiB, 64 KiB, 4 MiB). The limits count what
+        /// the queue holds in memory: each queued buffer's bytes plus 64
+        /// bytes for its slot and allocation (a flood of tiny packets is
+        /// cut at about `hard` in memory, not at `hard` of payload); small
+        /// packets waiting behind a backlog are copied out of their pooled
+        /// 64 KiB writer chunks, so the count bounds the memory they hold.
         pub fn send_limits(mut self, low: usize, high: usize, hard: usize) -> Self {
             self.config.send.low_watermark = low;
             self.config.send.high_watermark = high;
             self.config.send.hard_limit = hard;
+            self
+        }
+
+        /// Most buffers a session's send queue holds, queued or being
+        /// written (default 65536); past it the overflow policy applies, as
+        /// past the hard limit.
+        pub fn send_queue_max_buffers(mut self, buffers: usize) -> Self {
+            self.config.send.max_buffers = buffers;
             self
         }
 

@@ -10,6 +10,7 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 
 use super::config::ServiceConfig;
+use super::disconnect_log::DisconnectSummary;
 use super::metrics::EngineMetrics;
 use super::worker;
 use super::StartError;
@@ -68,6 +69,8 @@ pub(crate) struct EngineShared {
     /// The first worker failure, if any.
     pub failure: Mutex<Option<WorkerFailure>>,
     pub transports: Transports,
+    /// The INFO log's disconnect counts, written by the workers.
+    pub disconnect_summary: DisconnectSummary,
 }
 
 /// Which transport each new connection gets.
@@ -238,6 +241,7 @@ impl Engine {
             stopping: AtomicBool::new(false),
             failure: Mutex::new(None),
             transports,
+            disconnect_summary: DisconnectSummary::new(),
         });
         for go in activations {
             let _ = go.send(Arc::clone(&shared));
@@ -303,6 +307,7 @@ impl Engine {
                 tracing::error!("a worker thread panicked");
             }
         }
+        self.shared.disconnect_summary.flush(&self.shared.mailboxes);
     }
 }
 

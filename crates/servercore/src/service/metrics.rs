@@ -92,6 +92,11 @@ impl WorkerCounters {
         add(&self.disconnects[kind.index()], 1);
     }
 
+    /// Sessions ended so far, by [`DisconnectKind`] index.
+    pub(crate) fn disconnects(&self) -> [u64; DisconnectKind::COUNT] {
+        std::array::from_fn(|kind| self.disconnects[kind].load(Ordering::Relaxed))
+    }
+
     /// The counters as plain numbers.
     pub(crate) fn snapshot(&self) -> WorkerMetrics {
         let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
@@ -106,7 +111,7 @@ impl WorkerCounters {
             queued_bytes: load(&self.queued_bytes),
             events: load(&self.events),
             coalesced_flushes: load(&self.coalesced_flushes),
-            disconnects: std::array::from_fn(|kind| load(&self.disconnects[kind])),
+            disconnects: self.disconnects(),
         }
     }
 }

@@ -4,19 +4,27 @@
 //! [`ServerService`] accepts connections and hands them to workers
 //! round-robin; [`ClientService`] connects sessions to a server. Both run the
 //! same worker loop (`worker`), one per thread, each owning one driver and
-//! the sessions assigned to it. [`SessionGroup`] is a room's membership.
+//! the sessions assigned to it (in `slots`); each session's lifecycle is a
+//! sans-IO state machine (`connection`) the worker feeds with driver events
+//! and mailbox requests, and the emptied write vectors are pooled per
+//! worker (`batch_pool`). [`SessionGroup`] is a room's membership.
 //! [`EngineMetrics`] snapshots the per-worker counters (`metrics`); a worker
 //! whose driver fails for good stops the service, which reports it as a
 //! [`WorkerFailure`]; accept failures are logged at most once a second
-//! (`log_limit`).
+//! (`log_limit`), and disconnects once an interval, counted by reason, for
+//! the whole service (`disconnect_log`).
 
+mod batch_pool;
 mod client;
 mod config;
+mod connection;
+mod disconnect_log;
 mod engine;
 mod group;
 mod log_limit;
 pub(crate) mod metrics;
 mod server;
+mod slots;
 #[cfg(test)]
 mod tests;
 mod worker;

@@ -1,17 +1,26 @@
 //! The session layer: what one connection is to the application.
 //!
 //! This module owns the [`Session`] callbacks trait, the thread-safe
-//! [`SessionHandle`] (send queue, connection state, disconnect reason) and
-//! [`DisconnectReason`]. The per-connection state that only the owning worker
-//! touches (receive leftovers, the write in flight) lives in
-//! `service::worker`, beside the loop that drives it.
+//! [`SessionHandle`] (`handle`), the state it shares with the worker
+//! (`shared`: connection state, disconnect reason, the send queue's charge
+//! against the send limits), the send queue itself (`send_queue`: what a
+//! queued buffer costs, compaction, shrinking), the worker's inbox
+//! (`mailbox`) and [`DisconnectReason`]. The per-connection state that only the owning worker
+//! touches (its lifecycle, receive leftovers, the write in flight) lives in
+//! `service::connection`, driven by the worker loop in `service::worker`.
 
 mod handle;
+mod mailbox;
 mod reason;
+mod send_queue;
+mod shared;
 
-pub(crate) use handle::{copy_out_straggler, Mailbox, Request, SendLimits, SessionShared};
-pub use handle::{OverflowPolicy, SendError, SessionHandle, SessionId};
+pub use handle::{SendError, SessionHandle, SessionId};
+pub(crate) use mailbox::{Mailbox, Request};
 pub use reason::{DisconnectKind, DisconnectReason};
+pub(crate) use send_queue::Charge;
+pub use shared::OverflowPolicy;
+pub(crate) use shared::{SendLimits, SessionShared};
 
 /// A connection's behaviour: the course's `OnConnected / OnRecv / OnSend /
 /// OnDisconnected`.

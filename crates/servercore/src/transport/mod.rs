@@ -51,7 +51,9 @@
 //!   (close reason not UTF-8), 1009 (message over the maximum, default
 //!   1 MiB). The session ends with [`DisconnectReason::WebSocket`] carrying
 //!   the code; a peer's close with 1000/1001 ends it with
-//!   [`DisconnectReason::ClosedByPeer`].
+//!   [`DisconnectReason::ClosedByPeer`]. Text the peer sent (its close
+//!   reason, a server's HTTP reason phrase) is escaped and cut short before
+//!   it goes into a reason, so it can never forge or flood a log line.
 //! - WSS is TLS under the WebSocket layer on the same listener.
 
 use std::collections::VecDeque;
@@ -635,6 +637,23 @@ pub(crate) fn log_rejection(peer: std::net::SocketAddr, reason: &DisconnectReaso
     if count.is_power_of_two() {
         tracing::warn!(%peer, %reason, rejected_total = count, "transport closed a connection");
     }
+}
+
+/// Text a peer sent (a WebSocket close reason, an HTTP reason phrase), made
+/// safe to keep in a disconnect reason and to print in a log line: control
+/// characters, quotes and backslashes escaped as Rust escapes them, and cut
+/// after `max_chars` characters (with `…`), so a peer can neither forge log
+/// lines nor make them long.
+pub(crate) fn escape_peer_text(text: &str, max_chars: usize) -> String {
+    let mut escaped = String::with_capacity(text.len().min(max_chars) + 8);
+    for (n, c) in text.chars().enumerate() {
+        if n == max_chars {
+            escaped.push('…');
+            break;
+        }
+        escaped.extend(c.escape_debug());
+    }
+    escaped
 }
 
 /// True for reasons the transport layer produces.

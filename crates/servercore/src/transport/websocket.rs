@@ -15,6 +15,7 @@ use base64::Engine as _;
 use bytes::Bytes;
 use sha1::{Digest, Sha1};
 
+use super::escape_peer_text;
 use crate::session::DisconnectReason;
 
 /// The GUID of RFC 6455 section 1.3, appended to the key for the accept hash.
@@ -23,6 +24,9 @@ const ACCEPT_GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 const MAX_HANDSHAKE: usize = 8 * 1024;
 /// Most header lines parsed in a handshake.
 const MAX_HEADERS: usize = 32;
+/// Most bytes of a close frame's reason (a control frame carries at most
+/// 125 bytes, two of them the code).
+const MAX_CLOSE_REASON: usize = 123;
 
 /// Close codes of RFC 6455 section 7.4.1 that the engine sends.
 pub mod close_code {
@@ -639,7 +643,10 @@ impl WebSocket {
             close_code::NORMAL | close_code::GOING_AWAY => DisconnectReason::ClosedByPeer,
             code => DisconnectReason::WebSocket {
                 code,
-                detail: format!("closed by peer: {text}"),
+                detail: format!(
+                    "closed by peer: {}",
+                    escape_peer_text(text, MAX_CLOSE_REASON)
+                ),
             },
         };
         Err(Failure::PeerClosed(reason))
@@ -653,9 +660,9 @@ impl WebSocket {
             return;
         }
         self.close_sent = true;
-        let mut payload = Vec::with_capacity(2 + reason.len().min(123));
+        let mut payload = Vec::with_capacity(2 + reason.len().min(MAX_CLOSE_REASON));
         payload.extend_from_slice(&code.to_be_bytes());
-        let mut cut = reason.len().min(123);
+        let mut cut = reason.len().min(MAX_CLOSE_REASON);
         while !reason.is_char_boundary(cut) {
             cut -= 1;
         }
@@ -806,7 +813,7 @@ fn check_response(head: &[u8], key: &str) -> Result<(), DisconnectReason> {
         return Err(handshake_error(&format!(
             "server answered {} {}",
             response.code.unwrap_or(0),
-            response.reason.unwrap_or("")
+            escape_peer_text(response.reason.unwrap_or(""), 64)
         )));
     }
     let accept = response
@@ -903,6 +910,38 @@ mod tests {
             assert_eq!(&out[..4], &[0x88, out[1], (code >> 8) as u8, code as u8]);
             assert!(plain.is_empty());
         }
+    }
+
+    #[test]
+    fn a_peers_close_reason_is_escaped() {
+        let mut ws = open_server();
+        let mut payload = 4000u16.to_be_bytes().to_vec();
+        payload.extend_from_slice("bad\nline\u{1b}[31m \"q\" \\ é".as_bytes());
+        let (mut plain, mut out) = (Vec::new(), Vec::new());
+        let ending = ws.read(&masked(0x88, &payload), &mut plain, &mut out);
+        assert_eq!(
+            ending,
+            Some(DisconnectReason::WebSocket {
+                code: 4000,
+                detail: r#"closed by peer: bad\nline\u{1b}[31m \"q\" \\ é"#.to_string(),
+            })
+        );
+    }
+
+    #[test]
+    fn a_servers_reason_phrase_is_escaped_and_cut() {
+        let long = "x".repeat(200);
+        let head = format!("HTTP/1.1 403 Go\taway {long}\r\n\r\n");
+        let Err(DisconnectReason::WebSocketHandshake(detail)) =
+            check_response(head.as_bytes(), "key")
+        else {
+            panic!("a 403 is refused");
+        };
+        assert!(
+            detail.starts_with("server answered 403 Go\\taway xxx"),
+            "{detail}"
+        );
+        assert!(detail.len() < 120, "{} bytes: {detail}", detail.len());
     }
 
     #[test]
