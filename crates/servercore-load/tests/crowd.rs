@@ -139,7 +139,11 @@ fn a_crowd_in_one_cell_is_thinned_and_leaves_nothing_behind(backend: Backend) {
     }
     let moves = crowd.movement.as_ref().unwrap();
     // Everyone in the crowd was spawned every other one, once.
-    assert_eq!(moves.players_spawned, (CROWD * (CROWD - 1)) as u64, "{backend}");
+    assert_eq!(
+        moves.players_spawned,
+        (CROWD * (CROWD - 1)) as u64,
+        "{backend}"
+    );
     assert_eq!(moves.players_despawned, 0, "{backend}");
     assert!(
         moves.largest_spawn_bytes > 32 * 1024 && moves.largest_spawn_bytes < 64 * 1024,

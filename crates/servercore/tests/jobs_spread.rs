@@ -60,7 +60,10 @@ fn a_burst_of_actors_runs_on_several_workers(backend: Backend) {
             .expect("every job ran");
     }
     let seen = threads.lock().len();
-    assert!(seen >= 2, "{backend}: {ACTORS} actors ran on {seen} thread(s)");
+    assert!(
+        seen >= 2,
+        "{backend}: {ACTORS} actors ran on {seen} thread(s)"
+    );
     drop(actors);
     service.stop();
     service.join();
