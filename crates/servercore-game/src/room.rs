@@ -3,9 +3,9 @@
 //!
 //! This module owns the game's membership (player id → the member's
 //! [`SessionHandle`]) and the two things done to it: enter (one player in
-//! the game once: placed in the world, then answered with `S_ENTER_GAME`
-//! from inside the room, so every chat sent after the answer reaches the
-//! newcomer) and leave. World chat goes out with the world's tick (see
+//! the game once: answered with `S_ENTER_GAME` from inside the room and
+//! placed in the world right behind the answer, so every chat sent after
+//! the answer reaches the newcomer) and leave. World chat goes out with the world's tick (see
 //! [`World::push_chat`](crate::world::World::push_chat)).
 //!
 //! Every method runs as a job of the room's actor: one at a time, in push
@@ -79,18 +79,19 @@ impl Room {
             self.remove(player_id);
         }
         let pos = info.pos_info.unwrap_or_default();
-        // In the world before the answer: a chat anyone sends once the
-        // newcomer has its answer goes out at a tick the newcomer is in.
-        let seat = world.enter(handle.clone(), player_id, identity, pos);
         let answer = make_packet(&SEnterGame {
             success: true,
             player_id,
             player: Some(info),
         });
         if handle.send(answer).is_err() {
-            world.leave(&seat, false, Box::new(|| {}));
             return None;
         }
+        // The answer is queued first, so no tick's packets can overtake it;
+        // the newcomer is in the world right behind it, before the answer
+        // has even been written, so a chat anyone sends once the newcomer
+        // has its answer goes out at a tick the newcomer is in.
+        let seat = world.enter(handle.clone(), player_id, identity, pos);
         tracing::debug!(player_id, %name, session = %handle.id(), "entered the room");
         self.members.insert(player_id, Member { handle, name });
         self.counters
