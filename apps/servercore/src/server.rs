@@ -9,6 +9,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use servercore_game::auth::TokenKey;
 use servercore_game::cluster::ClusterConfig;
+use servercore_game::redact::SecretUrl;
+use servercore_game::storage::DbTarget;
 use servercore_game::{GameConfig, WorldConfig, DEFAULT_DB_PATH};
 
 use crate::cli::{AdminArgs, EngineArgs};
@@ -25,16 +27,18 @@ pub struct ServerArgs {
     /// (`:memory:` keeps nothing), or a PostgreSQL URL
     /// (`postgres://user[:password]@host[:port]/db`).
     #[arg(long, value_name = "PATH|URL", default_value = DEFAULT_DB_PATH)]
-    pub db: PathBuf,
+    pub db: DbTarget,
 
     /// Database threads, each with its own connection.
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub db_pool: usize,
 
-    /// Join a cluster through this NATS server (e.g. nats://127.0.0.1:4222):
-    /// world chat, presence and one session per account across nodes.
+    /// Join a cluster through this NATS server (e.g. nats://127.0.0.1:4222,
+    /// or nats://user:password@host:4222; a comma-separated list for
+    /// several): world chat, presence and one session per account across
+    /// nodes. Logs and --print-config show it without credentials.
     #[arg(long, value_name = "URL", requires = "node")]
-    pub nats: Option<String>,
+    pub nats: Option<SecretUrl>,
 
     /// This node's name in the cluster (letters, digits, '-', '_'; unique).
     #[arg(long, value_name = "NAME")]
@@ -133,11 +137,11 @@ impl ServerArgs {
         };
         Ok(GameConfig {
             addr: self.addr,
-            db_path: self.db.clone(),
+            db_path: self.db.to_path(),
             db_pool: self.db_pool,
             cluster: self.nats.as_ref().map(|url| {
                 let mut cluster =
-                    ClusterConfig::new(url.clone(), self.node.clone().unwrap_or_default());
+                    ClusterConfig::new(url.expose(), self.node.clone().unwrap_or_default());
                 cluster.heartbeat_interval = Duration::from_millis(self.heartbeat_ms);
                 cluster.node_timeout = Duration::from_millis(self.node_timeout_ms);
                 cluster
@@ -202,7 +206,7 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
         backend = %server.backend(),
         database = %server.db_name(),
         node = args.node.as_deref(),
-        nats = args.nats.as_deref(),
+        nats = args.nats.as_ref().map(SecretUrl::redacted),
         admin = ?admin.as_ref().map(|admin| admin.local_addr()),
         workers,
         max_sessions = args.max_sessions,

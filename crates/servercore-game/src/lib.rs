@@ -65,6 +65,8 @@
 //!   after peaks ([`GameConfig::heap_trim_interval`]);
 //! - `limits`: the per-address limits;
 //! - `player`: [`player::Player`], a connection's game state, an actor;
+//! - `redact`: the one URL redactor every log line, error, `Debug` and
+//!   printed configuration goes through (no credentials in output);
 //! - `room`: [`room::Room`], the room (world chat), an actor;
 //! - `world`: [`world::World`], the map, its regions (actors) and the
 //!   movement and visibility rules;
@@ -87,6 +89,7 @@ pub mod heap_trim;
 pub mod latency;
 pub mod limits;
 pub mod player;
+pub mod redact;
 pub mod room;
 pub mod sessions;
 pub mod stats;
@@ -128,8 +131,9 @@ pub const DEFAULT_DB_PATH: &str = "servercore-game.db";
 /// fit one packet.
 pub const MAX_CHAT_LEN_LIMIT: usize = 60_000;
 
-/// Everything [`start`] needs.
-#[derive(Debug, Clone)]
+/// Everything [`start`] needs. Its `Debug` shows the database redacted
+/// (module `redact`).
+#[derive(Clone)]
 pub struct GameConfig {
     /// Address to listen on (port 0 picks a free one; see
     /// [`GameServer::local_addr`]).
@@ -237,6 +241,59 @@ impl Default for GameConfig {
             world: WorldConfig::default(),
             heap_trim_interval: Some(DEFAULT_HEAP_TRIM_INTERVAL),
         }
+    }
+}
+
+impl std::fmt::Debug for GameConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Every field by name, so a new one has to be placed here (and
+        // whoever adds a field that can hold a secret sees this).
+        let GameConfig {
+            addr,
+            db_path,
+            db_pool,
+            cluster,
+            backend,
+            workers,
+            max_sessions,
+            idle_timeout,
+            max_chat_len,
+            max_packet_size,
+            rate_limits,
+            send_coalescing,
+            login_deadline,
+            packet_deadline,
+            max_conns_per_ip,
+            max_new_accounts_per_min,
+            auth,
+            tls,
+            ws_addr,
+            world,
+            heap_trim_interval,
+        } = self;
+        f.debug_struct("GameConfig")
+            .field("addr", addr)
+            .field("db_path", &DbTarget::from_path(db_path))
+            .field("db_pool", db_pool)
+            .field("cluster", cluster)
+            .field("backend", backend)
+            .field("workers", workers)
+            .field("max_sessions", max_sessions)
+            .field("idle_timeout", idle_timeout)
+            .field("max_chat_len", max_chat_len)
+            .field("max_packet_size", max_packet_size)
+            .field("rate_limits", rate_limits)
+            .field("send_coalescing", send_coalescing)
+            .field("login_deadline", login_deadline)
+            .field("packet_deadline", packet_deadline)
+            .field("max_conns_per_ip", max_conns_per_ip)
+            .field("max_new_accounts_per_min", max_new_accounts_per_min)
+            .field("auth", auth)
+            .field("tls", tls)
+            .field("ws_addr", ws_addr)
+            .field("world", world)
+            .field("heap_trim_interval", heap_trim_interval)
+            .finish()
     }
 }
 

@@ -11,6 +11,8 @@ use futures_util::StreamExt as _;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
+use crate::redact::{percent_decode, scrub, split_userinfo};
+
 use super::{
     ClusterEvents, Command, Shared, CHAT_SUBJECT, HEARTBEAT_PREFIX, KICK_PREFIX, LEAVE_PREFIX,
     OFFLINE_SUBJECT, ONLINE_SUBJECT,
@@ -91,7 +93,23 @@ impl Link {
     async fn connect(shared: Arc<Shared>, events: Arc<dyn ClusterEvents>) -> anyhow::Result<Link> {
         let config = &shared.config;
         let event_shared = Arc::clone(&shared);
-        let client = ConnectOptions::new()
+        let url = config.nats_url.expose();
+        let fail = |error: &dyn std::fmt::Display| {
+            anyhow::anyhow!(
+                "cannot use the NATS server {}: {}",
+                config.nats_url,
+                scrub(&error.to_string(), url)
+            )
+        };
+        let (servers, credentials) = nats_target(url).map_err(|error| fail(&error))?;
+        let options = match credentials {
+            Some(NatsCredentials::UserPassword(user, password)) => {
+                ConnectOptions::with_user_and_password(user, password)
+            }
+            Some(NatsCredentials::Token(token)) => ConnectOptions::with_token(token),
+            None => ConnectOptions::new(),
+        };
+        let client = options
             .name(format!("servercore-{}", config.node))
             .retry_on_initial_connect()
             .max_reconnects(None)
@@ -107,11 +125,9 @@ impl Link {
                 let shared = Arc::clone(&event_shared);
                 async move { on_event(&shared, event) }
             })
-            .connect(config.nats_url.as_str())
+            .connect(servers.as_str())
             .await
-            .map_err(|error| {
-                anyhow::anyhow!("cannot use the NATS server {}: {error}", config.nats_url)
-            })?;
+            .map_err(|error| fail(&error))?;
         let node = config.node.as_bytes();
         let mut origin = BytesMut::with_capacity(1 + node.len());
         origin.put_u8(node.len() as u8);
@@ -399,6 +415,35 @@ impl Link {
     }
 }
 
+/// The credentials a NATS URL carried.
+#[derive(Debug, PartialEq, Eq)]
+enum NatsCredentials {
+    /// `nats://user:password@host`.
+    UserPassword(String, String),
+    /// `nats://token@host`.
+    Token(String),
+}
+
+/// The server list without credentials, and the credentials it carried
+/// (decoded). Every server of a list that carries some must carry the
+/// same: the client has one set.
+fn nats_target(url: &str) -> Result<(String, Option<NatsCredentials>), String> {
+    let (servers, userinfos) = split_userinfo(url);
+    let Some(first) = userinfos.first() else {
+        return Ok((servers, None));
+    };
+    if userinfos.iter().any(|userinfo| userinfo != first) {
+        return Err("the servers of one list must share their credentials".into());
+    }
+    let credentials = match first.split_once(':') {
+        Some((user, password)) => {
+            NatsCredentials::UserPassword(percent_decode(user), percent_decode(password))
+        }
+        None => NatsCredentials::Token(percent_decode(first)),
+    };
+    Ok((servers, Some(credentials)))
+}
+
 /// The connection's events: an outage and its end are logged once each.
 fn on_event(shared: &Shared, event: Event) {
     match event {
@@ -428,5 +473,33 @@ fn on_event(shared: &Shared, event: Event) {
             )
         }
         other => tracing::debug!(event = %other, "NATS event"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_are_taken_out_of_the_url() {
+        assert_eq!(
+            nats_target("nats://127.0.0.1:4222").unwrap(),
+            ("nats://127.0.0.1:4222".to_owned(), None)
+        );
+        assert_eq!(
+            nats_target("nats://alice:p%40ss@n1:4222,nats://alice:p%40ss@n2:4222").unwrap(),
+            (
+                "nats://n1:4222,nats://n2:4222".to_owned(),
+                Some(NatsCredentials::UserPassword("alice".into(), "p@ss".into()))
+            )
+        );
+        assert_eq!(
+            nats_target("t0ken@n1:4222").unwrap(),
+            (
+                "n1:4222".to_owned(),
+                Some(NatsCredentials::Token("t0ken".into()))
+            )
+        );
+        assert!(nats_target("nats://a:1@n1,nats://b:2@n2").is_err());
     }
 }

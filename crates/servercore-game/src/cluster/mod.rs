@@ -61,6 +61,8 @@ use tokio::sync::mpsc;
 
 use presence::Presence;
 
+use crate::redact::SecretUrl;
+
 /// The world chat subject.
 pub const CHAT_SUBJECT: &str = "servercore.chat.world";
 /// An account came online on a node.
@@ -78,11 +80,14 @@ pub const KICK_PREFIX: &str = "servercore.session.kick";
 /// dropped and counted.
 pub const MAX_PENDING_CHATS: u64 = 16_384;
 
-/// How a node joins the cluster.
+/// How a node joins the cluster. Its `Debug` shows the NATS URL redacted.
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {
-    /// The NATS server, e.g. `nats://127.0.0.1:4222`.
-    pub nats_url: String,
+    /// The NATS server, e.g. `nats://127.0.0.1:4222`, or a comma-separated
+    /// list of them; credentials (`nats://user:password@host`, or
+    /// `nats://token@host`) are taken out of the URL and given to the
+    /// client apart, so no log line of it ever holds them.
+    pub nats_url: SecretUrl,
     /// This node's name, unique in the cluster (letters, digits, `-`, `_`).
     pub node: String,
     /// How often the node tells the others it is alive.
@@ -98,7 +103,7 @@ impl ClusterConfig {
     /// of silence, 2 s for a handover.
     pub fn new(nats_url: impl Into<String>, node: impl Into<String>) -> ClusterConfig {
         ClusterConfig {
-            nats_url: nats_url.into(),
+            nats_url: SecretUrl::new(nats_url),
             node: node.into(),
             heartbeat_interval: Duration::from_secs(1),
             node_timeout: Duration::from_secs(3),

@@ -234,8 +234,9 @@ pub fn schema_version() -> u32 {
     sqlite::MIGRATIONS.len() as u32
 }
 
-/// Which database `--db` names.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Which database `--db` names. Its `Debug` and
+/// [`display_name`](DbTarget::display_name) never show a password.
+#[derive(Clone, PartialEq, Eq)]
 pub enum DbTarget {
     /// An SQLite file ([`IN_MEMORY`]: a private in-memory database).
     Sqlite(PathBuf),
@@ -267,8 +268,36 @@ impl DbTarget {
     pub fn display_name(&self) -> String {
         match self {
             DbTarget::Sqlite(path) => path.display().to_string(),
-            DbTarget::Postgres(url) => postgres::redact(url),
+            DbTarget::Postgres(url) => crate::redact::redact_url(url),
         }
+    }
+
+    /// The path or URL as configured (with its password: only to open
+    /// the database with).
+    pub fn to_path(&self) -> PathBuf {
+        match self {
+            DbTarget::Sqlite(path) => path.clone(),
+            DbTarget::Postgres(url) => PathBuf::from(url),
+        }
+    }
+}
+
+impl fmt::Debug for DbTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DbTarget::Sqlite(path) => f.debug_tuple("Sqlite").field(path).finish(),
+            DbTarget::Postgres(_) => f
+                .debug_tuple("Postgres")
+                .field(&self.display_name())
+                .finish(),
+        }
+    }
+}
+
+impl From<std::ffi::OsString> for DbTarget {
+    /// What `--db` gave: see [`DbTarget::from_path`].
+    fn from(value: std::ffi::OsString) -> DbTarget {
+        DbTarget::from_path(Path::new(&value))
     }
 }
 

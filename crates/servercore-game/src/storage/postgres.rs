@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 use postgres::error::SqlState;
 use postgres::{Client, NoTls, Statement, Transaction};
 
+use crate::redact::{redact_url, scrub};
+
 use super::{
     check_account, now_us, AccountRecord, DbError, PlayerRecord, Position, Storage, StorageKind,
     StorageOptions, STARTER_PLAYERS,
@@ -51,21 +53,6 @@ pub const MIGRATIONS: &[&str] = &[
      ALTER TABLE players ADD COLUMN z REAL;
      ALTER TABLE players ADD COLUMN yaw REAL;",
 ];
-
-/// The URL without its password, for logs and errors.
-pub fn redact(url: &str) -> String {
-    // postgres://user:password@host/db → postgres://user:***@host/db
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    match rest.split_once('@') {
-        Some((userinfo, host)) => match userinfo.split_once(':') {
-            Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
-            None => url.to_owned(),
-        },
-        None => url.to_owned(),
-    }
-}
 
 /// The statements one connection prepared.
 struct Statements {
@@ -132,9 +119,9 @@ impl PostgresStorage {
     /// reached is an error here (a node does not start without its
     /// database); later outages are survived.
     pub fn open(url: &str, options: &StorageOptions) -> Result<PostgresStorage, DbError> {
-        let mut config: postgres::Config = url
-            .parse()
-            .map_err(|error: postgres::Error| DbError::Unavailable(format!("bad URL: {error}")))?;
+        let mut config: postgres::Config = url.parse().map_err(|error: postgres::Error| {
+            DbError::Unavailable(format!("bad URL: {}", scrub(&error.to_string(), url)))
+        })?;
         config
             .connect_timeout(options.connect_timeout)
             .keepalives(true)
@@ -148,7 +135,7 @@ impl PostgresStorage {
         }
         let mut storage = PostgresStorage {
             config,
-            url: redact(url),
+            url: redact_url(url),
             connection: None,
             down_since: None,
             last_attempt: None,
@@ -436,19 +423,5 @@ impl Storage for PostgresStorage {
             }
             tx.commit().map_err(pg_error)
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::redact;
-
-    #[test]
-    fn redacts_the_password() {
-        assert_eq!(
-            redact("postgres://game:secret@db:5432/game"),
-            "postgres://game:***@db:5432/game"
-        );
-        assert_eq!(redact("postgres://game@db/game"), "postgres://game@db/game");
     }
 }
