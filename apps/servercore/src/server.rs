@@ -81,13 +81,14 @@ pub struct ServerArgs {
     #[arg(long, value_name = "SECS", default_value_t = 10)]
     pub packet_timeout: u64,
 
-    /// Most accounts one IP address may create per minute; past it a login
-    /// of a new account is refused (0: unlimited).
+    /// Most accounts one IP address (an IPv6 /64 counts as one) may create
+    /// per minute; past it a login of a new account is refused (0:
+    /// unlimited).
     #[arg(long, value_name = "N", default_value_t = 20)]
     pub max_new_accounts_per_min: u32,
 
-    /// Most connections at once from one IP address; more are closed
-    /// (0: unlimited).
+    /// Most connections at once from one IP address (an IPv6 /64 counts as
+    /// one address); more are closed (0: unlimited).
     #[arg(long, value_name = "N", default_value_t = 64)]
     pub max_conns_per_ip: usize,
 

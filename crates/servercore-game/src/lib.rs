@@ -175,9 +175,11 @@ pub struct GameConfig {
     /// Cut a connection whose started packet is still incomplete after this
     /// long (`None`: never).
     pub packet_deadline: Option<Duration>,
-    /// Most connections at once from one IP address (0: unlimited).
+    /// Most connections at once from one IP address, an IPv6 /64 counting
+    /// as one (0: unlimited).
     pub max_conns_per_ip: usize,
-    /// Most accounts one IP address may create per minute (0: unlimited).
+    /// Most accounts one IP address (or IPv6 /64) may create per minute (0:
+    /// unlimited).
     pub max_new_accounts_per_min: u32,
     /// The key of signed login tokens; `None` runs the server open (any
     /// `C_LOGIN.account` is taken as the account name).
