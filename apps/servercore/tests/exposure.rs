@@ -1,10 +1,13 @@
-//! No credentials in output, checked on the real binary: `--print-config`,
-//! the start-up errors, and every log line of a node that joins a cluster
-//! through a NATS URL with a user and password, at `debug` level (the
-//! libraries' own lines included).
+//! What the real binary exposes, and to whom.
 //!
-//! The forms: a NATS URL's user and password, a PostgreSQL password in the
-//! authority and as `?password=`, an `@` inside a password.
+//! No credentials in output: `--print-config`, the start-up errors, and
+//! every log line of a node that joins a cluster through a NATS URL with a
+//! user and password, at `debug` level (the libraries' own lines
+//! included). The forms: a NATS URL's user and password, a PostgreSQL
+//! password in the authority and as `?password=`, an `@` inside a password.
+//!
+//! The admin listener: an address that is not loopback is refused unless
+//! `--admin-public` is given.
 
 use std::process::Command;
 use std::time::Duration;
@@ -158,4 +161,31 @@ fn a_cluster_node_logs_no_credentials() {
     let log = node.log();
     assert!(log.contains("nats://***@127.0.0.1"), "{log}");
     assert_clean("the log", &log);
+}
+
+#[test]
+fn a_public_admin_address_needs_admin_public() {
+    for command in [
+        vec!["server", "--db", ":memory:", "--addr", "127.0.0.1:0"],
+        vec!["echo", "--addr", "127.0.0.1:0"],
+    ] {
+        let output = servercore()
+            .args(&command)
+            .args(["--admin", "0.0.0.0:0"])
+            .output()
+            .expect("run servercore");
+        assert!(!output.status.success(), "{command:?}: {output:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains("cannot listen for admin HTTP on 0.0.0.0:0: not a loopback address")
+                && stderr.contains("pass --admin-public"),
+            "{command:?}: {stderr}"
+        );
+    }
+    // The flag means nothing without --admin.
+    let output = servercore()
+        .args(["server", "--admin-public", "--print-config"])
+        .output()
+        .expect("run servercore");
+    assert!(!output.status.success(), "{output:?}");
 }
