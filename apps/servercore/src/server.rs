@@ -53,6 +53,14 @@ pub struct ServerArgs {
     #[arg(long, value_name = "MS", default_value_t = 3000)]
     pub node_timeout_ms: u64,
 
+    /// How long a node holds an account's lease (in the database) without
+    /// renewing it, in milliseconds; it renews every third of it. A login
+    /// on another node of an account whose node died or was cut off waits
+    /// up to this long; a node paused or cut off past it closes the
+    /// sessions whose accounts were taken meanwhile.
+    #[arg(long, value_name = "MS", default_value_t = 6000)]
+    pub lease_ms: u64,
+
     /// Most sessions at once; connections past it are refused.
     #[arg(long, default_value_t = 10_000)]
     pub max_sessions: usize,
@@ -145,6 +153,7 @@ impl ServerArgs {
                     ClusterConfig::new(url.expose(), self.node.clone().unwrap_or_default());
                 cluster.heartbeat_interval = Duration::from_millis(self.heartbeat_ms);
                 cluster.node_timeout = Duration::from_millis(self.node_timeout_ms);
+                cluster.lease_ttl = Duration::from_millis(self.lease_ms);
                 cluster
             }),
             backend: self.engine.backend,

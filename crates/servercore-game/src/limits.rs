@@ -27,7 +27,7 @@
 //! each other.
 
 use std::fmt;
-use std::hash::{BuildHasher, Hash as _, Hasher as _};
+use std::hash::BuildHasher as _;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
@@ -161,9 +161,7 @@ impl AddressLimits {
     }
 
     fn shard(&self, key: &AddressKey) -> &Mutex<Shard> {
-        let mut hasher = self.hasher.build_hasher();
-        key.hash(&mut hasher);
-        &self.shards[(hasher.finish() % SHARDS as u64) as usize]
+        &self.shards[(self.hasher.hash_one(key) % SHARDS as u64) as usize]
     }
 
     /// The state of `key` in its shard, created (after a sweep step) if

@@ -139,7 +139,7 @@ impl Room {
         }
         let packet = match try_make_packet(&SChat {
             player_id,
-            msg,
+            msg: msg.clone(),
             client_time_us,
         }) {
             Ok(packet) => packet,
@@ -152,7 +152,7 @@ impl Room {
         };
         let delivered = self.send_to_members(&packet);
         if let Some(cluster) = &self.cluster {
-            cluster.publish_chat(packet);
+            cluster.publish_chat(player_id, &msg, client_time_us);
         }
         bump(&self.counters.chats_relayed);
         self.counters
@@ -160,8 +160,8 @@ impl Room {
             .fetch_add(delivered, Ordering::Relaxed);
     }
 
-    /// Relays a world chat from another node (its `S_CHAT` packet, as
-    /// built there) to every member.
+    /// Relays a world chat from another node (the `S_CHAT` packet this
+    /// node built from the checked chat) to every member.
     pub fn remote_chat(&mut self, packet: Bytes) {
         let delivered = self.send_to_members(&packet);
         bump(&self.counters.remote_chats);

@@ -46,6 +46,9 @@ pub struct GameCounters {
     pub(crate) world_leaves: AtomicU64,
     pub(crate) players_in_world: AtomicI64,
     pub(crate) ghosts: AtomicI64,
+    pub(crate) logins_refused_in_use: AtomicU64,
+    pub(crate) leases_lost: AtomicU64,
+    pub(crate) remote_chats_shed: AtomicU64,
 }
 
 /// Adds one to a counter.
@@ -92,6 +95,9 @@ impl GameCounters {
             world_leaves: get(&self.world_leaves),
             players_in_world: self.players_in_world.load(Ordering::Relaxed),
             ghosts: self.ghosts.load(Ordering::Relaxed),
+            logins_refused_in_use: get(&self.logins_refused_in_use),
+            leases_lost: get(&self.leases_lost),
+            remote_chats_shed: get(&self.remote_chats_shed),
         }
     }
 }
@@ -177,6 +183,15 @@ pub struct GameStats {
     /// near the border (0 once everyone has left and the regions have
     /// heard of it).
     pub ghosts: i64,
+    /// Of the refused logins, those whose account another node held and
+    /// did not let go (in a cluster).
+    pub logins_refused_in_use: u64,
+    /// Sessions cut because another node took their account's lease (this
+    /// node was paused or cut off past the lease's time).
+    pub leases_lost: u64,
+    /// World chats from other nodes shed: the room had too much work
+    /// waiting (the bound local chat is shed under).
+    pub remote_chats_shed: u64,
 }
 
 impl GameStats {
@@ -198,7 +213,8 @@ impl fmt::Display for GameStats {
              chats_dropped_rate={} chats_dropped_queue_full={} spawns_sent={} despawns_sent={} \
              move_deliveries={} handovers={} world_leaves={} players_in_world={} ghosts={} \
              login_timeouts={} packet_timeouts={} conns_refused_per_ip={} accounts_refused={} \
-             tokens_refused={} pending_overflows={}",
+             tokens_refused={} pending_overflows={} logins_refused_in_use={} leases_lost={} \
+             remote_chats_shed={}",
             self.logins,
             self.logins_refused,
             self.logins_failed_db_down,
@@ -233,6 +249,9 @@ impl fmt::Display for GameStats {
             self.accounts_refused,
             self.tokens_refused,
             self.pending_overflows,
+            self.logins_refused_in_use,
+            self.leases_lost,
+            self.remote_chats_shed,
         )
     }
 }
