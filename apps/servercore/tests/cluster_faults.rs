@@ -8,6 +8,8 @@
 //!   resumed (SIGCONT), it closes that session before the session acts
 //!   (its chat sent during the pause reaches nobody, its move is never
 //!   saved), and keeps the session whose account nobody took;
+//! - a remote `online` naming a newer lease epoch cuts the local session
+//!   holding that account (a stale one does not);
 //! - remote chat validated and bounded: 100,000 junk and oversized
 //!   messages published on the chat subject by an outside NATS client
 //!   while local players chat.
@@ -447,6 +449,48 @@ fn a_paused_node_closes_the_sessions_it_lost_before_they_act() {
     assert_eq!(
         again.pos, entered_at,
         "the paused session's move was not saved over b's"
+    );
+}
+
+/// A remote `online` for an account a local session holds: an older or
+/// equal epoch (a stale event) changes nothing; a newer one means another
+/// node took the account, and the local session is cut.
+#[test]
+fn a_remote_online_with_a_newer_epoch_cuts_the_older_session() {
+    let _turn = one_at_a_time();
+    let Some(nats) = NatsServer::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let a = Node::start(&dir.path().join("a.db"), &nats, "a");
+    a.wait_log("joined the cluster", Duration::from_secs(15));
+    let mut held = Client::join(a.addr, "held");
+    let mut other = Client::join(a.addr, "other");
+    let mut outsider = Outsider::connect(nats.port);
+    let online = |account: &str, epoch: u64| {
+        format!("{{\"node\":\"elsewhere\",\"account\":\"{account}\",\"epoch\":{epoch}}}")
+    };
+    // The account's first lease here is epoch 1.
+    outsider.publish("servercore.presence.online", online("held", 1).as_bytes());
+    outsider.flush();
+    held.chat("still here");
+    assert!(
+        held.wait(READ_TIMEOUT, |c| c.heard("still here")),
+        "an event of the same epoch is stale: the session plays on"
+    );
+    outsider.publish("servercore.presence.online", online("held", 2).as_bytes());
+    outsider.flush();
+    assert!(
+        held.wait(READ_TIMEOUT, |c| c.standing == Standing::Closed),
+        "a newer epoch elsewhere cuts the session:\n{}",
+        a.process.log()
+    );
+    other.chat("unaffected");
+    assert!(other.wait(READ_TIMEOUT, |c| c.heard("unaffected")));
+    assert_eq!(other.standing, Standing::InGame);
+    a.wait_log(
+        "the account logged in on another node",
+        Duration::from_secs(5),
     );
 }
 
