@@ -196,7 +196,18 @@ pub fn game_metrics(out: &mut Snapshot, stats: &GameStats, db_queue_depth: usize
         [
             ("rate", stats.chats_dropped_rate),
             ("queue_full", stats.chats_dropped_queue_full),
+            ("remote_queue_full", stats.remote_chats_shed),
         ],
+    );
+    out.counter(
+        "servercore_game_logins_refused_in_use",
+        "Logins refused because another node held the account and did not let it go.",
+        stats.logins_refused_in_use,
+    );
+    out.counter(
+        "servercore_game_leases_lost",
+        "Sessions cut because another node took their account's lease.",
+        stats.leases_lost,
     );
 }
 
