@@ -66,12 +66,27 @@ function nameOf(id) {
   return state.players.get(id)?.name || `#${id}`;
 }
 
+/** Why the server refused a login (S_LOGIN.reason), as ": why", or "". */
+function refusalText(reason) {
+  const why = {
+    LOGIN_REFUSAL_ALREADY_LOGGED_IN: "already logged in",
+    LOGIN_REFUSAL_BAD_TOKEN: "the server wants a signed token",
+    LOGIN_REFUSAL_ACCOUNT_NAME_TOO_LONG: "the account name is too long",
+    LOGIN_REFUSAL_ACCOUNT_LIMIT: "too many new accounts from this address; try again in a minute",
+    LOGIN_REFUSAL_TOO_MANY_CONNECTIONS: "too many connections from this address",
+    LOGIN_REFUSAL_DATABASE_UNAVAILABLE: "the server's database is down",
+    LOGIN_REFUSAL_SERVER_ERROR: "the server failed",
+    LOGIN_REFUSAL_ACCOUNT_IN_USE: "the account is playing on another server; try again shortly",
+  }[protocol.enumName("LoginRefusal", reason)];
+  return why ? `: ${why}` : "";
+}
+
 function onPacket({ name, msg }) {
   state.received += 1;
   switch (name) {
     case "S_LOGIN":
       if (!msg.success || msg.players.length === 0) {
-        setStatus("offline", "login refused");
+        setStatus("offline", `login refused${refusalText(msg.reason)}`);
         socket.close();
         return;
       }

@@ -17,6 +17,7 @@ export class Protocol {
     this.byName = new Map();
     this.byId = new Map();
     const pkg = this.root.lookup(parsed.package);
+    this.pkg = pkg;
     let id = FIRST_ID;
     for (const type of pkg.nestedArray) {
       if (!(type instanceof protobuf.Type)) continue;
@@ -25,6 +26,14 @@ export class Protocol {
       this.byId.set(id, { name: type.name, type });
       id += 1;
     }
+  }
+
+  /**
+   * The name of value `value` of enum `enumName` (e.g. "LoginRefusal"), or
+   * undefined for a value this .proto does not know.
+   */
+  enumName(enumName, value) {
+    return this.pkg.lookupEnum(enumName).valuesById[value];
   }
 
   /** One packet: header and body, ready to send. */

@@ -163,14 +163,14 @@ pub fn game_metrics(out: &mut Snapshot, stats: &GameStats, db_queue_depth: usize
         stats.move_deliveries,
     );
     out.counter(
-        "servercore_game_spawns_sent",
-        "S_SPAWN packets sent.",
-        stats.spawns_sent,
+        "servercore_game_spawn_packets_sent",
+        "S_SPAWN packets sent (each lists one or more players).",
+        stats.spawn_packets_sent,
     );
     out.counter(
-        "servercore_game_despawns_sent",
-        "S_DESPAWN packets sent.",
-        stats.despawns_sent,
+        "servercore_game_despawn_packets_sent",
+        "S_DESPAWN packets sent (each lists one or more players).",
+        stats.despawn_packets_sent,
     );
     out.counter(
         "servercore_game_handovers",
@@ -179,14 +179,29 @@ pub fn game_metrics(out: &mut Snapshot, stats: &GameStats, db_queue_depth: usize
     );
     out.counter_by(
         "servercore_game_moves_dropped",
-        "Moves dropped or changed, by reason.",
+        "Moves dropped (never delivered), by reason.",
         "reason",
         [
             ("rate", stats.moves_dropped_rate),
             ("queue_full", stats.moves_dropped_queue_full),
             ("not_in_world", stats.moves_dropped_not_in_world),
-            ("clamped", stats.moves_clamped),
-            ("cut", stats.moves_cut),
+        ],
+    );
+    out.counter_by(
+        "servercore_game_moves_corrected",
+        "Moves accepted and delivered at another position than asked, by reason: \
+         clamped to the map, or cut to the speed limit.",
+        "reason",
+        [("clamped", stats.moves_clamped), ("cut", stats.moves_cut)],
+    );
+    out.counter_by(
+        "servercore_game_http_requests",
+        "Plain HTTP requests on the WebSocket listener (the browser client's files), \
+         by result; they are not game sessions.",
+        "result",
+        [
+            ("served", stats.http_requests_served),
+            ("not_found", stats.http_requests_not_found),
         ],
     );
     out.counter_by(
@@ -268,7 +283,8 @@ fn process_metrics(out: &mut Snapshot, limit: FileLimit) {
     );
 }
 
-/// Starts the admin listener for an engine service (`echo`), if asked.
+/// Starts the admin listener for an engine service (`echo`), if asked
+/// (bound, not yet announced: see [`announce`]).
 pub fn start_for_service(
     args: &AdminArgs,
     kind: &str,
@@ -288,11 +304,11 @@ pub fn start_for_service(
         engine_metrics(out, &service.stats(), &service.metrics());
         process_metrics(out, limit);
     })?;
-    announce(&admin);
     Ok(Some(admin))
 }
 
-/// Starts the admin listener for the game server, if asked.
+/// Starts the admin listener for the game server, if asked (bound, not yet
+/// announced: see [`announce`]).
 pub fn start_for_game(
     args: &AdminArgs,
     server: &Arc<GameServer>,
@@ -315,7 +331,6 @@ pub fn start_for_game(
         db_latency(out, &server.db_latency());
         process_metrics(out, limit);
     })?;
-    announce(&admin);
     Ok(Some(admin))
 }
 
@@ -340,9 +355,13 @@ fn start(
     })
 }
 
-fn announce(admin: &AdminServer) {
-    println!(
-        "admin HTTP on http://{}/ (/metrics, /healthz, /status)",
-        admin.local_addr()
-    );
+/// Prints where the admin listener serves, if there is one. A command calls
+/// it after its own banner, once every listener it has is bound.
+pub fn announce(admin: Option<&AdminServer>) {
+    if let Some(admin) = admin {
+        println!(
+            "admin HTTP on http://{}/ (/metrics, /healthz, /status)",
+            admin.local_addr()
+        );
+    }
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use servercore_load::bench::{
     BenchOptions, BenchServerOptions, ChatServer, Impl, Scenario, Transport,
 };
+use servercore_load::client::parse_duration;
 
 /// `servercore bench` options.
 #[derive(Debug, clap::Args)]
@@ -16,14 +17,15 @@ pub struct BenchArgs {
     #[arg(value_enum, value_name = "SCENARIO")]
     pub scenarios: Vec<Scenario>,
 
-    /// Length of each measured window, in seconds (default 5, --quick 1).
-    #[arg(long, value_name = "SECONDS")]
-    pub duration: Option<f64>,
+    /// Length of each measured window: 5s, 500ms, 1m, ... (a bare number is
+    /// seconds; default 5s, --quick 1s).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub duration: Option<Duration>,
 
-    /// Load before each window opens, in seconds (default 1, --quick 0.3;
-    /// broadcast waits at least two chat intervals).
-    #[arg(long, value_name = "SECONDS")]
-    pub warmup: Option<f64>,
+    /// Load before each window opens, a duration like --duration (default
+    /// 1s, --quick 300ms; broadcast waits at least two chat intervals).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub warmup: Option<Duration>,
 
     /// Short windows and small counts: a smoke test for CI.
     #[arg(long)]
@@ -172,8 +174,8 @@ impl BenchArgs {
     pub fn to_options(&self) -> BenchOptions {
         BenchOptions {
             scenarios: self.scenarios.clone(),
-            duration: self.duration,
-            warmup: self.warmup,
+            duration: self.duration.map(|duration| duration.as_secs_f64()),
+            warmup: self.warmup.map(|warmup| warmup.as_secs_f64()),
             quick: self.quick,
             json: self.json.clone(),
             replay: self.replay.clone(),

@@ -199,12 +199,103 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Echo(args) => crate::echo::run(args),
         Command::Hello(args) => crate::hello::run(args),
-        Command::Server(args) => crate::server::run(args),
+        Command::Server(args) => crate::server::run(args, cli.log_format),
         Command::Client(args) => crate::client::run(args),
         Command::Demo(args) => crate::demo::run(args),
         Command::Bench(args) => crate::bench::run(args),
         Command::Cert(args) => crate::transport::run_cert(args),
         Command::BenchServer(args) => crate::bench::run_server(args),
         Command::Token(args) => crate::token::run(args),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::config::{command, parse_from, Parsed};
+
+    /// Every command's long help, its subcommands' too.
+    fn all_help(cmd: &mut clap::Command, out: &mut Vec<(String, String)>) {
+        out.push((
+            cmd.get_name().to_owned(),
+            cmd.render_long_help().to_string(),
+        ));
+        for sub in cmd.get_subcommands_mut() {
+            all_help(sub, out);
+        }
+    }
+
+    #[test]
+    fn help_text_is_plain_words() {
+        let mut helps = Vec::new();
+        all_help(&mut command(), &mut helps);
+        assert!(helps.len() > 8, "every command's help was rendered");
+        for (name, help) in helps {
+            for link in ["[`", "`]", "](", "[Self::", "[crate::"] {
+                assert!(
+                    !help.contains(link),
+                    "`servercore {name} --help` shows rustdoc link syntax {link:?}:\n{help}"
+                );
+            }
+        }
+    }
+
+    fn parsed(args: &[&str]) -> Command {
+        let argv = std::iter::once("servercore")
+            .chain(args.iter().copied())
+            .map(Into::into)
+            .collect();
+        match parse_from(argv) {
+            Ok(Parsed::Run(cli)) => cli.command,
+            Ok(Parsed::Print(_)) => panic!("{args:?}: printed the configuration"),
+            Err(crate::config::Failure::Clap(error)) => panic!("{args:?}: {error}"),
+            Err(crate::config::Failure::Config(error)) => panic!("{args:?}: {error}"),
+        }
+    }
+
+    #[test]
+    fn one_duration_syntax_for_every_command() {
+        let Command::Bench(bench) = parsed(&["bench", "--duration", "2s", "--warmup", "500ms"])
+        else {
+            panic!("not bench");
+        };
+        assert_eq!(bench.duration, Some(Duration::from_secs(2)));
+        assert_eq!(bench.warmup, Some(Duration::from_millis(500)));
+        let Command::Bench(bench) = parsed(&["bench", "--duration", "1.5"]) else {
+            panic!("not bench");
+        };
+        assert_eq!(bench.duration, Some(Duration::from_millis(1500)));
+        let Command::Client(client) = parsed(&["client", "--duration", "10s"]) else {
+            panic!("not client");
+        };
+        assert_eq!(client.duration, Duration::from_secs(10));
+        let Command::Server(server) = parsed(&[
+            "server",
+            "--idle-timeout",
+            "2m",
+            "--login-timeout",
+            "1500ms",
+            "--packet-timeout",
+            "3",
+        ]) else {
+            panic!("not server");
+        };
+        assert_eq!(server.idle_timeout, Duration::from_secs(120));
+        assert_eq!(server.login_timeout, Duration::from_millis(1500));
+        assert_eq!(server.packet_timeout, Duration::from_secs(3));
+        let Command::Token(token) = parsed(&[
+            "token",
+            "--secret-file",
+            "f",
+            "--account",
+            "a",
+            "--ttl",
+            "90m",
+        ]) else {
+            panic!("not token");
+        };
+        assert_eq!(token.ttl, Duration::from_secs(5400));
     }
 }

@@ -132,8 +132,9 @@ impl ClientArgs {
     }
 }
 
-/// Runs the dummy clients, prints the table, writes the JSON if asked.
-/// Fails (after reporting) when no session could connect at all.
+/// Runs the dummy clients, prints the table (and, on standard error, what
+/// the errors mean and what to do), writes the JSON if asked. Fails, after
+/// reporting, when no session could connect or most sessions failed.
 pub fn run(args: ClientArgs) -> anyhow::Result<()> {
     let stop = StopSignal::install();
     let config = args.to_config()?;
@@ -161,14 +162,32 @@ pub fn run(args: ClientArgs) -> anyhow::Result<()> {
     } else {
         println!("{}", report.table());
     }
+    for line in report.advice() {
+        eprintln!("{line}");
+    }
     if let Some(path) = &args.json {
         report.write_json(path)?;
     }
-    // Stopped by a signal before anyone connected is a stop, not a failure.
+    verdict(&report, stop.is_set())
+}
+
+/// The command's verdict on a finished run: an error when no session could
+/// connect or when most of them failed (a stop by signal is neither).
+pub fn verdict(report: &servercore_load::client::LoadReport, stopped: bool) -> anyhow::Result<()> {
+    let s = &report.sessions;
+    if stopped {
+        return Ok(());
+    }
     anyhow::ensure!(
-        report.sessions.requested == 0 || report.sessions.connected > 0 || stop.is_set(),
+        s.requested == 0 || s.connected > 0,
         "no session could connect to {}",
         report.addr
+    );
+    anyhow::ensure!(
+        !report.mostly_failed(),
+        "{} of {} sessions failed (their errors are in the report above)",
+        s.failed,
+        s.requested
     );
     Ok(())
 }

@@ -39,6 +39,8 @@ pub fn run(args: EchoArgs) -> anyhow::Result<()> {
             )
         }),
     })?);
+    // Every listener is bound before the banner says so.
+    let admin = crate::admin::start_for_service(&args.admin, "echo", &service, limit)?;
     let addrs: Vec<String> = service
         .local_addrs()
         .iter()
@@ -50,7 +52,7 @@ pub fn run(args: EchoArgs) -> anyhow::Result<()> {
         service.backend(),
         if tls.is_some() { ", TLS" } else { "" }
     );
-    let admin = crate::admin::start_for_service(&args.admin, "echo", &service, limit)?;
+    crate::admin::announce(admin.as_ref());
     tracing::info!(
         addr = %service.local_addr(),
         backend = %service.backend(),

@@ -11,9 +11,10 @@ use servercore_game::auth::TokenKey;
 use servercore_game::cluster::ClusterConfig;
 use servercore_game::redact::SecretUrl;
 use servercore_game::storage::DbTarget;
-use servercore_game::{GameConfig, WorldConfig, DEFAULT_DB_PATH};
+use servercore_game::{GameConfig, GameStats, WorldConfig, DEFAULT_DB_PATH};
+use servercore_load::client::{count, parse_duration, summary_table};
 
-use crate::cli::{AdminArgs, EngineArgs};
+use crate::cli::{AdminArgs, EngineArgs, LogFormat};
 use crate::shutdown::{Install as _, StopSignal};
 
 /// `servercore server` options.
@@ -65,9 +66,10 @@ pub struct ServerArgs {
     #[arg(long, default_value_t = 10_000)]
     pub max_sessions: usize,
 
-    /// Disconnect a session that sends nothing for this many seconds (0: never).
-    #[arg(long, value_name = "SECS", default_value_t = 60)]
-    pub idle_timeout: u64,
+    /// Disconnect a session that sends nothing for this long: 60s, 2m,
+    /// 500ms, ... (a bare number is seconds; 0: never).
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
 
     /// Longest chat message relayed, in bytes; longer ones are dropped.
     #[arg(long, value_name = "BYTES", default_value_t = 256)]
@@ -79,15 +81,16 @@ pub struct ServerArgs {
     #[arg(long, value_name = "N")]
     pub coalesce_ms: Option<u64>,
 
-    /// Disconnect a connection that sends no C_LOGIN within this many
-    /// seconds (0: never).
-    #[arg(long, value_name = "SECS", default_value_t = 10)]
-    pub login_timeout: u64,
+    /// Disconnect a connection that sends no C_LOGIN within this long
+    /// (a duration like --idle-timeout; 0: never).
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub login_timeout: Duration,
 
     /// Disconnect a connection whose started packet is not complete within
-    /// this many seconds, however slowly it keeps sending (0: never).
-    #[arg(long, value_name = "SECS", default_value_t = 10)]
-    pub packet_timeout: u64,
+    /// this long, however slowly it keeps sending (a duration like
+    /// --idle-timeout; 0: never).
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub packet_timeout: Duration,
 
     /// Most accounts one IP address (an IPv6 /64 counts as one) may create
     /// per minute; past it a login of a new account is refused (0:
@@ -139,7 +142,7 @@ impl ServerArgs {
     /// The configuration these options describe; fails on unreadable TLS
     /// files or an unreadable or too short secret file.
     pub fn to_config(&self) -> anyhow::Result<GameConfig> {
-        let seconds = |secs: u64| (secs > 0).then(|| Duration::from_secs(secs));
+        let unless_zero = |duration: Duration| (!duration.is_zero()).then_some(duration);
         let auth = match &self.auth_secret {
             Some(path) => Some(TokenKey::from_file(path).context("--auth-secret")?),
             None => None,
@@ -159,13 +162,13 @@ impl ServerArgs {
             backend: self.engine.backend,
             workers: self.engine.workers,
             max_sessions: self.max_sessions,
-            idle_timeout: (self.idle_timeout > 0).then(|| Duration::from_secs(self.idle_timeout)),
+            idle_timeout: unless_zero(self.idle_timeout),
             max_chat_len: self.max_chat_len,
             send_coalescing: self
                 .coalesce_ms
                 .map_or(GameConfig::default().send_coalescing, Duration::from_millis),
-            login_deadline: seconds(self.login_timeout),
-            packet_deadline: seconds(self.packet_timeout),
+            login_deadline: unless_zero(self.login_timeout),
+            packet_deadline: unless_zero(self.packet_timeout),
             max_new_accounts_per_min: self.max_new_accounts_per_min,
             max_conns_per_ip: self.max_conns_per_ip,
             auth,
@@ -183,8 +186,13 @@ impl ServerArgs {
 }
 
 /// Runs the game server until SIGINT or SIGTERM, then stops it cleanly
-/// (every acknowledged login is on disk) and prints its counters.
-pub fn run(args: ServerArgs) -> anyhow::Result<()> {
+/// (every acknowledged login is on disk) and prints its counters: a table
+/// on a terminal, one line of `key=value` pairs otherwise or with
+/// `--log-format json`.
+///
+/// Every listener (game, WebSocket, admin) is bound before the banner, so a
+/// port in use fails the command before it says it is listening.
+pub fn run(args: ServerArgs, log_format: LogFormat) -> anyhow::Result<()> {
     let stop = StopSignal::install();
     let limit = crate::limits::raised();
     let workers = crate::limits::workers(args.engine.workers);
@@ -198,6 +206,7 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
     }
     let secure = config.tls.is_some();
     let server = Arc::new(servercore_game::start(config)?);
+    let admin = crate::admin::start_for_game(&args.admin, &server, limit)?;
     let websocket = server
         .ws_addr()
         .map(|addr| format!(", WebSocket on {addr}"))
@@ -210,7 +219,7 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
         server.db_kind(),
         server.db_name()
     );
-    let admin = crate::admin::start_for_game(&args.admin, &server, limit)?;
+    crate::admin::announce(admin.as_ref());
     tracing::info!(
         addr = %server.local_addr(),
         backend = %server.backend(),
@@ -245,12 +254,100 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
         deliveries = stats.chat_deliveries,
         "game server stopped"
     );
+    let as_table =
+        log_format == LogFormat::Text && std::io::IsTerminal::is_terminal(&std::io::stdout());
     println!(
-        "stopped: sessions={} refused={} {stats}",
-        sessions.sessions_total, sessions.refused_total
+        "{}",
+        closing_summary(
+            sessions.sessions_total,
+            sessions.refused_total,
+            &stats,
+            as_table
+        )
     );
     if let Some(cluster) = cluster {
         println!("cluster: {cluster}");
     }
     Ok(())
+}
+
+/// What the server prints when it stops: the sessions it served and refused
+/// and every game counter, as a table for a person or as the one line of
+/// `key=value` pairs (`stopped: sessions=N refused=N logins=N ...`) that
+/// scripts and tests read.
+fn closing_summary(sessions: u64, refused: u64, stats: &GameStats, as_table: bool) -> String {
+    let fields = stats.fields();
+    if !as_table {
+        let pairs: Vec<String> = fields
+            .iter()
+            .map(|(key, value)| format!("{key}={value}"))
+            .collect();
+        return format!(
+            "stopped: sessions={sessions} refused={refused} {}",
+            pairs.join(" ")
+        );
+    }
+    let shown = |value: i64| match u64::try_from(value) {
+        Ok(value) => count(value),
+        Err(_) => value.to_string(),
+    };
+    let rows: Vec<(String, String)> =
+        [("sessions served", sessions), ("sessions refused", refused)]
+            .into_iter()
+            .map(|(name, value)| (name.to_owned(), count(value)))
+            .chain(
+                fields
+                    .iter()
+                    .map(|(key, value)| (key.replace('_', " "), shown(*value))),
+            )
+            .collect();
+    summary_table("game server stopped", &rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn closing_summary_is_a_table_or_key_value_pairs() {
+        let stats = GameStats {
+            logins: 1234,
+            spawn_packets_sent: 7,
+            ..GameStats::default()
+        };
+        let line = closing_summary(1500, 2, &stats, false);
+        assert!(
+            line.starts_with("stopped: sessions=1500 refused=2 logins=1234 "),
+            "{line}"
+        );
+        assert!(line.contains(" spawn_packets_sent=7 "), "{line}");
+        assert_eq!(line.lines().count(), 1);
+
+        let table = closing_summary(1500, 2, &stats, true);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines[0], "game server stopped");
+        assert!(lines[1].trim_start().starts_with("---"), "{table}");
+        let row = |name: &str| {
+            lines
+                .iter()
+                .find_map(|line| {
+                    let rest = line.trim_start().strip_prefix(name)?;
+                    rest.starts_with("  ").then(|| rest.trim().to_owned())
+                })
+                .unwrap_or_else(|| panic!("no row {name:?} in\n{table}"))
+        };
+        assert_eq!(row("sessions served"), "1,500");
+        assert_eq!(row("logins refused"), "0");
+        assert_eq!(row("logins"), "1,234");
+        assert_eq!(row("spawn packets sent"), "7");
+        // One row per counter, the two session rows and the three rules.
+        assert_eq!(lines.len(), 1 + 2 + stats.fields().len() + 2, "{table}");
+        let width = lines[2].chars().count();
+        assert!(
+            lines[2..lines.len() - 1]
+                .iter()
+                .all(|line| line.chars().count() == width),
+            "rows are aligned:\n{table}"
+        );
+    }
 }

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use servercore_game::auth::TokenKey;
+use servercore_load::client::parse_duration;
 
 /// `servercore token` options.
 #[derive(Debug, Clone, clap::Args)]
@@ -25,34 +26,14 @@ pub struct TokenArgs {
     pub ttl: Duration,
 }
 
-/// Parses `90s`, `30m`, `1h`, `2d` or a bare number of seconds.
+/// Parses a lifetime in the duration syntax of every command (`90s`,
+/// `30m`, `1h`, `2d`, a bare number of seconds); it must be above zero.
 pub fn parse_ttl(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: u64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration like 90s, 30m, 1h or 2d"))?;
-    let scale = match unit {
-        "" | "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        _ => {
-            return Err(format!(
-                "unknown unit {unit:?} in {text:?} (use s, m, h or d)"
-            ))
-        }
-    };
-    if number == 0 {
+    let ttl = parse_duration(text)?;
+    if ttl.is_zero() {
         return Err("the lifetime must be above zero".into());
     }
-    number
-        .checked_mul(scale)
-        .map(Duration::from_secs)
-        .ok_or_else(|| format!("{text:?} is too long"))
+    Ok(ttl)
 }
 
 /// Prints one token on standard output.
@@ -74,6 +55,7 @@ mod tests {
         assert_eq!(parse_ttl("30m"), Ok(Duration::from_secs(1800)));
         assert_eq!(parse_ttl("2d"), Ok(Duration::from_secs(172_800)));
         assert_eq!(parse_ttl("45"), Ok(Duration::from_secs(45)));
+        assert_eq!(parse_ttl("1h30m"), Ok(Duration::from_secs(5400)));
         assert!(parse_ttl("1w").is_err());
         assert!(parse_ttl("h").is_err());
         assert!(parse_ttl("0s").is_err());

@@ -194,6 +194,10 @@ fn dummy(addr: SocketAddr, stop: mpsc::Receiver<()>) -> Vec<String> {
 }
 
 #[test]
+#[cfg_attr(
+    any(servercore_missing = "chromium", servercore_missing = "playwright"),
+    ignore = "needs Chromium, node and playwright-core (scripts/test-env installs them)"
+)]
 fn browser_client_plays_the_game() {
     if let Some(missing) = missing_tools() {
         assert!(

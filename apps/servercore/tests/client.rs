@@ -24,7 +24,9 @@ backend_tests!(
     sessions_chat_and_every_member_gets_every_message,
     idle_sessions_enter_and_send_nothing,
     a_server_that_speaks_another_protocol_is_reported_not_fatal,
-    a_server_that_dies_mid_run_fails_every_session_and_the_run_goes_on,
+    a_server_that_dies_mid_run_ends_the_run_early,
+    refused_logins_say_why_and_fail_the_run,
+    connections_past_the_per_address_limit_are_told_why,
     demo_runs_and_prints_the_table,
     players_walk_the_game_world_and_see_only_spawned_neighbours,
 );
@@ -285,7 +287,8 @@ fn idle_sessions_enter_and_send_nothing(backend: Backend) {
 
 /// The echo server sends our C_LOGIN straight back: an id a client never
 /// receives, so every session ends with a malformed reply. Each is counted,
-/// and the run still finishes with a report.
+/// the run still finishes with a report, and the command fails: every
+/// session failed.
 fn a_server_that_speaks_another_protocol_is_reported_not_fatal(backend: Backend) {
     let backend = backend.name();
     let server = Server::start(&["echo", "--addr", "127.0.0.1:0", "--backend", backend]);
@@ -294,7 +297,12 @@ fn a_server_that_speaks_another_protocol_is_reported_not_fatal(backend: Backend)
         backend,
         &["--sessions", "10", "--duration", "300ms"],
     );
-    assert!(output.status.success(), "client failed: {output:?}");
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("error: 10 of 10 sessions failed"),
+        "{stderr}"
+    );
     assert_eq!(num(&report, "sessions.connected"), 10, "{report:#}");
     assert_eq!(num(&report, "sessions.entered"), 0, "{report:#}");
     assert_eq!(num(&report, "sessions.failed"), 10, "{report:#}");
@@ -304,23 +312,34 @@ fn a_server_that_speaks_another_protocol_is_reported_not_fatal(backend: Backend)
 
 /// The server is killed while the sessions chat: every session is counted
 /// as failed (by its disconnect reason, or as a failed connect if the kill
-/// came first), and the run still ends with its report at the usual time.
-fn a_server_that_dies_mid_run_fails_every_session_and_the_run_goes_on(backend: Backend) {
+/// came first), the run stops at once instead of waiting out its window,
+/// its counts agree (none in game at the end, all failed) and the command
+/// fails.
+fn a_server_that_dies_mid_run_ends_the_run_early(backend: Backend) {
     let backend = backend.name();
     let mut server = Server::game(backend);
     let addr = server.addr;
     let backend_name = backend.to_owned();
+    let started = Instant::now();
     let run = std::thread::spawn(move || {
         client(
             addr,
             &backend_name,
-            &["--sessions", "20", "--rate", "5", "--duration", "4s"],
+            &["--sessions", "20", "--rate", "5", "--duration", "40s"],
         )
     });
     std::thread::sleep(Duration::from_millis(1500));
     server.child.kill().expect("kill the server");
+    let killed = Instant::now();
     let (output, report) = run.join().expect("the client thread");
+    assert!(
+        killed.elapsed() < Duration::from_secs(10),
+        "the client ran {:?} past the server's death ({:?} in all)",
+        killed.elapsed(),
+        started.elapsed()
+    );
     assert_eq!(num(&report, "sessions.failed"), 20, "{report:#}");
+    assert_eq!(num(&report, "sessions.in_game_at_end"), 0, "{report:#}");
     assert_eq!(num(&report, "errors_total"), 20, "{report:#}");
     let errors = report["errors"].as_object().unwrap();
     assert!(
@@ -329,9 +348,98 @@ fn a_server_that_dies_mid_run_fails_every_session_and_the_run_goes_on(backend: B
             .all(|kind| kind.starts_with("disconnect:") || kind == "connect_failed"),
         "{report:#}"
     );
-    if num(&report, "sessions.connected") > 0 {
-        assert!(output.status.success(), "client failed: {output:?}");
-    }
+    let ended = report["ended_early"].as_str().unwrap_or_default();
+    assert!(ended.starts_with("no session alive after "), "{report:#}");
+    let chat_secs = report["chat_secs"].as_f64().unwrap();
+    assert!(chat_secs < 5.0, "rates over the live time: {report:#}");
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("no session alive after") && stderr.contains("stopping early"),
+        "{stderr}"
+    );
+}
+
+/// A server that creates at most 5 accounts a minute for an address:
+/// 12 sessions from one address get 5 players in game, and the 7 others
+/// are refused with the reason; the client says what to do and fails.
+fn refused_logins_say_why_and_fail_the_run(backend: Backend) {
+    let backend = backend.name();
+    let server = Server::start(&[
+        "server",
+        "--addr",
+        "127.0.0.1:0",
+        "--db",
+        ":memory:",
+        "--max-conns-per-ip",
+        "0",
+        "--max-new-accounts-per-min",
+        "5",
+        "--backend",
+        backend,
+    ]);
+    let (output, report) = client(
+        server.addr,
+        backend,
+        &["--sessions", "12", "--duration", "300ms"],
+    );
+    assert_eq!(num(&report, "sessions.entered"), 5, "{report:#}");
+    assert_eq!(num(&report, "sessions.in_game_at_end"), 5, "{report:#}");
+    assert_eq!(num(&report, "sessions.failed"), 7, "{report:#}");
+    assert_eq!(
+        report["errors"],
+        serde_json::json!({"login_refused:account_limit": 7}),
+        "{report:#}"
+    );
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("7 sessions refused: one address may create at most")
+            && stderr.contains("--max-new-accounts-per-min 0"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("error: 7 of 12 sessions failed"),
+        "{stderr}"
+    );
+}
+
+/// A server that holds 4 connections per address: of 10 sessions, the 6
+/// past the limit hear why (an `S_LOGIN` refusal before the close), and
+/// the client says which flag lifts the limit.
+fn connections_past_the_per_address_limit_are_told_why(backend: Backend) {
+    let backend = backend.name();
+    let server = Server::start(&[
+        "server",
+        "--addr",
+        "127.0.0.1:0",
+        "--db",
+        ":memory:",
+        "--max-conns-per-ip",
+        "4",
+        "--max-new-accounts-per-min",
+        "0",
+        "--backend",
+        backend,
+    ]);
+    let (output, report) = client(
+        server.addr,
+        backend,
+        &["--sessions", "10", "--duration", "300ms"],
+    );
+    assert_eq!(num(&report, "sessions.in_game_at_end"), 4, "{report:#}");
+    assert_eq!(
+        report["errors"],
+        serde_json::json!({"login_refused:too_many_connections": 6}),
+        "{report:#}"
+    );
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("6 sessions turned away: the server holds at most")
+            && stderr.contains("--max-conns-per-ip 0"),
+        "{stderr}"
+    );
 }
 
 /// Runs `client --scenario move` against `server` and checks the world
@@ -365,7 +473,7 @@ fn walk_and_check(server: &Server, backend: &str) {
     );
     assert_eq!(num(&report, "movement.own_moves"), sent, "{report:#}");
     assert!(num(&report, "movement.deliveries") >= sent, "{report:#}");
-    assert!(num(&report, "movement.spawns") > 0, "{report:#}");
+    assert!(num(&report, "movement.players_spawned") > 0, "{report:#}");
     assert_eq!(num(&report, "movement.corrections"), 0, "{report:#}");
     assert_eq!(num(&report, "movement.latency_us.samples"), sent);
     let (p50, p99, max) = (
@@ -379,7 +487,7 @@ fn walk_and_check(server: &Server, backend: &str) {
     for needle in [
         "move deliveries per second",
         "own-move latency p99",
-        "spawns",
+        "players spawned",
     ] {
         assert!(
             stdout.contains(needle),
@@ -437,7 +545,7 @@ fn demo_runs_and_prints_the_table(backend: Backend) {
         "latency p99",
         "move deliveries per second",
         "own-move latency p99",
-        "spawns",
+        "players spawned",
         "errors",
         "none",
     ] {
@@ -449,7 +557,8 @@ fn demo_runs_and_prints_the_table(backend: Backend) {
 }
 
 /// Nothing listens: every connect fails, each is counted, the JSON report
-/// is still written, and the command fails because nobody connected.
+/// is still written, and the command fails at once because nobody
+/// connected (it does not wait out its window).
 #[test]
 fn connect_failures_are_counted() {
     let port = {
@@ -457,6 +566,7 @@ fn connect_failures_are_counted() {
         listener.local_addr().unwrap().port()
     };
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let started = Instant::now();
     let (output, report) = client(
         addr,
         "poll",
@@ -464,10 +574,15 @@ fn connect_failures_are_counted() {
             "--sessions",
             "5",
             "--duration",
-            "200ms",
+            "30s",
             "--connect-timeout",
             "2s",
         ],
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "a closed port fails fast, not after the window: {:?}",
+        started.elapsed()
     );
     assert!(
         !output.status.success(),

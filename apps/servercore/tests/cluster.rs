@@ -30,11 +30,35 @@ mod services;
 use services::{eventually, NatsServer, PostgresServer};
 
 backend_tests!(
+    #[cfg_attr(
+        servercore_missing = "nats_server",
+        ignore = "needs nats-server on PATH (scripts/test-env installs it)"
+    )]
     three_nodes_sixty_clients_chat,
+    #[cfg_attr(
+        servercore_missing = "nats_server",
+        ignore = "needs nats-server on PATH (scripts/test-env installs it)"
+    )]
     duplicate_login_across_nodes,
+    #[cfg_attr(
+        servercore_missing = "nats_server",
+        ignore = "needs nats-server on PATH (scripts/test-env installs it)"
+    )]
     killed_node_frees_its_accounts,
+    #[cfg_attr(
+        servercore_missing = "nats_server",
+        ignore = "needs nats-server on PATH (scripts/test-env installs it)"
+    )]
     nats_restart_mid_chat,
+    #[cfg_attr(
+        servercore_missing = "postgres_server",
+        ignore = "needs PostgreSQL's server binaries in /usr/lib/postgresql (scripts/test-env installs them)"
+    )]
     postgres_stop_and_start,
+    #[cfg_attr(
+        servercore_missing = "nats_server",
+        ignore = "needs nats-server on PATH (scripts/test-env installs it)"
+    )]
     load_client_splits_local_and_cross_node,
 );
 

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use servercore::packet::Packet;
 use servercore::Backend;
 use servercore_protocol::{
-    make_packet, CChat, CEnterGame, CLeaveGame, CLogin, CMove, ClientPacket, PlayerType, PosInfo,
-    SChat, SEnterGame, SLogin,
+    make_packet, CChat, CEnterGame, CLeaveGame, CLogin, CMove, ClientPacket, LoginRefusal,
+    PlayerType, PosInfo, SChat, SEnterGame, SLogin,
 };
 
 mod common;
@@ -485,7 +485,8 @@ fn refused_cases(backend: Backend) {
         long,
         SLogin {
             success: false,
-            players: vec![]
+            players: vec![],
+            reason: LoginRefusal::AccountNameTooLong as i32,
         }
     );
     // The session is still fine: log in for real.
@@ -496,7 +497,8 @@ fn refused_cases(backend: Backend) {
         client.login("dave"),
         SLogin {
             success: false,
-            players: vec![]
+            players: vec![],
+            reason: LoginRefusal::AlreadyLoggedIn as i32,
         }
     );
     // Chat after login but before entering: dropped.

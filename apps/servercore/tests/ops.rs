@@ -28,6 +28,10 @@ backend_tests!(
     restart_twenty_times_after_sigterm,
     restart_twenty_times_after_sigkill,
     second_sigint_exits_at_once,
+    #[cfg_attr(
+        servercore_missing = "prometheus_client",
+        ignore = "needs python3 with prometheus_client (scripts/test-env installs it)"
+    )]
     metrics_count_the_traffic,
 );
 
@@ -564,6 +568,10 @@ fn element_text<'a>(dom: &'a str, id: &str) -> &'a str {
 /// The status page renders in a real headless Chromium, shows the live
 /// session count, and the count follows clients connecting.
 #[test]
+#[cfg_attr(
+    servercore_missing = "chromium",
+    ignore = "needs Chromium (scripts/test-env installs it)"
+)]
 fn status_page_renders_live_counts_in_chromium() {
     let Some(chromium) = chromium() else {
         missing("chromium");

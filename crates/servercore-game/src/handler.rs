@@ -25,12 +25,12 @@ use servercore::job::Actor;
 use servercore::packet::{DispatchError, LogThrottle, PacketHandler, HEADER_SIZE};
 use servercore::{DisconnectReason, SessionHandle};
 use servercore_protocol::{
-    dispatch_server, make_packet, CChat, CEnterGame, CLeaveGame, CLogin, CMove, SLogin,
-    ServerHandler, ServerPacket,
+    dispatch_server, CChat, CEnterGame, CLeaveGame, CLogin, CMove, LoginRefusal, ServerHandler,
+    ServerPacket,
 };
 
 use super::auth::MAX_TOKEN_LEN;
-use super::player::{Player, MAX_PENDING_BYTES};
+use super::player::{login_refusal, Player, MAX_PENDING_BYTES};
 use super::stats::bump;
 use super::storage::MAX_ACCOUNT_LEN;
 use super::world::TokenBucket;
@@ -129,6 +129,8 @@ impl PacketHandler for GameSession {
                     "refusing connection: its address holds the most connections allowed"
                 );
             }
+            // Said before the C_LOGIN is read, so the client knows why.
+            let _ = session.send(login_refusal(LoginRefusal::TooManyConnections));
             session.disconnect_with(TOO_MANY_CONNECTIONS);
             return;
         }
@@ -211,10 +213,7 @@ impl ServerHandler for GameSession {
                 "login refused: account name too long"
             );
             bump(&self.ctx.counters.logins_refused);
-            let _ = session.send(make_packet(&SLogin {
-                success: false,
-                players: Vec::new(),
-            }));
+            let _ = session.send(login_refusal(LoginRefusal::AccountNameTooLong));
             return Ok(());
         }
         self.forward(session, ServerPacket::CLogin(msg), Instant::now());

@@ -755,10 +755,13 @@ pub fn start(config: GameConfig) -> anyhow::Result<GameServer> {
         builder = builder.tls(Arc::clone(tls));
     }
     if let Some(ws_addr) = config.ws_addr {
-        let pages = web::pages(web::WebWorld {
-            world_size: config.world.size,
-            cell: config.world.cell,
-        });
+        let pages = web::pages(
+            web::WebWorld {
+                world_size: config.world.size,
+                cell: config.world.cell,
+            },
+            Arc::clone(&ctx.counters),
+        );
         let mut websocket = ServerTransport::websocket(WebSocketConfig::default().pages(pages));
         if let Some(tls) = &config.tls {
             websocket = websocket.with_tls(Arc::clone(tls));

@@ -54,8 +54,8 @@ use servercore::job::{Actor, WeakActor};
 use servercore::packet::LogThrottle;
 use servercore::{DisconnectReason, SessionHandle};
 use servercore_protocol::{
-    make_packet, CChat, CMove, ObjectInfo, Player as PlayerInfo, PosInfo, SEnterGame, SLogin,
-    SMove, ServerPacket,
+    make_packet, CChat, CMove, LoginRefusal, ObjectInfo, Player as PlayerInfo, PosInfo, SEnterGame,
+    SLogin, SMove, ServerPacket,
 };
 
 use super::lease::Lease;
@@ -312,7 +312,7 @@ impl Player {
     fn login(&mut self, account: String) {
         if self.account.is_some() || self.holds_account {
             tracing::debug!(session = %self.handle.id(), "login refused: already logged in");
-            self.refuse_login();
+            self.refuse_login(LoginRefusal::AlreadyLoggedIn);
             return;
         }
         let account = match &self.ctx.auth {
@@ -330,7 +330,7 @@ impl Player {
                             "login refused: bad token"
                         );
                     }
-                    self.refuse_login();
+                    self.refuse_login(LoginRefusal::BadToken);
                     return;
                 }
             },
@@ -341,7 +341,7 @@ impl Player {
                 len = account.len(),
                 "login refused: account name too long"
             );
-            self.refuse_login();
+            self.refuse_login(LoginRefusal::AccountNameTooLong);
             return;
         }
         let Some(me) = self.me.clone() else { return };
@@ -422,12 +422,9 @@ impl Player {
         );
     }
 
-    fn refuse_login(&mut self) {
+    fn refuse_login(&mut self, reason: LoginRefusal) {
         bump(&self.ctx.counters.logins_refused);
-        let _ = self.handle.send(make_packet(&SLogin {
-            success: false,
-            players: Vec::new(),
-        }));
+        let _ = self.handle.send(login_refusal(reason));
     }
 
     fn logged_in(
@@ -483,6 +480,7 @@ impl Player {
                 let _ = self.handle.send(make_packet(&SLogin {
                     success: true,
                     players,
+                    reason: LoginRefusal::Unspecified as i32,
                 }));
             }
             Err(DbError::NoSuchAccount) => {
@@ -498,7 +496,7 @@ impl Player {
                          minute"
                     );
                 }
-                self.refuse_login();
+                self.refuse_login(LoginRefusal::AccountLimit);
             }
             Err(DbError::LeaseHeld { node, .. }) => {
                 self.release_account();
@@ -515,15 +513,18 @@ impl Player {
                          let it go"
                     );
                 }
-                self.refuse_login();
+                self.refuse_login(LoginRefusal::AccountInUse);
             }
             Err(error) => {
                 self.release_account();
                 tracing::debug!(session = %self.handle.id(), %error, "login failed");
-                if matches!(error, DbError::Unavailable(_) | DbError::Closed) {
+                let reason = if matches!(error, DbError::Unavailable(_) | DbError::Closed) {
                     bump(&self.ctx.counters.logins_failed_db_down);
-                }
-                self.refuse_login();
+                    LoginRefusal::DatabaseUnavailable
+                } else {
+                    LoginRefusal::ServerError
+                };
+                self.refuse_login(reason);
             }
         }
         // The answer is queued: a stop may close the session.
@@ -903,6 +904,15 @@ impl Drop for Player {
             .player_states
             .fetch_sub(1, Ordering::Relaxed);
     }
+}
+
+/// The `S_LOGIN` that refuses a login, saying why.
+pub(crate) fn login_refusal(reason: LoginRefusal) -> bytes::Bytes {
+    make_packet(&SLogin {
+        success: false,
+        players: Vec::new(),
+        reason: reason as i32,
+    })
 }
 
 fn player_info(record: &PlayerRecord) -> PlayerInfo {

@@ -46,6 +46,8 @@ pub struct GameCounters {
     pub(crate) world_leaves: AtomicU64,
     pub(crate) players_in_world: AtomicI64,
     pub(crate) ghosts: AtomicI64,
+    pub(crate) http_served: AtomicU64,
+    pub(crate) http_not_found: AtomicU64,
     pub(crate) logins_refused_in_use: AtomicU64,
     pub(crate) leases_lost: AtomicU64,
     pub(crate) remote_chats_shed: AtomicU64,
@@ -88,13 +90,15 @@ impl GameCounters {
             moves_dropped_not_in_world: get(&self.moves_dropped_not_in_world),
             chats_dropped_rate: get(&self.chats_dropped_rate),
             chats_dropped_queue_full: get(&self.chats_dropped_queue_full),
-            spawns_sent: get(&self.spawns_sent),
-            despawns_sent: get(&self.despawns_sent),
+            spawn_packets_sent: get(&self.spawns_sent),
+            despawn_packets_sent: get(&self.despawns_sent),
             move_deliveries: get(&self.move_deliveries),
             handovers: get(&self.handovers),
             world_leaves: get(&self.world_leaves),
             players_in_world: self.players_in_world.load(Ordering::Relaxed),
             ghosts: self.ghosts.load(Ordering::Relaxed),
+            http_requests_served: get(&self.http_served),
+            http_requests_not_found: get(&self.http_not_found),
             logins_refused_in_use: get(&self.logins_refused_in_use),
             leases_lost: get(&self.leases_lost),
             remote_chats_shed: get(&self.remote_chats_shed),
@@ -104,8 +108,8 @@ impl GameCounters {
 
 /// A snapshot of the game server's counters.
 ///
-/// Its `Display` is one line of `key=value` pairs (what `servercore server`
-/// prints when it stops).
+/// Its `Display` is one line of `key=value` pairs, [`GameStats::fields`] in
+/// order (what `servercore server` prints when it stops, off a terminal).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct GameStats {
     /// Successful logins (`S_LOGIN success=true`).
@@ -168,9 +172,9 @@ pub struct GameStats {
     /// Chats dropped: the room had too many jobs waiting.
     pub chats_dropped_queue_full: u64,
     /// `S_SPAWN` packets sent (each lists one or more players).
-    pub spawns_sent: u64,
+    pub spawn_packets_sent: u64,
     /// `S_DESPAWN` packets sent.
-    pub despawns_sent: u64,
+    pub despawn_packets_sent: u64,
     /// `S_MOVE` sends, over all receivers (the moves' fan-out).
     pub move_deliveries: u64,
     /// Players handed from one region to another.
@@ -183,6 +187,12 @@ pub struct GameStats {
     /// near the border (0 once everyone has left and the regions have
     /// heard of it).
     pub ghosts: i64,
+    /// Plain HTTP requests on the WebSocket listener answered with a file
+    /// of the browser client (page, scripts, favicon).
+    pub http_requests_served: u64,
+    /// Plain HTTP requests on the WebSocket listener for a path it does not
+    /// serve (answered 404).
+    pub http_requests_not_found: u64,
     /// Of the refused logins, those whose account another node held and
     /// did not let go (in a cluster).
     pub logins_refused_in_use: u64,
@@ -195,7 +205,61 @@ pub struct GameStats {
 }
 
 impl GameStats {
-    /// Every move dropped, whatever the reason.
+    /// Every counter and gauge by its name, in the order the closing
+    /// summary and the `key=value` line show them.
+    pub fn fields(&self) -> [(&'static str, i64); 39] {
+        let n = |value: u64| i64::try_from(value).unwrap_or(i64::MAX);
+        [
+            ("logins", n(self.logins)),
+            ("logins_refused", n(self.logins_refused)),
+            ("logins_failed_db_down", n(self.logins_failed_db_down)),
+            ("duplicate_login_kicks", n(self.duplicate_login_kicks)),
+            ("remote_chats", n(self.remote_chats)),
+            ("enters", n(self.enters)),
+            ("enters_refused", n(self.enters_refused)),
+            ("chats_relayed", n(self.chats_relayed)),
+            ("chat_deliveries", n(self.chat_deliveries)),
+            (
+                "chats_refused_not_in_room",
+                n(self.chats_refused_not_in_room),
+            ),
+            ("chats_refused_too_long", n(self.chats_refused_too_long)),
+            ("players_in_room", self.players_in_room),
+            ("player_states", self.player_states),
+            ("moves", n(self.moves)),
+            ("moves_clamped", n(self.moves_clamped)),
+            ("moves_cut", n(self.moves_cut)),
+            ("moves_dropped_rate", n(self.moves_dropped_rate)),
+            ("moves_dropped_queue_full", n(self.moves_dropped_queue_full)),
+            (
+                "moves_dropped_not_in_world",
+                n(self.moves_dropped_not_in_world),
+            ),
+            ("chats_dropped_rate", n(self.chats_dropped_rate)),
+            ("chats_dropped_queue_full", n(self.chats_dropped_queue_full)),
+            ("spawn_packets_sent", n(self.spawn_packets_sent)),
+            ("despawn_packets_sent", n(self.despawn_packets_sent)),
+            ("move_deliveries", n(self.move_deliveries)),
+            ("handovers", n(self.handovers)),
+            ("world_leaves", n(self.world_leaves)),
+            ("players_in_world", self.players_in_world),
+            ("ghosts", self.ghosts),
+            ("login_timeouts", n(self.login_timeouts)),
+            ("packet_timeouts", n(self.packet_timeouts)),
+            ("conns_refused_per_ip", n(self.conns_refused_per_ip)),
+            ("accounts_refused", n(self.accounts_refused)),
+            ("tokens_refused", n(self.tokens_refused)),
+            ("pending_overflows", n(self.pending_overflows)),
+            ("http_requests_served", n(self.http_requests_served)),
+            ("http_requests_not_found", n(self.http_requests_not_found)),
+            ("logins_refused_in_use", n(self.logins_refused_in_use)),
+            ("leases_lost", n(self.leases_lost)),
+            ("remote_chats_shed", n(self.remote_chats_shed)),
+        ]
+    }
+
+    /// Every move dropped, whatever the reason (clamped and cut moves were
+    /// delivered, changed: they are not drops).
     pub fn moves_dropped(&self) -> u64 {
         self.moves_dropped_rate + self.moves_dropped_queue_full + self.moves_dropped_not_in_world
     }
@@ -203,55 +267,12 @@ impl GameStats {
 
 impl fmt::Display for GameStats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "logins={} logins_refused={} logins_failed_db_down={} duplicate_login_kicks={} \
-             remote_chats={} enters={} enters_refused={} chats_relayed={} \
-             chat_deliveries={} chats_refused_not_in_room={} chats_refused_too_long={} \
-             players_in_room={} player_states={} moves={} moves_clamped={} moves_cut={} \
-             moves_dropped_rate={} moves_dropped_queue_full={} moves_dropped_not_in_world={} \
-             chats_dropped_rate={} chats_dropped_queue_full={} spawns_sent={} despawns_sent={} \
-             move_deliveries={} handovers={} world_leaves={} players_in_world={} ghosts={} \
-             login_timeouts={} packet_timeouts={} conns_refused_per_ip={} accounts_refused={} \
-             tokens_refused={} pending_overflows={} logins_refused_in_use={} leases_lost={} \
-             remote_chats_shed={}",
-            self.logins,
-            self.logins_refused,
-            self.logins_failed_db_down,
-            self.duplicate_login_kicks,
-            self.remote_chats,
-            self.enters,
-            self.enters_refused,
-            self.chats_relayed,
-            self.chat_deliveries,
-            self.chats_refused_not_in_room,
-            self.chats_refused_too_long,
-            self.players_in_room,
-            self.player_states,
-            self.moves,
-            self.moves_clamped,
-            self.moves_cut,
-            self.moves_dropped_rate,
-            self.moves_dropped_queue_full,
-            self.moves_dropped_not_in_world,
-            self.chats_dropped_rate,
-            self.chats_dropped_queue_full,
-            self.spawns_sent,
-            self.despawns_sent,
-            self.move_deliveries,
-            self.handovers,
-            self.world_leaves,
-            self.players_in_world,
-            self.ghosts,
-            self.login_timeouts,
-            self.packet_timeouts,
-            self.conns_refused_per_ip,
-            self.accounts_refused,
-            self.tokens_refused,
-            self.pending_overflows,
-            self.logins_refused_in_use,
-            self.leases_lost,
-            self.remote_chats_shed,
-        )
+        for (at, (key, value)) in self.fields().iter().enumerate() {
+            if at > 0 {
+                f.write_str(" ")?;
+            }
+            write!(f, "{key}={value}")?;
+        }
+        Ok(())
     }
 }

@@ -4,11 +4,18 @@
 //!
 //! The page fetches `protocol.proto`, the same file the server's packet ids
 //! are generated from, so browser and server can never disagree on ids.
+//!
+//! Every plain HTTP request is counted here, by whether a file answered it
+//! (`http_requests_served`) or a 404 (`http_requests_not_found`), apart
+//! from the game's sessions; a browser's `/favicon.ico` has its file.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use servercore::transport::{PageLookup, WebPage};
+
+use crate::stats::GameCounters;
 
 const INDEX_HTML: &[u8] = include_bytes!("../../../web/index.html");
 const APP_JS: &[u8] = include_bytes!("../../../web/app.js");
@@ -16,6 +23,7 @@ const PROTOCOL_JS: &[u8] = include_bytes!("../../../web/protocol.js");
 const STYLE_CSS: &[u8] = include_bytes!("../../../web/style.css");
 const PROTOBUF_JS: &[u8] = include_bytes!("../../../web/vendor/protobuf.min.js");
 const PROTOCOL_PROTO: &[u8] = include_bytes!("../../../proto/protocol.proto");
+const FAVICON_ICO: &[u8] = include_bytes!("../../../web/favicon.ico");
 
 /// What the page needs to know of this server's world, served as
 /// `/config.json`.
@@ -27,8 +35,9 @@ pub struct WebWorld {
     pub cell: f32,
 }
 
-/// The browser client's files by request path.
-pub fn pages(world: WebWorld) -> PageLookup {
+/// The browser client's files by request path; each lookup is counted in
+/// `counters` (a file served, or a 404).
+pub fn pages(world: WebWorld, counters: Arc<GameCounters>) -> PageLookup {
     let config = Bytes::from(format!(
         "{{\"world_size\":{},\"cell\":{}}}",
         world.world_size, world.cell
@@ -51,8 +60,13 @@ pub fn pages(world: WebWorld) -> PageLookup {
                 Bytes::from_static(PROTOCOL_PROTO),
             ),
             "/config.json" => ("application/json", config.clone()),
-            _ => return None,
+            "/favicon.ico" => ("image/x-icon", Bytes::from_static(FAVICON_ICO)),
+            _ => {
+                counters.http_not_found.fetch_add(1, Ordering::Relaxed);
+                return None;
+            }
         };
+        counters.http_served.fetch_add(1, Ordering::Relaxed);
         Some(WebPage { content_type, body })
     })
 }

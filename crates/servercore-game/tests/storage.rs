@@ -57,6 +57,10 @@ macro_rules! storage_tests {
                 }
 
                 #[test]
+                #[cfg_attr(
+                    servercore_missing = "postgres",
+                    ignore = "needs PostgreSQL: SERVERCORE_TEST_POSTGRES is not set (scripts/test-env starts one)"
+                )]
                 fn postgres() {
                     if let Some(db) = super::Db::postgres() {
                         super::$name(&db);

@@ -7,7 +7,7 @@
 //!   [`SLeaveGame`], [`SSpawn`], [`SDespawn`], [`CMove`], [`SMove`], the
 //!   cross-node [`STransfer`], and
 //!   the plain structs (no id) [`Player`], [`PosInfo`], [`ObjectInfo`] and
-//!   enums [`PlayerType`], [`MoveState`];
+//!   enums [`PlayerType`], [`MoveState`], [`LoginRefusal`] (`S_LOGIN.reason`);
 //! - [`PacketId`] (`C_LOGIN = 1000` ... `S_TRANSFER = 1012`, in message order)
 //!   and the id lists [`ALL_IDS`], [`SERVER_RECEIVES_IDS`],
 //!   [`CLIENT_RECEIVES_IDS`];

@@ -46,6 +46,7 @@ fn packets_written_and_freed_allocate_nothing() {
     let login = SLogin {
         success: true,
         players: vec![Default::default(); 3],
+        ..SLogin::default()
     };
     // Warm up: the first chunk of this thread.
     drop(make_packet(&msg));

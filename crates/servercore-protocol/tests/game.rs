@@ -66,6 +66,7 @@ impl ServerHandler for GameSession {
         let _ = session.send(make_packet(&SLogin {
             success: true,
             players,
+            ..SLogin::default()
         }));
         Ok(())
     }

@@ -2,18 +2,23 @@
 
 /// Generates `name::poll` and `name::uring` tests for `fn name(Backend)`;
 /// the io_uring one is skipped with a message where the kernel forbids
-/// io_uring, unless SERVERCORE_REQUIRE_URING is set.
+/// io_uring, unless SERVERCORE_REQUIRE_URING is set. Attributes before a
+/// name go on both tests (a test that needs an outside tool carries
+/// `#[cfg_attr(servercore_missing = "TOOL", ignore = "needs TOOL ...")]`,
+/// see `scripts/test_probe.rs`).
 #[macro_export]
 macro_rules! backend_tests {
-    ($($name:ident),* $(,)?) => {
+    ($($(#[$meta:meta])* $name:ident),* $(,)?) => {
         $(
             mod $name {
                 #[test]
+                $(#[$meta])*
                 fn poll() {
                     super::$name(servercore::Backend::Poll);
                 }
 
                 #[test]
+                $(#[$meta])*
                 fn uring() {
                     if let Some(reason) = servercore::driver::uring_unavailable_reason() {
                         if std::env::var_os("SERVERCORE_REQUIRE_URING").is_some() {

@@ -124,10 +124,27 @@ fn is_unavailable(error: &postgres::Error) -> bool {
 
 fn pg_error(error: postgres::Error) -> DbError {
     if is_unavailable(&error) {
-        DbError::Unavailable(error.to_string())
+        DbError::Unavailable(with_causes(&error))
     } else {
         DbError::Postgres(Arc::new(error))
     }
+}
+
+/// An error's text followed by its causes' (the client's "error
+/// connecting to server" keeps the operating system's "Connection refused"
+/// in its source, which the string would otherwise lose).
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 impl PostgresStorage {

@@ -64,11 +64,38 @@ impl std::fmt::Debug for SqliteStorage {
     }
 }
 
+/// SQLite says only "unable to open database file": name the cause when it
+/// is one a person can fix (a directory given as the file, a missing
+/// directory), else keep SQLite's own error.
+fn open_failure(path: &Path, error: rusqlite::Error) -> DbError {
+    let cause = if path.is_dir() {
+        format!(
+            "{} is a directory, not a database file (give a file path, e.g. {})",
+            path.display(),
+            path.join("game.db").display()
+        )
+    } else {
+        match path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+            Some(dir) if !dir.is_dir() => format!(
+                "cannot create {}: the directory {} does not exist",
+                path.display(),
+                dir.display()
+            ),
+            _ => return error.into(),
+        }
+    };
+    let code = match &error {
+        rusqlite::Error::SqliteFailure(failure, _) => *failure,
+        _ => rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CANTOPEN),
+    };
+    rusqlite::Error::SqliteFailure(code, Some(cause)).into()
+}
+
 impl SqliteStorage {
     /// Opens (creating if needed) and migrates the database at `path`
     /// ([`super::IN_MEMORY`] for a private in-memory one).
     pub fn open(path: &Path, options: &StorageOptions) -> Result<SqliteStorage, DbError> {
-        let conn = Connection::open(path)?;
+        let conn = Connection::open(path).map_err(|error| open_failure(path, error))?;
         conn.busy_timeout(options.connect_timeout)?;
         // WAL: readers never wait for the writer, and a commit is one
         // append. Ignored (left as "memory") for an in-memory database.

@@ -103,6 +103,7 @@ impl ChatPeer {
                 let reply = SLogin {
                     success: true,
                     players,
+                    ..SLogin::default()
                 };
                 Ok(Some(Action::Reply(proto::packet(proto::S_LOGIN, &reply))))
             }

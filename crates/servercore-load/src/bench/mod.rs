@@ -72,7 +72,7 @@ pub enum Scenario {
     /// and a capacity sweep.
     Move,
     /// The game server under a long churn of live clients, watched for
-    /// leaks (`--minutes`; runs alone, see [`soak`]).
+    /// leaks (--minutes; runs alone).
     Soak,
 }
 

@@ -14,13 +14,14 @@ pub const SESSIONS_PER_SOURCE_ADDR: usize = 20_000;
 /// What the sessions do once in game.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum Scenario {
-    /// Chat at [`LoadConfig::rate`] (the world's moves and spawns are still
-    /// tracked if the server sends them).
+    // These doc comments are the values' --help text: plain words, no
+    // rustdoc links.
+    /// Chat at --rate (the world's moves and spawns are still tracked if the
+    /// server sends them).
     #[default]
     Chat,
-    /// Random-walk at [`LoadConfig::move_rate`] and [`LoadConfig::speed`],
-    /// tracking the neighbours the server spawns; chat too if
-    /// [`LoadConfig::rate`] is above 0.
+    /// Random-walk at --move-rate and --speed, tracking the neighbours the
+    /// server spawns; chat too if --rate is above 0.
     Move,
 }
 
@@ -223,8 +224,9 @@ fn ephemeral_ports() -> usize {
     }
 }
 
-/// Parses a duration such as `30s`, `2m`, `500ms`, `1h`, `1m30s` or `1.5s`;
-/// a bare number is seconds.
+/// Parses a duration such as `30s`, `2m`, `500ms`, `1h`, `2d`, `1m30s` or
+/// `1.5s`; a bare number is seconds. Every duration flag of every command
+/// takes this syntax.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     if text.is_empty() {
@@ -238,7 +240,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     while !rest.is_empty() {
         let number_len = rest
             .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .ok_or_else(|| format!("{text:?}: a number needs a unit (ms, s, m, h)"))?;
+            .ok_or_else(|| format!("{text:?}: a number needs a unit (ms, s, m, h, d)"))?;
         if number_len == 0 {
             return Err(format!("{text:?}: expected a number at {rest:?}"));
         }
@@ -255,9 +257,10 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             "s" | "sec" | "secs" => 1.0,
             "m" | "min" | "mins" => 60.0,
             "h" | "hr" | "hrs" => 3600.0,
+            "d" | "day" | "days" => 86_400.0,
             unit => {
                 return Err(format!(
-                    "{text:?}: unknown unit {unit:?} (use us, ms, s, m or h)"
+                    "{text:?}: unknown unit {unit:?} (use us, ms, s, m, h or d)"
                 ))
             }
         };
@@ -288,6 +291,7 @@ mod tests {
         ok("2m", 120_000);
         ok("500ms", 500);
         ok("1h", 3_600_000);
+        ok("2d", 172_800_000);
         ok("1m30s", 90_000);
         ok("1.5s", 1_500);
         ok("10", 10_000);

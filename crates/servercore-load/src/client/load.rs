@@ -17,6 +17,11 @@
 //!    most [`LoadConfig::drain_timeout`];
 //! 4. **stop**: the sessions are closed and the report built.
 //!
+//! A run whose every session is gone (failed, refused or disconnected: a
+//! server that stopped, a closed port) stops there, at any phase, with a
+//! warning: its rates are over the time sessions were live, and the report
+//! says it ended early.
+//!
 //! Messages sent before every session has entered would reach fewer
 //! members; the set-up barrier keeps `deliveries = sent × members` exact on
 //! a healthy run.
@@ -32,9 +37,9 @@ use servercore_protocol::CLIENT_RECEIVES_IDS;
 use super::config::{LoadConfig, Scenario};
 use super::nodes::{share, Clients, NodeSplit};
 use super::progress::Progress;
-use super::report::{LatencySummary, LoadReport, MoveSummary, SessionSummary};
+use super::report::{human_duration, LatencySummary, LoadReport, MoveSummary, SessionSummary};
 use super::session::{GameClient, RunShared};
-use super::stats::{kind, LoadStats};
+use super::stats::{kind, now_us, LoadStats};
 use crate::stop::StopSignal;
 
 /// How often the run looks at its counters and redraws the progress.
@@ -136,29 +141,33 @@ pub fn run_load_observed(
 
     // 2. Chat (and move) for the warm-up, then the window.
     let (warmup_start, _) = shared.open_chat(config.warmup + config.duration);
+    let mut all_gone = none_alive(&clients, stats);
     if !config.warmup.is_zero() {
         display.warming_up();
         let warmup_end = warmup_start + config.warmup;
-        while !stop.is_set() {
+        while !stop.is_set() && !all_gone {
             let now = Instant::now();
             if now >= warmup_end {
                 break;
             }
             stop.wait(TICK.min(warmup_end - now));
+            all_gone = none_alive(&clients, stats);
         }
         stats.reset_window();
     }
     display.start_chat(config.duration, stats);
     observer.window_opened();
     let chat_start = Instant::now();
+    let chat_start_us = now_us();
     let chat_end = warmup_start + config.warmup + config.duration;
-    loop {
+    while !all_gone {
         let now = Instant::now();
         if now >= chat_end || stop.is_set() {
             break;
         }
         display.chat(now - chat_start, stats);
         stop.wait(TICK.min(chat_end - now));
+        all_gone = none_alive(&clients, stats);
     }
     shared.close_chat();
     observer.window_closed(WindowCounts {
@@ -167,19 +176,39 @@ pub fn run_load_observed(
         moves_sent: LoadStats::get(&stats.moves_sent),
         move_deliveries: LoadStats::get(&stats.move_deliveries),
     });
-    let chat_time = chat_start.elapsed().min(config.duration);
+    let chat_time = if all_gone {
+        // The rates are over the time anyone was there to send.
+        let last = LoadStats::get(&stats.last_disconnect_us);
+        Duration::from_micros(last.saturating_sub(chat_start_us))
+    } else {
+        chat_start.elapsed()
+    }
+    .min(config.duration);
     display.chat(chat_time, stats);
+    let ended_early = all_gone.then(|| {
+        let text = format!(
+            "no session alive after {} of the {} window",
+            human_duration(chat_time),
+            human_duration(config.duration)
+        );
+        tracing::warn!("{text}: stopping early");
+        text
+    });
 
     // 3. Drain what is in flight.
     display.draining();
-    let last_delivery = if config.period().is_some() || moving {
+    let last_delivery = if !all_gone && (config.period().is_some() || moving) {
         drain(&config, stats, stop)
     } else {
         Instant::now()
     };
-    let receive_time = last_delivery
-        .saturating_duration_since(chat_start)
-        .max(chat_time);
+    let receive_time = if all_gone {
+        chat_time
+    } else {
+        last_delivery
+            .saturating_duration_since(chat_start)
+            .max(chat_time)
+    };
 
     // 4. Stop the sessions; what ends now is not an error.
     stats.finishing.store(true, Ordering::Release);
@@ -187,14 +216,23 @@ pub fn run_load_observed(
     clients.join();
     display.finish();
 
-    Ok(build_report(
+    let mut report = build_report(
         &config,
         &sources,
         &clients,
         stats,
         (chat_time, receive_time),
         stop.is_set(),
-    ))
+    );
+    report.ended_early = ended_early;
+    Ok(report)
+}
+
+/// True once every connect was tried and no session is connected: nobody
+/// is left to send or receive.
+fn none_alive(clients: &Clients, stats: &LoadStats) -> bool {
+    clients.connecting_done()
+        && LoadStats::get(&stats.connected) <= LoadStats::get(&stats.disconnected)
 }
 
 /// One client service per node, the sessions spread evenly.
@@ -316,8 +354,8 @@ fn build_report(
                 deliveries_per_sec: per_sec(move_deliveries, receive_secs),
                 own_moves: LoadStats::get(&stats.own_moves),
                 latency_us: LatencySummary::from_histogram(&stats.move_latency_snapshot()),
-                spawns,
-                despawns: LoadStats::get(&stats.despawns),
+                players_spawned: spawns,
+                players_despawned: LoadStats::get(&stats.despawns),
                 corrections: LoadStats::get(&stats.corrections),
             }
         });
@@ -341,6 +379,8 @@ fn build_report(
             connected: clients.connected(),
             logged_in: LoadStats::get(&stats.logged_in),
             entered: LoadStats::get(&stats.entered),
+            in_game_at_end: LoadStats::get(&stats.entered)
+                .saturating_sub(LoadStats::get(&stats.lost_in_game)),
             failed: connect_failed + LoadStats::get(&stats.failed_sessions),
         },
         messages_sent: sent,
@@ -352,6 +392,7 @@ fn build_report(
         movement,
         errors_total: errors.values().sum(),
         errors,
+        ended_early: None,
         nodes: (clients.addrs.len() > 1).then(|| {
             let split = stats.split.lock();
             NodeSplit {

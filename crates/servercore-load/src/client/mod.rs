@@ -38,4 +38,6 @@ pub use config::{
 };
 pub use load::{run_load, run_load_observed, run_load_until, LoadObserver, WindowCounts};
 pub use nodes::NodeSplit;
-pub use report::{count, human_duration, LatencySummary, LoadReport, MoveSummary, SessionSummary};
+pub use report::{
+    count, human_duration, summary_table, LatencySummary, LoadReport, MoveSummary, SessionSummary,
+};

@@ -36,6 +36,10 @@ pub struct LoadReport {
     pub source_addrs: Vec<String>,
     /// True if Ctrl-C ended the run early.
     pub interrupted: bool,
+    /// Set when the run stopped before its window's end because no session
+    /// was alive any more: says after how long.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_early: Option<String>,
     /// What became of the sessions.
     pub sessions: SessionSummary,
     /// `C_CHAT` messages queued by all sessions.
@@ -91,10 +95,13 @@ pub struct MoveSummary {
     pub own_moves: u64,
     /// Own-move latency: from sending a `C_MOVE` to receiving its `S_MOVE`.
     pub latency_us: LatencySummary,
-    /// Players spawned to sessions (each player listed in an `S_SPAWN`).
-    pub spawns: u64,
-    /// Players despawned from sessions.
-    pub despawns: u64,
+    /// Players spawned to sessions: each player listed in an `S_SPAWN`
+    /// counts (not the packets; the server counts those).
+    #[serde(alias = "spawns")]
+    pub players_spawned: u64,
+    /// Players despawned from sessions (each player of an `S_DESPAWN`).
+    #[serde(alias = "despawns")]
+    pub players_despawned: u64,
     /// Own moves the server clamped or cut (position back differs from the
     /// one sent).
     pub corrections: u64,
@@ -111,6 +118,11 @@ pub struct SessionSummary {
     pub logged_in: u64,
     /// Sessions that entered the game.
     pub entered: u64,
+    /// Sessions still in game when the run stopped them (entered, never
+    /// failed): `in_game_at_end + failed = requested` unless Ctrl-C came
+    /// before every connect was tried.
+    #[serde(default)]
+    pub in_game_at_end: u64,
     /// Sessions that failed: connect failures plus connected sessions that
     /// met an error (refused, disconnected early, malformed reply, never
     /// entered).
@@ -186,7 +198,8 @@ impl LoadReport {
             "sessions connected",
             format!("{} / {}", count(s.connected), count(s.requested)),
         );
-        row("sessions in game", count(s.entered));
+        row("sessions entered the game", count(s.entered));
+        row("sessions in game at the end", count(s.in_game_at_end));
         row("sessions failed", count(s.failed));
         // A move run without chat leaves out the chat rows.
         let chatted =
@@ -224,8 +237,8 @@ impl LoadReport {
             row("move deliveries", count(m.deliveries));
             row("move deliveries per second", rate(m.deliveries_per_sec));
             latency_rows(&mut row, "own-move latency", &m.latency_us);
-            row("spawns", count(m.spawns));
-            row("despawns", count(m.despawns));
+            row("players spawned", count(m.players_spawned));
+            row("players despawned", count(m.players_despawned));
             row("corrections", count(m.corrections));
         }
         if let Some(split) = &self.nodes {
@@ -253,13 +266,6 @@ impl LoadReport {
                 row(&format!("errors: {kind}"), count(*n));
             }
         }
-        let width = rows.iter().map(|(name, _)| name.len()).max().unwrap_or(0);
-        let value_width = rows
-            .iter()
-            .map(|(_, value)| value.chars().count())
-            .max()
-            .unwrap_or(0);
-        let mut out = String::new();
         let moving = self
             .movement
             .as_ref()
@@ -272,27 +278,109 @@ impl LoadReport {
                 )
             })
             .unwrap_or_default();
-        let _ = writeln!(
-            out,
+        let title = format!(
             "{} sessions -> {} (backend {}), {} msg/s each{moving}, {:.1} s{}",
             count(s.requested),
             self.addr,
             self.backend,
             trim_float(self.rate_per_session),
             self.chat_secs,
-            if self.interrupted {
-                " (interrupted)"
-            } else {
-                ""
+            match (&self.ended_early, self.interrupted) {
+                (Some(why), _) => format!(" (ended early: {why})"),
+                (None, true) => " (interrupted)".to_owned(),
+                (None, false) => String::new(),
             }
         );
-        let _ = writeln!(out, "  {:-<width$}  {:-<value_width$}", "", "");
-        for (name, value) in &rows {
-            let _ = writeln!(out, "  {name:<width$}  {value:>value_width$}");
-        }
-        let _ = write!(out, "  {:-<width$}  {:-<value_width$}", "", "");
-        out
+        summary_table(&title, &rows)
     }
+}
+
+impl LoadReport {
+    /// What the errors mean and what to do about them, one line per kind
+    /// that has advice: why the server refused logins (as `S_LOGIN.reason`
+    /// said), and the server flags that lift a limit.
+    pub fn advice(&self) -> Vec<String> {
+        let defaults = servercore_game::GameConfig::default();
+        let mut lines = Vec::new();
+        for (kind, &n) in &self.errors {
+            let sessions = if n == 1 { "session" } else { "sessions" };
+            let n = count(n);
+            let text = match kind.strip_prefix(super::stats::kind::LOGIN_REFUSED_PREFIX) {
+                Some("too_many_connections") => format!(
+                    "{n} {sessions} turned away: the server holds at most {} connections from one \
+                     address (server --max-conns-per-ip); start it with --max-conns-per-ip 0 for a \
+                     load test from one machine",
+                    defaults.max_conns_per_ip
+                ),
+                Some("account_limit") => format!(
+                    "{n} {sessions} refused: one address may create at most {} accounts a minute \
+                     (server --max-new-accounts-per-min); start the server with \
+                     --max-new-accounts-per-min 0 for a load test, or reuse accounts already \
+                     created (the same --account-prefix)",
+                    defaults.max_new_accounts_per_min
+                ),
+                Some("bad_token") => format!(
+                    "{n} {sessions} refused: the server takes only signed tokens \
+                     (server --auth-secret), and the dummy clients log in with plain names; \
+                     load-test a server started without --auth-secret"
+                ),
+                Some("account_name_too_long") => format!(
+                    "{n} {sessions} refused: the account names are too long; use a shorter \
+                     --account-prefix"
+                ),
+                Some("database_unavailable") => format!(
+                    "{n} {sessions} refused: the server's database is unavailable (see the \
+                     server's log)"
+                ),
+                Some("server_error") => format!(
+                    "{n} {sessions} refused: the server failed to log them in (see its log)"
+                ),
+                Some(other) => format!("{n} {sessions} refused: {}", other.replace('_', " ")),
+                None if kind == super::stats::kind::LOGIN_REFUSED => format!(
+                    "{n} {sessions} refused without a reason (a server older than \
+                     S_LOGIN.reason): check its log and its limits (--max-conns-per-ip, \
+                     --max-new-accounts-per-min, --auth-secret)"
+                ),
+                None if kind == super::stats::kind::CONNECT_FAILED => format!(
+                    "{n} {sessions} could not connect: is a server listening on {}?",
+                    self.addr
+                ),
+                None => continue,
+            };
+            lines.push(text);
+        }
+        lines
+    }
+
+    /// True when more than half of the sessions asked for failed: the run
+    /// measured something else than what it was asked to.
+    pub fn mostly_failed(&self) -> bool {
+        self.sessions.requested > 0 && self.sessions.failed * 2 > self.sessions.requested
+    }
+}
+
+/// A titled table of named values, one a line, names left and values right
+/// aligned between two rules: the report of `servercore client` and the
+/// closing summary of `servercore server`.
+pub fn summary_table(title: &str, rows: &[(String, String)]) -> String {
+    let width = rows
+        .iter()
+        .map(|(name, _)| name.chars().count())
+        .max()
+        .unwrap_or(0);
+    let value_width = rows
+        .iter()
+        .map(|(_, value)| value.chars().count())
+        .max()
+        .unwrap_or(0);
+    let mut out = String::new();
+    let _ = writeln!(out, "{title}");
+    let _ = writeln!(out, "  {:-<width$}  {:-<value_width$}", "", "");
+    for (name, value) in rows {
+        let _ = writeln!(out, "  {name:<width$}  {value:>value_width$}");
+    }
+    let _ = write!(out, "  {:-<width$}  {:-<value_width$}", "", "");
+    out
 }
 
 /// The percentile rows of one latency summary, named `name p50` ...
@@ -378,11 +466,13 @@ mod tests {
             receive_secs: 10.0,
             source_addrs: vec![],
             interrupted: false,
+            ended_early: None,
             sessions: SessionSummary {
                 requested: 200,
                 connected: 200,
                 logged_in: 200,
                 entered: 200,
+                in_game_at_end: 200,
                 failed: 0,
             },
             messages_sent: 2_000,
@@ -400,8 +490,8 @@ mod tests {
                 deliveries_per_sec: 90_000.0,
                 own_moves: 20_000,
                 latency_us: LatencySummary::from_histogram(&histogram),
-                spawns: 4_321,
-                despawns: 1_234,
+                players_spawned: 4_321,
+                players_despawned: 1_234,
                 corrections: 3,
             }),
             errors: BTreeMap::from([("disconnect:reset".to_owned(), 2)]),
@@ -456,6 +546,63 @@ mod tests {
         assert_eq!(value["errors"]["disconnect:reset"], 2);
         assert_eq!(value["movement"]["deliveries"], 900_000);
         assert_eq!(value["movement"]["latency_us"]["p50"], 300);
+    }
+
+    #[test]
+    fn refusals_come_with_what_to_do() {
+        let mut report = sample();
+        report.sessions.failed = 150;
+        report.errors = BTreeMap::from([
+            ("login_refused:too_many_connections".to_owned(), 36),
+            ("login_refused:account_limit".to_owned(), 44),
+            ("disconnect:reset".to_owned(), 1),
+        ]);
+        let advice = report.advice();
+        assert_eq!(advice.len(), 2, "{advice:?}");
+        assert!(advice[0].starts_with("44 sessions refused: one address may create at most 20"));
+        assert!(
+            advice[0].contains("--max-new-accounts-per-min 0"),
+            "{advice:?}"
+        );
+        assert!(advice[1].starts_with("36 sessions turned away: the server holds at most 64"));
+        assert!(advice[1].contains("--max-conns-per-ip 0"), "{advice:?}");
+        assert!(report.mostly_failed());
+        report.sessions.failed = 100;
+        assert!(!report.mostly_failed(), "half is not most");
+    }
+
+    #[test]
+    fn the_table_keeps_its_counts_consistent() {
+        let mut report = sample();
+        report.sessions.entered = 30;
+        report.sessions.in_game_at_end = 0;
+        report.sessions.failed = 200;
+        report.ended_early = Some("no session alive after 1.50 s of the 10.00 s window".into());
+        let table = report.table();
+        assert!(table.contains("sessions entered the game"), "{table}");
+        let in_game = table
+            .lines()
+            .find(|line| line.contains("sessions in game at the end"))
+            .unwrap();
+        assert!(in_game.trim_end().ends_with(" 0"), "{table}");
+        assert!(
+            table
+                .lines()
+                .next()
+                .unwrap()
+                .ends_with("(ended early: no session alive after 1.50 s of the 10.00 s window)"),
+            "{table}"
+        );
+        let json = serde_json::to_string(&report).unwrap();
+        let back: LoadReport = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, report);
+        // A report written before the renames still reads.
+        let old = json
+            .replace("players_spawned", "spawns")
+            .replace("players_despawned", "despawns")
+            .replace("\"in_game_at_end\":0,", "");
+        let back: LoadReport = serde_json::from_str(&old).unwrap();
+        assert_eq!(back.movement.unwrap().players_spawned, 4_321);
     }
 
     #[test]

@@ -22,7 +22,8 @@
 //!    correction (the walker then continues from the server's position); an
 //!    `S_MOVE` of a player not in the set is a `move_from_unseen` error.
 //!
-//! A refusal is counted and closes the session; a reply out of order or
+//! A refusal is counted (a login's by the reason the server gave,
+//! `login_refused:<reason>`) and closes the session; a reply out of order or
 //! with impossible values is a malformed reply and closes it too. Both are
 //! counted once per session, and the run goes on.
 //!
@@ -451,7 +452,7 @@ impl ClientHandler for GameClient {
             return Err(self.out_of_order(PacketId::SLogin));
         }
         if !msg.success {
-            self.refused(session, kind::LOGIN_REFUSED);
+            self.refused(session, &super::stats::login_refused(msg.reason()));
             return Ok(());
         }
         LoadStats::bump(&self.shared.stats.logged_in);
@@ -624,6 +625,9 @@ impl PacketHandler for GameClient {
     fn on_disconnected(&mut self, _session: &SessionHandle, reason: &DisconnectReason) {
         self.flush_deliveries();
         let stats = &self.shared.stats;
+        stats
+            .last_disconnect_us
+            .fetch_max(now_us(), Ordering::Relaxed);
         LoadStats::bump(&stats.disconnected);
         let in_game = matches!(self.phase, Phase::InGame { .. });
         if stats.is_finishing() {
@@ -632,7 +636,9 @@ impl PacketHandler for GameClient {
             }
             return;
         }
-        if !in_game {
+        if in_game {
+            LoadStats::bump(&stats.lost_in_game);
+        } else {
             LoadStats::bump(&stats.gave_up);
         }
         match reason {

@@ -38,8 +38,12 @@ pub fn new_histogram() -> Histogram<u64> {
 pub mod kind {
     /// A connect that failed.
     pub const CONNECT_FAILED: &str = "connect_failed";
-    /// The server answered `S_LOGIN` with `success = false` (or no player).
+    /// The server answered `S_LOGIN` with `success = false` without saying
+    /// why; with a reason the kind is [`login_refused`](super::login_refused).
     pub const LOGIN_REFUSED: &str = "login_refused";
+    /// Prefix of "the server refused the login and said why", followed by
+    /// the `S_LOGIN.reason` in snake case (`login_refused:account_limit`).
+    pub const LOGIN_REFUSED_PREFIX: &str = "login_refused:";
     /// The server answered `S_ENTER_GAME` with `success = false`.
     pub const ENTER_REFUSED: &str = "enter_refused";
     /// A reply that did not decode, arrived out of order, or carried
@@ -58,6 +62,19 @@ pub mod kind {
     /// Prefix of "the session was disconnected during the run", followed by
     /// [`servercore::DisconnectReason::name`].
     pub const DISCONNECT_PREFIX: &str = "disconnect:";
+}
+
+/// The error kind of a refused login: `login_refused:<reason>`, or
+/// `login_refused` from a server that gave no reason.
+pub fn login_refused(reason: servercore_protocol::LoginRefusal) -> String {
+    match reason {
+        servercore_protocol::LoginRefusal::Unspecified => kind::LOGIN_REFUSED.to_owned(),
+        reason => {
+            let name = reason.as_str_name();
+            let name = name.strip_prefix("LOGIN_REFUSAL_").unwrap_or(name);
+            format!("{}{}", kind::LOGIN_REFUSED_PREFIX, name.to_lowercase())
+        }
+    }
 }
 
 /// Counters and latency of one load run.
@@ -79,6 +96,11 @@ pub struct LoadStats {
     pub failed_sessions: AtomicU64,
     /// Sessions disconnected in any way, the run's own stop included.
     pub disconnected: AtomicU64,
+    /// Sessions that were in game and disconnected before the run stopped
+    /// them.
+    pub lost_in_game: AtomicU64,
+    /// When the last session disconnected ([`now_us`]; 0: none yet).
+    pub last_disconnect_us: AtomicU64,
     /// `C_CHAT` messages queued.
     pub sent: AtomicU64,
     /// `S_CHAT` messages received, by every session, from anyone.
@@ -92,9 +114,10 @@ pub struct LoadStats {
     /// `S_MOVE` messages about the receiver itself (own-move latency
     /// samples).
     pub own_moves: AtomicU64,
-    /// Players spawned to a session (each player of an `S_SPAWN` counts).
+    /// Players spawned to a session (each player of an `S_SPAWN` counts,
+    /// not the packet).
     pub spawns: AtomicU64,
-    /// Players despawned from a session.
+    /// Players despawned from a session (each player of an `S_DESPAWN`).
     pub despawns: AtomicU64,
     /// Own `S_MOVE`s whose position differs from the one sent: the server
     /// clamped or cut the move.
@@ -264,6 +287,20 @@ mod tests {
         let total = stats.latency_snapshot();
         assert_eq!(total.len(), 101);
         assert!(total.max() >= MAX_TRACKED_US - MAX_TRACKED_US / 1000);
+    }
+
+    #[test]
+    fn refusals_are_named_by_their_reason() {
+        use servercore_protocol::LoginRefusal;
+        assert_eq!(login_refused(LoginRefusal::Unspecified), "login_refused");
+        assert_eq!(
+            login_refused(LoginRefusal::AccountLimit),
+            "login_refused:account_limit"
+        );
+        assert_eq!(
+            login_refused(LoginRefusal::TooManyConnections),
+            "login_refused:too_many_connections"
+        );
     }
 
     #[test]

@@ -127,7 +127,9 @@ impl WebSocketConfig {
     /// Server side: answer a plain HTTP `GET` (no upgrade asked) with the
     /// page `pages` finds for its path, then close the connection; a path
     /// it does not know gets 404. Upgrades on `/` and `/ws` are unchanged.
-    /// Such a connection ends with [`DisconnectReason::ClosedByApp`].
+    /// Such a connection ends with [`DisconnectReason::ClosedByApp`], a 404
+    /// included: a page load is no failed handshake (`pages` sees every
+    /// plain request, so it is where they are counted).
     pub fn pages(mut self, pages: PageLookup) -> Self {
         self.pages = Some(pages);
         self
@@ -354,20 +356,26 @@ impl WebSocket {
         let path = request.path.unwrap_or("");
         let path = path.split('?').next().unwrap_or("");
         let upgrade = has_token("Upgrade", "websocket");
-        if !upgrade {
-            if let Some(page) = self.pages.as_ref().and_then(|pages| pages(path)) {
-                out.extend_from_slice(
-                    format!(
-                        "HTTP/1.1 200 OK\r\nContent-Type: {}\r\nContent-Length: {}\r\n\
-                         Cache-Control: no-cache\r\nConnection: close\r\n\r\n",
-                        page.content_type,
-                        page.body.len()
-                    )
-                    .as_bytes(),
-                );
-                out.extend_from_slice(&page.body);
-                return Err(DisconnectReason::ClosedByApp);
+        if let (false, Some(pages)) = (upgrade, &self.pages) {
+            // A plain HTTP request to a listener that serves pages is a
+            // page load, not a failed upgrade: answered, then closed by
+            // this end, never counted or logged as a handshake failure.
+            match pages(path) {
+                Some(page) => {
+                    out.extend_from_slice(
+                        format!(
+                            "HTTP/1.1 200 OK\r\nContent-Type: {}\r\nContent-Length: {}\r\n\
+                             Cache-Control: no-cache\r\nConnection: close\r\n\r\n",
+                            page.content_type,
+                            page.body.len()
+                        )
+                        .as_bytes(),
+                    );
+                    out.extend_from_slice(&page.body);
+                }
+                None => http_error(out, "404 Not Found", ""),
             }
+            return Err(DisconnectReason::ClosedByApp);
         }
         if path != "/" && path != "/ws" {
             http_error(out, "404 Not Found", "");
