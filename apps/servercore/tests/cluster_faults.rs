@@ -10,6 +10,8 @@
 //!   saved), and keeps the session whose account nobody took;
 //! - a remote `online` naming a newer lease epoch cuts the local session
 //!   holding that account (a stale one does not);
+//! - a login of an account another node keeps (alive, renewing, out of
+//!   NATS's reach) is refused with `LOGIN_REFUSAL_ACCOUNT_IN_USE`;
 //! - remote chat validated and bounded: 100,000 junk and oversized
 //!   messages published on the chat subject by an outside NATS client
 //!   while local players chat.
@@ -130,6 +132,8 @@ struct Client {
     player_id: u64,
     pos: (f32, f32),
     chats: Vec<Heard>,
+    /// `S_LOGIN.reason` of a refused login.
+    refusal: i32,
 }
 
 impl Client {
@@ -144,6 +148,7 @@ impl Client {
             player_id: 0,
             pos: (0.0, 0.0),
             chats: Vec::new(),
+            refusal: 0,
         }
     }
 
@@ -201,7 +206,10 @@ impl Client {
     fn on_packet(&mut self, packet: ClientPacket) {
         match packet {
             ClientPacket::SLogin(login) if login.success => self.standing = Standing::LoggedIn,
-            ClientPacket::SLogin(_) => self.standing = Standing::Refused,
+            ClientPacket::SLogin(login) => {
+                self.standing = Standing::Refused;
+                self.refusal = login.reason;
+            }
             ClientPacket::SEnterGame(entered) if entered.success => {
                 self.standing = Standing::InGame;
                 self.player_id = entered.player_id;
@@ -289,6 +297,10 @@ impl Client {
 /// succeed); after the round exactly one is in game, and it plays (its
 /// chat comes back).
 #[test]
+#[cfg_attr(
+    servercore_missing = "nats_server",
+    ignore = "needs nats-server on PATH (scripts/test-env installs it)"
+)]
 fn one_account_one_session_across_nodes() {
     let _turn = one_at_a_time();
     const ROUNDS: usize = 100;
@@ -361,6 +373,10 @@ fn one_account_one_session_across_nodes() {
 // Item 2: split brain
 
 #[test]
+#[cfg_attr(
+    servercore_missing = "nats_server",
+    ignore = "needs nats-server on PATH (scripts/test-env installs it)"
+)]
 fn a_paused_node_closes_the_sessions_it_lost_before_they_act() {
     let _turn = one_at_a_time();
     let Some(nats) = NatsServer::start() else {
@@ -452,10 +468,64 @@ fn a_paused_node_closes_the_sessions_it_lost_before_they_act() {
     );
 }
 
+/// Two nodes that share the database but not NATS (each its own
+/// nats-server: the kick cannot reach the holder, which stays alive and
+/// renews): a login of an account the other node keeps is refused, saying
+/// why (`LOGIN_REFUSAL_ACCOUNT_IN_USE`), within the lease wait's bound,
+/// and the holder plays on.
+#[test]
+#[cfg_attr(
+    servercore_missing = "nats_server",
+    ignore = "needs nats-server on PATH (scripts/test-env installs it)"
+)]
+fn a_login_is_refused_while_another_node_keeps_the_account() {
+    let _turn = one_at_a_time();
+    let (Some(nats_a), Some(nats_b)) = (NatsServer::start(), NatsServer::start()) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("shared.db");
+    let a = Node::start(&db, &nats_a, "a");
+    let b = Node::start(&db, &nats_b, "b");
+    a.wait_log("joined the cluster", Duration::from_secs(15));
+    b.wait_log("joined the cluster", Duration::from_secs(15));
+    let mut keeper = Client::join(a.addr, "kept");
+    let asked = Instant::now();
+    let mut other = Client::connect(b.addr);
+    other.ask_login_and_enter("kept");
+    // The kick times out (2 s), the lease is renewed meanwhile (2 s), and
+    // the wait's slack (1 s) passes.
+    assert!(
+        other.wait(Duration::from_secs(15), |c| c.standing != Standing::Asking),
+        "the login on b is answered"
+    );
+    assert_eq!(other.standing, Standing::Refused, "{}", b.process.log());
+    assert_eq!(
+        other.refusal,
+        servercore_protocol::LoginRefusal::AccountInUse as i32
+    );
+    assert!(
+        asked.elapsed() >= Duration::from_secs(2),
+        "{:?}",
+        asked.elapsed()
+    );
+    b.wait_log(
+        "login refused: the account is in use on another node",
+        Duration::from_secs(5),
+    );
+    keeper.chat("still mine");
+    assert!(keeper.wait(READ_TIMEOUT, |c| c.heard("still mine")));
+    assert_eq!(keeper.standing, Standing::InGame);
+}
+
 /// A remote `online` for an account a local session holds: an older or
 /// equal epoch (a stale event) changes nothing; a newer one means another
 /// node took the account, and the local session is cut.
 #[test]
+#[cfg_attr(
+    servercore_missing = "nats_server",
+    ignore = "needs nats-server on PATH (scripts/test-env installs it)"
+)]
 fn a_remote_online_with_a_newer_epoch_cuts_the_older_session() {
     let _turn = one_at_a_time();
     let Some(nats) = NatsServer::start() else {
@@ -673,6 +743,10 @@ fn p99(mut latencies: Vec<Duration>) -> Duration {
 /// flood stays under a generous bound (2 s); node a's memory does not grow with
 /// the flood; neither node takes the other for dead.
 #[test]
+#[cfg_attr(
+    servercore_missing = "nats_server",
+    ignore = "needs nats-server on PATH (scripts/test-env installs it)"
+)]
 fn a_flood_on_the_chat_subject_reaches_no_client() {
     let _turn = one_at_a_time();
     const JUNK_AND_VALID: usize = 101_000;

@@ -122,6 +122,10 @@ fn start_errors_redact_the_urls() {
 }
 
 #[test]
+#[cfg_attr(
+    servercore_missing = "nats_server",
+    ignore = "needs nats-server on PATH (scripts/test-env installs it)"
+)]
 fn a_cluster_node_logs_no_credentials() {
     let Some(nats) = NatsServer::start() else {
         return;
