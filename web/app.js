@@ -76,6 +76,7 @@ function refusalText(reason) {
     LOGIN_REFUSAL_TOO_MANY_CONNECTIONS: "too many connections from this address",
     LOGIN_REFUSAL_DATABASE_UNAVAILABLE: "the server's database is down",
     LOGIN_REFUSAL_SERVER_ERROR: "the server failed",
+    LOGIN_REFUSAL_ACCOUNT_IN_USE: "the account is playing on another server; try again shortly",
   }[protocol.enumName("LoginRefusal", reason)];
   return why ? `: ${why}` : "";
 }

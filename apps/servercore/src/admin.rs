@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use servercore::{DisconnectKind, EngineMetrics, ServerService, ServiceStats};
-use servercore_admin::{AdminServer, Histogram, ServerInfo, Snapshot};
+use servercore_admin::{AdminOptions, AdminServer, Histogram, ServerInfo, Snapshot, StatusSource};
 use servercore_game::latency::LatencySnapshot;
 use servercore_game::{GameServer, GameStats};
 
@@ -227,7 +227,18 @@ pub fn game_metrics(out: &mut Snapshot, stats: &GameStats, db_queue_depth: usize
         [
             ("rate", stats.chats_dropped_rate),
             ("tick_full", stats.chats_dropped_queue_full),
+            ("remote_tick_full", stats.remote_chats_shed),
         ],
+    );
+    out.counter(
+        "servercore_game_logins_refused_in_use",
+        "Logins refused because another node held the account and did not let it go.",
+        stats.logins_refused_in_use,
+    );
+    out.counter(
+        "servercore_game_leases_lost",
+        "Sessions cut because another node took their account's lease.",
+        stats.leases_lost,
     );
 }
 
@@ -321,7 +332,7 @@ pub fn start_for_service(
         listen: service.local_addr().to_string(),
     };
     let service = Arc::clone(service);
-    let admin = AdminServer::start(addr, info, move |out: &mut Snapshot| {
+    let admin = start(args, addr, info, move |out: &mut Snapshot| {
         engine_metrics(out, &service.stats(), &service.metrics());
         process_metrics(out, limit);
     })?;
@@ -345,7 +356,7 @@ pub fn start_for_game(
     };
     let server = Arc::clone(server);
     let map_cache = parking_lot::Mutex::new(None);
-    let admin = AdminServer::start(addr, info, move |out: &mut Snapshot| {
+    let admin = start(args, addr, info, move |out: &mut Snapshot| {
         engine_metrics(out, &server.service_stats(), &server.engine_metrics());
         game_metrics(out, &server.stats(), server.db_queue_depth());
         out.status_field("world", world_map(&server, &map_cache));
@@ -353,6 +364,27 @@ pub fn start_for_game(
         process_metrics(out, limit);
     })?;
     Ok(Some(admin))
+}
+
+/// Starts the listener as `args` allow; a refused public address says which
+/// flag allows it.
+fn start(
+    args: &AdminArgs,
+    addr: std::net::SocketAddr,
+    info: ServerInfo,
+    source: impl StatusSource,
+) -> anyhow::Result<AdminServer> {
+    let options = AdminOptions {
+        allow_public: args.admin_public,
+        ..AdminOptions::default()
+    };
+    AdminServer::start_with(addr, options, info, source).map_err(|error| {
+        if error.is_not_loopback() {
+            anyhow::anyhow!("{error}; pass --admin-public to serve it there anyway")
+        } else {
+            error.into()
+        }
+    })
 }
 
 /// Prints where the admin listener serves, if there is one. A command calls

@@ -42,14 +42,20 @@ pub enum LogFormat {
     Json,
 }
 
-/// The admin HTTP listener's flag, on every server command.
+/// The admin HTTP listener's flags, on every server command.
 #[derive(Debug, Clone, Args)]
 pub struct AdminArgs {
     /// Serve /metrics (Prometheus), /healthz, /status (JSON) and a live
-    /// status page on this address (off by default; keep it private, e.g.
-    /// 127.0.0.1:9100).
+    /// status page on this address (off by default; a loopback address,
+    /// e.g. 127.0.0.1:9100, unless --admin-public).
     #[arg(long, value_name = "ADDR")]
     pub admin: Option<SocketAddr>,
+
+    /// Allow --admin on an address other machines can reach (0.0.0.0, a
+    /// public interface). Its pages are unauthenticated: put a firewall or
+    /// an authenticating proxy in front.
+    #[arg(long, requires = "admin")]
+    pub admin_public: bool,
 }
 
 /// The subcommands.

@@ -13,13 +13,16 @@
 //!   the command line nor in the environment; it goes through the flag's
 //!   own parser, so a bad value is an error naming its key;
 //! - `--print-config` prints the effective options as a TOML file that
-//!   `--config` reads back, and exits.
+//!   `--config` reads back, and exits; URLs are printed without their
+//!   credentials (`servercore_game::redact`), and the file says so.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
 use clap::parser::ValueSource;
 use clap::{ArgAction, ArgMatches, CommandFactory as _, FromArgMatches as _};
+
+use servercore_game::redact::{redact_url, scrub, MASK};
 
 use crate::cli::Cli;
 
@@ -232,8 +235,13 @@ fn file_args(
             other => vec![scalar(other).ok_or_else(|| bad(format!("unsupported value {other}")))?],
         };
         for value in &values {
-            check_value(arg, value)
-                .map_err(|reason| bad(format!("invalid value {value:?}: {reason}")))?;
+            check_value(arg, value).map_err(|reason| {
+                let shown = shown_value(arg, value);
+                bad(format!(
+                    "invalid value {shown:?}: {}",
+                    scrub(&reason, value)
+                ))
+            })?;
         }
         if arg.get_long().is_some() {
             let delimiter = arg.get_value_delimiter().unwrap_or(',');
@@ -303,17 +311,39 @@ fn check_value(arg: &clap::Arg, value: &str) -> Result<(), String> {
     Err(reason.join(" "))
 }
 
-/// The effective options of command `name` as a TOML file.
+/// A value as it may be shown: a URL without its credentials (any value of
+/// an argument whose value name is `URL`, and any value with a
+/// `scheme://`); anything else (a file path) as is.
+fn shown_value(arg: &clap::Arg, value: &str) -> String {
+    let url_only = arg
+        .get_value_names()
+        .is_some_and(|names| names.iter().all(|name| name.as_str() == "URL"));
+    if url_only || value.contains("://") {
+        redact_url(value)
+    } else {
+        value.to_owned()
+    }
+}
+
+/// The effective options of command `name` as a TOML file; URLs are shown
+/// without their credentials.
 fn effective(cmd: &clap::Command, name: &str, matches: &ArgMatches) -> String {
     let mut out = format!(
         "# The effective configuration of `servercore {name}`\n\
          # (defaults < --config file < SERVERCORE_* environment < flags).\n"
     );
+    let mut redacted = false;
+    let mut show = |arg: &clap::Arg, value: &str| {
+        let shown = shown_value(arg, value);
+        redacted |= shown != value;
+        typed(&shown)
+    };
+    let mut lines = String::new();
     for arg in config_args(cmd, name) {
         let id = arg.get_id().as_str();
         let key = key_of(arg);
         if matches!(arg.get_action(), ArgAction::SetTrue) {
-            out.push_str(&format!("{key} = {}\n", matches.get_flag(id)));
+            lines.push_str(&format!("{key} = {}\n", matches.get_flag(id)));
             continue;
         }
         let raw: Option<Vec<String>> = matches.get_raw(id).map(|values| {
@@ -322,17 +352,24 @@ fn effective(cmd: &clap::Command, name: &str, matches: &ArgMatches) -> String {
                 .collect()
         });
         match raw {
-            None => out.push_str(&format!("# {key} = (not set)\n")),
+            None => lines.push_str(&format!("# {key} = (not set)\n")),
             Some(values) if is_list(arg) => {
-                let items: Vec<String> = values.iter().map(|value| typed(value)).collect();
-                out.push_str(&format!("{key} = [{}]\n", items.join(", ")));
+                let items: Vec<String> = values.iter().map(|value| show(arg, value)).collect();
+                lines.push_str(&format!("{key} = [{}]\n", items.join(", ")));
             }
             Some(values) => {
                 let value = values.first().map(String::as_str).unwrap_or_default();
-                out.push_str(&format!("{key} = {}\n", typed(value)));
+                lines.push_str(&format!("{key} = {}\n", show(arg, value)));
             }
         }
     }
+    if redacted {
+        out.push_str(&format!(
+            "# Credentials in URLs are shown as {MASK}: fill them in (or give them through\n\
+             # the SERVERCORE_* variables) before reading this file back.\n"
+        ));
+    }
+    out.push_str(&lines);
     out
 }
 

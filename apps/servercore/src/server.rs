@@ -9,6 +9,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use servercore_game::auth::TokenKey;
 use servercore_game::cluster::ClusterConfig;
+use servercore_game::redact::SecretUrl;
+use servercore_game::storage::DbTarget;
 use servercore_game::{GameConfig, GameStats, WorldConfig, DEFAULT_DB_PATH};
 use servercore_load::client::{count, parse_duration, summary_table};
 
@@ -26,16 +28,18 @@ pub struct ServerArgs {
     /// (`:memory:` keeps nothing), or a PostgreSQL URL
     /// (`postgres://user[:password]@host[:port]/db`).
     #[arg(long, value_name = "PATH|URL", default_value = DEFAULT_DB_PATH)]
-    pub db: PathBuf,
+    pub db: DbTarget,
 
     /// Database threads, each with its own connection.
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub db_pool: usize,
 
-    /// Join a cluster through this NATS server (e.g. nats://127.0.0.1:4222):
-    /// world chat, presence and one session per account across nodes.
+    /// Join a cluster through this NATS server (e.g. nats://127.0.0.1:4222,
+    /// or nats://user:password@host:4222; a comma-separated list for
+    /// several): world chat, presence and one session per account across
+    /// nodes. Logs and --print-config show it without credentials.
     #[arg(long, value_name = "URL", requires = "node")]
-    pub nats: Option<String>,
+    pub nats: Option<SecretUrl>,
 
     /// This node's name in the cluster (letters, digits, '-', '_'; unique).
     #[arg(long, value_name = "NAME")]
@@ -49,6 +53,14 @@ pub struct ServerArgs {
     /// accounts for offline.
     #[arg(long, value_name = "MS", default_value_t = 3000)]
     pub node_timeout_ms: u64,
+
+    /// How long a node holds an account's lease (in the database) without
+    /// renewing it, in milliseconds; it renews every third of it. A login
+    /// on another node of an account whose node died or was cut off waits
+    /// up to this long; a node paused or cut off past it closes the
+    /// sessions whose accounts were taken meanwhile.
+    #[arg(long, value_name = "MS", default_value_t = 6000)]
+    pub lease_ms: u64,
 
     /// Most sessions at once; connections past it are refused.
     #[arg(long, default_value_t = 10_000)]
@@ -80,13 +92,14 @@ pub struct ServerArgs {
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     pub packet_timeout: Duration,
 
-    /// Most accounts one IP address may create per minute; past it a login
-    /// of a new account is refused (0: unlimited).
+    /// Most accounts one IP address (an IPv6 /64 counts as one) may create
+    /// per minute; past it a login of a new account is refused (0:
+    /// unlimited).
     #[arg(long, value_name = "N", default_value_t = 20)]
     pub max_new_accounts_per_min: u32,
 
-    /// Most connections at once from one IP address; more are closed
-    /// (0: unlimited).
+    /// Most connections at once from one IP address (an IPv6 /64 counts as
+    /// one address); more are closed (0: unlimited).
     #[arg(long, value_name = "N", default_value_t = 64)]
     pub max_conns_per_ip: usize,
 
@@ -149,13 +162,14 @@ impl ServerArgs {
         };
         Ok(GameConfig {
             addr: self.addr,
-            db_path: self.db.clone(),
+            db_path: self.db.to_path(),
             db_pool: self.db_pool,
             cluster: self.nats.as_ref().map(|url| {
                 let mut cluster =
-                    ClusterConfig::new(url.clone(), self.node.clone().unwrap_or_default());
+                    ClusterConfig::new(url.expose(), self.node.clone().unwrap_or_default());
                 cluster.heartbeat_interval = Duration::from_millis(self.heartbeat_ms);
                 cluster.node_timeout = Duration::from_millis(self.node_timeout_ms);
+                cluster.lease_ttl = Duration::from_millis(self.lease_ms);
                 cluster
             }),
             backend: self.engine.backend,
@@ -226,7 +240,7 @@ pub fn run(args: ServerArgs, log_format: LogFormat) -> anyhow::Result<()> {
         backend = %server.backend(),
         database = %server.db_name(),
         node = args.node.as_deref(),
-        nats = args.nats.as_deref(),
+        nats = args.nats.as_ref().map(SecretUrl::redacted),
         admin = ?admin.as_ref().map(|admin| admin.local_addr()),
         workers,
         max_sessions = args.max_sessions,

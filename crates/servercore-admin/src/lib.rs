@@ -1,7 +1,9 @@
 //! servercore-admin: the admin HTTP listener of servercore's servers.
 //!
-//! One small blocking HTTP server on its own thread, bound to the address
-//! the operator gave (`--admin 127.0.0.1:9100`), serving:
+//! One small HTTP/1.1 server on its own thread (module `http`: one `mio`
+//! poll, non-blocking connections, `httparse` for the request head), bound
+//! to the address the operator gave (`--admin 127.0.0.1:9100`; an address
+//! that is not loopback only when asked for, [`AdminOptions`]), serving:
 //! - `/metrics`: every number in the OpenMetrics text format (what
 //!   Prometheus scrapes), encoded by `prometheus-client`;
 //! - `/healthz`: `ok` while the server runs;
@@ -15,22 +17,38 @@
 //! [`StatusSource`], a function that fills a [`Snapshot`] from its atomic
 //! counters. The source runs on the admin thread at each request, so a
 //! scrape costs the I/O workers nothing: no lock is shared with them.
+//!
+//! Against hostile or broken peers: the request head is bounded
+//! ([`MAX_HEAD`]), each connection has a deadline to send its request and
+//! one to read its answer, connections are bounded (the oldest goes), and
+//! a peer that does not read delays nobody else.
 
 #![warn(missing_docs)]
 
+mod http;
 mod snapshot;
 
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::registry::Registry;
 
 pub use snapshot::{Histogram, Kind, Metric, Sample, Snapshot};
+
+/// Longest a connection may take to send its request head, by default.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest a connection may take to read its answer, by default.
+pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most connections served at once, by default.
+pub const MAX_CONNECTIONS: usize = 128;
+
+pub use http::MAX_HEAD;
 
 /// The status page, served at `/`.
 pub const STATUS_PAGE: &str = include_str!("../assets/status.html");
@@ -66,29 +84,102 @@ pub struct ServerInfo {
     pub listen: String,
 }
 
+/// How the admin listener guards itself.
+#[derive(Debug, Clone, Copy)]
+pub struct AdminOptions {
+    /// Serve on an address that is not loopback. Its pages are
+    /// unauthenticated and tell much about the server, so this must be
+    /// asked for.
+    pub allow_public: bool,
+    /// Longest a connection may take to send its request head
+    /// ([`REQUEST_TIMEOUT`]).
+    pub request_timeout: Duration,
+    /// Longest a connection may take to read its answer
+    /// ([`RESPONSE_TIMEOUT`]).
+    pub response_timeout: Duration,
+    /// Most connections at once ([`MAX_CONNECTIONS`]); one more closes the
+    /// oldest.
+    pub max_connections: usize,
+}
+
+impl Default for AdminOptions {
+    /// Loopback only, [`REQUEST_TIMEOUT`], [`RESPONSE_TIMEOUT`],
+    /// [`MAX_CONNECTIONS`].
+    fn default() -> Self {
+        AdminOptions {
+            allow_public: false,
+            request_timeout: REQUEST_TIMEOUT,
+            response_timeout: RESPONSE_TIMEOUT,
+            max_connections: MAX_CONNECTIONS,
+        }
+    }
+}
+
+/// True for addresses only this machine can reach: `127.0.0.0/8`, `::1`,
+/// and `::ffff:127.0.0.0/104`.
+pub fn is_loopback(addr: SocketAddr) -> bool {
+    match addr.ip() {
+        IpAddr::V4(v4) => v4.is_loopback(),
+        IpAddr::V6(v6) => {
+            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
+    }
+}
+
 /// Why the admin listener could not start.
 #[derive(Debug)]
 pub struct AdminError {
     addr: SocketAddr,
-    message: String,
+    kind: AdminErrorKind,
+}
+
+#[derive(Debug)]
+enum AdminErrorKind {
+    NotLoopback,
+    Io(std::io::Error),
+}
+
+impl AdminError {
+    /// True if it was refused because the address is not loopback (and
+    /// [`AdminOptions::allow_public`] was not set).
+    pub fn is_not_loopback(&self) -> bool {
+        matches!(self.kind, AdminErrorKind::NotLoopback)
+    }
+
+    fn io(addr: SocketAddr, error: std::io::Error) -> AdminError {
+        AdminError {
+            addr,
+            kind: AdminErrorKind::Io(error),
+        }
+    }
 }
 
 impl fmt::Display for AdminError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "cannot listen for admin HTTP on {}: {}",
-            self.addr, self.message
-        )
+        write!(f, "cannot listen for admin HTTP on {}: ", self.addr)?;
+        match &self.kind {
+            AdminErrorKind::NotLoopback => f.write_str(
+                "not a loopback address, and its pages (metrics, status) are unauthenticated",
+            ),
+            AdminErrorKind::Io(error) => write!(f, "{error}"),
+        }
     }
 }
 
-impl std::error::Error for AdminError {}
+impl std::error::Error for AdminError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match &self.kind {
+            AdminErrorKind::Io(error) => Some(error),
+            AdminErrorKind::NotLoopback => None,
+        }
+    }
+}
 
 /// A running admin listener. Dropping it stops it and waits for its thread.
 pub struct AdminServer {
-    http: Option<Arc<tiny_http::Server>>,
     local_addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    waker: Arc<mio::Waker>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -126,22 +217,36 @@ impl Collector for SourceCollector {
 }
 
 impl AdminServer {
-    /// Binds `addr` and starts serving on a thread of its own (port 0
-    /// picks a free port; see [`AdminServer::local_addr`]).
+    /// Binds `addr` (a loopback address) and starts serving on a thread of
+    /// its own, with the default [`AdminOptions`] (port 0 picks a free
+    /// port; see [`AdminServer::local_addr`]).
     pub fn start(
         addr: SocketAddr,
         info: ServerInfo,
         source: impl StatusSource,
     ) -> Result<AdminServer, AdminError> {
-        let http = tiny_http::Server::http(addr).map_err(|error| AdminError {
-            addr,
-            message: error.to_string(),
-        })?;
-        let local_addr = http.server_addr().to_ip().ok_or_else(|| AdminError {
-            addr,
-            message: "not an IP listener".into(),
-        })?;
-        let http = Arc::new(http);
+        AdminServer::start_with(addr, AdminOptions::default(), info, source)
+    }
+
+    /// [`AdminServer::start`] with `options`; an address that is not
+    /// loopback is refused unless [`AdminOptions::allow_public`].
+    pub fn start_with(
+        addr: SocketAddr,
+        options: AdminOptions,
+        info: ServerInfo,
+        source: impl StatusSource,
+    ) -> Result<AdminServer, AdminError> {
+        if !options.allow_public && !is_loopback(addr) {
+            return Err(AdminError {
+                addr,
+                kind: AdminErrorKind::NotLoopback,
+            });
+        }
+        let listener =
+            std::net::TcpListener::bind(addr).map_err(|error| AdminError::io(addr, error))?;
+        let local_addr = listener
+            .local_addr()
+            .map_err(|error| AdminError::io(addr, error))?;
         let source: Arc<dyn StatusSource> = Arc::new(source);
         let mut registry = Registry::default();
         registry.register_collector(Box::new(SourceCollector(Arc::clone(&source))));
@@ -151,18 +256,34 @@ impl AdminServer {
             registry,
             started: Instant::now(),
         };
-        let serving = Arc::clone(&http);
+        let limits = http::Limits {
+            request_timeout: options.request_timeout,
+            response_timeout: options.response_timeout,
+            max_connections: options.max_connections.max(1),
+        };
+        let stop = Arc::new(AtomicBool::new(false));
+        let (server, waker) =
+            http::Server::new(listener, limits, Arc::clone(&stop), move |request| {
+                admin.respond(request)
+            })
+            .map_err(|error| AdminError::io(addr, error))?;
         let thread = std::thread::Builder::new()
             .name("admin-http".into())
-            .spawn(move || admin.serve(&serving))
-            .map_err(|error| AdminError {
-                addr,
-                message: error.to_string(),
-            })?;
-        tracing::info!(%local_addr, "admin HTTP listening");
+            .spawn(move || server.run())
+            .map_err(|error| AdminError::io(addr, error))?;
+        if is_loopback(local_addr) {
+            tracing::info!(%local_addr, "admin HTTP listening");
+        } else {
+            tracing::warn!(
+                %local_addr,
+                "admin HTTP listening on an address other machines may reach; its pages are \
+                 unauthenticated"
+            );
+        }
         Ok(AdminServer {
-            http: Some(http),
             local_addr,
+            stop,
+            waker,
             thread: Some(thread),
         })
     }
@@ -172,24 +293,19 @@ impl AdminServer {
         self.local_addr
     }
 
-    /// Stops serving and waits for the thread (also done on drop). The
-    /// listening socket closes a moment later, when tiny_http's accept
-    /// thread notices.
+    /// Stops serving, closes the listening socket and waits for the
+    /// thread (also done on drop).
     pub fn stop(mut self) {
         self.shutdown();
     }
 
     fn shutdown(&mut self) {
-        if let Some(http) = self.http.take() {
-            http.unblock();
-            if let Some(thread) = self.thread.take() {
-                if thread.join().is_err() {
-                    tracing::error!("the admin HTTP thread panicked");
-                }
+        if let Some(thread) = self.thread.take() {
+            self.stop.store(true, Ordering::Release);
+            let _ = self.waker.wake();
+            if thread.join().is_err() {
+                tracing::error!("the admin HTTP thread panicked");
             }
-            // The last reference: dropping it wakes tiny_http's accept
-            // thread, which then closes the listening socket.
-            drop(http);
         }
     }
 }
@@ -201,46 +317,37 @@ impl Drop for AdminServer {
 }
 
 impl Admin {
-    fn serve(&self, http: &tiny_http::Server) {
-        for request in http.incoming_requests() {
-            let response = self.respond(request.method(), request.url());
-            if let Err(error) = request.respond(response) {
-                tracing::debug!(%error, "admin HTTP response not sent");
-            }
+    fn respond(&self, request: &http::Request<'_>) -> http::Response {
+        if !matches!(request.method, "GET" | "HEAD") {
+            return http::Response::text(405, "only GET\n");
         }
-    }
-
-    fn respond(
-        &self,
-        method: &tiny_http::Method,
-        url: &str,
-    ) -> tiny_http::Response<std::io::Cursor<Vec<u8>>> {
-        use tiny_http::{Method, Response};
-        if !matches!(method, Method::Get | Method::Head) {
-            return Response::from_string("only GET\n").with_status_code(405);
-        }
-        let path = url.split('?').next().unwrap_or(url);
+        let path = request.target.split('?').next().unwrap_or(request.target);
         match path {
-            "/" | "/index.html" => with_type(
-                Response::from_string(STATUS_PAGE),
-                "text/html; charset=utf-8",
-            ),
+            "/" | "/index.html" => http::Response {
+                status: 200,
+                content_type: "text/html; charset=utf-8",
+                body: STATUS_PAGE.as_bytes().to_vec(),
+            },
             "/metrics" => {
                 let mut body = String::new();
                 match prometheus_client::encoding::text::encode(&mut body, &self.registry) {
-                    Ok(()) => with_type(Response::from_string(body), METRICS_CONTENT_TYPE),
-                    Err(_) => Response::from_string("encoding failed\n").with_status_code(500),
+                    Ok(()) => http::Response {
+                        status: 200,
+                        content_type: METRICS_CONTENT_TYPE,
+                        body: body.into_bytes(),
+                    },
+                    Err(_) => http::Response::text(500, "encoding failed\n"),
                 }
             }
-            "/healthz" => with_type(Response::from_string("ok\n"), "text/plain; charset=utf-8"),
-            "/status" => with_type(
-                Response::from_string(self.status().to_string()),
-                "application/json",
-            ),
-            _ => Response::from_string("not found\n").with_status_code(404),
+            "/healthz" => http::Response::text(200, "ok\n"),
+            "/status" => http::Response {
+                status: 200,
+                content_type: "application/json",
+                body: self.status().to_string().into_bytes(),
+            },
+            _ => http::Response::text(404, "not found\n"),
         }
     }
-
     /// The `/status` document.
     fn status(&self) -> serde_json::Value {
         let mut snapshot = Snapshot::default();
@@ -260,15 +367,6 @@ impl Admin {
         }
         doc
     }
-}
-
-fn with_type(
-    response: tiny_http::Response<std::io::Cursor<Vec<u8>>>,
-    content_type: &str,
-) -> tiny_http::Response<std::io::Cursor<Vec<u8>>> {
-    let header = tiny_http::Header::from_bytes(&b"Content-Type"[..], content_type.as_bytes())
-        .expect("a valid header");
-    response.with_header(header)
 }
 
 #[cfg(test)]

@@ -137,8 +137,8 @@ fn stop_releases_the_port() {
     let admin = server(Arc::new(AtomicU64::new(0)));
     let addr = admin.local_addr();
     admin.stop();
-    // The socket closes when tiny_http's accept thread wakes up: poll for
-    // the rebind with a deadline.
+    // The listener is closed once stop returns; the rebind is polled with
+    // a deadline all the same.
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     let again = loop {
         let info = ServerInfo {
@@ -177,4 +177,214 @@ fn a_port_in_use_is_a_clear_error() {
         message.starts_with("cannot listen for admin HTTP on 127.0.0.1:"),
         "{message}"
     );
+}
+
+fn info() -> ServerInfo {
+    ServerInfo {
+        kind: "test".into(),
+        backend: "poll".into(),
+        listen: String::new(),
+    }
+}
+
+/// True once the server closed `stream` (EOF or reset) within `limit`;
+/// whatever it sent first is discarded.
+fn closed_within(stream: &mut TcpStream, limit: Duration) -> bool {
+    let deadline = std::time::Instant::now() + limit;
+    let mut sink = [0u8; 4096];
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        stream.set_read_timeout(Some(left)).unwrap();
+        match stream.read(&mut sink) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(error) if error.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
+#[test]
+fn a_non_loopback_address_is_refused() {
+    for addr in ["0.0.0.0:0", "[::]:0", "192.0.2.1:9100"] {
+        let result = AdminServer::start(addr.parse().unwrap(), info(), |_: &mut Snapshot| {});
+        let error = result
+            .err()
+            .unwrap_or_else(|| panic!("{addr} was accepted"));
+        assert!(
+            error.to_string().contains("not a loopback address"),
+            "{addr}: {error}"
+        );
+    }
+}
+
+#[test]
+fn an_oversized_request_head_is_refused() {
+    let admin = server(Arc::new(AtomicU64::new(0)));
+    let mut stream = TcpStream::connect(admin.local_addr()).unwrap();
+    stream
+        .set_write_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    stream.write_all(b"GET /healthz HTTP/1.1\r\n").unwrap();
+    // Header lines, never the blank line that ends the head.
+    let line = format!("X-Filler: {}\r\n", "x".repeat(1000));
+    let mut answer = Vec::new();
+    for _ in 0..1024 {
+        if stream.write_all(line.as_bytes()).is_err() {
+            break; // the server closed: what it said first is read below
+        }
+    }
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let _ = stream.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 431"),
+        "a 1 MiB head is refused with 431, got: {:?}",
+        &answer[..answer.len().min(200)]
+    );
+}
+
+#[test]
+fn a_silent_connection_is_closed() {
+    let admin = server(Arc::new(AtomicU64::new(0)));
+    let mut idle = TcpStream::connect(admin.local_addr()).unwrap();
+    let mut partial = TcpStream::connect(admin.local_addr()).unwrap();
+    partial.write_all(b"GET /heal").unwrap();
+    let sent = std::time::Instant::now();
+    assert!(
+        closed_within(&mut partial, REQUEST_TIMEOUT + Duration::from_secs(3)),
+        "a request head left unfinished is cut"
+    );
+    assert!(sent.elapsed() >= REQUEST_TIMEOUT - Duration::from_millis(100));
+    assert!(
+        closed_within(&mut idle, Duration::from_secs(1)),
+        "a connection that sends nothing is cut"
+    );
+    let (_, body) = get(admin.local_addr(), "/healthz");
+    assert_eq!(body, "ok\n");
+}
+
+#[test]
+fn a_slow_reader_does_not_stall_healthz() {
+    // A big /status (4 MiB), asked for by peers that never read it.
+    let blob = "x".repeat(4 << 20);
+    let admin = AdminServer::start(
+        "127.0.0.1:0".parse().unwrap(),
+        info(),
+        move |out: &mut Snapshot| out.status_field("blob", serde_json::json!(blob)),
+    )
+    .unwrap();
+    let slow: Vec<TcpStream> = (0..4)
+        .map(|_| {
+            let socket =
+                socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+            socket.set_recv_buffer_size(4096).unwrap();
+            socket.connect(&admin.local_addr().into()).unwrap();
+            let mut stream: TcpStream = socket.into();
+            stream
+                .write_all(b"GET /status HTTP/1.1\r\nHost: test\r\n\r\n")
+                .unwrap();
+            stream
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    for round in 0..5 {
+        let mut stream = TcpStream::connect(admin.local_addr()).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(3)))
+            .unwrap();
+        write!(stream, "GET /healthz HTTP/1.0\r\n\r\n").unwrap();
+        let mut response = String::new();
+        let read = stream.read_to_string(&mut response);
+        assert!(
+            read.is_ok() && response.ends_with("\r\n\r\nok\n"),
+            "round {round}: /healthz while 4 peers do not read their /status: {read:?} {response:?}"
+        );
+    }
+    drop(slow);
+}
+
+#[test]
+fn a_flood_of_idle_connections_does_not_lock_healthz_out() {
+    let admin = server(Arc::new(AtomicU64::new(0)));
+    let idle: Vec<TcpStream> = (0..MAX_CONNECTIONS + 50)
+        .map(|_| TcpStream::connect(admin.local_addr()).unwrap())
+        .collect();
+    let (head, body) = get(admin.local_addr(), "/healthz");
+    assert!(head.contains(" 200"), "{head}");
+    assert_eq!(body, "ok\n");
+    drop(idle);
+}
+
+#[test]
+fn a_reader_too_slow_is_cut() {
+    const BLOB: usize = 4 << 20;
+    let blob = "x".repeat(BLOB);
+    let options = AdminOptions {
+        response_timeout: Duration::from_millis(500),
+        ..AdminOptions::default()
+    };
+    let admin = AdminServer::start_with(
+        "127.0.0.1:0".parse().unwrap(),
+        options,
+        info(),
+        move |out: &mut Snapshot| out.status_field("blob", serde_json::json!(blob)),
+    )
+    .unwrap();
+    let mut slow = TcpStream::connect(admin.local_addr()).unwrap();
+    slow.write_all(b"GET /status HTTP/1.1\r\nHost: test\r\n\r\n")
+        .unwrap();
+    // Not reading past the deadline: what the kernel's buffers hold is all
+    // the peer ever gets.
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut got = Vec::new();
+    slow.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let _ = slow.read_to_end(&mut got);
+    assert!(
+        got.len() < BLOB,
+        "the answer was cut at the deadline: {} bytes of {BLOB}",
+        got.len()
+    );
+    let (_, body) = get(admin.local_addr(), "/healthz");
+    assert_eq!(body, "ok\n");
+}
+
+#[test]
+fn loopback_addresses() {
+    for addr in [
+        "127.0.0.1:1",
+        "127.9.9.9:1",
+        "[::1]:1",
+        "[::ffff:127.0.0.1]:1",
+    ] {
+        assert!(is_loopback(addr.parse().unwrap()), "{addr}");
+    }
+    for addr in [
+        "0.0.0.0:1",
+        "[::]:1",
+        "10.0.0.1:1",
+        "[::ffff:10.0.0.1]:1",
+        "[fe80::1]:1",
+    ] {
+        assert!(!is_loopback(addr.parse().unwrap()), "{addr}");
+    }
+    // Allowed when asked for (bound on loopback here: tests stay local).
+    let options = AdminOptions {
+        allow_public: true,
+        ..AdminOptions::default()
+    };
+    let admin = AdminServer::start_with(
+        "127.0.0.1:0".parse().unwrap(),
+        options,
+        info(),
+        |_: &mut Snapshot| {},
+    )
+    .unwrap();
+    let (_, body) = get(admin.local_addr(), "/healthz");
+    assert_eq!(body, "ok\n");
 }

@@ -4,12 +4,17 @@
 //! A separate login service (or `servercore token`) holds the same secret as
 //! the game server and hands a client a token for its account: a JWT signed
 //! with HMAC-SHA256 (HS256) whose claims are `sub` (the account name) and
-//! `exp` (expiry, seconds since the Unix epoch). The client puts the token
-//! in `C_LOGIN.account`; a server started with a secret accepts only such
+//! `exp` (expiry, seconds since the Unix epoch), and optionally `nbf` (not
+//! before) and `iat` (issued at). The client puts the token in
+//! `C_LOGIN.account`; a server started with a secret accepts only such
 //! tokens, logs the client in as `sub`, and refuses a token that is
 //! malformed, signed with another key, expired (no leeway: a token replayed
-//! after its expiry is refused) or names an account longer than
-//! [`MAX_ACCOUNT_LEN`].
+//! after its expiry is refused), not valid yet (`nbf` ahead of the clock),
+//! issued in the future (`iat` ahead of the clock: minted by a service
+//! whose clock runs ahead, or forged to outlive a rotation), names no
+//! account (an empty `sub` would be a guest login, a fresh account every
+//! time) or names one longer than [`MAX_ACCOUNT_LEN`]. Like `exp`, `nbf`
+//! and `iat` get no leeway.
 //!
 //! This module owns the key ([`TokenKey`], read from a secret file), minting
 //! ([`TokenKey::mint`]) and checking ([`TokenKey::verify`]).
@@ -39,6 +44,12 @@ pub struct Claims {
     pub sub: String,
     /// Expiry, seconds since the Unix epoch.
     pub exp: u64,
+    /// Not valid before, seconds since the Unix epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<u64>,
+    /// Issued at, seconds since the Unix epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iat: Option<u64>,
 }
 
 /// Why a token was refused.
@@ -52,6 +63,12 @@ pub enum TokenError {
     Malformed(String),
     /// `sub` is longer than [`MAX_ACCOUNT_LEN`].
     AccountTooLong(usize),
+    /// `sub` is empty.
+    NoAccount,
+    /// The clock is before the token's `nbf`.
+    NotYetValid,
+    /// The token's `iat` is ahead of the clock.
+    IssuedInTheFuture,
 }
 
 impl fmt::Display for TokenError {
@@ -64,6 +81,9 @@ impl fmt::Display for TokenError {
                 f,
                 "token account of {len} bytes is longer than {MAX_ACCOUNT_LEN}"
             ),
+            TokenError::NoAccount => f.write_str("token names no account (empty sub)"),
+            TokenError::NotYetValid => f.write_str("token not valid yet (nbf)"),
+            TokenError::IssuedInTheFuture => f.write_str("token issued in the future (iat)"),
         }
     }
 }
@@ -97,6 +117,8 @@ impl TokenKey {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = 0;
         validation.validate_exp = true;
+        // Checked when present (a required one would be a claim name here).
+        validation.validate_nbf = true;
         validation.set_required_spec_claims(&["exp", "sub"]);
         Ok(TokenKey {
             encoding: EncodingKey::from_secret(secret),
@@ -122,8 +144,9 @@ impl TokenKey {
     }
 
     /// A token for `account` that expires at `exp` (in the past for tests
-    /// of expiry).
+    /// of expiry), issued now.
     pub fn mint_expiring_at(&self, account: &str, exp: SystemTime) -> anyhow::Result<String> {
+        anyhow::ensure!(!account.is_empty(), "a token must name an account");
         anyhow::ensure!(
             account.len() <= MAX_ACCOUNT_LEN,
             "account name of {} bytes is longer than {MAX_ACCOUNT_LEN}",
@@ -131,7 +154,9 @@ impl TokenKey {
         );
         let claims = Claims {
             sub: account.to_owned(),
-            exp: exp.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+            exp: unix_seconds(exp),
+            nbf: None,
+            iat: Some(unix_seconds(SystemTime::now())),
         };
         Ok(jsonwebtoken::encode(
             &Header::new(Algorithm::HS256),
@@ -146,15 +171,30 @@ impl TokenKey {
         let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
             .map_err(|error| match error.kind() {
                 ErrorKind::ExpiredSignature => TokenError::Expired,
+                ErrorKind::ImmatureSignature => TokenError::NotYetValid,
                 ErrorKind::InvalidSignature => TokenError::BadSignature,
                 _ => TokenError::Malformed(error.to_string()),
             })?;
-        let account = data.claims.sub;
+        let claims = data.claims;
+        let now = unix_seconds(SystemTime::now());
+        // jsonwebtoken checked nbf (validate_nbf); it never looks at iat.
+        if claims.iat.is_some_and(|iat| iat > now) {
+            return Err(TokenError::IssuedInTheFuture);
+        }
+        let account = claims.sub;
+        if account.is_empty() {
+            return Err(TokenError::NoAccount);
+        }
         if account.len() > MAX_ACCOUNT_LEN {
             return Err(TokenError::AccountTooLong(account.len()));
         }
         Ok(account)
     }
+}
+
+/// Seconds since the Unix epoch (0 before it).
+fn unix_seconds(at: SystemTime) -> u64 {
+    at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 #[cfg(test)]
@@ -179,6 +219,49 @@ mod tests {
 
         assert!(matches!(key.verify("alice"), Err(TokenError::Malformed(_))));
         assert!(key.mint(&"x".repeat(65), Duration::from_secs(1)).is_err());
+    }
+
+    fn now() -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    }
+
+    /// A token with exactly `claims`, signed with `SECRET`.
+    fn signed(claims: serde_json::Value) -> String {
+        let secret = SECRET.trim_ascii();
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(secret),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn an_empty_account_is_refused() {
+        let key = TokenKey::from_secret(SECRET).unwrap();
+        let token = signed(serde_json::json!({"sub": "", "exp": now() + 60}));
+        assert_eq!(key.verify(&token), Err(TokenError::NoAccount));
+        assert!(key.mint("", Duration::from_secs(60)).is_err());
+    }
+
+    #[test]
+    fn not_before_and_issued_at_are_honoured_when_present() {
+        let key = TokenKey::from_secret(SECRET).unwrap();
+        let exp = now() + 3600;
+        let early = signed(serde_json::json!({"sub": "alice", "exp": exp, "nbf": now() + 600}));
+        assert_eq!(key.verify(&early), Err(TokenError::NotYetValid));
+        let valid = signed(serde_json::json!({"sub": "alice", "exp": exp, "nbf": now() - 1}));
+        assert_eq!(key.verify(&valid).unwrap(), "alice");
+        let future = signed(serde_json::json!({"sub": "alice", "exp": exp, "iat": now() + 600}));
+        assert_eq!(key.verify(&future), Err(TokenError::IssuedInTheFuture));
+        let issued = signed(serde_json::json!({"sub": "alice", "exp": exp, "iat": now() - 5}));
+        assert_eq!(key.verify(&issued).unwrap(), "alice");
+        // A minted token carries iat, and verifies at once.
+        let minted = key.mint("alice", Duration::from_secs(60)).unwrap();
+        assert_eq!(key.verify(&minted).unwrap(), "alice");
     }
 
     #[test]

@@ -47,8 +47,12 @@
 //! at most one line a second per kind with the count of the others.
 //!
 //! - One account, one session: a login of a named account that is already
-//!   in game (on this node, or on another node of the cluster) disconnects
-//!   the older session, waits for its save, then succeeds.
+//!   claimed or in game on this node disconnects the older session, waits
+//!   for its save, then reads the account; in a cluster the database's
+//!   lease decides across nodes (modules `lease` and `storage`): a login
+//!   whose account another node holds asks it to kick its session and let
+//!   go (or waits for the lease to expire, if it does not answer), and is
+//!   refused if the account stays held.
 //!
 //! This crate owns the configuration ([`GameConfig`]) and the running server
 //! ([`GameServer`], [`start`]). Its modules:
@@ -58,6 +62,7 @@
 //!   database threads;
 //! - `cluster`: the NATS link between nodes (world chat, presence,
 //!   duplicate logins, node liveness);
+//! - `lease`: the node's side of the account leases (freshness, renewal);
 //! - `sessions`: the node's account → session registry and the handover;
 //! - `handler`: [`handler::GameSession`], the packet handler on the I/O
 //!   workers;
@@ -65,6 +70,8 @@
 //!   after peaks ([`GameConfig::heap_trim_interval`]);
 //! - `limits`: the per-address limits;
 //! - `player`: [`player::Player`], a connection's game state, an actor;
+//! - `redact`: the one URL redactor every log line, error, `Debug` and
+//!   printed configuration goes through (no credentials in output);
 //! - `room`: [`room::Room`], who is in the game, an actor;
 //! - `world`: [`world::World`], the map, its regions (actors), the tick
 //!   and the movement and visibility rules;
@@ -86,8 +93,10 @@ pub mod cluster;
 pub mod handler;
 pub mod heap_trim;
 pub mod latency;
+pub mod lease;
 pub mod limits;
 pub mod player;
+pub mod redact;
 pub mod room;
 pub mod sessions;
 pub mod stats;
@@ -109,16 +118,21 @@ use servercore::{Backend, ServerService, ServerTransport, ServiceStats, WebSocke
 use servercore_protocol::SERVER_RECEIVES_IDS;
 
 use auth::TokenKey;
-use bytes::Bytes;
-use cluster::{ClusterConfig, ClusterEvents, ClusterHandle, ClusterLink, ClusterStats};
+use cluster::{ClusterConfig, ClusterEvents, ClusterHandle, ClusterLink, ClusterStats, RemoteChat};
 use handler::GameSession;
 use heap_trim::HeapTrimmer;
+use lease::{KeeperParts, LeaseKeeper, RenewNow};
 use limits::AddressLimits;
+use player::Player;
 use room::Room;
+use servercore::job::WeakActor;
+use servercore::SessionHandle;
+use servercore_protocol::{make_packet, SChat};
 use sessions::LocalSessions;
 use stats::bump;
 pub use stats::{GameCounters, GameStats};
-use storage::{DbTarget, StorageHandle, StorageKind, StorageOptions, StoragePool};
+use storage::{DbTarget, OwnedLease, StorageHandle, StorageKind, StorageOptions, StoragePool};
+use world::limit::LogLimiter;
 use world::World;
 pub use world::WorldConfig;
 
@@ -129,8 +143,9 @@ pub const DEFAULT_DB_PATH: &str = "servercore-game.db";
 /// fit one packet.
 pub const MAX_CHAT_LEN_LIMIT: usize = 60_000;
 
-/// Everything [`start`] needs.
-#[derive(Debug, Clone)]
+/// Everything [`start`] needs. Its `Debug` shows the database redacted
+/// (module `redact`).
+#[derive(Clone)]
 pub struct GameConfig {
     /// Address to listen on (port 0 picks a free one; see
     /// [`GameServer::local_addr`]).
@@ -173,9 +188,11 @@ pub struct GameConfig {
     /// Cut a connection whose started packet is still incomplete after this
     /// long (`None`: never).
     pub packet_deadline: Option<Duration>,
-    /// Most connections at once from one IP address (0: unlimited).
+    /// Most connections at once from one IP address, an IPv6 /64 counting
+    /// as one (0: unlimited).
     pub max_conns_per_ip: usize,
-    /// Most accounts one IP address may create per minute (0: unlimited).
+    /// Most accounts one IP address (or IPv6 /64) may create per minute (0:
+    /// unlimited).
     pub max_new_accounts_per_min: u32,
     /// The key of signed login tokens; `None` runs the server open (any
     /// `C_LOGIN.account` is taken as the account name).
@@ -239,6 +256,59 @@ impl Default for GameConfig {
             world: WorldConfig::default(),
             heap_trim_interval: Some(DEFAULT_HEAP_TRIM_INTERVAL),
         }
+    }
+}
+
+impl std::fmt::Debug for GameConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Every field by name, so a new one has to be placed here (and
+        // whoever adds a field that can hold a secret sees this).
+        let GameConfig {
+            addr,
+            db_path,
+            db_pool,
+            cluster,
+            backend,
+            workers,
+            max_sessions,
+            idle_timeout,
+            max_chat_len,
+            max_packet_size,
+            rate_limits,
+            send_coalescing,
+            login_deadline,
+            packet_deadline,
+            max_conns_per_ip,
+            max_new_accounts_per_min,
+            auth,
+            tls,
+            ws_addr,
+            world,
+            heap_trim_interval,
+        } = self;
+        f.debug_struct("GameConfig")
+            .field("addr", addr)
+            .field("db_path", &DbTarget::from_path(db_path))
+            .field("db_pool", db_pool)
+            .field("cluster", cluster)
+            .field("backend", backend)
+            .field("workers", workers)
+            .field("max_sessions", max_sessions)
+            .field("idle_timeout", idle_timeout)
+            .field("max_chat_len", max_chat_len)
+            .field("max_packet_size", max_packet_size)
+            .field("rate_limits", rate_limits)
+            .field("send_coalescing", send_coalescing)
+            .field("login_deadline", login_deadline)
+            .field("packet_deadline", packet_deadline)
+            .field("max_conns_per_ip", max_conns_per_ip)
+            .field("max_new_accounts_per_min", max_new_accounts_per_min)
+            .field("auth", auth)
+            .field("tls", tls)
+            .field("ws_addr", ws_addr)
+            .field("world", world)
+            .field("heap_trim_interval", heap_trim_interval)
+            .finish()
     }
 }
 
@@ -330,6 +400,8 @@ pub struct GameContext {
     pub move_rate: Option<servercore::packet::Rate>,
     /// Each player's chat rate (`None`: unlimited).
     pub chat_rate: Option<servercore::packet::Rate>,
+    /// Rate-limits the "shedding chats" warning.
+    pub(crate) chat_shed_log: LogLimiter,
     /// Logins in flight to the database, drained by a stop.
     pub logins: Arc<LoginGate>,
     /// Cut a connection without `C_LOGIN` after this long.
@@ -342,62 +414,218 @@ pub struct GameContext {
     pub sessions: Arc<LocalSessions>,
     /// The cluster link, if this node is in a cluster.
     pub cluster: Option<ClusterHandle>,
+    /// Asks for a renewal of the node's leases now (in a cluster).
+    renew_leases: Option<RenewNow>,
 }
 
+/// Where a chat comes from, for [`GameContext::admit_chat`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChatSource {
+    /// A player of this node.
+    Local,
+    /// A player of another node (checked by the cluster link).
+    Remote,
+}
+
+/// Logins wait for another node to let an account go at most this much
+/// longer than the kick timeout and the lease's time together.
+const LEASE_WAIT_SLACK: Duration = Duration::from_secs(1);
+
 impl GameContext {
-    /// Makes sure no session holds `account` any more, here or on another
-    /// node (disconnecting it and waiting for its save), then calls `done`.
-    pub fn take_over(&self, account: String, done: Box<dyn FnOnce() + Send>) {
-        let cluster = self.cluster.clone();
-        let then_cluster = move |account: String| match cluster {
-            Some(cluster) => cluster.claim(account, done),
+    /// Claims `account` for `handle`'s player on this node; a session that
+    /// claimed or held it before is disconnected, and `done` runs once its
+    /// player has left and every storage request about the account (its
+    /// save among them) is committed; at once if there was none.
+    pub(crate) fn take_over(
+        &self,
+        account: &str,
+        handle: SessionHandle,
+        player: WeakActor<Player>,
+        done: Box<dyn FnOnce() + Send>,
+    ) {
+        match self.sessions.claim(account, handle, player) {
+            Some((older, older_player)) => sessions::kick(
+                account.to_owned(),
+                older,
+                older_player,
+                sessions::LOGGED_IN_AGAIN,
+                self.db.clone(),
+                &self.counters,
+                done,
+            ),
             None => done(),
+        }
+    }
+
+    /// The lease a login of a named account takes: in a cluster, this
+    /// node's for the cluster's lease time; none outside one.
+    pub(crate) fn lease_terms(&self) -> Option<OwnedLease> {
+        let cluster = self.cluster.as_ref()?;
+        Some(OwnedLease {
+            node: cluster.node().to_owned(),
+            ttl: cluster.config().lease_ttl,
+        })
+    }
+
+    /// How long a lease lasts without a renewal.
+    pub(crate) fn lease_ttl(&self) -> Duration {
+        self.cluster
+            .as_ref()
+            .map_or(Duration::MAX, |cluster| cluster.config().lease_ttl)
+    }
+
+    /// Lets go of this node's lease of `account` up to `epoch`, after
+    /// every request about the account sent so far.
+    pub(crate) fn release_lease(&self, account: &str, epoch: u64) {
+        if let Some(cluster) = &self.cluster {
+            self.db
+                .release_lease(account, cluster.node().to_owned(), epoch, None);
+        }
+    }
+
+    /// Renews the node's leases as soon as possible.
+    pub(crate) fn renew_leases_now(&self) {
+        if let Some(renew) = &self.renew_leases {
+            renew.renew();
+        }
+    }
+
+    /// True while a login that began at `began` may still wait for another
+    /// node to let its account go.
+    pub(crate) fn may_wait_for_lease(&self, began: Instant) -> bool {
+        let Some(cluster) = &self.cluster else {
+            return false;
         };
-        let local_cluster = self.cluster.clone();
-        let name = account.clone();
-        sessions::kick_local(
-            &self.sessions,
-            account,
-            self.db.clone(),
-            &self.counters,
-            Box::new(move |kicked| {
-                if kicked {
-                    if let Some(cluster) = &local_cluster {
-                        cluster.offline(name.clone());
-                    }
-                }
-                then_cluster(name);
-            }),
-        );
+        let config = cluster.config();
+        began.elapsed() < config.kick_timeout + config.lease_ttl + LEASE_WAIT_SLACK
+    }
+
+    /// `node` holds `account`'s lease under `epoch`, for `expires_in` more
+    /// unless it renews: asks it to let go, then calls `retry(delay)` —
+    /// with no delay once it did, else with the time the lease has left
+    /// (a node that does not answer is dead, paused or cut off: its lease
+    /// runs out).
+    pub(crate) fn resolve_lease(
+        &self,
+        account: String,
+        node: String,
+        epoch: u64,
+        expires_in: Duration,
+        retry: Box<dyn FnOnce(Duration) + Send>,
+    ) {
+        let ttl = self.lease_ttl();
+        let wait = (expires_in + Duration::from_millis(20)).min(ttl);
+        match &self.cluster {
+            Some(cluster) => cluster.kick_remote(
+                node,
+                account,
+                epoch,
+                Box::new(move |released| {
+                    retry(if released { Duration::ZERO } else { wait });
+                }),
+            ),
+            None => retry(wait),
+        }
+    }
+
+    /// Takes one `S_CHAT` into the world's next tick, or sheds it: the one
+    /// decision for local and remote chat alike, under the tick's chat
+    /// bound (shed chats are counted by source and logged at most once a
+    /// second).
+    pub fn admit_chat(&self, source: ChatSource, packet: &[u8]) -> bool {
+        if self.world.push_chat(packet) {
+            return true;
+        }
+        let counter = match source {
+            ChatSource::Local => &self.counters.chats_dropped_queue_full,
+            ChatSource::Remote => &self.counters.remote_chats_shed,
+        };
+        let dropped = counter.fetch_add(1, Ordering::Relaxed) + 1;
+        if self.chat_shed_log.allow() {
+            tracing::warn!(
+                ?source,
+                dropped,
+                "a tick's world chat is full: shedding chats"
+            );
+        }
+        false
     }
 }
 
 /// What the cluster link calls: chats from other nodes go to the world's
-/// next tick, kicks to the account registry.
+/// next tick (under the same bound as local chat), kicks to the account
+/// registry.
+/// Holds the game weakly: the link stops after it.
 struct ClusterBridge {
-    world: Arc<World>,
-    sessions: Arc<LocalSessions>,
-    db: StorageHandle,
-    counters: Arc<GameCounters>,
+    ctx: std::sync::Weak<GameContext>,
 }
 
 impl ClusterEvents for ClusterBridge {
-    fn remote_chat(&self, packet: Bytes) {
-        // Appended to the next tick's chat (bounded like local chat); the
-        // tick's regions send it, never the link's thread.
-        if self.world.push_chat(&packet) {
-            bump(&self.counters.remote_chats);
+    fn remote_chat(&self, chat: RemoteChat) {
+        let Some(ctx) = self.ctx.upgrade() else {
+            return;
+        };
+        // Built here from the checked fields: nothing from the network is
+        // relayed verbatim. The tick's regions send it, never the link's
+        // thread.
+        let packet = make_packet(&SChat {
+            player_id: chat.player_id,
+            msg: chat.text,
+            client_time_us: chat.client_time_us,
+        });
+        if ctx.admit_chat(ChatSource::Remote, &packet) {
+            bump(&ctx.counters.remote_chats);
         }
     }
 
-    fn kick(&self, account: String, done: Box<dyn FnOnce(bool) + Send>) {
+    fn kick(&self, account: String, up_to_epoch: u64, done: Box<dyn FnOnce(bool) + Send>) {
+        let Some(ctx) = self.ctx.upgrade() else {
+            return done(false);
+        };
+        let Some(node) = ctx
+            .cluster
+            .as_ref()
+            .map(|cluster| cluster.node().to_owned())
+        else {
+            return done(false);
+        };
+        let db = ctx.db.clone();
+        let name = account.clone();
         sessions::kick_local(
-            &self.sessions,
+            &ctx.sessions,
             account,
-            self.db.clone(),
-            &self.counters,
-            done,
+            sessions::LOGGED_IN_ELSEWHERE,
+            ctx.db.clone(),
+            &ctx.counters,
+            Box::new(move |_kicked| {
+                // After the session's save: whatever lease of the account
+                // this node still has, up to the asker's epoch, goes (one
+                // its session left behind included).
+                db.release_lease(
+                    &name,
+                    node,
+                    up_to_epoch,
+                    Some(Box::new(move |result| done(result.is_ok()))),
+                );
+            }),
         );
+    }
+
+    fn remote_online(&self, node: &str, account: &str, epoch: u64) {
+        let Some(ctx) = self.ctx.upgrade() else {
+            return;
+        };
+        if let Some(older) = ctx.sessions.older_than(account, epoch) {
+            sessions::note_lease_lost(&ctx.counters);
+            tracing::warn!(
+                %account,
+                %node,
+                epoch,
+                session = %older.handle.id(),
+                "the account logged in on another node; disconnecting its older session here"
+            );
+            older.cut(lease::LEASE_LOST);
+        }
     }
 }
 
@@ -408,9 +636,31 @@ pub struct GameServer {
     service: ServerService,
     db: StoragePool,
     cluster: Option<ClusterLink>,
+    leases: Option<LeaseKeeper>,
     ctx: Arc<GameContext>,
     trimmer: Option<HeapTrimmer>,
     stopped: bool,
+}
+
+/// Longest a node waits at start for the leases of its earlier run to be
+/// let go.
+const LEASE_RELEASE_LIMIT: Duration = Duration::from_secs(5);
+
+/// Lets go of every lease an earlier run of `node` left (its sessions are
+/// gone with it), waiting for the database up to [`LEASE_RELEASE_LIMIT`].
+fn release_earlier_leases(db: &StorageHandle, node: &str) -> anyhow::Result<()> {
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    db.release_node_leases(
+        node.to_owned(),
+        Box::new(move |result| {
+            let _ = tx.send(result);
+        }),
+    );
+    match rx.recv_timeout(LEASE_RELEASE_LIMIT) {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(error)) => Err(anyhow::Error::new(error)),
+        Err(_) => anyhow::bail!("the database did not answer within {LEASE_RELEASE_LIMIT:?}"),
+    }
 }
 
 /// Starts a game server: opens and migrates the database, starts its
@@ -436,19 +686,26 @@ pub fn start(config: GameConfig) -> anyhow::Result<GameServer> {
     let world = Arc::new(World::new(&config.world, Arc::clone(&counters)).context("the world")?);
     let room = Actor::new(Room::new(Arc::clone(&counters)));
     let sessions = Arc::new(LocalSessions::default());
-    let cluster = match &config.cluster {
+    let (prepared, leases) = match &config.cluster {
         Some(cluster_config) => {
-            let bridge = ClusterBridge {
-                world: Arc::clone(&world),
-                sessions: Arc::clone(&sessions),
+            let mut cluster_config = cluster_config.clone();
+            cluster_config.max_chat_len = config.max_chat_len;
+            let node = cluster_config.node.clone();
+            let prepared = ClusterLink::prepare(cluster_config.clone())
+                .with_context(|| format!("joining the cluster as node {node}"))?;
+            release_earlier_leases(&db.handle(), &node)
+                .with_context(|| format!("letting go of the leases of node {node}'s last run"))?;
+            let keeper = LeaseKeeper::start(KeeperParts {
+                node,
+                ttl: cluster_config.lease_ttl,
                 db: db.handle(),
+                sessions: Arc::clone(&sessions),
                 counters: Arc::clone(&counters),
-            };
-            let link = ClusterLink::start(cluster_config.clone(), Arc::new(bridge))
-                .with_context(|| format!("joining the cluster as node {}", cluster_config.node))?;
-            Some(link)
+            })
+            .context("starting the lease thread")?;
+            (Some(prepared), Some(keeper))
         }
-        None => None,
+        None => (None, None),
     };
     let ctx = Arc::new(GameContext {
         room,
@@ -458,13 +715,27 @@ pub fn start(config: GameConfig) -> anyhow::Result<GameServer> {
         world,
         move_rate: config.world.move_rate,
         chat_rate: config.world.chat_rate,
+        chat_shed_log: LogLimiter::new(Duration::from_secs(1)),
         logins: Arc::default(),
         login_deadline: config.login_deadline,
         limits: AddressLimits::new(config.max_conns_per_ip, config.max_new_accounts_per_min),
         auth: config.auth.clone(),
         sessions,
-        cluster: cluster.as_ref().map(ClusterLink::handle),
+        cluster: prepared.as_ref().map(cluster::PreparedLink::handle),
+        renew_leases: leases.as_ref().map(LeaseKeeper::renew_now),
     });
+    let cluster = match prepared {
+        Some(prepared) => {
+            let bridge = ClusterBridge {
+                ctx: Arc::downgrade(&ctx),
+            };
+            let node = ctx.cluster.as_ref().map(|c| c.node().to_owned());
+            Some(prepared.start(Arc::new(bridge)).with_context(|| {
+                format!("joining the cluster as node {}", node.unwrap_or_default())
+            })?)
+        }
+        None => None,
+    };
     let packets = PacketConfig::default()
         .with_packet_deadline(config.packet_deadline)
         .with_max_packet_size(config.effective_max_packet_size())
@@ -514,6 +785,7 @@ pub fn start(config: GameConfig) -> anyhow::Result<GameServer> {
         service,
         db,
         cluster,
+        leases,
         ctx,
         trimmer,
         stopped: false,
@@ -664,7 +936,11 @@ impl GameServer {
             std::thread::sleep(Duration::from_millis(5));
         }
         // The saves' barriers tell the cluster which accounts went offline,
-        // so the link stops after the database threads.
+        // so the link stops after the database threads (and the lease
+        // thread, which asks them, before).
+        if let Some(mut leases) = self.leases.take() {
+            leases.stop();
+        }
         self.db.stop_and_join();
         if let Some(cluster) = &mut self.cluster {
             cluster.stop_and_join();

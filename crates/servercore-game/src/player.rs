@@ -28,6 +28,14 @@
 //! and the player logs in as the account it names. A login that might
 //! create an account first takes one of its address's creation tokens
 //! (module `limits`); without one it may only find an existing account.
+//! A named account is claimed on this node first (module `sessions`: an
+//! older session of it here is kicked, and its save committed, before the
+//! database is read); in a cluster the login then takes the account's
+//! lease in the database. A lease another node holds is asked for (that
+//! node kicks its session and lets go) or waited out until it expires,
+//! within a bound; past it the login is refused, naming the holder in the
+//! log. While its lease cannot be vouched for (module `lease`), the
+//! session holds its packets as it does while waiting for an answer.
 //!
 //! Ownership: the session's handler and pending jobs hold the actor; the
 //! player holds its session's handle, the shared game context (the room's
@@ -49,11 +57,11 @@ use servercore_protocol::{
     PosInfo, SChat, SEnterGame, SLogin, ServerPacket,
 };
 
-use super::sessions;
+use super::lease::Lease;
 use super::stats::bump;
 use super::storage::{AccountRecord, DbError, PlayerRecord, Position, MAX_ACCOUNT_LEN};
 use super::world::{Identity, Seat};
-use super::{GameContext, PendingLogin};
+use super::{ChatSource, GameContext, PendingLogin};
 
 /// Most bytes (on the wire) of packets a session may have waiting: queued
 /// as jobs for its player, or kept while a login or an enter waits.
@@ -62,6 +70,31 @@ pub const MAX_PENDING_BYTES: usize = 64 * 1024;
 static ACCOUNT_LIMIT_LOG: LogThrottle = LogThrottle::new(Duration::from_secs(1));
 static TOKEN_LOG: LogThrottle = LogThrottle::new(Duration::from_secs(1));
 static DEFERRED_LOG: LogThrottle = LogThrottle::new(Duration::from_secs(1));
+static IN_USE_LOG: LogThrottle = LogThrottle::new(Duration::from_secs(1));
+
+/// One login's tries at the database: when the first began, which this is,
+/// and when it was sent (a lease it takes is fresh from then on).
+#[derive(Debug, Clone, Copy)]
+struct LoginTry {
+    began: Instant,
+    attempt: u32,
+    asked: Instant,
+}
+
+impl LoginTry {
+    fn first() -> LoginTry {
+        let now = Instant::now();
+        LoginTry {
+            began: now,
+            attempt: 0,
+            asked: now,
+        }
+    }
+}
+
+/// Called once the session has left (its player is out of the room and
+/// the world, its save queued).
+pub(crate) type GoneReply = Box<dyn FnOnce() + Send>;
 
 /// Where the connection stands with the game.
 #[derive(Clone)]
@@ -100,8 +133,14 @@ pub struct Player {
     account: Option<AccountRecord>,
     /// The account's name, once logged in with one (guests have none).
     account_name: Option<String>,
-    /// This session holds `account_name` on this node and in the cluster.
+    /// This session claims or holds `account_name` on this node.
     holds_account: bool,
+    /// The account's lease, once the login took it (in a cluster).
+    lease: Option<Arc<Lease>>,
+    /// Packets wait until a renewal vouches for the lease again.
+    lease_hold: bool,
+    /// Called once the session has left (a kick waits for it).
+    gone_waiters: Vec<GoneReply>,
     presence: Presence,
     body: Option<Body>,
     /// An answer is awaited; packets wait in `deferred`.
@@ -127,6 +166,9 @@ impl Player {
             account: None,
             account_name: None,
             holds_account: false,
+            lease: None,
+            lease_hold: false,
+            gone_waiters: Vec::new(),
             presence: Presence::Out,
             body: None,
             waiting: false,
@@ -147,7 +189,7 @@ impl Player {
         if self.closed {
             return;
         }
-        if self.waiting {
+        if self.waiting || self.lease_unvouched() {
             if self.deferred_bytes + size > MAX_PENDING_BYTES {
                 bump(&self.ctx.counters.pending_overflows);
                 if let Some(cuts) = DEFERRED_LOG.event() {
@@ -190,8 +232,49 @@ impl Player {
         self.close_if_answered();
     }
 
+    /// True if the session holds a lease this node cannot vouch for now
+    /// (a renewal is due: the node may have been paused or cut off past
+    /// the lease's time); the session then holds its packets until a
+    /// renewal confirms the lease, or is cut if another node took it.
+    fn lease_unvouched(&mut self) -> bool {
+        if self.lease_hold {
+            return true;
+        }
+        let Some(lease) = &self.lease else {
+            return false;
+        };
+        if lease.is_fresh(Instant::now()) {
+            return false;
+        }
+        lease.wait_for_renewal();
+        self.lease_hold = true;
+        self.ctx.renew_leases_now();
+        true
+    }
+
+    /// A renewal vouched for the lease again: handle what waited.
+    pub(crate) fn lease_confirmed(&mut self) {
+        if std::mem::take(&mut self.lease_hold) {
+            self.replay();
+        }
+    }
+
+    /// Calls `done` once the session has left: at once if it has.
+    pub(crate) fn when_gone(&mut self, done: GoneReply) {
+        if self.closed {
+            done();
+        } else {
+            self.gone_waiters.push(done);
+        }
+    }
+
     fn close_if_answered(&mut self) {
-        if self.peer_finished && !self.waiting && self.deferred.is_empty() && !self.closed {
+        if self.peer_finished
+            && !self.waiting
+            && !self.lease_hold
+            && self.deferred.is_empty()
+            && !self.closed
+        {
             self.handle.disconnect_with(DisconnectReason::ClosedByPeer);
         }
     }
@@ -211,6 +294,11 @@ impl Player {
             Presence::Out | Presence::Entering | Presence::Leaving => {}
         }
         self.release_account();
+        // After the save and the release are queued: a barrier a waiter
+        // sends comes after them.
+        for done in std::mem::take(&mut self.gone_waiters) {
+            done();
+        }
     }
 
     fn strong_me(&self) -> Option<Actor<Player>> {
@@ -218,7 +306,7 @@ impl Player {
     }
 
     fn login(&mut self, account: String) {
-        if self.account.is_some() {
+        if self.account.is_some() || self.holds_account {
             tracing::debug!(session = %self.handle.id(), "login refused: already logged in");
             self.refuse_login(LoginRefusal::AlreadyLoggedIn);
             return;
@@ -252,6 +340,7 @@ impl Player {
             self.refuse_login(LoginRefusal::AccountNameTooLong);
             return;
         }
+        let Some(me) = self.me.clone() else { return };
         let Some(pending) = self.ctx.logins.admit() else {
             // The server is stopping: the login is left unread.
             return;
@@ -262,23 +351,29 @@ impl Player {
             .try_reserve_account(self.handle.peer_addr().ip());
         self.waiting = true;
         if account.is_empty() {
-            return self.ask_storage(account, pending);
+            return self.ask_storage(account, pending, LoginTry::first());
         }
-        // One account, one session: whoever holds it (here or on another
-        // node) is disconnected and its save committed before we log in.
-        let me = self.me.clone();
+        // One account, one session: claimed here before the database is
+        // read, so a login of it on this node, however close behind, kicks
+        // this session and waits for its save; whoever claimed it before us
+        // is kicked, and its save committed, before we read.
+        self.account_name = Some(account.clone());
+        self.holds_account = true;
         let name = account.clone();
+        let player = me.clone();
         self.ctx.take_over(
-            account,
+            &account,
+            self.handle.clone(),
+            me,
             Box::new(move || {
-                if let Some(player) = me.and_then(|me| me.upgrade()) {
-                    player.post(move |player| player.ask_storage(name, pending));
+                if let Some(player) = player.upgrade() {
+                    player.post(move |player| player.ask_storage(name, pending, LoginTry::first()));
                 }
             }),
         );
     }
 
-    fn ask_storage(&mut self, account: String, pending: PendingLogin) {
+    fn ask_storage(&mut self, account: String, pending: PendingLogin, tried: LoginTry) {
         if self.closed {
             self.waiting = false;
             if std::mem::take(&mut self.creation_reserved) {
@@ -288,17 +383,36 @@ impl Player {
         }
         let me = self.me.clone();
         let name = account.clone();
-        self.ctx.db.login(
+        let lease = if account.is_empty() {
+            None
+        } else {
+            self.ctx.lease_terms()
+        };
+        let tried = LoginTry {
+            asked: Instant::now(),
+            ..tried
+        };
+        let ctx = Arc::clone(&self.ctx);
+        self.ctx.db.login_leased(
             account,
             self.creation_reserved,
+            lease,
             Box::new(move |result| {
                 // On the database thread: hand the result back as a job.
-                if let Some(player) = me.and_then(|me| me.upgrade()) {
-                    player.post(move |player| {
-                        player.logged_in(name, result);
-                        // The answer is queued: a stop may close the session.
-                        drop(pending);
-                    });
+                match me.and_then(|me| me.upgrade()) {
+                    Some(player) => player.post(move |player| {
+                        player.logged_in(name, result, pending, tried);
+                    }),
+                    // Nobody is left to play: let the lease go at once.
+                    None => {
+                        if let Ok(AccountRecord {
+                            lease_epoch: Some(epoch),
+                            ..
+                        }) = result
+                        {
+                            ctx.release_lease(&name, epoch);
+                        }
+                    }
                 }
             }),
         );
@@ -309,26 +423,53 @@ impl Player {
         let _ = self.handle.send(login_refusal(reason));
     }
 
-    fn logged_in(&mut self, name: String, result: Result<AccountRecord, DbError>) {
+    fn logged_in(
+        &mut self,
+        name: String,
+        result: Result<AccountRecord, DbError>,
+        pending: PendingLogin,
+        tried: LoginTry,
+    ) {
+        if let Err(DbError::LeaseHeld {
+            node,
+            epoch,
+            expires_in,
+        }) = &result
+        {
+            if !self.closed && self.ctx.may_wait_for_lease(tried.began) {
+                let (node, epoch, expires_in) = (node.clone(), *epoch, *expires_in);
+                return self.wait_for_lease(name, node, epoch, expires_in, pending, tried);
+            }
+        }
         self.waiting = false;
         let created = matches!(&result, Ok(record) if record.created);
         if std::mem::take(&mut self.creation_reserved) && !created {
             self.ctx.limits.refund_account(self.handle.peer_addr().ip());
         }
         if self.closed {
+            // Kicked or gone while the database worked: what it took, it
+            // gives back.
+            if let Ok(AccountRecord {
+                lease_epoch: Some(epoch),
+                ..
+            }) = result
+            {
+                self.ctx.release_lease(&name, epoch);
+            }
             return;
         }
         match result {
             Ok(record) => {
                 bump(&self.ctx.counters.logins);
-                if !name.is_empty() {
-                    self.hold_account(name);
+                if let Some(epoch) = record.lease_epoch {
+                    self.hold_lease(&name, epoch, tried.asked);
                 }
                 let players = record.players.iter().map(player_info).collect();
                 tracing::debug!(
                     session = %self.handle.id(),
                     account_id = record.account_id,
                     created = record.created,
+                    lease_epoch = record.lease_epoch,
                     "logged in"
                 );
                 self.account = Some(record);
@@ -339,6 +480,7 @@ impl Player {
                 }));
             }
             Err(DbError::NoSuchAccount) => {
+                self.release_account();
                 bump(&self.ctx.counters.accounts_refused);
                 if let Some(refused) = ACCOUNT_LIMIT_LOG.event() {
                     tracing::warn!(
@@ -352,7 +494,25 @@ impl Player {
                 }
                 self.refuse_login(LoginRefusal::AccountLimit);
             }
+            Err(DbError::LeaseHeld { node, .. }) => {
+                self.release_account();
+                bump(&self.ctx.counters.logins_refused_in_use);
+                if let Some(refused) = IN_USE_LOG.event() {
+                    tracing::warn!(
+                        session = %self.handle.id(),
+                        peer = %self.handle.peer_addr(),
+                        account = %name,
+                        %node,
+                        refused,
+                        waited_ms = tried.began.elapsed().as_millis() as u64,
+                        "login refused: the account is in use on another node, which did not \
+                         let it go"
+                    );
+                }
+                self.refuse_login(LoginRefusal::AccountInUse);
+            }
             Err(error) => {
+                self.release_account();
                 tracing::debug!(session = %self.handle.id(), %error, "login failed");
                 let reason = if matches!(error, DbError::Unavailable(_) | DbError::Closed) {
                     bump(&self.ctx.counters.logins_failed_db_down);
@@ -363,36 +523,69 @@ impl Player {
                 self.refuse_login(reason);
             }
         }
+        // The answer is queued: a stop may close the session.
+        drop(pending);
         self.replay();
     }
 
-    /// Registers this session as the holder of `name` here and in the
-    /// cluster; a session that logged in the same account meanwhile (a
-    /// race the handover cannot see) is the one that goes.
-    fn hold_account(&mut self, name: String) {
-        let Some(me) = self.me.clone() else { return };
-        let previous = self.ctx.sessions.register(&name, self.handle.clone(), me);
-        if let Some((handle, player)) = previous {
-            if handle.id() != self.handle.id() {
-                sessions::kick(
-                    name.clone(),
-                    handle,
-                    player,
-                    self.ctx.db.clone(),
-                    &self.ctx.counters,
-                    Box::new(|| {}),
-                );
-            }
-        }
-        if let Some(cluster) = &self.ctx.cluster {
-            cluster.online(name.clone());
-        }
-        self.account_name = Some(name);
-        self.holds_account = true;
+    /// Another node holds the account's lease: ask it to let go (or wait
+    /// the lease out), then try again.
+    fn wait_for_lease(
+        &mut self,
+        name: String,
+        node: String,
+        epoch: u64,
+        expires_in: Duration,
+        pending: PendingLogin,
+        tried: LoginTry,
+    ) {
+        let me = self.me.clone();
+        let next = LoginTry {
+            attempt: tried.attempt + 1,
+            ..tried
+        };
+        let account = name.clone();
+        self.ctx.resolve_lease(
+            account,
+            node,
+            epoch,
+            expires_in,
+            Box::new(move |delay| {
+                let Some(player) = me.and_then(|me| me.upgrade()) else {
+                    return;
+                };
+                let again = move |player: &mut Player| player.ask_storage(name, pending, next);
+                if delay.is_zero() {
+                    player.post(again);
+                } else {
+                    player.do_timer(delay, again);
+                }
+            }),
+        );
     }
 
-    /// Lets go of the account: here at once, in the cluster once every save
-    /// of it sent so far is committed (so a login elsewhere reads it).
+    /// The login took the lease under `epoch`: it is this session's now,
+    /// here and for the other nodes.
+    fn hold_lease(&mut self, name: &str, epoch: u64, asked: Instant) {
+        let lease = Lease::new(epoch, asked, self.ctx.lease_ttl());
+        if !self
+            .ctx
+            .sessions
+            .hold(name, self.handle.id(), Arc::clone(&lease))
+        {
+            // A newer login of the account claimed it meanwhile, and kicked
+            // this session: the close that follows lets the lease go.
+            tracing::debug!(session = %self.handle.id(), "lease taken after a newer claim");
+        }
+        self.lease = Some(lease);
+        if let Some(cluster) = &self.ctx.cluster {
+            cluster.online(name.to_owned(), epoch);
+        }
+    }
+
+    /// Lets go of the account: here at once; its lease (in a cluster)
+    /// after every save of it sent so far, then the other nodes hear it
+    /// went offline.
     fn release_account(&mut self) {
         if !std::mem::take(&mut self.holds_account) {
             return;
@@ -400,8 +593,14 @@ impl Player {
         let Some(name) = self.account_name.clone() else {
             return;
         };
-        if !self.ctx.sessions.release(&name, self.handle.id()) {
-            return;
+        self.ctx.sessions.release(&name, self.handle.id());
+        if let Some(lease) = self.lease.take() {
+            // Only up to its epoch: a newer session's lease of this node
+            // stays.
+            self.ctx.release_lease(&name, lease.epoch());
+        }
+        if self.ctx.sessions.is_claimed(&name) {
+            return; // a newer session has it now, and says so itself
         }
         if let Some(cluster) = self.ctx.cluster.clone() {
             let account = name.clone();
@@ -600,9 +799,10 @@ impl Player {
             bump(&self.ctx.counters.chats_refused_not_in_room);
             return;
         };
+        let text = msg.msg;
         let packet = match try_make_packet(&SChat {
             player_id,
-            msg: msg.msg,
+            msg: text.clone(),
             client_time_us: msg.client_time_us,
         }) {
             Ok(packet) => packet,
@@ -613,18 +813,18 @@ impl Player {
                 return;
             }
         };
-        if !self.ctx.world.push_chat(&packet) {
+        if !self.ctx.admit_chat(ChatSource::Local, &packet) {
             return;
         }
         bump(&self.ctx.counters.chats_relayed);
         if let Some(cluster) = &self.ctx.cluster {
-            cluster.publish_chat(packet);
+            cluster.publish_chat(player_id, &text, msg.client_time_us);
         }
     }
 
     /// Handles the packets kept while waiting, until one waits again.
     fn replay(&mut self) {
-        while !self.waiting && !self.closed {
+        while !self.waiting && !self.lease_hold && !self.closed {
             let Some((packet, received, size)) = self.deferred.pop_front() else {
                 break;
             };

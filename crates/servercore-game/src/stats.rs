@@ -54,6 +54,9 @@ pub struct GameCounters {
     pub(crate) thinned_deliveries: AtomicU64,
     pub(crate) http_served: AtomicU64,
     pub(crate) http_not_found: AtomicU64,
+    pub(crate) logins_refused_in_use: AtomicU64,
+    pub(crate) leases_lost: AtomicU64,
+    pub(crate) remote_chats_shed: AtomicU64,
 }
 
 /// Adds one to a counter.
@@ -107,6 +110,9 @@ impl GameCounters {
             thinned_deliveries: get(&self.thinned_deliveries),
             http_requests_served: get(&self.http_served),
             http_requests_not_found: get(&self.http_not_found),
+            logins_refused_in_use: get(&self.logins_refused_in_use),
+            leases_lost: get(&self.leases_lost),
+            remote_chats_shed: get(&self.remote_chats_shed),
         }
     }
 }
@@ -212,12 +218,21 @@ pub struct GameStats {
     /// Plain HTTP requests on the WebSocket listener for a path it does not
     /// serve (answered 404).
     pub http_requests_not_found: u64,
+    /// Of the refused logins, those whose account another node held and
+    /// did not let go (in a cluster).
+    pub logins_refused_in_use: u64,
+    /// Sessions cut because another node took their account's lease (this
+    /// node was paused or cut off past the lease's time).
+    pub leases_lost: u64,
+    /// World chats from other nodes shed: the room had too much work
+    /// waiting (the bound local chat is shed under).
+    pub remote_chats_shed: u64,
 }
 
 impl GameStats {
     /// Every counter and gauge by its name, in the order the closing
     /// summary and the `key=value` line show them.
-    pub fn fields(&self) -> [(&'static str, i64); 41] {
+    pub fn fields(&self) -> [(&'static str, i64); 44] {
         let n = |value: u64| i64::try_from(value).unwrap_or(i64::MAX);
         [
             ("logins", n(self.logins)),
@@ -267,6 +282,9 @@ impl GameStats {
             ("pending_overflows", n(self.pending_overflows)),
             ("http_requests_served", n(self.http_requests_served)),
             ("http_requests_not_found", n(self.http_requests_not_found)),
+            ("logins_refused_in_use", n(self.logins_refused_in_use)),
+            ("leases_lost", n(self.leases_lost)),
+            ("remote_chats_shed", n(self.remote_chats_shed)),
         ]
     }
 

@@ -391,3 +391,118 @@ fn pending_packets_are_bounded_in_bytes() {
         eprintln!("{backend}: {fitting} chats of {chat_size} bytes kept, one more cut");
     }
 }
+
+/// Reads the next packet within `limit`: `None` once the server closed.
+fn recv_or_closed(stream: &mut TcpStream, limit: Duration) -> Option<ClientPacket> {
+    stream.set_read_timeout(Some(limit)).unwrap();
+    let mut header = [0u8; 4];
+    match stream.read_exact(&mut header) {
+        Ok(()) => {}
+        Err(error)
+            if matches!(
+                error.kind(),
+                std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset
+            ) =>
+        {
+            return None
+        }
+        Err(error) => panic!("read: {error}"),
+    }
+    let size = u16::from_le_bytes([header[0], header[1]]) as usize;
+    let mut body = vec![0u8; size - 4];
+    stream.read_exact(&mut body).unwrap();
+    Some(ClientPacket::decode(u16::from_le_bytes([header[2], header[3]]), &body).unwrap())
+}
+
+/// Two logins of one account on this node, the second while the first
+/// is still at the database: the second waits until the first session is
+/// gone and saved, then reads the account. So whatever the first did —
+/// here it never got in — the second enters where the account really
+/// stands; the first never plays once the second has logged in.
+#[test]
+fn a_local_duplicate_login_waits_for_the_older_session() {
+    use servercore_protocol::{CMove, PosInfo};
+    let server = start(config()).unwrap();
+    let connect = || {
+        let stream = TcpStream::connect(server.local_addr()).unwrap();
+        stream.set_nodelay(true).unwrap();
+        stream
+    };
+    // The account exists, and stands at a known place.
+    let mut setup = connect();
+    setup
+        .write_all(&make_packet(&CLogin {
+            account: "twice".into(),
+        }))
+        .unwrap();
+    assert!(matches!(recv_game(&mut setup), ClientPacket::SLogin(l) if l.success));
+    drop(setup);
+    eventually("the setup session left", || {
+        server.stats().player_states == 0
+    });
+
+    let resume = server.pause_database();
+    eventually("the database thread is held", || {
+        server.db_queue_depth() == 0
+    });
+    // The first: login, enter and a step, pipelined; its login waits at
+    // the database.
+    let mut first = connect();
+    let mut burst = make_packet(&CLogin {
+        account: "twice".into(),
+    })
+    .to_vec();
+    burst.extend_from_slice(&make_packet(&CEnterGame { player_index: 0 }));
+    burst.extend_from_slice(&make_packet(&CMove {
+        info: Some(PosInfo {
+            x: 1000.0,
+            y: 1000.0,
+            ..PosInfo::default()
+        }),
+        client_time_us: 1,
+    }));
+    first.write_all(&burst).unwrap();
+    eventually("the first login is at the database", || {
+        server.db_queue_depth() >= 1
+    });
+    // The second, while the first's login is still pending.
+    let mut second = connect();
+    second
+        .write_all(&make_packet(&CLogin {
+            account: "twice".into(),
+        }))
+        .unwrap();
+    eventually("the second login has reached the server", || {
+        server.db_queue_depth() >= 2
+    });
+    drop(resume);
+
+    let ClientPacket::SLogin(login) =
+        recv_or_closed(&mut second, Duration::from_secs(10)).expect("an answer")
+    else {
+        panic!("expected S_LOGIN")
+    };
+    assert!(login.success, "the newer login wins");
+    // The first may have been answered before the second was (the bug):
+    // then it must be gone by now, and it must not have played.
+    let mut first_played = Vec::new();
+    while let Some(packet) = recv_or_closed(&mut first, Duration::from_secs(5)) {
+        first_played.push(packet);
+    }
+    assert!(
+        !first_played
+            .iter()
+            .any(|packet| matches!(packet, ClientPacket::SLogin(l) if l.success)),
+        "the older session was let in after the newer login had begun: {first_played:?}"
+    );
+    second
+        .write_all(&make_packet(&CEnterGame { player_index: 0 }))
+        .unwrap();
+    let Some(ClientPacket::SEnterGame(entered)) =
+        recv_or_closed(&mut second, Duration::from_secs(10))
+    else {
+        panic!("expected S_ENTER_GAME")
+    };
+    assert!(entered.success);
+    assert_eq!(server.stats().duplicate_login_kicks, 1);
+}

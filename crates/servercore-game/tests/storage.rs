@@ -1,6 +1,8 @@
 //! The storage suite: the same checks against SQLite and PostgreSQL —
 //! create, load, save positions, concurrent logins of one account,
-//! persistence across a restart, and the pool's ordering per account.
+//! persistence across a restart, the pool's ordering per account, and the
+//! account leases (compare-and-set, expiry, renewal, release, fenced
+//! saves, nodes racing for one account).
 //!
 //! The PostgreSQL half uses a fresh database on the server named by
 //! `SERVERCORE_TEST_POSTGRES` (skipped with a message when it is unset,
@@ -13,7 +15,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use servercore_game::storage::{
-    self, schema_version, DbTarget, Position, Storage, StorageKind, StorageOptions, StoragePool,
+    self, schema_version, DbError, DbTarget, Fence, LeaseTerms, LoginRequest, Position, Storage,
+    StorageKind, StorageOptions, StoragePool,
 };
 
 /// Where one test's database lives; kept alive for the test.
@@ -76,7 +79,184 @@ storage_tests!(
     concurrent_logins_of_one_account,
     restart_persistence,
     pool_keeps_each_accounts_order,
+    a_lease_is_taken_by_compare_and_set,
+    an_expired_lease_is_taken_over,
+    renewal_says_what_a_node_still_holds,
+    saves_are_fenced_by_the_lease,
+    nodes_racing_for_one_account_get_one_lease,
 );
+
+/// One login of `account` by `node` with a lease of `ttl`.
+fn leased(
+    storage: &mut dyn Storage,
+    account: &str,
+    node: &str,
+    ttl: Duration,
+) -> Result<storage::AccountRecord, DbError> {
+    storage
+        .login_many(&[LoginRequest {
+            account,
+            may_create: true,
+            lease: Some(LeaseTerms { node, ttl }),
+        }])
+        .pop()
+        .unwrap()
+}
+
+const LONG: Duration = Duration::from_secs(60);
+
+fn a_lease_is_taken_by_compare_and_set(db: &Db) {
+    let mut storage = db.open();
+    let first = leased(&mut *storage, "leased", "a", LONG).unwrap();
+    assert_eq!(first.lease_epoch, Some(1));
+    assert_eq!(first.login_count, 1);
+    // Another node: refused, naming the holder, and rolled back.
+    match leased(&mut *storage, "leased", "b", LONG) {
+        Err(DbError::LeaseHeld {
+            node,
+            epoch,
+            expires_in,
+        }) => {
+            assert_eq!((node.as_str(), epoch), ("a", 1));
+            assert!(
+                expires_in > Duration::from_secs(50) && expires_in <= LONG,
+                "{expires_in:?}"
+            );
+        }
+        other => panic!("expected LeaseHeld, got {other:?}"),
+    }
+    // The holder's node takes it again (a newer session there): a new epoch.
+    let again = leased(&mut *storage, "leased", "a", LONG).unwrap();
+    assert_eq!(again.lease_epoch, Some(2));
+    assert_eq!(again.login_count, 2, "the refused login was not counted");
+    // An older epoch's release keeps the newer lease.
+    assert!(!storage.release_lease("leased", "a", 1).unwrap());
+    assert!(leased(&mut *storage, "leased", "b", LONG).is_err());
+    assert!(
+        !storage.release_lease("leased", "b", 2).unwrap(),
+        "b holds nothing"
+    );
+    assert!(storage.release_lease("leased", "a", 2).unwrap());
+    let taken = leased(&mut *storage, "leased", "b", LONG).unwrap();
+    assert_eq!(taken.lease_epoch, Some(3));
+    // Without a lease (no cluster) and as a guest: no lease at all.
+    assert_eq!(storage.login("leased").unwrap().lease_epoch, None);
+    let guest = leased(&mut *storage, "", "a", LONG).unwrap();
+    assert_eq!(guest.lease_epoch, None);
+}
+
+fn an_expired_lease_is_taken_over(db: &Db) {
+    let mut storage = db.open();
+    let short = Duration::from_millis(300);
+    leased(&mut *storage, "expiring", "a", short).unwrap();
+    assert!(leased(&mut *storage, "expiring", "b", LONG).is_err());
+    std::thread::sleep(short + Duration::from_millis(100));
+    let taken = leased(&mut *storage, "expiring", "b", LONG).unwrap();
+    assert_eq!(taken.lease_epoch, Some(2));
+    // The old holder's renewal no longer has it.
+    assert!(storage.renew_leases("a", LONG).unwrap().is_empty());
+}
+
+fn renewal_says_what_a_node_still_holds(db: &Db) {
+    let mut storage = db.open();
+    let short = Duration::from_millis(300);
+    leased(&mut *storage, "kept", "a", short).unwrap();
+    leased(&mut *storage, "lost", "a", short).unwrap();
+    leased(&mut *storage, "other", "b", LONG).unwrap();
+    std::thread::sleep(Duration::from_millis(150));
+    let mut held = storage.renew_leases("a", short).unwrap();
+    held.sort();
+    assert_eq!(held, [("kept".to_owned(), 1), ("lost".to_owned(), 1)]);
+    // Renewed: still held past the first term.
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(leased(&mut *storage, "kept", "b", LONG).is_err());
+    // Not renewed any more: "lost" expires and b takes it.
+    std::thread::sleep(short);
+    leased(&mut *storage, "lost", "b", LONG).unwrap();
+    let mut held = storage.renew_leases("a", LONG).unwrap();
+    held.sort();
+    assert_eq!(
+        held,
+        [("kept".to_owned(), 1)],
+        "a expired lease renewed if nobody took it"
+    );
+    assert_eq!(storage.release_node_leases("a").unwrap(), 1);
+    assert!(storage.renew_leases("a", LONG).unwrap().is_empty());
+    assert_eq!(storage.renew_leases("b", LONG).unwrap().len(), 2);
+}
+
+fn saves_are_fenced_by_the_lease(db: &Db) {
+    let mut storage = db.open();
+    let short = Duration::from_millis(200);
+    let record = leased(&mut *storage, "fenced", "a", short).unwrap();
+    let player = record.players[0].id;
+    let fence = Fence {
+        account: "fenced".into(),
+        node: "a".into(),
+        epoch: record.lease_epoch.unwrap(),
+    };
+    let here = Position {
+        x: 10.0,
+        y: 20.0,
+        z: 0.0,
+        yaw: 0.0,
+    };
+    assert!(storage.save_position_fenced(player, here, &fence).unwrap());
+    std::thread::sleep(short + Duration::from_millis(100));
+    let taken = leased(&mut *storage, "fenced", "b", LONG).unwrap();
+    assert_eq!(taken.players[0].position, Some(here));
+    let stale = Position { x: 99.0, ..here };
+    assert!(
+        !storage.save_position_fenced(player, stale, &fence).unwrap(),
+        "a's save after b took the account is not written"
+    );
+    // Nor after b let go: the epoch moved on.
+    storage.release_lease("fenced", "b", 2).unwrap();
+    assert!(!storage.save_position_fenced(player, stale, &fence).unwrap());
+    let now = storage.login("fenced").unwrap();
+    assert_eq!(now.players[0].position, Some(here));
+    // Another account's player is never written through a fence.
+    let other = storage.login("bystander").unwrap().players[0].id;
+    let fence = Fence {
+        epoch: 2,
+        node: "b".into(),
+        ..fence
+    };
+    assert!(!storage.save_position_fenced(other, stale, &fence).unwrap());
+}
+
+fn nodes_racing_for_one_account_get_one_lease(db: &Db) {
+    const NODES: usize = 6;
+    const ROUNDS: usize = 5;
+    let target = Arc::new(db.target.clone());
+    for round in 0..ROUNDS {
+        let account = format!("raced{round}");
+        let start = Arc::new(std::sync::Barrier::new(NODES));
+        let threads: Vec<_> = (0..NODES)
+            .map(|n| {
+                let (target, start, account) =
+                    (Arc::clone(&target), Arc::clone(&start), account.clone());
+                std::thread::spawn(move || {
+                    let mut storage = storage::open(&target, &StorageOptions::default()).unwrap();
+                    start.wait();
+                    leased(&mut *storage, &account, &format!("n{n}"), LONG)
+                })
+            })
+            .collect();
+        let results: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+        let won: Vec<_> = results.iter().filter(|r| r.is_ok()).collect();
+        assert_eq!(won.len(), 1, "round {round}: one node wins: {results:?}");
+        assert_eq!(won[0].as_ref().unwrap().lease_epoch, Some(1));
+        for result in &results {
+            if let Err(error) = result {
+                assert!(
+                    matches!(error, DbError::LeaseHeld { epoch: 1, .. }),
+                    "round {round}: {error}"
+                );
+            }
+        }
+    }
+}
 
 fn create_then_load(db: &Db) {
     let mut storage = db.open();

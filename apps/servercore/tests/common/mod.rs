@@ -107,6 +107,11 @@ impl ChildProcess {
             .clone()
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Sends signal `name` (`INT`, `TERM`, `KILL`, ...).
     pub fn signal(&self, name: &str) {
         let status = std::process::Command::new("kill")

@@ -1,6 +1,8 @@
 //! The presence table: which account is online on which node, as this node
 //! last heard it (heartbeats carry a node's whole list, online/offline
 //! events the changes between them), and the accounts of this node itself.
+//! Advisory (stats, the live nodes): the database's leases decide who holds
+//! an account.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -54,18 +56,6 @@ impl Presence {
         }
     }
 
-    /// The other nodes that hold `account`, by name.
-    pub(crate) fn holders(&self, account: &str) -> Vec<String> {
-        let mut holders: Vec<String> = self
-            .nodes
-            .iter()
-            .filter(|(_, entry)| entry.accounts.contains(account))
-            .map(|(node, _)| node.clone())
-            .collect();
-        holders.sort();
-        holders
-    }
-
     /// Forgets `node` (it left); returns how many accounts it held.
     pub(crate) fn remove_node(&mut self, node: &str) -> Option<usize> {
         self.nodes.remove(node).map(|entry| entry.accounts.len())
@@ -111,10 +101,11 @@ mod tests {
         assert!(presence.heartbeat("a", vec!["x".into(), "y".into()], start));
         assert!(!presence.heartbeat("a", vec!["x".into()], start));
         presence.online("b", "x".into(), start + Duration::from_secs(2));
-        assert_eq!(presence.holders("x"), ["a", "b"]);
+        assert_eq!(
+            presence.summary(),
+            [("a".to_owned(), 1), ("b".to_owned(), 1)]
+        );
         presence.offline("a", "x");
-        assert_eq!(presence.holders("x"), ["b"]);
-        assert!(presence.holders("y").is_empty());
         let dead = presence.sweep(Duration::from_secs(1), start + Duration::from_millis(2500));
         assert_eq!(dead, [("a".to_owned(), 0)]);
         assert_eq!(presence.summary(), [("b".to_owned(), 1)]);

@@ -15,6 +15,22 @@
 //!   thread. The game's closures only push a job onto an actor, so results
 //!   come back as jobs.
 //!
+//! Account leases: in a cluster, the database is the authority on which
+//! node holds a named account. A login taken with a lease
+//! ([`LeaseTerms`]) sets the account's `lease_node`, bumps its
+//! `lease_epoch` and sets `lease_expires_us` (the database's clock plus the
+//! lease's time to live), as one compare-and-set inside the login's
+//! transaction: it succeeds only if no other node holds an unexpired
+//! lease, and fails with [`DbError::LeaseHeld`] (naming the holder)
+//! otherwise, rolling the login back. The holder renews all its leases
+//! with one statement ([`Storage::renew_leases`]), which also tells it
+//! which ones it still has; it releases one on leave
+//! ([`Storage::release_lease`]). A save of a leased account's player is
+//! fenced: it is written only while the saving node still holds the
+//! account under the epoch it logged in with (so a node that lost an
+//! account while paused cannot overwrite the new holder's saves); the
+//! database thread of the account remembers that epoch.
+//!
 //! Requests about one account always go to the same thread (the shard is
 //! a hash of the account name), so they run in the order they were sent: a
 //! save sent before a login of the same account is committed before that
@@ -33,6 +49,7 @@ pub mod postgres;
 pub mod sqlite;
 
 use std::collections::hash_map::DefaultHasher;
+use std::collections::HashMap;
 use std::fmt;
 use std::hash::{Hash as _, Hasher as _};
 use std::path::{Path, PathBuf};
@@ -87,6 +104,19 @@ pub enum DbError {
     /// A login that may not create its account found none (the address
     /// is past its account-creation limit).
     NoSuchAccount,
+    /// Another node holds the account's lease: the login was rolled back.
+    LeaseHeld {
+        /// The node holding it.
+        node: String,
+        /// The epoch it holds it under.
+        epoch: u64,
+        /// How long until the lease expires unless renewed (zero if it
+        /// just did).
+        expires_in: Duration,
+    },
+    /// A fenced save was not written: this node no longer holds the
+    /// account under the epoch it logged in with.
+    LeaseLost,
     /// The database threads have stopped.
     Closed,
 }
@@ -107,6 +137,19 @@ impl fmt::Display for DbError {
                 "account name of {len} bytes is longer than {MAX_ACCOUNT_LEN}"
             ),
             DbError::NoSuchAccount => f.write_str("no such account, and none may be created"),
+            DbError::LeaseHeld {
+                node,
+                epoch,
+                expires_in,
+            } => write!(
+                f,
+                "the account is held by node {node} (lease epoch {epoch}, expiring in {:.1} s \
+                 unless renewed)",
+                expires_in.as_secs_f64()
+            ),
+            DbError::LeaseLost => {
+                f.write_str("not saved: this node no longer holds the account's lease")
+            }
             DbError::Closed => f.write_str("the database threads have stopped"),
         }
     }
@@ -167,6 +210,40 @@ pub struct AccountRecord {
     pub login_count: u64,
     /// The account's players in slot order.
     pub players: Vec<PlayerRecord>,
+    /// The lease's epoch, if the login took the account's lease.
+    pub lease_epoch: Option<u64>,
+}
+
+/// A lease to take with a login: node `node` holds the account for `ttl`
+/// unless it renews.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseTerms<'a> {
+    /// The node taking the lease.
+    pub node: &'a str,
+    /// How long the lease lasts without a renewal.
+    pub ttl: Duration,
+}
+
+/// One login of a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoginRequest<'a> {
+    /// The account (empty: a new guest account).
+    pub account: &'a str,
+    /// Whether the login may create the account.
+    pub may_create: bool,
+    /// The lease to take with it (named accounts in a cluster).
+    pub lease: Option<LeaseTerms<'a>>,
+}
+
+/// The lease a fenced save must still be held under.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    /// The account.
+    pub account: String,
+    /// The node that took the lease.
+    pub node: String,
+    /// The epoch it took it under.
+    pub epoch: u64,
 }
 
 /// Which backend a [`Storage`] is.
@@ -214,11 +291,55 @@ pub trait Storage: Send {
     fn login_batch_with(
         &mut self,
         accounts: &[(&str, bool)],
-    ) -> Vec<Result<AccountRecord, DbError>>;
+    ) -> Vec<Result<AccountRecord, DbError>> {
+        let logins: Vec<LoginRequest<'_>> = accounts
+            .iter()
+            .map(|(account, may_create)| LoginRequest {
+                account,
+                may_create: *may_create,
+                lease: None,
+            })
+            .collect();
+        self.login_many(&logins)
+    }
+
+    /// The logins of a batch, in one transaction, each in its own
+    /// savepoint; one with a lease takes it by compare-and-set or fails
+    /// with [`DbError::LeaseHeld`] (rolled back alone). A guest login
+    /// takes no lease.
+    fn login_many(&mut self, logins: &[LoginRequest<'_>]) -> Vec<Result<AccountRecord, DbError>>;
 
     /// Stores the players' positions (player id, position), in one
     /// transaction.
     fn save_positions(&mut self, saves: &[(u64, Position)]) -> Result<(), DbError>;
+
+    /// Stores one player's position only while `fence` still holds (its
+    /// node has the account's lease under its epoch); false (nothing
+    /// written) otherwise.
+    fn save_position_fenced(
+        &mut self,
+        player_id: u64,
+        position: Position,
+        fence: &Fence,
+    ) -> Result<bool, DbError>;
+
+    /// Extends every lease `node` holds to `ttl` from now; returns the
+    /// accounts it still holds, with their epochs.
+    fn renew_leases(&mut self, node: &str, ttl: Duration) -> Result<Vec<(String, u64)>, DbError>;
+
+    /// Lets go of `account` if `node` holds it under an epoch up to
+    /// `up_to_epoch` (a later lease of the same node, a newer session's, is
+    /// kept); true if it did.
+    fn release_lease(
+        &mut self,
+        account: &str,
+        node: &str,
+        up_to_epoch: u64,
+    ) -> Result<bool, DbError>;
+
+    /// Lets go of every lease of `node` (a node starting again under its
+    /// name: its sessions are gone); returns how many.
+    fn release_node_leases(&mut self, node: &str) -> Result<u64, DbError>;
 
     /// Finds or creates one account (see [`Storage::login_batch`]).
     fn login(&mut self, account: &str) -> Result<AccountRecord, DbError> {
@@ -234,8 +355,9 @@ pub fn schema_version() -> u32 {
     sqlite::MIGRATIONS.len() as u32
 }
 
-/// Which database `--db` names.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Which database `--db` names. Its `Debug` and
+/// [`display_name`](DbTarget::display_name) never show a password.
+#[derive(Clone, PartialEq, Eq)]
 pub enum DbTarget {
     /// An SQLite file ([`IN_MEMORY`]: a private in-memory database).
     Sqlite(PathBuf),
@@ -267,8 +389,36 @@ impl DbTarget {
     pub fn display_name(&self) -> String {
         match self {
             DbTarget::Sqlite(path) => path.display().to_string(),
-            DbTarget::Postgres(url) => postgres::redact(url),
+            DbTarget::Postgres(url) => crate::redact::redact_url(url),
         }
+    }
+
+    /// The path or URL as configured (with its password: only to open
+    /// the database with).
+    pub fn to_path(&self) -> PathBuf {
+        match self {
+            DbTarget::Sqlite(path) => path.clone(),
+            DbTarget::Postgres(url) => PathBuf::from(url),
+        }
+    }
+}
+
+impl fmt::Debug for DbTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DbTarget::Sqlite(path) => f.debug_tuple("Sqlite").field(path).finish(),
+            DbTarget::Postgres(_) => f
+                .debug_tuple("Postgres")
+                .field(&self.display_name())
+                .finish(),
+        }
+    }
+}
+
+impl From<std::ffi::OsString> for DbTarget {
+    /// What `--db` gave: see [`DbTarget::from_path`].
+    fn from(value: std::ffi::OsString) -> DbTarget {
+        DbTarget::from_path(Path::new(&value))
     }
 }
 
@@ -316,18 +466,49 @@ pub type SaveReply = Box<dyn FnOnce(Result<(), DbError>) + Send>;
 /// been answered.
 pub type BarrierReply = Box<dyn FnOnce() + Send>;
 
+/// Called on a database thread with a renewal's result: the accounts the
+/// node still holds, with their epochs.
+pub type RenewReply = Box<dyn FnOnce(Result<Vec<(String, u64)>, DbError>) + Send>;
+
+/// Called on a database thread once a release is committed: whether the
+/// lease was let go.
+pub type ReleaseReply = Box<dyn FnOnce(Result<bool, DbError>) + Send>;
+
+/// A lease to take with a login, as a request carries it.
+#[derive(Debug, Clone)]
+pub struct OwnedLease {
+    /// The node taking it.
+    pub node: String,
+    /// How long it lasts without a renewal.
+    pub ttl: Duration,
+}
+
 enum Request {
     Login {
         account: String,
         may_create: bool,
+        lease: Option<OwnedLease>,
         reply: LoginReply,
     },
     SavePosition {
+        account: String,
         player_id: u64,
         position: Position,
         reply: Option<SaveReply>,
     },
     Barrier(BarrierReply),
+    RenewLeases {
+        node: String,
+        ttl: Duration,
+        reply: RenewReply,
+    },
+    ReleaseLease {
+        account: String,
+        node: String,
+        /// `None`: every lease of the node.
+        up_to_epoch: Option<u64>,
+        reply: Option<ReleaseReply>,
+    },
     /// Tests: the thread waits until the sender is dropped, so every login
     /// asked for meanwhile stays pending for as long as a test needs.
     #[cfg(test)]
@@ -344,7 +525,13 @@ impl Request {
                 reply: Some(reply), ..
             } => reply(Err(DbError::Closed)),
             Request::Barrier(reply) => reply(),
-            Request::SavePosition { reply: None, .. } | Request::Stop => {}
+            Request::RenewLeases { reply, .. } => reply(Err(DbError::Closed)),
+            Request::ReleaseLease {
+                reply: Some(reply), ..
+            } => reply(Err(DbError::Closed)),
+            Request::SavePosition { reply: None, .. }
+            | Request::ReleaseLease { reply: None, .. }
+            | Request::Stop => {}
             #[cfg(test)]
             Request::Pause(_) => {}
         }
@@ -408,6 +595,18 @@ impl StorageHandle {
     /// `reply` runs on a database thread once the result is committed (so
     /// keep it short: push a job).
     pub fn login(&self, account: String, may_create: bool, reply: LoginReply) {
+        self.login_leased(account, may_create, None, reply);
+    }
+
+    /// [`StorageHandle::login`] taking the account's lease for `lease.node`
+    /// (see the module docs); a guest login takes none.
+    pub fn login_leased(
+        &self,
+        account: String,
+        may_create: bool,
+        lease: Option<OwnedLease>,
+        reply: LoginReply,
+    ) {
         let asked = Instant::now();
         let latency = Arc::clone(&self.latency);
         let reply: LoginReply = Box::new(move |result| {
@@ -420,6 +619,7 @@ impl StorageHandle {
             Request::Login {
                 account,
                 may_create,
+                lease,
                 reply,
             },
         );
@@ -443,9 +643,52 @@ impl StorageHandle {
         self.send(
             shard,
             Request::SavePosition {
+                account: account.to_owned(),
                 player_id,
                 position,
                 reply,
+            },
+        );
+    }
+
+    /// Renews every lease of `node` for `ttl` (on the first database
+    /// thread); `reply` gets the accounts the node still holds.
+    pub fn renew_leases(&self, node: String, ttl: Duration, reply: RenewReply) {
+        self.send(0, Request::RenewLeases { node, ttl, reply });
+    }
+
+    /// Lets go of `node`'s lease of `account` if its epoch is at most
+    /// `up_to_epoch`, ordered after every earlier request about the account
+    /// (its last save first).
+    pub fn release_lease(
+        &self,
+        account: &str,
+        node: String,
+        up_to_epoch: u64,
+        reply: Option<ReleaseReply>,
+    ) {
+        let shard = shard_of(account, self.shards.len());
+        self.send(
+            shard,
+            Request::ReleaseLease {
+                account: account.to_owned(),
+                node,
+                up_to_epoch: Some(up_to_epoch),
+                reply,
+            },
+        );
+    }
+
+    /// Lets go of every lease of `node` (at its start: the sessions of an
+    /// earlier run under its name are gone).
+    pub fn release_node_leases(&self, node: String, reply: ReleaseReply) {
+        self.send(
+            0,
+            Request::ReleaseLease {
+                account: String::new(),
+                node,
+                up_to_epoch: None,
+                reply: Some(reply),
             },
         );
     }
@@ -579,11 +822,40 @@ pub(crate) fn check_account(account: &str) -> Result<(), DbError> {
     Ok(())
 }
 
+/// Logs a save that failed, at most once a second per thread (with the
+/// count of the others).
+struct SaveFailures {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl SaveFailures {
+    fn note(&mut self, player_id: u64, error: &DbError) {
+        let now = Instant::now();
+        if self
+            .last
+            .is_some_and(|last| now.duration_since(last) < Duration::from_secs(1))
+        {
+            self.suppressed += 1;
+            return;
+        }
+        self.last = Some(now);
+        let others = std::mem::take(&mut self.suppressed);
+        tracing::warn!(player_id, %error, others, "position not saved");
+    }
+}
+
 /// A thread's loop: take one request, add whatever else is queued (up to
 /// [`MAX_BATCH`]), run runs of logins as one batch and the rest in order,
-/// then answer.
+/// then answer. The thread remembers the lease epoch each of its accounts
+/// was logged in with, and fences their saves with it.
 fn serve(mut storage: Box<dyn Storage>, rx: Receiver<Request>) {
     let mut batch: Vec<Request> = Vec::with_capacity(MAX_BATCH);
+    let mut fences: HashMap<String, Fence> = HashMap::new();
+    let mut failures = SaveFailures {
+        last: None,
+        suppressed: 0,
+    };
     let mut stop = false;
     while !stop {
         let Ok(first) = rx.recv() else { break };
@@ -600,47 +872,110 @@ fn serve(mut storage: Box<dyn Storage>, rx: Receiver<Request>) {
                 Request::Login {
                     account,
                     may_create,
+                    lease,
                     reply,
                 } => {
-                    let mut accounts = vec![(account, may_create)];
+                    let mut logins = vec![(account, may_create, lease)];
                     let mut replies = vec![reply];
                     while let Some(Request::Login { .. }) = requests.peek() {
                         if let Some(Request::Login {
                             account,
                             may_create,
+                            lease,
                             reply,
                         }) = requests.next()
                         {
-                            accounts.push((account, may_create));
+                            logins.push((account, may_create, lease));
                             replies.push(reply);
                         }
                     }
-                    let names: Vec<(&str, bool)> = accounts
+                    let asked: Vec<LoginRequest<'_>> = logins
                         .iter()
-                        .map(|(name, may_create)| (name.as_str(), *may_create))
+                        .map(|(account, may_create, lease)| LoginRequest {
+                            account,
+                            may_create: *may_create,
+                            lease: lease.as_ref().map(|lease| LeaseTerms {
+                                node: &lease.node,
+                                ttl: lease.ttl,
+                            }),
+                        })
                         .collect();
-                    let results = storage.login_batch_with(&names);
-                    for (reply, result) in replies.into_iter().zip(results) {
-                        if let Err(error) = &result {
-                            tracing::debug!(%error, "login failed");
+                    let results = storage.login_many(&asked);
+                    for ((reply, result), (account, _, lease)) in
+                        replies.into_iter().zip(results).zip(&logins)
+                    {
+                        match &result {
+                            Ok(record) => {
+                                if let (Some(lease), Some(epoch)) = (lease, record.lease_epoch) {
+                                    fences.insert(
+                                        account.clone(),
+                                        Fence {
+                                            account: account.clone(),
+                                            node: lease.node.clone(),
+                                            epoch,
+                                        },
+                                    );
+                                }
+                            }
+                            Err(error) => tracing::debug!(%error, "login failed"),
                         }
                         reply(result);
                     }
                 }
                 Request::SavePosition {
+                    account,
                     player_id,
                     position,
                     reply,
                 } => {
-                    let result = storage.save_positions(&[(player_id, position)]);
+                    let result = match fences.get(&account) {
+                        Some(fence) => storage
+                            .save_position_fenced(player_id, position, fence)
+                            .and_then(|saved| {
+                                if saved {
+                                    Ok(())
+                                } else {
+                                    Err(DbError::LeaseLost)
+                                }
+                            }),
+                        None => storage.save_positions(&[(player_id, position)]),
+                    };
                     if let Err(error) = &result {
-                        tracing::warn!(player_id, %error, "position not saved");
+                        failures.note(player_id, error);
                     }
                     if let Some(reply) = reply {
                         reply(result);
                     }
                 }
                 Request::Barrier(reply) => reply(),
+                Request::RenewLeases { node, ttl, reply } => {
+                    reply(storage.renew_leases(&node, ttl));
+                }
+                Request::ReleaseLease {
+                    account,
+                    node,
+                    up_to_epoch,
+                    reply,
+                } => {
+                    let result = match up_to_epoch {
+                        Some(epoch) => {
+                            if fences
+                                .get(&account)
+                                .is_some_and(|fence| fence.epoch <= epoch)
+                            {
+                                fences.remove(&account);
+                            }
+                            storage.release_lease(&account, &node, epoch)
+                        }
+                        None => storage.release_node_leases(&node).map(|count| count > 0),
+                    };
+                    if let Err(error) = &result {
+                        tracing::debug!(%account, %error, "lease not released");
+                    }
+                    if let Some(reply) = reply {
+                        reply(result);
+                    }
+                }
                 #[cfg(test)]
                 Request::Pause(resume) => {
                     let _ = resume.recv();

@@ -14,9 +14,11 @@ use std::time::{Duration, Instant};
 use postgres::error::SqlState;
 use postgres::{Client, NoTls, Statement, Transaction};
 
+use crate::redact::{redact_url, scrub};
+
 use super::{
-    check_account, now_us, AccountRecord, DbError, PlayerRecord, Position, Storage, StorageKind,
-    StorageOptions, STARTER_PLAYERS,
+    check_account, now_us, AccountRecord, DbError, Fence, LoginRequest, PlayerRecord, Position,
+    Storage, StorageKind, StorageOptions, STARTER_PLAYERS,
 };
 
 /// Shortest time between two connection attempts while the server is down.
@@ -50,22 +52,17 @@ pub const MIGRATIONS: &[&str] = &[
      ALTER TABLE players ADD COLUMN y REAL;
      ALTER TABLE players ADD COLUMN z REAL;
      ALTER TABLE players ADD COLUMN yaw REAL;",
+    // 4: the account's lease (see the SQLite step).
+    "ALTER TABLE accounts ADD COLUMN lease_node TEXT;
+     ALTER TABLE accounts ADD COLUMN lease_epoch BIGINT NOT NULL DEFAULT 0;
+     ALTER TABLE accounts ADD COLUMN lease_expires_us BIGINT;
+     CREATE INDEX accounts_by_lease_node ON accounts (lease_node)
+         WHERE lease_node IS NOT NULL;",
 ];
 
-/// The URL without its password, for logs and errors.
-pub fn redact(url: &str) -> String {
-    // postgres://user:password@host/db → postgres://user:***@host/db
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    match rest.split_once('@') {
-        Some((userinfo, host)) => match userinfo.split_once(':') {
-            Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
-            None => url.to_owned(),
-        },
-        None => url.to_owned(),
-    }
-}
+/// The server's clock in microseconds since the Unix epoch, at the start
+/// of the statement: every node judges expiry by the database's clock.
+const DB_NOW_US: &str = "(extract(epoch FROM statement_timestamp()) * 1000000)::bigint";
 
 /// The statements one connection prepared.
 struct Statements {
@@ -76,6 +73,12 @@ struct Statements {
     count_login: Statement,
     players: Statement,
     save_position: Statement,
+    take_lease: Statement,
+    lease_holder: Statement,
+    save_position_fenced: Statement,
+    renew_leases: Statement,
+    release_lease: Statement,
+    release_node_leases: Statement,
 }
 
 struct Connection {
@@ -149,9 +152,9 @@ impl PostgresStorage {
     /// reached is an error here (a node does not start without its
     /// database); later outages are survived.
     pub fn open(url: &str, options: &StorageOptions) -> Result<PostgresStorage, DbError> {
-        let mut config: postgres::Config = url
-            .parse()
-            .map_err(|error: postgres::Error| DbError::Unavailable(format!("bad URL: {error}")))?;
+        let mut config: postgres::Config = url.parse().map_err(|error: postgres::Error| {
+            DbError::Unavailable(format!("bad URL: {}", scrub(&error.to_string(), url)))
+        })?;
         config
             .connect_timeout(options.connect_timeout)
             .keepalives(true)
@@ -165,7 +168,7 @@ impl PostgresStorage {
         }
         let mut storage = PostgresStorage {
             config,
-            url: redact(url),
+            url: redact_url(url),
             connection: None,
             down_since: None,
             last_attempt: None,
@@ -294,21 +297,67 @@ fn prepare(client: &mut Client) -> Result<Statements, postgres::Error> {
         )?,
         save_position: client
             .prepare("UPDATE players SET x = $2, y = $3, z = $4, yaw = $5 WHERE id = $1")?,
+        take_lease: client.prepare(&format!(
+            "UPDATE accounts SET last_login_at_us = $2, login_count = login_count + 1,
+                 lease_node = $3, lease_epoch = lease_epoch + 1,
+                 lease_expires_us = {DB_NOW_US} + $4
+             WHERE id = $1
+               AND (lease_node IS NULL OR lease_node = $3 OR lease_expires_us < {DB_NOW_US})
+             RETURNING login_count, lease_epoch"
+        ))?,
+        lease_holder: client.prepare(&format!(
+            "SELECT lease_node, lease_epoch, lease_expires_us - {DB_NOW_US}
+             FROM accounts WHERE id = $1"
+        ))?,
+        save_position_fenced: client.prepare(
+            "UPDATE players SET x = $2, y = $3, z = $4, yaw = $5
+             WHERE id = $1 AND account_id = (
+                 SELECT id FROM accounts
+                 WHERE name = $6 AND lease_node = $7 AND lease_epoch = $8)",
+        )?,
+        renew_leases: client.prepare(&format!(
+            "UPDATE accounts SET lease_expires_us = {DB_NOW_US} + $2
+             WHERE lease_node = $1 RETURNING name, lease_epoch"
+        ))?,
+        release_lease: client.prepare(
+            "UPDATE accounts SET lease_node = NULL, lease_expires_us = NULL
+             WHERE name = $1 AND lease_node = $2 AND lease_epoch <= $3",
+        )?,
+        release_node_leases: client.prepare(
+            "UPDATE accounts SET lease_node = NULL, lease_expires_us = NULL
+             WHERE lease_node = $1",
+        )?,
     })
+}
+
+/// How a login inside [`login_in`] ended, short of an error.
+enum LoginOutcome {
+    Done(AccountRecord),
+    NoSuchAccount,
+    LeaseHeld {
+        node: String,
+        epoch: u64,
+        expires_in: Duration,
+    },
 }
 
 /// The login itself, inside a savepoint of the batch's transaction.
 fn login_in(
     tx: &mut Transaction<'_>,
     st: &Statements,
-    account: &str,
-    may_create: bool,
-) -> Result<Option<AccountRecord>, postgres::Error> {
+    login: &LoginRequest<'_>,
+) -> Result<LoginOutcome, postgres::Error> {
+    let LoginRequest {
+        account,
+        may_create,
+        lease,
+    } = *login;
+    let lease = lease.filter(|_| !account.is_empty());
     let now = now_us();
     let (account_id, created): (i64, bool) = if !may_create {
         match tx.query_opt(&st.find_account, &[&account])? {
             Some(row) if !account.is_empty() => (row.get(0), false),
-            _ => return Ok(None),
+            _ => return Ok(LoginOutcome::NoSuchAccount),
         }
     } else if account.is_empty() {
         (tx.query_one(&st.insert_guest, &[&now])?.get(0), true)
@@ -334,7 +383,27 @@ fn login_in(
             )?;
         }
     }
-    let login_count: i64 = tx.query_one(&st.count_login, &[&account_id, &now])?.get(0);
+    let (login_count, lease_epoch): (i64, Option<u64>) = match lease {
+        None => (
+            tx.query_one(&st.count_login, &[&account_id, &now])?.get(0),
+            None,
+        ),
+        Some(lease) => {
+            let ttl = lease.ttl.as_micros() as i64;
+            match tx.query_opt(&st.take_lease, &[&account_id, &now, &lease.node, &ttl])? {
+                Some(row) => (row.get(0), Some(row.get::<_, i64>(1) as u64)),
+                None => {
+                    let row = tx.query_one(&st.lease_holder, &[&account_id])?;
+                    let left: Option<i64> = row.get(2);
+                    return Ok(LoginOutcome::LeaseHeld {
+                        node: row.get::<_, Option<String>>(0).unwrap_or_default(),
+                        epoch: row.get::<_, i64>(1) as u64,
+                        expires_in: Duration::from_micros(left.unwrap_or(0).max(0) as u64),
+                    });
+                }
+            }
+        }
+    };
     let players = tx
         .query(&st.players, &[&account_id])?
         .iter()
@@ -357,11 +426,12 @@ fn login_in(
             }
         })
         .collect();
-    Ok(Some(AccountRecord {
+    Ok(LoginOutcome::Done(AccountRecord {
         account_id: account_id as u64,
         created,
         login_count: login_count as u64,
         players,
+        lease_epoch,
     }))
 }
 
@@ -370,20 +440,31 @@ fn login_in(
 fn login_savepoint(
     tx: &mut Transaction<'_>,
     st: &Statements,
-    account: &str,
-    may_create: bool,
+    login: &LoginRequest<'_>,
 ) -> Result<AccountRecord, DbError> {
-    check_account(account)?;
+    check_account(login.account)?;
     let mut attempt = 0;
     loop {
         attempt += 1;
         let mut sp = tx.transaction().map_err(pg_error)?;
-        match login_in(&mut sp, st, account, may_create) {
-            Ok(Some(record)) => {
+        // Dropping `sp` without a commit rolls this login back alone.
+        match login_in(&mut sp, st, login) {
+            Ok(LoginOutcome::Done(record)) => {
                 sp.commit().map_err(pg_error)?;
                 return Ok(record);
             }
-            Ok(None) => return Err(DbError::NoSuchAccount),
+            Ok(LoginOutcome::NoSuchAccount) => return Err(DbError::NoSuchAccount),
+            Ok(LoginOutcome::LeaseHeld {
+                node,
+                epoch,
+                expires_in,
+            }) => {
+                return Err(DbError::LeaseHeld {
+                    node,
+                    epoch,
+                    expires_in,
+                })
+            }
             Err(error) => {
                 let retry = attempt == 1
                     && matches!(
@@ -415,16 +496,13 @@ impl Storage for PostgresStorage {
         })
     }
 
-    fn login_batch_with(
-        &mut self,
-        accounts: &[(&str, bool)],
-    ) -> Vec<Result<AccountRecord, DbError>> {
+    fn login_many(&mut self, logins: &[LoginRequest<'_>]) -> Vec<Result<AccountRecord, DbError>> {
         let result = self.with_connection(|connection| {
             let Connection { client, statements } = connection;
             let mut tx = client.transaction().map_err(pg_error)?;
-            let mut results = Vec::with_capacity(accounts.len());
-            for (account, may_create) in accounts {
-                let result = login_savepoint(&mut tx, statements, account, *may_create);
+            let mut results = Vec::with_capacity(logins.len());
+            for login in logins {
+                let result = login_savepoint(&mut tx, statements, login);
                 if let Err(DbError::Unavailable(why)) = &result {
                     // The connection is gone: the rest cannot run either.
                     return Err(DbError::Unavailable(why.clone()));
@@ -436,7 +514,7 @@ impl Storage for PostgresStorage {
         });
         match result {
             Ok(results) => results,
-            Err(error) => accounts.iter().map(|_| Err(error.clone())).collect(),
+            Err(error) => logins.iter().map(|_| Err(error.clone())).collect(),
         }
     }
 
@@ -454,18 +532,72 @@ impl Storage for PostgresStorage {
             tx.commit().map_err(pg_error)
         })
     }
-}
 
-#[cfg(test)]
-mod tests {
-    use super::redact;
+    fn save_position_fenced(
+        &mut self,
+        player_id: u64,
+        pos: Position,
+        fence: &Fence,
+    ) -> Result<bool, DbError> {
+        self.with_connection(|connection| {
+            let Connection { client, statements } = connection;
+            let written = client
+                .execute(
+                    &statements.save_position_fenced,
+                    &[
+                        &(player_id as i64),
+                        &pos.x,
+                        &pos.y,
+                        &pos.z,
+                        &pos.yaw,
+                        &fence.account,
+                        &fence.node,
+                        &(fence.epoch as i64),
+                    ],
+                )
+                .map_err(pg_error)?;
+            Ok(written > 0)
+        })
+    }
 
-    #[test]
-    fn redacts_the_password() {
-        assert_eq!(
-            redact("postgres://game:secret@db:5432/game"),
-            "postgres://game:***@db:5432/game"
-        );
-        assert_eq!(redact("postgres://game@db/game"), "postgres://game@db/game");
+    fn renew_leases(&mut self, node: &str, ttl: Duration) -> Result<Vec<(String, u64)>, DbError> {
+        self.with_connection(|connection| {
+            let Connection { client, statements } = connection;
+            let ttl = ttl.as_micros() as i64;
+            let rows = client
+                .query(&statements.renew_leases, &[&node, &ttl])
+                .map_err(pg_error)?;
+            Ok(rows
+                .iter()
+                .map(|row| (row.get::<_, String>(0), row.get::<_, i64>(1) as u64))
+                .collect())
+        })
+    }
+
+    fn release_lease(
+        &mut self,
+        account: &str,
+        node: &str,
+        up_to_epoch: u64,
+    ) -> Result<bool, DbError> {
+        self.with_connection(|connection| {
+            let Connection { client, statements } = connection;
+            let released = client
+                .execute(
+                    &statements.release_lease,
+                    &[&account, &node, &(up_to_epoch as i64)],
+                )
+                .map_err(pg_error)?;
+            Ok(released > 0)
+        })
+    }
+
+    fn release_node_leases(&mut self, node: &str) -> Result<u64, DbError> {
+        self.with_connection(|connection| {
+            let Connection { client, statements } = connection;
+            client
+                .execute(&statements.release_node_leases, &[&node])
+                .map_err(pg_error)
+        })
     }
 }

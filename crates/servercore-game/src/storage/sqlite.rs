@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
 use super::{
-    check_account, now_us, AccountRecord, DbError, PlayerRecord, Position, Storage, StorageKind,
-    StorageOptions, STARTER_PLAYERS,
+    check_account, now_us, AccountRecord, DbError, Fence, LeaseTerms, LoginRequest, PlayerRecord,
+    Position, Storage, StorageKind, StorageOptions, STARTER_PLAYERS,
 };
 
 /// The schema, one step per version: step `i` takes the database from
@@ -38,7 +38,19 @@ pub const MIGRATIONS: &[&str] = &[
      ALTER TABLE players ADD COLUMN y REAL;
      ALTER TABLE players ADD COLUMN z REAL;
      ALTER TABLE players ADD COLUMN yaw REAL;",
+    // 4: the account's lease: which node holds it (NULL: none), the epoch
+    // every take bumps, and when it expires unless renewed (the database's
+    // clock, microseconds since the Unix epoch).
+    "ALTER TABLE accounts ADD COLUMN lease_node TEXT;
+     ALTER TABLE accounts ADD COLUMN lease_epoch INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE accounts ADD COLUMN lease_expires_us INTEGER;
+     CREATE INDEX accounts_by_lease_node ON accounts (lease_node)
+         WHERE lease_node IS NOT NULL;",
 ];
+
+/// The database's clock in microseconds since the Unix epoch (one value
+/// per statement), so every node sharing a file judges expiry by one clock.
+const DB_NOW_US: &str = "CAST((julianday('now') - 2440587.5) * 86400000000.0 AS INTEGER)";
 
 /// An open, migrated SQLite database. Not thread-safe: a database thread
 /// owns one.
@@ -148,10 +160,7 @@ impl Storage for SqliteStorage {
             .query_row("PRAGMA user_version", [], |row| row.get(0))?)
     }
 
-    fn login_batch_with(
-        &mut self,
-        accounts: &[(&str, bool)],
-    ) -> Vec<Result<AccountRecord, DbError>> {
+    fn login_many(&mut self, logins: &[LoginRequest<'_>]) -> Vec<Result<AccountRecord, DbError>> {
         let mut tx = match self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
@@ -159,12 +168,12 @@ impl Storage for SqliteStorage {
             Ok(tx) => tx,
             Err(error) => {
                 let error = DbError::from(error);
-                return accounts.iter().map(|_| Err(error.clone())).collect();
+                return logins.iter().map(|_| Err(error.clone())).collect();
             }
         };
-        let mut results = Vec::with_capacity(accounts.len());
-        for (account, may_create) in accounts {
-            results.push(login_savepoint(&mut tx, account, *may_create));
+        let mut results = Vec::with_capacity(logins.len());
+        for login in logins {
+            results.push(login_savepoint(&mut tx, login));
         }
         if let Err(error) = tx.commit() {
             let error = DbError::from(error);
@@ -190,6 +199,75 @@ impl Storage for SqliteStorage {
         tx.commit()?;
         Ok(())
     }
+
+    fn save_position_fenced(
+        &mut self,
+        player_id: u64,
+        pos: Position,
+        fence: &Fence,
+    ) -> Result<bool, DbError> {
+        let written = self
+            .conn
+            .prepare_cached(
+                "UPDATE players SET x = ?2, y = ?3, z = ?4, yaw = ?5
+                 WHERE id = ?1 AND account_id = (
+                     SELECT id FROM accounts
+                     WHERE name = ?6 AND lease_node = ?7 AND lease_epoch = ?8)",
+            )?
+            .execute(params![
+                player_id as i64,
+                pos.x,
+                pos.y,
+                pos.z,
+                pos.yaw,
+                fence.account,
+                fence.node,
+                fence.epoch as i64
+            ])?;
+        Ok(written > 0)
+    }
+
+    fn renew_leases(&mut self, node: &str, ttl: Duration) -> Result<Vec<(String, u64)>, DbError> {
+        let sql = format!(
+            "UPDATE accounts SET lease_expires_us = {DB_NOW_US} + ?2
+             WHERE lease_node = ?1 RETURNING name, lease_epoch"
+        );
+        let held = self
+            .conn
+            .prepare_cached(&sql)?
+            .query_map(params![node, ttl.as_micros() as i64], |row| {
+                Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)? as u64))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(held)
+    }
+
+    fn release_lease(
+        &mut self,
+        account: &str,
+        node: &str,
+        up_to_epoch: u64,
+    ) -> Result<bool, DbError> {
+        let released = self
+            .conn
+            .prepare_cached(
+                "UPDATE accounts SET lease_node = NULL, lease_expires_us = NULL
+                 WHERE name = ?1 AND lease_node = ?2 AND lease_epoch <= ?3",
+            )?
+            .execute(params![account, node, up_to_epoch as i64])?;
+        Ok(released > 0)
+    }
+
+    fn release_node_leases(&mut self, node: &str) -> Result<u64, DbError> {
+        let released = self
+            .conn
+            .prepare_cached(
+                "UPDATE accounts SET lease_node = NULL, lease_expires_us = NULL
+                 WHERE lease_node = ?1",
+            )?
+            .execute([node])?;
+        Ok(released as u64)
+    }
 }
 
 /// True for SQLite's "database is locked / busy" errors.
@@ -202,18 +280,25 @@ fn is_busy(error: &rusqlite::Error) -> bool {
 
 fn login_savepoint(
     tx: &mut Transaction<'_>,
-    account: &str,
-    may_create: bool,
+    login: &LoginRequest<'_>,
 ) -> Result<AccountRecord, DbError> {
-    check_account(account)?;
+    check_account(login.account)?;
     let sp = tx.savepoint()?;
-    let record = login_in(&sp, account, may_create)?;
+    // An error (a lease held elsewhere among them) drops the savepoint,
+    // which rolls this login back alone.
+    let record = login_in(&sp, login)?;
     sp.commit()?;
     Ok(record)
 }
 
 /// The login itself, inside a transaction or savepoint.
-fn login_in(conn: &Connection, account: &str, may_create: bool) -> Result<AccountRecord, DbError> {
+fn login_in(conn: &Connection, login: &LoginRequest<'_>) -> Result<AccountRecord, DbError> {
+    let LoginRequest {
+        account,
+        may_create,
+        lease,
+    } = *login;
+    let lease = lease.filter(|_| !account.is_empty());
     let now = now_us();
     let existing: Option<i64> = if account.is_empty() {
         None
@@ -249,12 +334,21 @@ fn login_in(conn: &Connection, account: &str, may_create: bool) -> Result<Accoun
             (id, true)
         }
     };
-    let login_count: i64 = conn
-        .prepare_cached(
-            "UPDATE accounts SET last_login_at_us = ?2, login_count = login_count + 1
-             WHERE id = ?1 RETURNING login_count",
-        )?
-        .query_row(params![account_id, now], |row| row.get(0))?;
+    let (login_count, lease_epoch) = match lease {
+        None => {
+            let count: i64 = conn
+                .prepare_cached(
+                    "UPDATE accounts SET last_login_at_us = ?2, login_count = login_count + 1
+                     WHERE id = ?1 RETURNING login_count",
+                )?
+                .query_row(params![account_id, now], |row| row.get(0))?;
+            (count, None)
+        }
+        Some(lease) => {
+            let (count, epoch) = take_lease(conn, account_id, now, lease)?;
+            (count, Some(epoch))
+        }
+    };
     let players = conn
         .prepare_cached(
             "SELECT id, name, player_type, x, y, z, yaw
@@ -284,6 +378,53 @@ fn login_in(conn: &Connection, account: &str, may_create: bool) -> Result<Accoun
         created,
         login_count: login_count as u64,
         players,
+        lease_epoch,
+    })
+}
+
+/// Counts the login and takes the lease by compare-and-set: only if no
+/// other node holds it unexpired. Returns the login count and the new
+/// epoch, or who holds it.
+fn take_lease(
+    conn: &Connection,
+    account_id: i64,
+    now: i64,
+    lease: LeaseTerms<'_>,
+) -> Result<(i64, u64), DbError> {
+    let sql = format!(
+        "UPDATE accounts SET last_login_at_us = ?2, login_count = login_count + 1,
+             lease_node = ?3, lease_epoch = lease_epoch + 1,
+             lease_expires_us = {DB_NOW_US} + ?4
+         WHERE id = ?1
+           AND (lease_node IS NULL OR lease_node = ?3 OR lease_expires_us < {DB_NOW_US})
+         RETURNING login_count, lease_epoch"
+    );
+    let taken = conn
+        .prepare_cached(&sql)?
+        .query_row(
+            params![account_id, now, lease.node, lease.ttl.as_micros() as i64],
+            |row| Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)? as u64)),
+        )
+        .optional()?;
+    if let Some(taken) = taken {
+        return Ok(taken);
+    }
+    let sql = format!(
+        "SELECT lease_node, lease_epoch, lease_expires_us - {DB_NOW_US}
+         FROM accounts WHERE id = ?1"
+    );
+    let (node, epoch, left_us): (String, i64, i64) =
+        conn.prepare_cached(&sql)?.query_row([account_id], |row| {
+            Ok((
+                row.get(0)?,
+                row.get(1)?,
+                row.get::<_, Option<i64>>(2)?.unwrap_or(0),
+            ))
+        })?;
+    Err(DbError::LeaseHeld {
+        node,
+        epoch: epoch as u64,
+        expires_in: Duration::from_micros(left_us.max(0) as u64),
     })
 }
 

@@ -208,7 +208,6 @@ pub struct World {
     ticker: Mutex<Option<Ticker>>,
     counters: Arc<GameCounters>,
     move_shed_log: LogLimiter,
-    chat_shed_log: LogLimiter,
 }
 
 impl World {
@@ -266,7 +265,6 @@ impl World {
             ticker: Mutex::new(ticker),
             counters,
             move_shed_log: LogLimiter::new(Duration::from_secs(1)),
-            chat_shed_log: LogLimiter::new(Duration::from_secs(1)),
         })
     }
 
@@ -440,23 +438,10 @@ impl World {
     }
 
     /// Adds one `S_CHAT` packet to the next tick's world chat; false (and
-    /// counted, logged at most once a second) if the tick's chat is full.
+    /// nothing added) if the tick's chat is full (the caller counts it:
+    /// see `GameContext::admit_chat`).
     pub fn push_chat(&self, packet: &[u8]) -> bool {
-        if self.shared.push_chat(packet) {
-            return true;
-        }
-        bump(&self.counters.chats_dropped_queue_full);
-        if self.chat_shed_log.allow() {
-            tracing::warn!(
-                limit = self.shared.settings().chat_bytes,
-                dropped = self
-                    .counters
-                    .chats_dropped_queue_full
-                    .load(std::sync::atomic::Ordering::Relaxed),
-                "a tick's world chat is full: shedding chats"
-            );
-        }
-        false
+        self.shared.push_chat(packet)
     }
 
     /// Stops the tick and lets every player still in the world go (their
