@@ -138,6 +138,12 @@ pub struct ServerArgs {
     #[arg(long, value_name = "MS", default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     pub tick_ms: u64,
 
+    /// Save the positions of players who moved this often, batched, so a
+    /// crash loses at most this much walking (a duration like
+    /// --idle-timeout; 0: only when a player leaves).
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub save_interval: Duration,
+
     /// Players in a 3x3 block of cells past which it is a crowd: its players
     /// get their own moves and, per tick, the latest positions of about
     /// N/4 of the others instead of every move of everyone (0: never thin).
@@ -193,6 +199,7 @@ impl ServerArgs {
                 max_speed: self.max_speed,
                 tick: Duration::from_millis(self.tick_ms),
                 crowd_limit: self.crowd_limit,
+                save_interval: unless_zero(self.save_interval),
                 ..WorldConfig::default()
             },
             ..GameConfig::default()

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use servercore::packet::Packet;
 use servercore::Backend;
-use servercore_protocol::{make_packet, CEnterGame, CLogin, ClientPacket, SLogin};
+use servercore_protocol::{make_packet, CEnterGame, CLogin, CMove, ClientPacket, PosInfo, SLogin};
 
 mod common;
 use common::ChildProcess;
@@ -27,6 +27,7 @@ backend_tests!(
     sigterm_keeps_acknowledged_accounts,
     restart_twenty_times_after_sigterm,
     restart_twenty_times_after_sigkill,
+    a_sigkill_loses_at_most_one_save_interval_of_walking,
     second_sigint_exits_at_once,
     #[cfg_attr(
         servercore_missing = "prometheus_client",
@@ -178,10 +179,40 @@ impl Client {
     }
 
     fn enter(&mut self) {
+        self.enter_at();
+    }
+
+    /// Enters and returns where the server put the player.
+    fn enter_at(&mut self) -> (f32, f32) {
         self.send(&CEnterGame { player_index: 0 });
         match self.recv() {
-            ClientPacket::SEnterGame(msg) => assert!(msg.success),
+            ClientPacket::SEnterGame(msg) => {
+                assert!(msg.success);
+                let pos = msg.player.and_then(|p| p.pos_info).unwrap_or_default();
+                (pos.x, pos.y)
+            }
             other => panic!("expected S_ENTER_GAME, got {other:?}"),
+        }
+    }
+
+    /// Moves to `(x, y)` and waits for the server's echo of it.
+    fn walk_to(&mut self, x: f32, y: f32, client_time_us: u64) {
+        self.send(&CMove {
+            info: Some(PosInfo {
+                x,
+                y,
+                ..PosInfo::default()
+            }),
+            client_time_us,
+        });
+        loop {
+            if let ClientPacket::SMove(msg) = self.recv() {
+                if msg.client_time_us == client_time_us {
+                    let info = msg.info.unwrap_or_default();
+                    assert_eq!((info.x, info.y), (x, y), "the move was accepted as sent");
+                    return;
+                }
+            }
         }
     }
 
@@ -255,6 +286,52 @@ fn sigterm_keeps_acknowledged_accounts(backend: Backend) {
     }
     let stats = counters(&server.terminate());
     assert_eq!(stats["logins"], PLAYERS as i64);
+}
+
+/// A server killed with SIGKILL loses at most one `--save-interval` of a
+/// player's walking: the position a restart shows is the last one the
+/// player stood at for longer than the interval, not where it entered.
+fn a_sigkill_loses_at_most_one_save_interval_of_walking(backend: Backend) {
+    const INTERVAL: Duration = Duration::from_millis(300);
+    let dir = tempfile::tempdir().unwrap();
+    let db = db_arg(dir.path());
+    let args = [
+        "--addr",
+        "127.0.0.1:0",
+        "--db",
+        &db,
+        "--save-interval",
+        "300ms",
+    ];
+    let mut server = Server::start(backend, &args);
+    let mut walker = Client::connect(server.addr);
+    assert!(walker.login("walker").success);
+    let (x, y) = walker.enter_at();
+    // A few steps (each within the speed limit), then a stand past the
+    // interval: that last point must be on disk.
+    let mut at = (x, y);
+    for step in 1..=5u64 {
+        at = ((at.0 + 20.0).min(1990.0), at.1);
+        walker.walk_to(at.0, at.1, step);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(INTERVAL * 3);
+    server.signal("KILL");
+    let status = server.wait_exit();
+    assert!(!status.success(), "killed, not stopped: {status}");
+    drop(walker);
+
+    let server = Server::start(backend, &args);
+    let mut again = Client::connect(server.addr);
+    assert!(again.login("walker").success);
+    let restored = again.enter_at();
+    assert_eq!(
+        restored,
+        at,
+        "entered at {restored:?} after the kill; it stood at {at:?} (entered at {:?})",
+        (x, y)
+    );
+    server.terminate();
 }
 
 /// Starts on one port 20 times in a row, each run stopped by `signal`

@@ -707,6 +707,26 @@ pub fn start(config: GameConfig) -> anyhow::Result<GameServer> {
         }
         None => (None, None),
     };
+    let saves = db.handle();
+    world.set_saver(Arc::new(move |batch: Vec<world::PositionSave>| {
+        saves.save_positions(
+            batch
+                .into_iter()
+                .map(|save| {
+                    (
+                        save.account.to_string(),
+                        save.player_id,
+                        storage::Position {
+                            x: save.pos.x,
+                            y: save.pos.y,
+                            z: save.pos.z,
+                            yaw: save.pos.yaw,
+                        },
+                    )
+                })
+                .collect(),
+        );
+    }));
     let ctx = Arc::new(GameContext {
         room,
         db: db.handle(),

@@ -658,8 +658,9 @@ impl Player {
         let me = self.me.clone();
         let world = Arc::clone(&self.ctx.world);
         let identity = Arc::clone(&self.body.as_ref().expect("just set").identity);
+        let account: Arc<str> = self.account_name.as_deref().unwrap_or("").into();
         self.ctx.room.do_async(move |room| {
-            let seat = room.enter(&world, identity, handle, info);
+            let seat = room.enter(&world, account, identity, handle, info);
             if let Some(player) = me.and_then(|me| me.upgrade()) {
                 player.do_async(move |player| player.entered(player_id, seat));
             }

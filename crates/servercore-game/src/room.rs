@@ -51,6 +51,7 @@ impl Room {
     pub fn enter(
         &mut self,
         world: &World,
+        account: Arc<str>,
         identity: Arc<Identity>,
         handle: SessionHandle,
         info: ObjectInfo,
@@ -91,7 +92,7 @@ impl Room {
         // the newcomer is in the world right behind it, before the answer
         // has even been written, so a chat anyone sends once the newcomer
         // has its answer goes out at a tick the newcomer is in.
-        let seat = world.enter(handle.clone(), player_id, identity, pos);
+        let seat = world.enter(handle.clone(), account, player_id, identity, pos);
         tracing::debug!(player_id, %name, session = %handle.id(), "entered the room");
         self.members.insert(player_id, Member { handle, name });
         self.counters

@@ -52,6 +52,7 @@ pub struct GameCounters {
     pub(crate) tick_overruns: AtomicU64,
     pub(crate) crowded_cells: AtomicI64,
     pub(crate) thinned_deliveries: AtomicU64,
+    pub(crate) positions_saved: AtomicU64,
     pub(crate) http_served: AtomicU64,
     pub(crate) http_not_found: AtomicU64,
     pub(crate) logins_refused_in_use: AtomicU64,
@@ -108,6 +109,7 @@ impl GameCounters {
             tick_overruns: get(&self.tick_overruns),
             crowded_cells: self.crowded_cells.load(Ordering::Relaxed),
             thinned_deliveries: get(&self.thinned_deliveries),
+            positions_saved: get(&self.positions_saved),
             http_requests_served: get(&self.http_served),
             http_requests_not_found: get(&self.http_not_found),
             logins_refused_in_use: get(&self.logins_refused_in_use),
@@ -212,6 +214,9 @@ pub struct GameStats {
     /// Latest positions sent to receivers in a crowd instead of every move
     /// (each an `S_MOVE` with `client_time_us` 0), over all receivers.
     pub thinned_deliveries: u64,
+    /// Positions of moving players saved by the periodic saves (besides
+    /// the save of every leave).
+    pub positions_saved: u64,
     /// Plain HTTP requests on the WebSocket listener answered with a file
     /// of the browser client (page, scripts, favicon).
     pub http_requests_served: u64,
@@ -232,7 +237,7 @@ pub struct GameStats {
 impl GameStats {
     /// Every counter and gauge by its name, in the order the closing
     /// summary and the `key=value` line show them.
-    pub fn fields(&self) -> [(&'static str, i64); 44] {
+    pub fn fields(&self) -> [(&'static str, i64); 45] {
         let n = |value: u64| i64::try_from(value).unwrap_or(i64::MAX);
         [
             ("logins", n(self.logins)),
@@ -274,6 +279,7 @@ impl GameStats {
             ("tick_overruns", n(self.tick_overruns)),
             ("crowded_cells", self.crowded_cells),
             ("thinned_deliveries", n(self.thinned_deliveries)),
+            ("positions_saved", n(self.positions_saved)),
             ("login_timeouts", n(self.login_timeouts)),
             ("packet_timeouts", n(self.packet_timeouts)),
             ("conns_refused_per_ip", n(self.conns_refused_per_ip)),

@@ -496,6 +496,9 @@ enum Request {
         position: Position,
         reply: Option<SaveReply>,
     },
+    /// Many saves of this thread's accounts, in one go (the world's
+    /// periodic saves).
+    SavePositions(Vec<(String, u64, Position)>),
     Barrier(BarrierReply),
     RenewLeases {
         node: String,
@@ -530,6 +533,7 @@ impl Request {
                 reply: Some(reply), ..
             } => reply(Err(DbError::Closed)),
             Request::SavePosition { reply: None, .. }
+            | Request::SavePositions(_)
             | Request::ReleaseLease { reply: None, .. }
             | Request::Stop => {}
             #[cfg(test)]
@@ -649,6 +653,28 @@ impl StorageHandle {
                 reply,
             },
         );
+    }
+
+    /// Saves many positions (account, player, where it stands), each
+    /// through its account's thread (so ordered with that account's logins
+    /// and other saves), one request per thread; fenced like
+    /// [`save_position`](Self::save_position). Failures are logged by the
+    /// threads, not answered.
+    pub fn save_positions(&self, saves: Vec<(String, u64, Position)>) {
+        let mut by_shard: Vec<Vec<(String, u64, Position)>> = vec![Vec::new(); self.shards.len()];
+        for save in saves {
+            let shard = if save.0.is_empty() {
+                (save.1 % self.shards.len() as u64) as usize
+            } else {
+                shard_of(&save.0, self.shards.len())
+            };
+            by_shard[shard].push(save);
+        }
+        for (shard, saves) in by_shard.into_iter().enumerate() {
+            if !saves.is_empty() {
+                self.send(shard, Request::SavePositions(saves));
+            }
+        }
     }
 
     /// Renews every lease of `node` for `ttl` (on the first database
@@ -945,6 +971,35 @@ fn serve(mut storage: Box<dyn Storage>, rx: Receiver<Request>) {
                     }
                     if let Some(reply) = reply {
                         reply(result);
+                    }
+                }
+                Request::SavePositions(saves) => {
+                    // Accounts this thread holds a lease for are fenced one
+                    // by one; the rest go in one transaction.
+                    let mut plain = Vec::new();
+                    for (account, player_id, position) in saves {
+                        match fences.get(&account) {
+                            Some(fence) => {
+                                let result = storage
+                                    .save_position_fenced(player_id, position, fence)
+                                    .and_then(|saved| {
+                                        if saved {
+                                            Ok(())
+                                        } else {
+                                            Err(DbError::LeaseLost)
+                                        }
+                                    });
+                                if let Err(error) = &result {
+                                    failures.note(player_id, error);
+                                }
+                            }
+                            None => plain.push((player_id, position)),
+                        }
+                    }
+                    if !plain.is_empty() {
+                        if let Err(error) = storage.save_positions(&plain) {
+                            failures.note(plain[0].0, &error);
+                        }
                     }
                 }
                 Request::Barrier(reply) => reply(),

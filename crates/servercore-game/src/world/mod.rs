@@ -122,6 +122,26 @@ pub const DEFAULT_TICK: Duration = Duration::from_millis(50);
 /// Players in a 3×3 block past which it is a crowd, by default.
 pub const DEFAULT_CROWD_LIMIT: usize = 128;
 
+/// How often moved players' positions are saved, by default: 10 s.
+pub const DEFAULT_SAVE_INTERVAL: Duration = Duration::from_secs(10);
+
+/// One position to save: the player, its account ("" for a guest) and
+/// where it stands.
+#[derive(Debug, Clone)]
+pub struct PositionSave {
+    /// The account (routes the save to that account's database thread).
+    pub account: Arc<str>,
+    /// The player.
+    pub player_id: u64,
+    /// Where it stands.
+    pub pos: PosInfo,
+}
+
+/// Takes a region's batch of positions to save. Called on a worker (from a
+/// tick's apply phase): it must only hand the batch on (to the database
+/// threads), never wait.
+pub type Saver = Arc<dyn Fn(Vec<PositionSave>) + Send + Sync>;
+
 /// The world's numbers.
 #[derive(Debug, Clone, PartialEq)]
 pub struct WorldConfig {
@@ -150,6 +170,10 @@ pub struct WorldConfig {
     /// No ticks on a schedule: each runs when [`World::step`] asks (tests
     /// and tools that drive the clock themselves).
     pub manual_ticks: bool,
+    /// How often the positions of players who moved are saved, batched,
+    /// through the [`Saver`] (`--save-interval`; `None`: only when a player
+    /// leaves). The regions take turns, so saves spread over the interval.
+    pub save_interval: Option<Duration>,
 }
 
 impl Default for WorldConfig {
@@ -170,6 +194,7 @@ impl Default for WorldConfig {
             max_pending_moves: 16,
             chat_bytes_per_tick: 64 * 1024,
             manual_ticks: false,
+            save_interval: Some(DEFAULT_SAVE_INTERVAL),
         }
     }
 }
@@ -243,6 +268,13 @@ impl World {
             interval: config.tick,
             crowd_limit: config.crowd_limit,
             chat_bytes: config.chat_bytes_per_tick.max(1),
+            save_every: config
+                .save_interval
+                .filter(|every| !every.is_zero())
+                .map(|every| {
+                    let ticks = every.as_nanos().div_ceil(config.tick.as_nanos().max(1));
+                    u64::try_from(ticks).unwrap_or(u64::MAX).max(1)
+                }),
         };
         let shared = Arc::new(TickShared::new(
             grid.clone(),
@@ -313,6 +345,12 @@ impl World {
             std::thread::sleep(Duration::from_micros(200));
         }
         true
+    }
+
+    /// Where the periodic saves go (see [`WorldConfig::save_interval`]);
+    /// until it is set, none is made.
+    pub fn set_saver(&self, saver: Saver) {
+        self.shared.set_saver(saver);
     }
 
     /// How long the ticks have taken (start to the end of the last phase).
@@ -388,12 +426,14 @@ impl World {
     pub fn enter(
         &self,
         handle: SessionHandle,
+        account: Arc<str>,
         player_id: u64,
         identity: Arc<Identity>,
         pos: PosInfo,
     ) -> Arc<Seat> {
         let seat = Arc::new(Seat::new(
             player_id,
+            account,
             identity,
             handle,
             self.max_pending_moves,

@@ -33,6 +33,7 @@ use super::cells::{self, CellTick, Departure, Member, RegionTick};
 use super::grid::{Cell, Grid};
 use super::seat::{LeaveRequest, Seat};
 use super::tick::{Arrival, TickShared};
+use super::PositionSave;
 use crate::stats::GameCounters;
 
 /// A region's owned players' positions (`(player_id, x, y)`), rewritten
@@ -59,6 +60,8 @@ pub(super) struct Entry {
     move_count: usize,
     /// The last tick the player moved in (0: not since it entered).
     moved: u64,
+    /// The last tick its position was saved or it entered.
+    saved: u64,
     /// Where the moves sit in the buffer being written (apply only).
     range: Option<(usize, usize)>,
 }
@@ -133,6 +136,7 @@ impl Region {
                 moves: Bytes::new(),
                 move_count: 0,
                 moved: 0,
+                saved: tick,
                 range: None,
             });
             self.counters
@@ -179,6 +183,7 @@ impl Region {
             i += 1;
         }
         self.last_moves_len = buf.len();
+        self.save_moved(shared, tick);
         let moves = buf.freeze();
         let mut leaving: Vec<(usize, Vec<Entry>)> = Vec::new();
         let mut i = 0;
@@ -212,6 +217,31 @@ impl Region {
             shared.hand_over(target, list);
         }
         self.answer_leaves(shared, removed);
+    }
+
+    /// Queues a save of every owned player that moved since its last save
+    /// and whose last save is an interval old (so a crash loses at most one
+    /// interval of walking; the saves of all regions go out together at
+    /// the tick's end).
+    fn save_moved(&mut self, shared: &TickShared, tick: u64) {
+        let Some(every) = shared.settings().save_every else {
+            return;
+        };
+        let mut batch = Vec::new();
+        for entry in &mut self.entries {
+            if entry.moved > entry.saved && tick - entry.saved >= every {
+                batch.push(PositionSave {
+                    account: Arc::clone(&entry.seat.account),
+                    player_id: entry.seat.player_id,
+                    pos: entry.pos,
+                });
+                entry.saved = tick;
+            }
+        }
+        self.counters
+            .positions_saved
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        shared.save(batch);
     }
 
     /// Tells each leaver (asked with `C_LEAVE_GAME`) `S_LEAVE_GAME`, lets go

@@ -121,6 +121,9 @@ impl Inbox {
 pub struct Seat {
     /// The player's id (the `object_id` of its spawns and moves).
     pub player_id: u64,
+    /// The account it plays for ("" for a guest): its saves go through
+    /// that account's database thread.
+    pub(super) account: Arc<str>,
     pub(super) identity: Arc<Identity>,
     pub(super) handle: SessionHandle,
     inbox: Inbox,
@@ -140,12 +143,14 @@ impl Seat {
     /// `handle`; at most `max_pending_moves` moves wait for a tick.
     pub(super) fn new(
         player_id: u64,
+        account: Arc<str>,
         identity: Arc<Identity>,
         handle: SessionHandle,
         max_pending_moves: usize,
     ) -> Seat {
         Seat {
             player_id,
+            account,
             identity,
             handle,
             inbox: Inbox::new(max_pending_moves),

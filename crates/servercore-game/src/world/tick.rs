@@ -32,6 +32,7 @@ use super::cells::RegionTick;
 use super::grid::Grid;
 use super::region::{Entry, Region};
 use super::seat::Seat;
+use super::{PositionSave, Saver};
 use crate::latency::{LatencyHistogram, LatencySnapshot};
 use crate::stats::GameCounters;
 
@@ -45,6 +46,8 @@ pub(super) struct TickSettings {
     pub crowd_limit: usize,
     /// Bytes of world chat one tick carries; more is shed.
     pub chat_bytes: usize,
+    /// Save moved players every this many ticks (`None`: never).
+    pub save_every: Option<u64>,
 }
 
 /// A player entering the world.
@@ -107,6 +110,8 @@ pub(super) struct TickShared {
     /// The newest tick started.
     current: AtomicU64,
     durations: LatencyHistogram,
+    saver: Mutex<Option<Saver>>,
+    saves: Mutex<Vec<PositionSave>>,
     /// The running tick's region jobs' time, summed, in nanoseconds.
     work_ns: AtomicU64,
     work: LatencyHistogram,
@@ -140,6 +145,8 @@ impl TickShared {
             remaining: AtomicUsize::new(0),
             current: AtomicU64::new(0),
             durations: LatencyHistogram::default(),
+            saver: Mutex::new(None),
+            saves: Mutex::default(),
             work_ns: AtomicU64::new(0),
             work: LatencyHistogram::default(),
             counters,
@@ -148,6 +155,29 @@ impl TickShared {
 
     pub fn settings(&self) -> &TickSettings {
         &self.settings
+    }
+
+    pub fn set_saver(&self, saver: Saver) {
+        *self.saver.lock() = Some(saver);
+    }
+
+    /// Queues a region's positions to save with the tick's others.
+    pub fn save(&self, mut batch: Vec<PositionSave>) {
+        if !batch.is_empty() {
+            self.saves.lock().append(&mut batch);
+        }
+    }
+
+    /// Hands the tick's positions to save to the saver, in one batch.
+    fn flush_saves(&self) {
+        let batch = std::mem::take(&mut *self.saves.lock());
+        if batch.is_empty() {
+            return;
+        }
+        let saver = self.saver.lock().clone();
+        if let Some(saver) = saver {
+            saver(batch);
+        }
     }
 
     /// Puts a player into the world at the next tick (or, if an older seat
@@ -302,6 +332,7 @@ impl TickShared {
             self.work.record(Duration::from_nanos(work));
             std::mem::take(&mut run.owed)
         };
+        self.flush_saves();
         self.counters.ticks.fetch_add(1, Ordering::Relaxed);
         if owed {
             self.start_tick();
