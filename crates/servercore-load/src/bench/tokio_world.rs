@@ -274,11 +274,13 @@ impl World {
         let cell = self.cell_of(x, y);
         let seen = self.players_in(&self.block(cell), player_id);
         if !seen.is_empty() {
-            let players = seen
+            let players: Vec<ObjectInfo> = seen
                 .iter()
                 .map(|id| self.players[id].info.clone())
                 .collect();
-            let _ = tx.send(packet(PacketId::SSpawn, &SSpawn { players }));
+            for spawn in spawn_packets(players) {
+                let _ = tx.send(spawn);
+            }
             let spawn_newcomer = packet(
                 PacketId::SSpawn,
                 &SSpawn {
@@ -396,7 +398,9 @@ impl World {
                 self.players[id].send(&spawn_mover);
             }
             let players = new.iter().map(|id| self.players[id].info.clone()).collect();
-            mover.send(&packet(PacketId::SSpawn, &SSpawn { players }));
+            for spawn in spawn_packets(players) {
+                mover.send(&spawn);
+            }
         }
         self.players
             .get_mut(&player_id)
@@ -444,6 +448,26 @@ fn random_point(seed: u64, size: f32) -> (f32, f32) {
         (z >> 40) as f32 / (1u64 << 24) as f32
     };
     (next() * size, next() * size)
+}
+
+/// Players per `S_SPAWN`: a crowd's list is split so that every packet
+/// stays far below the 16-bit size field (an `ObjectInfo` is ~40 bytes).
+const SPAWNS_PER_PACKET: usize = 500;
+
+/// `S_SPAWN` packets announcing `players`, at most [`SPAWNS_PER_PACKET`]
+/// each.
+fn spawn_packets(players: Vec<ObjectInfo>) -> Vec<Bytes> {
+    players
+        .chunks(SPAWNS_PER_PACKET)
+        .map(|chunk| {
+            packet(
+                PacketId::SSpawn,
+                &SSpawn {
+                    players: chunk.to_vec(),
+                },
+            )
+        })
+        .collect()
 }
 
 #[cfg(test)]
