@@ -26,6 +26,7 @@ pub const NAMES: &[&str] = &[
     "nats_server",
     "prometheus_client",
     "websockets",
+    "aioquic",
     "chromium",
     "playwright",
 ];
@@ -92,7 +93,7 @@ fn required(name: &str) -> bool {
     set("CI")
         || match name {
             "postgres" | "postgres_server" | "nats_server" => set("SERVERCORE_REQUIRE_SERVICES"),
-            "websockets" => set("SERVERCORE_REQUIRE_PY"),
+            "websockets" | "aioquic" => set("SERVERCORE_REQUIRE_PY"),
             _ => false,
         }
 }
@@ -108,6 +109,7 @@ fn present(name: &str, manifest_dir: &Path) -> bool {
         "nats_server" => on_path("nats-server").is_some(),
         "prometheus_client" => python_has("prometheus_client"),
         "websockets" => python_has("websockets"),
+        "aioquic" => python_has("aioquic"),
         "chromium" => {
             std::env::var_os("CHROMIUM").is_some_and(|path| Path::new(&path).exists())
                 || ["chromium", "chromium-browser", "google-chrome"]

@@ -128,6 +128,11 @@ pub struct EchoArgs {
     #[arg(long, value_name = "ADDR")]
     pub ws_addr: Option<SocketAddr>,
 
+    /// Also serve QUIC clients on the UDP address ADDR (ALPN servercore/1;
+    /// needs --tls-cert/--tls-key).
+    #[arg(long, value_name = "ADDR", requires = "tls_cert")]
+    pub quic_addr: Option<SocketAddr>,
+
     #[command(flatten)]
     pub tls: crate::transport::TlsServerArgs,
 

@@ -38,14 +38,22 @@ pub fn run(args: EchoArgs) -> anyhow::Result<()> {
                 },
             )
         }),
+        quic: match (args.quic_addr, &tls) {
+            (Some(addr), Some(tls)) => Some((addr, servercore::QuicConfig::new(Arc::clone(tls)))),
+            (Some(_), None) => anyhow::bail!("--quic-addr needs --tls-cert and --tls-key"),
+            (None, _) => None,
+        },
     })?);
     // Every listener is bound before the banner says so.
     let admin = crate::admin::start_for_service(&args.admin, "echo", &service, limit)?;
-    let addrs: Vec<String> = service
+    let mut addrs: Vec<String> = service
         .local_addrs()
         .iter()
         .map(|a| a.to_string())
         .collect();
+    if let Some(addr) = service.quic_addr() {
+        addrs.push(format!("udp {addr} (QUIC)"));
+    }
     println!(
         "echo server listening on {} (backend {}{}); Ctrl-C stops it",
         addrs.join(" and "),

@@ -115,6 +115,12 @@ pub struct ServerArgs {
     #[arg(long, value_name = "ADDR")]
     pub ws_addr: Option<SocketAddr>,
 
+    /// Also serve QUIC clients on the UDP address ADDR (ALPN servercore/1,
+    /// TLS 1.3 with --tls-cert/--tls-key, which it needs), in the same
+    /// world; moves go as datagrams.
+    #[arg(long, value_name = "ADDR")]
+    pub quic_addr: Option<SocketAddr>,
+
     #[command(flatten)]
     pub tls: crate::transport::TlsServerArgs,
 
@@ -193,6 +199,7 @@ impl ServerArgs {
             auth,
             tls: self.tls.server_config()?,
             ws_addr: self.ws_addr,
+            quic_addr: self.quic_addr,
             world: WorldConfig {
                 size: self.world_size,
                 cell: self.cell,
@@ -229,10 +236,13 @@ pub fn run(args: ServerArgs, log_format: LogFormat) -> anyhow::Result<()> {
     let secure = config.tls.is_some();
     let server = Arc::new(servercore_game::start(config)?);
     let admin = crate::admin::start_for_game(&args.admin, &server, limit)?;
-    let websocket = server
+    let mut websocket = server
         .ws_addr()
         .map(|addr| format!(", WebSocket on {addr}"))
         .unwrap_or_default();
+    if let Some(addr) = server.quic_addr() {
+        websocket.push_str(&format!(", QUIC on udp {addr}"));
+    }
     println!(
         "game server listening on {}{}{websocket} (backend {}, database {} {}); Ctrl-C stops it",
         server.local_addr(),

@@ -114,8 +114,10 @@ use anyhow::Context as _;
 use servercore::job::Actor;
 use servercore::packet::{PacketConfig, PacketSession, RateLimits, HEADER_SIZE, MAX_PACKET_SIZE};
 use servercore::transport::rustls;
-use servercore::{Backend, ServerService, ServerTransport, ServiceStats, WebSocketConfig};
-use servercore_protocol::SERVER_RECEIVES_IDS;
+use servercore::{
+    Backend, QuicConfig, ServerService, ServerTransport, ServiceStats, WebSocketConfig,
+};
+use servercore_protocol::{PacketId, SERVER_RECEIVES_IDS};
 
 use auth::TokenKey;
 use cluster::{ClusterConfig, ClusterEvents, ClusterHandle, ClusterLink, ClusterStats, RemoteChat};
@@ -204,6 +206,10 @@ pub struct GameConfig {
     /// same world, binary messages carrying the same packets (see
     /// `servercore::transport`). `None`: none.
     pub ws_addr: Option<SocketAddr>,
+    /// A QUIC listener (UDP) beside the TCP one, with the certificate of
+    /// `tls` (required): the same world, moves as datagrams (see
+    /// `servercore::transport::quic`). `None`: none.
+    pub quic_addr: Option<SocketAddr>,
     /// The world: map and cell size, speed, regions, per-player move and
     /// chat rates, queue bounds.
     pub world: WorldConfig,
@@ -253,6 +259,7 @@ impl Default for GameConfig {
             auth: None,
             tls: None,
             ws_addr: None,
+            quic_addr: None,
             world: WorldConfig::default(),
             heap_trim_interval: Some(DEFAULT_HEAP_TRIM_INTERVAL),
         }
@@ -283,6 +290,7 @@ impl std::fmt::Debug for GameConfig {
             auth,
             tls,
             ws_addr,
+            quic_addr,
             world,
             heap_trim_interval,
         } = self;
@@ -306,6 +314,7 @@ impl std::fmt::Debug for GameConfig {
             .field("auth", auth)
             .field("tls", tls)
             .field("ws_addr", ws_addr)
+            .field("quic_addr", quic_addr)
             .field("world", world)
             .field("heap_trim_interval", heap_trim_interval)
             .finish()
@@ -792,6 +801,14 @@ pub fn start(config: GameConfig) -> anyhow::Result<GameServer> {
         }
         builder = builder.listener(ws_addr, websocket);
     }
+    if let Some(quic_addr) = config.quic_addr {
+        let tls = config
+            .tls
+            .as_ref()
+            .context("a QUIC listener needs a certificate (--tls-cert and --tls-key)")?;
+        let quic = QuicConfig::new(Arc::clone(tls)).datagram_ids([PacketId::CMove as u16]);
+        builder = builder.quic(quic_addr, quic);
+    }
     let service = builder
         .start()
         .with_context(|| format!("starting the game server on {}", config.addr))?;
@@ -816,6 +833,16 @@ impl GameServer {
     /// The address the server listens on (the real port if 0 was asked).
     pub fn local_addr(&self) -> SocketAddr {
         self.service.local_addr()
+    }
+
+    /// The QUIC listener's UDP address, if one was configured.
+    pub fn quic_addr(&self) -> Option<SocketAddr> {
+        self.service.quic_addr()
+    }
+
+    /// The QUIC listener's counters, if one was configured.
+    pub fn quic_metrics(&self) -> Option<servercore::QuicMetrics> {
+        self.service.quic_metrics()
     }
 
     /// The WebSocket listener's address, if one was configured.

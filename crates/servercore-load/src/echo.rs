@@ -62,6 +62,8 @@ pub struct EchoConfig {
     pub transport: ServerTransport,
     /// A second listener and its transport (a WebSocket one beside TCP).
     pub ws_addr: Option<(SocketAddr, ServerTransport)>,
+    /// A QUIC listener (UDP) and its settings.
+    pub quic: Option<(SocketAddr, servercore::QuicConfig)>,
 }
 
 /// Starts an echo server.
@@ -75,6 +77,9 @@ pub fn start(config: EchoConfig) -> anyhow::Result<ServerService> {
         .session(move || EchoSession::new(verbose));
     if let Some((addr, transport)) = config.ws_addr {
         builder = builder.listener(addr, transport);
+    }
+    if let Some((addr, quic)) = config.quic {
+        builder = builder.quic(addr, quic);
     }
     if let Some(workers) = config.workers {
         builder = builder.workers(workers);

@@ -9,7 +9,7 @@
 //! - [`packet`]: `[size][id]` framing, pooled packet building, typed dispatch;
 //! - [`job`]: `JobQueue` actors, the global queue and the timer;
 //! - [`transport`]: TLS (rustls) and WebSocket between the socket and the
-//!   session, per listener.
+//!   session, per listener; QUIC (quinn) bridged into sessions.
 //!
 //! Beside them, [`log_throttle`] rate-limits every log line a peer can
 //! cause, in whichever layer it is written.
@@ -60,4 +60,4 @@ pub use service::{
 pub use session::{
     DisconnectKind, DisconnectReason, OverflowPolicy, SendError, Session, SessionHandle, SessionId,
 };
-pub use transport::{ClientTransport, ServerTransport, WebSocketConfig};
+pub use transport::{ClientTransport, QuicConfig, QuicMetrics, ServerTransport, WebSocketConfig};

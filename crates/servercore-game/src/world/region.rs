@@ -398,8 +398,19 @@ impl Region {
                 } else {
                     Bytes::new()
                 };
-                let batch = [changes, view.clone(), own, chat.packets.clone()];
-                if entry.seat.handle.send_batch(batch).is_ok() {
+                let handle = &entry.seat.handle;
+                let sent = if handle.max_datagram_size().is_some() {
+                    // A QUIC peer with datagrams: the moves go unreliably
+                    // (whole packets, several per datagram), the rest by
+                    // the stream.
+                    handle
+                        .send_batch([changes, chat.packets.clone()])
+                        .and_then(|()| handle.send_datagram(view.clone()))
+                        .and_then(|()| handle.send_datagram(own))
+                } else {
+                    handle.send_batch([changes, view.clone(), own, chat.packets.clone()])
+                };
+                if sent.is_ok() {
                     delivered.spawn_packets += spawns;
                     delivered.despawn_packets += despawns;
                     if crowded {

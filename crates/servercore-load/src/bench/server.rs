@@ -88,6 +88,7 @@ impl Running {
                 send_coalescing: args.send_coalescing.unwrap_or(Duration::ZERO),
                 transport,
                 ws_addr: None,
+                quic: None,
             })?,
             Scenario::Broadcast if args.chat == ChatServer::Minimal => super::engine_chat::start(
                 args.addr,

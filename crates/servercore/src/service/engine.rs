@@ -15,7 +15,7 @@ use super::metrics::EngineMetrics;
 use super::worker;
 use super::StartError;
 use crate::driver::{resolve_backend, Backend};
-use crate::session::{Mailbox, Request, Session};
+use crate::session::{Bridged, Mailbox, Request, Session};
 use crate::transport::{ClientTransport, ServerTransport, Transport};
 
 /// Builds the session object of each new connection.
@@ -158,6 +158,24 @@ impl EngineShared {
             drop(stream);
             self.release_session();
         }
+    }
+}
+
+impl EngineShared {
+    /// Hands one end of a bridge (a QUIC connection's stream), whose place
+    /// `try_reserve_session` reserved, to a worker (round-robin). If that
+    /// worker has already stopped, the stream is closed and the place given
+    /// back; returns false then.
+    pub fn hand_out_bridged(&self, stream: TcpStream, bridged: Box<Bridged>) -> bool {
+        let index = self.pick_worker();
+        if self.mailboxes[index]
+            .push_adopt_bridged(stream, bridged)
+            .is_err()
+        {
+            self.release_session();
+            return false;
+        }
+        true
     }
 }
 

@@ -19,7 +19,7 @@ mod client;
 mod config;
 mod connection;
 mod disconnect_log;
-mod engine;
+pub(crate) mod engine;
 mod group;
 mod log_limit;
 pub(crate) mod metrics;

@@ -10,6 +10,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use super::config::{common_builder_methods, ServiceConfig};
 use super::engine::{engine_control_methods, Engine, SessionFactory, Transports};
 use super::StartError;
+use crate::transport::quic::{QuicConfig, QuicListener, QuicMetrics};
 use crate::{ServerTransport, Session};
 
 /// One address to listen on and its transport.
@@ -27,6 +28,8 @@ pub struct ServerServiceBuilder {
     factory: Option<SessionFactory>,
     backlog: i32,
     bind_retry: Duration,
+    /// A QUIC listener beside the TCP ones.
+    quic: Option<(String, std::io::Result<Vec<SocketAddr>>, QuicConfig)>,
 }
 
 /// How long `start` keeps trying a port that is in use, by default: long
@@ -72,6 +75,15 @@ impl ServerServiceBuilder {
             addr: shown,
             transport,
         });
+        self
+    }
+
+    /// A QUIC listener on the UDP address `addr`, feeding the same sessions
+    /// (see [`crate::transport::quic`]). Its bound address is
+    /// [`ServerService::quic_addr`].
+    pub fn quic(mut self, addr: impl ToSocketAddrs + std::fmt::Debug, config: QuicConfig) -> Self {
+        let shown = format!("{addr:?}").trim_matches('"').to_string();
+        self.quic = Some((shown, addr.to_socket_addrs().map(Iterator::collect), config));
         self
     }
 
@@ -134,9 +146,33 @@ impl ServerServiceBuilder {
         for (addr, name) in local_addrs.iter().zip(names) {
             tracing::info!(%addr, transport = name, backend = %engine.backend, "listening");
         }
+        let quic = match self.quic {
+            Some((shown, resolved, config)) => {
+                let bind_error = |source| StartError::Bind {
+                    addr: shown.clone(),
+                    source,
+                };
+                let addr = resolved
+                    .map_err(bind_error)?
+                    .into_iter()
+                    .next()
+                    .ok_or_else(|| {
+                        bind_error(io::Error::new(
+                            io::ErrorKind::InvalidInput,
+                            "address resolved to nothing",
+                        ))
+                    })?;
+                Some(
+                    QuicListener::start(addr, config, std::sync::Arc::clone(&engine.shared))
+                        .map_err(bind_error)?,
+                )
+            }
+            None => None,
+        };
         Ok(ServerService {
             engine,
             local_addrs,
+            quic,
         })
     }
 }
@@ -225,6 +261,8 @@ pub struct ServerService {
     engine: Engine,
     /// The main listener's address first, then the others in order.
     local_addrs: Vec<SocketAddr>,
+    /// Dropped after the engine, whose sessions' ends it sends.
+    quic: Option<QuicListener>,
 }
 
 impl ServerService {
@@ -241,6 +279,7 @@ impl ServerService {
             factory: None,
             backlog: 4096,
             bind_retry: DEFAULT_BIND_RETRY,
+            quic: None,
         }
     }
 
@@ -255,10 +294,24 @@ impl ServerService {
         &self.local_addrs
     }
 
+    /// The QUIC listener's UDP address, if one was configured.
+    pub fn quic_addr(&self) -> Option<SocketAddr> {
+        self.quic.as_ref().map(QuicListener::local_addr)
+    }
+
+    /// The QUIC listener's counters, if one was configured.
+    pub fn quic_metrics(&self) -> Option<QuicMetrics> {
+        self.quic.as_ref().map(QuicListener::metrics)
+    }
+
     engine_control_methods!();
 
-    /// Waits for the workers to end (after `stop`, or forever).
+    /// Waits for the workers to end (after `stop`, or forever); then the
+    /// QUIC listener sends its connections' closes and ends.
     pub fn join(&self) {
         self.engine.join();
+        if let Some(quic) = &self.quic {
+            quic.join();
+        }
     }
 }

@@ -39,7 +39,7 @@ use super::slots::Slots;
 use crate::driver::{poll::PollDriver, CloseMode, Driver, DriverConfig, ResolvedBackend, Token};
 use crate::log_throttle::LogThrottle;
 use crate::session::{
-    DisconnectReason, Mailbox, Request, Session, SessionHandle, SessionId, SessionShared,
+    Bridged, DisconnectReason, Mailbox, Request, Session, SessionHandle, SessionId, SessionShared,
 };
 use crate::transport;
 use calls::{call, log_disconnect, panic_message, Placeholder};
@@ -323,7 +323,11 @@ impl Core {
                         self.drive(driver, slot);
                     }
                 }
-                Request::Adopt(stream, peer) => self.adopt(driver, stream, peer),
+                Request::Adopt(stream, peer) => self.adopt(driver, stream, peer, None),
+                Request::AdoptBridged(stream, bridged) => {
+                    let peer = bridged.peer;
+                    self.adopt(driver, stream, peer, Some(bridged))
+                }
                 Request::Broadcast(data) => self.broadcast(data),
                 Request::Stop => self.begin_stop(driver),
             }
@@ -363,7 +367,13 @@ impl Core {
 
     // ---- session life ----------------------------------------------------
 
-    fn adopt<D: Driver>(&mut self, driver: &mut D, stream: TcpStream, peer: SocketAddr) {
+    fn adopt<D: Driver>(
+        &mut self,
+        driver: &mut D,
+        stream: TcpStream,
+        peer: SocketAddr,
+        bridged: Option<Box<Bridged>>,
+    ) {
         if self.stopping.is_some() {
             self.engine.release_session();
             return;
@@ -382,7 +392,8 @@ impl Core {
             return;
         }
         let (slot, token) = self.slots.reserve();
-        let transport = if self.engine.transports.all_plain() {
+        // A bridged session's transport is the bridge: its stream is plain.
+        let transport = if self.engine.transports.all_plain() || bridged.is_some() {
             None
         } else {
             self.engine.transports.start(local, peer)
@@ -397,14 +408,18 @@ impl Core {
         }
         let id = SessionId::new(self.index, self.next_serial);
         self.next_serial += 1;
-        let shared = Arc::new(SessionShared::new(
+        let shared = SessionShared::new(
             id,
             token,
             peer,
             local,
             self.engine.config.session_limits(),
             Arc::clone(&self.mailbox),
-        ));
+        );
+        let shared = Arc::new(match bridged {
+            Some(bridged) => shared.with_link(bridged.link),
+            None => shared,
+        });
         let (session, factory_panic) =
             match catch_unwind(AssertUnwindSafe(|| (self.engine.factory)())) {
                 Ok(session) => (session, None),
@@ -495,6 +510,10 @@ impl Core {
         let Some(Closing { reason, mode }) = entry.conn.poll_close() else {
             return;
         };
+        let reason = match &entry.handle.inner.link {
+            Some(link) => link.session_ended(reason),
+            None => reason,
+        };
         entry.handle.counters().note_disconnect(reason.kind());
         if transport::is_transport_reason(&reason) {
             transport::log_rejection(entry.handle.peer_addr(), &reason);
@@ -541,7 +560,7 @@ impl Core {
     fn apply_deferred<D: Driver>(&mut self, driver: &mut D) {
         while !self.deferred.is_empty() {
             for (stream, peer) in std::mem::take(&mut self.deferred.adopt) {
-                self.adopt(driver, stream, peer);
+                self.adopt(driver, stream, peer, None);
             }
             let mut drive = std::mem::take(&mut self.deferred.drive);
             for slot in drive.drain(..) {

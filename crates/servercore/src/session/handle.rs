@@ -11,7 +11,7 @@ use bytes::Bytes;
 
 use super::mailbox::Request;
 use super::shared::{OverflowPolicy, Refused, SessionShared};
-use super::DisconnectReason;
+use super::{cut_datagrams, DatagramRefused, DisconnectReason, Piece};
 use crate::log_throttle::LogThrottle;
 use crate::service::metrics::WorkerCounters;
 
@@ -100,9 +100,13 @@ impl SessionHandle {
         self.inner.peer
     }
 
-    /// The local address of the connection.
+    /// The local address of the connection (for a QUIC session, the UDP
+    /// socket's).
     pub fn local_addr(&self) -> SocketAddr {
-        self.inner.local
+        match &self.inner.link {
+            Some(link) => link.local_addr(),
+            None => self.inner.local,
+        }
     }
 
     /// True until the session starts closing.
@@ -182,6 +186,53 @@ impl SessionHandle {
     /// `sendmsg`/`writev` each, partial writes included).
     pub fn write_count(&self) -> u64 {
         self.inner.write_count()
+    }
+
+    /// The transport carrying the session when it is not a TCP listener's
+    /// (`Some("quic")`); `None` for TCP, TLS and WebSocket sessions.
+    pub fn bridged_transport(&self) -> Option<&'static str> {
+        self.inner.link.as_ref().map(|link| link.transport())
+    }
+
+    /// The largest datagram the peer accepts now: `Some` only on a QUIC
+    /// session whose peer takes datagrams (RFC 9221).
+    pub fn max_datagram_size(&self) -> Option<usize> {
+        self.inner.link.as_ref()?.max_datagram_size()
+    }
+
+    /// Sends `packets` (whole `[size][id][body]` packets back to back)
+    /// unreliably where the transport can: on a QUIC session whose peer
+    /// takes datagrams they are cut, at packet boundaries only, into
+    /// datagrams of at most [`max_datagram_size`](Self::max_datagram_size)
+    /// bytes (as many packets in each as fit, never one split), queued in
+    /// the connection's own bounded datagram queue (the oldest is dropped
+    /// when it is full), never resent, and may arrive out of order or not
+    /// at all. Everywhere else — TCP, TLS, WebSocket, a peer without
+    /// datagrams, a packet larger than a datagram — the bytes go by the
+    /// ordered stream exactly as [`send`](Self::send) would queue them.
+    pub fn send_datagram(&self, packets: Bytes) -> Result<(), SendError> {
+        let link = match &self.inner.link {
+            Some(link) if self.inner.is_open() => link,
+            _ => return self.send(packets),
+        };
+        let Some(max) = link.max_datagram_size() else {
+            return self.send(packets);
+        };
+        let mut result = Ok(());
+        cut_datagrams(&packets, max, |piece| {
+            if result.is_err() {
+                return;
+            }
+            result = match piece {
+                Piece::Datagram(datagram) => match link.send_datagram(datagram.clone()) {
+                    Ok(()) => Ok(()),
+                    Err(DatagramRefused::TooLarge) => self.send(datagram),
+                    Err(DatagramRefused::Closed) => Err(SendError::Closed),
+                },
+                Piece::Stream(bytes) => self.send(bytes),
+            };
+        });
+        result
     }
 
     /// Copies `data` into a new buffer and queues it.

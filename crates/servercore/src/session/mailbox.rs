@@ -12,6 +12,7 @@ use bytes::Bytes;
 use crossbeam_queue::SegQueue;
 use parking_lot::Mutex;
 
+use super::link::Link;
 use super::shared::SessionShared;
 use crate::driver::Wake;
 use crate::service::metrics::WorkerCounters;
@@ -24,10 +25,21 @@ pub(crate) enum Request {
     Disconnect(Arc<SessionShared>),
     /// Adopt a connected stream as a new session (round-robin hand-out).
     Adopt(TcpStream, SocketAddr),
+    /// Adopt one end of a bridge to another transport (QUIC) as a new
+    /// session.
+    AdoptBridged(TcpStream, Box<Bridged>),
     /// Queue one shared buffer to every session of the worker.
     Broadcast(Bytes),
     /// Stop: close listeners, flush, disconnect everything, exit.
     Stop,
+}
+
+/// What the worker needs to adopt a bridged connection besides its stream.
+pub(crate) struct Bridged {
+    /// The real peer (the QUIC client's address).
+    pub peer: SocketAddr,
+    /// The transport's side of the session.
+    pub link: Arc<dyn Link>,
 }
 
 /// A worker's inbox, usable from any thread. A push wakes the worker only
@@ -76,14 +88,31 @@ impl Mailbox {
         Ok(())
     }
 
+    /// Hands a new bridged connection to the worker, or gives it back if
+    /// the worker has left its loop.
+    pub(crate) fn push_adopt_bridged(
+        &self,
+        stream: TcpStream,
+        bridged: Box<Bridged>,
+    ) -> Result<(), TcpStream> {
+        let adopting = self.adopting.lock();
+        if !*adopting {
+            return Err(stream);
+        }
+        self.push(Request::AdoptBridged(stream, bridged));
+        Ok(())
+    }
+
     /// Called by the worker when it leaves its loop: later `push_adopt`s
     /// fail. Returns the connections handed over before, never adopted.
     pub(crate) fn close(&self) -> Vec<(TcpStream, SocketAddr)> {
         *self.adopting.lock() = false;
         let mut orphans = Vec::new();
         while let Some(request) = self.queue.pop() {
-            if let Request::Adopt(stream, peer) = request {
-                orphans.push((stream, peer));
+            match request {
+                Request::Adopt(stream, peer) => orphans.push((stream, peer)),
+                Request::AdoptBridged(stream, bridged) => orphans.push((stream, bridged.peer)),
+                _ => {}
             }
         }
         orphans

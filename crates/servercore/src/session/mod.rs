@@ -10,13 +10,15 @@
 //! `service::connection`, driven by the worker loop in `service::worker`.
 
 mod handle;
+mod link;
 mod mailbox;
 mod reason;
 mod send_queue;
 mod shared;
 
 pub use handle::{SendError, SessionHandle, SessionId};
-pub(crate) use mailbox::{Mailbox, Request};
+pub(crate) use link::{cut_datagrams, DatagramRefused, Link, Piece};
+pub(crate) use mailbox::{Bridged, Mailbox, Request};
 pub use reason::{DisconnectKind, DisconnectReason};
 pub(crate) use send_queue::Charge;
 pub use shared::OverflowPolicy;

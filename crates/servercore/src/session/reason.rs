@@ -63,6 +63,19 @@ pub enum DisconnectReason {
         /// What happened.
         detail: String,
     },
+    /// The QUIC connection failed: a transport error the peer sent or this
+    /// end detected (a protocol violation, an oversized datagram), the
+    /// QUIC idle timeout, a stateless reset, or the client's stream reset.
+    Quic(String),
+    /// The QUIC peer closed the connection with an application error code
+    /// other than 0 (its CONNECTION_CLOSE); a close with code 0 is
+    /// [`DisconnectReason::ClosedByPeer`].
+    QuicClosed {
+        /// The peer's application error code.
+        code: u64,
+        /// The peer's reason text, escaped and cut short.
+        detail: String,
+    },
 }
 
 impl DisconnectReason {
@@ -110,6 +123,8 @@ impl DisconnectReason {
             DisconnectReason::LoginTimeout => DisconnectKind::LoginTimeout,
             DisconnectReason::PacketTimeout => DisconnectKind::PacketTimeout,
             DisconnectReason::App(_) => DisconnectKind::App,
+            DisconnectReason::Quic(_) => DisconnectKind::Quic,
+            DisconnectReason::QuicClosed { .. } => DisconnectKind::QuicClosed,
         }
     }
 }
@@ -157,11 +172,15 @@ pub enum DisconnectKind {
     PacketTimeout,
     /// [`DisconnectReason::App`], whatever the application named it: `app`.
     App,
+    /// [`DisconnectReason::Quic`]: `quic`.
+    Quic,
+    /// [`DisconnectReason::QuicClosed`]: `quic_closed`.
+    QuicClosed,
 }
 
 impl DisconnectKind {
     /// How many kinds there are.
-    pub const COUNT: usize = 18;
+    pub const COUNT: usize = 20;
 
     /// Every kind, in index order.
     pub const ALL: [DisconnectKind; DisconnectKind::COUNT] = [
@@ -183,6 +202,8 @@ impl DisconnectKind {
         DisconnectKind::LoginTimeout,
         DisconnectKind::PacketTimeout,
         DisconnectKind::App,
+        DisconnectKind::Quic,
+        DisconnectKind::QuicClosed,
     ];
 
     /// The index of this kind in counter arrays (`0..COUNT`).
@@ -211,6 +232,8 @@ impl DisconnectKind {
             DisconnectKind::LoginTimeout => "login_timeout",
             DisconnectKind::PacketTimeout => "packet_timeout",
             DisconnectKind::App => "app",
+            DisconnectKind::Quic => "quic",
+            DisconnectKind::QuicClosed => "quic_closed",
         }
     }
 }
@@ -245,6 +268,10 @@ impl fmt::Display for DisconnectReason {
             }
             DisconnectReason::WebSocket { code, detail } => {
                 write!(f, "WebSocket closed with {code}: {detail}")
+            }
+            DisconnectReason::Quic(detail) => write!(f, "QUIC error: {detail}"),
+            DisconnectReason::QuicClosed { code, detail } => {
+                write!(f, "QUIC closed by the peer with {code}: {detail}")
             }
         }
     }

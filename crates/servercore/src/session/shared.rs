@@ -15,6 +15,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use parking_lot::Mutex;
 
+use super::link::Link;
 use super::mailbox::Mailbox;
 use super::send_queue::{Charge, SendQueue, COMPACT_STEP};
 use super::{DisconnectReason, SessionId};
@@ -83,6 +84,9 @@ pub(crate) struct SessionShared {
     writes: AtomicU64,
     limits: SendLimits,
     pub(crate) mailbox: Arc<Mailbox>,
+    /// The transport side of a bridged session (QUIC); `None` on TCP,
+    /// TLS and WebSocket.
+    pub(crate) link: Option<Arc<dyn Link>>,
 }
 
 impl SessionShared {
@@ -110,7 +114,14 @@ impl SessionShared {
             writes: AtomicU64::new(0),
             limits,
             mailbox,
+            link: None,
         }
+    }
+
+    /// The same session, carried by a bridged transport.
+    pub(crate) fn with_link(mut self, link: Arc<dyn Link>) -> SessionShared {
+        self.link = Some(link);
+        self
     }
 
     pub(crate) fn is_open(&self) -> bool {

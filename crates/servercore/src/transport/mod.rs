@@ -63,9 +63,11 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+pub mod quic;
 pub mod tls;
 pub mod websocket;
 
+pub use quic::{QuicConfig, QuicMetrics};
 pub use rustls;
 pub use websocket::{close_code, PageLookup, WebPage, WebSocketConfig};
 

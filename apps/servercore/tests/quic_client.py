@@ -1,0 +1,218 @@
+"""A QUIC game client written with `aioquic`, driven by the `quic`
+integration test: it logs in and enters over its first bidirectional
+stream, moves by datagram and sees its own S_MOVE come back as a datagram,
+then follows the test's orders on stdin.
+
+Usage: quic_client.py HOST PORT CAFILE ACCOUNT
+Prints `entered PLAYER_ID`, then `moved`; then reads lines on stdin:
+- `chat N`: sends N chats `py0`.. over the stream;
+- `expect SENDER PREFIX N`: waits for those chats (stream), prints `got PREFIX`;
+- `expect_move PLAYER_ID`: waits for an S_MOVE of that player by datagram,
+  prints `saw move PLAYER_ID`;
+- `garbage`: sends a datagram that is not whole packets and one with a
+  C_CHAT (both must be dropped by the server), prints `sent garbage`;
+- `done`: closes with code 0, prints `ok STREAM_MOVES DATAGRAM_MOVES`.
+An S_MOVE on the stream is counted: the test expects none.
+
+Packets are `[size u16 LE][id u16 LE][protobuf body]`; the few fields used
+are encoded here by hand so that only `aioquic` is needed.
+"""
+
+import asyncio
+import ssl
+import struct
+import sys
+
+from aioquic.asyncio import connect
+from aioquic.asyncio.protocol import QuicConnectionProtocol
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.events import ConnectionTerminated, DatagramFrameReceived, StreamDataReceived
+
+C_LOGIN, S_LOGIN, C_ENTER_GAME, S_ENTER_GAME, C_CHAT, S_CHAT = range(1000, 1006)
+C_MOVE, S_MOVE = 1010, 1011
+
+
+def varint(value):
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def field_varint(number, value):
+    return varint(number << 3) + varint(value)
+
+
+def field_bytes(number, data):
+    return varint((number << 3) | 2) + varint(len(data)) + data
+
+
+def packet(packet_id, body):
+    return struct.pack("<HH", len(body) + 4, packet_id) + body
+
+
+def read_varint(data, at):
+    value, shift = 0, 0
+    while True:
+        byte = data[at]
+        at += 1
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            return value, at
+
+
+def parse(body):
+    """Protobuf fields as {number: [values]} (varints and byte strings)."""
+    fields, at = {}, 0
+    while at < len(body):
+        key, at = read_varint(body, at)
+        number, kind = key >> 3, key & 7
+        if kind == 0:
+            value, at = read_varint(body, at)
+        elif kind == 2:
+            length, at = read_varint(body, at)
+            value, at = body[at:at + length], at + length
+        elif kind == 5:
+            value, at = body[at:at + 4], at + 4
+        elif kind == 1:
+            value, at = body[at:at + 8], at + 8
+        else:
+            raise ValueError(f"wire type {kind}")
+        fields.setdefault(number, []).append(value)
+    return fields
+
+
+def split_packets(data):
+    """Whole packets of `data` as [(id, fields)]; asserts nothing is left."""
+    out, at = [], 0
+    while at < len(data):
+        size, packet_id = struct.unpack_from("<HH", data, at)
+        assert size >= 4 and at + size <= len(data), f"a split packet in a datagram: {data!r}"
+        out.append((packet_id, parse(data[at + 4:at + size])))
+        at += size
+    return out
+
+
+class Client(QuicConnectionProtocol):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.buf = b""
+        self.stream_packets = asyncio.Queue()
+        self.datagram_packets = asyncio.Queue()
+        self.stream_moves = 0
+        self.datagram_moves = 0
+        self.terminated = None
+
+    def quic_event_received(self, event):
+        if isinstance(event, StreamDataReceived):
+            self.buf += event.data
+            while len(self.buf) >= 4:
+                size, packet_id = struct.unpack_from("<HH", self.buf)
+                if len(self.buf) < size:
+                    break
+                body, self.buf = self.buf[4:size], self.buf[size:]
+                if packet_id == S_MOVE:
+                    self.stream_moves += 1
+                self.stream_packets.put_nowait((packet_id, parse(body)))
+        elif isinstance(event, DatagramFrameReceived):
+            for packet_id, fields in split_packets(event.data):
+                assert packet_id == S_MOVE, f"only S_MOVE by datagram, got {packet_id}"
+                self.datagram_moves += 1
+                self.datagram_packets.put_nowait((packet_id, fields))
+        elif isinstance(event, ConnectionTerminated):
+            self.terminated = event
+
+    async def expect_stream(self, wanted):
+        while True:
+            packet_id, fields = await asyncio.wait_for(self.stream_packets.get(), 10)
+            if packet_id == wanted:
+                return fields
+
+    async def expect_move(self, player_id):
+        while True:
+            _, fields = await asyncio.wait_for(self.datagram_packets.get(), 10)
+            if parse(fields[1][0])[1] == [player_id]:
+                return fields
+
+
+async def main(host, port, cafile, account):
+    config = QuicConfiguration(
+        is_client=True,
+        alpn_protocols=["servercore/1"],
+        max_datagram_frame_size=65536,
+        server_name="localhost",
+    )
+    config.load_verify_locations(cafile)
+    config.verify_mode = ssl.CERT_REQUIRED
+    async with connect(host, port, configuration=config, create_protocol=Client) as client:
+        quic = client._quic
+        stream = quic.get_next_available_stream_id()
+
+        def send_stream(data):
+            quic.send_stream_data(stream, data)
+            client.transmit()
+
+        def send_datagram(data):
+            quic.send_datagram_frame(data)
+            client.transmit()
+
+        send_stream(packet(C_LOGIN, field_bytes(1, account.encode())))
+        login = await client.expect_stream(S_LOGIN)
+        assert login.get(1) == [1], f"login failed: {login}"
+        send_stream(packet(C_ENTER_GAME, field_varint(1, 0)))
+        entered = await client.expect_stream(S_ENTER_GAME)
+        assert entered.get(1) == [1], f"enter failed: {entered}"
+        player_id = entered[2][0]
+        print(f"entered {player_id}", flush=True)
+
+        # A short move by datagram: its S_MOVE comes back by datagram with
+        # this player's id, the position and the client_time_us sent.
+        pos = parse(parse(entered[3][0]).get(3, [b""])[0])
+        x = struct.unpack("<f", pos[2][0])[0] if 2 in pos else 0.0
+        y = struct.unpack("<f", pos[3][0])[0] if 3 in pos else 0.0
+        x = x + 1.0 if x < 100.0 else x - 1.0
+        info = (b"\x15" + struct.pack("<f", x)) + (b"\x1d" + struct.pack("<f", y))
+        send_datagram(packet(C_MOVE, field_bytes(1, info) + field_varint(2, 42)))
+        moved = await client.expect_move(player_id)
+        moved_info = parse(moved[1][0])
+        assert struct.unpack("<f", moved_info[2][0])[0] == struct.unpack("<f", struct.pack("<f", x))[0]
+        assert moved.get(2) == [42], f"client_time_us: {moved}"
+        print("moved", flush=True)
+
+        loop = asyncio.get_running_loop()
+        while True:
+            line = (await loop.run_in_executor(None, sys.stdin.readline)).split()
+            if not line or line[0] == "done":
+                break
+            if line[0] == "chat":
+                for i in range(int(line[1])):
+                    send_stream(packet(C_CHAT, field_bytes(1, f"py{i}".encode()) + field_varint(2, i)))
+            elif line[0] == "expect":
+                _, sender, prefix, n = line
+                for i in range(int(n)):
+                    chat = await client.expect_stream(S_CHAT)
+                    got = (chat[1][0], chat[2][0].decode(), chat.get(3, [0])[0])
+                    want = (int(sender), f"{prefix}{i}", i)
+                    assert got == want, f"chat {i}: got {got}, want {want}"
+                print(f"got {prefix}", flush=True)
+            elif line[0] == "expect_move":
+                await client.expect_move(int(line[1]))
+                print(f"saw move {line[1]}", flush=True)
+            elif line[0] == "garbage":
+                send_datagram(b"\x09\x00\xf2\x03")
+                send_datagram(packet(C_CHAT, field_bytes(1, b"by datagram") + field_varint(2, 99)))
+                print("sent garbage", flush=True)
+        moves = (client.stream_moves, client.datagram_moves)
+        quic.close(error_code=0)
+        client.transmit()
+    print(f"ok {moves[0]} {moves[1]}", flush=True)
+
+
+if __name__ == "__main__":
+    asyncio.run(main(sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]))
