@@ -290,9 +290,9 @@ fn aioquic_client_plays_with_a_tcp_client(backend: Backend) {
     // The TCP neighbour's move reaches the QUIC player as a datagram.
     tcp.send(&CMove {
         info: Some(PosInfo {
-            player_id: 0,
             x: 50.0,
             y: 50.0,
+            ..PosInfo::default()
         }),
         client_time_us: 7,
     });
