@@ -29,6 +29,11 @@ backend_tests!(
         ignore = "needs python3 with aioquic (scripts/test-env installs it)"
     )]
     aioquic_client_plays_with_a_tcp_client,
+    #[cfg_attr(
+        servercore_missing = "aioquic",
+        ignore = "needs python3 with aioquic (scripts/test-env installs it)"
+    )]
+    aioquic_oversized_datagram_and_malformed_packet_close_with_the_reason,
 );
 
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -218,6 +223,85 @@ fn python_has_aioquic() -> bool {
     ok
 }
 
+/// `tests/quic_client.py` as a child: orders on its stdin, answers from
+/// its stdout; killed on drop.
+struct PyClient {
+    child: Child,
+    stdin: std::process::ChildStdin,
+    lines: mpsc::Receiver<String>,
+}
+
+impl PyClient {
+    fn start(server: &Server, cert: &Path, account: &str) -> PyClient {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/quic_client.py");
+        let mut child = Command::new("python3")
+            .arg(script)
+            .arg(server.quic_addr.ip().to_string())
+            .arg(server.quic_addr.port().to_string())
+            .arg(cert)
+            .arg(account)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn python3");
+        let stdin = child.stdin.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        let stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        PyClient {
+            child,
+            stdin,
+            lines,
+        }
+    }
+
+    fn order(&mut self, line: &str) {
+        writeln!(self.stdin, "{line}").unwrap();
+    }
+
+    fn line(&mut self, what: &str) -> String {
+        match self.lines.recv_timeout(READ_TIMEOUT) {
+            Ok(line) => line,
+            Err(_) => {
+                let _ = self.child.kill();
+                let mut err = String::new();
+                let _ = self.child.stderr.take().unwrap().read_to_string(&mut err);
+                panic!("no {what} from the QUIC client; its stderr:\n{err}")
+            }
+        }
+    }
+
+    /// Waits for `entered ID` and `moved`; returns the player's id.
+    fn entered(&mut self) -> u64 {
+        let entered = self.line("entered line");
+        let id = entered
+            .strip_prefix("entered ")
+            .unwrap_or_else(|| panic!("{entered}"))
+            .parse()
+            .unwrap();
+        // Its C_MOVE went by datagram and its S_MOVE came back as one.
+        assert_eq!(self.line("own move"), "moved");
+        id
+    }
+
+    fn wait(mut self) {
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "python exited with {status}");
+    }
+}
+
+impl Drop for PyClient {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 fn aioquic_client_plays_with_a_tcp_client(backend: Backend) {
     if !python_has_aioquic() {
         return;
@@ -228,64 +312,27 @@ fn aioquic_client_plays_with_a_tcp_client(backend: Backend) {
     let mut tcp = Client::tls(server.addr, &cert);
     let tcp_id = tcp.join("tcp_player");
 
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/quic_client.py");
-    let mut python = Command::new("python3")
-        .arg(script)
-        .arg(server.quic_addr.ip().to_string())
-        .arg(server.quic_addr.port().to_string())
-        .arg(&cert)
-        .arg("quic_player")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn python3");
-    let mut to_python = python.stdin.take().unwrap();
-    let (tx, lines) = mpsc::channel();
-    let stdout = python.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let mut next_line = |what: &str| -> String {
-        match lines.recv_timeout(READ_TIMEOUT) {
-            Ok(line) => line,
-            Err(_) => {
-                let _ = python.kill();
-                let mut err = String::new();
-                let _ = python.stderr.take().unwrap().read_to_string(&mut err);
-                panic!("no {what} from the QUIC client; its stderr:\n{err}")
-            }
-        }
-    };
-    let entered = next_line("entered line");
-    let quic_id: u64 = entered
-        .strip_prefix("entered ")
-        .unwrap_or_else(|| panic!("{entered}"))
-        .parse()
-        .unwrap();
-    // Its C_MOVE went by datagram and its S_MOVE came back as one.
-    assert_eq!(next_line("own move"), "moved");
+    let mut python = PyClient::start(&server, &cert, "quic_player");
+    let quic_id = python.entered();
 
     // The QUIC player's chats reach the TCP player, in order...
-    writeln!(to_python, "chat 5").unwrap();
+    python.order("chat 5");
     for i in 0..5 {
         assert_eq!(tcp.recv_chat(), chat_of(quic_id, &format!("py{i}"), i));
     }
-    writeln!(to_python, "expect {quic_id} py 5").unwrap();
-    assert_eq!(next_line("own chats"), "got py");
+    python.order(&format!("expect {quic_id} py 5"));
+    assert_eq!(python.line("own chats"), "got py");
     // ...and the TCP player's reach the QUIC player, in order.
     for i in 0..4 {
         tcp.chat(&format!("tcp{i}"), i);
     }
-    writeln!(to_python, "expect {tcp_id} tcp 4").unwrap();
-    assert_eq!(next_line("TCP chats"), "got tcp");
+    python.order(&format!("expect {tcp_id} tcp 4"));
+    assert_eq!(python.line("TCP chats"), "got tcp");
 
     // Datagrams that are not whole packets, or carry a chat, are dropped:
     // the session goes on and no chat "by datagram" reaches anyone.
-    writeln!(to_python, "garbage").unwrap();
-    assert_eq!(next_line("garbage"), "sent garbage");
+    python.order("garbage");
+    assert_eq!(python.line("garbage"), "sent garbage");
 
     // The TCP neighbour's move reaches the QUIC player as a datagram.
     tcp.send(&CMove {
@@ -296,15 +343,18 @@ fn aioquic_client_plays_with_a_tcp_client(backend: Backend) {
         }),
         client_time_us: 7,
     });
-    writeln!(to_python, "expect_move {tcp_id}").unwrap();
-    assert_eq!(next_line("neighbour's move"), format!("saw move {tcp_id}"));
+    python.order(&format!("expect_move {tcp_id}"));
+    assert_eq!(
+        python.line("neighbour's move"),
+        format!("saw move {tcp_id}")
+    );
 
     // A last chat both ways: the connection is still whole.
     tcp.chat("end0", 0);
-    writeln!(to_python, "expect {tcp_id} end 1").unwrap();
-    assert_eq!(next_line("the last chat"), "got end");
-    writeln!(to_python, "done").unwrap();
-    let ok = next_line("the end");
+    python.order(&format!("expect {tcp_id} end 1"));
+    assert_eq!(python.line("the last chat"), "got end");
+    python.order("done");
+    let ok = python.line("the end");
     let counts: Vec<u64> = ok
         .strip_prefix("ok ")
         .unwrap_or_else(|| panic!("{ok}"))
@@ -316,11 +366,40 @@ fn aioquic_client_plays_with_a_tcp_client(backend: Backend) {
         counts[1] >= 2,
         "own and the neighbour's moves by datagram: {ok}"
     );
-    let status = python.wait().unwrap();
-    assert!(status.success(), "python exited with {status}");
+    python.wait();
     // Every chat the TCP player got was one of these, none "by datagram".
     for i in 0..4 {
         assert_eq!(tcp.recv_chat(), chat_of(tcp_id, &format!("tcp{i}"), i));
     }
     assert_eq!(tcp.recv_chat(), chat_of(tcp_id, "end0", 0));
+}
+
+/// Hostile QUIC clients in game: a datagram larger than the server takes
+/// closes the connection with PROTOCOL_VIOLATION ("oversized datagram"),
+/// a malformed packet on the stream closes it with the protocol code and
+/// `malformed_packet`, as the TCP port cuts it; the server plays on.
+fn aioquic_oversized_datagram_and_malformed_packet_close_with_the_reason(backend: Backend) {
+    if !python_has_aioquic() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = make_cert(dir.path());
+    let server = Server::start(backend, &cert, &key);
+    for (order, expected) in [
+        ("oversize", "terminated 10 oversized datagram"),
+        ("malformed", "terminated 2 malformed_packet"),
+    ] {
+        let mut python = PyClient::start(&server, &cert, &format!("hostile_{order}"));
+        python.entered();
+        python.order(order);
+        assert_eq!(python.line("counts"), "ok 0 1", "{order}");
+        assert_eq!(python.line("the close"), expected, "{order}");
+        python.wait();
+    }
+    // Still serving.
+    let mut python = PyClient::start(&server, &cert, "after");
+    python.entered();
+    python.order("done");
+    assert_eq!(python.line("the end"), "ok 0 1");
+    python.wait();
 }

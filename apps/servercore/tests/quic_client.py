@@ -11,7 +11,11 @@ Prints `entered PLAYER_ID`, then `moved`; then reads lines on stdin:
   prints `saw move PLAYER_ID`;
 - `garbage`: sends a datagram that is not whole packets and one with a
   C_CHAT (both must be dropped by the server), prints `sent garbage`;
-- `done`: closes with code 0, prints `ok STREAM_MOVES DATAGRAM_MOVES`.
+- `done`: closes with code 0, prints `ok STREAM_MOVES DATAGRAM_MOVES`;
+- `oversize` (a datagram larger than the server takes) or `malformed` (a
+  packet whose size is below its header's, on the stream): prints
+  `ok STREAM_MOVES DATAGRAM_MOVES`, then waits for the server to close the
+  connection and prints `terminated CODE REASON`.
 An S_MOVE on the stream is counted: the test expects none.
 
 Packets are `[size u16 LE][id u16 LE][protobuf body]`; the few fields used
@@ -107,7 +111,7 @@ class Client(QuicConnectionProtocol):
         self.datagram_packets = asyncio.Queue()
         self.stream_moves = 0
         self.datagram_moves = 0
-        self.terminated = None
+        self.terminated = asyncio.get_event_loop().create_future()
 
     def quic_event_received(self, event):
         if isinstance(event, StreamDataReceived):
@@ -126,7 +130,8 @@ class Client(QuicConnectionProtocol):
                 self.datagram_moves += 1
                 self.datagram_packets.put_nowait((packet_id, fields))
         elif isinstance(event, ConnectionTerminated):
-            self.terminated = event
+            if not self.terminated.done():
+                self.terminated.set_result(event)
 
     async def expect_stream(self, wanted):
         while True:
@@ -147,6 +152,8 @@ async def main(host, port, cafile, account):
         alpn_protocols=["servercore/1"],
         max_datagram_frame_size=65536,
         server_name="localhost",
+        # Loopback carries large UDP datagrams: room for an oversized one.
+        max_datagram_size=16000,
     )
     config.load_verify_locations(cafile)
     config.verify_mode = ssl.CERT_REQUIRED
@@ -190,6 +197,15 @@ async def main(host, port, cafile, account):
             line = (await loop.run_in_executor(None, sys.stdin.readline)).split()
             if not line or line[0] == "done":
                 break
+            if line[0] in ("oversize", "malformed"):
+                print(f"ok {client.stream_moves} {client.datagram_moves}", flush=True)
+                if line[0] == "oversize":
+                    send_datagram(packet(C_MOVE, b"\x00" * 8000))
+                else:
+                    send_stream(b"\x02\x00\x00\x00")
+                ended = await asyncio.wait_for(client.terminated, 10)
+                print(f"terminated {ended.error_code} {ended.reason_phrase}", flush=True)
+                return
             if line[0] == "chat":
                 for i in range(int(line[1])):
                     send_stream(packet(C_CHAT, field_bytes(1, f"py{i}".encode()) + field_varint(2, i)))

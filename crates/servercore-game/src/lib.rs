@@ -806,7 +806,11 @@ pub fn start(config: GameConfig) -> anyhow::Result<GameServer> {
             .tls
             .as_ref()
             .context("a QUIC listener needs a certificate (--tls-cert and --tls-key)")?;
-        let quic = QuicConfig::new(Arc::clone(tls)).datagram_ids([PacketId::CMove as u16]);
+        // Clients send only C_MOVEs by datagram, a few dozen bytes each: a
+        // small window, and a datagram larger than it closes the connection.
+        let quic = QuicConfig::new(Arc::clone(tls))
+            .datagram_ids([PacketId::CMove as u16])
+            .datagram_receive_buffer(4096);
         builder = builder.quic(quic_addr, quic);
     }
     let service = builder

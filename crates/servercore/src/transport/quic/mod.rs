@@ -168,10 +168,11 @@ impl QuicConfig {
     }
 
     /// Bytes of received datagrams buffered per connection (default 64
-    /// KiB); it also bounds the largest datagram the peer may send (at
-    /// most 65,535 bytes).
+    /// KiB, at least 256); it also bounds the largest datagram the peer may
+    /// send (at most 65,535 bytes): a larger one is a protocol violation
+    /// that closes the connection.
     pub fn datagram_receive_buffer(mut self, bytes: usize) -> QuicConfig {
-        self.datagram_receive_buffer = bytes.max(1200);
+        self.datagram_receive_buffer = bytes.max(256);
         self
     }
 }
