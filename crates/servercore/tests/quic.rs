@@ -198,7 +198,7 @@ fn quic_echo_is_an_ordinary_session(backend: Backend) {
 /// A packet server that records what it got and answers nothing.
 struct Packets {
     record: Shared,
-    got: Arc<Mutex<Vec<(u16, Vec<u8>)>>>,
+    got: Got,
     /// Sent by datagram on each packet of id 1.
     reply: Option<Bytes>,
 }

@@ -162,10 +162,10 @@ impl ServerServiceBuilder {
                             "address resolved to nothing",
                         ))
                     })?;
-                Some(
+                Some(Box::new(
                     QuicListener::start(addr, config, std::sync::Arc::clone(&engine.shared))
                         .map_err(bind_error)?,
-                )
+                ))
             }
             None => None,
         };
@@ -262,7 +262,7 @@ pub struct ServerService {
     /// The main listener's address first, then the others in order.
     local_addrs: Vec<SocketAddr>,
     /// Dropped after the engine, whose sessions' ends it sends.
-    quic: Option<QuicListener>,
+    quic: Option<Box<QuicListener>>,
 }
 
 impl ServerService {
@@ -296,12 +296,12 @@ impl ServerService {
 
     /// The QUIC listener's UDP address, if one was configured.
     pub fn quic_addr(&self) -> Option<SocketAddr> {
-        self.quic.as_ref().map(QuicListener::local_addr)
+        self.quic.as_ref().map(|quic| quic.local_addr())
     }
 
     /// The QUIC listener's counters, if one was configured.
     pub fn quic_metrics(&self) -> Option<QuicMetrics> {
-        self.quic.as_ref().map(QuicListener::metrics)
+        self.quic.as_ref().map(|quic| quic.metrics())
     }
 
     engine_control_methods!();
