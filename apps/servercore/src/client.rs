@@ -35,6 +35,13 @@ pub struct ClientArgs {
     #[arg(long, value_name = "URL", value_parser = crate::transport::parse_ws_url)]
     pub ws: Option<crate::transport::WsUrl>,
 
+    /// Connect over QUIC to the UDP address HOST:PORT instead of --addr
+    /// (TLS 1.3: needs --tls-ca or --tls-insecure); moves go both ways as
+    /// datagrams, and the move scenario counts what came by datagram and
+    /// by stream.
+    #[arg(long, value_name = "HOST:PORT", conflicts_with = "ws")]
+    pub quic: Option<String>,
+
     #[command(flatten)]
     pub tls: crate::transport::TlsClientArgs,
 
@@ -105,12 +112,23 @@ pub struct ClientArgs {
 impl ClientArgs {
     /// The run these options describe (reads the TLS files).
     pub fn to_config(&self) -> anyhow::Result<LoadConfig> {
+        if let Some(target) = &self.quic {
+            let (addr, quic) = self.tls.quic_config(target)?;
+            let mut config = LoadConfig::new(addr);
+            config.quic = Some(quic);
+            return Ok(self.fill(config));
+        }
         let addr = self.ws.as_ref().map_or(self.addr[0], |url| url.addr);
         let mut config = LoadConfig::new(addr);
         config.transport = self.tls.client_transport(addr, self.ws.as_ref())?;
         if self.ws.is_none() {
             config.more_addrs = self.addr[1..].to_vec();
         }
+        Ok(self.fill(config))
+    }
+
+    /// The options every transport shares.
+    fn fill(&self, mut config: LoadConfig) -> LoadConfig {
         config.sessions = self.sessions;
         config.scenario = self.scenario;
         config.rate = self.rate.unwrap_or(match self.scenario {
@@ -128,7 +146,7 @@ impl ClientArgs {
         config.connect_timeout = self.connect_timeout;
         config.setup_timeout = self.setup_timeout;
         config.account_prefix = self.account_prefix.clone();
-        Ok(config)
+        config
     }
 }
 
@@ -151,7 +169,11 @@ pub fn run(args: ClientArgs) -> anyhow::Result<()> {
             .map(ToString::to_string)
             .collect::<Vec<_>>()
             .join(","),
-        config.transport.name(),
+        if config.quic.is_some() {
+            "quic"
+        } else {
+            config.transport.name()
+        },
         config.rate,
         human_duration(config.duration)
     );

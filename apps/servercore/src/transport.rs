@@ -158,6 +158,35 @@ impl TlsClientArgs {
     }
 }
 
+impl TlsClientArgs {
+    /// The QUIC settings of a client of `target` (`HOST:PORT`, resolved
+    /// here): the certificate trusted through --tls-ca, or any with
+    /// --tls-insecure; the name it must carry is --tls-name, else the host.
+    pub fn quic_config(
+        &self,
+        target: &str,
+    ) -> anyhow::Result<(SocketAddr, servercore::QuicClientConfig)> {
+        let (host, _) = target
+            .rsplit_once(':')
+            .with_context(|| format!("--quic {target}: expected HOST:PORT"))?;
+        let addr = target
+            .to_socket_addrs()
+            .with_context(|| format!("--quic {target}: cannot resolve it"))?
+            .next()
+            .with_context(|| format!("--quic {target}: resolved to nothing"))?;
+        let config = match (&self.tls_ca, self.tls_insecure) {
+            (Some(ca), _) => tls::client_config_from_pem(ca)?,
+            (None, true) => tls::insecure_client_config(),
+            (None, false) => anyhow::bail!(
+                "QUIC needs --tls-ca FILE (the server's certificate or its CA) or --tls-insecure"
+            ),
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let name = self.tls_name.clone().unwrap_or_else(|| host.to_string());
+        Ok((addr, servercore::QuicClientConfig::new(config, name)))
+    }
+}
+
 /// `servercore cert` options.
 #[derive(Debug, clap::Args)]
 pub struct CertArgs {

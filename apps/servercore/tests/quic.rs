@@ -34,6 +34,7 @@ backend_tests!(
         ignore = "needs python3 with aioquic (scripts/test-env installs it)"
     )]
     aioquic_oversized_datagram_and_malformed_packet_close_with_the_reason,
+    load_tool_over_quic_counts_moves_by_datagram,
 );
 
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -82,6 +83,8 @@ impl Server {
             .arg(key)
             // Two by two cells: every player sees every other.
             .args(["--world-size", "200", "--cell", "100"])
+            // Dummy accounts from one address: not what this tests.
+            .args(["--max-new-accounts-per-min", "0"])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -402,4 +405,59 @@ fn aioquic_oversized_datagram_and_malformed_packet_close_with_the_reason(backend
     python.order("done");
     assert_eq!(python.line("the end"), "ok 0 1");
     python.wait();
+}
+
+/// `servercore client --quic` runs the scenarios over QUIC: every session
+/// enters, chats come back, and in the move scenario every move the table
+/// counts came by datagram, none by the stream.
+fn load_tool_over_quic_counts_moves_by_datagram(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = make_cert(dir.path());
+    let server = Server::start(backend, &cert, &key);
+    let quic = server.quic_addr.to_string();
+    for scenario in ["chat", "move"] {
+        let out = servercore()
+            .args(["--log", "warn", "client", "--sessions", "10"])
+            .args([
+                "--duration",
+                "1s",
+                "--no-progress",
+                "--setup-timeout",
+                "10s",
+            ])
+            .args(["--quic", quic.as_str(), "--tls-ca"])
+            .arg(&cert)
+            .args(["--scenario", scenario, "--world-size", "200"])
+            .args(["--backend", backend.name()])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run servercore client");
+        let table = String::from_utf8_lossy(&out.stdout).to_string();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{scenario}: {table}\n{stderr}");
+        assert!(stderr.contains("(quic)"), "{stderr}");
+        let row = |label: &str| {
+            table
+                .lines()
+                .find_map(|line| line.trim().strip_prefix(label).map(str::trim))
+                .map(str::to_owned)
+        };
+        assert_eq!(
+            row("sessions in game at the end").as_deref(),
+            Some("10"),
+            "{table}"
+        );
+        assert_eq!(row("errors").as_deref(), Some("none"), "{table}");
+        if scenario == "chat" {
+            let back = row("own messages back").unwrap_or_else(|| panic!("{table}"));
+            let (got, sent) = back.split_once(" of ").unwrap();
+            assert_eq!(got, sent, "every chat came back by the stream: {table}");
+        } else {
+            let split = row("moves by datagram / by stream").unwrap_or_else(|| panic!("{table}"));
+            let (datagram, stream) = split.split_once(" / ").unwrap();
+            assert_eq!(stream, "0", "no move by the stream: {table}");
+            assert_ne!(datagram, "0", "{table}");
+            assert!(row("own moves lost").is_some(), "{table}");
+        }
+    }
 }

@@ -60,4 +60,6 @@ pub use service::{
 pub use session::{
     DisconnectKind, DisconnectReason, OverflowPolicy, SendError, Session, SessionHandle, SessionId,
 };
-pub use transport::{ClientTransport, QuicConfig, QuicMetrics, ServerTransport, WebSocketConfig};
+pub use transport::{
+    ClientTransport, QuicClientConfig, QuicConfig, QuicMetrics, ServerTransport, WebSocketConfig,
+};

@@ -97,6 +97,9 @@ pub struct LoadConfig {
     /// The connections' transport: plain TCP (default), TLS, WebSocket or
     /// WSS; the scenario is the same on each.
     pub transport: ClientTransport,
+    /// Connect over QUIC instead (`addr` is then the UDP address): moves go
+    /// both ways as datagrams where the server takes them.
+    pub quic: Option<servercore::QuicClientConfig>,
 }
 
 impl LoadConfig {
@@ -123,6 +126,7 @@ impl LoadConfig {
             drain_timeout: Duration::from_secs(10),
             account_prefix: "dummy".to_owned(),
             transport: ClientTransport::plain(),
+            quic: None,
         }
     }
 

@@ -289,6 +289,9 @@ fn start_node_clients(
     if let Some(workers) = config.workers {
         builder = builder.workers(workers);
     }
+    if let Some(quic) = &config.quic {
+        builder = builder.quic(quic.clone());
+    }
     Ok(builder.start()?)
 }
 
@@ -353,6 +356,9 @@ fn build_report(
                 deliveries: move_deliveries,
                 deliveries_per_sec: per_sec(move_deliveries, receive_secs),
                 own_moves: LoadStats::get(&stats.own_moves),
+                by_datagram: clients.datagram_packets().min(move_deliveries),
+                by_stream: move_deliveries.saturating_sub(clients.datagram_packets()),
+                lost: moves_sent.saturating_sub(LoadStats::get(&stats.own_moves)),
                 latency_us: LatencySummary::from_histogram(&stats.move_latency_snapshot()),
                 players_spawned: spawns,
                 players_despawned: LoadStats::get(&stats.despawns),

@@ -90,6 +90,16 @@ impl Clients {
         self.services.iter().map(ClientService::failed).sum()
     }
 
+    /// Packets received by QUIC datagram over all sessions (0 over TCP):
+    /// the server sends only `S_MOVE`s that way.
+    pub(crate) fn datagram_packets(&self) -> u64 {
+        self.services
+            .iter()
+            .filter_map(ClientService::quic_metrics)
+            .map(|quic| quic.datagram_packets_received)
+            .sum()
+    }
+
     pub(crate) fn connecting_done(&self) -> bool {
         self.services.iter().all(ClientService::connecting_done)
     }

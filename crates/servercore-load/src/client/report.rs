@@ -93,6 +93,16 @@ pub struct MoveSummary {
     pub deliveries_per_sec: f64,
     /// `S_MOVE` messages about their own receiver: the latency samples.
     pub own_moves: u64,
+    /// `S_MOVE` messages that came by QUIC datagram (0 over TCP).
+    #[serde(default)]
+    pub by_datagram: u64,
+    /// `S_MOVE` messages that came by the ordered stream.
+    #[serde(default)]
+    pub by_stream: u64,
+    /// Own moves sent whose `S_MOVE` never came back (a datagram lost, or
+    /// one the server dropped).
+    #[serde(default)]
+    pub lost: u64,
     /// Own-move latency: from sending a `C_MOVE` to receiving its `S_MOVE`.
     pub latency_us: LatencySummary,
     /// Players spawned to sessions: each player listed in an `S_SPAWN`
@@ -239,6 +249,13 @@ impl LoadReport {
                 format!("{} of {}", count(m.own_moves), count(m.moves_sent)),
             );
             row("move deliveries", count(m.deliveries));
+            if m.by_datagram > 0 {
+                row(
+                    "moves by datagram / by stream",
+                    format!("{} / {}", count(m.by_datagram), count(m.by_stream)),
+                );
+                row("own moves lost", count(m.lost));
+            }
             row("move deliveries per second", rate(m.deliveries_per_sec));
             latency_rows(&mut row, "own-move latency", &m.latency_us);
             row("players spawned", count(m.players_spawned));
@@ -493,6 +510,9 @@ mod tests {
                 deliveries: 900_000,
                 deliveries_per_sec: 90_000.0,
                 own_moves: 20_000,
+                by_datagram: 0,
+                by_stream: 900_000,
+                lost: 0,
                 latency_us: LatencySummary::from_histogram(&histogram),
                 players_spawned: 4_321,
                 players_despawned: 1_234,

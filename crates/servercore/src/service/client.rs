@@ -19,6 +19,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use super::config::{common_builder_methods, ServiceConfig};
 use super::engine::{engine_control_methods, Engine, SessionFactory, Transports};
 use super::StartError;
+use crate::transport::quic::{Attempt, Counters, QuicClientConfig, QuicConnector, QuicMetrics};
 use crate::{ClientTransport, Session};
 
 /// A connect that failed.
@@ -47,6 +48,7 @@ pub struct ClientServiceBuilder {
     connect_timeout: Duration,
     on_connect_error: Option<ConnectErrorHook>,
     transport: ClientTransport,
+    quic: Option<QuicClientConfig>,
 }
 
 impl ClientServiceBuilder {
@@ -56,6 +58,15 @@ impl ClientServiceBuilder {
     /// WebSocket or both. The sessions' callbacks see the plain stream.
     pub fn transport(mut self, transport: ClientTransport) -> Self {
         self.transport = transport;
+        self
+    }
+
+    /// Connect over QUIC instead of TCP (the address is then a UDP one):
+    /// each session is a QUIC connection whose first bidirectional stream
+    /// carries the session's bytes, with datagrams where the server takes
+    /// them (see [`crate::transport::quic`]). The TCP transport is unused.
+    pub fn quic(mut self, config: QuicClientConfig) -> Self {
+        self.quic = Some(config);
         self
     }
 
@@ -118,6 +129,11 @@ impl ClientServiceBuilder {
             Transports::Client(self.transport),
         )?);
         let counters = Arc::new(ConnectCounters::default());
+        let quic = match self.quic {
+            Some(config) => Some(QuicConnector::new(target, config).map_err(StartError::Worker)?),
+            None => None,
+        };
+        let quic_counters = quic.as_ref().map(QuicConnector::counters);
         let connector = {
             let engine = Arc::clone(&engine);
             let counters = Arc::clone(&counters);
@@ -130,13 +146,17 @@ impl ClientServiceBuilder {
             };
             std::thread::Builder::new()
                 .name("servercore-connect".into())
-                .spawn(move || plan.run(&engine, &counters))
+                .spawn(move || match quic {
+                    Some(quic) => plan.run_quic(&engine, &counters, quic),
+                    None => plan.run(&engine, &counters),
+                })
                 .map_err(StartError::Worker)?
         };
         Ok(ClientService {
             engine,
             counters,
             connector: Mutex::new(Some(connector)),
+            quic: quic_counters,
         })
     }
 }
@@ -187,6 +207,37 @@ impl ConnectPlan {
         }
         counters.done.store(true, Ordering::Release);
     }
+
+    /// The same over QUIC; the thread then runs the bridges until every
+    /// session ended.
+    fn run_quic(self, engine: &Engine, counters: &ConnectCounters, mut quic: QuicConnector) {
+        for index in 0..self.sessions {
+            if engine.is_stopping() {
+                break;
+            }
+            match quic.connect(&engine.shared, self.target, self.timeout) {
+                Attempt::Connected => {
+                    counters.connected.fetch_add(1, Ordering::AcqRel);
+                }
+                Attempt::Full => break,
+                Attempt::Failed(error) => {
+                    counters.failed.fetch_add(1, Ordering::AcqRel);
+                    let failure = ConnectError {
+                        index,
+                        addr: self.target,
+                        source: None,
+                        error,
+                    };
+                    tracing::debug!(index, addr = %self.target, error = %failure.error, "QUIC connect failed");
+                    if let Some(hook) = &self.hook {
+                        hook(&failure);
+                    }
+                }
+            }
+        }
+        counters.done.store(true, Ordering::Release);
+        quic.finish();
+    }
 }
 
 fn connect(target: SocketAddr, source: Option<IpAddr>, timeout: Duration) -> io::Result<TcpStream> {
@@ -209,6 +260,8 @@ pub struct ClientService {
     engine: Arc<Engine>,
     counters: Arc<ConnectCounters>,
     connector: Mutex<Option<JoinHandle<()>>>,
+    /// The QUIC bridges' counters, when the sessions connect over QUIC.
+    quic: Option<Arc<Counters>>,
 }
 
 impl ClientService {
@@ -225,6 +278,7 @@ impl ClientService {
             connect_timeout: Duration::from_secs(5),
             on_connect_error: None,
             transport: ClientTransport::plain(),
+            quic: None,
         }
     }
 
@@ -243,14 +297,28 @@ impl ClientService {
         self.counters.done.load(Ordering::Acquire)
     }
 
+    /// The QUIC counters (datagrams, stream bytes), when the sessions
+    /// connect over QUIC.
+    pub fn quic_metrics(&self) -> Option<QuicMetrics> {
+        self.quic.as_ref().map(|counters| counters.snapshot())
+    }
+
     engine_control_methods!();
 
-    /// Waits for the connector and the workers to end.
+    /// Waits for the connector and the workers to end. Over QUIC the
+    /// connector thread runs the bridges until the sessions end, so the
+    /// workers are waited for first.
     pub fn join(&self) {
-        if let Some(connector) = self.connector.lock().take() {
+        let connector = self.connector.lock().take();
+        if self.quic.is_some() {
+            self.engine.join();
+        }
+        if let Some(connector) = connector {
             let _ = connector.join();
         }
-        self.engine.join();
+        if self.quic.is_none() {
+            self.engine.join();
+        }
     }
 }
 

@@ -200,6 +200,16 @@ impl SessionHandle {
         self.inner.link.as_ref()?.max_datagram_size()
     }
 
+    /// Packets the peer sent by datagram that were fed to this session so
+    /// far (0 except on QUIC): with the packets seen in `on_recv`, how many
+    /// came each way.
+    pub fn datagram_packets_received(&self) -> u64 {
+        self.inner
+            .link
+            .as_ref()
+            .map_or(0, |link| link.datagram_packets_received())
+    }
+
     /// Sends `packets` (whole `[size][id][body]` packets back to back)
     /// unreliably where the transport can: on a QUIC session whose peer
     /// takes datagrams they are cut, at packet boundaries only, into

@@ -38,6 +38,9 @@ pub(crate) trait Link: Send + Sync + 'static {
     /// oldest is dropped when it is full: a newer position is worth more).
     fn send_datagram(&self, datagram: Bytes) -> Result<(), DatagramRefused>;
 
+    /// Packets the peer sent by datagram that reached the session so far.
+    fn datagram_packets_received(&self) -> u64;
+
     /// The worker ends the session with `reason`. Returns the reason to
     /// report: the transport's own (a QUIC error the peer or the network
     /// caused) when the stream only saw the end of it.

@@ -67,7 +67,7 @@ pub mod quic;
 pub mod tls;
 pub mod websocket;
 
-pub use quic::{QuicConfig, QuicMetrics};
+pub use quic::{QuicClientConfig, QuicConfig, QuicMetrics};
 pub use rustls;
 pub use websocket::{close_code, PageLookup, WebPage, WebSocketConfig};
 

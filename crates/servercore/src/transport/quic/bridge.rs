@@ -5,6 +5,7 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -47,6 +48,8 @@ pub(super) struct QuicLink {
     /// (a graceful stop shuts its write side down first) before the worker
     /// has decided the reason.
     ended_notify: tokio::sync::Notify,
+    /// Packets of the peer's datagrams fed to the session.
+    datagram_packets: AtomicU64,
 }
 
 impl QuicLink {
@@ -58,6 +61,7 @@ impl QuicLink {
             peer_reason: Mutex::new(None),
             ended: Mutex::new(None),
             ended_notify: tokio::sync::Notify::new(),
+            datagram_packets: AtomicU64::new(0),
         }
     }
 
@@ -90,6 +94,10 @@ impl Link for QuicLink {
             | Err(SendDatagramError::Disabled) => Err(DatagramRefused::TooLarge),
             Err(SendDatagramError::ConnectionLost(_)) => Err(DatagramRefused::Closed),
         }
+    }
+
+    fn datagram_packets_received(&self) -> u64 {
+        self.datagram_packets.load(Ordering::Relaxed)
     }
 
     fn session_ended(&self, reason: DisconnectReason) -> DisconnectReason {
@@ -269,7 +277,9 @@ async fn pump_in(
             },
             datagram = link.conn.read_datagram() => match datagram {
                 Ok(datagram) => {
-                    if let Err(rejected) = check_datagram(&datagram, datagram_ids.as_deref()) {
+                    let packets = match check_datagram(&datagram, datagram_ids.as_deref()) {
+                        Ok(packets) => packets,
+                        Err(rejected) => {
                         Counters::add(&link.counters.datagrams_rejected, 1);
                         if let Some(dropped) = REJECT_LOG.event() {
                             tracing::debug!(
@@ -282,8 +292,11 @@ async fn pump_in(
                         }
                         let _: Rejected = rejected;
                         continue;
-                    }
+                        }
+                    };
                     Counters::add(&link.counters.datagrams_received, 1);
+                    link.datagram_packets.fetch_add(packets, Ordering::Relaxed);
+                    Counters::add(&link.counters.datagram_packets_received, packets);
                     if stream_open && boundary.at_boundary() && held.is_empty() {
                         if socket.write_all(&datagram).await.is_err() {
                             return;

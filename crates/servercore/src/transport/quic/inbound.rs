@@ -59,12 +59,13 @@ pub(super) enum Rejected {
 }
 
 /// Checks that `datagram` is whole packets back to back, each of an id in
-/// `allowed` (`None`: any).
-pub(super) fn check_datagram(datagram: &[u8], allowed: Option<&[u16]>) -> Result<(), Rejected> {
+/// `allowed` (`None`: any); returns how many packets it holds.
+pub(super) fn check_datagram(datagram: &[u8], allowed: Option<&[u16]>) -> Result<u64, Rejected> {
     if datagram.is_empty() {
         return Err(Rejected::NotWholePackets);
     }
     let mut rest = datagram;
+    let mut packets = 0;
     while !rest.is_empty() {
         let [s0, s1, i0, i1, ..] = rest else {
             return Err(Rejected::NotWholePackets);
@@ -78,8 +79,9 @@ pub(super) fn check_datagram(datagram: &[u8], allowed: Option<&[u16]>) -> Result
             return Err(Rejected::IdNotAllowed(id));
         }
         rest = &rest[size..];
+        packets += 1;
     }
-    Ok(())
+    Ok(packets)
 }
 
 #[cfg(test)]
@@ -117,8 +119,8 @@ mod tests {
     fn datagrams_must_be_whole_packets_of_allowed_ids() {
         let mut two = packet(5, b"ab");
         two.extend(packet(5, b""));
-        assert_eq!(check_datagram(&two, Some(&[5])), Ok(()));
-        assert_eq!(check_datagram(&two, None), Ok(()));
+        assert_eq!(check_datagram(&two, Some(&[5])), Ok(2));
+        assert_eq!(check_datagram(&two, None), Ok(2));
         assert_eq!(
             check_datagram(&packet(6, b""), Some(&[5])),
             Err(Rejected::IdNotAllowed(6))

@@ -69,10 +69,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 mod bridge;
+mod client;
 mod endpoint;
 mod inbound;
 mod limiter;
 
+pub use client::QuicClientConfig;
+pub(crate) use client::{Attempt, QuicConnector};
 pub(crate) use endpoint::QuicListener;
 
 /// The ALPN protocol of a servercore QUIC connection.
@@ -209,8 +212,10 @@ pub struct QuicMetrics {
     pub sessions: u64,
     /// Datagrams sent to clients.
     pub datagrams_sent: u64,
-    /// Datagrams from clients fed to sessions.
+    /// Datagrams from the peers fed to sessions.
     pub datagrams_received: u64,
+    /// Packets in those datagrams.
+    pub datagram_packets_received: u64,
     /// Datagrams from clients dropped: not whole packets, or an id not
     /// allowed by datagram.
     pub datagrams_rejected: u64,
@@ -233,6 +238,7 @@ pub(crate) struct Counters {
     pub sessions: AtomicU64,
     pub datagrams_sent: AtomicU64,
     pub datagrams_received: AtomicU64,
+    pub datagram_packets_received: AtomicU64,
     pub datagrams_rejected: AtomicU64,
     pub bytes_in: AtomicU64,
     pub bytes_out: AtomicU64,
@@ -256,6 +262,7 @@ impl Counters {
             sessions: load(&self.sessions),
             datagrams_sent: load(&self.datagrams_sent),
             datagrams_received: load(&self.datagrams_received),
+            datagram_packets_received: load(&self.datagram_packets_received),
             datagrams_rejected: load(&self.datagrams_rejected),
             bytes_in: load(&self.bytes_in),
             bytes_out: load(&self.bytes_out),
