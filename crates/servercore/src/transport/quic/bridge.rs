@@ -5,14 +5,15 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use parking_lot::Mutex;
-use quinn::{Connection, ConnectionError, ReadError, RecvStream, SendDatagramError, SendStream};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use quinn::{Connection, ConnectionError, SendDatagramError, SendStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::UnixStream;
 
 use super::inbound::{check_datagram, Boundary, Rejected};
@@ -50,6 +51,10 @@ pub(super) struct QuicLink {
     ended_notify: tokio::sync::Notify,
     /// Packets of the peer's datagrams fed to the session.
     datagram_packets: AtomicU64,
+    /// What starts every datagram of the session: nothing on a servercore
+    /// connection, the quarter stream id of the session on WebTransport
+    /// (RFC 9297).
+    datagram_prefix: Vec<u8>,
 }
 
 impl QuicLink {
@@ -62,7 +67,17 @@ impl QuicLink {
             ended: Mutex::new(None),
             ended_notify: tokio::sync::Notify::new(),
             datagram_packets: AtomicU64::new(0),
+            datagram_prefix: Vec::new(),
         }
+    }
+
+    /// The same for a WebTransport session whose CONNECT stream is
+    /// `session_stream`: its datagrams carry the quarter stream id.
+    pub(super) fn web_transport(mut self, session_stream: u64) -> QuicLink {
+        let mut prefix = Vec::new();
+        put_varint(session_stream / 4, &mut prefix);
+        self.datagram_prefix = prefix;
+        self
     }
 
     fn note_peer_end(&self, reason: DisconnectReason) {
@@ -80,10 +95,20 @@ impl Link for QuicLink {
     }
 
     fn max_datagram_size(&self) -> Option<usize> {
-        self.conn.max_datagram_size()
+        let max = self.conn.max_datagram_size()?;
+        max.checked_sub(self.datagram_prefix.len())
+            .filter(|max| *max > 0)
     }
 
     fn send_datagram(&self, datagram: Bytes) -> Result<(), DatagramRefused> {
+        let datagram = if self.datagram_prefix.is_empty() {
+            datagram
+        } else {
+            let mut framed = Vec::with_capacity(self.datagram_prefix.len() + datagram.len());
+            framed.extend_from_slice(&self.datagram_prefix);
+            framed.extend_from_slice(&datagram);
+            Bytes::from(framed)
+        };
         match self.conn.send_datagram(datagram) {
             Ok(()) => {
                 Counters::add(&self.counters.datagrams_sent, 1);
@@ -110,6 +135,19 @@ impl Link for QuicLink {
         *self.ended.lock() = Some(reason.clone());
         self.ended_notify.notify_one();
         reason
+    }
+}
+
+/// A QUIC variable-length integer (RFC 9000 16).
+fn put_varint(value: u64, out: &mut Vec<u8>) {
+    if value < 1 << 6 {
+        out.push(value as u8);
+    } else if value < 1 << 14 {
+        out.extend_from_slice(&((value as u16) | 0x4000).to_be_bytes());
+    } else if value < 1 << 30 {
+        out.extend_from_slice(&((value as u32) | 0x8000_0000).to_be_bytes());
+    } else {
+        out.extend_from_slice(&(value | 0xC000_0000_0000_0000).to_be_bytes());
     }
 }
 
@@ -165,13 +203,15 @@ pub(super) fn reason_of(error: &ConnectionError) -> DisconnectReason {
 /// client's stream and datagrams into `socket`, the session's bytes from
 /// `socket` to the client's stream; then closes the connection with the
 /// session's reason.
-pub(super) async fn pump(
+pub(super) async fn pump<R>(
     link: Arc<QuicLink>,
-    send: SendStream,
-    recv: RecvStream,
+    send: Outbound,
+    recv: R,
     socket: UnixStream,
     datagram_ids: Option<Arc<[u16]>>,
-) {
+) where
+    R: AsyncRead + Unpin + Send + 'static,
+{
     let (from_session, to_session) = socket.into_split();
     let session_done = Arc::new(tokio::sync::Notify::new());
     let inbound = tokio::spawn(pump_in(
@@ -203,7 +243,7 @@ pub(super) async fn pump(
 /// acknowledged.
 async fn pump_out(
     link: &QuicLink,
-    mut send: SendStream,
+    mut send: Outbound,
     mut socket: tokio::net::unix::OwnedReadHalf,
 ) {
     let mut buf = vec![0u8; 64 * 1024];
@@ -212,22 +252,43 @@ async fn pump_out(
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
-        if send.write_all(&buf[..n]).await.is_err() {
+        let written = match &mut send {
+            Outbound::Quic(send) => send.write_all(&buf[..n]).await.is_ok(),
+            Outbound::Other(send) => send.write_all(&buf[..n]).await.is_ok(),
+        };
+        if !written {
             // The client stopped the stream or the connection is gone; the
             // session learns it from its inbound side.
             return;
         }
         Counters::add(&link.counters.bytes_out, n as u64);
     }
-    if send.finish().is_ok() {
-        let _ = tokio::time::timeout(FLUSH_TIMEOUT, send.stopped()).await;
+    match send {
+        Outbound::Quic(mut send) => {
+            if send.finish().is_ok() {
+                let _ = tokio::time::timeout(FLUSH_TIMEOUT, send.stopped()).await;
+            }
+        }
+        Outbound::Other(mut send) => {
+            let _ = tokio::time::timeout(FLUSH_TIMEOUT, send.shutdown()).await;
+        }
     }
 }
 
+/// Where a session's bytes go: a QUIC stream, or a stream of another
+/// layer over QUIC (WebTransport).
+pub(super) enum Outbound {
+    /// The connection's own stream: finished, then its acknowledgement
+    /// awaited.
+    Quic(SendStream),
+    /// Another layer's stream: shut down.
+    Other(Pin<Box<dyn AsyncWrite + Send>>),
+}
+
 /// The client's stream and datagrams to the session's socket.
-async fn pump_in(
+async fn pump_in<R: AsyncRead + Unpin>(
     link: Arc<QuicLink>,
-    mut recv: RecvStream,
+    mut recv: R,
     mut socket: tokio::net::unix::OwnedWriteHalf,
     datagram_ids: Option<Arc<[u16]>>,
     session_done: Arc<tokio::sync::Notify>,
@@ -243,7 +304,7 @@ async fn pump_in(
                 return;
             }
             read = recv.read(&mut buf), if stream_open => match read {
-                Ok(Some(n)) => {
+                Ok(n) if n > 0 => {
                     boundary.feed(&buf[..n]);
                     if socket.write_all(&buf[..n]).await.is_err() {
                         return;
@@ -257,19 +318,16 @@ async fn pump_in(
                         }
                     }
                 }
-                Ok(None) => {
+                Ok(_) => {
                     // The client finished its stream: the session sees EOF
                     // (and may still send until it closes).
                     stream_open = false;
                     let _ = socket.shutdown().await;
                 }
                 Err(error) => {
-                    link.note_peer_end(match &error {
-                        ReadError::ConnectionLost(lost) => reason_of(lost),
-                        ReadError::Reset(code) => {
-                            DisconnectReason::Quic(format!("the client reset its stream ({code})"))
-                        }
-                        other => DisconnectReason::Quic(other.to_string()),
+                    link.note_peer_end(match link.conn.close_reason() {
+                        Some(lost) => reason_of(&lost),
+                        None => DisconnectReason::Quic(format!("the client's stream: {error}")),
                     });
                     let _ = socket.shutdown().await;
                     return;
@@ -277,6 +335,10 @@ async fn pump_in(
             },
             datagram = link.conn.read_datagram() => match datagram {
                 Ok(datagram) => {
+                    let datagram = match datagram.strip_prefix(&link.datagram_prefix[..]) {
+                        Some(_) => datagram.slice(link.datagram_prefix.len()..),
+                        None => Bytes::new(),
+                    };
                     let packets = match check_datagram(&datagram, datagram_ids.as_deref()) {
                         Ok(packets) => packets,
                         Err(rejected) => {

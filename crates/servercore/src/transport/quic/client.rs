@@ -12,7 +12,7 @@ use std::time::Duration;
 use quinn::crypto::rustls::QuicClientConfig as QuinnClientCrypto;
 use quinn::{Endpoint, TransportConfig};
 
-use super::bridge::{pump, reason_of, QuicLink};
+use super::bridge::{pump, reason_of, Outbound, QuicLink};
 use super::{Counters, ALPN};
 use crate::service::engine::EngineShared;
 use crate::session::{Bridged, Link};
@@ -190,7 +190,8 @@ impl QuicConnector {
         }
         Counters::add(&self.counters.sessions, 1);
         let _entered = self.runtime.enter();
-        self.tasks.spawn(pump(link, send, recv, ours, None));
+        self.tasks
+            .spawn(pump(link, Outbound::Quic(send), recv, ours, None));
         Attempt::Connected
     }
 

@@ -15,9 +15,9 @@ use quinn::crypto::rustls::QuicServerConfig;
 use quinn::{Endpoint, EndpointConfig, Incoming, TransportConfig};
 use tokio::sync::watch;
 
-use super::bridge::{pump, reason_of, QuicLink};
+use super::bridge::{pump, reason_of, Outbound, QuicLink};
 use super::limiter::HandshakeLimiter;
-use super::{close_code, Counters, QuicConfig, QuicMetrics, ALPN};
+use super::{close_code, Counters, QuicConfig, QuicMetrics, ALPN, ALPN_H3};
 use crate::log_throttle::LogThrottle;
 use crate::service::engine::EngineShared;
 use crate::session::Bridged;
@@ -43,6 +43,9 @@ pub(crate) struct QuicListener {
 fn server_config(config: &QuicConfig) -> Result<quinn::ServerConfig, String> {
     let mut tls = (*config.tls).clone();
     tls.alpn_protocols = vec![ALPN.to_vec()];
+    if config.web_transport.is_some() {
+        tls.alpn_protocols.push(ALPN_H3.to_vec());
+    }
     tls.max_early_data_size = 0;
     let crypto = QuicServerConfig::try_from(tls)
         .map_err(|error| format!("the TLS configuration cannot serve QUIC: {error}"))?;
@@ -55,8 +58,24 @@ fn server_config(config: &QuicConfig) -> Result<quinn::ServerConfig, String> {
                 .try_into()
                 .map_err(|_| "the QUIC idle timeout is too long".to_string())?,
         ))
-        .max_concurrent_bidi_streams(1u32.into())
-        .max_concurrent_uni_streams(0u32.into())
+        // One stream for servercore/1; HTTP/3 needs its CONNECT stream, the
+        // session's stream and its control and QPACK streams besides.
+        .max_concurrent_bidi_streams(
+            if config.web_transport.is_some() {
+                4u32
+            } else {
+                1
+            }
+            .into(),
+        )
+        .max_concurrent_uni_streams(
+            if config.web_transport.is_some() {
+                4u32
+            } else {
+                0
+            }
+            .into(),
+        )
         .datagram_receive_buffer_size(Some(config.datagram_receive_buffer))
         .datagram_send_buffer_size(config.datagram_send_buffer);
     server.transport_config(Arc::new(transport));
@@ -207,6 +226,14 @@ impl Acceptor {
     }
 }
 
+/// The client's stream of a connection, by protocol.
+enum Streams {
+    /// `servercore/1`: the connection's first bidirectional stream.
+    Quic(quinn::SendStream, quinn::RecvStream),
+    /// WebTransport: the session's first bidirectional stream.
+    WebTransport(Box<super::webtransport::Accepted>),
+}
+
 /// One admitted connection attempt.
 struct Connection {
     engine: Arc<EngineShared>,
@@ -218,21 +245,42 @@ struct Connection {
 impl Connection {
     async fn run(self, incoming: Incoming) {
         let peer = incoming.remote_address();
+        let web_transport = self.config.web_transport.clone();
         let handshake = async {
-            let conn = incoming.accept()?.await?;
-            let (send, recv) = conn.accept_bi().await?;
-            Ok::<_, quinn::ConnectionError>((conn, send, recv))
+            let conn = incoming
+                .accept()
+                .map_err(|e| reason_of(&e).to_string())?
+                .await
+                .map_err(|e| reason_of(&e).to_string())?;
+            let h3 = conn
+                .handshake_data()
+                .and_then(|data| data.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+                .and_then(|data| data.protocol)
+                .is_some_and(|protocol| protocol == ALPN_H3);
+            match (h3, web_transport) {
+                (true, Some(path)) => {
+                    let accepted = super::webtransport::accept(conn.clone(), &path).await?;
+                    Ok((conn, Streams::WebTransport(Box::new(accepted))))
+                }
+                _ => {
+                    let (send, recv) = conn
+                        .accept_bi()
+                        .await
+                        .map_err(|e| reason_of(&e).to_string())?;
+                    Ok::<_, String>((conn, Streams::Quic(send, recv)))
+                }
+            }
         };
         let result = tokio::time::timeout(self.config.handshake_timeout, handshake).await;
         self.counters
             .handshakes_in_progress
             .fetch_sub(1, Ordering::Relaxed);
-        let (conn, send, recv) = match result {
+        let (conn, streams) = match result {
             Ok(Ok(ready)) => ready,
-            Ok(Err(error)) => {
+            Ok(Err(reason)) => {
                 Counters::add(&self.counters.handshake_failures, 1);
                 if let Some(failures) = HANDSHAKE_LOG.event() {
-                    tracing::info!(%peer, reason = %reason_of(&error), failures, "QUIC handshake failed (failures counts those since the last line)");
+                    tracing::info!(%peer, %reason, failures, "QUIC handshake failed (failures counts those since the last line)");
                 }
                 return;
             }
@@ -271,11 +319,11 @@ impl Connection {
                 return;
             }
         };
-        let link = Arc::new(QuicLink::new(
-            conn.clone(),
-            self.local,
-            Arc::clone(&self.counters),
-        ));
+        let link = QuicLink::new(conn.clone(), self.local, Arc::clone(&self.counters));
+        let link = Arc::new(match &streams {
+            Streams::WebTransport(accepted) => link.web_transport(accepted.session_stream),
+            Streams::Quic(..) => link,
+        });
         // The worker drives its end like an accepted TCP stream: plain
         // reads and writes on a stream socket.
         let stream = TcpStream::from(OwnedFd::from(theirs));
@@ -288,6 +336,20 @@ impl Connection {
             return;
         }
         Counters::add(&self.counters.sessions, 1);
-        pump(link, send, recv, ours, self.config.datagram_ids.clone()).await;
+        let ids = self.config.datagram_ids.clone();
+        match streams {
+            Streams::Quic(send, recv) => pump(link, Outbound::Quic(send), recv, ours, ids).await,
+            Streams::WebTransport(accepted) => {
+                let super::webtransport::Accepted {
+                    session,
+                    send,
+                    recv,
+                    ..
+                } = *accepted;
+                pump(link, Outbound::Other(Box::pin(send)), recv, ours, ids).await;
+                // The session lives as long as its bridge.
+                drop(session);
+            }
+        }
     }
 }

@@ -54,6 +54,15 @@
 //!   a transport error, a reset stream, the QUIC idle timeout with
 //!   [`DisconnectReason::Quic`](crate::DisconnectReason::Quic).
 //!
+//! # WebTransport
+//! With [`QuicConfig::web_transport`] the same port also speaks HTTP/3
+//! (ALPN `h3`) for browsers: a `CONNECT` with `:protocol webtransport` to
+//! the path opens a session (other requests get 404 or 400), whose first
+//! bidirectional stream from the client is bridged into a session as
+//! above, and whose datagrams (the session's quarter stream id, then whole
+//! packets) are the session's datagrams. The handshake deadline covers the
+//! HTTP/3 set-up and the stream.
+//!
 //! # Hostile peers
 //! Datagrams that are not QUIC are dropped by quinn. New connections are
 //! rate-limited per address (an IPv6 /64 counting as one,
@@ -73,6 +82,7 @@ mod client;
 mod endpoint;
 mod inbound;
 mod limiter;
+mod webtransport;
 
 pub use client::QuicClientConfig;
 pub(crate) use client::{Attempt, QuicConnector};
@@ -80,6 +90,8 @@ pub(crate) use endpoint::QuicListener;
 
 /// The ALPN protocol of a servercore QUIC connection.
 pub const ALPN: &[u8] = b"servercore/1";
+/// The ALPN protocol of HTTP/3, which WebTransport runs on.
+pub const ALPN_H3: &[u8] = b"h3";
 
 /// The application error codes of the CONNECTION_CLOSE this end sends.
 pub mod close_code {
@@ -107,6 +119,7 @@ pub struct QuicConfig {
     pub(crate) datagram_ids: Option<Arc<[u16]>>,
     pub(crate) datagram_send_buffer: usize,
     pub(crate) datagram_receive_buffer: usize,
+    pub(crate) web_transport: Option<Arc<str>>,
 }
 
 impl QuicConfig {
@@ -123,6 +136,7 @@ impl QuicConfig {
             datagram_ids: None,
             datagram_send_buffer: 64 * 1024,
             datagram_receive_buffer: 64 * 1024,
+            web_transport: None,
         }
     }
 
@@ -176,6 +190,17 @@ impl QuicConfig {
     /// that closes the connection.
     pub fn datagram_receive_buffer(mut self, bytes: usize) -> QuicConfig {
         self.datagram_receive_buffer = bytes.max(256);
+        self
+    }
+}
+
+impl QuicConfig {
+    /// Also serves WebTransport on the same port (ALPN `h3`): a session
+    /// opened with a `CONNECT` to `path` (`/wt`) carries the same stream
+    /// and datagrams as a `servercore/1` connection. See
+    /// [`webtransport`](self#webtransport).
+    pub fn web_transport(mut self, path: impl Into<String>) -> QuicConfig {
+        self.web_transport = Some(path.into().into());
         self
     }
 }
