@@ -3,8 +3,13 @@
 // the arrow keys (C_MOVE), and chat with everyone in the game (C_CHAT).
 //
 // The WebSocket address defaults to this page's own host, path /ws;
-// `?ws=ws://host:port/ws` picks another. `window.servercore` exposes the
-// client's state for people poking at it in the console (and for tests).
+// `?ws=ws://host:port/ws` picks another. With `?transport=wt` it plays
+// over WebTransport instead, where the browser has it and the server offers
+// it (`/config.json` names the QUIC port and the certificate's SHA-256):
+// packets on one bidirectional stream, moves as datagrams both ways; else
+// it falls back to WebSocket. `window.servercore` exposes the client's
+// state for people poking at it in the console (and for tests), with the
+// transport used (`state.transport`: "ws" or "wt").
 
 import { Protocol } from "./protocol.js";
 
@@ -25,12 +30,18 @@ const state = {
   worldSize: 2000,
   cell: CELL_DEFAULT,
   received: 0,
+  datagramsReceived: 0,
+  transport: null,
   errors: [],
 };
 window.servercore = state;
 
 let protocol = null;
 let socket = null;
+// The WebTransport connection, when the page plays over it.
+let wt = null;
+// What /config.json says of the server's WebTransport endpoint.
+let webTransportInfo = null;
 const keys = new Set();
 let lastMove = 0;
 
@@ -49,8 +60,111 @@ function wsUrl() {
 }
 
 function send(name, fields) {
+  if (wt) {
+    const packet = protocol.encode(name, fields);
+    // A move is worth nothing late: it goes unreliably, the rest in order.
+    const writer = name === "C_MOVE" ? wt.datagrams : wt.stream;
+    writer.write(packet).catch((error) => state.errors.push(String(error)));
+    return;
+  }
   if (!socket || socket.readyState !== WebSocket.OPEN) return;
   socket.send(protocol.encode(name, fields));
+}
+
+function connected() {
+  return wt !== null || (socket !== null && socket.readyState <= WebSocket.OPEN);
+}
+
+function closed(text) {
+  setStatus("offline", text);
+  $("chat-input").disabled = true;
+  $("chat-send").disabled = true;
+  state.players.clear();
+}
+
+function onBytes(bytes) {
+  try {
+    for (const packet of protocol.decodeAll(bytes)) onPacket(packet);
+  } catch (error) {
+    state.errors.push(String(error));
+    console.error(error);
+  }
+}
+
+function wantsWebTransport() {
+  return new URLSearchParams(location.search).get("transport") === "wt";
+}
+
+function hexBytes(hex) {
+  return Uint8Array.from(hex.match(/../g).map((byte) => parseInt(byte, 16)));
+}
+
+/** Plays over WebTransport; false if it could not be opened. */
+async function connectWebTransport(account) {
+  const info = webTransportInfo;
+  const url = `https://${location.hostname}:${info.port}${info.path}`;
+  let transport;
+  try {
+    transport = new WebTransport(url, {
+      serverCertificateHashes: [{ algorithm: "sha-256", value: hexBytes(info.cert_sha256) }],
+    });
+    await transport.ready;
+  } catch (error) {
+    state.errors.push(`webtransport: ${error}`);
+    return false;
+  }
+  const stream = await transport.createBidirectionalStream();
+  wt = {
+    transport,
+    stream: stream.writable.getWriter(),
+    datagrams: transport.datagrams.writable.getWriter(),
+  };
+  state.transport = "wt";
+  setStatus("logging_in", "logging in");
+  send("C_LOGIN", { account });
+  // The stream: bytes in any cut; whole packets are decoded.
+  (async () => {
+    const reader = stream.readable.getReader();
+    let pending = new Uint8Array(0);
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      const joined = new Uint8Array(pending.length + value.length);
+      joined.set(pending);
+      joined.set(value, pending.length);
+      const view = new DataView(joined.buffer);
+      let end = 0;
+      while (end + 4 <= joined.length) {
+        const size = view.getUint16(end, true);
+        if (size < 4 || end + size > joined.length) break;
+        end += size;
+      }
+      if (end > 0) onBytes(joined.subarray(0, end));
+      pending = joined.slice(end);
+    }
+  })().catch((error) => state.errors.push(`stream: ${error}`));
+  // Datagrams: whole S_MOVE packets, one or more each.
+  (async () => {
+    const reader = transport.datagrams.readable.getReader();
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      state.datagramsReceived += 1;
+      onBytes(value);
+    }
+  })().catch(() => {});
+  transport.closed
+    .then((info) => {
+      wt = null;
+      closed(`disconnected (${info.closeCode ?? 0})`);
+      systemLine(`connection closed: ${info.reason ?? ""}`);
+    })
+    .catch((error) => {
+      wt = null;
+      closed("disconnected");
+      systemLine(`connection closed: ${error}`);
+    });
+  return true;
 }
 
 function systemLine(text) {
@@ -87,7 +201,8 @@ function onPacket({ name, msg }) {
     case "S_LOGIN":
       if (!msg.success || msg.players.length === 0) {
         setStatus("offline", `login refused${refusalText(msg.reason)}`);
-        socket.close();
+        if (wt) wt.transport.close();
+        else socket.close();
         return;
       }
       setStatus("entering");
@@ -156,9 +271,14 @@ function onPacket({ name, msg }) {
   }
 }
 
-function connect(account) {
+async function connect(account) {
   state.account = account;
   setStatus("connecting");
+  if (wantsWebTransport() && typeof WebTransport !== "undefined" && webTransportInfo) {
+    if (await connectWebTransport(account)) return;
+    systemLine("WebTransport failed; falling back to WebSocket");
+  }
+  state.transport = "ws";
   socket = new WebSocket(wsUrl(), "servercore");
   socket.binaryType = "arraybuffer";
   socket.onopen = () => {
@@ -282,10 +402,11 @@ async function main() {
   protocol = new Protocol(proto);
   if (world.world_size > 0) state.worldSize = world.world_size;
   if (world.cell > 0) state.cell = world.cell;
+  if (world.web_transport) webTransportInfo = world.web_transport;
   $("login").addEventListener("submit", (event) => {
     event.preventDefault();
-    if (socket && socket.readyState <= WebSocket.OPEN) return;
-    connect($("account").value.trim());
+    if (connected()) return;
+    connect($("account").value.trim()).catch((error) => state.errors.push(String(error)));
   });
   $("chat").addEventListener("submit", (event) => {
     event.preventDefault();

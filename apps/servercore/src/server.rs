@@ -121,6 +121,17 @@ pub struct ServerArgs {
     #[arg(long, value_name = "ADDR")]
     pub quic_addr: Option<SocketAddr>,
 
+    /// The QUIC listener's own certificate chain (PEM), instead of
+    /// --tls-cert's: the TCP and WebSocket ports stay as they are (plain
+    /// without --tls-cert). A browser takes it by hash (WebTransport) only
+    /// if it is valid for less than 14 days, as `servercore cert` writes.
+    #[arg(long, value_name = "FILE", requires = "quic_key")]
+    pub quic_cert: Option<PathBuf>,
+
+    /// The key of --quic-cert (PEM).
+    #[arg(long, value_name = "FILE", requires = "quic_cert")]
+    pub quic_key: Option<PathBuf>,
+
     #[command(flatten)]
     pub tls: crate::transport::TlsServerArgs,
 
@@ -200,6 +211,19 @@ impl ServerArgs {
             tls: self.tls.server_config()?,
             ws_addr: self.ws_addr,
             quic_addr: self.quic_addr,
+            cert_sha256: match (
+                self.quic_cert.as_ref().or(self.tls.tls_cert.as_ref()),
+                self.quic_addr,
+            ) {
+                (Some(cert), Some(_)) => Some(crate::transport::cert_sha256(cert)?),
+                _ => None,
+            },
+            quic_tls: match (&self.quic_cert, &self.quic_key) {
+                (Some(cert), Some(key)) => Some(
+                    servercore::transport::tls::server_config_from_pem(cert, key)?,
+                ),
+                _ => None,
+            },
             world: WorldConfig {
                 size: self.world_size,
                 cell: self.cell,

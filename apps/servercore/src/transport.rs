@@ -197,6 +197,26 @@ pub struct CertArgs {
     /// Names the certificate is valid for (default: localhost, 127.0.0.1, ::1).
     #[arg(long = "name", value_name = "NAME")]
     pub names: Vec<String>,
+
+    /// Days the certificate is valid. Browsers accept a certificate by its
+    /// hash (WebTransport's serverCertificateHashes) only below 14 days.
+    #[arg(long, value_name = "N", default_value_t = 13)]
+    pub days: u32,
+}
+
+/// The SHA-256 of the first certificate of a PEM file, in lower-case hex:
+/// what a browser's `serverCertificateHashes` names.
+pub fn cert_sha256(path: &Path) -> anyhow::Result<String> {
+    let certs = tls::load_certificates(path)?;
+    Ok(sha256_hex(certs[0].as_ref()))
+}
+
+fn sha256_hex(der: &[u8]) -> String {
+    ring::digest::digest(&ring::digest::SHA256, der)
+        .as_ref()
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
 }
 
 /// Writes a self-signed certificate and its key for development.
@@ -206,8 +226,14 @@ pub fn run_cert(args: CertArgs) -> anyhow::Result<()> {
     } else {
         args.names.clone()
     };
-    let key = rcgen::KeyPair::generate().context("generating a key")?;
-    let params = rcgen::CertificateParams::new(names.clone()).context("certificate names")?;
+    anyhow::ensure!(args.days >= 1, "--days must be at least 1");
+    // ECDSA P-256, as WebTransport's certificate hashes require.
+    let key =
+        rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).context("generating a key")?;
+    let mut params = rcgen::CertificateParams::new(names.clone()).context("certificate names")?;
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::minutes(5);
+    params.not_after = now + time::Duration::days(i64::from(args.days));
     let cert = params
         .self_signed(&key)
         .context("signing the certificate")?;
@@ -217,6 +243,7 @@ pub fn run_cert(args: CertArgs) -> anyhow::Result<()> {
     let key_path = args.out.join("key.pem");
     write_file(&cert_path, cert.pem().as_bytes(), false)?;
     write_file(&key_path, key.serialize_pem().as_bytes(), true)?;
+    let hash = sha256_hex(cert.der());
     println!(
         "wrote {} and {} (self-signed, for {}); serve with --tls-cert {} --tls-key {}, \
          connect with --tls --tls-ca {}",
@@ -226,6 +253,10 @@ pub fn run_cert(args: CertArgs) -> anyhow::Result<()> {
         cert_path.display(),
         key_path.display(),
         cert_path.display()
+    );
+    println!(
+        "ECDSA P-256, valid {} days; SHA-256 {hash} (for WebTransport's serverCertificateHashes)",
+        args.days
     );
     Ok(())
 }

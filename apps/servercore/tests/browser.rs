@@ -51,6 +51,10 @@ struct Server {
 
 impl Server {
     fn start() -> Server {
+        Server::start_with(&[])
+    }
+
+    fn start_with(extra: &[&str]) -> Server {
         let mut child = Command::new(EXE)
             .args([
                 "server",
@@ -63,6 +67,7 @@ impl Server {
             // A 2×2-cell map: everyone sees everyone.
             .args(["--world-size", "200", "--cell", "100"])
             .args(["--max-conns-per-ip", "0", "--max-new-accounts-per-min", "0"])
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -249,4 +254,91 @@ fn browser_client_plays_the_game() {
         "chats at the TCP client: {chats:?}"
     );
     assert!(screenshot.exists());
+}
+
+/// The same game over WebTransport: the page, opened with
+/// `?transport=wt`, finds the QUIC port and the certificate's SHA-256 in
+/// `/config.json` (the certificate from `servercore cert`, ECDSA P-256 for
+/// 13 days, is taken by hash), logs in, moves with key presses, sees the
+/// TCP dummy move (by datagram) and chats both ways.
+#[test]
+#[cfg_attr(
+    any(servercore_missing = "chromium", servercore_missing = "playwright"),
+    ignore = "needs Chromium, node and playwright-core (scripts/test-env installs them)"
+)]
+fn browser_client_plays_over_webtransport() {
+    if let Some(missing) = missing_tools() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "the browser test cannot run under CI: {missing}"
+        );
+        eprintln!("SKIPPED browser_client_plays_over_webtransport: {missing}");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cert = Command::new(EXE)
+        .args(["cert", "--out"])
+        .arg(dir.path())
+        .output()
+        .expect("run servercore cert");
+    assert!(cert.status.success());
+    let printed = String::from_utf8_lossy(&cert.stdout);
+    assert!(
+        printed.contains("ECDSA P-256, valid 13 days; SHA-256 "),
+        "{printed}"
+    );
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let server = Server::start_with(&[
+        "--quic-addr",
+        "127.0.0.1:0",
+        "--quic-cert",
+        cert.to_str().unwrap(),
+        "--quic-key",
+        key.to_str().unwrap(),
+    ]);
+    let (stop_dummy, stopped) = mpsc::channel();
+    let tcp = server.tcp;
+    let dummy = std::thread::spawn(move || dummy(tcp, stopped));
+
+    let screenshot = dir.path().join("webtransport.png");
+    let output = Command::new("node")
+        .arg(tools_dir().join("play.mjs"))
+        .arg(format!("http://{}/", server.ws))
+        .args(["wtplayer", "dummy_knight", BROWSER_CHAT, TCP_CHAT])
+        .arg(&screenshot)
+        .arg("wt")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run node");
+    let _ = stop_dummy.send(());
+    let chats = dummy.join().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let result: serde_json::Value =
+        serde_json::from_str(stdout.trim().lines().last().unwrap_or(""))
+            .unwrap_or_else(|_| panic!("play.mjs printed no result:\n{stdout}\n{stderr}"));
+    for step in [
+        "loaded",
+        "inGame",
+        "moved",
+        "sawOther",
+        "otherMoved",
+        "chatSent",
+        "chatReceived",
+    ] {
+        assert_eq!(result[step], true, "{step} failed: {result:#}\n{stderr}");
+    }
+    assert_eq!(result["errors"], serde_json::json!([]), "{result:#}");
+    assert_eq!(result["state"]["transport"], "wt", "{result:#}");
+    assert!(
+        result["state"]["datagramsReceived"].as_u64().unwrap_or(0) > 0,
+        "moves came by datagram: {result:#}"
+    );
+    assert!(output.status.success(), "{result:#}\n{stderr}");
+    let browser_at = chats.iter().position(|c| c == BROWSER_CHAT);
+    let answer_at = chats.iter().position(|c| c == TCP_CHAT);
+    assert!(
+        matches!((browser_at, answer_at), (Some(b), Some(a)) if b < a),
+        "chats at the TCP client: {chats:?}"
+    );
 }

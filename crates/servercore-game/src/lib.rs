@@ -210,6 +210,14 @@ pub struct GameConfig {
     /// `tls` (required): the same world, moves as datagrams (see
     /// `servercore::transport::quic`). `None`: none.
     pub quic_addr: Option<SocketAddr>,
+    /// The SHA-256 (hex) of the certificate of `tls`: with `quic_addr` and
+    /// `ws_addr`, the page learns it (and the QUIC port) from
+    /// `/config.json` to open WebTransport with `serverCertificateHashes`.
+    pub cert_sha256: Option<String>,
+    /// The QUIC listener's own certificate (`None`: that of `tls`): a
+    /// browser takes a certificate by hash only if it is valid for less
+    /// than 14 days, which the TCP and WebSocket ports need not be.
+    pub quic_tls: Option<Arc<rustls::ServerConfig>>,
     /// The world: map and cell size, speed, regions, per-player move and
     /// chat rates, queue bounds.
     pub world: WorldConfig,
@@ -260,6 +268,8 @@ impl Default for GameConfig {
             tls: None,
             ws_addr: None,
             quic_addr: None,
+            cert_sha256: None,
+            quic_tls: None,
             world: WorldConfig::default(),
             heap_trim_interval: Some(DEFAULT_HEAP_TRIM_INTERVAL),
         }
@@ -291,6 +301,8 @@ impl std::fmt::Debug for GameConfig {
             tls,
             ws_addr,
             quic_addr,
+            cert_sha256,
+            quic_tls,
             world,
             heap_trim_interval,
         } = self;
@@ -315,6 +327,8 @@ impl std::fmt::Debug for GameConfig {
             .field("tls", tls)
             .field("ws_addr", ws_addr)
             .field("quic_addr", quic_addr)
+            .field("cert_sha256", cert_sha256)
+            .field("quic_tls", quic_tls)
             .field("world", world)
             .field("heap_trim_interval", heap_trim_interval)
             .finish()
@@ -787,13 +801,15 @@ pub fn start(config: GameConfig) -> anyhow::Result<GameServer> {
     if let Some(tls) = &config.tls {
         builder = builder.tls(Arc::clone(tls));
     }
+    let web_transport = Arc::new(std::sync::OnceLock::new());
     if let Some(ws_addr) = config.ws_addr {
-        let pages = web::pages(
+        let pages = web::pages_with_web_transport(
             web::WebWorld {
                 world_size: config.world.size,
                 cell: config.world.cell,
             },
             Arc::clone(&ctx.counters),
+            Arc::clone(&web_transport),
         );
         let mut websocket = ServerTransport::websocket(WebSocketConfig::default().pages(pages));
         if let Some(tls) = &config.tls {
@@ -803,19 +819,27 @@ pub fn start(config: GameConfig) -> anyhow::Result<GameServer> {
     }
     if let Some(quic_addr) = config.quic_addr {
         let tls = config
-            .tls
+            .quic_tls
             .as_ref()
-            .context("a QUIC listener needs a certificate (--tls-cert and --tls-key)")?;
+            .or(config.tls.as_ref())
+            .context("a QUIC listener needs a certificate (--tls-cert and --tls-key, or --quic-cert and --quic-key)")?;
         // Clients send only C_MOVEs by datagram, a few dozen bytes each: a
         // small window, and a datagram larger than it closes the connection.
         let quic = QuicConfig::new(Arc::clone(tls))
             .datagram_ids([PacketId::CMove as u16])
-            .datagram_receive_buffer(4096);
+            .datagram_receive_buffer(4096)
+            .web_transport("/wt");
         builder = builder.quic(quic_addr, quic);
     }
     let service = builder
         .start()
         .with_context(|| format!("starting the game server on {}", config.addr))?;
+    if let (Some(addr), Some(hash)) = (service.quic_addr(), &config.cert_sha256) {
+        let _ = web_transport.set(web::WebTransportInfo {
+            port: addr.port(),
+            cert_sha256: hash.clone(),
+        });
+    }
     let trimmer = config
         .heap_trim_interval
         .filter(|interval| !interval.is_zero())

@@ -10,7 +10,7 @@
 //! from the game's sessions; a browser's `/favicon.ico` has its file.
 
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use servercore::transport::{PageLookup, WebPage};
@@ -38,10 +38,37 @@ pub struct WebWorld {
 /// The browser client's files by request path; each lookup is counted in
 /// `counters` (a file served, or a 404).
 pub fn pages(world: WebWorld, counters: Arc<GameCounters>) -> PageLookup {
-    let config = Bytes::from(format!(
-        "{{\"world_size\":{},\"cell\":{}}}",
+    pages_with_web_transport(world, counters, Arc::new(OnceLock::new()))
+}
+
+/// Where the page finds the server's WebTransport endpoint: its UDP port
+/// and the SHA-256 of its certificate (hex), for `serverCertificateHashes`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebTransportInfo {
+    /// The QUIC listener's UDP port (path `/wt`).
+    pub port: u16,
+    /// The SHA-256 of the certificate's DER, in lower-case hex.
+    pub cert_sha256: String,
+}
+
+/// [`pages`], whose `/config.json` also names the WebTransport endpoint
+/// once `web_transport` is set (after the QUIC listener is bound).
+pub fn pages_with_web_transport(
+    world: WebWorld,
+    counters: Arc<GameCounters>,
+    web_transport: Arc<OnceLock<WebTransportInfo>>,
+) -> PageLookup {
+    let base = format!(
+        "{{\"world_size\":{},\"cell\":{}",
         world.world_size, world.cell
-    ));
+    );
+    let config = move || match web_transport.get() {
+        Some(wt) => Bytes::from(format!(
+            "{base},\"web_transport\":{{\"port\":{},\"path\":\"/wt\",\"cert_sha256\":\"{}\"}}}}",
+            wt.port, wt.cert_sha256
+        )),
+        None => Bytes::from(format!("{base}}}")),
+    };
     Arc::new(move |path: &str| {
         let (content_type, body): (&'static str, Bytes) = match path {
             "/" | "/index.html" => ("text/html; charset=utf-8", Bytes::from_static(INDEX_HTML)),
@@ -59,7 +86,7 @@ pub fn pages(world: WebWorld, counters: Arc<GameCounters>) -> PageLookup {
                 "text/plain; charset=utf-8",
                 Bytes::from_static(PROTOCOL_PROTO),
             ),
-            "/config.json" => ("application/json", config.clone()),
+            "/config.json" => ("application/json", config()),
             "/favicon.ico" => ("image/x-icon", Bytes::from_static(FAVICON_ICO)),
             _ => {
                 counters.http_not_found.fetch_add(1, Ordering::Relaxed);

@@ -4,11 +4,16 @@
 // someone else, and saves a screenshot. Prints one JSON line with what it
 // saw; the Rust test that started the server and the other players judges it.
 //
-// usage: node play.mjs URL ACCOUNT OTHER_NAME CHAT_TEXT EXPECT_CHAT SCREENSHOT
+// usage: node play.mjs URL ACCOUNT OTHER_NAME CHAT_TEXT EXPECT_CHAT SCREENSHOT [wt]
+// With `wt` the page is opened with `?transport=wt` (QUIC enabled in the
+// browser) and the result says which transport it used and how many
+// datagrams it got.
 
 import { chromium } from "playwright-core";
 
-const [url, account, otherName, chatText, expectChat, screenshot] = process.argv.slice(2);
+const [pageUrl, account, otherName, chatText, expectChat, screenshot, transport] = process.argv.slice(2);
+const webTransport = transport === "wt";
+const url = webTransport ? `${pageUrl}?transport=wt` : pageUrl;
 const executablePath = process.env.CHROMIUM || "/usr/bin/chromium";
 const STEP_TIMEOUT = 15000;
 
@@ -18,7 +23,7 @@ const result = { loaded: false, inGame: false, moved: false, sawOther: false, ot
 const browser = await chromium.launch({
   executablePath,
   headless: true,
-  args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+  args: ["--no-sandbox", "--disable-gpu", ...(webTransport ? [] : ["--disable-quic"]), "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync"],
 });
 try {
@@ -78,6 +83,8 @@ try {
     players: [...window.servercore.players.values()].map((p) => p.name),
     chats: window.servercore.chats.map((c) => `${c.name}: ${c.msg}`),
     errors: window.servercore.errors,
+    transport: window.servercore.transport,
+    datagramsReceived: window.servercore.datagramsReceived,
   }));
 } catch (error) {
   result.errors.push(String(error));
