@@ -12,6 +12,80 @@ use servercore_game::{GameServer, GameStats};
 use crate::cli::AdminArgs;
 use crate::limits::FileLimit;
 
+/// The QUIC listener's counters (only when one is configured).
+pub fn quic_metrics(out: &mut Snapshot, quic: &servercore::QuicMetrics) {
+    let counters = [
+        (
+            "incoming",
+            "QUIC connection attempts that reached the listener.",
+            quic.incoming,
+        ),
+        (
+            "rate_limited",
+            "QUIC attempts ignored by the per-address rate limit.",
+            quic.rate_limited,
+        ),
+        (
+            "refused_busy",
+            "QUIC attempts refused: too many handshakes in progress.",
+            quic.refused_busy,
+        ),
+        (
+            "refused_full",
+            "QUIC connections refused: the server was full or stopping.",
+            quic.refused_full,
+        ),
+        (
+            "handshake_failures",
+            "QUIC handshakes that failed.",
+            quic.handshake_failures,
+        ),
+        (
+            "handshake_timeouts",
+            "QUIC handshakes that did not finish in time.",
+            quic.handshake_timeouts,
+        ),
+        (
+            "sessions",
+            "QUIC connections that became sessions.",
+            quic.sessions,
+        ),
+        (
+            "datagrams_sent",
+            "QUIC datagrams sent.",
+            quic.datagrams_sent,
+        ),
+        (
+            "datagrams_received",
+            "QUIC datagrams received and fed to sessions.",
+            quic.datagrams_received,
+        ),
+        (
+            "datagrams_rejected",
+            "QUIC datagrams dropped: not whole packets, or an id not allowed.",
+            quic.datagrams_rejected,
+        ),
+        (
+            "bytes_in",
+            "QUIC stream bytes from clients to sessions.",
+            quic.bytes_in,
+        ),
+        (
+            "bytes_out",
+            "QUIC stream bytes from sessions to clients.",
+            quic.bytes_out,
+        ),
+    ];
+    for (name, help, value) in counters {
+        out.counter(&format!("servercore_quic_{name}"), help, value);
+    }
+    out.gauge(
+        "servercore_quic_handshakes_in_progress",
+        "QUIC handshakes in progress now.",
+        quic.handshakes_in_progress as f64,
+    );
+}
+
 /// The engine's numbers: the service's counts and every worker's counters.
 pub fn engine_metrics(out: &mut Snapshot, stats: &ServiceStats, metrics: &EngineMetrics) {
     let total = metrics.total();
@@ -334,6 +408,9 @@ pub fn start_for_service(
     let service = Arc::clone(service);
     let admin = start(args, addr, info, move |out: &mut Snapshot| {
         engine_metrics(out, &service.stats(), &service.metrics());
+        if let Some(quic) = service.quic_metrics() {
+            quic_metrics(out, &quic);
+        }
         process_metrics(out, limit);
     })?;
     Ok(Some(admin))
@@ -359,6 +436,9 @@ pub fn start_for_game(
     let admin = start(args, addr, info, move |out: &mut Snapshot| {
         engine_metrics(out, &server.service_stats(), &server.engine_metrics());
         game_metrics(out, &server.stats(), server.db_queue_depth());
+        if let Some(quic) = server.quic_metrics() {
+            quic_metrics(out, &quic);
+        }
         out.status_field("world", world_map(&server, &map_cache));
         game_histograms(out, &server);
         process_metrics(out, limit);
