@@ -35,6 +35,11 @@ backend_tests!(
     )]
     aioquic_oversized_datagram_and_malformed_packet_close_with_the_reason,
     load_tool_over_quic_counts_moves_by_datagram,
+    #[cfg_attr(
+        servercore_missing = "aioquic",
+        ignore = "needs python3 with aioquic (scripts/test-env installs it)"
+    )]
+    aioquic_webtransport_session_plays,
 );
 
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -460,4 +465,39 @@ fn load_tool_over_quic_counts_moves_by_datagram(backend: Backend) {
             assert!(row("own moves lost").is_some(), "{table}");
         }
     }
+}
+
+/// WebTransport on the QUIC port from aioquic's HTTP/3: a CONNECT to
+/// another path gets 404, one to /wt (on the connection's second request
+/// stream, so the datagrams' quarter stream id is 1, not 0) opens the
+/// session: login and enter over its stream, the move and its S_MOVE as
+/// datagrams.
+fn aioquic_webtransport_session_plays(backend: Backend) {
+    if !python_has_aioquic() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = make_cert(dir.path());
+    let server = Server::start(backend, &cert, &key);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/wt_client.py");
+    let out = Command::new("python3")
+        .arg(script)
+        .arg(server.quic_addr.ip().to_string())
+        .arg(server.quic_addr.port().to_string())
+        .arg(&cert)
+        .arg("wt_player")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run python3");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(lines.len(), 4, "{stdout}");
+    assert_eq!(lines[0], "refused 404");
+    assert!(lines[1].starts_with("entered "), "{stdout}");
+    assert_eq!(&lines[2..], ["moved", "ok"]);
 }

@@ -59,10 +59,13 @@ pub(super) async fn accept(conn: quinn::Connection, path: &str) -> Result<Accept
         let session = WebTransportSession::accept(request, stream, h3)
             .await
             .map_err(|error| format!("WebTransport: {error}"))?;
-        let session_stream = h3::quic::StreamId::from(session.session_id()).into_inner();
         loop {
             match session.accept_bi().await {
-                Ok(Some(AcceptedBi::BidiStream(_, stream))) => {
+                Ok(Some(AcceptedBi::BidiStream(stream_session, stream))) => {
+                    // The session id the client's stream names (its CONNECT
+                    // stream's id); `session.session_id()` is not in the
+                    // same units in h3 0.0.8.
+                    let session_stream = h3::quic::StreamId::from(stream_session).into_inner();
                     let (send, recv) = stream.split();
                     return Ok(Accepted {
                         session,
