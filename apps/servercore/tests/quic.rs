@@ -40,6 +40,7 @@ backend_tests!(
         ignore = "needs python3 with aioquic (scripts/test-env installs it)"
     )]
     aioquic_webtransport_session_plays,
+    quic_connections_count_against_the_per_address_limit,
 );
 
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -72,6 +73,10 @@ struct Server {
 
 impl Server {
     fn start(backend: Backend, cert: &Path, key: &Path) -> Server {
+        Server::start_with(backend, cert, key, &[])
+    }
+
+    fn start_with(backend: Backend, cert: &Path, key: &Path, extra: &[&str]) -> Server {
         let mut child = servercore()
             .args(["--log", "warn", "server", "--addr", "127.0.0.1:0"])
             .args([
@@ -90,6 +95,7 @@ impl Server {
             .args(["--world-size", "200", "--cell", "100"])
             // Dummy accounts from one address: not what this tests.
             .args(["--max-new-accounts-per-min", "0"])
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -500,4 +506,39 @@ fn aioquic_webtransport_session_plays(backend: Backend) {
     assert_eq!(lines[0], "refused 404");
     assert!(lines[1].starts_with("entered "), "{stdout}");
     assert_eq!(&lines[2..], ["moved", "ok"]);
+}
+
+/// The game's per-address limit counts QUIC sessions by the client's UDP
+/// address as it counts TCP ones: of 5 sessions from one address against
+/// a limit of 3, 2 are refused with the reason, over QUIC.
+fn quic_connections_count_against_the_per_address_limit(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = make_cert(dir.path());
+    let server = Server::start_with(backend, &cert, &key, &["--max-conns-per-ip", "3"]);
+    let out = servercore()
+        .args([
+            "--log",
+            "warn",
+            "client",
+            "--sessions",
+            "5",
+            "--duration",
+            "300ms",
+        ])
+        .args(["--no-progress", "--setup-timeout", "10s", "--json", "-"])
+        .args(["--quic", &server.quic_addr.to_string(), "--tls-ca"])
+        .arg(&cert)
+        .args(["--backend", backend.name()])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run servercore client");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let report: serde_json::Value = serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|_| panic!("{stdout}\n{}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(report["sessions"]["in_game_at_end"], 3, "{report:#}");
+    assert_eq!(
+        report["errors"],
+        serde_json::json!({"login_refused:too_many_connections": 2}),
+        "{report:#}"
+    );
 }
