@@ -63,6 +63,10 @@ pub enum DisconnectReason {
         /// What happened.
         detail: String,
     },
+    /// A plain HTTP request on a WebSocket listener that serves pages (a
+    /// browser loading the client's page, a script, the favicon) was
+    /// answered: a page load, not a session of the game's protocol.
+    HttpServed,
 }
 
 impl DisconnectReason {
@@ -110,6 +114,7 @@ impl DisconnectReason {
             DisconnectReason::LoginTimeout => DisconnectKind::LoginTimeout,
             DisconnectReason::PacketTimeout => DisconnectKind::PacketTimeout,
             DisconnectReason::App(_) => DisconnectKind::App,
+            DisconnectReason::HttpServed => DisconnectKind::HttpServed,
         }
     }
 }
@@ -157,11 +162,13 @@ pub enum DisconnectKind {
     PacketTimeout,
     /// [`DisconnectReason::App`], whatever the application named it: `app`.
     App,
+    /// [`DisconnectReason::HttpServed`]: `http_served`.
+    HttpServed,
 }
 
 impl DisconnectKind {
     /// How many kinds there are.
-    pub const COUNT: usize = 18;
+    pub const COUNT: usize = 19;
 
     /// Every kind, in index order.
     pub const ALL: [DisconnectKind; DisconnectKind::COUNT] = [
@@ -183,6 +190,7 @@ impl DisconnectKind {
         DisconnectKind::LoginTimeout,
         DisconnectKind::PacketTimeout,
         DisconnectKind::App,
+        DisconnectKind::HttpServed,
     ];
 
     /// The index of this kind in counter arrays (`0..COUNT`).
@@ -211,6 +219,7 @@ impl DisconnectKind {
             DisconnectKind::LoginTimeout => "login_timeout",
             DisconnectKind::PacketTimeout => "packet_timeout",
             DisconnectKind::App => "app",
+            DisconnectKind::HttpServed => "http_served",
         }
     }
 }
@@ -246,6 +255,7 @@ impl fmt::Display for DisconnectReason {
             DisconnectReason::WebSocket { code, detail } => {
                 write!(f, "WebSocket closed with {code}: {detail}")
             }
+            DisconnectReason::HttpServed => f.write_str("a plain HTTP request was answered"),
         }
     }
 }
