@@ -28,7 +28,7 @@
 //! Against abusive clients (all configurable in [`GameConfig`], `0`/`None`
 //! turning a limit off):
 //! - a connection that sends no `C_LOGIN` within `login_deadline` is cut
-//!   ([`DisconnectReason::LoginTimeout`](servercore::DisconnectReason)), and
+//!   (`DisconnectReason::App("login_timeout")`, [`handler::LOGIN_TIMEOUT`]), and
 //!   one whose started packet stays incomplete for `packet_deadline` too
 //!   (`PacketTimeout`, the engine's packet layer);
 //! - one address holds at most `max_conns_per_ip` connections and creates

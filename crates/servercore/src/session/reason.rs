@@ -30,9 +30,6 @@ pub enum DisconnectReason {
     ReceiveOverflow,
     /// Nothing was received for longer than the idle timeout.
     IdleTimeout,
-    /// The peer did not log in within the application's login deadline
-    /// (a connection that holds a slot without ever starting to play).
-    LoginTimeout,
     /// A packet the peer started did not complete within the packet
     /// deadline (a peer trickling bytes to hold its slot).
     PacketTimeout,
@@ -111,7 +108,6 @@ impl DisconnectReason {
             DisconnectReason::Tls(_) => DisconnectKind::Tls,
             DisconnectReason::WebSocketHandshake(_) => DisconnectKind::WebSocketHandshake,
             DisconnectReason::WebSocket { .. } => DisconnectKind::WebSocket,
-            DisconnectReason::LoginTimeout => DisconnectKind::LoginTimeout,
             DisconnectReason::PacketTimeout => DisconnectKind::PacketTimeout,
             DisconnectReason::App(_) => DisconnectKind::App,
             DisconnectReason::HttpServed => DisconnectKind::HttpServed,
@@ -121,8 +117,8 @@ impl DisconnectReason {
 
 /// The kinds of [`DisconnectReason`], without details: a small dense index
 /// (`kind as usize`, `0..DisconnectKind::COUNT`) for counter arrays, and a
-/// stable snake_case name for metrics and logs. New kinds are only ever
-/// appended, so indices and names never change meaning.
+/// stable snake_case name for metrics and logs. Indices are for counter
+/// arrays within one process; names are what metrics and logs carry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[repr(u8)]
 pub enum DisconnectKind {
@@ -156,8 +152,6 @@ pub enum DisconnectKind {
     WebSocketHandshake,
     /// [`DisconnectReason::WebSocket`]: `websocket`.
     WebSocket,
-    /// [`DisconnectReason::LoginTimeout`]: `login_timeout`.
-    LoginTimeout,
     /// [`DisconnectReason::PacketTimeout`]: `packet_timeout`.
     PacketTimeout,
     /// [`DisconnectReason::App`], whatever the application named it: `app`.
@@ -168,7 +162,7 @@ pub enum DisconnectKind {
 
 impl DisconnectKind {
     /// How many kinds there are.
-    pub const COUNT: usize = 19;
+    pub const COUNT: usize = 18;
 
     /// Every kind, in index order.
     pub const ALL: [DisconnectKind; DisconnectKind::COUNT] = [
@@ -187,7 +181,6 @@ impl DisconnectKind {
         DisconnectKind::Tls,
         DisconnectKind::WebSocketHandshake,
         DisconnectKind::WebSocket,
-        DisconnectKind::LoginTimeout,
         DisconnectKind::PacketTimeout,
         DisconnectKind::App,
         DisconnectKind::HttpServed,
@@ -216,7 +209,6 @@ impl DisconnectKind {
             DisconnectKind::Tls => "tls",
             DisconnectKind::WebSocketHandshake => "websocket_handshake",
             DisconnectKind::WebSocket => "websocket",
-            DisconnectKind::LoginTimeout => "login_timeout",
             DisconnectKind::PacketTimeout => "packet_timeout",
             DisconnectKind::App => "app",
             DisconnectKind::HttpServed => "http_served",
@@ -242,7 +234,6 @@ impl fmt::Display for DisconnectReason {
             DisconnectReason::SendQueueOverflow => f.write_str("send queue overflow"),
             DisconnectReason::ReceiveOverflow => f.write_str("receive buffer overflow"),
             DisconnectReason::IdleTimeout => f.write_str("idle timeout"),
-            DisconnectReason::LoginTimeout => f.write_str("login timeout"),
             DisconnectReason::PacketTimeout => f.write_str("packet timeout"),
             DisconnectReason::App(name) => write!(f, "closed by the application: {name}"),
             DisconnectReason::Shutdown => f.write_str("service shutdown"),
