@@ -95,6 +95,7 @@ pub mod heap_trim;
 pub mod latency;
 pub mod lease;
 pub mod limits;
+pub mod metrics;
 pub mod player;
 pub mod redact;
 pub mod room;
