@@ -2,8 +2,8 @@
 //! (pure Rust: protox + prost-build, no system `protoc`).
 
 fn main() {
-    if let Err(error) = servercore_codegen::Generator::new()
-        .compile(&["../../proto/protocol.proto"], &["../../proto"])
+    if let Err(error) =
+        servercore_codegen::Generator::new().compile(&["proto/protocol.proto"], &["proto"])
     {
         panic!("generating the protocol from proto/protocol.proto: {error}");
     }

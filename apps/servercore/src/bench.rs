@@ -206,6 +206,12 @@ pub struct BenchServerArgs {
     /// The move scenario's world side (default 2000).
     #[arg(long, value_name = "SIZE")]
     pub world_size: Option<f32>,
+
+    /// The game server's wake batching in microseconds (default: the
+    /// game's; 0: off). Read from the environment too, so that a whole
+    /// `bench` run can compare with and without it.
+    #[arg(long, value_name = "US", env = "SERVERCORE_WAKE_BATCH_US")]
+    pub wake_batch_us: Option<u64>,
 }
 
 impl BenchArgs {
@@ -262,6 +268,7 @@ impl BenchServerArgs {
             tick: self.tick_ms.map(Duration::from_millis),
             tokio_tick: self.tokio_tick_ms.map(Duration::from_millis),
             world_size: self.world_size,
+            wake_batching: self.wake_batch_us.map(Duration::from_micros),
         }
     }
 }

@@ -81,6 +81,14 @@ pub struct ServerArgs {
     #[arg(long, value_name = "N")]
     pub coalesce_ms: Option<u64>,
 
+    /// Wake batching, in microseconds (io_uring on Linux 6.12+): an I/O
+    /// worker sleeps up to this much longer once its first completion is
+    /// there, so moves wake it once per batch instead of once per packet
+    /// (default 1000; 0: off). Any packet may wait this much more; the
+    /// world applies moves at its tick anyway.
+    #[arg(long, value_name = "US")]
+    pub wake_batch_us: Option<u64>,
+
     /// Disconnect a connection that sends no C_LOGIN within this long
     /// (a duration like --idle-timeout; 0: never).
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
@@ -203,6 +211,9 @@ impl ServerArgs {
             send_coalescing: self
                 .coalesce_ms
                 .map_or(GameConfig::default().send_coalescing, Duration::from_millis),
+            wake_batching: self
+                .wake_batch_us
+                .map_or(GameConfig::default().wake_batching, Duration::from_micros),
             login_deadline: unless_zero(self.login_timeout),
             packet_deadline: unless_zero(self.packet_timeout),
             max_new_accounts_per_min: self.max_new_accounts_per_min,

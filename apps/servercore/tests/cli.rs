@@ -142,8 +142,9 @@ fn sample(metrics: &str, name: &str) -> Option<f64> {
 
 /// The browser client's page, a script, the favicon and a path the server
 /// does not serve: each is answered (200, 200, 200 with an icon, 404),
-/// counted as an HTTP request, and none is a WebSocket handshake failure
-/// or a warning.
+/// counted as an HTTP request, and none is a WebSocket handshake failure,
+/// a session the application closed, or a warning: each ends as
+/// `http_served`.
 fn page_loads_are_http_requests_not_failed_handshakes(backend: Backend) {
     let mut process = ChildProcess::spawn(
         Command::new(env!("CARGO_BIN_EXE_servercore"))
@@ -180,13 +181,16 @@ fn page_loads_are_http_requests_not_failed_handshakes(backend: Backend) {
     let served = r#"servercore_game_http_requests_total{result="served"}"#;
     let not_found = r#"servercore_game_http_requests_total{result="not_found"}"#;
     let handshakes = r#"servercore_disconnects_total{reason="websocket_handshake"}"#;
+    let by_app = r#"servercore_disconnects_total{reason="closed_by_app"}"#;
+    let http_served = r#"servercore_disconnects_total{reason="http_served"}"#;
     let deadline = std::time::Instant::now() + DEADLINE;
     let metrics = loop {
         let (_, body) = http_get(admin, "/metrics");
         let metrics = String::from_utf8(body).unwrap();
         let done = sample(&metrics, served) == Some(3.0)
             && sample(&metrics, not_found) == Some(1.0)
-            && sample(&metrics, "servercore_sessions_active") == Some(0.0);
+            && sample(&metrics, "servercore_sessions_active") == Some(0.0)
+            && sample(&metrics, http_served) == Some(4.0);
         if done || std::time::Instant::now() > deadline {
             break metrics;
         }
@@ -195,6 +199,8 @@ fn page_loads_are_http_requests_not_failed_handshakes(backend: Backend) {
     assert_eq!(sample(&metrics, served), Some(3.0), "{metrics}");
     assert_eq!(sample(&metrics, not_found), Some(1.0), "{metrics}");
     assert_eq!(sample(&metrics, handshakes), Some(0.0), "{metrics}");
+    assert_eq!(sample(&metrics, by_app), Some(0.0), "{metrics}");
+    assert_eq!(sample(&metrics, http_served), Some(4.0), "{metrics}");
     let log = process.log();
     assert!(
         !log.lines()

@@ -12,8 +12,9 @@
 //! - `/`: a live status page for a person (`assets/status.html`, plain JS
 //!   polling `/status` every second).
 //!
-//! This crate owns the HTTP side and the metric model ([`Snapshot`]); it
-//! knows nothing of the engine or the game. A server hands it a
+//! This crate owns the HTTP side, the metric model ([`Snapshot`]) and the
+//! engine's metrics ([`engine_metrics`]); it knows nothing of the game
+//! (which writes its own numbers into the snapshot). A server hands it a
 //! [`StatusSource`], a function that fills a [`Snapshot`] from its atomic
 //! counters. The source runs on the admin thread at each request, so a
 //! scrape costs the I/O workers nothing: no lock is shared with them.
@@ -25,6 +26,7 @@
 
 #![warn(missing_docs)]
 
+mod engine;
 mod http;
 mod snapshot;
 
@@ -39,6 +41,7 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::registry::Registry;
 
+pub use engine::{engine_metrics, quic_metrics};
 pub use snapshot::{Histogram, Kind, Metric, Sample, Snapshot};
 
 /// Longest a connection may take to send its request head, by default.

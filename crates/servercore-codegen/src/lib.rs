@@ -32,7 +32,7 @@
 //! ```no_run
 //! // In build.rs's `main`:
 //! servercore_codegen::Generator::new()
-//!     .compile(&["../../proto/protocol.proto"], &["../../proto"])
+//!     .compile(&["proto/protocol.proto"], &["proto"])
 //!     .expect("protocol.proto");
 //! ```
 //!

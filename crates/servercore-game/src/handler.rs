@@ -36,6 +36,10 @@ use super::storage::MAX_ACCOUNT_LEN;
 use super::world::TokenBucket;
 use super::GameContext;
 
+/// The connection sent no `C_LOGIN` within the login deadline (it held a
+/// slot without starting to play): a rule of this game, so an app reason.
+pub const LOGIN_TIMEOUT: DisconnectReason = DisconnectReason::App("login_timeout");
+
 /// The reason a connection past the per-address limit is closed with.
 pub const TOO_MANY_CONNECTIONS: DisconnectReason =
     DisconnectReason::App("too_many_connections_from_address");
@@ -156,7 +160,7 @@ impl PacketHandler for GameSession {
                  since the last line)"
             );
         }
-        session.disconnect_with(DisconnectReason::LoginTimeout);
+        session.disconnect_with(LOGIN_TIMEOUT);
     }
 
     fn on_packet(
@@ -180,7 +184,7 @@ impl PacketHandler for GameSession {
     fn on_disconnected(&mut self, session: &SessionHandle, reason: &DisconnectReason) {
         tracing::debug!(session = %session.id(), peer = %session.peer_addr(), %reason, "disconnected");
         match reason {
-            DisconnectReason::LoginTimeout => bump(&self.ctx.counters.login_timeouts),
+            reason if *reason == LOGIN_TIMEOUT => bump(&self.ctx.counters.login_timeouts),
             DisconnectReason::PacketTimeout => bump(&self.ctx.counters.packet_timeouts),
             _ => {}
         }

@@ -1,4 +1,4 @@
-//! The browser client (`web/` in the repository), built into the server and
+//! The browser client (this crate's `web/`), built into the server and
 //! served by its WebSocket listener to plain HTTP `GET`s: open
 //! `http://WS_ADDR/` in a browser and it plays over `ws://WS_ADDR/ws`.
 //!
@@ -17,13 +17,13 @@ use servercore::transport::{PageLookup, WebPage};
 
 use crate::stats::GameCounters;
 
-const INDEX_HTML: &[u8] = include_bytes!("../../../web/index.html");
-const APP_JS: &[u8] = include_bytes!("../../../web/app.js");
-const PROTOCOL_JS: &[u8] = include_bytes!("../../../web/protocol.js");
-const STYLE_CSS: &[u8] = include_bytes!("../../../web/style.css");
-const PROTOBUF_JS: &[u8] = include_bytes!("../../../web/vendor/protobuf.min.js");
-const PROTOCOL_PROTO: &[u8] = include_bytes!("../../../proto/protocol.proto");
-const FAVICON_ICO: &[u8] = include_bytes!("../../../web/favicon.ico");
+const INDEX_HTML: &[u8] = include_bytes!("../web/index.html");
+const APP_JS: &[u8] = include_bytes!("../web/app.js");
+const PROTOCOL_JS: &[u8] = include_bytes!("../web/protocol.js");
+const STYLE_CSS: &[u8] = include_bytes!("../web/style.css");
+const PROTOBUF_JS: &[u8] = include_bytes!("../web/vendor/protobuf.min.js");
+const PROTOCOL_PROTO: &[u8] = servercore_protocol::PROTOCOL_PROTO.as_bytes();
+const FAVICON_ICO: &[u8] = include_bytes!("../web/favicon.ico");
 
 /// What the page needs to know of this server's world, served as
 /// `/config.json`.

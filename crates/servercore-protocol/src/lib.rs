@@ -72,6 +72,10 @@ pub mod messages {
 
 pub use messages::*;
 
+/// The protocol's source, `proto/protocol.proto`, as this crate was built
+/// from it (the browser client compiles it at load time).
+pub const PROTOCOL_PROTO: &str = include_str!("../proto/protocol.proto");
+
 include!(concat!(env!("OUT_DIR"), "/protocol.packets.rs"));
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ const TIME_US: u64 = 1_700_000_000_123_456;
 /// Parses `proto/test_vectors.txt`: `NAME hex...` entries, continuation
 /// lines indented, `#` comments.
 fn test_vectors() -> Vec<(String, Vec<u8>)> {
-    let text = include_str!("../../../proto/test_vectors.txt");
+    let text = include_str!("../proto/test_vectors.txt");
     let mut vectors: Vec<(String, Vec<u8>)> = Vec::new();
     for line in text.lines() {
         if line.trim().is_empty() || line.starts_with('#') {

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::*;
-use servercore::{Backend, DisconnectReason, ServerService, Session, SessionHandle};
+use servercore::{Backend, DisconnectReason, ServerService, SessionHandle};
 
 backend_tests!(
     numbered_sends_to_100_sessions_arrive_complete_and_in_order,
@@ -20,25 +20,6 @@ backend_tests!(
     an_explicit_flush_goes_out_at_once,
     stop_writes_held_bytes_before_eof,
 );
-
-/// Records its handle; ignores input.
-struct Quiet {
-    record: Shared,
-}
-
-impl Session for Quiet {
-    fn on_connected(&mut self, session: &SessionHandle) {
-        let mut record = self.record.lock();
-        record.connected += 1;
-        record.handles.push(session.clone());
-    }
-    fn on_recv(&mut self, _session: &SessionHandle, data: &[u8]) -> usize {
-        data.len()
-    }
-    fn on_disconnected(&mut self, _session: &SessionHandle, reason: &DisconnectReason) {
-        self.record.lock().disconnected.push(reason.clone());
-    }
-}
 
 fn coalescing_server(
     backend: Backend,

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
-use servercore::{Backend, DisconnectReason, ServerService, Session, SessionHandle};
+use servercore::{Backend, DisconnectReason, ServerService};
 use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
 
 #[global_allocator]
@@ -30,25 +30,6 @@ backend_tests!(
 fn in_use(region: &Region<System>) -> isize {
     let stats = region.change();
     stats.bytes_allocated as isize - stats.bytes_deallocated as isize
-}
-
-/// Records its handle and its end; ignores input.
-struct Quiet {
-    record: Shared,
-}
-
-impl Session for Quiet {
-    fn on_connected(&mut self, session: &SessionHandle) {
-        let mut record = self.record.lock();
-        record.connected += 1;
-        record.handles.push(session.clone());
-    }
-    fn on_recv(&mut self, _session: &SessionHandle, data: &[u8]) -> usize {
-        data.len()
-    }
-    fn on_disconnected(&mut self, _session: &SessionHandle, reason: &DisconnectReason) {
-        self.record.lock().disconnected.push(reason.clone());
-    }
 }
 
 fn quiet_server(backend: Backend, hard_limit: usize) -> (ServerService, Shared) {

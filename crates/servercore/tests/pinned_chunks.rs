@@ -11,7 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::*;
 use servercore::packet::{PacketWriter, CHUNK_SIZE};
-use servercore::{Backend, ServerService, Session, SessionHandle};
+use servercore::{Backend, ServerService};
 use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
 
 #[global_allocator]
@@ -21,21 +21,6 @@ static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
 static ONE_AT_A_TIME: parking_lot::Mutex<()> = parking_lot::Mutex::new(());
 
 backend_tests!(stragglers_do_not_pin_their_chunks);
-
-struct Quiet {
-    record: Shared,
-}
-
-impl Session for Quiet {
-    fn on_connected(&mut self, session: &SessionHandle) {
-        let mut record = self.record.lock();
-        record.connected += 1;
-        record.handles.push(session.clone());
-    }
-    fn on_recv(&mut self, _session: &SessionHandle, data: &[u8]) -> usize {
-        data.len()
-    }
-}
 
 fn stragglers_do_not_pin_their_chunks(backend: Backend) {
     const PACKETS: usize = 400;

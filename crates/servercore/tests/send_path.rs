@@ -12,7 +12,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::*;
 use servercore::{
-    Backend, DisconnectReason, OverflowPolicy, SendError, ServerService, Session, SessionGroup,
+    Backend, DisconnectReason, OverflowPolicy, SendError, ServerService, SessionGroup,
     SessionHandle,
 };
 
@@ -22,25 +22,6 @@ backend_tests!(
     a_send_inside_broadcast_except_runs_without_the_group_lock,
     a_batch_goes_out_in_one_write_and_all_or_nothing,
 );
-
-/// Records its handle; ignores input.
-struct Quiet {
-    record: Shared,
-}
-
-impl Session for Quiet {
-    fn on_connected(&mut self, session: &SessionHandle) {
-        let mut record = self.record.lock();
-        record.connected += 1;
-        record.handles.push(session.clone());
-    }
-    fn on_recv(&mut self, _session: &SessionHandle, data: &[u8]) -> usize {
-        data.len()
-    }
-    fn on_disconnected(&mut self, _session: &SessionHandle, reason: &DisconnectReason) {
-        self.record.lock().disconnected.push(reason.clone());
-    }
-}
 
 fn quiet_server(
     backend: Backend,

@@ -309,6 +309,9 @@ pub struct BenchServerOptions {
 
     /// The world's side for the move scenario (`None`: 2000).
     pub world_size: Option<f32>,
+
+    /// Wake batching of the game server (`None`: its default).
+    pub wake_batching: Option<Duration>,
 }
 
 /// Runs one benchmark server until its stdin ends.

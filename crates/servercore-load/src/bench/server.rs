@@ -127,6 +127,9 @@ impl Running {
                 if let Some(interval) = args.send_coalescing {
                     config.send_coalescing = interval;
                 }
+                if let Some(window) = args.wake_batching {
+                    config.wake_batching = window;
+                }
                 if let Some(tick) = args.tick.filter(|tick| !tick.is_zero()) {
                     config.world.tick = tick;
                 }

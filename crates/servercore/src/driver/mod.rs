@@ -213,6 +213,12 @@ pub(crate) struct DriverConfig {
     /// io_uring submission queue size.
     #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     pub sq_entries: u32,
+    /// io_uring: how long a waiting worker may sleep on for more
+    /// completions once the first one is there (`min_wait`, Linux 6.12+),
+    /// so that a stream of small receives wakes it once per batch instead
+    /// of once per packet. `None`: wake for every completion. poll: unused.
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+    pub wake_batch: Option<std::time::Duration>,
 }
 
 impl Default for DriverConfig {
@@ -221,6 +227,7 @@ impl Default for DriverConfig {
             recv_ring_entries: 256,
             recv_buffer_size: 16 * 1024,
             sq_entries: 1024,
+            wake_batch: None,
         }
     }
 }

@@ -191,7 +191,14 @@ struct Sq {
     backlog: VecDeque<squeue::Entry>,
     /// Operations pushed whose last completion has not been reaped.
     inflight: usize,
+    /// Wake batching: microseconds a wait may go on for more completions
+    /// once one is there (0: off, or the kernel lacks `min_wait`).
+    wake_batch_us: u32,
 }
+
+/// Completions a batched wait asks for before its `min_wait` runs out: more
+/// than a window ever brings, so the window, not the count, ends the wait.
+const WAKE_BATCH_WANT: usize = 256;
 
 impl Sq {
     /// Queues `entry`, which starts an operation that ends with one
@@ -256,12 +263,23 @@ impl Sq {
                     )
                 }
             }
-            Some(wait) => {
+            Some(wait) if self.wake_batch_us == 0 => {
                 let timespec = types::Timespec::from(wait.min(MAX_WAIT));
                 let args = types::SubmitArgs::new().timespec(&timespec);
                 self.ring.submitter().submit_with_args(1, &args)
             }
-            None => self.ring.submitter().submit_and_wait(1),
+            None if self.wake_batch_us == 0 => self.ring.submitter().submit_and_wait(1),
+            // Batched: the kernel waits for the first completion as usual,
+            // then up to `min_wait` more for others (or `wait`, if sooner).
+            wait => {
+                let timespec = types::Timespec::from(wait.unwrap_or(MAX_WAIT).min(MAX_WAIT));
+                let args = types::SubmitArgs::new()
+                    .timespec(&timespec)
+                    .min_wait_usec(self.wake_batch_us);
+                self.ring
+                    .submitter()
+                    .submit_with_args(WAKE_BATCH_WANT, &args)
+            }
         };
         match result {
             Ok(_) => Ok(()),
@@ -859,6 +877,7 @@ impl UringDriver {
         let wake_buf = NonNull::from(Box::leak(Box::new(0u64)));
         let mut driver = UringDriver {
             sq: Sq {
+                wake_batch_us: wake_batch_us(config, &ring),
                 ring,
                 backlog: VecDeque::new(),
                 inflight: 0,
@@ -884,6 +903,21 @@ impl UringDriver {
         );
         driver.arm_wake();
         Ok(driver)
+    }
+}
+
+/// The wake-batching window in microseconds, where asked for and the
+/// kernel has `min_wait` (`IORING_FEAT_MIN_TIMEOUT`, Linux 6.12); 0 otherwise.
+fn wake_batch_us(config: &DriverConfig, ring: &IoUring) -> u32 {
+    match config.wake_batch {
+        Some(window) if ring.params().is_feature_min_timeout() => {
+            u32::try_from(window.as_micros()).unwrap_or(u32::MAX).max(1)
+        }
+        Some(_) => {
+            tracing::debug!("wake batching asked for, but this kernel lacks min_wait (6.12+): off");
+            0
+        }
+        None => 0,
     }
 }
 

@@ -184,6 +184,18 @@ macro_rules! common_builder_methods {
             self
         }
 
+        /// Wake batching (off by default; io_uring on Linux 6.12+, ignored
+        /// elsewhere): a worker waiting for I/O may sleep up to `window`
+        /// longer once the first completion is there, so a stream of small
+        /// receives (players' moves) wakes it once per batch instead of once
+        /// per packet. Every event may wait up to `window` more: for servers
+        /// that act on a tick anyway (the world applies moves at its tick),
+        /// not for request-response latency. `Duration::ZERO` turns it off.
+        pub fn wake_batching(mut self, window: std::time::Duration) -> Self {
+            self.config.driver.wake_batch = (!window.is_zero()).then_some(window);
+            self
+        }
+
         /// Send coalescing (off by default): a session's queued sends are
         /// held until `interval` has passed since its last write, its queued
         /// bytes reach [`coalesce_max_bytes`](Self::coalesce_max_bytes), or

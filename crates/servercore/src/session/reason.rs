@@ -30,9 +30,6 @@ pub enum DisconnectReason {
     ReceiveOverflow,
     /// Nothing was received for longer than the idle timeout.
     IdleTimeout,
-    /// The peer did not log in within the application's login deadline
-    /// (a connection that holds a slot without ever starting to play).
-    LoginTimeout,
     /// A packet the peer started did not complete within the packet
     /// deadline (a peer trickling bytes to hold its slot).
     PacketTimeout,
@@ -63,6 +60,10 @@ pub enum DisconnectReason {
         /// What happened.
         detail: String,
     },
+    /// A plain HTTP request on a WebSocket listener that serves pages (a
+    /// browser loading the client's page, a script, the favicon) was
+    /// answered: a page load, not a session of the game's protocol.
+    HttpServed,
     /// The QUIC connection failed: a transport error the peer sent or this
     /// end detected (a protocol violation, an oversized datagram), the
     /// QUIC idle timeout, a stateless reset, or the client's stream reset.
@@ -120,9 +121,9 @@ impl DisconnectReason {
             DisconnectReason::Tls(_) => DisconnectKind::Tls,
             DisconnectReason::WebSocketHandshake(_) => DisconnectKind::WebSocketHandshake,
             DisconnectReason::WebSocket { .. } => DisconnectKind::WebSocket,
-            DisconnectReason::LoginTimeout => DisconnectKind::LoginTimeout,
             DisconnectReason::PacketTimeout => DisconnectKind::PacketTimeout,
             DisconnectReason::App(_) => DisconnectKind::App,
+            DisconnectReason::HttpServed => DisconnectKind::HttpServed,
             DisconnectReason::Quic(_) => DisconnectKind::Quic,
             DisconnectReason::QuicClosed { .. } => DisconnectKind::QuicClosed,
         }
@@ -131,8 +132,8 @@ impl DisconnectReason {
 
 /// The kinds of [`DisconnectReason`], without details: a small dense index
 /// (`kind as usize`, `0..DisconnectKind::COUNT`) for counter arrays, and a
-/// stable snake_case name for metrics and logs. New kinds are only ever
-/// appended, so indices and names never change meaning.
+/// stable snake_case name for metrics and logs. Indices are for counter
+/// arrays within one process; names are what metrics and logs carry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[repr(u8)]
 pub enum DisconnectKind {
@@ -166,12 +167,12 @@ pub enum DisconnectKind {
     WebSocketHandshake,
     /// [`DisconnectReason::WebSocket`]: `websocket`.
     WebSocket,
-    /// [`DisconnectReason::LoginTimeout`]: `login_timeout`.
-    LoginTimeout,
     /// [`DisconnectReason::PacketTimeout`]: `packet_timeout`.
     PacketTimeout,
     /// [`DisconnectReason::App`], whatever the application named it: `app`.
     App,
+    /// [`DisconnectReason::HttpServed`]: `http_served`.
+    HttpServed,
     /// [`DisconnectReason::Quic`]: `quic`.
     Quic,
     /// [`DisconnectReason::QuicClosed`]: `quic_closed`.
@@ -199,9 +200,9 @@ impl DisconnectKind {
         DisconnectKind::Tls,
         DisconnectKind::WebSocketHandshake,
         DisconnectKind::WebSocket,
-        DisconnectKind::LoginTimeout,
         DisconnectKind::PacketTimeout,
         DisconnectKind::App,
+        DisconnectKind::HttpServed,
         DisconnectKind::Quic,
         DisconnectKind::QuicClosed,
     ];
@@ -229,9 +230,9 @@ impl DisconnectKind {
             DisconnectKind::Tls => "tls",
             DisconnectKind::WebSocketHandshake => "websocket_handshake",
             DisconnectKind::WebSocket => "websocket",
-            DisconnectKind::LoginTimeout => "login_timeout",
             DisconnectKind::PacketTimeout => "packet_timeout",
             DisconnectKind::App => "app",
+            DisconnectKind::HttpServed => "http_served",
             DisconnectKind::Quic => "quic",
             DisconnectKind::QuicClosed => "quic_closed",
         }
@@ -256,7 +257,6 @@ impl fmt::Display for DisconnectReason {
             DisconnectReason::SendQueueOverflow => f.write_str("send queue overflow"),
             DisconnectReason::ReceiveOverflow => f.write_str("receive buffer overflow"),
             DisconnectReason::IdleTimeout => f.write_str("idle timeout"),
-            DisconnectReason::LoginTimeout => f.write_str("login timeout"),
             DisconnectReason::PacketTimeout => f.write_str("packet timeout"),
             DisconnectReason::App(name) => write!(f, "closed by the application: {name}"),
             DisconnectReason::Shutdown => f.write_str("service shutdown"),
@@ -269,6 +269,7 @@ impl fmt::Display for DisconnectReason {
             DisconnectReason::WebSocket { code, detail } => {
                 write!(f, "WebSocket closed with {code}: {detail}")
             }
+            DisconnectReason::HttpServed => f.write_str("a plain HTTP request was answered"),
             DisconnectReason::Quic(detail) => write!(f, "QUIC error: {detail}"),
             DisconnectReason::QuicClosed { code, detail } => {
                 write!(f, "QUIC closed by the peer with {code}: {detail}")

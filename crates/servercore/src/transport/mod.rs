@@ -624,7 +624,6 @@ fn close_code_for(reason: &DisconnectReason) -> u16 {
         DisconnectReason::MalformedPacket(_) => close_code::PROTOCOL_ERROR,
         DisconnectReason::RateLimited(_)
         | DisconnectReason::IdleTimeout
-        | DisconnectReason::LoginTimeout
         | DisconnectReason::PacketTimeout
         | DisconnectReason::App(_) => close_code::POLICY_VIOLATION,
         DisconnectReason::CallbackPanic(_) => close_code::INTERNAL_ERROR,

@@ -131,7 +131,7 @@ impl WebSocketConfig {
     /// Server side: answer a plain HTTP `GET` (no upgrade asked) with the
     /// page `pages` finds for its path, then close the connection; a path
     /// it does not know gets 404. Upgrades on `/` and `/ws` are unchanged.
-    /// Such a connection ends with [`DisconnectReason::ClosedByApp`], a 404
+    /// Such a connection ends with [`DisconnectReason::HttpServed`], a 404
     /// included: a page load is no failed handshake (`pages` sees every
     /// plain request, so it is where they are counted).
     pub fn pages(mut self, pages: PageLookup) -> Self {
@@ -379,7 +379,7 @@ impl WebSocket {
                 }
                 None => http_error(out, "404 Not Found", ""),
             }
-            return Err(DisconnectReason::ClosedByApp);
+            return Err(DisconnectReason::HttpServed);
         }
         if path != "/" && path != "/ws" {
             http_error(out, "404 Not Found", "");

@@ -148,6 +148,28 @@ impl Session for RecordingEcho {
     }
 }
 
+/// A session that records its handle and its end and ignores its input
+/// (what the application does between packets is not under test).
+pub struct Quiet {
+    pub record: Shared,
+}
+
+impl Session for Quiet {
+    fn on_connected(&mut self, session: &SessionHandle) {
+        let mut record = self.record.lock();
+        record.connected += 1;
+        record.handles.push(session.clone());
+    }
+
+    fn on_recv(&mut self, _session: &SessionHandle, data: &[u8]) -> usize {
+        data.len()
+    }
+
+    fn on_disconnected(&mut self, _session: &SessionHandle, reason: &DisconnectReason) {
+        self.record.lock().disconnected.push(reason.clone());
+    }
+}
+
 /// Names a backend for messages.
 pub fn name(backend: Backend) -> &'static str {
     backend.name()

@@ -105,6 +105,7 @@ pub(crate) fn config(recv_ring_entries: u16, recv_buffer_size: usize) -> DriverC
         recv_ring_entries,
         recv_buffer_size,
         sq_entries: 64,
+        wake_batch: None,
     }
 }
 

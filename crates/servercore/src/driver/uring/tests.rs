@@ -86,6 +86,7 @@ fn tiny_queues_overflow_without_losing_anything() {
         recv_ring_entries: 64,
         recv_buffer_size: 256,
         sq_entries: 4,
+        ..DriverConfig::default()
     })
     .unwrap();
     let mut sink = Collect::default();
@@ -148,6 +149,7 @@ fn dropped_completions_fail_the_next_poll() {
         recv_ring_entries: 64,
         recv_buffer_size: 256,
         sq_entries: 2,
+        ..DriverConfig::default()
     })
     .unwrap();
     assert_eq!(driver.sq.ring.params().cq_entries(), 8);
