@@ -76,7 +76,9 @@
 //! - `world`: [`world::World`], the map, its regions (actors), the tick
 //!   and the movement and visibility rules;
 //! - `stats`: the counters;
-//! - `web`: the browser client's files, served on the WebSocket listener.
+//! - `web`: the browser client's files, served on the WebSocket listener;
+//! - `zones`: one world across nodes, the zone map (the border cells are
+//!   `world::border`).
 //!
 //! Threads: the engine's I/O workers decode packets and push jobs; the
 //! actors (players, the room, the regions) run on whichever worker picks
@@ -103,6 +105,7 @@ pub mod stats;
 pub mod storage;
 pub mod web;
 pub mod world;
+pub mod zones;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -611,6 +614,12 @@ impl ClusterEvents for ClusterBridge {
         );
     }
 
+    fn border(&self, payload: bytes::Bytes) {
+        if let Some(ctx) = self.ctx.upgrade() {
+            ctx.world.border_in(payload);
+        }
+    }
+
     fn remote_online(&self, node: &str, account: &str, epoch: u64) {
         let Some(ctx) = self.ctx.upgrade() else {
             return;
@@ -744,6 +753,18 @@ pub fn start(config: GameConfig) -> anyhow::Result<GameServer> {
         cluster: prepared.as_ref().map(cluster::PreparedLink::handle),
         renew_leases: leases.as_ref().map(LeaseKeeper::renew_now),
     });
+    if let (Some(handle), Some(cluster_config)) = (&ctx.cluster, &config.cluster) {
+        if !cluster_config.world_nodes.is_empty() {
+            let live = handle.clone();
+            let send = handle.clone();
+            ctx.world.share(world::border::BorderLink {
+                me: handle.node().to_owned(),
+                world_nodes: cluster_config.world_nodes.clone(),
+                live: Arc::new(move || live.live_nodes()),
+                send: Arc::new(move |node, payload| send.publish_border(node, payload)),
+            });
+        }
+    }
     let cluster = match prepared {
         Some(prepared) => {
             let bridge = ClusterBridge {
@@ -843,6 +864,12 @@ impl GameServer {
     /// cluster).
     pub fn cluster_stats(&self) -> Option<ClusterStats> {
         self.ctx.cluster.as_ref().map(ClusterHandle::stats)
+    }
+
+    /// The world's border with other nodes' zones: counters and the zone
+    /// map (None: this node's world is its own).
+    pub fn border_stats(&self) -> Option<world::border::BorderStats> {
+        self.ctx.world.border_stats()
     }
 
     /// The game's counters now.

@@ -16,9 +16,12 @@ use tokio::sync::{mpsc, watch};
 
 use crate::redact::{percent_decode, scrub, split_userinfo};
 
+use crate::world::border::BORDER_PREFIX;
+
 use super::{
-    is_node_name, ClusterChat, ClusterEvents, Command, RemoteChat, Shared, CHAT_BACKLOG,
-    CHAT_SUBJECT, HEARTBEAT_PREFIX, KICK_PREFIX, LEAVE_PREFIX, OFFLINE_SUBJECT, ONLINE_SUBJECT,
+    is_node_name, ClusterChat, ClusterEvents, Command, RemoteChat, Shared, BORDER_BACKLOG,
+    CHAT_BACKLOG, CHAT_SUBJECT, HEARTBEAT_PREFIX, KICK_PREFIX, LEAVE_PREFIX, OFFLINE_SUBJECT,
+    ONLINE_SUBJECT,
 };
 
 /// Longest wait for the last messages to go out when the node stops.
@@ -68,6 +71,8 @@ enum Role {
     Control,
     Chat,
     Liveness,
+    /// Border cells of a shared world (only for a node of one).
+    World,
 }
 
 impl Role {
@@ -76,6 +81,7 @@ impl Role {
             Role::Control => "",
             Role::Chat => "-chat",
             Role::Liveness => "-liveness",
+            Role::World => "-world",
         }
     }
 }
@@ -106,9 +112,13 @@ pub(super) fn run(
                 connect(&shared, Role::Control).await?,
                 connect(&shared, Role::Chat).await?,
                 connect(&shared, Role::Liveness).await?,
+                match shared.config.world_nodes.is_empty() {
+                    true => None,
+                    false => Some(connect(&shared, Role::World).await?),
+                },
             ))
         };
-        let (control, chat, liveness) = match connected.await {
+        let (control, chat, liveness, world) = match connected.await {
             Ok(clients) => {
                 let _ = started.send(Ok(()));
                 clients
@@ -124,6 +134,14 @@ pub(super) fn run(
             liveness.clone(),
             stop.clone(),
         ));
+        let border_task = world.clone().map(|world| {
+            tokio::spawn(take_border(
+                Arc::clone(&shared),
+                Arc::clone(&events),
+                world,
+                stop.clone(),
+            ))
+        });
         let chat_task = tokio::spawn(take_chats(
             Arc::clone(&shared),
             Arc::clone(&events),
@@ -135,12 +153,19 @@ pub(super) fn run(
             events,
             control,
             chat,
+            world,
         };
         link.serve(commands).await;
         let _ = stop_tx.send(true);
         let _ = liveness_task.await;
         let _ = chat_task.await;
-        for client in [&link.control, &link.chat, &liveness] {
+        if let Some(task) = border_task {
+            let _ = task.await;
+        }
+        for client in [&link.control, &link.chat, &liveness]
+            .into_iter()
+            .chain(link.world.as_ref())
+        {
             let _ = tokio::time::timeout(STOP_FLUSH_TIMEOUT, client.flush()).await;
         }
     });
@@ -196,6 +221,7 @@ async fn connect(shared: &Arc<Shared>, role: Role) -> anyhow::Result<Client> {
     };
     let capacity = match role {
         Role::Chat => CHAT_BACKLOG,
+        Role::World => BORDER_BACKLOG,
         Role::Control | Role::Liveness => 65_536,
     };
     let event_shared = Arc::clone(shared);
@@ -243,6 +269,7 @@ struct Link {
     events: Arc<dyn ClusterEvents>,
     control: Client,
     chat: Client,
+    world: Option<Client>,
 }
 
 impl Link {
@@ -324,6 +351,17 @@ impl Link {
                 epoch,
                 reply,
             } => self.kick_out(node, account, epoch, reply),
+            Command::Border { node, payload } => {
+                counters.pending_border.fetch_sub(1, Ordering::Relaxed);
+                if let Some(world) = &self.world {
+                    if let Err(error) = world
+                        .publish(format!("{BORDER_PREFIX}.{node}"), payload)
+                        .await
+                    {
+                        tracing::debug!(%error, "border publish failed");
+                    }
+                }
+            }
             Command::Stop => {}
         }
     }
@@ -538,6 +576,41 @@ fn check_chat(
     }))
 }
 
+/// The border intake: every message on this node's border subject goes to
+/// the world, which checks it (at most [`BORDER_BACKLOG`] wait here; past
+/// that the client drops them).
+async fn take_border(
+    shared: Arc<Shared>,
+    events: Arc<dyn ClusterEvents>,
+    client: Client,
+    mut stop: watch::Receiver<bool>,
+) {
+    let subject = format!("{BORDER_PREFIX}.{}", shared.config.node);
+    let mut messages = match client.subscribe(subject).await {
+        Ok(messages) => messages,
+        Err(error) => {
+            tracing::error!(%error, "border subscription failed; no border cells from other nodes");
+            return;
+        }
+    };
+    let mut this_turn = 0;
+    loop {
+        let message = tokio::select! {
+            _ = stop.changed() => return,
+            message = messages.next() => match message {
+                Some(message) => message,
+                None => return,
+            },
+        };
+        events.border(message.payload);
+        this_turn += 1;
+        if this_turn == CHATS_PER_TURN {
+            this_turn = 0;
+            tokio::task::yield_now().await;
+        }
+    }
+}
+
 /// The liveness task: heartbeats out, the others' heartbeats and leaves
 /// in, the dead swept; a clean stop says the node leaves.
 async fn keep_alive(shared: Arc<Shared>, client: Client, mut stop: watch::Receiver<bool>) {
@@ -660,6 +733,10 @@ fn on_event(shared: &Shared, role: Role, event: Event) {
         }
         (Role::Chat, Event::Connected) => shared.chat_connected.store(true, Ordering::Relaxed),
         (Role::Chat, Event::Disconnected) => shared.chat_connected.store(false, Ordering::Relaxed),
+        (Role::World, Event::Connected) => shared.world_connected.store(true, Ordering::Relaxed),
+        (Role::World, Event::Disconnected) => {
+            shared.world_connected.store(false, Ordering::Relaxed)
+        }
         (Role::Chat, Event::SlowConsumer(_)) => tracing::warn!(
             "NATS: chats from other nodes arrive faster than they are checked; some were dropped"
         ),
@@ -705,6 +782,7 @@ mod tests {
             counters: Default::default(),
             connected: Default::default(),
             chat_connected: Default::default(),
+            world_connected: Default::default(),
             presence: Default::default(),
         }
     }

@@ -78,6 +78,11 @@ impl Presence {
             .collect()
     }
 
+    /// The other live nodes' names, in no order.
+    pub(crate) fn names(&self) -> Vec<String> {
+        self.nodes.keys().cloned().collect()
+    }
+
     /// The other live nodes and their account counts, sorted by name.
     pub(crate) fn summary(&self) -> Vec<(String, usize)> {
         let mut nodes: Vec<(String, usize)> = self

@@ -13,7 +13,9 @@
 //!   hand each other between them;
 //! - `region`: a region's players and its part of each phase;
 //! - `cells`: what a tick publishes per cell, and the packets built from it;
-//! - `limit`: the per-player token buckets and the rate-limited log line.
+//! - `limit`: the per-player token buckets and the rate-limited log line;
+//! - `border`: the cells that cross a zone border to other nodes (one
+//!   world across nodes, see [`crate::zones`]).
 //!
 //! # Semantics
 //!
@@ -86,6 +88,7 @@
 //! tick carries at most `chat_bytes_per_tick` of world chat; what is past
 //! either is dropped, counted and logged at most once a second.
 
+pub mod border;
 pub mod cells;
 pub mod grid;
 pub mod limit;
@@ -345,6 +348,33 @@ impl World {
             std::thread::sleep(Duration::from_micros(200));
         }
         true
+    }
+
+    /// Shares this world with other nodes' zones as `link` says (see
+    /// `border`): from the next tick, border cells go out after every
+    /// publish and the other nodes' come into every deliver. Once only;
+    /// false if it was shared already.
+    pub fn share(&self, link: border::BorderLink) -> bool {
+        let border = border::Border::new(link, self.grid.clone(), self.shared.settings().interval);
+        self.shared.set_border(Arc::new(border))
+    }
+
+    /// A border message from another node (checked, then kept for the
+    /// next tick); ignored while the world is not shared.
+    pub fn border_in(&self, payload: bytes::Bytes) {
+        if let Some(border) = self.shared.border() {
+            border.take_in(payload);
+        }
+    }
+
+    /// The border's counters and zone map (`None`: not shared).
+    pub fn border_stats(&self) -> Option<border::BorderStats> {
+        self.shared.border().map(|border| border.stats())
+    }
+
+    /// The zone map as of the last tick (`None`: not shared).
+    pub fn zone_map(&self) -> Option<Arc<crate::zones::ZoneMap>> {
+        self.shared.border().map(|border| border.zone_map())
     }
 
     /// Where the periodic saves go (see [`WorldConfig::save_interval`]);

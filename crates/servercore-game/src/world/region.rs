@@ -29,6 +29,7 @@ use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
 use servercore_protocol::{make_packet, PosInfo, SLeaveGame, SMove};
 
+use super::border::RemoteView;
 use super::cells::{self, CellTick, Departure, Member, RegionTick};
 use super::grid::{Cell, Grid};
 use super::seat::{LeaveRequest, Seat};
@@ -336,6 +337,7 @@ impl Region {
     /// Phase 3: every owned player's write of the tick.
     pub(super) fn deliver(&mut self, shared: &TickShared, tick: u64) {
         let mut around = Around::new(tick);
+        let remote = shared.remote();
         for (_, neighbour) in self.grid.regions_around(self.index) {
             around.load(neighbour, shared);
         }
@@ -361,7 +363,7 @@ impl Region {
             let block: Vec<(Cell, &CellTick)> = self
                 .grid
                 .around(centre)
-                .map(|cell| (cell, around.cell(&self.grid, cell)))
+                .flat_map(|cell| with_remote(cell, around.cell(&self.grid, cell), &remote))
                 .collect();
             let seen: usize = block.iter().map(|(_, cell)| cell.members.len()).sum();
             let crowded = crowd_limit > 0 && seen > crowd_limit;
@@ -387,7 +389,9 @@ impl Region {
                         .map(|prev| {
                             self.grid
                                 .around(prev)
-                                .map(|cell| (cell, around.cell(&self.grid, cell)))
+                                .flat_map(|cell| {
+                                    with_remote(cell, around.cell(&self.grid, cell), &remote)
+                                })
                                 .collect()
                         })
                         .unwrap_or_default();
@@ -518,6 +522,17 @@ impl Around {
             .and_then(|(_, tick)| tick.cells.get(grid.local_index(cell)))
             .unwrap_or(&self.empty)
     }
+}
+
+/// A cell's local published state, then its remote one (players of other
+/// nodes' zones, see `border`) if any: a block lists both, and every rule
+/// below reads them alike.
+fn with_remote<'a>(
+    cell: Cell,
+    local: &'a CellTick,
+    remote: &'a RemoteView,
+) -> impl Iterator<Item = (Cell, &'a CellTick)> + 'a {
+    std::iter::once((cell, local)).chain(remote.cell(cell).map(move |tick| (cell, tick)))
 }
 
 /// Every `S_MOVE` of the block's cells, in one buffer (no copy for one

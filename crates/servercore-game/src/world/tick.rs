@@ -19,7 +19,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -28,6 +28,7 @@ use parking_lot::{Condvar, Mutex};
 use servercore::job::Actor;
 use servercore_protocol::PosInfo;
 
+use super::border::{Border, RemoteView};
 use super::cells::RegionTick;
 use super::grid::Grid;
 use super::region::{Entry, Region};
@@ -116,6 +117,10 @@ pub(super) struct TickShared {
     work_ns: AtomicU64,
     work: LatencyHistogram,
     counters: Arc<GameCounters>,
+    /// The world's border with other nodes' zones, once it is shared.
+    border: OnceLock<Arc<Border>>,
+    /// The running tick's remote cells (built at its start).
+    remote: Mutex<Arc<RemoteView>>,
 }
 
 impl TickShared {
@@ -150,11 +155,29 @@ impl TickShared {
             work_ns: AtomicU64::new(0),
             work: LatencyHistogram::default(),
             counters,
+            border: OnceLock::new(),
+            remote: Mutex::default(),
         }
     }
 
     pub fn settings(&self) -> &TickSettings {
         &self.settings
+    }
+
+    /// Shares the world with other nodes' zones from the next tick; false
+    /// if it was shared already.
+    pub fn set_border(&self, border: Arc<Border>) -> bool {
+        self.border.set(border).is_ok()
+    }
+
+    /// The border, once the world is shared.
+    pub fn border(&self) -> Option<&Arc<Border>> {
+        self.border.get()
+    }
+
+    /// The running tick's remote cells.
+    pub fn remote(&self) -> Arc<RemoteView> {
+        Arc::clone(&self.remote.lock())
     }
 
     pub fn set_saver(&self, saver: Saver) {
@@ -288,6 +311,15 @@ impl TickShared {
                 count,
             };
         }
+        if let Some(border) = self.border.get() {
+            // What other nodes sent since the last tick, without the
+            // players this node has itself (entering ones included).
+            let view = {
+                let present = self.present.lock();
+                border.build(tick, |id| present.contains_key(&id))
+            };
+            *self.remote.lock() = Arc::new(view);
+        }
         self.run_phase(Phase::Apply, tick);
     }
 
@@ -317,7 +349,14 @@ impl TickShared {
         }
         match phase {
             Phase::Apply => self.run_phase(Phase::Publish, tick),
-            Phase::Publish => self.run_phase(Phase::Deliver, tick),
+            Phase::Publish => {
+                if let Some(border) = self.border.get() {
+                    let published: Vec<Arc<RegionTick>> =
+                        (0..self.regions.len()).map(|r| self.published(r)).collect();
+                    border.send(tick, &published);
+                }
+                self.run_phase(Phase::Deliver, tick)
+            }
             Phase::Deliver => self.finish_tick(),
         }
     }
