@@ -19,7 +19,9 @@ use servercore::Backend;
 use servercore_game::auth::TokenKey;
 use servercore_game::cluster::ClusterConfig;
 use servercore_game::{GameConfig, GameServer, WorldConfig};
-use servercore_protocol::{make_packet, CEnterGame, CLogin, CMove, ClientPacket, PosInfo};
+use servercore_protocol::{
+    make_packet, CEnterGame, CLogin, CMove, ClientPacket, LoginRefusal, PosInfo, STransfer,
+};
 
 mod common;
 #[path = "../../../crates/servercore-game/tests/services/mod.rs"]
@@ -38,7 +40,24 @@ backend_tests!(
         ignore = "needs nats-server on PATH (scripts/test-env installs it)"
     )]
     a_stopped_node_has_its_strip_re_split_and_restored,
+    #[cfg_attr(
+        servercore_missing = "nats_server",
+        ignore = "needs nats-server on PATH (scripts/test-env installs it)"
+    )]
+    a_walker_is_handed_over_and_never_vanishes,
+    #[cfg_attr(
+        servercore_missing = "nats_server",
+        ignore = "needs nats-server on PATH (scripts/test-env installs it)"
+    )]
+    transfer_tokens_are_refused_when_misused,
+    #[cfg_attr(
+        servercore_missing = "nats_server",
+        ignore = "needs nats-server on PATH (scripts/test-env installs it)"
+    )]
+    a_player_that_never_arrives_leaves_after_ten_seconds,
 );
+
+const SECRET: &[u8] = b"a cluster secret of at least 32 bytes";
 
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -47,8 +66,7 @@ fn node_config(backend: Backend, db: &str, nats: &str, node: &str) -> GameConfig
     cluster.heartbeat_interval = Duration::from_millis(200);
     cluster.node_timeout = Duration::from_millis(1500);
     cluster.world_nodes = vec!["a".into(), "b".into()];
-    cluster.cluster_secret =
-        Some(TokenKey::from_secret(b"a cluster secret of at least 32 bytes").unwrap());
+    cluster.cluster_secret = Some(TokenKey::from_secret(SECRET).unwrap());
     GameConfig {
         backend,
         workers: Some(2),
@@ -108,26 +126,65 @@ struct Client {
     player_id: u64,
     pos: (f32, f32),
     seen: Vec<(u64, Seen)>,
+    /// The S_TRANSFERs it got.
+    transfers: Vec<STransfer>,
+    /// The server closed the connection.
+    closed: bool,
 }
 
 impl Client {
-    fn join(addr: SocketAddr, account: &str) -> Client {
+    fn connect(addr: SocketAddr) -> Client {
         let stream = TcpStream::connect(addr).expect("connect");
         stream.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
         stream.set_nodelay(true).unwrap();
-        let mut client = Client {
+        Client {
             stream,
             player_id: 0,
             pos: (0.0, 0.0),
             seen: Vec::new(),
-        };
-        client.send(&make_packet(&CLogin {
+            transfers: Vec::new(),
+            closed: false,
+        }
+    }
+
+    /// Logs in; the refusal's reason if refused.
+    fn login(&mut self, account: &str) -> Result<(), i32> {
+        self.send(&make_packet(&CLogin {
             account: account.into(),
         }));
-        match client.recv() {
-            ClientPacket::SLogin(login) => assert!(login.success, "login of {account}"),
-            other => panic!("expected S_LOGIN, got {other:?}"),
+        loop {
+            match self.recv() {
+                ClientPacket::SLogin(login) if login.success => return Ok(()),
+                ClientPacket::SLogin(login) => return Err(login.reason),
+                ClientPacket::SSpawn(_) | ClientPacket::SMove(_) | ClientPacket::SDespawn(_) => {}
+                other => panic!("expected S_LOGIN, got {other:?}"),
+            }
         }
+    }
+
+    fn join(addr: SocketAddr, account: &str) -> Client {
+        let mut client = Client::connect(addr);
+        client
+            .login(account)
+            .unwrap_or_else(|reason| panic!("login of {account} refused: {reason}"));
+        client.enter();
+        client
+    }
+
+    /// Follows `S_TRANSFER` `transfer`: connects to its address and logs in
+    /// with its token; keeps what it saw.
+    fn follow(&mut self, transfer: &STransfer) {
+        let addr: SocketAddr = transfer.addr.parse().expect("a TCP address");
+        let fresh = Client::connect(addr);
+        self.stream = fresh.stream;
+        self.closed = false;
+        self.login(&transfer.token)
+            .unwrap_or_else(|reason| panic!("transfer login refused: {reason}"));
+        self.enter();
+    }
+
+    fn enter(&mut self) {
+        let client = self;
         client.send(&make_packet(&CEnterGame { player_index: 0 }));
         match client.recv() {
             ClientPacket::SEnterGame(entered) => {
@@ -135,7 +192,6 @@ impl Client {
                 client.player_id = entered.player_id;
                 let pos = entered.player.and_then(|p| p.pos_info).unwrap();
                 client.pos = (pos.x, pos.y);
-                client
             }
             other => panic!("expected S_ENTER_GAME, got {other:?}"),
         }
@@ -148,6 +204,10 @@ impl Client {
     /// The next packet (recording world traffic of others), or None once
     /// `limit` passes without one.
     fn next(&mut self, limit: Duration) -> Option<ClientPacket> {
+        if self.closed {
+            std::thread::sleep(limit);
+            return None;
+        }
         self.stream.set_read_timeout(Some(limit)).unwrap();
         let mut header = [0u8; 4];
         let read = self.stream.read_exact(&mut header);
@@ -156,6 +216,16 @@ impl Client {
             Ok(()) => {}
             Err(error) if matches!(error.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
                 return None
+            }
+            // Closed by the server (after a transfer).
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    ErrorKind::UnexpectedEof | ErrorKind::ConnectionReset
+                ) =>
+            {
+                self.closed = true;
+                return None;
             }
             Err(error) => panic!("read: {error}"),
         }
@@ -183,6 +253,7 @@ impl Client {
                     self.seen.push((*id, Seen::Despawn));
                 }
             }
+            ClientPacket::STransfer(transfer) => self.transfers.push(transfer.clone()),
             _ => {}
         }
         Some(packet)
@@ -203,13 +274,19 @@ impl Client {
             client_time_us: 7,
         }));
         loop {
-            if let ClientPacket::SMove(moved) = self.recv() {
-                let info = moved.info.unwrap();
-                if info.object_id == self.player_id {
-                    self.pos = (info.x, info.y);
-                    assert_eq!(self.pos, (x, y), "the move is taken as sent");
-                    return;
+            match self.next(READ_TIMEOUT) {
+                Some(ClientPacket::SMove(moved)) => {
+                    let info = moved.info.unwrap();
+                    if info.object_id == self.player_id {
+                        self.pos = (info.x, info.y);
+                        assert_eq!(self.pos, (x, y), "the move is taken as sent");
+                        return;
+                    }
                 }
+                // Handed over before the move was taken.
+                Some(ClientPacket::STransfer(_)) => return,
+                Some(_) => {}
+                None => panic!("no answer to a move"),
             }
         }
     }
@@ -229,6 +306,49 @@ impl Client {
                 self.seen
             );
             self.next(Duration::from_millis(100));
+        }
+    }
+
+    /// Moves to `(x, y)`, following a transfer if one comes instead of
+    /// (or right after) the move's answer, until the player stands there.
+    fn go_anywhere(&mut self, x: f32, y: f32) {
+        for _ in 0..4 {
+            let before = self.transfers.len();
+            self.go(x, y);
+            self.drain(Duration::from_millis(300));
+            match self.transfers.get(before).cloned() {
+                Some(transfer) => self.follow(&transfer),
+                None => return,
+            }
+        }
+        panic!("transferred back and forth");
+    }
+
+    /// Reads until an S_TRANSFER, then until the server closes.
+    fn expect_transfer(&mut self) -> STransfer {
+        let deadline = Instant::now() + READ_TIMEOUT;
+        while self.transfers.is_empty() {
+            assert!(Instant::now() < deadline, "no S_TRANSFER");
+            self.next(Duration::from_millis(100));
+        }
+        assert!(
+            self.closed || self.closed_within(READ_TIMEOUT),
+            "the old session closes"
+        );
+        self.transfers.last().unwrap().clone()
+    }
+
+    /// True once the server has closed the connection (within `limit`).
+    fn closed_within(&mut self, limit: Duration) -> bool {
+        self.stream.set_read_timeout(Some(limit)).unwrap();
+        let mut sink = [0u8; 4096];
+        loop {
+            match self.stream.read(&mut sink) {
+                Ok(0) => return true,
+                Ok(_) => continue,
+                Err(error) if error.kind() == ErrorKind::ConnectionReset => return true,
+                Err(_) => return false,
+            }
         }
     }
 
@@ -267,8 +387,8 @@ fn players_across_a_border_see_each_other(backend: Backend) {
     let mut west = Client::join(a.local_addr(), "west");
     let mut east = Client::join(b.local_addr(), "east");
     // Far apart first (wherever they entered), then nothing in flight.
-    west.go(100.0, 100.0);
-    east.go(1900.0, 1900.0);
+    west.go_anywhere(100.0, 100.0);
+    east.go_anywhere(1900.0, 1900.0);
     west.drain(Duration::from_millis(500));
     east.drain(Duration::from_millis(500));
     west.seen.clear();
@@ -345,6 +465,219 @@ fn a_stopped_node_has_its_strip_re_split_and_restored(backend: Backend) {
     wait_zones(&[&a], &[("a", 0, 20)]);
     let b = start_node(backend, db, &nats.url(), "b");
     wait_zones(&[&a, &b], &[("a", 0, 10), ("b", 10, 20)]);
+    a.stop_and_join();
+    b.stop_and_join();
+}
+
+/// Both nodes, each with a watcher near the border: a on its side, b on
+/// its own, each already seeing the walker.
+struct Crossing {
+    a: GameServer,
+    b: GameServer,
+    west: Client,
+    east: Client,
+    walker: Client,
+    _nats: NatsServer,
+    _dir: tempfile::TempDir,
+}
+
+fn crossing(backend: Backend) -> Option<Crossing> {
+    let nats = NatsServer::start()?;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("shared.db");
+    let db = db.to_str().unwrap().to_owned();
+    let a = start_node(backend, &db, &nats.url(), "a");
+    let b = start_node(backend, &db, &nats.url(), "b");
+    wait_zones(&[&a, &b], &[("a", 0, 10), ("b", 10, 20)]);
+    // Every node has the other's address before anyone crosses.
+    assert!(eventually(Duration::from_secs(10), || {
+        a.cluster_stats().unwrap().nodes.len() == 1 && b.cluster_stats().unwrap().nodes.len() == 1
+    }));
+    std::thread::sleep(Duration::from_millis(500));
+    let mut walker = Client::join(a.local_addr(), "walker");
+    walker.go_anywhere(900.0, 500.0);
+    let mut west = Client::join(a.local_addr(), "west");
+    west.go_anywhere(960.0, 500.0);
+    let mut east = Client::join(b.local_addr(), "east");
+    east.go_anywhere(1040.0, 500.0);
+    let k = walker.player_id;
+    west.wait_for(k, &Seen::Spawn(900.0, 500.0));
+    east.wait_for(k, &Seen::Spawn(900.0, 500.0));
+    for client in [&mut walker, &mut west, &mut east] {
+        client.drain(Duration::from_millis(300));
+        client.seen.clear();
+    }
+    Some(Crossing {
+        a,
+        b,
+        west,
+        east,
+        walker,
+        _nats: nats,
+        _dir: dir,
+    })
+}
+
+/// A walker crosses from a's zone into b's: one S_TRANSFER (b, its
+/// address, the position), the old session closes, it logs in at b with
+/// the token and stands where it stood; a watcher on each side sees each
+/// of its moves exactly once and never a despawn or a second spawn.
+fn a_walker_is_handed_over_and_never_vanishes(backend: Backend) {
+    let Some(Crossing {
+        a,
+        b,
+        mut west,
+        mut east,
+        mut walker,
+        _nats: _nats_kept,
+        _dir: _dir_kept,
+    }) = crossing(backend)
+    else {
+        return;
+    };
+    let k = walker.player_id;
+    let mut expected = Vec::new();
+    for step in 1..=8 {
+        let x = 900.0 + 20.0 * step as f32;
+        walker.go(x, 500.0);
+        expected.push(Seen::Move(x, 500.0));
+    }
+    // 1060 is more than half a cell past a's strip (x < 1000).
+    let transfer = walker.expect_transfer();
+    assert_eq!(walker.transfers.len(), 1);
+    assert_eq!(transfer.node, "b");
+    assert_eq!(transfer.addr, b.local_addr().to_string());
+    let pos = transfer.pos.unwrap();
+    assert_eq!((pos.x, pos.y), (1060.0, 500.0));
+    walker.follow(&transfer);
+    assert_eq!(walker.player_id, k, "the same player");
+    assert_eq!(walker.pos, (1060.0, 500.0), "where it stood");
+    // It sees both watchers at once (a fresh client: everyone spawned).
+    walker.wait_for(east.player_id, &Seen::Spawn(1040.0, 500.0));
+    walker.wait_for(west.player_id, &Seen::Spawn(960.0, 500.0));
+    walker.go(1080.0, 500.0);
+    expected.push(Seen::Move(1080.0, 500.0));
+    west.wait_for(k, &Seen::Move(1080.0, 500.0));
+    east.wait_for(k, &Seen::Move(1080.0, 500.0));
+    west.drain(Duration::from_millis(500));
+    east.drain(Duration::from_millis(500));
+    assert_eq!(west.of(k), expected, "west watcher");
+    assert_eq!(east.of(k), expected, "east watcher");
+    // Walking on out of both views: one despawn each.
+    walker.go(1300.0, 500.0);
+    west.wait_for(k, &Seen::Despawn);
+    east.wait_for(k, &Seen::Despawn);
+    expected.push(Seen::Despawn);
+    west.drain(Duration::from_millis(300));
+    east.drain(Duration::from_millis(300));
+    assert_eq!(west.of(k), expected, "west watcher");
+    assert_eq!(east.of(k), expected, "east watcher");
+    // Exactly one node has the player.
+    let on = |node: &GameServer| node.world_snapshot().iter().any(|(id, _, _)| *id == k);
+    assert!(on(&b) && !on(&a));
+    assert_eq!(a.stats().transfers_out, 1);
+    assert_eq!(b.stats().transfers_in, 1);
+    assert_eq!(a.stats().transfers_never_arrived, 0);
+    drop((walker, west, east));
+    a.stop_and_join();
+    b.stop_and_join();
+}
+
+/// A token taken once is refused the second time, at the other node, when
+/// expired, and when signed with another secret: `LOGIN_REFUSAL_BAD_TOKEN`.
+fn transfer_tokens_are_refused_when_misused(backend: Backend) {
+    let Some(Crossing {
+        a,
+        b,
+        west,
+        east,
+        mut walker,
+        _nats: _nats_kept,
+        _dir: _dir_kept,
+    }) = crossing(backend)
+    else {
+        return;
+    };
+    walker.go(1060.0, 500.0);
+    let transfer = walker.expect_transfer();
+    let refused = |node: &GameServer, token: &str| {
+        let mut client = Client::connect(node.local_addr());
+        client.login(token)
+    };
+    let bad = Err(LoginRefusal::BadToken as i32);
+    // For b: refused at a.
+    assert_eq!(refused(&a, &transfer.token), bad);
+    walker.follow(&transfer);
+    // Used once.
+    assert_eq!(refused(&b, &transfer.token), bad);
+    let minted = |secret: &[u8], exp: u64| {
+        servercore_game::transfer::Transfers::new(TokenKey::from_secret(secret).unwrap(), "a")
+            .mint_expiring("walker", walker.player_id, "b", exp)
+            .unwrap()
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert_eq!(refused(&b, &minted(SECRET, now - 1)), bad, "expired");
+    assert_eq!(
+        refused(
+            &b,
+            &minted(b"another secret of at least 32 bytes!", now + 30)
+        ),
+        bad,
+        "another secret"
+    );
+    // A fresh, good one is taken.
+    assert_eq!(refused(&b, &minted(SECRET, now + 30)), Ok(()));
+    assert_eq!(b.stats().transfer_tokens_refused, 3);
+    assert_eq!(a.stats().transfer_tokens_refused, 1);
+    drop((walker, west, east));
+    a.stop_and_join();
+    b.stop_and_join();
+}
+
+/// A player handed over that never logs in at the target leaves a's world
+/// after 10 s: both watchers see it despawn then, not before.
+fn a_player_that_never_arrives_leaves_after_ten_seconds(backend: Backend) {
+    let Some(Crossing {
+        a,
+        b,
+        mut west,
+        mut east,
+        mut walker,
+        _nats: _nats_kept,
+        _dir: _dir_kept,
+    }) = crossing(backend)
+    else {
+        return;
+    };
+    let k = walker.player_id;
+    walker.go(1060.0, 500.0);
+    let _ = walker.expect_transfer();
+    let handed = Instant::now();
+    west.wait_for(k, &Seen::Move(1060.0, 500.0));
+    east.wait_for(k, &Seen::Move(1060.0, 500.0));
+    // Still shown for a while.
+    west.drain(Duration::from_secs(3));
+    assert!(!west.of(k).contains(&Seen::Despawn), "{:?}", west.of(k));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !west.of(k).contains(&Seen::Despawn) || !east.of(k).contains(&Seen::Despawn) {
+        assert!(Instant::now() < deadline, "never despawned");
+        west.next(Duration::from_millis(50));
+        east.next(Duration::from_millis(50));
+    }
+    assert!(
+        handed.elapsed() >= Duration::from_secs(9),
+        "{:?}",
+        handed.elapsed()
+    );
+    assert_eq!(west.of(k), [Seen::Move(1060.0, 500.0), Seen::Despawn]);
+    assert_eq!(east.of(k), [Seen::Move(1060.0, 500.0), Seen::Despawn]);
+    assert_eq!(a.stats().transfers_never_arrived, 1);
+    let on = |node: &GameServer| node.world_snapshot().iter().any(|(id, _, _)| *id == k);
+    assert!(!on(&a) && !on(&b));
+    drop((walker, west, east));
     a.stop_and_join();
     b.stop_and_join();
 }

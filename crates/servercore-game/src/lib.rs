@@ -103,6 +103,7 @@ pub mod room;
 pub mod sessions;
 pub mod stats;
 pub mod storage;
+pub mod transfer;
 pub mod web;
 pub mod world;
 pub mod zones;
@@ -419,6 +420,8 @@ pub struct GameContext {
     pub cluster: Option<ClusterHandle>,
     /// Asks for a renewal of the node's leases now (in a cluster).
     renew_leases: Option<RenewNow>,
+    /// Transfer tokens, on a node of a shared world (`--world-nodes`).
+    pub transfers: Option<Arc<transfer::Transfers>>,
 }
 
 /// Where a chat comes from, for [`GameContext::admit_chat`].
@@ -752,11 +755,18 @@ pub fn start(config: GameConfig) -> anyhow::Result<GameServer> {
         sessions,
         cluster: prepared.as_ref().map(cluster::PreparedLink::handle),
         renew_leases: leases.as_ref().map(LeaseKeeper::renew_now),
+        transfers: config.cluster.as_ref().and_then(|cluster| {
+            let key = cluster.cluster_secret.clone()?;
+            (!cluster.world_nodes.is_empty())
+                .then(|| Arc::new(transfer::Transfers::new(key, cluster.node.clone())))
+        }),
     });
     if let (Some(handle), Some(cluster_config)) = (&ctx.cluster, &config.cluster) {
         if !cluster_config.world_nodes.is_empty() {
             let live = handle.clone();
             let send = handle.clone();
+            ctx.world
+                .set_transferer(transfer::transferer(Arc::downgrade(&ctx)));
             ctx.world.share(world::border::BorderLink {
                 me: handle.node().to_owned(),
                 world_nodes: cluster_config.world_nodes.clone(),
@@ -816,6 +826,22 @@ pub fn start(config: GameConfig) -> anyhow::Result<GameServer> {
     let service = builder
         .start()
         .with_context(|| format!("starting the game server on {}", config.addr))?;
+    if let (Some(handle), Some(cluster_config)) = (&ctx.cluster, &config.cluster) {
+        // What a player handed to this node is told to connect to.
+        let addrs = service.local_addrs();
+        let addr = cluster_config
+            .public_addr
+            .clone()
+            .unwrap_or_else(|| service.local_addr().to_string());
+        let scheme = if config.tls.is_some() { "wss" } else { "ws" };
+        let ws_url = cluster_config.public_ws_url.clone().or_else(|| {
+            config
+                .ws_addr
+                .and(addrs.get(1))
+                .map(|ws| format!("{scheme}://{ws}/ws"))
+        });
+        handle.advertise(addr, ws_url.unwrap_or_default());
+    }
     let trimmer = config
         .heap_trim_interval
         .filter(|interval| !interval.is_zero())

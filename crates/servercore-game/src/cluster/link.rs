@@ -52,6 +52,11 @@ struct Offline {
 struct Heartbeat {
     node: String,
     accounts: Vec<String>,
+    /// Where players handed to the node connect (a shared world).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    addr: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    ws_url: String,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -674,9 +679,12 @@ async fn beat(shared: &Shared, client: &Client, sweep: bool) {
         tracing::warn!(%node, accounts = held, "node missed its heartbeats; its accounts are offline");
     }
     let node = &shared.config.node;
+    let (addr, ws_url) = shared.advertised.lock().clone();
     let beat = Heartbeat {
         node: node.clone(),
         accounts,
+        addr,
+        ws_url,
     };
     publish_json(client, format!("{HEARTBEAT_PREFIX}.{node}"), &beat).await;
 }
@@ -689,10 +697,17 @@ fn heartbeat_in(shared: &Shared, message: &Message) {
         return;
     }
     let count = beat.accounts.len();
-    let new = shared
-        .presence
-        .lock()
-        .heartbeat(&beat.node, beat.accounts, Instant::now());
+    // Bounded like any input: an address is short.
+    let addrs = (beat.addr.len() <= 256 && beat.ws_url.len() <= 512)
+        .then(|| (beat.addr.clone(), beat.ws_url.clone()));
+    let new = {
+        let mut presence = shared.presence.lock();
+        let new = presence.heartbeat(&beat.node, beat.accounts, Instant::now());
+        if let Some(addrs) = addrs.filter(|(addr, _)| !addr.is_empty()) {
+            presence.set_addrs(&beat.node, addrs);
+        }
+        new
+    };
     if new {
         tracing::info!(node = %beat.node, accounts = count, "node joined the cluster");
     }
@@ -783,6 +798,7 @@ mod tests {
             connected: Default::default(),
             chat_connected: Default::default(),
             world_connected: Default::default(),
+            advertised: Default::default(),
             presence: Default::default(),
         }
     }

@@ -363,6 +363,9 @@ pub(crate) struct Shared {
     pub(crate) chat_connected: AtomicBool,
     /// The world connection (border cells) is up.
     pub(crate) world_connected: AtomicBool,
+    /// What this node tells the others players handed to it connect to:
+    /// its TCP address and WebSocket URL.
+    pub(crate) advertised: Mutex<(String, String)>,
     pub(crate) presence: Mutex<Presence>,
 }
 
@@ -467,6 +470,19 @@ impl ClusterHandle {
         true
     }
 
+    /// Tells the other nodes (with every heartbeat) where players handed
+    /// to this node connect: its TCP address and WebSocket URL ("" for
+    /// none).
+    pub fn advertise(&self, addr: String, ws_url: String) {
+        *self.shared.advertised.lock() = (addr, ws_url);
+    }
+
+    /// Where players handed to `node` connect (its TCP address and
+    /// WebSocket URL), as its last heartbeat said.
+    pub fn node_addrs(&self, node: &str) -> Option<(String, String)> {
+        self.shared.presence.lock().addrs(node)
+    }
+
     /// The other nodes alive now (heard within the node timeout), by
     /// name.
     pub fn live_nodes(&self) -> Vec<String> {
@@ -558,6 +574,7 @@ impl ClusterLink {
             connected: AtomicBool::new(false),
             chat_connected: AtomicBool::new(false),
             world_connected: AtomicBool::new(false),
+            advertised: Mutex::default(),
             presence: Mutex::new(Presence::default()),
         });
         let (tx, commands) = mpsc::unbounded_channel();

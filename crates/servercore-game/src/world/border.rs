@@ -196,10 +196,44 @@ pub struct BorderStats {
     pub zones: Vec<(String, u32, u32)>,
 }
 
+/// Whether a player a border message shows is in this node's own world.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Local {
+    /// No.
+    No,
+    /// Yes (it entered in this cell): never shown from a message.
+    Here(Option<Cell>),
+    /// Yes, but being handed over to another node's zone, standing in
+    /// this cell: shown from the target's message once it has the player
+    /// (and then this node lets it go).
+    Leaving(Cell),
+}
+
 /// The remote cells one tick's receivers see, by cell.
 #[derive(Default)]
 pub(super) struct RemoteView {
     pub cells: HashMap<Cell, CellTick>,
+    /// Players shown last tick from another node that are this node's own
+    /// now (handed over to it), with the cell they were shown in: where
+    /// they stood at the end of the last tick.
+    pub handed_in: HashMap<u64, Cell>,
+    /// Players being handed over by this node that another node shows
+    /// now, with the cell it shows them in: this node lets them go.
+    pub handed_out: HashMap<u64, Cell>,
+}
+
+/// Where the players of one tick are handed over to.
+pub(super) struct Handover {
+    map: Arc<ZoneMap>,
+    me: String,
+    cell: f32,
+}
+
+impl Handover {
+    /// The node a player of this node standing at `x` goes to, if any.
+    pub fn target(&self, x: f32) -> Option<&str> {
+        self.map.handover_target(&self.me, x, self.cell)
+    }
 }
 
 impl RemoteView {
@@ -306,6 +340,15 @@ impl Border {
         Arc::clone(&self.map.lock().map)
     }
 
+    /// The hand-over rule under the current map.
+    pub(super) fn handover(&self) -> Handover {
+        Handover {
+            map: self.zone_map(),
+            me: self.link.me.clone(),
+            cell: self.grid.cell_size(),
+        }
+    }
+
     /// The counters and the map.
     pub fn stats(&self) -> BorderStats {
         let c = &self.counters;
@@ -386,7 +429,7 @@ impl Border {
     /// The remote cells tick `tick` shows: the messages that came since
     /// the last tick folded in. `is_local` tells the players this node has
     /// in its own world (never shown from a message).
-    pub(super) fn build(&self, tick: u64, is_local: impl Fn(u64) -> bool) -> RemoteView {
+    pub(super) fn build(&self, tick: u64, is_local: impl Fn(u64) -> Local) -> RemoteView {
         let view = self.refresh_map();
         let arrived = std::mem::take(&mut *self.inbox.lock());
         let mut state = self.state.lock();
@@ -429,13 +472,35 @@ impl Border {
         // Each remote player once: from the origin owning its column when
         // two show it (a hand-over in flight), else from the first.
         let mut chosen: HashMap<u64, (&ObjectInfo, &OriginState)> = HashMap::new();
+        let mut here: HashMap<u64, Option<Cell>> = HashMap::new();
+        let mut late: Vec<(Cell, Moves)> = Vec::new();
+        let mut leaving: HashMap<u64, Cell> = HashMap::new();
+        for id in state.known.keys() {
+            if let Local::Here(cell) = is_local(*id) {
+                here.insert(*id, cell);
+            }
+        }
         for name in &self.link.world_nodes {
             let Some(origin) = state.origins.get(name) else {
                 continue;
             };
             for member in &origin.members {
-                if is_local(member.object_id) {
-                    continue;
+                match is_local(member.object_id) {
+                    Local::No => {}
+                    Local::Here(cell) => {
+                        here.insert(member.object_id, cell);
+                        // Its last moves over there, sent before it came
+                        // here: they still go to whoever sees it now.
+                        if let (Some(cell), Some(moves)) =
+                            (cell, origin.moves.get(&member.object_id))
+                        {
+                            late.push((cell, moves.clone()));
+                        }
+                        continue;
+                    }
+                    Local::Leaving(cell) => {
+                        leaving.insert(member.object_id, cell);
+                    }
                 }
                 let owns = |info: &ObjectInfo| {
                     let pos = info.pos_info.unwrap_or_default();
@@ -458,9 +523,17 @@ impl Border {
         struct Building {
             members: Vec<(Member, Option<Moves>)>,
             departed: Vec<Departure>,
+            /// Moves of players handed over to this node, who are
+            /// members of its own cell now.
+            late: Vec<Moves>,
         }
         let mut cells: HashMap<Cell, Building> = HashMap::new();
+        for (cell, moves) in late {
+            cells.entry(cell).or_default().late.push(moves);
+        }
         let mut known: HashMap<u64, Known> = HashMap::with_capacity(chosen.len());
+        let mut handed_in = HashMap::new();
+        let mut handed_out = HashMap::new();
         for (id, (info, origin)) in chosen {
             let pos = info.pos_info.unwrap_or_default();
             let cell = self.grid.cell_of(pos.x, pos.y);
@@ -491,6 +564,15 @@ impl Border {
                     .departed
                     .push(Departure { id, to: Some(cell) });
             }
+            // A player this node hands over: it stood in its local cell
+            // (whose departure the region notes when it lets it go).
+            let prev = match leaving.get(&id) {
+                Some(local) => {
+                    handed_out.insert(id, cell);
+                    prev.or(Some(*local))
+                }
+                None => prev,
+            };
             cells.entry(cell).or_default().members.push((
                 Member::new(id, prev, pos, moved, Arc::clone(&identity)),
                 moves.cloned(),
@@ -504,13 +586,21 @@ impl Border {
                 },
             );
         }
-        // Shown last tick, gone now.
+        // Shown last tick, gone now (or this node's own now: then it went
+        // to the cell it entered in here).
         for (id, old) in state.known.drain() {
+            let to = match here.get(&id) {
+                Some(cell) => {
+                    handed_in.insert(id, old.cell);
+                    *cell
+                }
+                None => None,
+            };
             cells
                 .entry(old.cell)
                 .or_default()
                 .departed
-                .push(Departure { id, to: None });
+                .push(Departure { id, to });
         }
         state.known = known;
         self.counters
@@ -541,6 +631,18 @@ impl Border {
                     }
                     members.push(member);
                 }
+                let mut late_buf = BytesMut::new();
+                let mut late_count = 0;
+                for (pos, client_time_us) in building.late.into_iter().flatten() {
+                    cells::put_packet(
+                        &mut late_buf,
+                        &SMove {
+                            info: Some(pos),
+                            client_time_us,
+                        },
+                    );
+                    late_count += 1;
+                }
                 (
                     cell,
                     CellTick {
@@ -548,11 +650,17 @@ impl Border {
                         move_count,
                         members,
                         departed: building.departed,
+                        late_moves: late_buf.freeze(),
+                        late_count,
                     },
                 )
             })
             .collect();
-        RemoteView { cells }
+        RemoteView {
+            cells,
+            handed_in,
+            handed_out,
+        }
     }
 
     /// Sends tick `tick`'s border cells (from every region's published
@@ -943,13 +1051,13 @@ mod tests {
             vec![info(7, 950.0, 5.0)],
             moves(&[(7, 950.0, 3)]),
         ));
-        let view = border.build(1, |_| false);
+        let view = border.build(1, |_| Local::No);
         let cell = view.cell((9, 0)).unwrap();
         assert_eq!(ids(cell), [(7, None)]);
         assert_eq!(cell.move_count, 1);
         assert!(cell.departed.is_empty());
         // Tick 2: no message: still there, no moves.
-        let view = border.build(2, |_| false);
+        let view = border.build(2, |_| Local::No);
         let cell = view.cell((9, 0)).unwrap();
         assert_eq!(ids(cell), [(7, Some((9, 0)))]);
         assert_eq!(cell.move_count, 0);
@@ -965,7 +1073,7 @@ mod tests {
             vec![info(7, 850.0, 5.0)],
             moves(&[(7, 850.0, 5)]),
         ));
-        let view = border.build(3, |_| false);
+        let view = border.build(3, |_| Local::No);
         let to = view.cell((8, 0)).unwrap();
         assert_eq!(ids(to), [(7, Some((9, 0)))]);
         assert_eq!(to.move_count, 2);
@@ -980,13 +1088,13 @@ mod tests {
         );
         // Tick 4: an empty message: it left the border.
         border.take_in(heard_from("a", Vec::new(), Bytes::new()));
-        let view = border.build(4, |_| false);
+        let view = border.build(4, |_| Local::No);
         assert_eq!(
             view.cell((8, 0)).unwrap().departed,
             [Departure { id: 7, to: None }]
         );
         assert_eq!(border.stats().remote_players, 0);
-        let view = border.build(5, |_| false);
+        let view = border.build(5, |_| Local::No);
         assert!(view.cells.is_empty());
     }
 
@@ -998,15 +1106,21 @@ mod tests {
             vec![info(7, 950.0, 5.0), info(8, 950.0, 5.0)],
             Bytes::new(),
         ));
-        let view = border.build(1, |id| id == 8);
+        let view = border.build(1, |id| {
+            if id == 8 {
+                Local::Here(None)
+            } else {
+                Local::No
+            }
+        });
         assert_eq!(ids(view.cell((9, 0)).unwrap()), [(7, None)]);
         // 1 s at 100 ms is 10 ticks: still there at tick 11, gone at 12.
-        let view = border.build(11, |_| false);
+        let view = border.build(11, |_| Local::No);
         assert_eq!(
             ids(view.cell((9, 0)).unwrap()),
             [(7, Some((9, 0))), (8, None)]
         );
-        let view = border.build(12, |_| false);
+        let view = border.build(12, |_| Local::No);
         let cell = view.cell((9, 0)).unwrap();
         assert!(cell.members.is_empty());
         assert_eq!(
@@ -1029,7 +1143,7 @@ mod tests {
         let stats = border.stats();
         assert_eq!(stats.messages_in, INBOX_DEPTH as u64 + 3);
         assert_eq!(stats.dropped_backlog, 3);
-        let view = border.build(1, |_| false);
+        let view = border.build(1, |_| Local::No);
         assert_eq!(view.cell((9, 0)).unwrap().move_count, INBOX_DEPTH);
     }
 }

@@ -140,6 +140,28 @@ pub struct PositionSave {
     pub pos: PosInfo,
 }
 
+/// How long a player handed over to another node's zone stays in this
+/// node's world waiting for the target to show it: 10 s.
+pub const ARRIVAL_LIMIT: Duration = Duration::from_secs(10);
+
+/// A player whose position passed into another node's zone (see
+/// [`crate::zones`]): the world stopped taking its moves; the game saves
+/// the position, tells the client where to go, and closes its session.
+/// The world keeps showing it until the target node's border cells show
+/// it (or [`ARRIVAL_LIMIT`] passes).
+pub struct Transfer {
+    /// The player's seat (its account and session).
+    pub seat: Arc<Seat>,
+    /// Where it stands.
+    pub pos: PosInfo,
+    /// The node whose zone it stands in.
+    pub target: String,
+}
+
+/// Takes a tick's hand-overs. Called on a worker at the tick's end: it
+/// must only hand them on, never wait.
+pub type Transferer = Arc<dyn Fn(Vec<Transfer>) + Send + Sync>;
+
 /// Takes a region's batch of positions to save. Called on a worker (from a
 /// tick's apply phase): it must only hand the batch on (to the database
 /// threads), never wait.
@@ -375,6 +397,11 @@ impl World {
     /// The zone map as of the last tick (`None`: not shared).
     pub fn zone_map(&self) -> Option<Arc<crate::zones::ZoneMap>> {
         self.shared.border().map(|border| border.zone_map())
+    }
+
+    /// Where hand-overs to other nodes' zones go (see [`Transfer`]).
+    pub fn set_transferer(&self, transferer: Transferer) {
+        self.shared.set_transferer(transferer);
     }
 
     /// Where the periodic saves go (see [`WorldConfig::save_interval`]);
