@@ -29,6 +29,98 @@ mod services;
 
 use services::{eventually, NatsServer};
 
+/// `servercore server` with `args`: (exit code, stdout, stderr).
+fn server_cli(args: &[&str]) -> (Option<i32>, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_servercore"))
+        .arg("server")
+        .args(args)
+        .output()
+        .expect("run servercore");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The zone flags: required together, checked with clear errors, and in
+/// --print-config (the secret file's path, never its content).
+#[test]
+fn zone_flags_are_checked_and_printed() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("cluster.secret");
+    std::fs::write(&secret, SECRET).unwrap();
+    let secret = secret.to_str().unwrap();
+    let (code, _, err) = server_cli(&["--world-nodes", "a,b", "--print-config"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("--nats") && err.contains("--cluster-secret"),
+        "{err}"
+    );
+    let (code, out, err) = server_cli(&[
+        "--nats",
+        "nats://127.0.0.1:1",
+        "--node",
+        "a",
+        "--world-nodes",
+        "a,b",
+        "--cluster-secret",
+        secret,
+        "--public-addr",
+        "game.example:7001",
+        "--public-ws-url",
+        "wss://game.example/ws",
+        "--print-config",
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("world-nodes = [\"a\", \"b\"]"), "{out}");
+    assert!(
+        out.contains(&format!("cluster-secret = \"{secret}\"")),
+        "{out}"
+    );
+    assert!(out.contains("public-addr = \"game.example:7001\""), "{out}");
+    assert!(
+        out.contains("public-ws-url = \"wss://game.example/ws\""),
+        "{out}"
+    );
+    assert!(!out.contains("a cluster secret"), "never the secret itself");
+    // This node not in the list.
+    let (code, _, err) = server_cli(&[
+        "--addr",
+        "127.0.0.1:0",
+        "--db",
+        ":memory:",
+        "--nats",
+        "nats://127.0.0.1:1",
+        "--node",
+        "c",
+        "--world-nodes",
+        "a,b",
+        "--cluster-secret",
+        secret,
+    ]);
+    assert_ne!(code, Some(0));
+    assert!(
+        err.contains("this node (c) is not one of --world-nodes a,b"),
+        "{err}"
+    );
+    // A secret too short.
+    std::fs::write(dir.path().join("short"), b"short").unwrap();
+    let short = dir.path().join("short");
+    let (code, _, err) = server_cli(&[
+        "--nats",
+        "nats://127.0.0.1:1",
+        "--node",
+        "a",
+        "--world-nodes",
+        "a,b",
+        "--cluster-secret",
+        short.to_str().unwrap(),
+    ]);
+    assert_ne!(code, Some(0));
+    assert!(err.contains("--cluster-secret"), "{err}");
+}
+
 backend_tests!(
     #[cfg_attr(
         servercore_missing = "nats_server",
