@@ -636,6 +636,7 @@ fn a_walker_is_handed_over_and_never_vanishes(backend: Backend) {
     }
     // 1060 is more than half a cell past a's strip (x < 1000).
     let transfer = walker.expect_transfer();
+    let handed = Instant::now();
     assert_eq!(walker.transfers.len(), 1);
     assert_eq!(transfer.node, "b");
     assert_eq!(transfer.addr, b.local_addr().to_string());
@@ -648,6 +649,11 @@ fn a_walker_is_handed_over_and_never_vanishes(backend: Backend) {
     walker.wait_for(east.player_id, &Seen::Spawn(1040.0, 500.0));
     walker.wait_for(west.player_id, &Seen::Spawn(960.0, 500.0));
     walker.go(1080.0, 500.0);
+    // Not asserted (no timing in tests): printed for the notes.
+    eprintln!(
+        "transfer: S_TRANSFER read to the first own S_MOVE on the new node: {:?}",
+        handed.elapsed()
+    );
     expected.push(Seen::Move(1080.0, 500.0));
     west.wait_for(k, &Seen::Move(1080.0, 500.0));
     east.wait_for(k, &Seen::Move(1080.0, 500.0));
