@@ -45,6 +45,28 @@ pub struct ServerArgs {
     #[arg(long, value_name = "NAME")]
     pub node: Option<String>,
 
+    /// Share one world with these nodes (in map order, this node among
+    /// them): the map's columns are split into vertical strips, one per
+    /// live node; players near a border see each other across it. Needs
+    /// --nats, --node and --cluster-secret.
+    #[arg(long, value_name = "NODES", value_delimiter = ',', requires_all = ["nats", "cluster_secret"])]
+    pub world_nodes: Vec<String>,
+
+    /// The cluster's shared secret (a file of at least 32 bytes): signs the
+    /// tokens of players handed from one node's zone to another.
+    #[arg(long, value_name = "FILE")]
+    pub cluster_secret: Option<PathBuf>,
+
+    /// The TCP address players handed to this node are told to connect to
+    /// (default: --addr).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub public_addr: Option<String>,
+
+    /// The WebSocket URL players handed to this node are told to connect to
+    /// (default: from --ws-addr).
+    #[arg(long, value_name = "URL")]
+    pub public_ws_url: Option<String>,
+
     /// Milliseconds between this node's heartbeats to the cluster.
     #[arg(long, value_name = "MS", default_value_t = 1000)]
     pub heartbeat_ms: u64,
@@ -191,6 +213,10 @@ impl ServerArgs {
             Some(path) => Some(TokenKey::from_file(path).context("--auth-secret")?),
             None => None,
         };
+        let cluster_secret = match &self.cluster_secret {
+            Some(path) => Some(TokenKey::from_file(path).context("--cluster-secret")?),
+            None => None,
+        };
         Ok(GameConfig {
             addr: self.addr,
             db_path: self.db.to_path(),
@@ -201,6 +227,10 @@ impl ServerArgs {
                 cluster.heartbeat_interval = Duration::from_millis(self.heartbeat_ms);
                 cluster.node_timeout = Duration::from_millis(self.node_timeout_ms);
                 cluster.lease_ttl = Duration::from_millis(self.lease_ms);
+                cluster.world_nodes = self.world_nodes.clone();
+                cluster.cluster_secret = cluster_secret.clone();
+                cluster.public_addr = self.public_addr.clone();
+                cluster.public_ws_url = self.public_ws_url.clone();
                 cluster
             }),
             backend: self.engine.backend,

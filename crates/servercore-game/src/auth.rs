@@ -165,6 +165,30 @@ impl TokenKey {
         )?)
     }
 
+    /// Signs any claims with this key (HS256): for tokens of other kinds
+    /// than logins (the cluster's transfer tokens).
+    pub fn sign<T: Serialize>(&self, claims: &T) -> anyhow::Result<String> {
+        Ok(jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            claims,
+            &self.encoding,
+        )?)
+    }
+
+    /// Checks a token's signature, `exp` (no leeway) and `nbf`, with
+    /// `sub` and `exp` required, and returns its claims.
+    pub fn open<T: serde::de::DeserializeOwned>(&self, token: &str) -> Result<T, TokenError> {
+        use jsonwebtoken::errors::ErrorKind;
+        jsonwebtoken::decode::<T>(token, &self.decoding, &self.validation)
+            .map(|data| data.claims)
+            .map_err(|error| match error.kind() {
+                ErrorKind::ExpiredSignature => TokenError::Expired,
+                ErrorKind::ImmatureSignature => TokenError::NotYetValid,
+                ErrorKind::InvalidSignature => TokenError::BadSignature,
+                _ => TokenError::Malformed(error.to_string()),
+            })
+    }
+
     /// Checks `token` and returns the account it names.
     pub fn verify(&self, token: &str) -> Result<String, TokenError> {
         use jsonwebtoken::errors::ErrorKind;

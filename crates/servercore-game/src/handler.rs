@@ -204,7 +204,7 @@ impl ServerHandler for GameSession {
         msg: CLogin,
     ) -> Result<(), DispatchError> {
         self.login_seen = true;
-        let max = if self.ctx.auth.is_some() {
+        let max = if self.ctx.auth.is_some() || self.ctx.transfers.is_some() {
             MAX_TOKEN_LEN
         } else {
             MAX_ACCOUNT_LEN

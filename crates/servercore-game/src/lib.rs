@@ -76,7 +76,9 @@
 //! - `world`: [`world::World`], the map, its regions (actors), the tick
 //!   and the movement and visibility rules;
 //! - `stats`: the counters;
-//! - `web`: the browser client's files, served on the WebSocket listener.
+//! - `web`: the browser client's files, served on the WebSocket listener;
+//! - `zones`: one world across nodes, the zone map (the border cells are
+//!   `world::border`).
 //!
 //! Threads: the engine's I/O workers decode packets and push jobs; the
 //! actors (players, the room, the regions) run on whichever worker picks
@@ -102,8 +104,10 @@ pub mod room;
 pub mod sessions;
 pub mod stats;
 pub mod storage;
+pub mod transfer;
 pub mod web;
 pub mod world;
+pub mod zones;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -453,6 +457,8 @@ pub struct GameContext {
     pub cluster: Option<ClusterHandle>,
     /// Asks for a renewal of the node's leases now (in a cluster).
     renew_leases: Option<RenewNow>,
+    /// Transfer tokens, on a node of a shared world (`--world-nodes`).
+    pub transfers: Option<Arc<transfer::Transfers>>,
 }
 
 /// Where a chat comes from, for [`GameContext::admit_chat`].
@@ -648,6 +654,12 @@ impl ClusterEvents for ClusterBridge {
         );
     }
 
+    fn border(&self, payload: bytes::Bytes) {
+        if let Some(ctx) = self.ctx.upgrade() {
+            ctx.world.border_in(payload);
+        }
+    }
+
     fn remote_online(&self, node: &str, account: &str, epoch: u64) {
         let Some(ctx) = self.ctx.upgrade() else {
             return;
@@ -780,7 +792,26 @@ pub fn start(config: GameConfig) -> anyhow::Result<GameServer> {
         sessions,
         cluster: prepared.as_ref().map(cluster::PreparedLink::handle),
         renew_leases: leases.as_ref().map(LeaseKeeper::renew_now),
+        transfers: config.cluster.as_ref().and_then(|cluster| {
+            let key = cluster.cluster_secret.clone()?;
+            (!cluster.world_nodes.is_empty())
+                .then(|| Arc::new(transfer::Transfers::new(key, cluster.node.clone())))
+        }),
     });
+    if let (Some(handle), Some(cluster_config)) = (&ctx.cluster, &config.cluster) {
+        if !cluster_config.world_nodes.is_empty() {
+            let live = handle.clone();
+            let send = handle.clone();
+            ctx.world
+                .set_transferer(transfer::transferer(Arc::downgrade(&ctx)));
+            ctx.world.share(world::border::BorderLink {
+                me: handle.node().to_owned(),
+                world_nodes: cluster_config.world_nodes.clone(),
+                live: Arc::new(move || live.live_nodes()),
+                send: Arc::new(move |node, payload| send.publish_border(node, payload)),
+            });
+        }
+    }
     let cluster = match prepared {
         Some(prepared) => {
             let bridge = ClusterBridge {
@@ -855,6 +886,22 @@ pub fn start(config: GameConfig) -> anyhow::Result<GameServer> {
             cert_sha256: hash.clone(),
         });
     }
+    if let (Some(handle), Some(cluster_config)) = (&ctx.cluster, &config.cluster) {
+        // What a player handed to this node is told to connect to.
+        let addrs = service.local_addrs();
+        let addr = cluster_config
+            .public_addr
+            .clone()
+            .unwrap_or_else(|| service.local_addr().to_string());
+        let scheme = if config.tls.is_some() { "wss" } else { "ws" };
+        let ws_url = cluster_config.public_ws_url.clone().or_else(|| {
+            config
+                .ws_addr
+                .and(addrs.get(1))
+                .map(|ws| format!("{scheme}://{ws}/ws"))
+        });
+        handle.advertise(addr, ws_url.unwrap_or_default());
+    }
     let trimmer = config
         .heap_trim_interval
         .filter(|interval| !interval.is_zero())
@@ -913,6 +960,12 @@ impl GameServer {
     /// cluster).
     pub fn cluster_stats(&self) -> Option<ClusterStats> {
         self.ctx.cluster.as_ref().map(ClusterHandle::stats)
+    }
+
+    /// The world's border with other nodes' zones: counters and the zone
+    /// map (None: this node's world is its own).
+    pub fn border_stats(&self) -> Option<world::border::BorderStats> {
+        self.ctx.world.border_stats()
     }
 
     /// The game's counters now.

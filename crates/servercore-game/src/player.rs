@@ -311,9 +311,40 @@ impl Player {
             self.refuse_login(LoginRefusal::AlreadyLoggedIn);
             return;
         }
-        let account = match &self.ctx.auth {
-            None => account,
-            Some(key) => match key.verify(&account) {
+        // On a node of a shared world a token-shaped account is a player
+        // handed over from another node's zone (or refused).
+        let mut transferred = None;
+        if let Some(transfers) = &self.ctx.transfers {
+            if crate::transfer::looks_like_token(&account) {
+                match transfers.accept(&account) {
+                    Ok(claims) => transferred = Some(claims.sub),
+                    // A login token of --auth-secret, checked below.
+                    Err(crate::transfer::TransferRefusal::BadSignature)
+                        if self.ctx.auth.is_some() => {}
+                    Err(error) => {
+                        bump(&self.ctx.counters.transfer_tokens_refused);
+                        if let Some(refused) = TOKEN_LOG.event() {
+                            tracing::warn!(
+                                session = %self.handle.id(),
+                                peer = %self.handle.peer_addr(),
+                                %error,
+                                refused,
+                                "login refused: bad transfer token"
+                            );
+                        }
+                        self.refuse_login(LoginRefusal::BadToken);
+                        return;
+                    }
+                }
+            }
+        }
+        if transferred.is_some() {
+            bump(&self.ctx.counters.transfers_in);
+        }
+        let account = match (&self.ctx.auth, transferred) {
+            (_, Some(account)) => account,
+            (None, None) => account,
+            (Some(key), None) => match key.verify(&account) {
                 Ok(account) => account,
                 Err(error) => {
                     bump(&self.ctx.counters.tokens_refused);

@@ -44,6 +44,10 @@ pub struct GameCounters {
     pub(crate) despawns_sent: AtomicU64,
     pub(crate) move_deliveries: AtomicU64,
     pub(crate) handovers: AtomicU64,
+    pub(crate) transfers_out: AtomicU64,
+    pub(crate) transfers_never_arrived: AtomicU64,
+    pub(crate) transfers_in: AtomicU64,
+    pub(crate) transfer_tokens_refused: AtomicU64,
     pub(crate) world_leaves: AtomicU64,
     pub(crate) players_in_world: AtomicI64,
     pub(crate) world_enters: AtomicU64,
@@ -101,6 +105,10 @@ impl GameCounters {
             despawn_packets_sent: get(&self.despawns_sent),
             move_deliveries: get(&self.move_deliveries),
             handovers: get(&self.handovers),
+            transfers_out: get(&self.transfers_out),
+            transfers_never_arrived: get(&self.transfers_never_arrived),
+            transfers_in: get(&self.transfers_in),
+            transfer_tokens_refused: get(&self.transfer_tokens_refused),
             world_leaves: get(&self.world_leaves),
             players_in_world: self.players_in_world.load(Ordering::Relaxed),
             world_enters: get(&self.world_enters),
@@ -194,6 +202,15 @@ pub struct GameStats {
     pub move_deliveries: u64,
     /// Players handed from one region to another at a tick.
     pub handovers: u64,
+    /// Players handed over to another node's zone (`S_TRANSFER` sent).
+    pub transfers_out: u64,
+    /// Of those, players the target never showed within 10 s (they left).
+    pub transfers_never_arrived: u64,
+    /// Players that logged in here with a transfer token.
+    pub transfers_in: u64,
+    /// Transfer tokens refused (reused, expired, for another node, or
+    /// signed with another secret).
+    pub transfer_tokens_refused: u64,
     /// Players that left the world (`C_LEAVE_GAME` or a disconnect).
     pub world_leaves: u64,
     /// Players in the world now.
@@ -237,7 +254,7 @@ pub struct GameStats {
 impl GameStats {
     /// Every counter and gauge by its name, in the order the closing
     /// summary and the `key=value` line show them.
-    pub fn fields(&self) -> [(&'static str, i64); 45] {
+    pub fn fields(&self) -> [(&'static str, i64); 49] {
         let n = |value: u64| i64::try_from(value).unwrap_or(i64::MAX);
         [
             ("logins", n(self.logins)),
@@ -271,6 +288,10 @@ impl GameStats {
             ("despawn_packets_sent", n(self.despawn_packets_sent)),
             ("move_deliveries", n(self.move_deliveries)),
             ("handovers", n(self.handovers)),
+            ("transfers_out", n(self.transfers_out)),
+            ("transfers_never_arrived", n(self.transfers_never_arrived)),
+            ("transfers_in", n(self.transfers_in)),
+            ("transfer_tokens_refused", n(self.transfer_tokens_refused)),
             ("world_enters", n(self.world_enters)),
             ("world_leave_requests", n(self.world_leave_requests)),
             ("world_leaves", n(self.world_leaves)),

@@ -16,9 +16,12 @@ use tokio::sync::{mpsc, watch};
 
 use crate::redact::{percent_decode, scrub, split_userinfo};
 
+use crate::world::border::BORDER_PREFIX;
+
 use super::{
-    is_node_name, ClusterChat, ClusterEvents, Command, RemoteChat, Shared, CHAT_BACKLOG,
-    CHAT_SUBJECT, HEARTBEAT_PREFIX, KICK_PREFIX, LEAVE_PREFIX, OFFLINE_SUBJECT, ONLINE_SUBJECT,
+    is_node_name, ClusterChat, ClusterEvents, Command, RemoteChat, Shared, BORDER_BACKLOG,
+    CHAT_BACKLOG, CHAT_SUBJECT, HEARTBEAT_PREFIX, KICK_PREFIX, LEAVE_PREFIX, OFFLINE_SUBJECT,
+    ONLINE_SUBJECT,
 };
 
 /// Longest wait for the last messages to go out when the node stops.
@@ -49,6 +52,11 @@ struct Offline {
 struct Heartbeat {
     node: String,
     accounts: Vec<String>,
+    /// Where players handed to the node connect (a shared world).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    addr: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    ws_url: String,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -68,6 +76,8 @@ enum Role {
     Control,
     Chat,
     Liveness,
+    /// Border cells of a shared world (only for a node of one).
+    World,
 }
 
 impl Role {
@@ -76,6 +86,7 @@ impl Role {
             Role::Control => "",
             Role::Chat => "-chat",
             Role::Liveness => "-liveness",
+            Role::World => "-world",
         }
     }
 }
@@ -106,9 +117,13 @@ pub(super) fn run(
                 connect(&shared, Role::Control).await?,
                 connect(&shared, Role::Chat).await?,
                 connect(&shared, Role::Liveness).await?,
+                match shared.config.world_nodes.is_empty() {
+                    true => None,
+                    false => Some(connect(&shared, Role::World).await?),
+                },
             ))
         };
-        let (control, chat, liveness) = match connected.await {
+        let (control, chat, liveness, world) = match connected.await {
             Ok(clients) => {
                 let _ = started.send(Ok(()));
                 clients
@@ -124,6 +139,14 @@ pub(super) fn run(
             liveness.clone(),
             stop.clone(),
         ));
+        let border_task = world.clone().map(|world| {
+            tokio::spawn(take_border(
+                Arc::clone(&shared),
+                Arc::clone(&events),
+                world,
+                stop.clone(),
+            ))
+        });
         let chat_task = tokio::spawn(take_chats(
             Arc::clone(&shared),
             Arc::clone(&events),
@@ -135,12 +158,19 @@ pub(super) fn run(
             events,
             control,
             chat,
+            world,
         };
         link.serve(commands).await;
         let _ = stop_tx.send(true);
         let _ = liveness_task.await;
         let _ = chat_task.await;
-        for client in [&link.control, &link.chat, &liveness] {
+        if let Some(task) = border_task {
+            let _ = task.await;
+        }
+        for client in [&link.control, &link.chat, &liveness]
+            .into_iter()
+            .chain(link.world.as_ref())
+        {
             let _ = tokio::time::timeout(STOP_FLUSH_TIMEOUT, client.flush()).await;
         }
     });
@@ -196,6 +226,7 @@ async fn connect(shared: &Arc<Shared>, role: Role) -> anyhow::Result<Client> {
     };
     let capacity = match role {
         Role::Chat => CHAT_BACKLOG,
+        Role::World => BORDER_BACKLOG,
         Role::Control | Role::Liveness => 65_536,
     };
     let event_shared = Arc::clone(shared);
@@ -243,6 +274,7 @@ struct Link {
     events: Arc<dyn ClusterEvents>,
     control: Client,
     chat: Client,
+    world: Option<Client>,
 }
 
 impl Link {
@@ -324,6 +356,17 @@ impl Link {
                 epoch,
                 reply,
             } => self.kick_out(node, account, epoch, reply),
+            Command::Border { node, payload } => {
+                counters.pending_border.fetch_sub(1, Ordering::Relaxed);
+                if let Some(world) = &self.world {
+                    if let Err(error) = world
+                        .publish(format!("{BORDER_PREFIX}.{node}"), payload)
+                        .await
+                    {
+                        tracing::debug!(%error, "border publish failed");
+                    }
+                }
+            }
             Command::Stop => {}
         }
     }
@@ -538,6 +581,41 @@ fn check_chat(
     }))
 }
 
+/// The border intake: every message on this node's border subject goes to
+/// the world, which checks it (at most [`BORDER_BACKLOG`] wait here; past
+/// that the client drops them).
+async fn take_border(
+    shared: Arc<Shared>,
+    events: Arc<dyn ClusterEvents>,
+    client: Client,
+    mut stop: watch::Receiver<bool>,
+) {
+    let subject = format!("{BORDER_PREFIX}.{}", shared.config.node);
+    let mut messages = match client.subscribe(subject).await {
+        Ok(messages) => messages,
+        Err(error) => {
+            tracing::error!(%error, "border subscription failed; no border cells from other nodes");
+            return;
+        }
+    };
+    let mut this_turn = 0;
+    loop {
+        let message = tokio::select! {
+            _ = stop.changed() => return,
+            message = messages.next() => match message {
+                Some(message) => message,
+                None => return,
+            },
+        };
+        events.border(message.payload);
+        this_turn += 1;
+        if this_turn == CHATS_PER_TURN {
+            this_turn = 0;
+            tokio::task::yield_now().await;
+        }
+    }
+}
+
 /// The liveness task: heartbeats out, the others' heartbeats and leaves
 /// in, the dead swept; a clean stop says the node leaves.
 async fn keep_alive(shared: Arc<Shared>, client: Client, mut stop: watch::Receiver<bool>) {
@@ -601,9 +679,12 @@ async fn beat(shared: &Shared, client: &Client, sweep: bool) {
         tracing::warn!(%node, accounts = held, "node missed its heartbeats; its accounts are offline");
     }
     let node = &shared.config.node;
+    let (addr, ws_url) = shared.advertised.lock().clone();
     let beat = Heartbeat {
         node: node.clone(),
         accounts,
+        addr,
+        ws_url,
     };
     publish_json(client, format!("{HEARTBEAT_PREFIX}.{node}"), &beat).await;
 }
@@ -616,10 +697,17 @@ fn heartbeat_in(shared: &Shared, message: &Message) {
         return;
     }
     let count = beat.accounts.len();
-    let new = shared
-        .presence
-        .lock()
-        .heartbeat(&beat.node, beat.accounts, Instant::now());
+    // Bounded like any input: an address is short.
+    let addrs = (beat.addr.len() <= 256 && beat.ws_url.len() <= 512)
+        .then(|| (beat.addr.clone(), beat.ws_url.clone()));
+    let new = {
+        let mut presence = shared.presence.lock();
+        let new = presence.heartbeat(&beat.node, beat.accounts, Instant::now());
+        if let Some(addrs) = addrs.filter(|(addr, _)| !addr.is_empty()) {
+            presence.set_addrs(&beat.node, addrs);
+        }
+        new
+    };
     if new {
         tracing::info!(node = %beat.node, accounts = count, "node joined the cluster");
     }
@@ -660,6 +748,10 @@ fn on_event(shared: &Shared, role: Role, event: Event) {
         }
         (Role::Chat, Event::Connected) => shared.chat_connected.store(true, Ordering::Relaxed),
         (Role::Chat, Event::Disconnected) => shared.chat_connected.store(false, Ordering::Relaxed),
+        (Role::World, Event::Connected) => shared.world_connected.store(true, Ordering::Relaxed),
+        (Role::World, Event::Disconnected) => {
+            shared.world_connected.store(false, Ordering::Relaxed)
+        }
         (Role::Chat, Event::SlowConsumer(_)) => tracing::warn!(
             "NATS: chats from other nodes arrive faster than they are checked; some were dropped"
         ),
@@ -705,6 +797,8 @@ mod tests {
             counters: Default::default(),
             connected: Default::default(),
             chat_connected: Default::default(),
+            world_connected: Default::default(),
+            advertised: Default::default(),
             presence: Default::default(),
         }
     }

@@ -26,6 +26,7 @@
 //! | `servercore.node.heartbeat.<node>` | JSON `{node, accounts}`: the node's whole presence | every node each `heartbeat_interval` / every node |
 //! | `servercore.node.leave.<node>` | JSON `{node}` | a node stopping cleanly / every node |
 //! | `servercore.session.kick.<node>` | request: JSON `{account, epoch}`; reply: `released` or `failed` | a node whose login found the account's lease held by `<node>` / that node |
+//! | `servercore.world.border.<node>` | protobuf `BorderTick` (`world::border`): a tick's border cells | each node of a shared world (`world_nodes`), every tick / `<node>` |
 //!
 //! Remote chat is input from the network like a client's packet: a
 //! message longer than a chat can be (`max_chat_len` plus the envelope) is
@@ -167,6 +168,19 @@ pub struct ClusterConfig {
     /// Longest chat text taken from another node, in bytes (the game sets
     /// its own `max_chat_len` here).
     pub max_chat_len: usize,
+    /// The nodes sharing one world, in map order (`--world-nodes`; see
+    /// [`crate::zones`]); empty: this node runs a world of its own.
+    pub world_nodes: Vec<String>,
+    /// The cluster secret (`--cluster-secret`): signs and checks the
+    /// tokens of players handed from one zone to another. Required with
+    /// `world_nodes`.
+    pub cluster_secret: Option<crate::auth::TokenKey>,
+    /// The TCP address this node gives a player handed to it
+    /// (`--public-addr`; default: its listen address).
+    pub public_addr: Option<String>,
+    /// The WebSocket URL this node gives a player handed to it
+    /// (`--public-ws-url`; default: from its WebSocket listen address).
+    pub public_ws_url: Option<String>,
 }
 
 impl ClusterConfig {
@@ -181,6 +195,10 @@ impl ClusterConfig {
             kick_timeout: Duration::from_secs(2),
             lease_ttl: Duration::from_secs(6),
             max_chat_len: 256,
+            world_nodes: Vec::new(),
+            cluster_secret: None,
+            public_addr: None,
+            public_ws_url: None,
         }
     }
 
@@ -197,6 +215,16 @@ impl ClusterConfig {
                 "node timeout {:?} must be longer than the heartbeat interval {:?}",
                 self.node_timeout, self.heartbeat_interval
             ));
+        }
+        if !self.world_nodes.is_empty() {
+            crate::zones::check_world_nodes(&self.world_nodes, &self.node)?;
+            if self.cluster_secret.is_none() {
+                return Err(
+                    "--world-nodes needs --cluster-secret FILE (it signs the tokens \
+                            of players handed from one node's zone to another)"
+                        .into(),
+                );
+            }
         }
         if self.lease_ttl < Duration::from_millis(300) {
             return Err(format!(
@@ -237,7 +265,19 @@ pub trait ClusterEvents: Send + Sync + 'static {
     /// `node` logged `account` in under lease `epoch`: a local session
     /// holding it under an older epoch lost it.
     fn remote_online(&self, node: &str, account: &str, epoch: u64);
+
+    /// A border message for this node's world (unchecked: the world checks
+    /// it). Only for a node of a shared world.
+    fn border(&self, _payload: Bytes) {}
 }
+
+/// Most border messages waiting to be published; past it (NATS too slow)
+/// they are dropped and counted by the world.
+pub const MAX_PENDING_BORDER: u64 = 256;
+
+/// Most border messages from other nodes waiting to be read; past it the
+/// NATS client drops them.
+pub const BORDER_BACKLOG: usize = 256;
 
 /// The link's counters.
 #[derive(Debug, Default)]
@@ -253,6 +293,7 @@ pub(crate) struct ClusterCounters {
     kicks_answered: AtomicU64,
     nodes_lost: AtomicU64,
     outages: AtomicU64,
+    pending_border: AtomicU64,
 }
 
 /// A snapshot of the link: counters, the connection, the nodes it sees.
@@ -320,6 +361,11 @@ pub(crate) struct Shared {
     pub(crate) connected: AtomicBool,
     /// The chat connection is up.
     pub(crate) chat_connected: AtomicBool,
+    /// The world connection (border cells) is up.
+    pub(crate) world_connected: AtomicBool,
+    /// What this node tells the others players handed to it connect to:
+    /// its TCP address and WebSocket URL.
+    pub(crate) advertised: Mutex<(String, String)>,
     pub(crate) presence: Mutex<Presence>,
 }
 
@@ -345,6 +391,10 @@ pub(crate) enum Command {
         account: String,
         epoch: u64,
         reply: KickReply,
+    },
+    Border {
+        node: String,
+        payload: Bytes,
     },
     Stop,
 }
@@ -397,6 +447,46 @@ impl ClusterHandle {
             counters.pending_chats.fetch_sub(1, Ordering::Relaxed);
             Shared::bump(&counters.chats_dropped);
         }
+    }
+
+    /// Publishes one border message to `node`; false (not sent) while
+    /// NATS is down or behind.
+    pub fn publish_border(&self, node: &str, payload: Bytes) -> bool {
+        let counters = &self.shared.counters;
+        if !self.shared.world_connected.load(Ordering::Relaxed)
+            || counters.pending_border.load(Ordering::Relaxed) >= MAX_PENDING_BORDER
+        {
+            return false;
+        }
+        counters.pending_border.fetch_add(1, Ordering::Relaxed);
+        let command = Command::Border {
+            node: node.to_owned(),
+            payload,
+        };
+        if self.tx.send(command).is_err() {
+            counters.pending_border.fetch_sub(1, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    /// Tells the other nodes (with every heartbeat) where players handed
+    /// to this node connect: its TCP address and WebSocket URL ("" for
+    /// none).
+    pub fn advertise(&self, addr: String, ws_url: String) {
+        *self.shared.advertised.lock() = (addr, ws_url);
+    }
+
+    /// Where players handed to `node` connect (its TCP address and
+    /// WebSocket URL), as its last heartbeat said.
+    pub fn node_addrs(&self, node: &str) -> Option<(String, String)> {
+        self.shared.presence.lock().addrs(node)
+    }
+
+    /// The other nodes alive now (heard within the node timeout), by
+    /// name.
+    pub fn live_nodes(&self) -> Vec<String> {
+        self.shared.presence.lock().names()
     }
 
     /// `account` is now online on this node, under lease `epoch`.
@@ -483,6 +573,8 @@ impl ClusterLink {
             counters: ClusterCounters::default(),
             connected: AtomicBool::new(false),
             chat_connected: AtomicBool::new(false),
+            world_connected: AtomicBool::new(false),
+            advertised: Mutex::default(),
             presence: Mutex::new(Presence::default()),
         });
         let (tx, commands) = mpsc::unbounded_channel();

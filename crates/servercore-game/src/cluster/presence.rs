@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 struct NodeEntry {
     last_seen: Instant,
     accounts: HashSet<String>,
+    /// Its TCP address and WebSocket URL for players handed to it.
+    addrs: Option<(String, String)>,
 }
 
 /// The table. Owned by the link's thread (behind a lock so stats can read
@@ -31,6 +33,7 @@ impl Presence {
             .or_insert_with(|| NodeEntry {
                 last_seen: now,
                 accounts: HashSet::new(),
+                addrs: None,
             });
         entry.last_seen = entry.last_seen.max(now);
         (entry, new)
@@ -76,6 +79,23 @@ impl Presence {
                 Some((node, held))
             })
             .collect()
+    }
+
+    /// Where players handed to `node` connect, as it said last.
+    pub(crate) fn set_addrs(&mut self, node: &str, addrs: (String, String)) {
+        if let Some(entry) = self.nodes.get_mut(node) {
+            entry.addrs = Some(addrs);
+        }
+    }
+
+    /// Where players handed to `node` connect.
+    pub(crate) fn addrs(&self, node: &str) -> Option<(String, String)> {
+        self.nodes.get(node)?.addrs.clone()
+    }
+
+    /// The other live nodes' names, in no order.
+    pub(crate) fn names(&self) -> Vec<String> {
+        self.nodes.keys().cloned().collect()
     }
 
     /// The other live nodes and their account counts, sorted by name.

@@ -49,6 +49,12 @@ pub(super) struct CellTick {
     /// The players whose previous tick-end cell this was and who are now
     /// elsewhere (`Some(cell)`) or out of the world (`None`).
     pub departed: Vec<Departure>,
+    /// A remote cell only: the last moves, sent by another node, of players
+    /// handed over to this one that stand in this cell here now (not for
+    /// those players themselves).
+    pub late_moves: Bytes,
+    /// How many `S_MOVE` packets `late_moves` holds.
+    pub late_count: usize,
 }
 
 /// A player in a cell at the end of a tick.

@@ -13,7 +13,9 @@
 //!   hand each other between them;
 //! - `region`: a region's players and its part of each phase;
 //! - `cells`: what a tick publishes per cell, and the packets built from it;
-//! - `limit`: the per-player token buckets and the rate-limited log line.
+//! - `limit`: the per-player token buckets and the rate-limited log line;
+//! - `border`: the cells that cross a zone border to other nodes (one
+//!   world across nodes, see [`crate::zones`]).
 //!
 //! # Semantics
 //!
@@ -86,6 +88,7 @@
 //! tick carries at most `chat_bytes_per_tick` of world chat; what is past
 //! either is dropped, counted and logged at most once a second.
 
+pub mod border;
 pub mod cells;
 pub mod grid;
 pub mod limit;
@@ -136,6 +139,28 @@ pub struct PositionSave {
     /// Where it stands.
     pub pos: PosInfo,
 }
+
+/// How long a player handed over to another node's zone stays in this
+/// node's world waiting for the target to show it: 10 s.
+pub const ARRIVAL_LIMIT: Duration = Duration::from_secs(10);
+
+/// A player whose position passed into another node's zone (see
+/// [`crate::zones`]): the world stopped taking its moves; the game saves
+/// the position, tells the client where to go, and closes its session.
+/// The world keeps showing it until the target node's border cells show
+/// it (or [`ARRIVAL_LIMIT`] passes).
+pub struct Transfer {
+    /// The player's seat (its account and session).
+    pub seat: Arc<Seat>,
+    /// Where it stands.
+    pub pos: PosInfo,
+    /// The node whose zone it stands in.
+    pub target: String,
+}
+
+/// Takes a tick's hand-overs. Called on a worker at the tick's end: it
+/// must only hand them on, never wait.
+pub type Transferer = Arc<dyn Fn(Vec<Transfer>) + Send + Sync>;
 
 /// Takes a region's batch of positions to save. Called on a worker (from a
 /// tick's apply phase): it must only hand the batch on (to the database
@@ -345,6 +370,38 @@ impl World {
             std::thread::sleep(Duration::from_micros(200));
         }
         true
+    }
+
+    /// Shares this world with other nodes' zones as `link` says (see
+    /// `border`): from the next tick, border cells go out after every
+    /// publish and the other nodes' come into every deliver. Once only;
+    /// false if it was shared already.
+    pub fn share(&self, link: border::BorderLink) -> bool {
+        let border = border::Border::new(link, self.grid.clone(), self.shared.settings().interval);
+        self.shared.set_border(Arc::new(border))
+    }
+
+    /// A border message from another node (checked, then kept for the
+    /// next tick); ignored while the world is not shared.
+    pub fn border_in(&self, payload: bytes::Bytes) {
+        if let Some(border) = self.shared.border() {
+            border.take_in(payload);
+        }
+    }
+
+    /// The border's counters and zone map (`None`: not shared).
+    pub fn border_stats(&self) -> Option<border::BorderStats> {
+        self.shared.border().map(|border| border.stats())
+    }
+
+    /// The zone map as of the last tick (`None`: not shared).
+    pub fn zone_map(&self) -> Option<Arc<crate::zones::ZoneMap>> {
+        self.shared.border().map(|border| border.zone_map())
+    }
+
+    /// Where hand-overs to other nodes' zones go (see [`Transfer`]).
+    pub fn set_transferer(&self, transferer: Transferer) {
+        self.shared.set_transferer(transferer);
     }
 
     /// Where the periodic saves go (see [`WorldConfig::save_interval`]);

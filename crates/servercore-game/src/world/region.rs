@@ -29,6 +29,7 @@ use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
 use servercore_protocol::{make_packet, PosInfo, SLeaveGame, SMove};
 
+use super::border::RemoteView;
 use super::cells::{self, CellTick, Departure, Member, RegionTick};
 use super::grid::{Cell, Grid};
 use super::seat::{LeaveRequest, Seat};
@@ -64,6 +65,28 @@ pub(super) struct Entry {
     saved: u64,
     /// Where the moves sit in the buffer being written (apply only).
     range: Option<(usize, usize)>,
+    /// Entered this tick: its client has nobody spawned yet (its `prev`
+    /// may be where another node showed it, for the others' sake).
+    fresh: bool,
+    /// Being handed over to another node's zone.
+    frozen: Option<Frozen>,
+}
+
+/// A player handed over to another node's zone, kept (still, its moves
+/// dropped) until the target shows it.
+struct Frozen {
+    /// The tick past which it leaves anyway (it never arrived).
+    until: u64,
+    /// Its leave, once asked (`Some(None)`: evicted).
+    leave: Option<Option<LeaveRequest>>,
+}
+
+impl Entry {
+    /// Its cell at the end of the previous tick in this world (not where
+    /// another node showed it).
+    fn local_prev(&self) -> Option<Cell> {
+        self.prev.filter(|_| !self.fresh)
+    }
 }
 
 /// A player taken out of the world this tick, answered after the phase.
@@ -126,18 +149,24 @@ impl Region {
     /// Phase 1: arrivals, moves and leaves of tick `tick`; players now in
     /// another region's cells are handed to it.
     pub(super) fn apply(&mut self, shared: &TickShared, tick: u64) {
+        let remote = shared.remote();
+        let handover = shared.handover();
         for Arrival { seat, pos } in shared.take_arrivals(self.index, tick) {
             let cell = self.grid.cell_of(pos.x, pos.y);
+            // Handed over to this node: where the other node showed it.
+            let prev = remote.handed_in.get(&seat.player_id).copied();
             self.entries.push(Entry {
                 seat,
                 pos,
                 cell,
-                prev: None,
+                prev,
                 moves: Bytes::new(),
                 move_count: 0,
                 moved: 0,
                 saved: tick,
                 range: None,
+                fresh: true,
+                frozen: None,
             });
             self.counters
                 .players_in_world
@@ -149,6 +178,51 @@ impl Region {
         while i < self.entries.len() {
             let entry = &mut self.entries[i];
             let taken = entry.seat.take();
+            if let Some(frozen) = &mut entry.frozen {
+                // Handed over: still, its leave waits for the target.
+                if !taken.moves.is_empty() {
+                    self.counters
+                        .moves_dropped_not_in_world
+                        .fetch_add(taken.moves.len() as u64, Ordering::Relaxed);
+                }
+                if let Some(request) = taken.leave {
+                    frozen.leave = Some(request);
+                }
+                let shown = remote.handed_out.get(&entry.seat.player_id).copied();
+                if shown.is_none() && tick < frozen.until {
+                    entry.range = None;
+                    entry.move_count = 0;
+                    i += 1;
+                    continue;
+                }
+                let mut entry = self.entries.swap_remove(i);
+                if let Some(prev) = entry.local_prev() {
+                    self.departed[self.grid.local_index(prev)].push(Departure {
+                        id: entry.seat.player_id,
+                        to: shown,
+                    });
+                }
+                let waiting = entry
+                    .frozen
+                    .take()
+                    .and_then(|frozen| frozen.leave)
+                    .flatten();
+                let request = waiting.or_else(|| entry.seat.release());
+                if shown.is_none() {
+                    self.counters
+                        .transfers_never_arrived
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(
+                        player_id = entry.seat.player_id,
+                        "a player handed over did not arrive within 10 s: it leaves the world"
+                    );
+                }
+                removed.push(Removal {
+                    seat: entry.seat,
+                    request,
+                });
+                continue;
+            }
             let start = buf.len();
             for input in &taken.moves {
                 cells::put_packet(
@@ -168,7 +242,7 @@ impl Region {
             entry.cell = self.grid.cell_of(entry.pos.x, entry.pos.y);
             if let Some(request) = taken.leave {
                 let entry = self.entries.swap_remove(i);
-                if let Some(prev) = entry.prev {
+                if let Some(prev) = entry.local_prev() {
                     self.departed[self.grid.local_index(prev)].push(Departure {
                         id: entry.seat.player_id,
                         to: None,
@@ -179,6 +253,24 @@ impl Region {
                     request,
                 });
                 continue;
+            }
+            if let Some(target) = handover
+                .as_ref()
+                .filter(|_| !entry.seat.account.is_empty())
+                .and_then(|handover| handover.target(entry.pos.x))
+            {
+                if entry.seat.begin_transfer(entry.cell) {
+                    entry.frozen = Some(Frozen {
+                        until: tick + shared.arrival_ticks(),
+                        leave: None,
+                    });
+                    self.counters.transfers_out.fetch_add(1, Ordering::Relaxed);
+                    shared.transfer(super::Transfer {
+                        seat: Arc::clone(&entry.seat),
+                        pos: entry.pos,
+                        target: target.to_owned(),
+                    });
+                }
             }
             i += 1;
         }
@@ -193,7 +285,7 @@ impl Region {
                 Some((start, end)) => moves.slice(start..end),
                 None => Bytes::new(),
             };
-            if let Some(prev) = entry.prev.filter(|prev| *prev != entry.cell) {
+            if let Some(prev) = entry.local_prev().filter(|prev| *prev != entry.cell) {
                 self.departed[self.grid.local_index(prev)].push(Departure {
                     id: entry.seat.player_id,
                     to: Some(entry.cell),
@@ -319,6 +411,7 @@ impl Region {
                 move_count,
                 members,
                 departed,
+                ..CellTick::default()
             });
         }
         {
@@ -336,6 +429,7 @@ impl Region {
     /// Phase 3: every owned player's write of the tick.
     pub(super) fn deliver(&mut self, shared: &TickShared, tick: u64) {
         let mut around = Around::new(tick);
+        let remote = shared.remote();
         for (_, neighbour) in self.grid.regions_around(self.index) {
             around.load(neighbour, shared);
         }
@@ -361,7 +455,7 @@ impl Region {
             let block: Vec<(Cell, &CellTick)> = self
                 .grid
                 .around(centre)
-                .map(|cell| (cell, around.cell(&self.grid, cell)))
+                .flat_map(|cell| with_remote(cell, around.cell(&self.grid, cell), &remote))
                 .collect();
             let seen: usize = block.iter().map(|(_, cell)| cell.members.len()).sum();
             let crowded = crowd_limit > 0 && seen > crowd_limit;
@@ -370,33 +464,43 @@ impl Region {
                 let every = (seen * CROWD_SHARE).div_ceil(crowd_limit) as u64;
                 thinned_view(&block, every, tick)
             } else {
-                full_view(&block)
+                full_view(&block, true)
             };
             // The spawns and despawns of a receiver that stayed in `centre`
             // are the same for all of them: built once, if one needs them.
             let mut stationary: Option<(Bytes, u64, u64)> = None;
             for &i in ids {
                 let entry = &self.entries[i as usize];
-                let (changes, spawns, despawns) = if entry.prev == Some(centre) {
+                let (changes, spawns, despawns) = if entry.prev == Some(centre) && !entry.fresh {
                     stationary
                         .get_or_insert_with(|| stationary_changes(centre, &block))
                         .clone()
                 } else {
-                    let prev_block: Vec<(Cell, &CellTick)> = entry
-                        .prev
+                    // A fresh client has nobody spawned: it gets its whole
+                    // block.
+                    let prev = entry.local_prev();
+                    let prev_block: Vec<(Cell, &CellTick)> = prev
                         .map(|prev| {
                             self.grid
                                 .around(prev)
-                                .map(|cell| (cell, around.cell(&self.grid, cell)))
+                                .flat_map(|cell| {
+                                    with_remote(cell, around.cell(&self.grid, cell), &remote)
+                                })
                                 .collect()
                         })
                         .unwrap_or_default();
-                    crossing_changes(entry, centre, &block, &prev_block)
+                    crossing_changes(entry.seat.player_id, prev, centre, &block, &prev_block)
                 };
                 let own = if crowded {
                     entry.moves.clone()
                 } else {
                     Bytes::new()
+                };
+                // A player handed over to this node this tick does not
+                // get its own last moves over there again.
+                let view = match entry.fresh && !crowded {
+                    true => full_view(&block, false).0,
+                    false => view.clone(),
                 };
                 let handle = &entry.seat.handle;
                 let sent = if handle.max_datagram_size().is_some() {
@@ -405,10 +509,10 @@ impl Region {
                     // the stream.
                     handle
                         .send_batch([changes, chat.packets.clone()])
-                        .and_then(|()| handle.send_datagram(view.clone()))
+                        .and_then(|()| handle.send_datagram(view))
                         .and_then(|()| handle.send_datagram(own))
                 } else {
-                    handle.send_batch([changes, view.clone(), own, chat.packets.clone()])
+                    handle.send_batch([changes, view, own, chat.packets.clone()])
                 };
                 if sent.is_ok() {
                     delivered.spawn_packets += spawns;
@@ -426,6 +530,7 @@ impl Region {
         drop(around);
         for entry in &mut self.entries {
             entry.prev = Some(entry.cell);
+            entry.fresh = false;
             entry.moves = Bytes::new();
             entry.move_count = 0;
         }
@@ -531,23 +636,45 @@ impl Around {
     }
 }
 
+/// A cell's local published state, then its remote one (players of other
+/// nodes' zones, see `border`) if any: a block lists both, and every rule
+/// below reads them alike.
+fn with_remote<'a>(
+    cell: Cell,
+    local: &'a CellTick,
+    remote: &'a RemoteView,
+) -> impl Iterator<Item = (Cell, &'a CellTick)> + 'a {
+    std::iter::once((cell, local)).chain(remote.cell(cell).map(move |tick| (cell, tick)))
+}
+
 /// Every `S_MOVE` of the block's cells, in one buffer (no copy for one
-/// cell with moves); returns it with the number of moves.
-fn full_view(block: &[(Cell, &CellTick)]) -> (Bytes, u64) {
-    let count: usize = block.iter().map(|(_, cell)| cell.move_count).sum();
-    let mut with_moves = block.iter().filter(|(_, cell)| !cell.moves.is_empty());
-    let (Some(first), second) = (with_moves.next(), with_moves.next()) else {
-        return (Bytes::new(), 0);
-    };
-    if second.is_none() {
-        return (first.1.moves.clone(), count as u64);
-    }
-    let len: usize = block.iter().map(|(_, cell)| cell.moves.len()).sum();
-    let mut view = BytesMut::with_capacity(len);
+/// cell with moves), with the late moves of players handed over to this
+/// node if `with_late`; returns it with the number of moves.
+fn full_view(block: &[(Cell, &CellTick)], with_late: bool) -> (Bytes, u64) {
+    let mut count = 0;
+    let mut parts: Vec<&Bytes> = Vec::new();
     for (_, cell) in block {
-        view.extend_from_slice(&cell.moves);
+        count += cell.move_count;
+        if !cell.moves.is_empty() {
+            parts.push(&cell.moves);
+        }
+        if with_late && !cell.late_moves.is_empty() {
+            count += cell.late_count;
+            parts.push(&cell.late_moves);
+        }
     }
-    (view.freeze(), count as u64)
+    match parts.as_slice() {
+        [] => (Bytes::new(), 0),
+        [one] => ((*one).clone(), count as u64),
+        _ => {
+            let len: usize = parts.iter().map(|part| part.len()).sum();
+            let mut view = BytesMut::with_capacity(len);
+            for part in parts {
+                view.extend_from_slice(part);
+            }
+            (view.freeze(), count as u64)
+        }
+    }
 }
 
 /// A crowd's view: each tick, the latest positions of about one player in
@@ -593,12 +720,12 @@ fn stationary_changes(centre: Cell, block: &[(Cell, &CellTick)]) -> (Bytes, u64,
 /// cell this tick: it saw the players standing in its previous block at the
 /// end of the last tick, and sees those of `block` now.
 fn crossing_changes(
-    receiver: &Entry,
+    me: u64,
+    prev: Option<Cell>,
     centre: Cell,
     block: &[(Cell, &CellTick)],
     prev_block: &[(Cell, &CellTick)],
 ) -> (Bytes, u64, u64) {
-    let me = receiver.seat.player_id;
     let mut gone = Vec::new();
     for (cell_at, cell) in prev_block {
         for member in &cell.members {
@@ -613,7 +740,6 @@ fn crossing_changes(
             }
         }
     }
-    let prev = receiver.prev;
     let came = block.iter().flat_map(|(_, cell)| {
         cell.members.iter().filter(move |member| {
             member.id != me

@@ -8,13 +8,26 @@
 //! sent before it. This module owns the inbox and its bound, and the rule
 //! that a seat the world has let go of answers a leave at once.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
 use servercore::SessionHandle;
 use servercore_protocol::PosInfo;
 
+use super::grid::Cell;
 use super::{Identity, Left};
+
+/// No cell (a packed [`Cell`] is never this).
+const NO_CELL: u64 = u64::MAX;
+
+fn pack(cell: Cell) -> u64 {
+    (u64::from(cell.0) << 32) | u64::from(cell.1)
+}
+
+fn unpack(packed: u64) -> Option<Cell> {
+    (packed != NO_CELL).then_some(((packed >> 32) as u32, packed as u32))
+}
 
 /// One accepted move waiting for the next tick.
 #[derive(Debug, Clone, Copy)]
@@ -127,6 +140,11 @@ pub struct Seat {
     pub(super) identity: Arc<Identity>,
     pub(super) handle: SessionHandle,
     inbox: Inbox,
+    /// The cell it entered in (packed; for the border's view).
+    entered_cell: AtomicU64,
+    /// Handed over to another node's zone: the cell it stood in then
+    /// (packed), or [`NO_CELL`].
+    transfer_cell: AtomicU64,
 }
 
 /// Why a move was not taken.
@@ -154,7 +172,42 @@ impl Seat {
             identity,
             handle,
             inbox: Inbox::new(max_pending_moves),
+            entered_cell: AtomicU64::new(NO_CELL),
+            transfer_cell: AtomicU64::new(NO_CELL),
         }
+    }
+
+    /// The account it plays for ("" for a guest).
+    pub fn account(&self) -> &str {
+        &self.account
+    }
+
+    /// The session playing it.
+    pub fn handle(&self) -> &SessionHandle {
+        &self.handle
+    }
+
+    pub(super) fn set_entered_cell(&self, cell: Cell) {
+        self.entered_cell.store(pack(cell), Ordering::Release);
+    }
+
+    /// The cell it entered the world in.
+    pub(super) fn entered_cell(&self) -> Option<Cell> {
+        unpack(self.entered_cell.load(Ordering::Acquire))
+    }
+
+    /// Starts handing the player over to another node's zone, standing in
+    /// `cell`; false if that began already.
+    pub(super) fn begin_transfer(&self, cell: Cell) -> bool {
+        self.transfer_cell
+            .compare_exchange(NO_CELL, pack(cell), Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    /// The cell it stood in when its hand-over began, if it is being
+    /// handed over.
+    pub fn transferring(&self) -> Option<Cell> {
+        unpack(self.transfer_cell.load(Ordering::Acquire))
     }
 
     /// Queues an accepted move for the next tick.

@@ -19,7 +19,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -28,11 +28,12 @@ use parking_lot::{Condvar, Mutex};
 use servercore::job::Actor;
 use servercore_protocol::PosInfo;
 
+use super::border::{Border, Handover, Local, RemoteView};
 use super::cells::RegionTick;
 use super::grid::Grid;
 use super::region::{Entry, Region};
 use super::seat::Seat;
-use super::{PositionSave, Saver};
+use super::{PositionSave, Saver, Transfer, Transferer};
 use crate::latency::{LatencyHistogram, LatencySnapshot};
 use crate::stats::GameCounters;
 
@@ -116,6 +117,13 @@ pub(super) struct TickShared {
     work_ns: AtomicU64,
     work: LatencyHistogram,
     counters: Arc<GameCounters>,
+    /// The world's border with other nodes' zones, once it is shared.
+    border: OnceLock<Arc<Border>>,
+    /// The running tick's remote cells (built at its start).
+    remote: Mutex<Arc<RemoteView>>,
+    /// Hand-overs begun this tick, for the transferer at its end.
+    transfers: Mutex<Vec<Transfer>>,
+    transferer: Mutex<Option<Transferer>>,
 }
 
 impl TickShared {
@@ -150,11 +158,68 @@ impl TickShared {
             work_ns: AtomicU64::new(0),
             work: LatencyHistogram::default(),
             counters,
+            border: OnceLock::new(),
+            remote: Mutex::default(),
+            transfers: Mutex::default(),
+            transferer: Mutex::default(),
         }
     }
 
     pub fn settings(&self) -> &TickSettings {
         &self.settings
+    }
+
+    /// Shares the world with other nodes' zones from the next tick; false
+    /// if it was shared already.
+    pub fn set_border(&self, border: Arc<Border>) -> bool {
+        self.border.set(border).is_ok()
+    }
+
+    /// The border, once the world is shared.
+    pub fn border(&self) -> Option<&Arc<Border>> {
+        self.border.get()
+    }
+
+    /// The running tick's remote cells.
+    pub fn remote(&self) -> Arc<RemoteView> {
+        Arc::clone(&self.remote.lock())
+    }
+
+    pub fn set_transferer(&self, transferer: Transferer) {
+        *self.transferer.lock() = Some(transferer);
+    }
+
+    /// Queues a hand-over begun in this tick.
+    pub fn transfer(&self, transfer: Transfer) {
+        self.transfers.lock().push(transfer);
+    }
+
+    /// Hands the tick's hand-overs to the transferer.
+    fn flush_transfers(&self) {
+        let batch = std::mem::take(&mut *self.transfers.lock());
+        if batch.is_empty() {
+            return;
+        }
+        let transferer = self.transferer.lock().clone();
+        match transferer {
+            Some(transferer) => transferer(batch),
+            None => tracing::warn!(
+                players = batch.len(),
+                "hand-overs with nobody to tell the players (no transferer)"
+            ),
+        }
+    }
+
+    /// The hand-over rule of this tick (only in a shared world).
+    pub fn handover(&self) -> Option<Handover> {
+        self.border.get().map(|border| border.handover())
+    }
+
+    /// Ticks a handed-over player waits on this node for the target to
+    /// show it: 10 s.
+    pub fn arrival_ticks(&self) -> u64 {
+        let ticks = super::ARRIVAL_LIMIT.as_nanos() / self.settings.interval.as_nanos().max(1);
+        u64::try_from(ticks).unwrap_or(u64::MAX).max(1)
     }
 
     pub fn set_saver(&self, saver: Saver) {
@@ -183,23 +248,26 @@ impl TickShared {
     /// Puts a player into the world at the next tick (or, if an older seat
     /// of the same player is still in it, once that one has gone).
     pub fn enter(&self, seat: Arc<Seat>, pos: PosInfo) {
-        let not_before = {
-            let mut present = self.present.lock();
-            match present.insert(seat.player_id, Arc::clone(&seat)) {
-                Some(old) => {
-                    old.evict();
-                    // The old seat goes at the latest in the tick after the
-                    // running one; the new one never appears before that.
-                    self.current.load(Ordering::Acquire) + 1
-                }
-                None => 0,
+        let cell = self.grid.cell_of(pos.x, pos.y);
+        seat.set_entered_cell(cell);
+        let mut present = self.present.lock();
+        let not_before = match present.insert(seat.player_id, Arc::clone(&seat)) {
+            Some(old) => {
+                old.evict();
+                // The old seat goes at the latest in the tick after the
+                // running one; the new one never appears before that.
+                self.current.load(Ordering::Acquire) + 1
             }
+            None => 0,
         };
-        let region = self.grid.region_of(self.grid.cell_of(pos.x, pos.y));
-        self.arrivals[region].lock().push(PendingArrival {
-            arrival: Arrival { seat, pos },
-            not_before,
-        });
+        // Queued under the presence lock: a tick whose border view saw
+        // the player present (and left it out) takes it in.
+        self.arrivals[self.grid.region_of(cell)]
+            .lock()
+            .push(PendingArrival {
+                arrival: Arrival { seat, pos },
+                not_before,
+            });
     }
 
     /// The arrivals of `region` that may appear in `tick`.
@@ -288,6 +356,21 @@ impl TickShared {
                 count,
             };
         }
+        if let Some(border) = self.border.get() {
+            // What other nodes sent since the last tick, without the
+            // players this node has itself (entering ones included).
+            let view = {
+                let present = self.present.lock();
+                border.build(tick, |id| match present.get(&id) {
+                    None => Local::No,
+                    Some(seat) => match seat.transferring() {
+                        Some(cell) => Local::Leaving(cell),
+                        None => Local::Here(seat.entered_cell()),
+                    },
+                })
+            };
+            *self.remote.lock() = Arc::new(view);
+        }
         self.run_phase(Phase::Apply, tick);
     }
 
@@ -317,7 +400,14 @@ impl TickShared {
         }
         match phase {
             Phase::Apply => self.run_phase(Phase::Publish, tick),
-            Phase::Publish => self.run_phase(Phase::Deliver, tick),
+            Phase::Publish => {
+                if let Some(border) = self.border.get() {
+                    let published: Vec<Arc<RegionTick>> =
+                        (0..self.regions.len()).map(|r| self.published(r)).collect();
+                    border.send(tick, &published);
+                }
+                self.run_phase(Phase::Deliver, tick)
+            }
             Phase::Deliver => self.finish_tick(),
         }
     }
@@ -333,6 +423,7 @@ impl TickShared {
             std::mem::take(&mut run.owed)
         };
         self.flush_saves();
+        self.flush_transfers();
         self.counters.ticks.fetch_add(1, Ordering::Relaxed);
         if owed {
             self.start_tick();
