@@ -495,7 +495,9 @@ fn players_across_a_border_see_each_other(backend: Backend) {
         .remote_players
         == 1));
     east.go(1050.0, 500.0);
-    west.wait_for(e, &Seen::Move(1050.0, 500.0));
+    // The first sight of a newcomer from the other node is its spawn where
+    // it stands (its move of that tick may come with it, or not).
+    west.wait_for(e, &Seen::Spawn(1050.0, 500.0));
     east.wait_for(w, &Seen::Spawn(950.0, 500.0));
     // Moves both ways.
     east.go(1060.0, 510.0);
