@@ -323,16 +323,7 @@ impl Player {
                         if self.ctx.auth.is_some() => {}
                     Err(error) => {
                         bump(&self.ctx.counters.transfer_tokens_refused);
-                        if let Some(refused) = TOKEN_LOG.event() {
-                            tracing::warn!(
-                                session = %self.handle.id(),
-                                peer = %self.handle.peer_addr(),
-                                %error,
-                                refused,
-                                "login refused: bad transfer token"
-                            );
-                        }
-                        self.refuse_login(LoginRefusal::BadToken);
+                        self.refuse_bad_token(&error, "login refused: bad transfer token");
                         return;
                     }
                 }
@@ -348,16 +339,7 @@ impl Player {
                 Ok(account) => account,
                 Err(error) => {
                     bump(&self.ctx.counters.tokens_refused);
-                    if let Some(refused) = TOKEN_LOG.event() {
-                        tracing::warn!(
-                            session = %self.handle.id(),
-                            peer = %self.handle.peer_addr(),
-                            %error,
-                            refused,
-                            "login refused: bad token"
-                        );
-                    }
-                    self.refuse_login(LoginRefusal::BadToken);
+                    self.refuse_bad_token(&error, "login refused: bad token");
                     return;
                 }
             },
@@ -447,6 +429,20 @@ impl Player {
                 }
             }),
         );
+    }
+
+    /// Refuses a login whose token did not hold, with a rate-limited line.
+    fn refuse_bad_token(&mut self, error: &dyn std::fmt::Display, message: &'static str) {
+        if let Some(refused) = TOKEN_LOG.event() {
+            tracing::warn!(
+                session = %self.handle.id(),
+                peer = %self.handle.peer_addr(),
+                %error,
+                refused,
+                "{message}"
+            );
+        }
+        self.refuse_login(LoginRefusal::BadToken);
     }
 
     fn refuse_login(&mut self, reason: LoginRefusal) {
