@@ -136,6 +136,12 @@ pub struct EchoArgs {
     #[arg(long, value_name = "ADDR", requires = "tls_cert")]
     pub quic_addr: Option<SocketAddr>,
 
+    /// Once every listener is bound, write FILE: one JSON object with the
+    /// process id, the backend and every listening address (for
+    /// supervisors and tests; removed again on stop).
+    #[arg(long, value_name = "FILE")]
+    pub ready_file: Option<std::path::PathBuf>,
+
     #[command(flatten)]
     pub tls: crate::transport::TlsServerArgs,
 

@@ -70,7 +70,24 @@ pub fn run(args: EchoArgs) -> anyhow::Result<()> {
         open_files_limit = limit.soft,
         "echo server started"
     );
+    let ready = args
+        .ready_file
+        .as_deref()
+        .map(|path| {
+            crate::ready::Ready {
+                kind: "echo",
+                pid: std::process::id(),
+                backend: service.backend().to_string(),
+                addr: service.local_addr(),
+                ws: args.ws_addr.and(service.local_addrs().get(1).copied()),
+                quic: service.quic_addr(),
+                admin: admin.as_ref().map(|admin| admin.local_addr()),
+            }
+            .write(path)
+        })
+        .transpose()?;
     while !stop.wait(Duration::from_secs(3600)) {}
+    drop(ready);
     drop(admin);
     service.stop();
     service.join();

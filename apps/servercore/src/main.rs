@@ -14,6 +14,7 @@ mod demo;
 mod echo;
 mod hello;
 mod limits;
+mod ready;
 mod server;
 mod shutdown;
 mod token;

@@ -111,6 +111,12 @@ pub struct ServerArgs {
     #[arg(long, value_name = "US")]
     pub wake_batch_us: Option<u64>,
 
+    /// Once every listener is bound, write FILE: one JSON object with the
+    /// process id, the backend and every listening address (for
+    /// supervisors and tests; removed again on stop).
+    #[arg(long, value_name = "FILE")]
+    pub ready_file: Option<std::path::PathBuf>,
+
     /// Disconnect a connection that sends no C_LOGIN within this long
     /// (a duration like --idle-timeout; 0: never).
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
@@ -335,7 +341,24 @@ pub fn run(args: ServerArgs, log_format: LogFormat) -> anyhow::Result<()> {
             args.node.as_deref().unwrap_or_default()
         );
     }
+    let ready = args
+        .ready_file
+        .as_deref()
+        .map(|path| {
+            crate::ready::Ready {
+                kind: "game",
+                pid: std::process::id(),
+                backend: server.backend().to_string(),
+                addr: server.local_addr(),
+                ws: server.ws_addr(),
+                quic: server.quic_addr(),
+                admin: admin.as_ref().map(|admin| admin.local_addr()),
+            }
+            .write(path)
+        })
+        .transpose()?;
     while !stop.wait(Duration::from_secs(3600)) {}
+    drop(ready);
     // The admin thread holds the last other reference to the server.
     drop(admin);
     let server = Arc::into_inner(server).expect("nothing else holds the game server");

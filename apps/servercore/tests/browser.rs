@@ -9,7 +9,7 @@
 //! says so and passes, except under `CI`, where `.ci/run` installs both and
 //! a missing piece fails it.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use servercore::packet::Packet;
 use servercore_protocol::{make_packet, CChat, CEnterGame, CLogin, CMove, ClientPacket, PosInfo};
+use servercore_testkit::child::ChildProcess;
 
 const EXE: &str = env!("CARGO_BIN_EXE_servercore");
 const BROWSER_CHAT: &str = "hello from the browser";
@@ -44,7 +45,7 @@ fn missing_tools() -> Option<String> {
 
 /// The game server in its own process; killed when dropped.
 struct Server {
-    child: std::process::Child,
+    _process: ChildProcess,
     tcp: SocketAddr,
     ws: SocketAddr,
 }
@@ -55,45 +56,29 @@ impl Server {
     }
 
     fn start_with(extra: &[&str]) -> Server {
-        let mut child = Command::new(EXE)
-            .args([
-                "server",
-                "--addr",
-                "127.0.0.1:0",
-                "--ws-addr",
-                "127.0.0.1:0",
-            ])
-            .args(["--db", ":memory:", "--backend", "poll"])
-            // A 2×2-cell map: everyone sees everyone.
-            .args(["--world-size", "200", "--cell", "100"])
-            .args(["--max-conns-per-ip", "0", "--max-new-accounts-per-min", "0"])
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start the game server");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        // "game server listening on A, WebSocket on B (...)"
-        let addr_after = |marker: &str| -> SocketAddr {
-            let rest =
-                &line[line.find(marker).unwrap_or_else(|| panic!("{line}")) + marker.len()..];
-            let end = rest.find([',', ' ']).unwrap_or(rest.len());
-            rest[..end].parse().unwrap_or_else(|_| panic!("{line}"))
-        };
-        let tcp = addr_after("listening on ");
-        let ws = addr_after("WebSocket on ");
-        Server { child, tcp, ws }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let (process, ready) = ChildProcess::spawn_ready(
+            Command::new(EXE)
+                .args([
+                    "server",
+                    "--addr",
+                    "127.0.0.1:0",
+                    "--ws-addr",
+                    "127.0.0.1:0",
+                ])
+                .args(["--db", ":memory:", "--backend", "poll"])
+                // A 2×2-cell map: everyone sees everyone.
+                .args(["--world-size", "200", "--cell", "100"])
+                .args(["--max-conns-per-ip", "0", "--max-new-accounts-per-min", "0"])
+                .args(extra),
+            Duration::from_secs(20),
+        );
+        Server {
+            _process: process,
+            tcp: ready.addr,
+            ws: ready
+                .ws
+                .expect("the ready file names the WebSocket listener"),
+        }
     }
 }
 

@@ -11,8 +11,9 @@ use std::time::Duration;
 
 use servercore::Backend;
 
-mod common;
-use common::ChildProcess;
+use servercore_testkit::child::ChildProcess;
+
+use servercore_testkit::backend_tests;
 
 backend_tests!(
     admin_port_in_use_fails_before_the_banner,

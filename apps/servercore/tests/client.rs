@@ -18,7 +18,7 @@ use servercore::Backend;
 
 const BIN: &str = env!("CARGO_BIN_EXE_servercore");
 
-mod common;
+use servercore_testkit::backend_tests;
 
 backend_tests!(
     sessions_chat_and_every_member_gets_every_message,

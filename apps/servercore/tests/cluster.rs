@@ -11,10 +11,10 @@
 //! (fails under CI).
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
@@ -23,11 +23,11 @@ use servercore_game::cluster::ClusterConfig;
 use servercore_game::{GameConfig, GameServer};
 use servercore_protocol::{make_packet, CChat, CEnterGame, CLogin, CMove, ClientPacket, PosInfo};
 
-mod common;
-#[path = "../../../crates/servercore-game/tests/services/mod.rs"]
-mod services;
+use servercore_testkit::child::ChildProcess;
+use servercore_testkit::net::wait_until;
+use servercore_testkit::services::{NatsServer, PostgresServer};
 
-use services::{eventually, NatsServer, PostgresServer};
+use servercore_testkit::backend_tests;
 
 backend_tests!(
     #[cfg_attr(
@@ -112,7 +112,7 @@ fn start_three(
 fn wait_meshed(nodes: &[&GameServer]) {
     let others = nodes.len() - 1;
     assert!(
-        eventually(Duration::from_secs(10), || nodes.iter().all(|node| {
+        wait_until(Duration::from_secs(10), || nodes.iter().all(|node| {
             let stats = node.cluster_stats().unwrap();
             stats.connected && stats.nodes.len() == others
         })),
@@ -430,7 +430,7 @@ fn duplicate_login_across_nodes(backend: Backend) {
     wait_meshed(&[&a, &b]);
     let mut first = Client::join(a.local_addr(), "twice");
     assert!(
-        eventually(Duration::from_secs(5), || held_on(&b, "a") == Some(1)),
+        wait_until(Duration::from_secs(5), || held_on(&b, "a") == Some(1)),
         "b sees the account on a"
     );
     // Walk on A: where the player stands there is saved when A lets go.
@@ -446,7 +446,7 @@ fn duplicate_login_across_nodes(backend: Backend) {
     assert_eq!(second.player_id, first.player_id, "the same player");
     assert_eq!(second.pos, walked, "B enters where A saved the player");
     assert!(
-        eventually(Duration::from_secs(5), || held_on(&a, "b") == Some(1)
+        wait_until(Duration::from_secs(5), || held_on(&a, "b") == Some(1)
             && held_on(&b, "a") == Some(0)),
         "presence moved to b"
     );
@@ -461,7 +461,7 @@ fn duplicate_login_across_nodes(backend: Backend) {
     third.enter();
     drop(third);
     assert!(
-        eventually(Duration::from_secs(5), || b.stats().player_states == 0
+        wait_until(Duration::from_secs(5), || b.stats().player_states == 0
             && held_on(&a, "b") == Some(0)),
         "the account went offline everywhere"
     );
@@ -469,48 +469,29 @@ fn duplicate_login_across_nodes(backend: Backend) {
 
 /// A `servercore server` node as a child process.
 struct ChildNode {
-    child: Child,
+    process: ChildProcess,
     addr: SocketAddr,
 }
 
 impl ChildNode {
     fn start(backend: Backend, db: &str, nats: &str, node: &str) -> ChildNode {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_servercore"))
-            .args(["--log", "warn", "server", "--addr", "127.0.0.1:0"])
-            .args(["--workers", "2", "--backend", backend.name(), "--db", db])
-            .args(["--nats", nats, "--node", node])
-            .args(["--heartbeat-ms", "300", "--node-timeout-ms", "2000"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn servercore server");
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let banner = lines.next().expect("banner").expect("banner line");
-        let addr = banner
-            .strip_prefix("game server listening on ")
-            .and_then(|rest| rest.split_once(' '))
-            .map(|(addr, _)| addr.parse().unwrap())
-            .unwrap_or_else(|| panic!("unexpected banner: {banner}"));
-        // Keep draining its output so it never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
-        ChildNode { child, addr }
+        let (process, ready) = ChildProcess::spawn_ready(
+            Command::new(env!("CARGO_BIN_EXE_servercore"))
+                .args(["--log", "warn", "server", "--addr", "127.0.0.1:0"])
+                .args(["--workers", "2", "--backend", backend.name(), "--db", db])
+                .args(["--nats", nats, "--node", node])
+                .args(["--heartbeat-ms", "300", "--node-timeout-ms", "2000"]),
+            Duration::from_secs(20),
+        );
+        ChildNode {
+            process,
+            addr: ready.addr,
+        }
     }
 
     fn sigkill(&mut self) {
-        let status = Command::new("kill")
-            .args(["-KILL", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for ChildNode {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.process.signal("KILL");
+        self.process.wait_exit(Duration::from_secs(10));
     }
 }
 
@@ -527,7 +508,7 @@ fn killed_node_frees_its_accounts(backend: Backend) {
     let survivor = start_node(backend, db, &nats.url(), "survivor");
     let _held = Client::join(victim.addr, "orphan");
     assert!(
-        eventually(Duration::from_secs(10), || held_on(&survivor, "victim")
+        wait_until(Duration::from_secs(10), || held_on(&survivor, "victim")
             == Some(1)),
         "survivor sees the account on the victim: {:?}",
         survivor.cluster_stats()
@@ -535,7 +516,7 @@ fn killed_node_frees_its_accounts(backend: Backend) {
     victim.sigkill();
     let killed = Instant::now();
     assert!(
-        eventually(LIVENESS_BOUND, || held_on(&survivor, "victim").is_none()),
+        wait_until(LIVENESS_BOUND, || held_on(&survivor, "victim").is_none()),
         "the dead node was not noticed within {LIVENESS_BOUND:?}"
     );
     let noticed = killed.elapsed();
@@ -567,7 +548,7 @@ fn nats_restart_mid_chat(backend: Backend) {
     assert!(neighbour.wait_chat("before", READ_TIMEOUT));
     nats.kill();
     assert!(
-        eventually(Duration::from_secs(10), || !a
+        wait_until(Duration::from_secs(10), || !a
             .cluster_stats()
             .unwrap()
             .connected),
@@ -639,7 +620,7 @@ fn postgres_stop_and_start(backend: Backend) {
     assert_eq!(stats.logins_refused, 3);
     pg.resume();
     let mut n = 0;
-    let back = eventually(Duration::from_secs(15), || {
+    let back = wait_until(Duration::from_secs(15), || {
         n += 1;
         Client::connect(server.local_addr()).login(&format!("back{n}"))
     });

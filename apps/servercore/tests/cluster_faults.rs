@@ -27,12 +27,9 @@ use std::time::{Duration, Instant};
 
 use servercore_protocol::{make_packet, CChat, CEnterGame, CLogin, CMove, ClientPacket, PosInfo};
 
-mod common;
-#[path = "../../../crates/servercore-game/tests/services/mod.rs"]
-mod services;
-
-use common::ChildProcess;
-use services::{eventually, NatsServer};
+use servercore_testkit::child::ChildProcess;
+use servercore_testkit::net::wait_until;
+use servercore_testkit::services::NatsServer;
 
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -65,7 +62,7 @@ struct Node {
 
 impl Node {
     fn start(db: &Path, nats: &NatsServer, name: &str) -> Node {
-        let mut process = ChildProcess::spawn(
+        let (process, ready) = ChildProcess::spawn_ready(
             Command::new(env!("CARGO_BIN_EXE_servercore"))
                 .args(["--log", "info", "server", "--addr", "127.0.0.1:0"])
                 .args(["--workers", "2", "--backend", "poll"])
@@ -74,20 +71,16 @@ impl Node {
                 .args(["--nats", &nats.url(), "--node", name])
                 .args(["--max-conns-per-ip", "0", "--max-new-accounts-per-min", "0"])
                 .args(TIMING),
+            Duration::from_secs(20),
         );
-        let banner = process.next_line("the banner", Duration::from_secs(20));
-        let addr = banner
-            .strip_prefix("game server listening on ")
-            .and_then(|rest| rest.split_once(' '))
-            .map(|(addr, _)| addr.parse().unwrap())
-            .unwrap_or_else(|| panic!("unexpected banner: {banner}"));
+        let addr = ready.addr;
         Node { process, addr }
     }
 
     /// Waits until this node's log shows `text`.
     fn wait_log(&self, text: &str, limit: Duration) {
         assert!(
-            eventually(limit, || self.process.log().contains(text)),
+            wait_until(limit, || self.process.log().contains(text)),
             "no {text:?} in the node's log within {limit:?}:\n{}",
             self.process.log()
         );

@@ -12,12 +12,8 @@
 use std::process::Command;
 use std::time::Duration;
 
-mod common;
-#[path = "../../../crates/servercore-game/tests/services/mod.rs"]
-mod services;
-
-use common::ChildProcess;
-use services::NatsServer;
+use servercore_testkit::child::ChildProcess;
+use servercore_testkit::services::NatsServer;
 
 /// Every secret the tests put in a URL; none may appear in any output.
 const SECRETS: &[&str] = &[
@@ -149,7 +145,7 @@ fn a_cluster_node_logs_no_credentials() {
     );
     // Connected, a few heartbeats, then a clean stop.
     assert!(
-        services::eventually(Duration::from_secs(10), || node
+        servercore_testkit::net::wait_until(Duration::from_secs(10), || node
             .log()
             .contains("joined the cluster")),
         "the node did not join: {}",

@@ -19,8 +19,9 @@ use servercore_protocol::{
     PlayerType, PosInfo, SChat, SEnterGame, SLogin,
 };
 
-mod common;
-use common::ChildProcess;
+use servercore_testkit::child::ChildProcess;
+
+use servercore_testkit::backend_tests;
 
 backend_tests!(
     full_flow,
@@ -53,7 +54,7 @@ struct Server {
 impl Server {
     /// Starts a server on a free loopback port with the database `db`.
     fn start(backend: Backend, db: &Path, extra: &[&str]) -> Server {
-        let mut process = ChildProcess::spawn(
+        let (process, ready) = ChildProcess::spawn_ready(
             Command::new(env!("CARGO_BIN_EXE_servercore"))
                 .args([
                     "--log",
@@ -68,20 +69,12 @@ impl Server {
                 .arg("--db")
                 .arg(db)
                 .args(extra),
+            READ_TIMEOUT,
         );
-        let banner = process.next_line("the listening banner", READ_TIMEOUT);
-        // "game server listening on ADDR (backend NAME, database PATH); ..."
-        let rest = banner
-            .strip_prefix("game server listening on ")
-            .unwrap_or_else(|| panic!("unexpected banner: {banner}"));
-        let (addr, rest) = rest.split_once(' ').unwrap();
-        assert!(
-            rest.starts_with(&format!("(backend {},", backend.name())),
-            "banner names the backend: {banner}"
-        );
+        assert_eq!(ready.backend, backend.name());
         Server {
             process,
-            addr: addr.parse().unwrap(),
+            addr: ready.addr,
         }
     }
 
@@ -93,7 +86,7 @@ impl Server {
     /// Ctrl-C (SIGINT), then the final counters it prints, parsed.
     fn stop(mut self) -> Stats {
         self.process.signal("INT");
-        let line = self.process.next_line("final counters", READ_TIMEOUT);
+        let line = self.process.line_starting("stopped: ", READ_TIMEOUT);
         let stats = Stats::parse(&line);
         let status = self.process.wait_exit(READ_TIMEOUT);
         assert!(status.success(), "server exited with {status}");

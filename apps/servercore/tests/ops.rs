@@ -20,8 +20,9 @@ use servercore::packet::Packet;
 use servercore::Backend;
 use servercore_protocol::{make_packet, CEnterGame, CLogin, CMove, ClientPacket, PosInfo, SLogin};
 
-mod common;
-use common::ChildProcess;
+use servercore_testkit::child::ChildProcess;
+
+use servercore_testkit::backend_tests;
 
 backend_tests!(
     sigterm_keeps_acknowledged_accounts,
@@ -54,34 +55,20 @@ impl Server {
     /// Starts `servercore server` with `args` and waits for its banner
     /// (and the admin line when `--admin` is among `args`).
     fn start(backend: Backend, args: &[&str]) -> Server {
-        let process = ChildProcess::spawn(
+        let (process, ready) = ChildProcess::spawn_ready(
             Command::new(env!("CARGO_BIN_EXE_servercore"))
                 .args(["server", "--workers", "2", "--backend", backend.name()])
                 .args(args)
                 .env_remove("SERVERCORE_LOG"),
+            DEADLINE,
         );
-        let mut server = Server {
+        assert_eq!(ready.backend, backend.name());
+        assert_eq!(ready.admin.is_some(), args.contains(&"--admin"));
+        Server {
             process,
-            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            admin: None,
-        };
-        let banner = server.next_line("the listening banner");
-        let rest = banner
-            .strip_prefix("game server listening on ")
-            .unwrap_or_else(|| panic!("unexpected banner: {banner}"));
-        server.addr = rest.split_once(' ').unwrap().0.parse().unwrap();
-        if args.contains(&"--admin") {
-            let line = server.next_line("the admin line");
-            let rest = line
-                .strip_prefix("admin HTTP on http://")
-                .unwrap_or_else(|| panic!("unexpected admin line: {line}"));
-            server.admin = Some(rest.split_once('/').unwrap().0.parse().unwrap());
+            addr: ready.addr,
+            admin: ready.admin,
         }
-        server
-    }
-
-    fn next_line(&mut self, what: &str) -> String {
-        self.process.next_line(what, DEADLINE)
     }
 
     fn signal(&self, name: &str) {
@@ -96,7 +83,7 @@ impl Server {
     /// SIGTERM; asserts a clean exit (0) and returns the final line.
     fn terminate(mut self) -> String {
         self.signal("TERM");
-        let last = self.next_line("the final counters");
+        let last = self.process.line_starting("stopped: ", DEADLINE);
         let status = self.wait_exit();
         assert!(
             status.success(),
@@ -986,8 +973,8 @@ fn sigterm_after(args: &[&str], ready: &str) -> (ExitStatus, String) {
 #[test]
 fn other_commands_stop_gracefully_on_sigterm() {
     // An echo server for hello, stopped after it.
-    let mut echo = Command::new(env!("CARGO_BIN_EXE_servercore"))
-        .args([
+    let (mut echo, ready) = ChildProcess::spawn_ready(
+        Command::new(env!("CARGO_BIN_EXE_servercore")).args([
             "echo",
             "--addr",
             "127.0.0.1:0",
@@ -995,22 +982,11 @@ fn other_commands_stop_gracefully_on_sigterm() {
             "poll",
             "--workers",
             "1",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut echo_out = BufReader::new(echo.stdout.take().unwrap());
-    let mut banner = String::new();
-    echo_out.read_line(&mut banner).unwrap();
-    let addr = banner
-        .strip_prefix("echo server listening on ")
-        .unwrap_or_else(|| panic!("{banner}"))
-        .split_once(' ')
-        .unwrap()
-        .0
-        .to_owned();
+        ]),
+        DEADLINE,
+    );
+    assert_eq!(ready.kind, "echo");
+    let addr = ready.addr.to_string();
 
     let (status, out) = sigterm_after(
         &["hello", "--addr", &addr, "--backend", "poll"],
@@ -1019,17 +995,10 @@ fn other_commands_stop_gracefully_on_sigterm() {
     assert!(status.success(), "hello: {status}\n{out}");
     assert!(out.contains("hello: 1 connected, 0 failed"), "{out}");
 
-    Command::new("kill")
-        .args(["-TERM", &echo.id().to_string()])
-        .status()
-        .unwrap();
-    let mut rest = String::new();
-    echo_out.read_to_string(&mut rest).unwrap();
-    assert!(echo.wait().unwrap().success());
-    assert!(
-        rest.contains("stopped: 1 sessions served, 0 refused"),
-        "{rest}"
-    );
+    echo.signal("TERM");
+    let last = echo.line_starting("stopped: ", DEADLINE);
+    assert!(echo.wait_exit(DEADLINE).success());
+    assert_eq!(last, "stopped: 1 sessions served, 0 refused");
 
     let (status, out) = sigterm_after(
         &[

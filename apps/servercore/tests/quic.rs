@@ -10,7 +10,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::mpsc;
 use std::time::Duration;
 
 use servercore::packet::Packet;
@@ -21,7 +21,8 @@ use servercore_protocol::{
     make_packet, CChat, CEnterGame, CLogin, CMove, ClientPacket, PosInfo, SChat,
 };
 
-mod common;
+use servercore_testkit::backend_tests;
+use servercore_testkit::child::ChildProcess;
 
 backend_tests!(
     #[cfg_attr(
@@ -65,10 +66,9 @@ fn make_cert(dir: &Path) -> (PathBuf, PathBuf) {
 
 /// A `servercore server` child with a QUIC listener; killed on drop.
 struct Server {
-    child: Child,
+    _process: ChildProcess,
     addr: SocketAddr,
     quic_addr: SocketAddr,
-    log: Arc<Mutex<String>>,
 }
 
 impl Server {
@@ -77,72 +77,32 @@ impl Server {
     }
 
     fn start_with(backend: Backend, cert: &Path, key: &Path, extra: &[&str]) -> Server {
-        let mut child = servercore()
-            .args(["--log", "warn", "server", "--addr", "127.0.0.1:0"])
-            .args([
-                "--workers",
-                "2",
-                "--db",
-                ":memory:",
-                "--backend",
-                backend.name(),
-            ])
-            .args(["--quic-addr", "127.0.0.1:0", "--tls-cert"])
-            .arg(cert)
-            .arg("--tls-key")
-            .arg(key)
-            // Two by two cells: every player sees every other.
-            .args(["--world-size", "200", "--cell", "100"])
-            // Dummy accounts from one address: not what this tests.
-            .args(["--max-new-accounts-per-min", "0"])
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn servercore server");
-        let log = Arc::new(Mutex::new(String::new()));
-        let sink = Arc::clone(&log);
-        let stderr = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push_str(&(line + "\n"));
-            }
-        });
-        let (tx, rx) = mpsc::channel();
-        let stdout = child.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let banner = rx
-            .recv_timeout(READ_TIMEOUT)
-            .unwrap_or_else(|_| panic!("no banner; server log:\n{}", log.lock().unwrap()));
-        // "game server listening on ADDR (TLS), QUIC on udp ADDR (backend ..."
-        let rest = banner
-            .strip_prefix("game server listening on ")
-            .unwrap_or_else(|| panic!("unexpected banner: {banner}"));
-        let addr = rest.split([' ', ',']).next().unwrap().parse().unwrap();
-        let quic_addr = rest
-            .split_once("QUIC on udp ")
-            .map(|(_, quic)| quic.split(' ').next().unwrap().parse().unwrap())
-            .unwrap_or_else(|| panic!("no QUIC address in the banner: {banner}"));
+        let (process, ready) = ChildProcess::spawn_ready(
+            servercore()
+                .args(["--log", "warn", "server", "--addr", "127.0.0.1:0"])
+                .args([
+                    "--workers",
+                    "2",
+                    "--db",
+                    ":memory:",
+                    "--backend",
+                    backend.name(),
+                ])
+                .args(["--quic-addr", "127.0.0.1:0", "--tls-cert"])
+                .arg(cert)
+                .arg("--tls-key")
+                .arg(key)
+                // Two by two cells: every player sees every other.
+                .args(["--world-size", "200", "--cell", "100"])
+                // Dummy accounts from one address: not what this tests.
+                .args(["--max-new-accounts-per-min", "0"])
+                .args(extra),
+            READ_TIMEOUT,
+        );
         Server {
-            child,
-            addr,
-            quic_addr,
-            log,
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!("server log:\n{}", self.log.lock().unwrap());
+            _process: process,
+            addr: ready.addr,
+            quic_addr: ready.quic.expect("the ready file names the QUIC listener"),
         }
     }
 }

@@ -8,8 +8,8 @@
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{mpsc, Arc, Mutex};
+use std::process::{Command, Stdio};
+use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use servercore::packet::Packet;
@@ -18,7 +18,8 @@ use servercore::transport::rustls::pki_types::ServerName;
 use servercore::Backend;
 use servercore_protocol::{make_packet, CChat, CEnterGame, CLogin, ClientPacket, SChat};
 
-mod common;
+use servercore_testkit::backend_tests;
+use servercore_testkit::child::ChildProcess;
 
 backend_tests!(
     tls_game_login_enter_chat,
@@ -53,76 +54,33 @@ fn make_cert(dir: &Path) -> (PathBuf, PathBuf) {
 
 /// A `servercore server` child; killed on drop.
 struct Server {
-    child: Child,
+    _process: ChildProcess,
     addr: SocketAddr,
     ws_addr: Option<SocketAddr>,
-    log: Arc<Mutex<String>>,
 }
 
 impl Server {
     fn start(backend: Backend, extra: &[&str]) -> Server {
-        let mut child = servercore()
-            .args([
-                "--log",
-                "warn",
-                "server",
-                "--addr",
-                "127.0.0.1:0",
-                "--workers",
-                "2",
-            ])
-            .args(["--db", ":memory:", "--backend", backend.name()])
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn servercore server");
-        let log = Arc::new(Mutex::new(String::new()));
-        let sink = Arc::clone(&log);
-        let stderr = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push_str(&(line + "\n"));
-            }
-        });
-        let (tx, rx) = mpsc::channel();
-        let stdout = child.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let banner = rx
-            .recv_timeout(READ_TIMEOUT)
-            .unwrap_or_else(|_| panic!("no banner; server log:\n{}", log.lock().unwrap()));
-        // "game server listening on ADDR[ (TLS)][, WebSocket on ADDR] (backend ..."
-        let rest = banner
-            .strip_prefix("game server listening on ")
-            .unwrap_or_else(|| panic!("unexpected banner: {banner}"));
-        let addr = rest.split([' ', ',']).next().unwrap().parse().unwrap();
-        let ws_addr = rest
-            .split_once("WebSocket on ")
-            .map(|(_, ws)| ws.split(' ').next().unwrap().parse().unwrap());
-        assert!(
-            banner.contains(&format!("(backend {},", backend.name())),
-            "{banner}"
+        let (process, ready) = ChildProcess::spawn_ready(
+            servercore()
+                .args([
+                    "--log",
+                    "warn",
+                    "server",
+                    "--addr",
+                    "127.0.0.1:0",
+                    "--workers",
+                    "2",
+                ])
+                .args(["--db", ":memory:", "--backend", backend.name()])
+                .args(extra),
+            READ_TIMEOUT,
         );
+        assert_eq!(ready.backend, backend.name());
         Server {
-            child,
-            addr,
-            ws_addr,
-            log,
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!("server log:\n{}", self.log.lock().unwrap());
+            _process: process,
+            addr: ready.addr,
+            ws_addr: ready.ws,
         }
     }
 }

@@ -23,11 +23,8 @@ use servercore_protocol::{
     make_packet, CEnterGame, CLogin, CMove, ClientPacket, LoginRefusal, PosInfo, STransfer,
 };
 
-mod common;
-#[path = "../../../crates/servercore-game/tests/services/mod.rs"]
-mod services;
-
-use services::{eventually, NatsServer};
+use servercore_testkit::net::wait_until;
+use servercore_testkit::services::NatsServer;
 
 /// `servercore server` with `args`: (exit code, stdout, stderr).
 fn server_cli(args: &[&str]) -> (Option<i32>, String, String) {
@@ -121,6 +118,8 @@ fn zone_flags_are_checked_and_printed() {
     assert!(err.contains("--cluster-secret"), "{err}");
 }
 
+use servercore_testkit::backend_tests;
+
 backend_tests!(
     #[cfg_attr(
         servercore_missing = "nats_server",
@@ -195,7 +194,7 @@ fn split(strips: &[(&str, u32, u32)]) -> Vec<(String, u32, u32)> {
 fn wait_zones(nodes: &[&GameServer], expected: &[(&str, u32, u32)]) {
     let expected = split(expected);
     assert!(
-        eventually(Duration::from_secs(10), || nodes
+        wait_until(Duration::from_secs(10), || nodes
             .iter()
             .all(|node| zones(node) == expected)),
         "zone maps {:?}, expected {expected:?}",
@@ -489,7 +488,7 @@ fn players_across_a_border_see_each_other(backend: Backend) {
 
     west.go(950.0, 500.0);
     // b shows west before east comes near (so east spawns it standing).
-    assert!(eventually(Duration::from_secs(10), || b
+    assert!(wait_until(Duration::from_secs(10), || b
         .border_stats()
         .unwrap()
         .remote_players
@@ -584,7 +583,7 @@ fn crossing(backend: Backend) -> Option<Crossing> {
     let b = start_node(backend, &db, &nats.url(), "b");
     wait_zones(&[&a, &b], &[("a", 0, 10), ("b", 10, 20)]);
     // Every node has the other's address before anyone crosses.
-    assert!(eventually(Duration::from_secs(10), || {
+    assert!(wait_until(Duration::from_secs(10), || {
         a.cluster_stats().unwrap().nodes.len() == 1 && b.cluster_stats().unwrap().nodes.len() == 1
     }));
     std::thread::sleep(Duration::from_millis(500));

@@ -14,10 +14,8 @@ use servercore_game::auth::TokenKey;
 use servercore_game::{start, GameConfig, GameServer};
 use servercore_protocol::{make_packet, CChat, CEnterGame, CLogin, ClientPacket, SLogin};
 
-#[path = "../../servercore/tests/common/mod.rs"]
-mod common;
-
-use common::wait_until;
+use servercore_testkit::backend_tests;
+use servercore_testkit::net::wait_until;
 
 backend_tests!(
     slow_clients_are_cut_while_a_player_chats,

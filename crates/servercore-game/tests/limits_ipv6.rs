@@ -18,10 +18,8 @@ use servercore::Backend;
 use servercore_game::{start, GameConfig};
 use servercore_protocol::{make_packet, CLogin, ClientPacket};
 
-#[path = "../../servercore/tests/common/mod.rs"]
-mod common;
-
-use common::wait_until;
+use servercore_testkit::backend_tests;
+use servercore_testkit::net::wait_until;
 
 backend_tests!(addresses_of_one_64_share_the_limit);
 

@@ -8,8 +8,6 @@
 //! `SERVERCORE_TEST_POSTGRES` (skipped with a message when it is unset,
 //! failed under CI).
 
-mod services;
-
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,7 +34,7 @@ impl Db {
 
     fn postgres() -> Option<Db> {
         Some(Db {
-            target: DbTarget::Postgres(services::fresh_postgres()?),
+            target: DbTarget::Postgres(servercore_testkit::services::fresh_postgres()?),
             _dir: None,
         })
     }

@@ -27,11 +27,13 @@ mod common;
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
-use common::{manual_world, place, start, world, Client, TIMEOUT};
+use common::{manual_world, place, start, world};
 use servercore::Backend;
 use servercore_game::world::Grid;
 use servercore_game::{GameServer, GameStats};
 use servercore_protocol::{CChat, CEnterGame, CLeaveGame, ClientPacket};
+use servercore_testkit::backend_tests;
+use servercore_testkit::client::{GameClient, TIMEOUT};
 
 /// How long the test waits, after the expected packets of a tick came, for
 /// anything more (a slow server can only make an extra packet pass
@@ -195,7 +197,7 @@ impl Model {
 /// counts the server must reach before a tick is stepped.
 struct Stepper<'s> {
     server: &'s GameServer,
-    clients: BTreeMap<u64, Client>,
+    clients: BTreeMap<u64, GameClient>,
     model: Model,
     sent_moves: u64,
     sent_chats: u64,
@@ -221,11 +223,11 @@ impl<'s> Stepper<'s> {
     /// Logs `account` in and enters its first player; it appears at the
     /// next tick. Returns its id.
     fn join(&mut self, account: &str) -> u64 {
-        let (client, entered) = Client::join(self.server.local_addr(), account);
+        let (client, entered) = GameClient::join(self.server.local_addr(), account);
         self.enter_with(client, entered.player.unwrap().pos_info.unwrap())
     }
 
-    fn enter_with(&mut self, client: Client, pos: servercore_protocol::PosInfo) -> u64 {
+    fn enter_with(&mut self, client: GameClient, pos: servercore_protocol::PosInfo) -> u64 {
         let id = client.player_id;
         self.model.entering.insert(id, (pos.x, pos.y));
         self.clients.insert(id, client);
@@ -447,7 +449,7 @@ fn scripted_ticks(backend: Backend) {
         disconnects: vec![b],
         ..TickInput::default()
     });
-    let (mut b_again, entered) = Client::join(server.local_addr(), "b");
+    let (mut b_again, entered) = GameClient::join(server.local_addr(), "b");
     let pos = entered.player.unwrap().pos_info.unwrap();
     assert_eq!(
         (pos.x, pos.y),
@@ -547,7 +549,7 @@ fn too_fast_move_is_cut(backend: Backend) {
     let ids = place(&db, &[("runner", 100.0, 100.0)]);
     // Speed 0: a jump may be 50 long, whatever the time since the last.
     let server = start(backend, world(600.0, 100.0, 3, 0.0), &db);
-    let (mut runner, _) = Client::join(server.local_addr(), "runner");
+    let (mut runner, _) = GameClient::join(server.local_addr(), "runner");
     runner.send_move(400.0, 500.0, 1);
     // 300 × 400 is 500 long; cut to 50 along it: +30, +40.
     runner.expect_move_of(ids[0], 130.0, 140.0);
@@ -579,14 +581,14 @@ fn position_survives_a_restart(backend: Backend) {
     let db = dir.path().join("restart.db");
     let ids = place(&db, &[("keeper", 10.0, 10.0)]);
     let server = start(backend, world(600.0, 100.0, 3, 1e12), &db);
-    let (mut keeper, _) = Client::join(server.local_addr(), "keeper");
+    let (mut keeper, _) = GameClient::join(server.local_addr(), "keeper");
     keeper.send_move(123.5, 456.25, 1);
     keeper.expect_move_of(ids[0], 123.5, 456.25);
     drop(keeper); // a disconnect saves the position
     server.stop_and_join();
 
     let server = start(backend, world(600.0, 100.0, 3, 1e12), &db);
-    let (keeper, entered) = Client::join(server.local_addr(), "keeper");
+    let (keeper, entered) = GameClient::join(server.local_addr(), "keeper");
     let pos = entered.player.unwrap().pos_info.unwrap();
     assert_eq!((pos.object_id, pos.x, pos.y), (ids[0], 123.5, 456.25));
     drop(keeper);
@@ -603,7 +605,7 @@ fn quick_reconnects(backend: Backend) {
     let ids = place(&db, &[("r", 50.0, 50.0), ("n", 60.0, 60.0)]);
     let server = start(backend, world(600.0, 100.0, 3, 1e12), &db);
     let addr = server.local_addr();
-    let (mut neighbour, _) = Client::join(addr, "n");
+    let (mut neighbour, _) = GameClient::join(addr, "n");
     let mut seen = false;
     let mut watch = |packets: Vec<ClientPacket>| {
         for packet in packets {
@@ -627,7 +629,7 @@ fn quick_reconnects(backend: Backend) {
     // An enter while the old session still counts as connected is refused
     // (the player is in the game from another session): try again.
     let enter_r = || {
-        let mut r = Client::connect(addr);
+        let mut r = GameClient::connect(addr);
         assert!(r.login("r").success);
         let deadline = Instant::now() + TIMEOUT;
         while !r.enter(0).success {

@@ -11,11 +11,13 @@ mod common;
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use common::{place, start, world, Client, TIMEOUT};
+use common::{place, start, world};
 use servercore::Backend;
 use servercore_game::world::Grid;
 use servercore_game::WorldConfig;
 use servercore_protocol::{make_packet, CMove, ClientPacket, PosInfo};
+use servercore_testkit::backend_tests;
+use servercore_testkit::client::{GameClient, TIMEOUT};
 
 /// What one client has been shown, checked packet by packet.
 struct View {
@@ -100,7 +102,7 @@ fn many_movers_see_only_whom_they_should(backend: Backend) {
     let mut clients = Vec::with_capacity(CLIENTS);
     let mut views = Vec::with_capacity(CLIENTS);
     for index in 0..CLIENTS {
-        let (client, entered) = Client::join(addr, &format!("mover{index}"));
+        let (client, entered) = GameClient::join(addr, &format!("mover{index}"));
         let pos = entered.player.unwrap().pos_info.unwrap();
         views.push(View {
             me: client.player_id,
@@ -212,9 +214,9 @@ fn flooding_mover_is_limited(backend: Backend) {
     };
     let server = start(backend, config, &db);
     let addr = server.local_addr();
-    let (mut flooder, _) = Client::join(addr, "flooder");
+    let (mut flooder, _) = GameClient::join(addr, "flooder");
     let flood_start = Instant::now();
-    let (mut quiet, _) = Client::join(addr, "quiet");
+    let (mut quiet, _) = GameClient::join(addr, "quiet");
     assert_eq!(quiet.expect_spawn(), [ids[0]]);
     assert_eq!(flooder.expect_spawn(), [ids[1]]);
 

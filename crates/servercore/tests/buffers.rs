@@ -1,8 +1,6 @@
 //! Receive buffers, broadcast, backpressure and idle timeout over real
 //! loopback sockets, on every backend.
 
-mod common;
-
 use std::alloc::System;
 use std::io::Read;
 use std::net::TcpStream;
@@ -10,8 +8,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::*;
 use servercore::{Backend, DisconnectReason, ServerService, Session, SessionGroup, SessionHandle};
+use servercore_testkit::backend_tests;
+use servercore_testkit::{net::*, sessions::*};
 use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
 
 /// Counts allocations so a test can prove a broadcast buffer is shared,

@@ -3,16 +3,15 @@
 //! flood, an explicit flush that goes out at once, and a stop that writes
 //! every held byte before the FIN.
 
-mod common;
-
 use std::io::{ErrorKind, Read};
 use std::net::TcpStream;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::*;
 use servercore::{Backend, DisconnectReason, ServerService, SessionHandle};
+use servercore_testkit::backend_tests;
+use servercore_testkit::{net::*, sessions::*};
 
 backend_tests!(
     numbered_sends_to_100_sessions_arrive_complete_and_in_order,

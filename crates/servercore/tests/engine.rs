@@ -2,8 +2,6 @@
 //! many clients, cross-thread send order, callback counts and reasons,
 //! resets, `max_sessions`, graceful stop and slow readers.
 
-mod common;
-
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -11,8 +9,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::*;
 use servercore::{Backend, DisconnectReason, ServerService, Session, SessionHandle};
+use servercore_testkit::backend_tests;
+use servercore_testkit::{net::*, sessions::*};
 
 fn echo_server(backend: Backend, workers: usize) -> (ServerService, Shared) {
     let record: Shared = Default::default();

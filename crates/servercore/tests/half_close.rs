@@ -3,16 +3,15 @@
 //! server owes it, and an application `disconnect()` delivers what was queued
 //! before it, ending in FIN (never RST) while the peer keeps sending.
 
-mod common;
-
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
 use servercore::{Backend, DisconnectReason, ServerService, Session, SessionHandle};
+use servercore_testkit::backend_tests;
+use servercore_testkit::{net::*, sessions::*};
 
 backend_tests!(
     fifty_clients_echo_a_mebibyte_then_half_close,

@@ -3,11 +3,11 @@
 //! tick's one job per region), on every backend; without the wake-up the
 //! first worker woken would run them one after another.
 
-mod common;
-
 use std::collections::HashSet;
 use std::sync::mpsc;
 use std::sync::Arc;
+
+use servercore_testkit::backend_tests;
 use std::thread::ThreadId;
 use std::time::Duration;
 

@@ -5,16 +5,15 @@
 //! on every backend; each run is a child process, since capturing the log
 //! installs the process's global subscriber.
 
-mod common;
-
 use std::io::{ErrorKind, Read, Write};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::*;
 use servercore::packet::{DispatchError, PacketConfig, PacketHandler, PacketSession};
 use servercore::{Backend, DisconnectReason, ServerService, SessionHandle};
+use servercore_testkit::backend_tests;
+use servercore_testkit::{logging::*, net::*};
 
 backend_tests!(a_thousand_malformed_sessions_log_a_bounded_number_of_lines);
 

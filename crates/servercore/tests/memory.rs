@@ -2,8 +2,6 @@
 //! measured with an instrumented allocator (bytes in live allocations over
 //! the whole process), over real loopback sockets, on every backend.
 
-mod common;
-
 use std::alloc::System;
 use std::io::Read;
 use std::net::TcpStream;
@@ -11,8 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::*;
 use servercore::{Backend, DisconnectReason, ServerService};
+use servercore_testkit::backend_tests;
+use servercore_testkit::{net::*, sessions::*};
 use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
 
 #[global_allocator]

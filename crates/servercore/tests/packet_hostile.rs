@@ -5,8 +5,6 @@
 //! is never touched; a packet trickled byte by byte meets the packet
 //! deadline while packets that complete, even in pieces, never do.
 
-mod common;
-
 use std::collections::HashMap;
 use std::io::Read;
 use std::net::{SocketAddr, TcpStream};
@@ -20,7 +18,8 @@ use servercore::packet::{
 };
 use servercore::{Backend, DisconnectReason, ServerService, SessionHandle};
 
-use common::{connect, wait_until, write_all};
+use servercore_testkit::backend_tests;
+use servercore_testkit::net::{connect, wait_until, write_all};
 
 /// Echoed back as `ECHO_REPLY` with the same body.
 const ECHO: u16 = 1;

@@ -2,16 +2,15 @@
 //! pooled writer chunk alive: the send limit bounds real memory. On every
 //! backend, over real loopback sockets.
 
-mod common;
-
 use std::alloc::System;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::*;
 use servercore::packet::{PacketWriter, CHUNK_SIZE};
 use servercore::{Backend, ServerService};
+use servercore_testkit::backend_tests;
+use servercore_testkit::{net::*, sessions::*};
 use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
 
 #[global_allocator]

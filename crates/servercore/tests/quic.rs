@@ -6,14 +6,11 @@
 //! garbage UDP, a malformed packet, a handshake that never finishes, a
 //! handshake flood from one address.
 
-mod common;
-
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::*;
 use parking_lot::Mutex;
 use quinn::crypto::rustls::QuicClientConfig;
 use servercore::packet::{DispatchError, PacketConfig, PacketHandler, PacketSession};
@@ -21,6 +18,8 @@ use servercore::transport::quic::{close_code, ALPN};
 use servercore::transport::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use servercore::transport::{self, rustls};
 use servercore::{Backend, DisconnectReason, QuicConfig, ServerService, Session, SessionHandle};
+use servercore_testkit::backend_tests;
+use servercore_testkit::{net::*, sessions::*};
 
 backend_tests!(
     quic_echo_is_an_ordinary_session,

@@ -2,15 +2,14 @@
 //! on the same port, accept errors at the descriptor limit, session ids over
 //! many reconnects, counters.
 
-mod common;
-
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::time::Duration;
 use std::time::Instant;
 
-use common::*;
 use servercore::{Backend, ServerService};
+use servercore_testkit::backend_tests;
+use servercore_testkit::{logging::*, net::*, sessions::*};
 
 backend_tests!(
     stop_and_rebind_twenty_times_on_the_same_port,

@@ -3,18 +3,17 @@
 //! policy, and group broadcasts that never hold the group's lock while they
 //! send.
 
-mod common;
-
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::*;
 use servercore::{
     Backend, DisconnectReason, OverflowPolicy, SendError, ServerService, SessionGroup,
     SessionHandle,
 };
+use servercore_testkit::backend_tests;
+use servercore_testkit::{net::*, sessions::*};
 
 backend_tests!(
     is_writable_returns_after_eight_concurrent_senders,

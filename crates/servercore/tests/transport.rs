@@ -6,15 +6,12 @@
 //! wrong certificates, stalled handshakes, and bad frames with their close
 //! codes.
 
-mod common;
-
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::*;
 use parking_lot::Mutex;
 use servercore::packet::{DispatchError, PacketConfig, PacketHandler, PacketSession};
 use servercore::transport::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
@@ -23,6 +20,8 @@ use servercore::{
     Backend, ClientService, ClientTransport, DisconnectReason, ServerService, ServerTransport,
     Session, SessionHandle, WebSocketConfig,
 };
+use servercore_testkit::backend_tests;
+use servercore_testkit::{net::*, sessions::*};
 
 // ---- certificates ---------------------------------------------------------
 

@@ -4,14 +4,13 @@
 //! small packets comes back complete and in order, and sends from another
 //! thread still wake the worker.
 
-mod common;
-
 use std::io::Read;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
 use servercore::{Backend, ServerService};
+use servercore_testkit::backend_tests;
+use servercore_testkit::{net::*, sessions::*};
 
 backend_tests!(
     a_lone_packet_on_an_idle_worker_is_answered,

@@ -1,19 +1,18 @@
 //! The real services the storage and cluster tests need: the shared
 //! PostgreSQL and NATS that CI starts (`SERVERCORE_TEST_POSTGRES`,
-//! `SERVERCORE_TEST_NATS`), and private instances — own ports, own data
-//! directories — for the tests that stop or kill them.
+//! `SERVERCORE_TEST_NATS`), and private instances (own ports, own data
+//! directories) for the tests that stop or kill them.
 //!
 //! A test whose service is missing skips with a loud message locally and
 //! fails when `CI` (or `SERVERCORE_REQUIRE_SERVICES`, which `.ci/run` sets)
 //! is set.
 
-#![allow(dead_code)]
-
-use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use crate::net::{free_port, wait_listening};
 
 /// Says why a test cannot run: panics under CI, else prints and returns.
 pub fn missing(what: &str) {
@@ -22,36 +21,6 @@ pub fn missing(what: &str) {
         panic!("{what} is required under CI");
     }
     eprintln!("!!! SKIPPED: {what} is not available (set it up as .ci/run does)");
-}
-
-/// Polls `check` until it is true or `limit` passes; true if it became true.
-pub fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    loop {
-        if check() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// A free loopback port (bound, then released).
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn wait_listening(port: u16, limit: Duration) -> bool {
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    eventually(limit, || {
-        TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
-    })
 }
 
 fn on_path(binary: &str) -> bool {

@@ -1,51 +1,43 @@
-//! What the command's integration tests share: one test per backend.
+//! A `servercore` child process for the command's tests, and the ready
+//! file it writes once it listens (`--ready-file`, see the CLI's `ready`
+//! module for the format).
 
-/// Generates `name::poll` and `name::uring` tests for `fn name(Backend)`;
-/// the io_uring one is skipped with a message where the kernel forbids
-/// io_uring, unless SERVERCORE_REQUIRE_URING is set. Attributes before a
-/// name go on both tests (a test that needs an outside tool carries
-/// `#[cfg_attr(servercore_missing = "TOOL", ignore = "needs TOOL ...")]`,
-/// see `scripts/test_probe.rs`).
-#[macro_export]
-macro_rules! backend_tests {
-    ($($(#[$meta:meta])* $name:ident),* $(,)?) => {
-        $(
-            mod $name {
-                #[test]
-                $(#[$meta])*
-                fn poll() {
-                    super::$name(servercore::Backend::Poll);
-                }
+use std::net::SocketAddr;
+use std::time::Duration;
 
-                #[test]
-                $(#[$meta])*
-                fn uring() {
-                    if let Some(reason) = servercore::driver::uring_unavailable_reason() {
-                        if std::env::var_os("SERVERCORE_REQUIRE_URING").is_some() {
-                            panic!("io_uring required but unavailable: {reason}");
-                        }
-                        eprintln!("skipping io_uring test: {reason}");
-                        return;
-                    }
-                    super::$name(servercore::Backend::IoUring);
-                }
-            }
-        )*
-    };
+use serde::Deserialize;
+
+/// What a child server's ready file says.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Ready {
+    /// `game` or `echo`.
+    pub kind: String,
+    /// Its process id.
+    pub pid: u32,
+    /// The I/O backend in use (`uring` or `poll`).
+    pub backend: String,
+    /// The main TCP listener.
+    pub addr: SocketAddr,
+    /// The WebSocket listener, if any.
+    pub ws: Option<SocketAddr>,
+    /// The QUIC (UDP) listener, if any.
+    pub quic: Option<SocketAddr>,
+    /// The admin HTTP listener, if any.
+    pub admin: Option<SocketAddr>,
 }
 
 /// A `servercore` child process whose stdout lines a test reads one by one
 /// and whose stderr is kept as its log; killed on drop if still running,
 /// with the log printed when the test failed. Not every test file uses
 /// every method.
-#[allow(dead_code)]
 pub struct ChildProcess {
     child: std::process::Child,
     lines: std::sync::mpsc::Receiver<String>,
     log: std::sync::Arc<std::sync::Mutex<String>>,
+    /// Holds the ready file of [`ChildProcess::spawn_ready`].
+    _ready_dir: Option<tempfile::TempDir>,
 }
 
-#[allow(dead_code)]
 impl ChildProcess {
     /// Spawns `command` with stdin closed and stdout and stderr read by
     /// threads of their own.
@@ -79,7 +71,48 @@ impl ChildProcess {
                 log.push('\n');
             }
         });
-        ChildProcess { child, lines, log }
+        ChildProcess {
+            child,
+            lines,
+            log,
+            _ready_dir: None,
+        }
+    }
+
+    /// Spawns a `server` or `echo` command with `--ready-file` added at the
+    /// end and waits (up to `within`) until the file says where it
+    /// listens. Panics, with the child's log, if it exits first.
+    pub fn spawn_ready(
+        command: &mut std::process::Command,
+        within: Duration,
+    ) -> (ChildProcess, Ready) {
+        let dir = tempfile::tempdir().expect("a folder for the ready file");
+        let path = dir.path().join("ready.json");
+        let mut process = ChildProcess::spawn(command.arg("--ready-file").arg(&path));
+        process._ready_dir = Some(dir);
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            // The file appears whole (renamed into place).
+            if let Ok(text) = std::fs::read_to_string(&path) {
+                let ready: Ready = serde_json::from_str(&text).unwrap_or_else(|error| {
+                    panic!("a ready file that does not parse ({error}): {text}")
+                });
+                assert_eq!(ready.pid, process.pid(), "the ready file names its process");
+                return (process, ready);
+            }
+            if let Some(status) = process.child.try_wait().unwrap() {
+                panic!(
+                    "the process exited with {status} before it was ready; its log:\n{}",
+                    process.log()
+                );
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the process was not ready within {within:?}; its log:\n{}",
+                process.log()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     /// The next stdout line within `within`, if one comes (None also once
@@ -96,6 +129,24 @@ impl ChildProcess {
                 "no {what} from the process within {within:?}; its log:\n{}",
                 self.log()
             ),
+        }
+    }
+
+    /// The first stdout line from now on that starts with `prefix`
+    /// (earlier lines, such as the human banner, are skipped), within
+    /// `within` in all.
+    pub fn line_starting(&mut self, prefix: &str, within: Duration) -> String {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.try_next_line(left) {
+                Some(line) if line.starts_with(prefix) => return line,
+                Some(_) => continue,
+                None => panic!(
+                    "no line starting with {prefix:?} from the process within {within:?}; its log:\n{}",
+                    self.log()
+                ),
+            }
         }
     }
 

@@ -1,6 +1,6 @@
 //! Which outside tools and services the test suite can use here, decided
 //! when the tests are built (by the build scripts of `servercore-game` and
-//! `servercore-cli`, which include this file).
+//! `servercore-cli`, which call [`emit`]).
 //!
 //! Each one that is missing, and not required, becomes
 //! `cfg(servercore_missing = "NAME")`; a test that needs it carries
@@ -46,12 +46,6 @@ pub fn emit(manifest_dir: &Path, names: &[&str]) {
         values.join(", ")
     );
     println!("cargo::rerun-if-changed=build.rs");
-    println!(
-        "cargo::rerun-if-changed={}",
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../scripts/test_probe.rs")
-            .display()
-    );
     for var in REQUIRING {
         println!("cargo::rerun-if-env-changed={var}");
     }
