@@ -1,13 +1,11 @@
 //! `servercore bench` and its hidden `bench-server`: the flags of the
-//! benchmark harness in `servercore_load::bench`.
+//! benchmark harness in `servercore_bench`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use servercore_load::bench::{
-    BenchOptions, BenchServerOptions, ChatServer, Impl, Scenario, Transport,
-};
+use servercore_bench::{BenchOptions, BenchServerOptions, ChatServer, Impl, Scenario, Transport};
 use servercore_load::client::parse_duration;
 
 /// `servercore bench` options.
@@ -277,10 +275,10 @@ impl BenchServerArgs {
 /// and prints the tables so far.
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     use crate::shutdown::{Install as _, StopSignal};
-    servercore_load::bench::run_until(args.to_options(), &StopSignal::install())
+    servercore_bench::run_until(args.to_options(), &StopSignal::install())
 }
 
 /// Runs one benchmark server until its stdin ends.
 pub fn run_server(args: BenchServerArgs) -> anyhow::Result<()> {
-    servercore_load::bench::run_server(args.to_options())
+    servercore_bench::run_server(args.to_options())
 }

@@ -87,7 +87,7 @@ fn a_crowd_in_one_cell_is_thinned_and_leaves_nothing_behind(backend: Backend) {
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
     // Two servers' and their clients' sockets, if both backends run at once.
-    let _ = servercore_load::bench::raise_nofile_limit();
+    let _ = servercore_load::raise_nofile_limit();
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("crowd.db");
     // The crowd inside cell (5, 5) of the default 100-unit cells, walking

@@ -31,7 +31,7 @@ mod session;
 mod stats;
 mod walk;
 
-pub(crate) use walk::Walker;
+pub use walk::Walker;
 
 pub use config::{
     parse_duration, plan_source_addrs, LoadConfig, Scenario, SESSIONS_PER_SOURCE_ADDR,

@@ -188,16 +188,7 @@ pub fn open_fds(pid: u32) -> anyhow::Result<u64> {
     Ok(entries.count() as u64)
 }
 
-/// Raises the soft open-file limit to the hard limit; returns the limit now
-/// in force.
-pub fn raise_nofile_limit() -> std::io::Result<u64> {
-    use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
-    if soft < hard {
-        setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
-    }
-    Ok(hard.max(soft))
-}
+pub use servercore_load::raise_nofile_limit;
 
 /// Runs process `pid` (all its threads) on the CPUs in `cpus` only.
 pub fn pin(pid: u32, cpus: &[usize]) -> anyhow::Result<()> {

@@ -5,7 +5,7 @@
 //! server.
 //!
 //! The load is the dummy client's own move scenario
-//! ([`crate::client::run_load_observed`]) on the engine's client side, in
+//! ([`servercore_load::client::run_load_observed`]) on the engine's client side, in
 //! the harness process; the server runs in its own `bench-server` process,
 //! fresh for every measurement (an empty world each time). The harness
 //! reads the server's CPU, its gathered writes and the machine's TCP
@@ -32,8 +32,10 @@ use super::load::{Timing, Window, WindowStart};
 use super::move_report::{CapacityResult, CapacityStep, MoveResult};
 use super::report::{format_micros, format_rate, WindowCpu};
 use super::{Bench, Impl, Scenario};
-use crate::client::{run_load_observed, LoadConfig, LoadObserver, Scenario as Load, WindowCounts};
-use crate::stop::StopSignal;
+use servercore_load::client::{
+    run_load_observed, LoadConfig, LoadObserver, Scenario as Load, WindowCounts,
+};
+use servercore_load::StopSignal;
 
 /// Share of its cores at which the load generator counts as saturated.
 const SATURATED: f64 = 0.9;

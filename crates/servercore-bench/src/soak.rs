@@ -49,7 +49,7 @@ use super::proto::{
 };
 use super::transport::ClientStream;
 use super::{ChatServer, Impl, Scenario, Transport};
-use crate::client::Walker;
+use servercore_load::client::Walker;
 
 /// Largest RSS growth after the warm-up that still passes (10 %).
 pub const MAX_RSS_GROWTH: f64 = 0.10;

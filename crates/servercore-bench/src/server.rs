@@ -79,17 +79,19 @@ impl Running {
             }
         };
         let service = match args.scenario {
-            Scenario::Echo | Scenario::Idle => crate::echo::start(crate::echo::EchoConfig {
-                addr: args.addr,
-                backend,
-                workers: args.workers,
-                max_sessions: args.max_sessions,
-                verbose: false,
-                send_coalescing: args.send_coalescing.unwrap_or(Duration::ZERO),
-                transport,
-                ws_addr: None,
-                quic: None,
-            })?,
+            Scenario::Echo | Scenario::Idle => {
+                servercore_load::echo::start(servercore_load::echo::EchoConfig {
+                    addr: args.addr,
+                    backend,
+                    workers: args.workers,
+                    max_sessions: args.max_sessions,
+                    verbose: false,
+                    send_coalescing: args.send_coalescing.unwrap_or(Duration::ZERO),
+                    transport,
+                    ws_addr: None,
+                    quic: None,
+                })?
+            }
             Scenario::Broadcast if args.chat == ChatServer::Minimal => super::engine_chat::start(
                 args.addr,
                 backend,

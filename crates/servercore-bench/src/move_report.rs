@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::report::{
     format_count, ratio, Latency, Section, TargetKind, TargetResult, Unit, WindowCpu, BASELINE,
 };
-use crate::client::{LatencySummary, LoadReport};
+use servercore_load::client::{LatencySummary, LoadReport};
 
 /// What the move scenario ran with.
 #[derive(Debug, Clone, Serialize, Deserialize)]
