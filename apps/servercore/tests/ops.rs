@@ -551,6 +551,17 @@ fn metrics_count_the_traffic(backend: Backend) {
     assert_eq!(status["server"], "game");
     assert_eq!(status["backend"], backend.name());
     assert_eq!(status["listen"], server.addr.to_string());
+    // The game's own panels, in order: its figures, then the world map (no
+    // zones: this node's world is its own).
+    let panels = status["panels"].as_array().expect("panels");
+    assert_eq!(panels.len(), 2, "{panels:?}");
+    assert_eq!(panels[0]["kind"], "table");
+    assert_eq!(panels[0]["title"], "Game");
+    assert_eq!(panels[0]["rows"][0][0], "players in game");
+    assert_eq!(panels[0]["rows"][0][1], "0");
+    assert_eq!(panels[1]["kind"], "map");
+    assert_eq!(panels[1]["title"], "World");
+    assert_eq!(panels[1]["strips"].as_array().unwrap().len(), 0);
     server.terminate();
 }
 
@@ -674,6 +685,14 @@ fn status_page_renders_live_counts_in_chromium() {
     assert!(
         dom.contains("servercore_game_logins_total"),
         "every metric listed"
+    );
+    assert!(
+        dom.contains("<h2>World</h2>") && dom.contains("3 players"),
+        "the game's map panel drawn with its note: {dom}"
+    );
+    assert!(
+        dom.contains("<td>players in game</td><td>3</td>"),
+        "the game's table panel"
     );
 
     let shots = tempfile::tempdir().unwrap();

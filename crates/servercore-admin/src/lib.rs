@@ -7,8 +7,8 @@
 //! - `/metrics`: every number in the OpenMetrics text format (what
 //!   Prometheus scrapes), encoded by `prometheus-client`;
 //! - `/healthz`: `ok` while the server runs;
-//! - `/status`: the same numbers as JSON, plus what the server adds (the
-//!   game server's world map);
+//! - `/status`: the same numbers as JSON, plus the panels the server adds
+//!   ([`Panel`]: maps and tables whose meaning is the server's);
 //! - `/`: a live status page for a person (`assets/status.html`, plain JS
 //!   polling `/status` every second).
 //!
@@ -28,6 +28,7 @@
 
 mod engine;
 mod http;
+mod panel;
 mod snapshot;
 
 use std::fmt;
@@ -42,6 +43,7 @@ use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::registry::Registry;
 
 pub use engine::{engine_metrics, quic_metrics};
+pub use panel::{MapPanel, MapStrip, Panel, TablePanel};
 pub use snapshot::{Histogram, Kind, Metric, Sample, Snapshot};
 
 /// Longest a connection may take to send its request head, by default.
@@ -362,6 +364,7 @@ impl Admin {
             "version": env!("CARGO_PKG_VERSION"),
             "uptime_seconds": self.started.elapsed().as_secs_f64(),
             "metrics": snapshot.metrics_json(),
+            "panels": snapshot.take_panels(),
         });
         if let serde_json::Value::Object(map) = &mut doc {
             for (key, value) in snapshot.take_extra() {

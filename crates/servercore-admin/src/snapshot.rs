@@ -79,6 +79,7 @@ impl Metric {
 pub struct Snapshot {
     metrics: Vec<Metric>,
     extra: Vec<(String, serde_json::Value)>,
+    panels: Vec<crate::Panel>,
 }
 
 impl Snapshot {
@@ -152,9 +153,14 @@ impl Snapshot {
         );
     }
 
-    /// Adds a top-level field to the `/status` document (e.g. `world`).
+    /// Adds a top-level field to the `/status` document.
     pub fn status_field(&mut self, key: &str, value: serde_json::Value) {
         self.extra.push((key.to_owned(), value));
+    }
+
+    /// Adds a panel to the status page (after those added before).
+    pub fn panel(&mut self, panel: crate::Panel) {
+        self.panels.push(panel);
     }
 
     /// The metrics added so far.
@@ -179,6 +185,10 @@ impl Snapshot {
 
     pub(crate) fn take_extra(&mut self) -> Vec<(String, serde_json::Value)> {
         std::mem::take(&mut self.extra)
+    }
+
+    pub(crate) fn take_panels(&mut self) -> Vec<crate::Panel> {
+        std::mem::take(&mut self.panels)
     }
 
     /// The metrics as JSON: `[{name, help, type, samples: [{labels, value}

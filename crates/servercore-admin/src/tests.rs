@@ -52,10 +52,23 @@ fn server(counter: Arc<AtomicU64>) -> AdminServer {
                     count: 5,
                 },
             );
-            out.status_field(
-                "world",
-                serde_json::json!({"size": 10.0, "players": [[1.0, 2.0]]}),
-            );
+            out.panel(Panel::Map(MapPanel {
+                title: "Things".into(),
+                size: 10.0,
+                grid: Some(5.0),
+                strips: vec![MapStrip {
+                    from: 0.0,
+                    to: 5.0,
+                    label: "left".into(),
+                }],
+                points: vec![[1.0, 2.0]],
+                note: String::new(),
+            }));
+            out.panel(Panel::Table(TablePanel {
+                title: "Parts".into(),
+                columns: vec!["part".into(), "count".into()],
+                rows: vec![vec!["left".into(), "1".into()]],
+            }));
         },
     )
     .expect("start admin")
@@ -106,7 +119,12 @@ fn status_is_json_with_metrics_and_extra_fields() {
     let doc: serde_json::Value = serde_json::from_str(&body).expect("JSON");
     assert_eq!(doc["server"], "test");
     assert_eq!(doc["backend"], "poll");
-    assert_eq!(doc["world"]["players"][0][1], 2.0);
+    assert_eq!(doc["panels"][0]["kind"], "map");
+    assert_eq!(doc["panels"][0]["title"], "Things");
+    assert_eq!(doc["panels"][0]["points"][0][1], 2.0);
+    assert_eq!(doc["panels"][0]["strips"][0]["label"], "left");
+    assert_eq!(doc["panels"][1]["kind"], "table");
+    assert_eq!(doc["panels"][1]["rows"][0][1], "1");
     let metrics = doc["metrics"].as_array().unwrap();
     assert_eq!(metrics.len(), 4);
     assert_eq!(metrics[0]["name"], "servercore_things_total");

@@ -1,22 +1,30 @@
 //! The game server's numbers for the admin listener: its counters, the
-//! database's and the tick's histograms (`servercore_game_*`), and the
-//! live map of `/status`. Written into the admin crate's [`Snapshot`] by
-//! whichever command serves `--admin`, beside the engine's numbers.
+//! database's and the tick's histograms, the border's and the cluster's
+//! counters (`servercore_game_*`), and its status-page panels (the world
+//! map with the nodes' zones, the zones table, the game's own figures).
+//! Written into the admin crate's [`Snapshot`] by whichever command serves
+//! `--admin`, beside the engine's numbers; the admin crate draws the
+//! panels without knowing what they show.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use servercore_admin::{Histogram, Snapshot};
+use servercore_admin::{Histogram, MapPanel, MapStrip, Panel, Snapshot, TablePanel};
 
+use crate::cluster::ClusterStats;
 use crate::latency::LatencySnapshot;
+use crate::world::border::BorderStats;
 use crate::{GameServer, GameStats};
+
+/// A copy of the world's positions and when it was taken.
+type Positions = (Instant, Vec<[f32; 2]>);
 
 /// What a game server adds to every admin request.
 pub struct GameMetrics {
     server: Arc<GameServer>,
-    /// The last copy of the world map and when it was taken.
-    map: Mutex<Option<(Instant, serde_json::Value)>>,
+    /// The last copy of the world's positions and when it was taken.
+    map: Mutex<Option<Positions>>,
 }
 
 impl GameMetrics {
@@ -28,11 +36,30 @@ impl GameMetrics {
         }
     }
 
-    /// Writes the game's counters, histograms and the `/status` world map.
+    /// Writes the game's counters, histograms and status-page panels.
     pub fn write(&self, out: &mut Snapshot) {
-        game_metrics(out, &self.server.stats(), self.server.db_queue_depth());
-        out.status_field("world", world_map(&self.server, &self.map));
+        let stats = self.server.stats();
+        let db_queue_depth = self.server.db_queue_depth();
+        game_metrics(out, &stats, db_queue_depth);
+        let border = self.server.border_stats();
+        if let Some(border) = &border {
+            border_metrics(out, border);
+        }
+        let cluster = self.server.cluster_stats();
+        if let Some(cluster) = &cluster {
+            cluster_metrics(out, cluster);
+        }
         game_histograms(out, &self.server);
+        out.panel(Panel::Table(game_panel(&stats, db_queue_depth)));
+        let points = world_positions(&self.server, &self.map);
+        out.panel(Panel::Map(world_panel(
+            &self.server,
+            points,
+            border.as_ref(),
+        )));
+        if let Some(border) = &border {
+            out.panel(Panel::Table(zones_panel(border, cluster.as_ref(), &stats)));
+        }
     }
 }
 
@@ -182,31 +209,206 @@ fn game_metrics(out: &mut Snapshot, stats: &GameStats, db_queue_depth: usize) {
 /// region's position lock once).
 const WORLD_MAP_EVERY: Duration = Duration::from_millis(500);
 
-/// The live map's `/status` field: `{size, cell, players: [[x, y], ...]}`,
-/// copied at most every [`WORLD_MAP_EVERY`].
-fn world_map(
-    server: &GameServer,
-    cache: &Mutex<Option<(Instant, serde_json::Value)>>,
-) -> serde_json::Value {
+/// The world's positions at the end of the last tick, copied at most
+/// every [`WORLD_MAP_EVERY`].
+fn world_positions(server: &GameServer, cache: &Mutex<Option<Positions>>) -> Vec<[f32; 2]> {
     let mut cache = cache.lock();
-    if let Some((at, value)) = cache.as_ref() {
+    if let Some((at, points)) = cache.as_ref() {
         if at.elapsed() < WORLD_MAP_EVERY {
-            return value.clone();
+            return points.clone();
         }
     }
-    let grid = server.world_grid();
-    let players: Vec<[f32; 2]> = server
+    let points: Vec<[f32; 2]> = server
         .world_snapshot()
         .into_iter()
         .map(|(_, x, y)| [x, y])
         .collect();
-    let value = serde_json::json!({
-        "size": grid.size(),
-        "cell": grid.cell_size(),
-        "players": players,
-    });
-    *cache = Some((Instant::now(), value.clone()));
-    value
+    *cache = Some((Instant::now(), points.clone()));
+    points
+}
+
+/// The map: this node's players on the world's cells, and, in a world
+/// shared with other nodes, each node's strip.
+fn world_panel(
+    server: &GameServer,
+    points: Vec<[f32; 2]>,
+    border: Option<&BorderStats>,
+) -> MapPanel {
+    let grid = server.world_grid();
+    let cell = grid.cell_size();
+    let strips = border
+        .map(|border| {
+            border
+                .zones
+                .iter()
+                .map(|(node, from, to)| MapStrip {
+                    from: *from as f32 * cell,
+                    to: (*to as f32 * cell).min(grid.size()),
+                    label: node.clone(),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let note = match border {
+        Some(_) => format!(
+            "{} players simulated on this node; strips are the nodes' zones",
+            points.len()
+        ),
+        None => format!("{} players", points.len()),
+    };
+    MapPanel {
+        title: "World".into(),
+        size: grid.size(),
+        grid: Some(cell),
+        strips,
+        points,
+        note,
+    }
+}
+
+/// The zones of a shared world: which node owns which columns and how many
+/// players each holds (this node's from its own count, the others' from the
+/// cluster's presence).
+fn zones_panel(
+    border: &BorderStats,
+    cluster: Option<&ClusterStats>,
+    stats: &GameStats,
+) -> TablePanel {
+    let me = cluster.map(|cluster| cluster.node.as_str());
+    let rows = border
+        .zones
+        .iter()
+        .map(|(node, from, to)| {
+            let players = if Some(node.as_str()) == me {
+                stats.players_in_room.to_string()
+            } else {
+                cluster
+                    .and_then(|cluster| cluster.nodes.iter().find(|(name, _)| name == node))
+                    .map_or_else(|| "–".to_owned(), |(_, accounts)| accounts.to_string())
+            };
+            let name = if Some(node.as_str()) == me {
+                format!("{node} (this node)")
+            } else {
+                node.clone()
+            };
+            vec![name, format!("{from}–{}", to.saturating_sub(1)), players]
+        })
+        .collect();
+    TablePanel {
+        title: "Zones".into(),
+        columns: vec!["node".into(), "columns".into(), "players".into()],
+        rows,
+    }
+}
+
+/// The game's own figures at a glance.
+fn game_panel(stats: &GameStats, db_queue_depth: usize) -> TablePanel {
+    let rows = [
+        ("players in game", stats.players_in_room.to_string()),
+        ("logins", stats.logins.to_string()),
+        ("world ticks", stats.ticks.to_string()),
+        ("tick overruns", stats.tick_overruns.to_string()),
+        ("crowded cells", stats.crowded_cells.to_string()),
+        ("database queue", db_queue_depth.to_string()),
+    ];
+    TablePanel {
+        title: "Game".into(),
+        columns: vec!["what".into(), "now".into()],
+        rows: rows
+            .into_iter()
+            .map(|(what, value)| vec![what.to_owned(), value])
+            .collect(),
+    }
+}
+
+/// What crosses this node's borders (a shared world only).
+fn border_metrics(out: &mut Snapshot, border: &BorderStats) {
+    out.counter(
+        "servercore_game_border_messages_out",
+        "Border messages published to neighbour nodes (one per neighbour per tick).",
+        border.messages_out,
+    );
+    out.counter(
+        "servercore_game_border_bytes_out",
+        "Bytes of border messages published.",
+        border.bytes_out,
+    );
+    out.counter(
+        "servercore_game_border_messages_in",
+        "Border messages from neighbour nodes taken into the world.",
+        border.messages_in,
+    );
+    out.counter(
+        "servercore_game_border_bytes_in",
+        "Bytes of border messages taken in.",
+        border.bytes_in,
+    );
+    out.counter_by(
+        "servercore_game_border_messages_dropped",
+        "Border messages dropped, by reason.",
+        "reason",
+        [
+            ("not_sent", border.messages_out_dropped),
+            ("too_big", border.dropped_too_big),
+            ("malformed", border.dropped_malformed),
+            ("backlog", border.dropped_backlog),
+        ],
+    );
+    out.counter(
+        "servercore_game_border_moves_dropped",
+        "Moves of a remote player past the per-tick limit, dropped.",
+        border.moves_dropped,
+    );
+    out.counter(
+        "servercore_game_border_origins_stale",
+        "Neighbour nodes dropped from the view for silence (their players despawned).",
+        border.origins_stale,
+    );
+    out.gauge(
+        "servercore_game_border_remote_players",
+        "Players of other nodes shown here from border messages.",
+        border.remote_players as f64,
+    );
+}
+
+/// The cluster link's counters (with `--nats`).
+fn cluster_metrics(out: &mut Snapshot, cluster: &ClusterStats) {
+    out.gauge(
+        "servercore_game_cluster_connected",
+        "1 while the node is connected to NATS.",
+        if cluster.connected { 1.0 } else { 0.0 },
+    );
+    out.counter(
+        "servercore_game_cluster_outages",
+        "Times the NATS connection was lost.",
+        cluster.outages,
+    );
+    out.counter(
+        "servercore_game_cluster_nodes_lost",
+        "Nodes taken for dead (heartbeats missed).",
+        cluster.nodes_lost,
+    );
+    out.gauge(
+        "servercore_game_cluster_peers",
+        "Other live nodes seen.",
+        cluster.nodes.len() as f64,
+    );
+    out.counter_by(
+        "servercore_game_cluster_chats",
+        "World chats over the cluster, by direction.",
+        "direction",
+        [("out", cluster.chats_out), ("in", cluster.chats_in)],
+    );
+    out.counter_by(
+        "servercore_game_cluster_chats_dropped",
+        "Cluster chats dropped, by reason.",
+        "reason",
+        [
+            ("not_published", cluster.chats_dropped),
+            ("malformed", cluster.chats_in_malformed),
+            ("too_long", cluster.chats_in_too_long),
+        ],
+    );
 }
 
 /// A latency histogram in seconds.
@@ -240,4 +442,37 @@ fn game_histograms(out: &mut Snapshot, server: &GameServer) {
         "World tick work: the tick's region jobs' run times summed over the workers (the rest of a tick's duration is waiting for a worker).",
         seconds(&server.tick_work_histogram()),
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_zones_panel_names_each_strip_and_its_players() {
+        let border = BorderStats {
+            zones: vec![("a".into(), 0, 5), ("b".into(), 5, 10), ("c".into(), 10, 20)],
+            ..BorderStats::default()
+        };
+        let cluster = ClusterStats {
+            node: "b".into(),
+            nodes: vec![("a".into(), 7)],
+            ..ClusterStats::default()
+        };
+        let stats = GameStats {
+            players_in_room: 3,
+            ..GameStats::default()
+        };
+        let panel = zones_panel(&border, Some(&cluster), &stats);
+        assert_eq!(panel.columns, ["node", "columns", "players"]);
+        assert_eq!(
+            panel.rows,
+            [
+                ["a", "0–4", "7"],
+                ["b (this node)", "5–9", "3"],
+                // Not seen by the cluster's presence (yet).
+                ["c", "10–19", "–"],
+            ]
+        );
+    }
 }
