@@ -180,7 +180,7 @@ pub struct ServerArgs {
     #[arg(long, value_name = "SIZE", default_value_t = 100.0)]
     pub cell: f32,
 
-    /// Fastest movement in map units per second; a longer jump is cut.
+    /// Fastest movement in map units per second; a longer jump is disconnected.
     #[arg(long, value_name = "UNITS", default_value_t = 300.0)]
     pub max_speed: f32,
 

@@ -25,7 +25,7 @@ backend_tests!(
     idle_sessions_enter_and_send_nothing,
     a_server_that_speaks_another_protocol_is_reported_not_fatal,
     a_server_that_dies_mid_run_ends_the_run_early,
-    refused_logins_say_why_and_fail_the_run,
+    refused_logins_name_their_reason_and_fail_the_run,
     connections_past_the_per_address_limit_are_told_why,
     demo_runs_and_prints_the_table,
     players_walk_the_game_world_and_see_only_spawned_neighbours,
@@ -363,7 +363,7 @@ fn a_server_that_dies_mid_run_ends_the_run_early(backend: Backend) {
 /// A server that creates at most 5 accounts a minute for an address:
 /// 12 sessions from one address get 5 players in game, and the 7 others
 /// are refused with the reason; the client says what to do and fails.
-fn refused_logins_say_why_and_fail_the_run(backend: Backend) {
+fn refused_logins_name_their_reason_and_fail_the_run(backend: Backend) {
     let backend = backend.name();
     let server = Server::start(&[
         "server",

@@ -8,7 +8,7 @@
 //!   resumed (SIGCONT), it closes that session before the session acts
 //!   (its chat sent during the pause reaches nobody, its move is never
 //!   saved), and keeps the session whose account nobody took;
-//! - a remote `online` naming a newer lease epoch cuts the local session
+//! - a remote `online` naming a newer lease epoch disconnects the local session
 //!   holding that account (a stale one does not);
 //! - a login of an account another node keeps (alive, renewing, out of
 //!   NATS's reach) is refused with `LOGIN_REFUSAL_ACCOUNT_IN_USE`;
@@ -513,13 +513,13 @@ fn a_login_is_refused_while_another_node_keeps_the_account() {
 
 /// A remote `online` for an account a local session holds: an older or
 /// equal epoch (a stale event) changes nothing; a newer one means another
-/// node took the account, and the local session is cut.
+/// node took the account, and the local session is disconnected.
 #[test]
 #[cfg_attr(
     servercore_missing = "nats_server",
     ignore = "needs nats-server on PATH (scripts/test-env installs it)"
 )]
-fn a_remote_online_with_a_newer_epoch_cuts_the_older_session() {
+fn a_remote_online_with_a_newer_epoch_disconnects_the_older_session() {
     let _turn = one_at_a_time();
     let Some(nats) = NatsServer::start() else {
         return;
@@ -545,7 +545,7 @@ fn a_remote_online_with_a_newer_epoch_cuts_the_older_session() {
     outsider.flush();
     assert!(
         held.wait(READ_TIMEOUT, |c| c.standing == Standing::Closed),
-        "a newer epoch elsewhere cuts the session:\n{}",
+        "a newer epoch elsewhere disconnects the session:\n{}",
         a.process.log()
     );
     other.chat("unaffected");
@@ -773,7 +773,11 @@ fn a_flood_on_the_chat_subject_reaches_no_client() {
                     client.poll();
                     std::thread::sleep(Duration::from_millis(2));
                 }
-                assert_ne!(client.standing, Standing::Closed, "player {i} was cut");
+                assert_ne!(
+                    client.standing,
+                    Standing::Closed,
+                    "player {i} was disconnected"
+                );
                 client.chats
             })
         })

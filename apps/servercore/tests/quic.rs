@@ -351,7 +351,7 @@ fn aioquic_client_plays_with_a_tcp_client(backend: Backend) {
 /// Hostile QUIC clients in game: a datagram larger than the server takes
 /// closes the connection with PROTOCOL_VIOLATION ("oversized datagram"),
 /// a malformed packet on the stream closes it with the protocol code and
-/// `malformed_packet`, as the TCP port cuts it; the server plays on.
+/// `malformed_packet`, as the TCP port disconnects it; the server plays on.
 fn aioquic_oversized_datagram_and_malformed_packet_close_with_the_reason(backend: Backend) {
     if !python_has_aioquic() {
         return;

@@ -7,14 +7,14 @@
 //!   [`MAX_HEAD`] bytes (past it: `431`, then close);
 //! - a connection has [`Limits::request_timeout`] to send its head and
 //!   [`Limits::response_timeout`] to read the answer; past either it is
-//!   cut, so a peer that trickles its request or never reads its answer
+//!   closed, so a peer that trickles its request or never reads its answer
 //!   holds nothing for long;
 //! - at most [`Limits::max_connections`] at once; one more closes the
 //!   oldest, so a flood of idle connections cannot lock a health check out;
 //! - answers are written as the peer takes them: a peer that does not read
 //!   a large `/status` delays only itself.
 //!
-//! Refusals and cuts are logged at most once a second with a count.
+//! Refusals and disconnects are logged at most once a second with a count.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr};
@@ -136,9 +136,9 @@ enum Next {
     Close,
 }
 
-/// Why connections were cut, for the log.
+/// Why connections were disconnected, for the log.
 #[derive(Clone, Copy, Debug)]
-enum Cut {
+enum CloseCause {
     HeadTooLarge,
     BadRequest,
     RequestTimeout,
@@ -146,26 +146,26 @@ enum Cut {
     Evicted,
 }
 
-impl Cut {
+impl CloseCause {
     fn describe(self) -> &'static str {
         match self {
-            Cut::HeadTooLarge => "request head too large (431)",
-            Cut::BadRequest => "malformed request (400)",
-            Cut::RequestTimeout => "request head not sent in time",
-            Cut::ResponseTimeout => "answer not read in time",
-            Cut::Evicted => "too many connections: the oldest closed",
+            CloseCause::HeadTooLarge => "request head too large (431)",
+            CloseCause::BadRequest => "malformed request (400)",
+            CloseCause::RequestTimeout => "request head not sent in time",
+            CloseCause::ResponseTimeout => "answer not read in time",
+            CloseCause::Evicted => "too many connections: the oldest closed",
         }
     }
 }
 
 /// At most one log line a second, with the count of the others.
-struct CutLog {
+struct CloseLog {
     last: Option<Instant>,
     suppressed: u64,
 }
 
-impl CutLog {
-    fn note(&mut self, cut: Cut, peer: SocketAddr) {
+impl CloseLog {
+    fn note(&mut self, cause: CloseCause, peer: SocketAddr) {
         let now = Instant::now();
         if self
             .last
@@ -176,7 +176,7 @@ impl CutLog {
         }
         let others = std::mem::take(&mut self.suppressed);
         self.last = Some(now);
-        tracing::warn!(%peer, others, "admin HTTP: {}", cut.describe());
+        tracing::warn!(%peer, others, "admin HTTP: {}", cause.describe());
     }
 }
 
@@ -191,7 +191,7 @@ pub(crate) struct Server<F> {
     connections: Vec<Option<Connection>>,
     free: Vec<usize>,
     open: usize,
-    cuts: CutLog,
+    closes: CloseLog,
 }
 
 impl<F: Fn(&Request<'_>) -> Response> Server<F> {
@@ -219,7 +219,7 @@ impl<F: Fn(&Request<'_>) -> Response> Server<F> {
                 connections: Vec::new(),
                 free: Vec::new(),
                 open: 0,
-                cuts: CutLog {
+                closes: CloseLog {
                     last: None,
                     suppressed: 0,
                 },
@@ -322,7 +322,7 @@ impl<F: Fn(&Request<'_>) -> Response> Server<F> {
             .min_by_key(|(_, accepted)| *accepted)
             .map(|(index, _)| index);
         if let Some(index) = oldest {
-            self.cut(index, Cut::Evicted);
+            self.close_with(index, CloseCause::Evicted);
         }
     }
 
@@ -334,9 +334,9 @@ impl<F: Fn(&Request<'_>) -> Response> Server<F> {
         }
     }
 
-    fn cut(&mut self, index: usize, cut: Cut) {
+    fn close_with(&mut self, index: usize, cause: CloseCause) {
         if let Some(connection) = &self.connections[index] {
-            self.cuts.note(cut, connection.peer);
+            self.closes.note(cause, connection.peer);
         }
         self.close(index);
     }
@@ -350,8 +350,8 @@ impl<F: Fn(&Request<'_>) -> Response> Server<F> {
                 continue;
             }
             match connection.phase {
-                Phase::Reading(_) => self.cut(index, Cut::RequestTimeout),
-                Phase::Writing { .. } => self.cut(index, Cut::ResponseTimeout),
+                Phase::Reading(_) => self.close_with(index, CloseCause::RequestTimeout),
+                Phase::Writing { .. } => self.close_with(index, CloseCause::ResponseTimeout),
                 Phase::Lingering => self.close(index),
             }
         }
@@ -408,11 +408,11 @@ impl<F: Fn(&Request<'_>) -> Response> Server<F> {
             }
             Ok(httparse::Status::Partial) if head.len() <= MAX_HEAD => return Next::Keep,
             Ok(httparse::Status::Partial) | Err(httparse::Error::TooManyHeaders) => {
-                self.cuts.note(Cut::HeadTooLarge, connection.peer);
+                self.closes.note(CloseCause::HeadTooLarge, connection.peer);
                 (Response::text(431, "request head too large\n"), false)
             }
             Err(_) => {
-                self.cuts.note(Cut::BadRequest, connection.peer);
+                self.closes.note(CloseCause::BadRequest, connection.peer);
                 (Response::text(400, "bad request\n"), false)
             }
         };

@@ -276,12 +276,12 @@ fn a_silent_connection_is_closed() {
     let sent = std::time::Instant::now();
     assert!(
         closed_within(&mut partial, REQUEST_TIMEOUT + Duration::from_secs(3)),
-        "a request head left unfinished is cut"
+        "a request head left unfinished is disconnected"
     );
     assert!(sent.elapsed() >= REQUEST_TIMEOUT - Duration::from_millis(100));
     assert!(
         closed_within(&mut idle, Duration::from_secs(1)),
-        "a connection that sends nothing is cut"
+        "a connection that sends nothing is disconnected"
     );
     let (_, body) = get(admin.local_addr(), "/healthz");
     assert_eq!(body, "ok\n");
@@ -340,7 +340,7 @@ fn a_flood_of_idle_connections_does_not_lock_healthz_out() {
 }
 
 #[test]
-fn a_reader_too_slow_is_cut() {
+fn a_reader_too_slow_is_disconnected() {
     const BLOB: usize = 4 << 20;
     let blob = "x".repeat(BLOB);
     let options = AdminOptions {
@@ -365,7 +365,7 @@ fn a_reader_too_slow_is_cut() {
     let _ = slow.read_to_end(&mut got);
     assert!(
         got.len() < BLOB,
-        "the answer was cut at the deadline: {} bytes of {BLOB}",
+        "the answer was disconnected at the deadline: {} bytes of {BLOB}",
         got.len()
     );
     let (_, body) = get(admin.local_addr(), "/healthz");

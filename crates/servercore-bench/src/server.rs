@@ -149,7 +149,7 @@ impl Running {
                     config.ws_addr = Some(args.addr);
                 }
                 // The benchmark sets the chat rate itself; the game's
-                // per-player chat limit would cut a fast one short.
+                // per-player chat limit would disconnect a fast one short.
                 config.world.chat_rate = None;
                 return Ok(Running::Game(servercore_game::start(config)?));
             }

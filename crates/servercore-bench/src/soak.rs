@@ -7,7 +7,7 @@
 //! while reading what the server sends for a few seconds, then leave in one
 //! of six ways, in turn: close cleanly, reset (`SO_LINGER` 0), vanish in the
 //! middle of a packet, stall in the middle of a packet until the server's
-//! packet deadline cuts them, never read anything (the server's send queue
+//! packet deadline disconnects them, never read anything (the server's send queue
 //! for them fills), or half-close and read until the server closes; then
 //! reconnect. Every ten seconds (two for runs under two minutes) the server's
 //! resident memory, the C allocator's bytes in use and free (so a retained
@@ -61,7 +61,7 @@ const SPARE_FDS: u64 = 512;
 /// Steps of each client's walk per second.
 pub const MOVES_PER_SECOND: f64 = 2.0;
 /// Walking speed in world units per second: half the server's default max
-/// speed, so no move is cut.
+/// speed, so no move is disconnected.
 const WALK_SPEED: f64 = 150.0;
 
 /// What `bench soak` runs (the CLI fills it from its flags).
@@ -112,7 +112,7 @@ struct Counters {
     cycles: AtomicU64,
     chats: AtomicU64,
     moves: AtomicU64,
-    /// Stalled clients the server cut (the packet deadline working).
+    /// Stalled clients the server disconnected (the packet deadline working).
     cut_by_server: AtomicU64,
     /// Enters refused because the same player was still leaving the room
     /// from the previous cycle (retried next cycle).
@@ -161,7 +161,7 @@ pub struct SoakSample {
     pub chats: u64,
     /// Moves sent so far.
     pub moves: u64,
-    /// Stalled clients cut by the packet deadline so far.
+    /// Stalled clients disconnected by the packet deadline so far.
     pub cut_by_server: u64,
     /// Client errors so far.
     pub client_errors: u64,
@@ -402,7 +402,7 @@ pub fn run(options: SoakOptions) -> anyhow::Result<()> {
         after.fds
     );
     println!(
-        "clients: {} connections, {} sessions, {} chats, {} moves, {} stalled clients cut \
+        "clients: {} connections, {} sessions, {} chats, {} moves, {} stalled clients disconnected \
          by the server, {} enters retried, {} errors{}; server log: {} warnings, {} errors",
         after.connects,
         after.cycles,
@@ -470,7 +470,7 @@ fn header() -> String {
         "cycles",
         "chats",
         "moves",
-        "cuts",
+        "closed",
         "errors"
     )
 }
@@ -665,9 +665,12 @@ async fn session(
         Leave::NeverRead => {}
         Leave::StallMidPacket => {
             stream.write_all(half).await?;
-            // The server's packet deadline (10 s by default) must cut us.
+            // The server's packet deadline (10 s by default) must disconnect us.
             let cut = tokio::time::timeout(Duration::from_secs(20), drain(&mut stream)).await;
-            anyhow::ensure!(cut.is_ok(), "a stalled packet was not cut within 20 s");
+            anyhow::ensure!(
+                cut.is_ok(),
+                "a stalled packet was not disconnected within 20 s"
+            );
             counters.cut_by_server.fetch_add(1, Ordering::Relaxed);
         }
         Leave::HalfClose => {

@@ -92,12 +92,12 @@ impl GameSession {
         let queued = self.queued.fetch_add(cost, Ordering::AcqRel) + cost;
         if queued > MAX_PENDING_BYTES {
             bump(&self.ctx.counters.pending_overflows);
-            if let Some(cuts) = PENDING_LOG.event() {
+            if let Some(disconnects) = PENDING_LOG.event() {
                 tracing::warn!(
                     session = %session.id(),
                     peer = %session.peer_addr(),
                     queued,
-                    cuts,
+                    disconnects,
                     "more than {MAX_PENDING_BYTES} bytes queued for the player; disconnecting"
                 );
             }
@@ -149,14 +149,14 @@ impl PacketHandler for GameSession {
         if self.login_seen || now.saturating_duration_since(self.connected_at) < deadline {
             return;
         }
-        self.login_seen = true; // cut once
-        if let Some(cuts) = LOGIN_TIMEOUT_LOG.event() {
+        self.login_seen = true; // disconnected once
+        if let Some(disconnects) = LOGIN_TIMEOUT_LOG.event() {
             tracing::warn!(
                 session = %session.id(),
                 peer = %session.peer_addr(),
-                cuts,
+                disconnects,
                 total = LOGIN_TIMEOUT_LOG.total(),
-                "no login within {deadline:?}; disconnecting (cuts counts this one and those \
+                "no login within {deadline:?}; disconnecting (disconnects counts this one and those \
                  since the last line)"
             );
         }

@@ -32,7 +32,7 @@ use super::sessions::{self, LocalSessions};
 use super::stats::GameCounters;
 use super::storage::StorageHandle;
 
-/// The reason a session whose account another node took is cut with.
+/// The reason a session whose account another node took is disconnected with.
 pub const LEASE_LOST: servercore::DisconnectReason =
     servercore::DisconnectReason::App("account_taken_by_another_node");
 
@@ -272,7 +272,7 @@ fn keep(parts: KeeperParts, woken: Receiver<()>, stop: Arc<AtomicBool>) {
     }
 }
 
-/// Applies a renewal: wakes the sessions that waited, cuts those that
+/// Applies a renewal: wakes the sessions that waited, disconnects those that
 /// lost their accounts.
 fn settle(parts: &KeeperParts, renewed: &[(String, u64)], started: Instant) {
     let judged = parts.sessions.judge_leases(renewed, started, parts.ttl);
@@ -288,6 +288,6 @@ fn settle(parts: &KeeperParts, renewed: &[(String, u64)], started: Instant) {
             session = %holder.handle.id(),
             "the account's lease was taken by another node; disconnecting its session"
         );
-        holder.cut(LEASE_LOST);
+        holder.disconnect(LEASE_LOST);
     }
 }

@@ -27,7 +27,7 @@
 //!
 //! Against abusive clients (all configurable in [`GameConfig`], `0`/`None`
 //! turning a limit off):
-//! - a connection that sends no `C_LOGIN` within `login_deadline` is cut
+//! - a connection that sends no `C_LOGIN` within `login_deadline` is disconnected
 //!   (`DisconnectReason::App("login_timeout")`, [`handler::LOGIN_TIMEOUT`]), and
 //!   one whose started packet stays incomplete for `packet_deadline` too
 //!   (`PacketTimeout`, the engine's packet layer);
@@ -37,13 +37,13 @@
 //!   account exists;
 //! - what a session has queued for its player (jobs not yet run, packets
 //!   kept while a login or enter is pending) is bounded in bytes
-//!   ([`player::MAX_PENDING_BYTES`]); past it the session is cut
+//!   ([`player::MAX_PENDING_BYTES`]); past it the session is disconnected
 //!   (`RateLimited`);
 //! - with `auth` set, `C_LOGIN.account` must carry a signed token (module
 //!   `auth`); without it the server is open: anyone may log in as any
 //!   account.
 //!
-//! Each refusal and cut is counted in [`GameStats`] and logged at `warn`,
+//! Each refusal and disconnect is counted in [`GameStats`] and logged at `warn`,
 //! at most one line a second per kind with the count of the others.
 //!
 //! - One account, one session: a login of a named account that is already
@@ -195,10 +195,10 @@ pub struct GameConfig {
     /// applies moves at its tick anyway; default [`DEFAULT_WAKE_BATCHING`].
     pub wake_batching: Duration,
 
-    /// Cut a connection that sends no `C_LOGIN` for this long (`None`:
+    /// Disconnect a connection that sends no `C_LOGIN` for this long (`None`:
     /// never).
     pub login_deadline: Option<Duration>,
-    /// Cut a connection whose started packet is still incomplete after this
+    /// Disconnect a connection whose started packet is still incomplete after this
     /// long (`None`: never).
     pub packet_deadline: Option<Duration>,
     /// Most connections at once from one IP address, an IPv6 /64 counting
@@ -445,7 +445,7 @@ pub struct GameContext {
     pub(crate) chat_shed_log: LogLimiter,
     /// Logins in flight to the database, drained by a stop.
     pub logins: Arc<LoginGate>,
-    /// Cut a connection without `C_LOGIN` after this long.
+    /// Disconnect a connection without `C_LOGIN` after this long.
     pub login_deadline: Option<Duration>,
     /// The per-address limits.
     pub limits: AddressLimits,
@@ -673,7 +673,7 @@ impl ClusterEvents for ClusterBridge {
                 session = %older.handle.id(),
                 "the account logged in on another node; disconnecting its older session here"
             );
-            older.cut(lease::LEASE_LOST);
+            older.disconnect(lease::LEASE_LOST);
         }
     }
 }

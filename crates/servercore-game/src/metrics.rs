@@ -200,7 +200,7 @@ fn game_metrics(out: &mut Snapshot, stats: &GameStats, db_queue_depth: usize) {
     );
     out.counter(
         "servercore_game_leases_lost",
-        "Sessions cut because another node took their account's lease.",
+        "Sessions disconnected because another node took their account's lease.",
         stats.leases_lost,
     );
 }
@@ -451,7 +451,11 @@ mod tests {
     #[test]
     fn the_zones_panel_names_each_strip_and_its_players() {
         let border = BorderStats {
-            zones: vec![("a".into(), 0, 5), ("b".into(), 5, 10), ("c".into(), 10, 20)],
+            zones: vec![
+                ("a".into(), 0, 5),
+                ("b".into(), 5, 10),
+                ("c".into(), 10, 20),
+            ],
             ..BorderStats::default()
         };
         let cluster = ClusterStats {

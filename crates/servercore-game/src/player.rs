@@ -192,11 +192,11 @@ impl Player {
         if self.waiting || self.lease_unvouched() {
             if self.deferred_bytes + size > MAX_PENDING_BYTES {
                 bump(&self.ctx.counters.pending_overflows);
-                if let Some(cuts) = DEFERRED_LOG.event() {
+                if let Some(disconnects) = DEFERRED_LOG.event() {
                     tracing::warn!(
                         session = %self.handle.id(),
                         peer = %self.handle.peer_addr(),
-                        cuts,
+                        disconnects,
                         "more than {MAX_PENDING_BYTES} bytes of packets while waiting for an \
                          answer; disconnecting"
                     );
@@ -235,7 +235,7 @@ impl Player {
     /// True if the session holds a lease this node cannot vouch for now
     /// (a renewal is due: the node may have been paused or cut off past
     /// the lease's time); the session then holds its packets until a
-    /// renewal confirms the lease, or is cut if another node took it.
+    /// renewal confirms the lease, or is disconnected if another node took it.
     fn lease_unvouched(&mut self) -> bool {
         if self.lease_hold {
             return true;

@@ -26,11 +26,11 @@ use super::player::Player;
 use super::stats::{bump, GameCounters};
 use super::storage::StorageHandle;
 
-/// The reason a session is cut with when its account logs in again on
+/// The reason a session is disconnected with when its account logs in again on
 /// this node.
 pub const LOGGED_IN_AGAIN: DisconnectReason = DisconnectReason::App("account_logged_in_again");
 
-/// The reason a session is cut with when its account logs in on another
+/// The reason a session is disconnected with when its account logs in on another
 /// node, which asked for it.
 pub const LOGGED_IN_ELSEWHERE: DisconnectReason =
     DisconnectReason::App("account_logged_in_on_another_node");
@@ -61,7 +61,7 @@ impl HolderRef {
 
     /// Disconnects it with `reason` (its player leaves as on any
     /// disconnect).
-    pub(crate) fn cut(&self, reason: DisconnectReason) {
+    pub(crate) fn disconnect(&self, reason: DisconnectReason) {
         self.handle.disconnect_with(reason);
     }
 }
@@ -182,7 +182,7 @@ impl LocalSessions {
     }
 }
 
-/// Counts a session cut because its lease was lost.
+/// Counts a session disconnected because its lease was lost.
 pub(crate) fn note_lease_lost(counters: &GameCounters) {
     counters.leases_lost.fetch_add(1, Ordering::Relaxed);
 }

@@ -159,9 +159,9 @@ pub struct GameStats {
     pub chats_refused_not_in_room: u64,
     /// Chats dropped because the message was longer than the maximum.
     pub chats_refused_too_long: u64,
-    /// Connections cut for sending no `C_LOGIN` within the login deadline.
+    /// Connections disconnected for sending no `C_LOGIN` within the login deadline.
     pub login_timeouts: u64,
-    /// Connections cut for leaving a started packet incomplete past the packet deadline.
+    /// Connections disconnected for leaving a started packet incomplete past the packet deadline.
     pub packet_timeouts: u64,
     /// Connections closed because their address already held `max_conns_per_ip`.
     pub conns_refused_per_ip: u64,
@@ -169,7 +169,7 @@ pub struct GameStats {
     pub accounts_refused: u64,
     /// Logins refused for a bad, expired or malformed token.
     pub tokens_refused: u64,
-    /// Sessions cut because their queued work passed its byte bound.
+    /// Sessions disconnected because their queued work passed its byte bound.
     pub pending_overflows: u64,
     /// Players in the room now.
     pub players_in_room: i64,
@@ -243,7 +243,7 @@ pub struct GameStats {
     /// Of the refused logins, those whose account another node held and
     /// did not let go (in a cluster).
     pub logins_refused_in_use: u64,
-    /// Sessions cut because another node took their account's lease (this
+    /// Sessions disconnected because another node took their account's lease (this
     /// node was paused or cut off past the lease's time).
     pub leases_lost: u64,
     /// World chats from other nodes shed: the room had too much work

@@ -232,7 +232,7 @@ fn eventually(what: &str, mut done: impl FnMut() -> bool) {
 /// packets: with the database held, a login stays pending and every packet
 /// behind it is kept. A client whose kept packets come to exactly
 /// [`MAX_PENDING_BYTES`] is served in full, in order, once the login is
-/// answered; one a single chat over it is cut (`RateLimited`, counted once)
+/// answered; one a single chat over it is disconnected (`RateLimited`, counted once)
 /// without an answer, and meanwhile the server keeps serving a bystander
 /// and, after, new logins. On every backend.
 #[test]
@@ -317,12 +317,12 @@ fn pending_packets_are_bounded_in_bytes() {
         let mut over = connect();
         over.write_all(&flood("over", fitting + 1)).unwrap();
 
-        // The one over the bound is cut before its login is answered.
+        // The one over the bound is disconnected before its login is answered.
         let mut rest = Vec::new();
         match over.read_to_end(&mut rest) {
             Ok(_) => assert!(
                 rest.is_empty(),
-                "{backend}: {} bytes to the cut client",
+                "{backend}: {} bytes to the disconnected client",
                 rest.len()
             ),
             Err(error) => assert_eq!(
@@ -331,7 +331,7 @@ fn pending_packets_are_bounded_in_bytes() {
                 "{backend}"
             ),
         }
-        eventually("the cut counted", || {
+        eventually("the disconnect counted", || {
             let rate_limited = server
                 .engine_metrics()
                 .total()
@@ -378,7 +378,7 @@ fn pending_packets_are_bounded_in_bytes() {
             assert_eq!(recv_game(&mut bystander), expected, "{backend}: chat {i}");
         }
 
-        // New logins go through; the cut stays the only one.
+        // New logins go through; the disconnect stays the only one.
         let mut late = connect();
         login(&mut late, "late");
         let ClientPacket::SLogin(late_login) = recv_game(&mut late) else {
@@ -388,7 +388,7 @@ fn pending_packets_are_bounded_in_bytes() {
         let stats = server.stop_and_join();
         assert_eq!(stats.pending_overflows, 1, "{backend}");
         assert_eq!(stats.chats_relayed, 1 + fitting as u64, "{backend}");
-        eprintln!("{backend}: {fitting} chats of {chat_size} bytes kept, one more cut");
+        eprintln!("{backend}: {fitting} chats of {chat_size} bytes kept, one more disconnected");
     }
 }
 

@@ -1,5 +1,5 @@
 //! The game server against abusive clients, in process over loopback
-//! sockets on both backends: slow-trickling connections cut by the login and
+//! sockets on both backends: slow-trickling connections disconnected by the login and
 //! packet deadlines while a well-behaved player keeps chatting, the
 //! per-address connection and account-creation limits, and signed login
 //! tokens. Every wait is bounded; outcomes are read from the server's
@@ -18,7 +18,7 @@ use servercore_testkit::backend_tests;
 use servercore_testkit::net::wait_until;
 
 backend_tests!(
-    slow_clients_are_cut_while_a_player_chats,
+    slow_clients_are_disconnected_while_a_player_chats,
     connections_are_limited_per_address,
     account_creation_is_limited_per_address,
     signed_tokens_are_required_when_configured,
@@ -100,10 +100,10 @@ fn closes_within(stream: &mut TcpStream, limit: Duration) -> bool {
 
 /// 25 clients send whole packets (chats before logging in, refused) but
 /// never `C_LOGIN`; 25 log in, then trickle a chat one byte per 200 ms. With
-/// 1 s deadlines each is cut with its own reason, although all of them keep
+/// 1 s deadlines each is disconnected with its own reason, although all of them keep
 /// the idle timer fresh, while a player in the room chats throughout and
 /// gets every line back.
-fn slow_clients_are_cut_while_a_player_chats(backend: Backend) {
+fn slow_clients_are_disconnected_while_a_player_chats(backend: Backend) {
     const EACH: usize = 25;
     let server = start(GameConfig {
         login_deadline: Some(Duration::from_secs(1)),

@@ -1,5 +1,5 @@
 //! Rate-limited logging for lines any peer can trigger at will (a
-//! malformed packet, a send-queue overflow, a cut at a deadline): at most
+//! malformed packet, a send-queue overflow, a disconnect at a deadline): at most
 //! one line per interval for each kind, over every session and thread,
 //! carrying how many events it stands for. Every layer uses it, so it sits
 //! beside them rather than in one.
@@ -16,16 +16,16 @@ use std::time::{Duration, Instant};
 /// use std::time::Duration;
 /// use servercore::log_throttle::LogThrottle;
 ///
-/// static CUT: LogThrottle = LogThrottle::new(Duration::from_secs(1));
+/// static DISCONNECTS: LogThrottle = LogThrottle::new(Duration::from_secs(1));
 /// let mut lines = 0;
 /// for _ in 0..1000 {
-///     if let Some(events) = CUT.event() {
+///     if let Some(events) = DISCONNECTS.event() {
 ///         lines += 1;
 ///         assert_eq!(events, 1); // the first line covers one event
 ///     }
 /// }
 /// assert_eq!(lines, 1);
-/// assert_eq!(CUT.total(), 1000);
+/// assert_eq!(DISCONNECTS.total(), 1000);
 /// ```
 #[derive(Debug)]
 pub struct LogThrottle {

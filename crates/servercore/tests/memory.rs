@@ -62,7 +62,7 @@ fn small_window_client(service: &ServerService) -> TcpStream {
 }
 
 /// 8-byte packets, each in an allocation of its own, to a peer that never
-/// reads: the queue must be cut where what it holds in memory (the packets,
+/// reads: the queue must be disconnected where what it holds in memory (the packets,
 /// their queue slots, the batch being written) reaches about the limit, not
 /// where their payload alone does, which takes nine times as much memory.
 fn a_never_reading_peer_under_a_flood_of_small_packets_is_cut_near_the_limit_in_memory(

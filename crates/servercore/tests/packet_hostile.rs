@@ -386,7 +386,7 @@ fn split_packets_are_reassembled(backend: Backend) {
 }
 
 /// With a 500 ms packet deadline (and a 60 s idle timeout that every byte
-/// resets): a client trickling one byte of a packet every 100 ms is cut with
+/// resets): a client trickling one byte of a packet every 100 ms is disconnected with
 /// `PacketTimeout`; one sending whole echoes and one sending each echo in two
 /// halves 50 ms apart keep getting replies for three deadlines and stay.
 fn a_trickled_packet_meets_the_packet_deadline(backend: Backend) {
@@ -425,6 +425,10 @@ fn a_trickled_packet_meets_the_packet_deadline(backend: Backend) {
     );
     assert!(closed_by_server(&mut trickler));
     assert_eq!(seen.lock().delivered.get(&trickler_peer), None);
-    assert_eq!(seen.lock().reasons.len(), 1, "only the trickler was cut");
+    assert_eq!(
+        seen.lock().reasons.len(),
+        1,
+        "only the trickler was disconnected"
+    );
     stop(service);
 }

@@ -58,7 +58,7 @@ fn stragglers_do_not_pin_their_chunks(backend: Backend) {
     let region = Region::new(GLOBAL);
     let mut expected = Vec::new();
     for n in 0..PACKETS {
-        // Each packet is cut from a chunk of its own; the writer goes away,
+        // Each packet is disconnected from a chunk of its own; the writer goes away,
         // so the queued packet is the chunk's only user.
         let mut writer = PacketWriter::new();
         let packet = writer.write_raw(7, &(n as u32).to_le_bytes()).unwrap();

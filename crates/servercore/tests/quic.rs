@@ -420,7 +420,7 @@ async fn wait_until_async(mut condition: impl FnMut() -> bool) -> bool {
 
 /// Garbage datagrams (short, long, random, an Initial-looking header) make
 /// no session and no answer; a handshake whose answers never reach the
-/// client is cut at the handshake timeout without a session; a real client
+/// client is disconnected at the handshake timeout without a session; a real client
 /// is served afterwards.
 fn quic_garbage_and_unfinished_handshakes_make_no_session(backend: Backend) {
     let cert = localhost_cert();

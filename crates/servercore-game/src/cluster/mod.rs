@@ -52,7 +52,7 @@
 //! answers `released`. A node that does not answer (dead, paused, cut
 //! off) leaves the asker to wait for the lease to expire. A remote
 //! `online` whose epoch is newer than a local session's lease means that
-//! session lost its account: it is cut.
+//! session lost its account: it is disconnected.
 //!
 //! Liveness: a node missing heartbeats for `node_timeout` is dropped from
 //! the presence table (the table is advisory now: the leases decide who

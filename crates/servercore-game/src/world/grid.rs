@@ -212,7 +212,7 @@ impl Grid {
 }
 
 /// Cuts the jump from `from` to `to` to at most `max_len` along the same
-/// direction. Returns the accepted point and whether it was cut.
+/// direction. Returns the accepted point and whether it was disconnected.
 pub fn limit_jump(from: (f32, f32), to: (f32, f32), max_len: f64) -> ((f32, f32), bool) {
     // f64: the cut point of an exact jump stays exact (300, 400 cut to 50
     // gives 30, 40, not 30.000002).

@@ -243,7 +243,7 @@ pub struct AcceptedMove {
     pub pos: PosInfo,
     /// A coordinate was outside the map.
     pub clamped: bool,
-    /// The jump was longer than the speed allows and was cut.
+    /// The jump was longer than the speed allows and was disconnected.
     pub cut: bool,
 }
 

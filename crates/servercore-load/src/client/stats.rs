@@ -122,7 +122,7 @@ pub struct LoadStats {
     /// The largest `S_SPAWN` received, header included, in bytes.
     pub largest_spawn_bytes: AtomicU64,
     /// Own `S_MOVE`s whose position differs from the one sent: the server
-    /// clamped or cut the move.
+    /// clamped or disconnect the move.
     pub corrections: AtomicU64,
     /// Set when the run stops its sessions: disconnects after it are not
     /// errors.

@@ -1,6 +1,6 @@
 //! The random walk of the move scenario: one walker per session, a heading
 //! that turns a little at every step, and edges that turn it back, so a
-//! healthy server never has to clamp or cut a move.
+//! healthy server never has to clamp or disconnect a move.
 //!
 //! Pure arithmetic with its own small generator (splitmix64), seeded by the
 //! session's number: a run's walks are the same every time.

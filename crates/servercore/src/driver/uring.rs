@@ -59,12 +59,12 @@ const ACCEPT_FLAGS: i32 = libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC;
 const DROP_GRACE: Duration = Duration::from_secs(1);
 /// Recycled send blocks kept for reuse.
 const SEND_POOL_MAX: usize = 256;
-/// Capacity (iovecs) a recycled send block's iovec array is cut back to,
+/// Capacity (iovecs) a recycled send block's iovec array is disconnected back to,
 /// so the pool holds at most `SEND_POOL_MAX` × 2 KiB per ring however
 /// large a peak's batch was (uncut it kept 1.6 MB after a soak's peaks).
 const POOLED_IOVS: usize = 128;
 /// Completions copied out of the queue at a time, as a rule (a flood may
-/// take more; `trim` cuts the vector back).
+/// take more; `trim` disconnects the vector back).
 const CQE_BATCH: usize = 256;
 /// Longest single wait (the kernel's timespec is signed).
 const MAX_WAIT: Duration = Duration::from_secs(1 << 30);

@@ -1,5 +1,5 @@
 //! The wire frame `[size: u16 LE][id: u16 LE][body]`, where `size` counts the
-//! 4-byte header, and a pure splitter that cuts a byte stream into frames.
+//! 4-byte header, and a pure splitter that disconnects a byte stream into frames.
 //!
 //! This module owns the header format and its validation. It does no I/O and
 //! keeps no state: [`Frames`] walks a buffer, yields every whole packet in it

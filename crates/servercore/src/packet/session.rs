@@ -15,15 +15,15 @@
 //! whole packets took, and the engine keeps the rest in front of the next
 //! bytes (its receive backlog limit must stay above the maximum packet size).
 //!
-//! The packet deadline ([`PacketConfig::with_packet_deadline`]) cuts a peer
+//! The packet deadline ([`PacketConfig::with_packet_deadline`]) disconnects a peer
 //! that starts a packet and does not finish it in time, however slowly it
 //! keeps trickling bytes (each byte would reset an idle timeout):
 //! [`PacketSession`] notes when the incomplete packet at the front of the
 //! stream began and checks it on the worker's housekeeping tick
-//! ([`Session::on_tick`]), so no timer is armed per packet. Such a cut ends
+//! ([`Session::on_tick`]), so no timer is armed per packet. Such a disconnect ends
 //! the session with [`DisconnectReason::PacketTimeout`] and a `warn` line
 //! rate-limited over all sessions ([`LogThrottle`]). So is every other line
-//! a peer can cause: a cut for breaking the rules, a packet over a rate
+//! a peer can cause: a disconnect for breaking the rules, a packet over a rate
 //! limit; each line names one peer and counts the events it stands for.
 
 use std::fmt;
@@ -167,7 +167,7 @@ impl PacketConfig {
 
     /// Disconnects a peer whose started packet is still incomplete after
     /// `deadline` ([`DisconnectReason::PacketTimeout`]); checked on the
-    /// worker's housekeeping tick, so the cut comes up to ~100 ms late.
+    /// worker's housekeeping tick, so the disconnect comes up to ~100 ms late.
     /// `None` (the default) leaves a half-sent packet to the idle timeout.
     pub fn with_packet_deadline(mut self, deadline: Option<Duration>) -> PacketConfig {
         self.packet_deadline = deadline;
@@ -430,7 +430,7 @@ pub trait PacketHandler: 'static {
 }
 
 /// Adapts a [`PacketHandler`] to [`Session`]: splits the stream into packets
-/// however the bytes were cut across receives, enforces [`PacketConfig`],
+/// however the bytes were disconnected across receives, enforces [`PacketConfig`],
 /// and disconnects a peer that breaks it (with a rate-limited log line
 /// naming the peer).
 #[derive(Debug)]
@@ -441,9 +441,9 @@ pub struct PacketSession<H> {
     partial_since: Option<Instant>,
 }
 
-/// Packet-deadline cuts, over every session of the process.
+/// Packet-deadline disconnects, over every session of the process.
 static PACKET_TIMEOUT_LOG: LogThrottle = LogThrottle::new(Duration::from_secs(1));
-/// Cuts for breaking the packet rules (malformed, unknown id, a rate limit
+/// Disconnects for breaking the packet rules (malformed, unknown id, a rate limit
 /// that disconnects, a handler's error), over every session.
 static VIOLATION_LOG: LogThrottle = LogThrottle::new(Duration::from_secs(1));
 /// Packets over a rate limit that only drops or logs, over every session.
@@ -507,13 +507,13 @@ impl<H: PacketHandler> Session for PacketSession<H> {
             .note_packets_in(self.receiver.delivered() - delivered_before);
         if let Some(violation) = outcome.violation {
             let reason = violation.to_disconnect_reason();
-            if let Some(cuts) = VIOLATION_LOG.event() {
+            if let Some(disconnects) = VIOLATION_LOG.event() {
                 tracing::warn!(
                     session = %session.id(),
                     peer = %session.peer_addr(),
-                    cuts,
+                    disconnects,
                     total = VIOLATION_LOG.total(),
-                    "{reason}; disconnecting (cuts counts this one and those since the last \
+                    "{reason}; disconnecting (disconnects counts this one and those since the last \
                      line, over all sessions)"
                 );
             }
@@ -542,13 +542,13 @@ impl<H: PacketHandler> Session for PacketSession<H> {
         {
             if now.saturating_duration_since(since) >= deadline {
                 self.partial_since = None;
-                if let Some(cuts) = PACKET_TIMEOUT_LOG.event() {
+                if let Some(disconnects) = PACKET_TIMEOUT_LOG.event() {
                     tracing::warn!(
                         session = %session.id(),
                         peer = %session.peer_addr(),
-                        cuts,
+                        disconnects,
                         total = PACKET_TIMEOUT_LOG.total(),
-                        "packet not completed within {deadline:?}; disconnecting (cuts counts \
+                        "packet not completed within {deadline:?}; disconnecting (disconnects counts \
                          this one and those since the last line)"
                     );
                 }

@@ -8,7 +8,7 @@ use crate::driver::pool::IdlePool;
 
 /// Emptied send-batch vectors kept for reuse.
 const BATCH_POOL_LIMIT: usize = 256;
-/// Capacity (buffers) a pooled send-batch vector is cut back to: the pool
+/// Capacity (buffers) a pooled send-batch vector is disconnected back to: the pool
 /// holds at most `BATCH_POOL_LIMIT` × this × 32 bytes (1 MiB) per worker,
 /// however large a peak (a slow reader's queue drained in one batch) grew
 /// one of them. Uncut, the pool kept 2.8 MB after a 3-minute soak's

@@ -16,7 +16,7 @@
 //! [`handle_disconnect_request`](Connection::handle_disconnect_request),
 //! [`handle_timeout`](Connection::handle_timeout),
 //! [`handle_due`](Connection::handle_due), [`request_flush`](Connection::request_flush),
-//! [`begin_stop`](Connection::begin_stop), [`cut`](Connection::cut); and it
+//! [`begin_stop`](Connection::begin_stop), [`disconnect`](Connection::disconnect); and it
 //! says what to do through outputs the caller polls:
 //! [`poll_write`](Connection::poll_write) (a batch to hand the driver, or a
 //! hold until a due time), [`poll_shutdown_write`](Connection::poll_shutdown_write),
@@ -265,7 +265,7 @@ impl Connection {
     /// shared state). A graceful close writes what is queued first: the
     /// app's within the linger time, the reply to a half-closed peer within
     /// the shutdown timeout. A send-queue overflow aborts; other reasons
-    /// cut the session.
+    /// disconnect the session.
     pub(crate) fn handle_disconnect_request(&mut self, now: Instant) {
         if self.phase != Phase::Open {
             return;
@@ -285,7 +285,7 @@ impl Connection {
         }
         match reason {
             Some(DisconnectReason::SendQueueOverflow) => self.close(None, CloseMode::Abort),
-            Some(reason) => self.cut(now, reason),
+            Some(reason) => self.disconnect(now, reason),
             None => self.close(None, CloseMode::Graceful),
         }
     }
@@ -309,7 +309,7 @@ impl Connection {
                 }
                 if let Some(timeout) = self.timing.idle_timeout {
                     if now.saturating_duration_since(self.last_recv) >= timeout {
-                        self.cut(now, DisconnectReason::IdleTimeout);
+                        self.disconnect(now, DisconnectReason::IdleTimeout);
                         return false;
                     }
                 }
@@ -360,11 +360,11 @@ impl Connection {
         }
     }
 
-    /// Cuts the session (bad input, a deadline, an app's reason): what it
+    /// Disconnects the session (bad input, a deadline, an app's reason): what it
     /// queued is dropped. Over an open WebSocket the close frame saying why
     /// still goes out first, so the peer learns the reason; otherwise the
     /// socket closes at once.
-    pub(crate) fn cut(&mut self, now: Instant, reason: DisconnectReason) {
+    pub(crate) fn disconnect(&mut self, now: Instant, reason: DisconnectReason) {
         if self.can_send_close_frame() {
             self.end_after_goodbye(now, reason);
         } else {
@@ -432,7 +432,7 @@ impl Connection {
     }
 
     /// True when the transport can still send a close frame that tells the
-    /// peer why the session is cut.
+    /// peer why the session is disconnected.
     fn can_send_close_frame(&self) -> bool {
         self.transport
             .as_ref()

@@ -212,7 +212,7 @@ impl SessionHandle {
 
     /// Sends `packets` (whole `[size][id][body]` packets back to back)
     /// unreliably where the transport can: on a QUIC session whose peer
-    /// takes datagrams they are cut, at packet boundaries only, into
+    /// takes datagrams they are disconnected, at packet boundaries only, into
     /// datagrams of at most [`max_datagram_size`](Self::max_datagram_size)
     /// bytes (as many packets in each as fit, never one split), queued in
     /// the connection's own bounded datagram queue (the oldest is dropped
@@ -270,14 +270,14 @@ impl SessionHandle {
     fn overflow(&self) -> SendError {
         match self.inner.limits().policy {
             OverflowPolicy::Disconnect => {
-                if let Some(cuts) = OVERFLOW_LOG.event() {
+                if let Some(disconnects) = OVERFLOW_LOG.event() {
                     tracing::warn!(
                         session = %self.id(),
                         peer = %self.peer_addr(),
                         queued = self.queued_bytes(),
-                        cuts,
+                        disconnects,
                         total = OVERFLOW_LOG.total(),
-                        "send queue overflow, disconnecting (cuts counts this one and those \
+                        "send queue overflow, disconnecting (disconnects counts this one and those \
                          since the last line, over all sessions)"
                     );
                 }

@@ -3,7 +3,7 @@
 //! The send limits count what the queue holds in memory, not only payload:
 //! each buffer is charged its bytes plus [`BUFFER_OVERHEAD`] (its slot, and
 //! the allocation a small packet is copied into), so a flood of tiny
-//! packets is cut at about the limit in memory, where counting payload
+//! packets is disconnected at about the limit in memory, where counting payload
 //! alone let it hold nine times as much ([`Charge`]).
 //!
 //! The queue is only touched under its session's lock, so every operation

@@ -25,7 +25,7 @@
 //! - A graceful end (`disconnect`, service stop) sends the WebSocket close
 //!   frame (1000, or 1001 on shutdown) and TLS `close_notify` before the
 //!   socket is closed.
-//! - A session the engine or the app cuts over an open WebSocket (a
+//! - A session the engine or the app disconnects over an open WebSocket (a
 //!   malformed packet, a rate limit, the idle, login or packet deadline, an
 //!   [`DisconnectReason::App`] reason, a panic in its callbacks) drops its
 //!   queued sends but still gets a close frame before the socket closes:
@@ -310,7 +310,7 @@ pub(crate) struct Transport {
     /// Bytes a layer wants to send (handshake answers, pongs, closes).
     scratch: Vec<u8>,
     handshake_deadline: Option<Instant>,
-    farewell_done: bool,
+    goodbye_queued: bool,
     /// Wire bytes of the transport's own output not yet written.
     own_unwritten: usize,
 }
@@ -332,7 +332,7 @@ impl Transport {
             middle: Vec::new(),
             scratch: Vec::new(),
             handshake_deadline: Some(Instant::now() + handshake_timeout),
-            farewell_done: false,
+            goodbye_queued: false,
             own_unwritten: 0,
         }
     }
@@ -424,7 +424,7 @@ impl Transport {
         if let Some(reason) = &ending {
             // No more plain bytes after an ending; the layers have queued
             // their goodbye (alert, close frame, HTTP error).
-            self.farewell_done = true;
+            self.goodbye_queued = true;
             if self.tls.is_some()
                 && !matches!(
                     reason,
@@ -497,7 +497,7 @@ impl Transport {
     /// to send, then the data. Before the handshake is done the plain bytes
     /// are held.
     pub(crate) fn encode(&mut self, plain: &mut Vec<Bytes>, wire: &mut Vec<Bytes>) {
-        if !self.is_ready() || self.farewell_done {
+        if !self.is_ready() || self.goodbye_queued {
             self.held_len += plain.iter().map(Bytes::len).sum::<usize>();
             self.held.append(plain);
         } else {
@@ -581,7 +581,7 @@ impl Transport {
     /// are done and no goodbye was queued yet.
     pub(crate) fn can_send_close_frame(&self) -> bool {
         self.is_ready()
-            && !self.farewell_done
+            && !self.goodbye_queued
             && self
                 .websocket
                 .as_ref()
@@ -590,17 +590,17 @@ impl Transport {
 
     /// Queues the goodbye of a graceful end (WebSocket close frame, TLS
     /// `close_notify`) once; true if that added bytes to send.
-    pub(crate) fn farewell(&mut self, reason: &DisconnectReason) -> bool {
-        if self.farewell_done {
+    pub(crate) fn queue_goodbye(&mut self, reason: &DisconnectReason) -> bool {
+        if self.goodbye_queued {
             return false;
         }
-        self.farewell_done = true;
+        self.goodbye_queued = true;
         if !self.is_ready() {
             return false;
         }
         if let Some(ws) = &mut self.websocket {
             let code = close_code_for(reason);
-            // A cut names its reason; a normal close or a shutdown needs none.
+            // A disconnect names its reason; a normal close or a shutdown needs none.
             let text = match code {
                 close_code::NORMAL | close_code::GOING_AWAY => "",
                 _ => reason.name(),

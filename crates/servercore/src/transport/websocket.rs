@@ -108,7 +108,7 @@ impl WebSocketConfig {
         self
     }
 
-    /// Outgoing messages are cut at `send` boundaries once they reach this
+    /// Outgoing messages are disconnected at `send` boundaries once they reach this
     /// size (default 64 KiB); a single larger `send` still goes as one
     /// message. Each message therefore carries whole sends (whole packets).
     pub fn max_outgoing_message(mut self, bytes: usize) -> Self {

@@ -8,7 +8,7 @@ use crate::driver::CloseMode;
 use crate::log_throttle::LogThrottle;
 use crate::session::{DisconnectReason, SessionShared};
 
-/// Receive-backlog cuts, over every session of the process.
+/// Receive-backlog disconnects, over every session of the process.
 static BACKLOG_LOG: LogThrottle = LogThrottle::new(Duration::from_secs(1));
 
 impl Connection {
@@ -64,15 +64,15 @@ impl Connection {
                 Ok(())
             }
             Ok(Some(held)) => {
-                if let Some(cuts) = BACKLOG_LOG.event() {
+                if let Some(disconnects) = BACKLOG_LOG.event() {
                     tracing::warn!(
                         session = %self.shared.id,
                         peer = %self.shared.peer,
                         held,
-                        cuts,
+                        disconnects,
                         total = BACKLOG_LOG.total(),
                         "unconsumed input passed the receive backlog limit; disconnecting \
-                         (cuts counts this one and those since the last line, over all sessions)"
+                         (disconnects counts this one and those since the last line, over all sessions)"
                     );
                 }
                 self.close(Some(DisconnectReason::ReceiveOverflow), CloseMode::Abort);

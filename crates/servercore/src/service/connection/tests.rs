@@ -376,7 +376,7 @@ fn unconsumed_input_is_shown_again_and_bounded_by_the_backlog_limit() {
     assert_eq!(seen, [b"abcdef".to_vec(), b"ef".to_vec(), b"efgh".to_vec()]);
     assert!(h.conn.poll_close().is_none());
 
-    // A session that never consumes: past 16 bytes it is cut.
+    // A session that never consumes: past 16 bytes it is disconnected.
     h.conn
         .handle_received(h.at(2), &[0; 16], |_| Ok(0))
         .unwrap();

@@ -175,7 +175,7 @@ impl Connection {
                 if wire.is_empty() && draining {
                     let reason = self.shared.peek_reason();
                     let reason = reason.unwrap_or(DisconnectReason::ClosedByApp);
-                    if transport.farewell(&reason) {
+                    if transport.queue_goodbye(&reason) {
                         transport.encode(&mut plain, wire);
                     }
                 }

@@ -180,7 +180,7 @@ impl Acceptor {
             }
         }
         // The engine has ended its sessions: their pumps are closing the
-        // connections. Handshakes still running are cut.
+        // connections. Handshakes still running are disconnected.
         let drain = async { while tasks.join_next().await.is_some() {} };
         if tokio::time::timeout(DRAIN_TIMEOUT, drain).await.is_err() {
             tasks.abort_all();
