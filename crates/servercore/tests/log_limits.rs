@@ -130,13 +130,13 @@ fn malformed_child() {
         warnings.len(),
         warnings.join("\n")
     );
-    let cuts: u64 = warnings
+    let disconnects: u64 = warnings
         .iter()
-        .map(|line| field(line, "cuts").unwrap_or_else(|| panic!("no count: {line}")))
+        .map(|line| field(line, "disconnects").unwrap_or_else(|| panic!("no count: {line}")))
         .sum();
     assert!(
-        cuts <= SESSIONS as u64,
-        "{cuts} cuts counted:\n{}",
+        disconnects <= SESSIONS as u64,
+        "{disconnects} disconnects counted:\n{}",
         warnings.join("\n")
     );
 
@@ -160,7 +160,7 @@ fn malformed_child() {
     );
     assert!(summaries.len() <= bound, "{}", summaries.join("\n"));
     println!(
-        "malformed child: ok, {} warning lines (cuts {cuts}) and {} summaries in {elapsed:?}",
+        "malformed child: ok, {} warning lines (disconnects {disconnects}) and {} summaries in {elapsed:?}",
         warnings.len(),
         summaries.len()
     );
