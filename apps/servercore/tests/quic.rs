@@ -7,22 +7,18 @@
 //! Every test runs on both backends.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use servercore::packet::Packet;
-use servercore::transport::rustls;
-use servercore::transport::rustls::pki_types::ServerName;
 use servercore::Backend;
-use servercore_protocol::{
-    make_packet, CChat, CEnterGame, CLogin, CMove, ClientPacket, PosInfo, SChat,
-};
+use servercore_protocol::{CMove, PosInfo};
 
 use servercore_testkit::backend_tests;
 use servercore_testkit::child::ChildProcess;
+use servercore_testkit::client::{chat_of, GameClient};
 
 backend_tests!(
     #[cfg_attr(
@@ -104,81 +100,6 @@ impl Server {
             addr: ready.addr,
             quic_addr: ready.quic.expect("the ready file names the QUIC listener"),
         }
-    }
-}
-
-/// A blocking game client over TLS on TCP.
-struct Client {
-    stream: rustls::StreamOwned<rustls::ClientConnection, TcpStream>,
-}
-
-impl Client {
-    fn tls(addr: SocketAddr, cert: &Path) -> Client {
-        let config = servercore::transport::tls::client_config_from_pem(cert).unwrap();
-        let name = ServerName::try_from("localhost").unwrap();
-        let conn = rustls::ClientConnection::new(config, name).unwrap();
-        let tcp = TcpStream::connect_timeout(&addr, READ_TIMEOUT).expect("connect");
-        tcp.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
-        tcp.set_nodelay(true).unwrap();
-        Client {
-            stream: rustls::StreamOwned::new(conn, tcp),
-        }
-    }
-
-    fn send<M: Packet>(&mut self, msg: &M) {
-        self.stream.write_all(&make_packet(msg)).expect("send");
-        self.stream.flush().unwrap();
-    }
-
-    fn recv(&mut self) -> ClientPacket {
-        let mut header = [0u8; 4];
-        self.stream
-            .read_exact(&mut header)
-            .expect("a packet header");
-        let size = u16::from_le_bytes([header[0], header[1]]) as usize;
-        let id = u16::from_le_bytes([header[2], header[3]]);
-        let mut body = vec![0u8; size - 4];
-        self.stream.read_exact(&mut body).expect("a packet body");
-        ClientPacket::decode(id, &body).expect("a known packet")
-    }
-
-    fn recv_chat(&mut self) -> SChat {
-        loop {
-            if let ClientPacket::SChat(chat) = self.recv() {
-                return chat;
-            }
-        }
-    }
-
-    fn join(&mut self, account: &str) -> u64 {
-        self.send(&CLogin {
-            account: account.into(),
-        });
-        let ClientPacket::SLogin(login) = self.recv() else {
-            panic!("expected S_LOGIN")
-        };
-        assert!(login.success);
-        self.send(&CEnterGame { player_index: 0 });
-        let ClientPacket::SEnterGame(entered) = self.recv() else {
-            panic!("expected S_ENTER_GAME")
-        };
-        assert!(entered.success);
-        entered.player_id
-    }
-
-    fn chat(&mut self, msg: &str, client_time_us: u64) {
-        self.send(&CChat {
-            msg: msg.into(),
-            client_time_us,
-        });
-    }
-}
-
-fn chat_of(player_id: u64, msg: &str, client_time_us: u64) -> SChat {
-    SChat {
-        player_id,
-        msg: msg.into(),
-        client_time_us,
     }
 }
 
@@ -283,8 +204,9 @@ fn aioquic_client_plays_with_a_tcp_client(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let (cert, key) = make_cert(dir.path());
     let server = Server::start(backend, &cert, &key);
-    let mut tcp = Client::tls(server.addr, &cert);
-    let tcp_id = tcp.join("tcp_player");
+    let config = servercore::transport::tls::client_config_from_pem(&cert).unwrap();
+    let mut tcp = GameClient::tls(server.addr, config).skipping_world();
+    let tcp_id = tcp.join_as("tcp_player").player_id;
 
     let mut python = PyClient::start(&server, &cert, "quic_player");
     let quic_id = python.entered();

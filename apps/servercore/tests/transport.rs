@@ -12,14 +12,13 @@ use std::process::{Command, Stdio};
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
-use servercore::packet::Packet;
 use servercore::transport::rustls;
-use servercore::transport::rustls::pki_types::ServerName;
 use servercore::Backend;
-use servercore_protocol::{make_packet, CChat, CEnterGame, CLogin, ClientPacket, SChat};
+use servercore_protocol::{make_packet, CLogin};
 
 use servercore_testkit::backend_tests;
 use servercore_testkit::child::ChildProcess;
+use servercore_testkit::client::{chat_of, GameClient};
 
 backend_tests!(
     tls_game_login_enter_chat,
@@ -85,14 +84,6 @@ impl Server {
     }
 }
 
-trait Stream: Read + Write + Send {}
-impl<T: Read + Write + Send> Stream for T {}
-
-/// A blocking game client over plain TCP or TLS.
-struct Client {
-    stream: Box<dyn Stream>,
-}
-
 fn tcp(addr: SocketAddr) -> TcpStream {
     let stream = TcpStream::connect_timeout(&addr, READ_TIMEOUT).expect("connect");
     stream.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
@@ -102,79 +93,6 @@ fn tcp(addr: SocketAddr) -> TcpStream {
 
 fn tls_config(cert: &Path) -> Arc<rustls::ClientConfig> {
     servercore::transport::tls::client_config_from_pem(cert).unwrap()
-}
-
-impl Client {
-    fn plain(addr: SocketAddr) -> Client {
-        Client {
-            stream: Box::new(tcp(addr)),
-        }
-    }
-
-    fn tls(addr: SocketAddr, config: Arc<rustls::ClientConfig>) -> Client {
-        let name = ServerName::try_from("localhost").unwrap();
-        let conn = rustls::ClientConnection::new(config, name).unwrap();
-        Client {
-            stream: Box::new(rustls::StreamOwned::new(conn, tcp(addr))),
-        }
-    }
-
-    fn send<M: Packet>(&mut self, msg: &M) {
-        self.stream.write_all(&make_packet(msg)).expect("send");
-        self.stream.flush().unwrap();
-    }
-
-    fn recv(&mut self) -> ClientPacket {
-        let mut header = [0u8; 4];
-        self.stream
-            .read_exact(&mut header)
-            .expect("a packet header");
-        let size = u16::from_le_bytes([header[0], header[1]]) as usize;
-        let id = u16::from_le_bytes([header[2], header[3]]);
-        let mut body = vec![0u8; size - 4];
-        self.stream.read_exact(&mut body).expect("a packet body");
-        ClientPacket::decode(id, &body).expect("a known packet")
-    }
-
-    fn recv_chat(&mut self) -> SChat {
-        loop {
-            if let ClientPacket::SChat(chat) = self.recv() {
-                return chat;
-            }
-        }
-    }
-
-    /// Logs in and enters with the first player; returns its id.
-    fn join(&mut self, account: &str) -> u64 {
-        self.send(&CLogin {
-            account: account.into(),
-        });
-        let ClientPacket::SLogin(login) = self.recv() else {
-            panic!("expected S_LOGIN")
-        };
-        assert!(login.success);
-        self.send(&CEnterGame { player_index: 0 });
-        let ClientPacket::SEnterGame(entered) = self.recv() else {
-            panic!("expected S_ENTER_GAME")
-        };
-        assert!(entered.success);
-        entered.player_id
-    }
-
-    fn chat(&mut self, msg: &str, client_time_us: u64) {
-        self.send(&CChat {
-            msg: msg.into(),
-            client_time_us,
-        });
-    }
-}
-
-fn chat_of(player_id: u64, msg: &str, client_time_us: u64) -> SChat {
-    SChat {
-        player_id,
-        msg: msg.into(),
-        client_time_us,
-    }
 }
 
 fn tls_game_login_enter_chat(backend: Backend) {
@@ -190,10 +108,10 @@ fn tls_game_login_enter_chat(backend: Backend) {
         ],
     );
     let config = tls_config(&cert);
-    let mut alice = Client::tls(server.addr, Arc::clone(&config));
-    let mut bob = Client::tls(server.addr, config);
-    let a = alice.join("alice");
-    let b = bob.join("bob");
+    let mut alice = GameClient::tls(server.addr, Arc::clone(&config)).skipping_world();
+    let mut bob = GameClient::tls(server.addr, config).skipping_world();
+    let a = alice.join_as("alice").player_id;
+    let b = bob.join_as("bob").player_id;
     for i in 0..10 {
         alice.chat(&format!("a{i}"), i);
     }
@@ -214,12 +132,14 @@ fn tls_game_login_enter_chat(backend: Backend) {
         assert!(seen_b && next_a == 10);
     }
     // A plain client on the TLS port gets an alert and a close, no game.
-    let mut plain = Client::plain(server.addr);
-    plain.send(&CLogin {
-        account: "plain".into(),
-    });
+    let mut plain = tcp(server.addr);
+    plain
+        .write_all(&make_packet(&CLogin {
+            account: "plain".into(),
+        }))
+        .unwrap();
     let mut answer = Vec::new();
-    match plain.stream.read_to_end(&mut answer) {
+    match plain.read_to_end(&mut answer) {
         Ok(_) => {}
         Err(e) if e.kind() == ErrorKind::ConnectionReset => {}
         Err(e) => panic!("the TLS port did not close a plain client: {e}"),
@@ -315,8 +235,8 @@ fn python_websocket_client_chats_with_tcp_client(backend: Backend) {
     }
     let server = Server::start(backend, &["--ws-addr", "127.0.0.1:0"]);
     let ws_addr = server.ws_addr.expect("a WebSocket listener");
-    let mut tcp = Client::plain(server.addr);
-    let tcp_id = tcp.join("tcp_player");
+    let mut tcp = GameClient::connect(server.addr).skipping_world();
+    let tcp_id = tcp.join_as("tcp_player").player_id;
 
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/ws_client.py");
     let mut python = Command::new("python3")

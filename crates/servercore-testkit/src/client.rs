@@ -17,6 +17,15 @@ use servercore_protocol::{
 /// How long a client waits for a packet it expects.
 pub const TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The `S_CHAT` a server sends for `player_id`'s chat `msg`.
+pub fn chat_of(player_id: u64, msg: &str, client_time_us: u64) -> SChat {
+    SChat {
+        player_id,
+        msg: msg.into(),
+        client_time_us,
+    }
+}
+
 /// A byte stream a [`GameClient`] speaks over: a socket, or TLS over one.
 pub trait ClientStream: Read + Write {
     /// The socket underneath (for timeouts and blocking mode).
