@@ -6,13 +6,12 @@
 //! read timeouts and deadlines.
 
 use std::collections::HashMap;
-use std::io::{ErrorKind, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::io::Read;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use servercore::packet::Packet;
 use servercore::Backend;
 use servercore_protocol::{
     make_packet, CChat, CEnterGame, CLeaveGame, CLogin, CMove, ClientPacket, LoginRefusal,
@@ -20,6 +19,7 @@ use servercore_protocol::{
 };
 
 use servercore_testkit::child::ChildProcess;
+use servercore_testkit::client::{chat_of, GameClient};
 
 use servercore_testkit::backend_tests;
 
@@ -133,172 +133,17 @@ impl Stats {
 // ---------------------------------------------------------------------------
 // The test client
 
-/// A blocking game client. Unless `world` is set it skips the world's
-/// packets (`S_SPAWN`, `S_DESPAWN`, `S_MOVE`): the chat tests' players enter
-/// at random points and may see each other.
-struct Client {
-    stream: TcpStream,
-    world: bool,
+/// Connects a client that skips the world's packets: the chat and login
+/// tests' players may see each other.
+fn connect(addr: SocketAddr) -> GameClient {
+    GameClient::connect(addr).skipping_world()
 }
 
-/// What one read found.
-enum Next {
-    Packet(ClientPacket),
-    Timeout,
-    Closed,
-}
-
-impl Client {
-    fn connect(addr: SocketAddr) -> Client {
-        let stream = TcpStream::connect_timeout(&addr, READ_TIMEOUT).expect("connect");
-        stream.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
-        stream.set_write_timeout(Some(READ_TIMEOUT)).unwrap();
-        stream.set_nodelay(true).unwrap();
-        Client {
-            stream,
-            world: false,
-        }
-    }
-
-    fn send<M: Packet>(&mut self, msg: &M) {
-        self.stream.write_all(&make_packet(msg)).expect("send");
-    }
-
-    /// Reads the next packet (skipping the world's unless `world`).
-    fn next(&mut self) -> Next {
-        loop {
-            let mut header = [0u8; 4];
-            match self.stream.read_exact(&mut header) {
-                Ok(()) => {}
-                Err(error) if is_timeout(&error) => return Next::Timeout,
-                Err(error) if error.kind() == ErrorKind::UnexpectedEof => return Next::Closed,
-                Err(error) => panic!("read: {error}"),
-            }
-            let size = u16::from_le_bytes([header[0], header[1]]) as usize;
-            let id = u16::from_le_bytes([header[2], header[3]]);
-            assert!(size >= 4, "packet size {size} below the header");
-            let mut body = vec![0u8; size - 4];
-            self.stream.read_exact(&mut body).expect("packet body");
-            let packet = ClientPacket::decode(id, &body).expect("a packet the client takes");
-            let world_packet = matches!(
-                packet,
-                ClientPacket::SSpawn(_) | ClientPacket::SDespawn(_) | ClientPacket::SMove(_)
-            );
-            if self.world || !world_packet {
-                return Next::Packet(packet);
-            }
-        }
-    }
-
-    /// Reads one packet; `None` on a timeout or a closed connection.
-    fn try_recv(&mut self) -> Option<ClientPacket> {
-        match self.next() {
-            Next::Packet(packet) => Some(packet),
-            Next::Timeout | Next::Closed => None,
-        }
-    }
-
-    fn recv(&mut self) -> ClientPacket {
-        self.try_recv()
-            .unwrap_or_else(|| panic!("no packet within {READ_TIMEOUT:?}"))
-    }
-
-    fn recv_login(&mut self) -> SLogin {
-        match self.recv() {
-            ClientPacket::SLogin(msg) => msg,
-            other => panic!("expected S_LOGIN, got {other:?}"),
-        }
-    }
-
-    fn recv_enter(&mut self) -> SEnterGame {
-        match self.recv() {
-            ClientPacket::SEnterGame(msg) => msg,
-            other => panic!("expected S_ENTER_GAME, got {other:?}"),
-        }
-    }
-
-    fn recv_chat(&mut self) -> SChat {
-        match self.recv() {
-            ClientPacket::SChat(msg) => msg,
-            other => panic!("expected S_CHAT, got {other:?}"),
-        }
-    }
-
-    fn login(&mut self, account: &str) -> SLogin {
-        self.send(&CLogin {
-            account: account.into(),
-        });
-        self.recv_login()
-    }
-
-    fn enter(&mut self, player_index: u64) -> SEnterGame {
-        self.send(&CEnterGame { player_index });
-        self.recv_enter()
-    }
-
-    fn chat(&mut self, msg: &str, client_time_us: u64) {
-        self.send(&CChat {
-            msg: msg.into(),
-            client_time_us,
-        });
-    }
-
-    /// Logs in and enters with the first player; returns its id.
-    fn join(addr: SocketAddr, account: &str) -> (Client, u64) {
-        let mut client = Client::connect(addr);
-        let login = client.login(account);
-        assert!(login.success);
-        let entered = client.enter(0);
-        assert!(entered.success);
-        assert_eq!(entered.player_id, login.players[0].id);
-        (client, entered.player_id)
-    }
-
-    /// Asserts that nothing arrives for a moment (and the connection stays).
-    fn expect_nothing(&mut self) {
-        self.expect_nothing_for(QUIET);
-    }
-
-    /// Asserts that nothing is waiting to be read right now (after the
-    /// caller gave the server time to send).
-    fn expect_nothing_now(&mut self) {
-        self.expect_nothing_for(Duration::from_millis(1));
-    }
-
-    fn expect_nothing_for(&mut self, wait: Duration) {
-        self.stream.set_read_timeout(Some(wait)).unwrap();
-        match self.next() {
-            Next::Timeout => {}
-            Next::Closed => panic!("the server closed the connection"),
-            Next::Packet(packet) => panic!("unexpected packet from the server: {packet:?}"),
-        }
-        self.stream.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
-    }
-
-    /// Asserts that the server closes the connection (EOF or reset).
-    fn expect_closed(&mut self) {
-        let mut byte = [0u8; 64];
-        loop {
-            match self.stream.read(&mut byte) {
-                Ok(0) => return,
-                Ok(_) => continue,
-                Err(error) if is_timeout(&error) => panic!("the server kept the connection"),
-                Err(_) => return, // reset
-            }
-        }
-    }
-}
-
-fn is_timeout(error: &std::io::Error) -> bool {
-    matches!(error.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut)
-}
-
-fn chat_of(player_id: u64, msg: &str, client_time_us: u64) -> SChat {
-    SChat {
-        player_id,
-        msg: msg.into(),
-        client_time_us,
-    }
+/// Connects, logs in and enters with the first player; returns the
+/// player's id.
+fn join(addr: SocketAddr, account: &str) -> (GameClient, u64) {
+    let (client, entered) = GameClient::join(addr, account);
+    (client.skipping_world(), entered.player_id)
 }
 
 // ---------------------------------------------------------------------------
@@ -310,7 +155,7 @@ fn full_flow(backend: Backend) {
     let server = Server::start(backend, &dir.path().join("game.db"), &[]);
     let addr = server.addr;
 
-    let mut alice = Client::connect(addr);
+    let mut alice = connect(addr);
     let login = alice.login("alice");
     assert!(login.success);
     let kinds: Vec<_> = login
@@ -326,9 +171,9 @@ fn full_flow(backend: Backend) {
             ("alice_archer", PlayerType::Archer as i32),
         ]
     );
-    let mut bob = Client::connect(addr);
+    let mut bob = connect(addr);
     let bob_login = bob.login("bob");
-    let mut guest = Client::connect(addr);
+    let mut guest = connect(addr);
     let guest_login = guest.login("");
     assert!(bob_login.success && guest_login.success);
     assert_eq!(guest_login.players.len(), 3);
@@ -385,13 +230,13 @@ fn full_flow(backend: Backend) {
     // Bob leaves: the others no longer reach him, and go on. He closes his
     // side and waits for the server's close, so his session has ended
     // before the next chat is relayed (the room then finds it closed).
-    bob.stream.shutdown(Shutdown::Write).unwrap();
+    bob.close_write();
     bob.expect_closed();
     drop(bob);
     guest.chat("bye bob", 55);
     for client in [&mut alice, &mut guest] {
         assert_eq!(client.recv_chat(), chat_of(pids[2], "bye bob", 55));
-        client.expect_nothing();
+        client.expect_nothing(QUIET);
     }
     drop(alice);
     drop(guest);
@@ -415,21 +260,21 @@ fn restart_keeps_players(backend: Backend) {
     let db = dir.path().join("persist.db");
 
     let server = Server::start(backend, &db, &[]);
-    let mut client = Client::connect(server.addr);
+    let mut client = connect(server.addr);
     let first = client.login("carol");
     assert!(first.success);
-    let mut guest = Client::connect(server.addr);
+    let mut guest = connect(server.addr);
     let first_guest = guest.login("");
     assert!(first_guest.success);
     drop((client, guest));
     server.stop().assert(&[("logins", 2)]);
 
     let server = Server::start(backend, &db, &[]);
-    let mut client = Client::connect(server.addr);
+    let mut client = connect(server.addr);
     let again = client.login("carol");
     assert_eq!(again, first, "the same players, ids, names and kinds");
     // A guest is a new account every time: new players.
-    let mut guest = Client::connect(server.addr);
+    let mut guest = connect(server.addr);
     let second_guest = guest.login("");
     assert!(second_guest.success);
     for player in &second_guest.players {
@@ -456,9 +301,9 @@ fn refused_cases(backend: Backend) {
         &["--max-chat-len", "16"],
     );
     let addr = server.addr;
-    let (mut watcher, watcher_id) = Client::join(addr, "watcher");
+    let (mut watcher, watcher_id) = join(addr, "watcher");
 
-    let mut client = Client::connect(addr);
+    let mut client = connect(addr);
     // Entering before logging in.
     assert_eq!(
         client.enter(0),
@@ -470,8 +315,8 @@ fn refused_cases(backend: Backend) {
     );
     // Chatting before logging in or entering: dropped, no one sees it.
     client.chat("too early", 1);
-    client.expect_nothing();
-    watcher.expect_nothing();
+    client.expect_nothing(QUIET);
+    watcher.expect_nothing(QUIET);
     // An account name over 64 bytes.
     let long = client.login(&"x".repeat(65));
     assert_eq!(
@@ -496,8 +341,8 @@ fn refused_cases(backend: Backend) {
     );
     // Chat after login but before entering: dropped.
     client.chat("still early", 2);
-    client.expect_nothing();
-    watcher.expect_nothing();
+    client.expect_nothing(QUIET);
+    watcher.expect_nothing(QUIET);
     // Index out of range.
     assert!(!client.enter(3).success);
     assert!(!client.enter(u64::MAX).success);
@@ -523,14 +368,14 @@ fn refused_cases(backend: Backend) {
     let expected = chat_of(entered.player_id, &"z".repeat(16), 4);
     for c in [&mut client, &mut watcher] {
         assert_eq!(c.recv_chat(), expected);
-        c.expect_nothing();
+        c.expect_nothing(QUIET);
     }
     watcher.chat("ok", 5);
     for c in [&mut client, &mut watcher] {
         assert_eq!(c.recv_chat(), chat_of(watcher_id, "ok", 5));
     }
     // One account, one session: a second login of it closes the first.
-    let mut twin = Client::connect(addr);
+    let mut twin = connect(addr);
     assert!(twin.login("dave").success);
     client.expect_closed();
     drop((client, watcher, twin));
@@ -551,7 +396,7 @@ fn refused_cases(backend: Backend) {
 fn pipelined_packets_keep_their_order(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(backend, &dir.path().join("pipe.db"), &[]);
-    let mut client = Client::connect(server.addr);
+    let mut client = connect(server.addr);
     let mut burst = Vec::new();
     burst.extend_from_slice(&make_packet(&CChat {
         msg: "before".into(),
@@ -567,7 +412,7 @@ fn pipelined_packets_keep_their_order(backend: Backend) {
             client_time_us: i,
         }));
     }
-    client.stream.write_all(&burst).unwrap();
+    client.send_raw(&burst);
     let login = client.recv_login();
     assert!(login.success);
     let entered = client.recv_enter();
@@ -581,7 +426,7 @@ fn pipelined_packets_keep_their_order(backend: Backend) {
             chat_of(entered.player_id, &format!("m{i}"), i)
         );
     }
-    client.expect_nothing();
+    client.expect_nothing(QUIET);
     drop(client);
     server
         .stop()
@@ -597,15 +442,18 @@ fn login_then_half_close_is_answered(backend: Backend) {
     let server = Server::start(backend, &dir.path().join("half.db"), &[]);
     let mut answered = 0;
     for i in 0..TRIES {
-        let mut client = Client::connect(server.addr);
+        let mut client = connect(server.addr);
         client.send(&CLogin {
             account: format!("half{i}"),
         });
-        client.stream.shutdown(std::net::Shutdown::Write).unwrap();
-        match client.try_recv() {
+        client.close_write();
+        match client.recv_within(READ_TIMEOUT) {
             Some(ClientPacket::SLogin(login)) if login.success => {
+                assert!(client.drain().is_empty(), "nothing after S_LOGIN");
                 let mut rest = Vec::new();
-                client.stream.read_to_end(&mut rest).expect("FIN, not RST");
+                (&*client.stream())
+                    .read_to_end(&mut rest)
+                    .expect("FIN, not RST");
                 assert!(rest.is_empty(), "nothing after S_LOGIN");
                 answered += 1;
             }
@@ -621,26 +469,24 @@ fn login_then_half_close_is_answered(backend: Backend) {
 fn malformed_packet_disconnects(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(backend, &dir.path().join("bad.db"), &[]);
-    let (mut good, good_id) = Client::join(server.addr, "good");
-    let (mut bad, _) = Client::join(server.addr, "bad");
+    let (mut good, good_id) = join(server.addr, "good");
+    let (mut bad, _) = join(server.addr, "bad");
     // An S_ packet sent to the server.
     bad.send(&SChat::default());
     bad.expect_closed();
     // A size below the header.
-    let mut bad = Client::connect(server.addr);
-    bad.stream.write_all(&[2, 0, 0xe8, 0x03]).unwrap();
+    let mut bad = connect(server.addr);
+    bad.send_raw(&[2, 0, 0xe8, 0x03]);
     bad.expect_closed();
     // A body that does not decode (C_LOGIN with a truncated field).
-    let mut bad = Client::connect(server.addr);
-    bad.stream
-        .write_all(&[6, 0, 0xe8, 0x03, 0x0a, 0x05])
-        .unwrap();
+    let mut bad = connect(server.addr);
+    bad.send_raw(&[6, 0, 0xe8, 0x03, 0x0a, 0x05]);
     bad.expect_closed();
     // The others carry on; the bad player left the room.
     std::thread::sleep(Duration::from_millis(100));
     good.chat("still here", 9);
     assert_eq!(good.recv_chat(), chat_of(good_id, "still here", 9));
-    good.expect_nothing();
+    good.expect_nothing(QUIET);
     drop(good);
     server
         .stop()
@@ -655,7 +501,7 @@ fn idle_sessions_time_out(backend: Backend) {
         &dir.path().join("idle.db"),
         &["--idle-timeout", "1"],
     );
-    let (mut idle, _) = Client::join(server.addr, "sleepy");
+    let (mut idle, _) = join(server.addr, "sleepy");
     let started = Instant::now();
     idle.expect_closed();
     assert!(started.elapsed() >= Duration::from_millis(500));
@@ -679,7 +525,7 @@ fn two_hundred_clients_chat(backend: Backend) {
     let addr = server.addr;
 
     // Join from a few threads; every client is in before anyone chats.
-    let mut clients: Vec<(Client, u64)> = std::thread::scope(|scope| {
+    let mut clients: Vec<(GameClient, u64)> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..THREADS)
             .map(|t| {
                 scope.spawn(move || {
@@ -691,7 +537,7 @@ fn two_hundred_clients_chat(backend: Backend) {
                             } else {
                                 format!("load{i}")
                             };
-                            Client::join(addr, &account)
+                            join(addr, &account)
                         })
                         .collect::<Vec<_>>()
                 })
@@ -742,7 +588,7 @@ fn two_hundred_clients_chat(backend: Backend) {
     });
     std::thread::sleep(QUIET);
     for (client, _) in &mut clients {
-        client.expect_nothing_now();
+        client.expect_nothing(Duration::from_millis(1));
     }
     drop(clients);
     server.stop().assert(&[
@@ -771,8 +617,8 @@ fn world_flags_moves_and_saved_position(backend: Backend) {
     ];
     let server = Server::start(backend, &db, &flags);
     let world_client = |account: &str| {
-        let mut client = Client::connect(server.addr);
-        client.world = true;
+        let mut client = connect(server.addr);
+        client.skip_world = false;
         assert!(client.login(account).success);
         let entered = client.enter(0);
         assert!(entered.success);
@@ -784,18 +630,18 @@ fn world_flags_moves_and_saved_position(backend: Backend) {
         assert!((0.0..100.0).contains(&pos.x) && (0.0..100.0).contains(&pos.y));
         (client, entered.player_id)
     };
-    let spawned = |client: &mut Client| match client.recv() {
+    let spawned = |client: &mut GameClient| match client.recv() {
         ClientPacket::SSpawn(msg) => msg.players.iter().map(|p| p.object_id).collect::<Vec<_>>(),
         other => panic!("expected S_SPAWN, got {other:?}"),
     };
-    let moved = |client: &mut Client| match client.recv() {
+    let moved = |client: &mut GameClient| match client.recv() {
         ClientPacket::SMove(msg) => {
             let info = msg.info.unwrap();
             (info.object_id, info.x, info.y, msg.client_time_us)
         }
         other => panic!("expected S_MOVE, got {other:?}"),
     };
-    let move_to = |client: &mut Client, x: f32, y: f32, client_time_us: u64| {
+    let move_to = |client: &mut GameClient, x: f32, y: f32, client_time_us: u64| {
         client.send(&CMove {
             info: Some(PosInfo {
                 x,
@@ -831,7 +677,7 @@ fn world_flags_moves_and_saved_position(backend: Backend) {
         ClientPacket::SDespawn(msg) => assert_eq!(msg.object_ids, [alice_id]),
         other => panic!("expected S_DESPAWN, got {other:?}"),
     }
-    bob.expect_nothing();
+    bob.expect_nothing(QUIET);
     drop(bob);
     server
         .stop()
@@ -841,8 +687,8 @@ fn world_flags_moves_and_saved_position(backend: Backend) {
     // and a 100-long jump is cut to 50.
     let flags = ["--world-size", "100", "--cell", "100", "--max-speed", "0"];
     let server = Server::start(backend, &db, &flags);
-    let mut alice = Client::connect(server.addr);
-    alice.world = true;
+    let mut alice = connect(server.addr);
+    alice.skip_world = false;
     assert!(alice.login("alice").success);
     let entered = alice.enter(0);
     let pos = entered.player.unwrap().pos_info.unwrap();
@@ -878,11 +724,11 @@ fn signed_logins_with_the_token_command(backend: Backend) {
         &dir.path().join("auth.db"),
         &["--auth-secret", secret_arg],
     );
-    let mut client = Client::connect(server.addr);
+    let mut client = connect(server.addr);
     let login = client.login(&token);
     assert!(login.success);
     assert_eq!(login.players[0].name, "erin_knight");
-    let mut plain = Client::connect(server.addr);
+    let mut plain = connect(server.addr);
     assert!(!plain.login("erin").success, "a plain name is refused");
     assert!(!server.log().contains("the server is open"));
     server

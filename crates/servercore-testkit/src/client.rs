@@ -171,6 +171,11 @@ impl<S: ClientStream> GameClient<S> {
         self.send(&CLogin {
             account: account.into(),
         });
+        self.recv_login()
+    }
+
+    /// Expects an `S_LOGIN`.
+    pub fn recv_login(&mut self) -> SLogin {
         match self.recv() {
             ClientPacket::SLogin(msg) => msg,
             other => panic!("expected S_LOGIN, got {other:?}"),
@@ -182,6 +187,11 @@ impl<S: ClientStream> GameClient<S> {
         self.send(&CEnterGame {
             player_index: index,
         });
+        self.recv_enter()
+    }
+
+    /// Expects an `S_ENTER_GAME` (remembering the player it entered with).
+    pub fn recv_enter(&mut self) -> SEnterGame {
         match self.recv() {
             ClientPacket::SEnterGame(msg) => {
                 if msg.success {
