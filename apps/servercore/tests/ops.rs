@@ -10,17 +10,17 @@
 //! Every wait is bounded by a deadline.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use servercore::packet::Packet;
 use servercore::Backend;
-use servercore_protocol::{make_packet, CEnterGame, CLogin, CMove, ClientPacket, PosInfo, SLogin};
+use servercore_protocol::{make_packet, CLogin};
 
 use servercore_testkit::child::ChildProcess;
+use servercore_testkit::client::GameClient;
 
 use servercore_testkit::backend_tests;
 
@@ -125,101 +125,14 @@ fn counters(line: &str) -> HashMap<String, i64> {
 }
 
 // ---------------------------------------------------------------------------
-// A blocking game client
+// The game client
 
-struct Client {
-    stream: TcpStream,
-}
-
-impl Client {
-    fn connect(addr: SocketAddr) -> Client {
-        let stream = TcpStream::connect_timeout(&addr, DEADLINE).expect("connect");
-        stream.set_read_timeout(Some(DEADLINE)).unwrap();
-        stream.set_nodelay(true).unwrap();
-        Client { stream }
-    }
-
-    fn send<M: Packet>(&mut self, msg: &M) {
-        self.stream.write_all(&make_packet(msg)).expect("send");
-    }
-
-    fn recv(&mut self) -> ClientPacket {
-        let mut header = [0u8; 4];
-        self.stream
-            .read_exact(&mut header)
-            .expect("a packet header");
-        let size = u16::from_le_bytes([header[0], header[1]]) as usize;
-        let id = u16::from_le_bytes([header[2], header[3]]);
-        let mut body = vec![0u8; size - 4];
-        self.stream.read_exact(&mut body).expect("a packet body");
-        ClientPacket::decode(id, &body).expect("a packet the client takes")
-    }
-
-    fn login(&mut self, account: &str) -> SLogin {
-        self.send(&CLogin {
-            account: account.into(),
-        });
-        match self.recv() {
-            ClientPacket::SLogin(msg) => msg,
-            other => panic!("expected S_LOGIN, got {other:?}"),
-        }
-    }
-
-    fn enter(&mut self) {
-        self.enter_at();
-    }
-
-    /// Enters and returns where the server put the player.
-    fn enter_at(&mut self) -> (f32, f32) {
-        self.send(&CEnterGame { player_index: 0 });
-        match self.recv() {
-            ClientPacket::SEnterGame(msg) => {
-                assert!(msg.success);
-                let pos = msg.player.and_then(|p| p.pos_info).unwrap_or_default();
-                (pos.x, pos.y)
-            }
-            other => panic!("expected S_ENTER_GAME, got {other:?}"),
-        }
-    }
-
-    /// Moves to `(x, y)` and waits for the server's echo of it.
-    fn walk_to(&mut self, x: f32, y: f32, client_time_us: u64) {
-        self.send(&CMove {
-            info: Some(PosInfo {
-                x,
-                y,
-                ..PosInfo::default()
-            }),
-            client_time_us,
-        });
-        loop {
-            if let ClientPacket::SMove(msg) = self.recv() {
-                if msg.client_time_us == client_time_us {
-                    let info = msg.info.unwrap_or_default();
-                    assert_eq!((info.x, info.y), (x, y), "the move was accepted as sent");
-                    return;
-                }
-            }
-        }
-    }
-
-    /// Waits for the server to close the connection (EOF or reset).
-    fn expect_closed(&mut self) {
-        let mut buf = [0u8; 256];
-        loop {
-            match self.stream.read(&mut buf) {
-                Ok(0) => return,
-                Ok(_) => continue,
-                Err(error) if error.kind() == ErrorKind::WouldBlock => {
-                    panic!("the server kept the connection")
-                }
-                Err(error) if error.kind() == ErrorKind::TimedOut => {
-                    panic!("the server kept the connection")
-                }
-                Err(_) => return,
-            }
-        }
-    }
+/// Enters with the first player and returns where the server put it.
+fn enter_at(client: &mut GameClient) -> (f32, f32) {
+    let entered = client.enter(0);
+    assert!(entered.success);
+    let pos = entered.player.and_then(|p| p.pos_info).unwrap_or_default();
+    (pos.x, pos.y)
 }
 
 fn db_arg(dir: &Path) -> String {
@@ -241,11 +154,11 @@ fn sigterm_keeps_acknowledged_accounts(backend: Backend) {
     let mut clients = Vec::new();
     let mut ids = Vec::new();
     for i in 0..PLAYERS {
-        let mut client = Client::connect(addr);
+        let mut client = GameClient::connect(addr);
         let login = client.login(&format!("kept{i}"));
         assert!(login.success);
         ids.push(login.players.iter().map(|p| p.id).collect::<Vec<_>>());
-        client.enter();
+        assert!(client.enter(0).success);
         clients.push(client);
     }
     let last = server.terminate();
@@ -262,7 +175,7 @@ fn sigterm_keeps_acknowledged_accounts(backend: Backend) {
     let server = Server::start(backend, &["--addr", &addr_arg, "--db", &db]);
     assert_eq!(server.addr, addr, "restarted on the same port");
     for (i, expected) in ids.iter().enumerate() {
-        let mut client = Client::connect(server.addr);
+        let mut client = GameClient::connect(server.addr);
         let login = client.login(&format!("kept{i}"));
         assert!(login.success);
         let found: Vec<u64> = login.players.iter().map(|p| p.id).collect();
@@ -291,9 +204,9 @@ fn a_sigkill_loses_at_most_one_save_interval_of_walking(backend: Backend) {
         "300ms",
     ];
     let mut server = Server::start(backend, &args);
-    let mut walker = Client::connect(server.addr);
+    let mut walker = GameClient::connect(server.addr);
     assert!(walker.login("walker").success);
-    let (x, y) = walker.enter_at();
+    let (x, y) = enter_at(&mut walker);
     // A few steps (each within the speed limit), then a stand past the
     // interval: that last point must be on disk.
     let mut at = (x, y);
@@ -309,9 +222,9 @@ fn a_sigkill_loses_at_most_one_save_interval_of_walking(backend: Backend) {
     drop(walker);
 
     let server = Server::start(backend, &args);
-    let mut again = Client::connect(server.addr);
+    let mut again = GameClient::connect(server.addr);
     assert!(again.login("walker").success);
-    let restored = again.enter_at();
+    let restored = enter_at(&mut again);
     assert_eq!(
         restored,
         at,
@@ -332,7 +245,7 @@ fn restart_twenty_times(backend: Backend, signal: &str) {
     for round in 0..20 {
         let mut server = Server::start(backend, &["--addr", &addr_arg, "--db", &db]);
         assert_eq!(server.addr.to_string(), addr_arg, "round {round}");
-        let mut client = Client::connect(server.addr);
+        let mut client = GameClient::connect(server.addr);
         assert!(client.login(&format!("restart{round}")).success);
         if signal == "TERM" {
             // After a clean stop the port is free at once: no retry.
@@ -369,7 +282,7 @@ fn second_sigint_exits_at_once(backend: Backend) {
     let lock = rusqlite::Connection::open(&db).expect("open the database");
     lock.execute_batch("BEGIN EXCLUSIVE")
         .expect("lock the database");
-    let mut client = Client::connect(server.addr);
+    let mut client = GameClient::connect(server.addr);
     client.send(&CLogin {
         account: "blocked".into(),
     });
@@ -497,7 +410,7 @@ fn metrics_count_the_traffic(backend: Backend) {
     };
     let mut login_bytes = 0;
     for i in 0..100 {
-        let mut client = Client::connect(server.addr);
+        let mut client = GameClient::connect(server.addr);
         let account = format!("metrics{i}");
         login_bytes += make_packet(&CLogin {
             account: account.clone(),
@@ -507,8 +420,8 @@ fn metrics_count_the_traffic(backend: Backend) {
     }
     // Three packets whose size is below the header's: each disconnects.
     for _ in 0..3 {
-        let mut client = Client::connect(server.addr);
-        client.stream.write_all(&[2, 0, 0, 0]).unwrap();
+        let mut client = GameClient::connect(server.addr);
+        client.send_raw(&[2, 0, 0, 0]);
         client.expect_closed();
     }
     // Each client closed; wait until the server has seen every disconnect
@@ -675,9 +588,9 @@ fn status_page_renders_live_counts_in_chromium() {
 
     let mut clients = Vec::new();
     for i in 0..3 {
-        let mut client = Client::connect(server.addr);
+        let mut client = GameClient::connect(server.addr);
         assert!(client.login(&format!("page{i}")).success);
-        client.enter();
+        assert!(client.enter(0).success);
         clients.push(client);
     }
     let dom = render_page(&chromium, &url, None);

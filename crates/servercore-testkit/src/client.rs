@@ -158,6 +158,22 @@ impl<S: ClientStream> GameClient<S> {
         });
     }
 
+    /// Moves to `(x, y)` and waits for the server's echo of that move
+    /// (other packets in between are passed over); asserts it was accepted
+    /// as sent.
+    pub fn walk_to(&mut self, x: f32, y: f32, client_time_us: u64) {
+        self.send_move(x, y, client_time_us);
+        loop {
+            if let ClientPacket::SMove(msg) = self.recv() {
+                if msg.client_time_us == client_time_us {
+                    let info = msg.info.unwrap_or_default();
+                    assert_eq!((info.x, info.y), (x, y), "the move was accepted as sent");
+                    return;
+                }
+            }
+        }
+    }
+
     /// Sends a chat line stamped `client_time_us`.
     pub fn chat(&mut self, msg: &str, client_time_us: u64) {
         self.send(&CChat {
