@@ -11,8 +11,7 @@
 //! (fails under CI).
 
 use std::collections::HashMap;
-use std::io::{ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::{Arc, Barrier};
@@ -21,9 +20,10 @@ use std::time::{Duration, Instant};
 use servercore::Backend;
 use servercore_game::cluster::ClusterConfig;
 use servercore_game::{GameConfig, GameServer};
-use servercore_protocol::{make_packet, CChat, CEnterGame, CLogin, CMove, ClientPacket, PosInfo};
+use servercore_protocol::ClientPacket;
 
 use servercore_testkit::child::ChildProcess;
+use servercore_testkit::client::GameClient;
 use servercore_testkit::net::wait_until;
 use servercore_testkit::services::{NatsServer, PostgresServer};
 
@@ -135,211 +135,15 @@ fn held_on(observer: &GameServer, node: &str) -> Option<usize> {
 // ---------------------------------------------------------------------------
 // The test client
 
-/// A blocking game client.
-struct Client {
-    stream: TcpStream,
-    player_id: u64,
-    /// Where the player stands (from S_ENTER_GAME, then its own S_MOVEs).
-    pos: (f32, f32),
+/// Connects a client that passes over world traffic (spawns, despawns and
+/// moves of players nearby, which these tests do not check).
+fn connect(addr: SocketAddr) -> GameClient {
+    GameClient::connect(addr).skipping_world()
 }
 
-impl Client {
-    fn connect(addr: SocketAddr) -> Client {
-        let stream = TcpStream::connect(addr).expect("connect");
-        stream.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
-        stream.set_nodelay(true).unwrap();
-        Client {
-            stream,
-            player_id: 0,
-            pos: (0.0, 0.0),
-        }
-    }
-
-    fn send(&mut self, packet: &[u8]) {
-        self.stream.write_all(packet).expect("send");
-    }
-
-    /// The next packet that is not world traffic (spawns, despawns and
-    /// moves of players nearby, which these tests do not check), or None on
-    /// EOF / reset.
-    fn try_recv(&mut self) -> Option<ClientPacket> {
-        loop {
-            match self.try_recv_any()? {
-                ClientPacket::SSpawn(_) | ClientPacket::SDespawn(_) | ClientPacket::SMove(_) => {}
-                packet => return Some(packet),
-            }
-        }
-    }
-
-    /// The first packet other than world traffic that arrives within
-    /// `quiet` of the last packet, if any (world traffic may go on).
-    fn quiet_for(&mut self, quiet: Duration) -> Option<ClientPacket> {
-        self.stream.set_read_timeout(Some(quiet)).unwrap();
-        let mut header = [0u8; 1];
-        let found = loop {
-            match self.stream.peek(&mut header) {
-                Ok(0) => break None,
-                Ok(_) => match self.try_recv_any() {
-                    Some(
-                        ClientPacket::SSpawn(_)
-                        | ClientPacket::SDespawn(_)
-                        | ClientPacket::SMove(_),
-                    ) => {}
-                    other => break other,
-                },
-                Err(error)
-                    if matches!(error.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) =>
-                {
-                    break None
-                }
-                Err(error) => panic!("read: {error}"),
-            }
-        };
-        self.stream.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
-        found
-    }
-
-    /// The next packet, or None on EOF / reset.
-    fn try_recv_any(&mut self) -> Option<ClientPacket> {
-        let mut header = [0u8; 4];
-        match self.stream.read_exact(&mut header) {
-            Ok(()) => {}
-            Err(error)
-                if matches!(
-                    error.kind(),
-                    ErrorKind::UnexpectedEof | ErrorKind::ConnectionReset
-                ) =>
-            {
-                return None
-            }
-            Err(error) => panic!("read: {error}"),
-        }
-        let size = u16::from_le_bytes([header[0], header[1]]) as usize;
-        let mut body = vec![0u8; size - 4];
-        self.stream.read_exact(&mut body).expect("body");
-        Some(ClientPacket::decode(u16::from_le_bytes([header[2], header[3]]), &body).unwrap())
-    }
-
-    fn recv(&mut self) -> ClientPacket {
-        self.try_recv().expect("connection closed")
-    }
-
-    /// Logs in; returns `S_LOGIN.success`.
-    fn login(&mut self, account: &str) -> bool {
-        self.send(&make_packet(&CLogin {
-            account: account.into(),
-        }));
-        match self.recv() {
-            ClientPacket::SLogin(login) => login.success,
-            other => panic!("expected S_LOGIN, got {other:?}"),
-        }
-    }
-
-    fn enter(&mut self) {
-        self.send(&make_packet(&CEnterGame { player_index: 0 }));
-        match self.recv() {
-            ClientPacket::SEnterGame(entered) => {
-                assert!(entered.success, "enter refused");
-                self.player_id = entered.player_id;
-                let pos = entered.player.and_then(|p| p.pos_info).expect("a position");
-                self.pos = (pos.x, pos.y);
-            }
-            other => panic!("expected S_ENTER_GAME, got {other:?}"),
-        }
-    }
-
-    fn join(addr: SocketAddr, account: &str) -> Client {
-        let mut client = Client::connect(addr);
-        assert!(client.login(account), "login of {account} refused");
-        client.enter();
-        client
-    }
-
-    /// Moves one step of `dx, dy` and waits for the server's answer (its own
-    /// S_MOVE); returns where the server put the player.
-    fn step(&mut self, dx: f32, dy: f32) -> (f32, f32) {
-        self.send(&make_packet(&CMove {
-            info: Some(PosInfo {
-                x: self.pos.0 + dx,
-                y: self.pos.1 + dy,
-                ..PosInfo::default()
-            }),
-            client_time_us: 7,
-        }));
-        loop {
-            match self.try_recv_any().expect("connection closed") {
-                ClientPacket::SMove(moved)
-                    if moved.info.as_ref().map(|i| i.object_id) == Some(self.player_id) =>
-                {
-                    let info = moved.info.unwrap();
-                    self.pos = (info.x, info.y);
-                    return self.pos;
-                }
-                _ => {}
-            }
-        }
-    }
-
-    fn chat(&mut self, msg: &str) {
-        self.send(&make_packet(&CChat {
-            msg: msg.into(),
-            client_time_us: 1,
-        }));
-    }
-
-    /// Reads chats until one whose text is `msg` arrives; false if the
-    /// deadline passes first.
-    fn wait_chat(&mut self, msg: &str, limit: Duration) -> bool {
-        let deadline = Instant::now() + limit;
-        self.stream
-            .set_read_timeout(Some(Duration::from_millis(200)))
-            .unwrap();
-        let found = loop {
-            if Instant::now() >= deadline {
-                break false;
-            }
-            let mut header = [0u8; 4];
-            match self.stream.read_exact(&mut header) {
-                Ok(()) => {}
-                Err(error)
-                    if matches!(error.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) =>
-                {
-                    continue
-                }
-                Err(error) => panic!("read: {error}"),
-            }
-            self.stream.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
-            let size = u16::from_le_bytes([header[0], header[1]]) as usize;
-            let mut body = vec![0u8; size - 4];
-            self.stream.read_exact(&mut body).expect("body");
-            self.stream
-                .set_read_timeout(Some(Duration::from_millis(200)))
-                .unwrap();
-            if let Ok(ClientPacket::SChat(chat)) =
-                ClientPacket::decode(u16::from_le_bytes([header[2], header[3]]), &body)
-            {
-                if chat.msg == msg {
-                    break true;
-                }
-            }
-        };
-        self.stream.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
-        found
-    }
-
-    /// True once the server has closed the connection (within the limit).
-    fn closed_within(&mut self, limit: Duration) -> bool {
-        self.stream.set_read_timeout(Some(limit)).unwrap();
-        let mut sink = [0u8; 4096];
-        loop {
-            match self.stream.read(&mut sink) {
-                Ok(0) => return true,
-                Ok(_) => continue,
-                Err(error) if error.kind() == ErrorKind::ConnectionReset => return true,
-                Err(_) => return false,
-            }
-        }
-    }
+/// Connects, logs in as `account` and enters.
+fn join(addr: SocketAddr, account: &str) -> GameClient {
+    GameClient::join(addr, account).0.skipping_world()
 }
 
 // ---------------------------------------------------------------------------
@@ -361,10 +165,10 @@ fn three_nodes_sixty_clients_chat(backend: Backend) {
             let addr = addrs[i % addrs.len()];
             let entered = Arc::clone(&entered);
             std::thread::spawn(move || {
-                let mut client = Client::join(addr, &format!("chatter{i}"));
+                let mut client = join(addr, &format!("chatter{i}"));
                 entered.wait();
                 for k in 0..CHATS {
-                    client.chat(&format!("{i}:{k}"));
+                    client.chat(&format!("{i}:{k}"), 1);
                 }
                 // sender → the sequence numbers received from it, in order
                 let mut got: HashMap<usize, Vec<usize>> = HashMap::new();
@@ -382,7 +186,7 @@ fn three_nodes_sixty_clients_chat(backend: Backend) {
                     }
                 }
                 // Nothing more may come but world traffic: exactly once.
-                let more = client.quiet_for(Duration::from_millis(300));
+                let more = client.recv_within(Duration::from_millis(300));
                 assert!(
                     more.is_none(),
                     "client {i}: a chat more than once: {more:?}"
@@ -428,7 +232,7 @@ fn duplicate_login_across_nodes(backend: Backend) {
     let a = start_node(backend, db, &nats.url(), "a");
     let b = start_node(backend, db, &nats.url(), "b");
     wait_meshed(&[&a, &b]);
-    let mut first = Client::join(a.local_addr(), "twice");
+    let mut first = join(a.local_addr(), "twice");
     assert!(
         wait_until(Duration::from_secs(5), || held_on(&b, "a") == Some(1)),
         "b sees the account on a"
@@ -436,13 +240,13 @@ fn duplicate_login_across_nodes(backend: Backend) {
     // Walk on A: where the player stands there is saved when A lets go.
     std::thread::sleep(Duration::from_millis(200));
     let walked = first.step(20.0, -15.0);
-    let mut second = Client::connect(b.local_addr());
-    assert!(second.login("twice"));
+    let mut second = connect(b.local_addr());
+    assert!(second.login("twice").success);
     // B answered only after A let go: A's kick is already counted.
     assert_eq!(a.stats().duplicate_login_kicks, 1);
     assert_eq!(b.cluster_stats().unwrap().kicks_sent, 1);
     assert!(first.closed_within(READ_TIMEOUT), "A's session is closed");
-    second.enter();
+    assert!(second.enter(0).success);
     assert_eq!(second.player_id, first.player_id, "the same player");
     assert_eq!(second.pos, walked, "B enters where A saved the player");
     assert!(
@@ -451,14 +255,14 @@ fn duplicate_login_across_nodes(backend: Backend) {
         "presence moved to b"
     );
     // The same on one node: the newer login wins.
-    let mut third = Client::connect(b.local_addr());
-    assert!(third.login("twice"));
+    let mut third = connect(b.local_addr());
+    assert!(third.login("twice").success);
     assert_eq!(b.stats().duplicate_login_kicks, 1);
     assert!(
         second.closed_within(READ_TIMEOUT),
         "the older session on B is closed"
     );
-    third.enter();
+    assert!(third.enter(0).success);
     drop(third);
     assert!(
         wait_until(Duration::from_secs(5), || b.stats().player_states == 0
@@ -506,7 +310,7 @@ fn killed_node_frees_its_accounts(backend: Backend) {
     let db = db.to_str().unwrap();
     let mut victim = ChildNode::start(backend, db, &nats.url(), "victim");
     let survivor = start_node(backend, db, &nats.url(), "survivor");
-    let _held = Client::join(victim.addr, "orphan");
+    let _held = join(victim.addr, "orphan");
     assert!(
         wait_until(Duration::from_secs(10), || held_on(&survivor, "victim")
             == Some(1)),
@@ -522,9 +326,12 @@ fn killed_node_frees_its_accounts(backend: Backend) {
     let noticed = killed.elapsed();
     assert!(noticed <= LIVENESS_BOUND, "noticed after {noticed:?}");
     assert_eq!(survivor.cluster_stats().unwrap().nodes_lost, 1);
-    let mut again = Client::connect(survivor.local_addr());
-    assert!(again.login("orphan"), "the account logs in elsewhere");
-    again.enter();
+    let mut again = connect(survivor.local_addr());
+    assert!(
+        again.login("orphan").success,
+        "the account logs in elsewhere"
+    );
+    assert!(again.enter(0).success);
     assert!(killed.elapsed() <= LIVENESS_BOUND + READ_TIMEOUT);
 }
 
@@ -537,10 +344,10 @@ fn nats_restart_mid_chat(backend: Backend) {
     let a = start_node(backend, ":memory:", &nats.url(), "a");
     let b = start_node(backend, ":memory:", &nats.url(), "b");
     wait_meshed(&[&a, &b]);
-    let mut speaker = Client::join(a.local_addr(), "speaker");
-    let mut neighbour = Client::join(a.local_addr(), "neighbour");
-    let mut far = Client::join(b.local_addr(), "far");
-    speaker.chat("before");
+    let mut speaker = join(a.local_addr(), "speaker");
+    let mut neighbour = join(a.local_addr(), "neighbour");
+    let mut far = join(b.local_addr(), "far");
+    speaker.chat("before", 1);
     assert!(
         far.wait_chat("before", READ_TIMEOUT),
         "cross-node chat works"
@@ -556,7 +363,7 @@ fn nats_restart_mid_chat(backend: Backend) {
     );
     for n in 0..5 {
         let msg = format!("during{n}");
-        speaker.chat(&msg);
+        speaker.chat(&msg, 1);
         assert!(
             neighbour.wait_chat(&msg, READ_TIMEOUT),
             "local chat goes on"
@@ -573,7 +380,7 @@ fn nats_restart_mid_chat(backend: Backend) {
         }
         let msg = format!("after{n}");
         n += 1;
-        speaker.chat(&msg);
+        speaker.chat(&msg, 1);
         if far.wait_chat(&msg, Duration::from_millis(500)) {
             break true;
         }
@@ -587,7 +394,7 @@ fn nats_restart_mid_chat(backend: Backend) {
         "chats during the outage were dropped"
     );
     // And the other way.
-    far.chat("back");
+    far.chat("back", 1);
     assert!(speaker.wait_chat("back", READ_TIMEOUT));
 }
 
@@ -606,12 +413,12 @@ fn postgres_stop_and_start(backend: Backend) {
     };
     let server = servercore_game::start(config).expect("node starts on postgres");
     assert_eq!(server.db_kind().to_string(), "postgres");
-    let _first = Client::join(server.local_addr(), "before");
+    let _first = join(server.local_addr(), "before");
     pg.stop();
     for n in 0..3 {
-        let mut client = Client::connect(server.local_addr());
+        let mut client = connect(server.local_addr());
         assert!(
-            !client.login(&format!("down{n}")),
+            !client.login(&format!("down{n}")).success,
             "login refused while down"
         );
     }
@@ -622,10 +429,12 @@ fn postgres_stop_and_start(backend: Backend) {
     let mut n = 0;
     let back = wait_until(Duration::from_secs(15), || {
         n += 1;
-        Client::connect(server.local_addr()).login(&format!("back{n}"))
+        connect(server.local_addr())
+            .login(&format!("back{n}"))
+            .success
     });
     assert!(back, "logins succeed once postgres is back");
-    let again = Client::join(server.local_addr(), "before");
+    let again = join(server.local_addr(), "before");
     assert_ne!(again.player_id, 0);
     let stats = server.stop_and_join();
     assert_eq!(stats.player_states, 0);

@@ -69,6 +69,9 @@ pub struct GameClient<S: ClientStream = TcpStream> {
     pub skip_world: bool,
     /// The player it entered with (0 before).
     pub player_id: u64,
+    /// Where that player stands: from `S_ENTER_GAME`, then from its own
+    /// `S_MOVE`s read by [`step`](Self::step).
+    pub pos: (f32, f32),
 }
 
 fn tcp(addr: SocketAddr) -> TcpStream {
@@ -121,6 +124,7 @@ impl<S: ClientStream> GameClient<S> {
             closed: false,
             skip_world: false,
             player_id: 0,
+            pos: (0.0, 0.0),
         }
     }
 
@@ -174,6 +178,60 @@ impl<S: ClientStream> GameClient<S> {
         }
     }
 
+    /// Moves one step of `(dx, dy)` from where the player stands and waits
+    /// for its own `S_MOVE` (whatever else comes in between is passed
+    /// over, world packets included); returns where the server put it.
+    pub fn step(&mut self, dx: f32, dy: f32) -> (f32, f32) {
+        self.send_move(self.pos.0 + dx, self.pos.1 + dy, 7);
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.next_of(left, false) {
+                Next::Packet(ClientPacket::SMove(moved))
+                    if moved.info.as_ref().map(|i| i.object_id) == Some(self.player_id) =>
+                {
+                    let info = moved.info.unwrap_or_default();
+                    self.pos = (info.x, info.y);
+                    return self.pos;
+                }
+                Next::Packet(_) => {}
+                Next::Timeout => panic!("player {}: no answer to its move", self.player_id),
+                Next::Closed => panic!(
+                    "player {}: the server closed the connection",
+                    self.player_id
+                ),
+            }
+        }
+    }
+
+    /// Reads until an `S_CHAT` whose text is `msg` arrives; false if `limit`
+    /// passes (or the connection closes) first.
+    pub fn wait_chat(&mut self, msg: &str, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.next_of(left, true) {
+                Next::Packet(ClientPacket::SChat(chat)) if chat.msg == msg => return true,
+                Next::Packet(_) => {}
+                Next::Timeout | Next::Closed => return false,
+            }
+        }
+    }
+
+    /// True once the server has closed the connection, within `limit`
+    /// (whatever it sends before is passed over).
+    pub fn closed_within(&mut self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.next_of(left, false) {
+                Next::Closed => return true,
+                Next::Timeout => return false,
+                Next::Packet(_) => {}
+            }
+        }
+    }
+
     /// Sends a chat line stamped `client_time_us`.
     pub fn chat(&mut self, msg: &str, client_time_us: u64) {
         self.send(&CChat {
@@ -212,6 +270,8 @@ impl<S: ClientStream> GameClient<S> {
             ClientPacket::SEnterGame(msg) => {
                 if msg.success {
                     self.player_id = msg.player_id;
+                    let pos = msg.player.as_ref().and_then(|p| p.pos_info.as_ref());
+                    self.pos = pos.map_or((0.0, 0.0), |pos| (pos.x, pos.y));
                 }
                 msg
             }
@@ -233,6 +293,11 @@ impl<S: ClientStream> GameClient<S> {
     /// The next packet (skipping the world's if [`skip_world`](Self::skip_world)),
     /// waiting at most `wait`.
     pub fn next_within(&mut self, wait: Duration) -> Next {
+        self.next_of(wait, self.skip_world)
+    }
+
+    /// The next packet within `wait`, skipping the world's if `skip_world`.
+    fn next_of(&mut self, wait: Duration, skip_world: bool) -> Next {
         let deadline = Instant::now() + wait;
         loop {
             while let Some(packet) = self.pending.pop_front() {
@@ -240,7 +305,7 @@ impl<S: ClientStream> GameClient<S> {
                     packet,
                     ClientPacket::SSpawn(_) | ClientPacket::SDespawn(_) | ClientPacket::SMove(_)
                 );
-                if !(world && self.skip_world) {
+                if !(world && skip_world) {
                     return Next::Packet(packet);
                 }
             }
