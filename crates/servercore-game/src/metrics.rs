@@ -182,8 +182,12 @@ fn game_metrics(out: &mut Snapshot, stats: &GameStats, db_queue_depth: usize) {
 /// region's position lock once).
 const WORLD_MAP_EVERY: Duration = Duration::from_millis(500);
 
-/// The live map's `/status` field: `{size, cell, players: [[x, y], ...]}`,
-/// copied at most every [`WORLD_MAP_EVERY`].
+/// The live map's `/status` field: `{size, cell, players: [[x, y, id],
+/// ...]}`, and on a node of a shared world also `node` (this node's name)
+/// and `zones` (`[{node, x0, x1}]`, the zone map this node uses, in world
+/// units), copied at most every [`WORLD_MAP_EVERY`]. The players are the
+/// ones this node simulates (a player it is handing over stays listed
+/// until the target shows it).
 fn world_map(
     server: &GameServer,
     cache: &Mutex<Option<(Instant, serde_json::Value)>>,
@@ -195,16 +199,32 @@ fn world_map(
         }
     }
     let grid = server.world_grid();
-    let players: Vec<[f32; 2]> = server
+    let players: Vec<serde_json::Value> = server
         .world_snapshot()
         .into_iter()
-        .map(|(_, x, y)| [x, y])
+        .map(|(id, x, y)| serde_json::json!([x, y, id]))
         .collect();
-    let value = serde_json::json!({
+    let mut value = serde_json::json!({
         "size": grid.size(),
         "cell": grid.cell_size(),
         "players": players,
     });
+    if let (Some(border), Some(cluster)) = (server.border_stats(), server.cluster_stats()) {
+        let cell = grid.cell_size();
+        let zones: Vec<serde_json::Value> = border
+            .zones
+            .iter()
+            .map(|(node, start, end)| {
+                serde_json::json!({
+                    "node": node,
+                    "x0": *start as f32 * cell,
+                    "x1": *end as f32 * cell,
+                })
+            })
+            .collect();
+        value["node"] = serde_json::json!(cluster.node);
+        value["zones"] = serde_json::json!(zones);
+    }
     *cache = Some((Instant::now(), value.clone()));
     value
 }
