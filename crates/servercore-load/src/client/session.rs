@@ -30,7 +30,8 @@
 //!    time from `S_TRANSFER` to the first `S_MOVE` from the new node is the
 //!    transfer time;
 //! 9. a connection that ends without a transfer (reset, closed: its node
-//!    died) is a reconnect: the client tries the next address of the run in
+//!    died), in a run over several addresses, is a reconnect: the client
+//!    tries the next address of the run in
 //!    turn, logs in with its account name and enters where it was last
 //!    saved (the node that owns that point may hand it over at once).
 //!
@@ -993,7 +994,9 @@ impl PacketHandler for GameClient {
                 | DisconnectReason::Reset
                 | DisconnectReason::IoError { .. }
         );
-        if in_game && node_died && self.shared.can_follow {
+        // A run against one server keeps its old meaning: a server that
+        // dies ends its sessions (and the run).
+        if in_game && node_died && self.shared.can_follow && self.shared.addrs.len() > 1 {
             tracing::debug!(
                 session = self.index,
                 "disconnected ({reason}); reconnecting"
