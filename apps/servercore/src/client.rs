@@ -96,6 +96,12 @@ pub struct ClientArgs {
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub setup_timeout: Duration,
 
+    /// After the run's window and drain, keep the sessions in game, idle,
+    /// this long before stopping them (the world can be looked at with
+    /// everyone standing still).
+    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    pub hold: Duration,
+
     /// Account names: this prefix and the session number.
     #[arg(long, default_value = "dummy")]
     pub account_prefix: String,
@@ -145,6 +151,7 @@ impl ClientArgs {
         config.source_addrs = self.source_addrs.clone();
         config.connect_timeout = self.connect_timeout;
         config.setup_timeout = self.setup_timeout;
+        config.hold = self.hold;
         config.account_prefix = self.account_prefix.clone();
         config
     }

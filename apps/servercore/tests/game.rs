@@ -451,7 +451,8 @@ fn login_then_half_close_is_answered(backend: Backend) {
             Some(ClientPacket::SLogin(login)) if login.success => {
                 assert!(client.drain().is_empty(), "nothing after S_LOGIN");
                 let mut rest = Vec::new();
-                (&*client.stream())
+                client
+                    .stream()
                     .read_to_end(&mut rest)
                     .expect("FIN, not RST");
                 assert!(rest.is_empty(), "nothing after S_LOGIN");

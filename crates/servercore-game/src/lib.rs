@@ -664,6 +664,9 @@ impl ClusterEvents for ClusterBridge {
         let Some(ctx) = self.ctx.upgrade() else {
             return;
         };
+        if let Some(transfers) = &ctx.transfers {
+            transfers.arrived_elsewhere(account);
+        }
         if let Some(older) = ctx.sessions.older_than(account, epoch) {
             sessions::note_lease_lost(&ctx.counters);
             tracing::warn!(

@@ -17,14 +17,14 @@ use crate::latency::LatencySnapshot;
 use crate::world::border::BorderStats;
 use crate::{GameServer, GameStats};
 
-/// A copy of the world's positions and when it was taken.
-type Positions = (Instant, Vec<[f32; 2]>);
+/// A copy of the world map of `/status` and when it was taken.
+type WorldMap = (Instant, serde_json::Value);
 
 /// What a game server adds to every admin request.
 pub struct GameMetrics {
     server: Arc<GameServer>,
-    /// The last copy of the world's positions and when it was taken.
-    map: Mutex<Option<Positions>>,
+    /// The last copy of the world map and when it was taken.
+    map: Mutex<Option<WorldMap>>,
 }
 
 impl GameMetrics {
@@ -51,11 +51,29 @@ impl GameMetrics {
         }
         game_histograms(out, &self.server);
         out.panel(Panel::Table(game_panel(&stats, db_queue_depth)));
-        let points = world_positions(&self.server, &self.map);
+        // One copy of the world serves both: the `world` field for tools
+        // and tests (with ids, this node and its zones) and the map panel.
+        let world = world_map(&self.server, &self.map);
+        let points = world["players"]
+            .as_array()
+            .map(|players| {
+                players
+                    .iter()
+                    .map(|p| {
+                        [
+                            p[0].as_f64().unwrap_or(0.0) as f32,
+                            p[1].as_f64().unwrap_or(0.0) as f32,
+                        ]
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.status_field("world", world);
         out.panel(Panel::Map(world_panel(
             &self.server,
             points,
             border.as_ref(),
+            cluster.as_ref().map(|cluster| cluster.node.as_str()),
         )));
         if let Some(border) = &border {
             out.panel(Panel::Table(zones_panel(border, cluster.as_ref(), &stats)));
@@ -209,22 +227,48 @@ fn game_metrics(out: &mut Snapshot, stats: &GameStats, db_queue_depth: usize) {
 /// region's position lock once).
 const WORLD_MAP_EVERY: Duration = Duration::from_millis(500);
 
-/// The world's positions at the end of the last tick, copied at most
-/// every [`WORLD_MAP_EVERY`].
-fn world_positions(server: &GameServer, cache: &Mutex<Option<Positions>>) -> Vec<[f32; 2]> {
+/// The live map's `/status` field: `{size, cell, players: [[x, y, id],
+/// ...]}`, and on a node of a shared world also `node` (this node's name)
+/// and `zones` (`[{node, x0, x1}]`, the zone map this node uses, in world
+/// units), copied at most every [`WORLD_MAP_EVERY`]. The players are the
+/// ones this node simulates (a player it is handing over stays listed
+/// until the target shows it).
+fn world_map(server: &GameServer, cache: &Mutex<Option<WorldMap>>) -> serde_json::Value {
     let mut cache = cache.lock();
-    if let Some((at, points)) = cache.as_ref() {
+    if let Some((at, value)) = cache.as_ref() {
         if at.elapsed() < WORLD_MAP_EVERY {
-            return points.clone();
+            return value.clone();
         }
     }
-    let points: Vec<[f32; 2]> = server
+    let grid = server.world_grid();
+    let players: Vec<serde_json::Value> = server
         .world_snapshot()
         .into_iter()
-        .map(|(_, x, y)| [x, y])
+        .map(|(id, x, y)| serde_json::json!([x, y, id]))
         .collect();
-    *cache = Some((Instant::now(), points.clone()));
-    points
+    let mut value = serde_json::json!({
+        "size": grid.size(),
+        "cell": grid.cell_size(),
+        "players": players,
+    });
+    if let (Some(border), Some(cluster)) = (server.border_stats(), server.cluster_stats()) {
+        let cell = grid.cell_size();
+        let zones: Vec<serde_json::Value> = border
+            .zones
+            .iter()
+            .map(|(node, start, end)| {
+                serde_json::json!({
+                    "node": node,
+                    "x0": *start as f32 * cell,
+                    "x1": *end as f32 * cell,
+                })
+            })
+            .collect();
+        value["node"] = serde_json::json!(cluster.node);
+        value["zones"] = serde_json::json!(zones);
+    }
+    *cache = Some((Instant::now(), value.clone()));
+    value
 }
 
 /// The map: this node's players on the world's cells, and, in a world
@@ -233,6 +277,7 @@ fn world_panel(
     server: &GameServer,
     points: Vec<[f32; 2]>,
     border: Option<&BorderStats>,
+    me: Option<&str>,
 ) -> MapPanel {
     let grid = server.world_grid();
     let cell = grid.cell_size();
@@ -244,7 +289,11 @@ fn world_panel(
                 .map(|(node, from, to)| MapStrip {
                     from: *from as f32 * cell,
                     to: (*to as f32 * cell).min(grid.size()),
-                    label: node.clone(),
+                    label: if Some(node.as_str()) == me {
+                        format!("{node} (this node)")
+                    } else {
+                        node.clone()
+                    },
                 })
                 .collect()
         })

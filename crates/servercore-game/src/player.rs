@@ -735,6 +735,12 @@ impl Player {
             bump(&self.ctx.counters.moves_dropped_not_in_world);
             return;
         };
+        if seat.transferring().is_some() {
+            // Handed over: the position it was handed over at stands (it
+            // was saved, and the target enters it there).
+            bump(&self.ctx.counters.moves_dropped_not_in_world);
+            return;
+        }
         let world = &self.ctx.world;
         let body = self.body.as_mut().expect("in the world");
         let requested = msg.info.unwrap_or_default();
@@ -770,7 +776,11 @@ impl Player {
         else {
             return;
         };
-        self.save_position(player_id);
+        // A player handed over was saved where it was handed over; a
+        // later save here would overwrite what the target reads.
+        if seat.transferring().is_none() {
+            self.save_position(player_id);
+        }
         self.waiting = true;
         let me = self.strong_me();
         let left = Box::new(move || {

@@ -28,7 +28,7 @@ use servercore_protocol::{make_packet, STransfer};
 
 use crate::auth::{TokenError, TokenKey};
 use crate::storage::{Position, MAX_ACCOUNT_LEN};
-use crate::world::{Transfer, Transferer};
+use crate::world::{Seat, Transfer, Transferer};
 use crate::GameContext;
 
 /// How long a transfer token is valid: 30 s.
@@ -94,6 +94,9 @@ pub struct Transfers {
     /// Tokens taken, by `jti`, with their expiry (forgotten once expired).
     used: Mutex<HashMap<String, u64>>,
     minted: AtomicU64,
+    /// The players this node is handing over, by account, until another
+    /// node says the account logged in there.
+    handing: Mutex<HashMap<String, Weak<Seat>>>,
 }
 
 impl std::fmt::Debug for Transfers {
@@ -118,6 +121,30 @@ impl Transfers {
             node: node.into(),
             used: Mutex::default(),
             minted: AtomicU64::new(0),
+            handing: Mutex::default(),
+        }
+    }
+
+    /// This node hands `seat` over: remembered until its account logs in
+    /// on another node ([`Transfers::arrived_elsewhere`]).
+    pub(crate) fn handing_over(&self, seat: &Arc<Seat>) {
+        let mut handing = self.handing.lock();
+        if handing.len() >= 256 {
+            // Players let go already (arrived, or never did) are forgotten.
+            handing.retain(|_, seat| seat.strong_count() > 0);
+        }
+        handing.insert(seat.account().to_owned(), Arc::downgrade(seat));
+    }
+
+    /// `account` logged in on another node: a player of it this node is
+    /// handing over is there now. The world lets it go even where the
+    /// target's border cells do not show it here (without this it would
+    /// stay, still, for the 10 s a player has to arrive).
+    pub(crate) fn arrived_elsewhere(&self, account: &str) {
+        if let Some(seat) = self.handing.lock().remove(account) {
+            if let Some(seat) = seat.upgrade() {
+                seat.note_arrived_elsewhere();
+            }
         }
     }
 
@@ -187,6 +214,7 @@ pub(crate) fn transferer(ctx: Weak<GameContext>) -> Transferer {
             return;
         };
         for Transfer { seat, pos, target } in batch {
+            transfers.handing_over(&seat);
             let account = seat.account().to_owned();
             let player = seat.player_id;
             let handle = seat.handle().clone();

@@ -33,6 +33,7 @@ const state = {
   datagramsReceived: 0,
   transport: null,
   errors: [],
+  transfer: null, // {node, wsUrl, token} after S_TRANSFER, until followed
 };
 window.servercore = state;
 
@@ -262,6 +263,12 @@ function onPacket({ name, msg }) {
       li.scrollIntoView({ block: "end" });
       break;
     }
+    case "S_TRANSFER":
+      // Handed over to the node owning where the player walked (one world
+      // across nodes): followed once this node closes the connection.
+      state.transfer = { node: msg.node, wsUrl: msg.ws_url, token: msg.token };
+      systemLine(`handed over to ${msg.node}`);
+      break;
     case "S_LEAVE_GAME":
       setStatus("logged_in", "left the game");
       state.players.clear();
@@ -278,12 +285,19 @@ async function connect(account) {
     if (await connectWebTransport(account)) return;
     systemLine("WebTransport failed; falling back to WebSocket");
   }
+  openSocket(wsUrl(), account);
+}
+
+/** Plays over the WebSocket at `url`, logging in as `login` (an account
+ * name, or the token of a transfer). */
+function openSocket(url, login) {
   state.transport = "ws";
-  socket = new WebSocket(wsUrl(), "servercore");
+  state.transfer = null;
+  socket = new WebSocket(url, "servercore");
   socket.binaryType = "arraybuffer";
   socket.onopen = () => {
     setStatus("logging_in", "logging in");
-    send("C_LOGIN", { account });
+    send("C_LOGIN", { account: login });
   };
   socket.onmessage = (event) => {
     try {
@@ -294,6 +308,14 @@ async function connect(account) {
     }
   };
   socket.onclose = (event) => {
+    const transfer = state.transfer;
+    if (transfer && transfer.wsUrl) {
+      // The new node shows everyone anew: the view starts empty.
+      state.players.clear();
+      setStatus("connecting", `moving to ${transfer.node}`);
+      openSocket(transfer.wsUrl, transfer.token);
+      return;
+    }
     setStatus("offline", `disconnected (${event.code})`);
     $("chat-input").disabled = true;
     $("chat-send").disabled = true;

@@ -22,6 +22,7 @@
 //! centre cell) and per receiver (a batch of a few `Bytes`), plus per player
 //! that changed cell (its spawns and despawns).
 
+use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -79,6 +80,8 @@ struct Frozen {
     until: u64,
     /// Its leave, once asked (`Some(None)`: evicted).
     leave: Option<Option<LeaveRequest>>,
+    /// The tick this node heard that the player is on another node.
+    arrived: Option<u64>,
 }
 
 impl Entry {
@@ -154,7 +157,9 @@ impl Region {
         for Arrival { seat, pos } in shared.take_arrivals(self.index, tick) {
             let cell = self.grid.cell_of(pos.x, pos.y);
             // Handed over to this node: where the other node showed it.
-            let prev = remote.handed_in.get(&seat.player_id).copied();
+            let prev = seat
+                .take_shown_at()
+                .or_else(|| remote.handed_in.get(&seat.player_id).copied());
             self.entries.push(Entry {
                 seat,
                 pos,
@@ -185,11 +190,24 @@ impl Region {
                         .moves_dropped_not_in_world
                         .fetch_add(taken.moves.len() as u64, Ordering::Relaxed);
                 }
+                // A newer seat of the player here (it came back before
+                // this hand-over ended) evicts this one: it goes now.
+                let evicted = entry.seat.is_evicted();
                 if let Some(request) = taken.leave {
                     frozen.leave = Some(request);
                 }
                 let shown = remote.handed_out.get(&entry.seat.player_id).copied();
-                if shown.is_none() && tick < frozen.until {
+                if frozen.arrived.is_none() && entry.seat.arrived_elsewhere() {
+                    frozen.arrived = Some(tick);
+                }
+                // Logged in on the target, and not shown from there after
+                // a grace (a player the target's border cells show is let
+                // go when they do): it stands where no receiver of this
+                // node gets the target's copy.
+                let arrived = frozen
+                    .arrived
+                    .is_some_and(|at| tick >= at + shared.arrival_ticks() / 10);
+                if shown.is_none() && tick < frozen.until && !arrived && !evicted {
                     entry.range = None;
                     entry.move_count = 0;
                     i += 1;
@@ -208,7 +226,7 @@ impl Region {
                     .and_then(|frozen| frozen.leave)
                     .flatten();
                 let request = waiting.or_else(|| entry.seat.release());
-                if shown.is_none() {
+                if shown.is_none() && !arrived && !evicted {
                     self.counters
                         .transfers_never_arrived
                         .fetch_add(1, Ordering::Relaxed);
@@ -263,6 +281,7 @@ impl Region {
                     entry.frozen = Some(Frozen {
                         until: tick + shared.arrival_ticks(),
                         leave: None,
+                        arrived: None,
                     });
                     self.counters.transfers_out.fetch_add(1, Ordering::Relaxed);
                     shared.transfer(super::Transfer {
@@ -708,12 +727,16 @@ fn stationary_changes(centre: Cell, block: &[(Cell, &CellTick)]) -> (Bytes, u64,
             }
         }
     }
-    let came = block.iter().flat_map(|(_, cell)| {
-        cell.members
-            .iter()
-            .filter(|member| member.prev.is_none_or(|prev| !Grid::sees(centre, prev)))
-    });
-    changes_packets(&gone, came)
+    let came: Vec<&Member> = block
+        .iter()
+        .flat_map(|(_, cell)| {
+            cell.members
+                .iter()
+                .filter(|member| member.prev.is_none_or(|prev| !Grid::sees(centre, prev)))
+        })
+        .collect();
+    let (gone, came) = as_sets(gone, came, block, None);
+    changes_packets(&gone, came.into_iter())
 }
 
 /// Despawns then spawns for a receiver that entered the world or changed
@@ -740,16 +763,63 @@ fn crossing_changes(
             }
         }
     }
-    let came = block.iter().flat_map(|(_, cell)| {
-        cell.members.iter().filter(move |member| {
-            member.id != me
-                && match (prev, member.prev) {
-                    (Some(was), Some(theirs)) => !Grid::sees(was, theirs),
-                    _ => true,
-                }
+    let came: Vec<&Member> = block
+        .iter()
+        .flat_map(|(_, cell)| {
+            cell.members.iter().filter(move |member| {
+                member.id != me
+                    && match (prev, member.prev) {
+                        (Some(was), Some(theirs)) => !Grid::sees(was, theirs),
+                        _ => true,
+                    }
+            })
         })
-    });
-    changes_packets(&gone, came)
+        .collect();
+    let (gone, came) = as_sets(gone, came, block, Some(me));
+    changes_packets(&gone, came.into_iter())
+}
+
+/// The changes of one receiver as what they mean: the players it saw and
+/// sees no more, and those it sees and did not see. Cell by cell they are
+/// the same, except for a player being handed over between nodes, which
+/// may stand in two cells of one block for a tick (its old node's copy and
+/// its new node's: one local, one remote) and so leave one and come into
+/// the other at once: the receiver sees one player, spawned once, and
+/// despawned once when no cell of its block has it any more.
+///
+/// `gone` lists players of cells the receiver saw (they were seen);
+/// `came` members of `block` that were not seen where they stood; the
+/// other members of `block` (but `me`) were seen, and are seen.
+fn as_sets<'m>(
+    mut gone: Vec<u64>,
+    mut came: Vec<&'m Member>,
+    block: &[(Cell, &'m CellTick)],
+    me: Option<u64>,
+) -> (Vec<u64>, Vec<&'m Member>) {
+    if gone.is_empty() && came.is_empty() {
+        return (gone, came);
+    }
+    let came_at: HashSet<*const Member> = came.iter().map(|member| *member as *const _).collect();
+    let mut now: HashSet<u64> = HashSet::new();
+    let mut stayed: HashSet<u64> = HashSet::new();
+    for (_, cell) in block {
+        for member in &cell.members {
+            if Some(member.id) == me {
+                continue;
+            }
+            now.insert(member.id);
+            if !came_at.contains(&(member as *const _)) {
+                stayed.insert(member.id);
+            }
+        }
+    }
+    let was: HashSet<u64> = gone.iter().copied().chain(stayed).collect();
+    gone.sort_unstable();
+    gone.dedup();
+    gone.retain(|id| !now.contains(id));
+    let mut spawned: HashSet<u64> = HashSet::new();
+    came.retain(|member| !was.contains(&member.id) && spawned.insert(member.id));
+    (gone, came)
 }
 
 /// One buffer of `S_DESPAWN`s of `gone` then `S_SPAWN`s of `came`; with

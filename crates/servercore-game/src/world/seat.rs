@@ -105,6 +105,12 @@ impl Inbox {
         self.state.lock().evicted = true;
     }
 
+    /// Whether a newer seat of the player evicted this one (also after its
+    /// leave was taken).
+    pub fn is_evicted(&self) -> bool {
+        self.state.lock().evicted
+    }
+
     pub fn take(&self) -> Taken {
         let mut state = self.state.lock();
         let moves = std::mem::take(&mut state.moves);
@@ -145,6 +151,12 @@ pub struct Seat {
     /// Handed over to another node's zone: the cell it stood in then
     /// (packed), or [`NO_CELL`].
     transfer_cell: AtomicU64,
+    /// Handed over, and another node said the account logged in there.
+    arrived_elsewhere: std::sync::atomic::AtomicBool,
+    /// Handed over to this node: the cell another node showed it in at
+    /// the end of the tick before this node took it (packed), until its
+    /// arrival in the world takes it.
+    shown_at: AtomicU64,
 }
 
 /// Why a move was not taken.
@@ -174,6 +186,8 @@ impl Seat {
             inbox: Inbox::new(max_pending_moves),
             entered_cell: AtomicU64::new(NO_CELL),
             transfer_cell: AtomicU64::new(NO_CELL),
+            arrived_elsewhere: std::sync::atomic::AtomicBool::new(false),
+            shown_at: AtomicU64::new(NO_CELL),
         }
     }
 
@@ -204,6 +218,29 @@ impl Seat {
             .is_ok()
     }
 
+    /// Another node has the player handed over now (its account logged in
+    /// there): the hand-over ends even where that node's border cells do
+    /// not show it here.
+    pub fn note_arrived_elsewhere(&self) {
+        self.arrived_elsewhere.store(true, Ordering::Release);
+    }
+
+    /// Notes where another node showed the player when this node's border
+    /// view stopped showing that copy (its arrival may be a tick later).
+    pub(super) fn set_shown_at(&self, cell: Cell) {
+        self.shown_at.store(pack(cell), Ordering::Release);
+    }
+
+    /// Where another node showed it last, once (see [`Seat::set_shown_at`]).
+    pub(super) fn take_shown_at(&self) -> Option<Cell> {
+        unpack(self.shown_at.swap(NO_CELL, Ordering::AcqRel))
+    }
+
+    /// Whether [`Seat::note_arrived_elsewhere`] was called.
+    pub(super) fn arrived_elsewhere(&self) -> bool {
+        self.arrived_elsewhere.load(Ordering::Acquire)
+    }
+
     /// The cell it stood in when its hand-over began, if it is being
     /// handed over.
     pub fn transferring(&self) -> Option<Cell> {
@@ -231,6 +268,11 @@ impl Seat {
 
     /// A newer session of this player entered the world: this one leaves at
     /// the next tick, silently.
+    /// Whether a newer seat of the player took this one's place.
+    pub(super) fn is_evicted(&self) -> bool {
+        self.inbox.is_evicted()
+    }
+
     pub(super) fn evict(&self) {
         self.inbox.evict();
     }

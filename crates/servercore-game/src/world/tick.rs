@@ -361,13 +361,22 @@ impl TickShared {
             // players this node has itself (entering ones included).
             let view = {
                 let present = self.present.lock();
-                border.build(tick, |id| match present.get(&id) {
+                let view = border.build(tick, |id| match present.get(&id) {
                     None => Local::No,
                     Some(seat) => match seat.transferring() {
                         Some(cell) => Local::Leaving(cell),
                         None => Local::Here(seat.entered_cell()),
                     },
-                })
+                });
+                // A player handed in enters where the other node showed
+                // it, also when its arrival waits a tick (an older seat
+                // of it still here): the view says so this tick only.
+                for (id, cell) in &view.handed_in {
+                    if let Some(seat) = present.get(id) {
+                        seat.set_shown_at(*cell);
+                    }
+                }
+                view
             };
             *self.remote.lock() = Arc::new(view);
         }

@@ -91,6 +91,10 @@ pub struct LoadConfig {
     pub setup_timeout: Duration,
     /// Longest wait after the chat window for the last messages in flight.
     pub drain_timeout: Duration,
+    /// After the drain, the sessions stay in game this long, idle, before
+    /// the run stops them (0: none): the world can be inspected with
+    /// everyone standing still.
+    pub hold: Duration,
     /// Account names are this prefix followed by the session number, so a
     /// second run against the same server reuses the same accounts.
     pub account_prefix: String,
@@ -124,6 +128,7 @@ impl LoadConfig {
             connect_timeout: Duration::from_secs(5),
             setup_timeout: Duration::from_secs(60),
             drain_timeout: Duration::from_secs(10),
+            hold: Duration::ZERO,
             account_prefix: "dummy".to_owned(),
             transport: ClientTransport::plain(),
             quic: None,

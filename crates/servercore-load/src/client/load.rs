@@ -15,7 +15,13 @@
 //! 3. **drain**: sending stops; the run waits for the messages in flight
 //!    (every message and move back to its sender and deliveries quiet), at
 //!    most [`LoadConfig::drain_timeout`];
-//! 4. **stop**: the sessions are closed and the report built.
+//! 4. **stop**: after [`LoadConfig::hold`] (idle, in game), the sessions
+//!    are closed and the report built.
+//!
+//! Clients that follow a transfer or reconnect after their node died get
+//! their later connections from the follower (`follow`); the drain also
+//! waits (within its timeout) for the clients in transit to be in game
+//! again.
 //!
 //! A run whose every session is gone (failed, refused or disconnected: a
 //! server that stopped, a closed port) stops there, at any phase, with a
@@ -35,9 +41,12 @@ use servercore::ClientService;
 use servercore_protocol::CLIENT_RECEIVES_IDS;
 
 use super::config::{LoadConfig, Scenario};
+use super::follow::Follower;
 use super::nodes::{share, Clients, NodeSplit};
 use super::progress::Progress;
-use super::report::{human_duration, LatencySummary, LoadReport, MoveSummary, SessionSummary};
+use super::report::{
+    human_duration, FollowSummary, LatencySummary, LoadReport, MoveSummary, SessionSummary,
+};
 use super::session::{GameClient, RunShared};
 use super::stats::{kind, now_us, LoadStats};
 use crate::stop::StopSignal;
@@ -109,6 +118,7 @@ pub fn run_load_observed(
     let shared = Arc::new(RunShared::new(&config).with_nodes(config.addrs()));
     let moving = config.move_period().is_some();
     let mut display = Progress::new(progress, config.sessions, moving);
+    let mut follower = Follower::start(&config, &shared)?;
     let clients = start_clients(&config, &sources, &shared)?;
     let stats = &shared.stats;
 
@@ -210,9 +220,14 @@ pub fn run_load_observed(
             .max(chat_time)
     };
 
+    if !config.hold.is_zero() && !all_gone {
+        stop.wait(config.hold);
+    }
+
     // 4. Stop the sessions; what ends now is not an error.
     stats.finishing.store(true, Ordering::Release);
     clients.stop();
+    follower.stop();
     clients.join();
     display.finish();
 
@@ -233,6 +248,15 @@ pub fn run_load_observed(
 fn none_alive(clients: &Clients, stats: &LoadStats) -> bool {
     clients.connecting_done()
         && LoadStats::get(&stats.connected) <= LoadStats::get(&stats.disconnected)
+        && LoadStats::get(&stats.in_transit) == 0
+}
+
+/// The packet settings of every client connection: the ids a client
+/// takes, no rate limits.
+pub(crate) fn packet_config() -> PacketConfig {
+    PacketConfig::default()
+        .with_known_ids(CLIENT_RECEIVES_IDS.iter().copied())
+        .with_rate_limits(RateLimits::unlimited())
 }
 
 /// One client service per node, the sessions spread evenly.
@@ -257,9 +281,7 @@ fn start_node_clients(
     sources: &[std::net::IpAddr],
     shared: &Arc<RunShared>,
 ) -> anyhow::Result<ClientService> {
-    let packet_config = PacketConfig::default()
-        .with_known_ids(CLIENT_RECEIVES_IDS.iter().copied())
-        .with_rate_limits(RateLimits::unlimited());
+    let packet_config = packet_config();
     let on_error = Arc::clone(shared);
     let factory = Arc::clone(shared);
     let mut builder = ClientService::builder(config.addr)
@@ -317,7 +339,10 @@ fn drain(config: &LoadConfig, stats: &LoadStats, stop: &StopSignal) -> Instant {
         let quiet = now - quiet_since;
         let complete = LoadStats::get(&stats.own_echoes) >= LoadStats::get(&stats.sent)
             && LoadStats::get(&stats.own_moves) >= LoadStats::get(&stats.moves_sent);
-        if (complete && quiet >= QUIET_WHEN_COMPLETE) || quiet >= QUIET_GIVE_UP {
+        // A client between two nodes is waited for (a transfer, a
+        // reconnect after its node died), within the drain's timeout.
+        let settled = LoadStats::get(&stats.in_transit) == 0;
+        if settled && ((complete && quiet >= QUIET_WHEN_COMPLETE) || quiet >= QUIET_GIVE_UP) {
             break;
         }
     }
@@ -387,7 +412,8 @@ fn build_report(
             logged_in: LoadStats::get(&stats.logged_in),
             entered: LoadStats::get(&stats.entered),
             in_game_at_end: LoadStats::get(&stats.entered)
-                .saturating_sub(LoadStats::get(&stats.lost_in_game)),
+                .saturating_sub(LoadStats::get(&stats.lost_in_game))
+                .saturating_sub(LoadStats::get(&stats.in_transit)),
             failed: connect_failed + LoadStats::get(&stats.failed_sessions),
         },
         messages_sent: sent,
@@ -397,6 +423,25 @@ fn build_report(
         deliveries_per_sec: per_sec(deliveries, receive_secs),
         latency_us: LatencySummary::from_histogram(&stats.latency_snapshot()),
         movement,
+        follow: (clients.addrs.len() > 1 || LoadStats::get(&stats.transfers_told) > 0).then(|| {
+            FollowSummary {
+                transfers_told: LoadStats::get(&stats.transfers_told),
+                transfers: LoadStats::get(&stats.transfers),
+                transfer_time_us: LatencySummary::from_histogram(&stats.transfer_time_snapshot()),
+                transfer_errors: LoadStats::get(&stats.transfer_errors),
+                reconnects: LoadStats::get(&stats.reconnects),
+                reconnect_attempts_failed: LoadStats::get(&stats.reconnect_attempts_failed),
+                in_transit_at_end: LoadStats::get(&stats.in_transit),
+                violations: [
+                    kind::MOVE_FROM_UNSEEN,
+                    kind::SPAWN_OF_SEEN,
+                    kind::DESPAWN_OF_UNSEEN,
+                ]
+                .iter()
+                .map(|kind| errors.get(*kind).copied().unwrap_or(0))
+                .sum(),
+            }
+        }),
         errors_total: errors.values().sum(),
         errors,
         ended_early: None,

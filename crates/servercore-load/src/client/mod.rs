@@ -20,9 +20,12 @@
 //! - `load`: the run itself (set-up, chat, drain, stop);
 //! - `progress`: the live display (indicatif);
 //! - `report`: [`LoadReport`], its table and JSON;
-//! - `nodes`: runs over several nodes: local and cross-node deliveries.
+//! - `nodes`: runs over several nodes: local and cross-node deliveries;
+//! - `follow`: the later connections of clients that follow a transfer or
+//!   reconnect after their node died.
 
 mod config;
+mod follow;
 mod load;
 mod nodes;
 mod progress;
@@ -39,5 +42,6 @@ pub use config::{
 pub use load::{run_load, run_load_observed, run_load_until, LoadObserver, WindowCounts};
 pub use nodes::NodeSplit;
 pub use report::{
-    count, human_duration, summary_table, LatencySummary, LoadReport, MoveSummary, SessionSummary,
+    count, human_duration, summary_table, FollowSummary, LatencySummary, LoadReport, MoveSummary,
+    SessionSummary,
 };

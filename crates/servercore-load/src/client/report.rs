@@ -69,6 +69,36 @@ pub struct LoadReport {
     /// Local against cross-node deliveries, for a run over several nodes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nodes: Option<super::nodes::NodeSplit>,
+    /// Transfers followed and reconnects, for a run over several nodes (or
+    /// one that was told `S_TRANSFER`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub follow: Option<FollowSummary>,
+}
+
+/// Clients that moved between nodes: transfers followed (`S_TRANSFER`, one
+/// world across nodes) and reconnects after a node died.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct FollowSummary {
+    /// `S_TRANSFER`s received.
+    pub transfers_told: u64,
+    /// Transfers followed: in game on the new node.
+    pub transfers: u64,
+    /// From `S_TRANSFER` to the first `S_MOVE` received from the new node.
+    pub transfer_time_us: LatencySummary,
+    /// Transfers that could not be followed (the client then reconnected
+    /// by name, or gave up).
+    pub transfer_errors: u64,
+    /// Clients in game again after their node died.
+    pub reconnects: u64,
+    /// Reconnect attempts that failed (a dead node tried, a login refused).
+    pub reconnect_attempts_failed: u64,
+    /// Clients still between two nodes when the run stopped (not counted
+    /// in game).
+    pub in_transit_at_end: u64,
+    /// What the clients were told that broke the world's rules on their
+    /// connection: `move_from_unseen`, `spawn_of_seen` and
+    /// `despawn_of_unseen`, together (each is also under `errors`).
+    pub violations: u64,
 }
 
 fn chat_scenario() -> String {
@@ -279,6 +309,34 @@ impl LoadReport {
                     );
                 }
             }
+        }
+        if let Some(f) = &self.follow {
+            row(
+                "transfers followed",
+                format!("{} of {}", count(f.transfers), count(f.transfers_told)),
+            );
+            if f.transfer_time_us.samples > 0 {
+                row(
+                    "transfer time p50/p99",
+                    format!(
+                        "{} / {}",
+                        micros(f.transfer_time_us.p50),
+                        micros(f.transfer_time_us.p99)
+                    ),
+                );
+            }
+            row("transfer errors", count(f.transfer_errors));
+            row("reconnects", count(f.reconnects));
+            if f.reconnect_attempts_failed > 0 {
+                row(
+                    "reconnect attempts failed",
+                    count(f.reconnect_attempts_failed),
+                );
+            }
+            if f.in_transit_at_end > 0 {
+                row("between nodes at the end", count(f.in_transit_at_end));
+            }
+            row("violations", count(f.violations));
         }
         if self.errors.is_empty() {
             row("errors", "none".to_owned());
@@ -522,6 +580,7 @@ mod tests {
             errors: BTreeMap::from([("disconnect:reset".to_owned(), 2)]),
             errors_total: 2,
             nodes: None,
+            follow: None,
         }
     }
 

@@ -22,6 +22,23 @@
 //!    correction (the walker then continues from the server's position); an
 //!    `S_MOVE` of a player not in the set is a `move_from_unseen` error.
 //!
+//! 8. `S_TRANSFER` (one world across nodes): the node hands the player to
+//!    another; the session remembers it, and when the node closes the
+//!    connection the client follows ([`super::follow`]): it connects to the
+//!    advertised `addr`, logs in with the token as `C_LOGIN.account`,
+//!    enters (`C_ENTER_GAME { 0 }`) and walks on from where it stands; the
+//!    time from `S_TRANSFER` to the first `S_MOVE` from the new node is the
+//!    transfer time;
+//! 9. a connection that ends without a transfer (reset, closed: its node
+//!    died), in a run over several addresses, is a reconnect: the client
+//!    tries the next address of the run in
+//!    turn, logs in with its account name and enters where it was last
+//!    saved (the node that owns that point may hand it over at once).
+//!
+//! Each connection checks what it is told against what it saw on that
+//! connection: an `S_MOVE` of a player never spawned and a second spawn of
+//! a player in view are violations, counted as errors.
+//!
 //! A refusal is counted (a login's by the reason the server gave,
 //! `login_refused:<reason>`) and closes the session; a reply out of order or
 //! with impossible values is a malformed reply and closes it too. Both are
@@ -38,13 +55,16 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use std::net::SocketAddr;
+use std::sync::OnceLock;
+
 use parking_lot::Mutex;
 use servercore::job::{JobQueue, WeakJobQueue};
 use servercore::packet::{DispatchError, PacketHandler};
 use servercore::{DisconnectReason, SessionHandle};
 use servercore_protocol::{
     dispatch_client, make_packet, CChat, CEnterGame, CLogin, CMove, ClientHandler, MoveState,
-    PacketId, PosInfo, SChat, SDespawn, SEnterGame, SLeaveGame, SLogin, SMove, SSpawn,
+    PacketId, PosInfo, SChat, SDespawn, SEnterGame, SLeaveGame, SLogin, SMove, SSpawn, STransfer,
 };
 
 use super::config::LoadConfig;
@@ -63,6 +83,17 @@ const CORRECTION_EPSILON: f32 = 0.01;
 /// would cost the load generator more than the decoding.
 const DELIVERY_BATCH: u64 = 64;
 
+/// Attempts a client makes to get back into the game (after a transfer it
+/// could not follow, or its node's death) before it gives up.
+const MAX_FOLLOW_ATTEMPTS: u32 = 12;
+
+/// The wait before reconnect attempt `n` (the first one goes at once): a
+/// node that just died is not tried in a tight loop, and a login refused
+/// while the dead node's lease runs out is tried again a little later.
+fn retry_delay(attempt: u32) -> Duration {
+    Duration::from_millis(250 * u64::from(attempt.min(4)))
+}
+
 /// What every session of one run shares: the counters, the chat and move
 /// settings and the schedule.
 pub struct RunShared {
@@ -79,7 +110,46 @@ pub struct RunShared {
     chatting: AtomicBool,
     gate: Mutex<Gate>,
     /// The nodes of a run over several (empty: one server).
-    nodes: Vec<std::net::SocketAddr>,
+    nodes: Vec<SocketAddr>,
+    /// Every address of the run, in `--addr` order: where a client whose
+    /// node died tries next.
+    addrs: Vec<SocketAddr>,
+    /// Whether this run's transport can follow a transfer (plain TCP or
+    /// TLS to the advertised `addr`; not a WebSocket URL or QUIC).
+    can_follow: bool,
+    /// Violations logged so far.
+    violations_logged: std::sync::atomic::AtomicU64,
+    /// Where follow requests go (set once the follower runs).
+    follows: OnceLock<crossbeam_channel::Sender<super::follow::Request>>,
+}
+
+/// What a client carries from one connection to the next (a transfer, a
+/// reconnect): its number, its walk, and how the next connection logs in.
+pub(crate) struct Carry {
+    index: usize,
+    walk: Arc<Mutex<WalkState>>,
+    arrival: Arrival,
+    /// Attempts since the client was last in game.
+    attempt: u32,
+    /// The index in the run's addresses of the node a reconnect tries.
+    node: usize,
+}
+
+/// How a connection of a client came to be.
+#[derive(Debug, Clone)]
+enum Arrival {
+    /// The client's first connection: logs in with its account name.
+    First,
+    /// Following an `S_TRANSFER` received at `told`: logs in with `token`
+    /// at `addr`.
+    Transfer {
+        addr: String,
+        token: String,
+        told: Instant,
+    },
+    /// Back after its node died or a transfer failed: logs in with its
+    /// account name.
+    Reconnect,
 }
 
 /// What a session's timer sends.
@@ -147,7 +217,86 @@ impl RunShared {
             chatting: AtomicBool::new(false),
             gate: Mutex::new(Gate::Waiting(Vec::new())),
             nodes: Vec::new(),
+            addrs: config.addrs(),
+            can_follow: config.quic.is_none() && matches!(config.transport.name(), "tcp" | "tls"),
+            follows: OnceLock::new(),
+            violations_logged: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// Where follow requests go from now on.
+    pub(crate) fn set_follower(&self, follows: crossbeam_channel::Sender<super::follow::Request>) {
+        let _ = self.follows.set(follows);
+    }
+
+    /// Sends `carry` on its way: to the transfer's address, or to the node
+    /// its reconnect tries, after `delay`. Gives up when nobody follows.
+    fn follow(&self, carry: Carry, delay: Duration) {
+        let addr = match &carry.arrival {
+            Arrival::Transfer { addr, .. } => addr.clone(),
+            _ => self.addrs[carry.node % self.addrs.len()].to_string(),
+        };
+        let request = super::follow::Request {
+            carry,
+            addr,
+            due: Instant::now() + delay,
+        };
+        match self.follows.get() {
+            Some(follows) if !self.stats.is_finishing() => {
+                if let Err(unsent) = follows.send(request) {
+                    self.give_up(unsent.into_inner().carry);
+                }
+            }
+            _ => self.give_up(request.carry),
+        }
+    }
+
+    /// A follow attempt of `carry` failed (`what`: where): the next one, or
+    /// the end of the client after [`MAX_FOLLOW_ATTEMPTS`].
+    pub(crate) fn attempt_failed(&self, mut carry: Carry, what: &str) {
+        if self.stats.is_finishing() {
+            return;
+        }
+        match carry.arrival {
+            Arrival::Transfer { .. } => {
+                LoadStats::bump(&self.stats.transfer_errors);
+                self.stats
+                    .error(&format!("{}{what}", kind::TRANSFER_FAILED_PREFIX));
+                tracing::debug!(
+                    session = carry.index,
+                    what,
+                    "a transfer failed; reconnecting"
+                );
+                // The token did not take: log in by name, at the same node.
+                carry.arrival = Arrival::Reconnect;
+            }
+            _ => {
+                LoadStats::bump(&self.stats.reconnect_attempts_failed);
+                carry.node = (carry.node + 1) % self.addrs.len();
+            }
+        }
+        carry.attempt += 1;
+        if carry.attempt >= MAX_FOLLOW_ATTEMPTS {
+            self.give_up(carry);
+            return;
+        }
+        let delay = retry_delay(carry.attempt);
+        self.follow(carry, delay);
+    }
+
+    /// `carry` found no way back into the game: a failed session, lost.
+    fn give_up(&self, carry: Carry) {
+        LoadStats::drop_one(&self.stats.in_transit);
+        if self.stats.is_finishing() {
+            return;
+        }
+        tracing::warn!(
+            session = carry.index,
+            "no node took the client back; giving up"
+        );
+        self.stats.error(kind::RECONNECT_GAVE_UP);
+        LoadStats::bump(&self.stats.failed_sessions);
+        LoadStats::bump(&self.stats.lost_in_game);
     }
 
     fn period_of(&self, activity: Activity) -> Option<Duration> {
@@ -159,7 +308,7 @@ impl RunShared {
 
     /// Spreads the run over several nodes: chats are tagged with the
     /// sender's node and deliveries split into local and cross-node.
-    pub fn with_nodes(mut self, nodes: Vec<std::net::SocketAddr>) -> RunShared {
+    pub fn with_nodes(mut self, nodes: Vec<SocketAddr>) -> RunShared {
         if nodes.len() > 1 {
             self.nodes = nodes;
         }
@@ -351,6 +500,23 @@ pub struct GameClient {
     seen: HashSet<u64>,
     /// Move deliveries not yet added to the shared counter.
     unflushed_deliveries: u64,
+    /// How this connection came to be.
+    arrival: Arrival,
+    /// Attempts since the client was last in game (0 on a first
+    /// connection).
+    attempt: u32,
+    /// The index in the run's addresses of this connection's node, when
+    /// it is one of them.
+    node_index: Option<usize>,
+    /// A reconnect's node (where the next attempt starts from).
+    reconnect_node: usize,
+    /// The `S_TRANSFER` this connection got, and when.
+    transfer: Option<(STransfer, Instant)>,
+    /// After a transfer: when the `S_TRANSFER` came, until the first
+    /// `S_MOVE` from the new node.
+    awaiting_first_move: Option<Instant>,
+    /// Why this follow attempt failed before entering (set by a refusal).
+    attempt_failure: Option<String>,
 }
 
 impl GameClient {
@@ -361,17 +527,61 @@ impl GameClient {
             walker: Walker::new(shared.world_size, index as u64),
             pending: VecDeque::new(),
         }));
+        GameClient::with(
+            shared,
+            Carry {
+                index,
+                walk,
+                arrival: Arrival::First,
+                attempt: 0,
+                node: 0,
+            },
+        )
+    }
+
+    /// The next connection of a client that carries `carry` over (a
+    /// transfer or a reconnect).
+    pub(crate) fn carried(shared: Arc<RunShared>, carry: Carry) -> GameClient {
+        // Moves sent on the old connection never come back.
+        carry.walk.lock().pending.clear();
+        GameClient::with(shared, carry)
+    }
+
+    fn with(shared: Arc<RunShared>, carry: Carry) -> GameClient {
         GameClient {
             shared,
-            index,
+            index: carry.index,
             phase: Phase::Connecting,
             failed: false,
             timer: JobQueue::new(),
             node: None,
-            walk,
+            walk: carry.walk,
             seen: HashSet::new(),
             unflushed_deliveries: 0,
+            arrival: carry.arrival,
+            attempt: carry.attempt,
+            node_index: None,
+            reconnect_node: carry.node,
+            transfer: None,
+            awaiting_first_move: None,
+            attempt_failure: None,
         }
+    }
+
+    /// What the next connection of this client carries over.
+    fn carry(&self, arrival: Arrival, attempt: u32, node: usize) -> Carry {
+        Carry {
+            index: self.index,
+            walk: Arc::clone(&self.walk),
+            arrival,
+            attempt,
+            node,
+        }
+    }
+
+    /// True for a connection that follows a transfer or reconnects.
+    fn is_carried(&self) -> bool {
+        !matches!(self.arrival, Arrival::First)
     }
 
     /// Adds the move deliveries counted locally to the run's counter.
@@ -427,6 +637,62 @@ impl GameClient {
         Ok(())
     }
 
+    /// The node closed the connection after `S_TRANSFER` `transfer` (read
+    /// at `told`): the client follows it.
+    fn follow_transfer(&mut self, transfer: STransfer, told: Instant) {
+        let stats = &self.shared.stats;
+        LoadStats::bump(&stats.in_transit);
+        let target = self
+            .shared
+            .addrs
+            .iter()
+            .position(|addr| addr.to_string() == transfer.addr)
+            .unwrap_or(0);
+        let carry = self.carry(
+            Arrival::Transfer {
+                addr: transfer.addr,
+                token: transfer.token,
+                told,
+            },
+            0,
+            target,
+        );
+        if self.shared.can_follow {
+            self.shared.follow(carry, Duration::ZERO);
+        } else {
+            self.shared.attempt_failed(carry, "unsupported_transport");
+        }
+    }
+
+    /// Logs what broke the world's rules (the first few of a run: the
+    /// count is in the report).
+    fn note_violation(&self, what: &str, own_id: u64, other: u64) {
+        const LOGGED: u64 = 10;
+        if self
+            .shared
+            .violations_logged
+            .fetch_add(1, Ordering::Relaxed)
+            < LOGGED
+        {
+            tracing::warn!(
+                session = self.index,
+                player = own_id,
+                other,
+                node = ?self.node_index,
+                arrival = ?self.arrival_name(),
+                "{what}"
+            );
+        }
+    }
+
+    fn arrival_name(&self) -> &'static str {
+        match self.arrival {
+            Arrival::First => "first",
+            Arrival::Transfer { .. } => "transfer",
+            Arrival::Reconnect => "reconnect",
+        }
+    }
+
     /// Counts this session as failed with `kind` (once).
     fn fail(&mut self, kind: &str) {
         if !self.failed {
@@ -457,10 +723,20 @@ impl ClientHandler for GameClient {
             return Err(self.out_of_order(PacketId::SLogin));
         }
         if !msg.success {
-            self.refused(session, &super::stats::login_refused(msg.reason()));
+            let why = super::stats::login_refused(msg.reason());
+            if self.is_carried() {
+                // The next attempt is decided when the connection closes.
+                tracing::debug!(session = self.index, %why, "a follow login was refused");
+                self.attempt_failure = Some(why);
+                session.disconnect();
+            } else {
+                self.refused(session, &why);
+            }
             return Ok(());
         }
-        LoadStats::bump(&self.shared.stats.logged_in);
+        if !self.is_carried() {
+            LoadStats::bump(&self.shared.stats.logged_in);
+        }
         self.phase = Phase::Entering;
         let _ = session.send(make_packet(&CEnterGame { player_index: 0 }));
         Ok(())
@@ -475,12 +751,30 @@ impl ClientHandler for GameClient {
             return Err(self.out_of_order(PacketId::SEnterGame));
         }
         if !msg.success {
-            self.refused(session, kind::ENTER_REFUSED);
+            if self.is_carried() {
+                self.attempt_failure = Some(kind::ENTER_REFUSED.to_owned());
+                session.disconnect();
+            } else {
+                self.refused(session, kind::ENTER_REFUSED);
+            }
             return Ok(());
         }
         self.phase = Phase::InGame {
             player_id: msg.player_id,
         };
+        let stats = &self.shared.stats;
+        match &self.arrival {
+            Arrival::First => LoadStats::bump(&stats.entered),
+            Arrival::Transfer { told, .. } => {
+                LoadStats::bump(&stats.transfers);
+                LoadStats::drop_one(&stats.in_transit);
+                self.awaiting_first_move = Some(*told);
+            }
+            Arrival::Reconnect => {
+                LoadStats::bump(&stats.reconnects);
+                LoadStats::drop_one(&stats.in_transit);
+            }
+        }
         if let Some(pos) = msg
             .player
             .as_ref()
@@ -488,7 +782,6 @@ impl ClientHandler for GameClient {
         {
             self.walk.lock().walker.place(pos.x, pos.y);
         }
-        LoadStats::bump(&self.shared.stats.entered);
         self.shared.join_chat(Chatter {
             handle: session.clone(),
             queue: self.timer.downgrade(),
@@ -513,6 +806,7 @@ impl ClientHandler for GameClient {
             LoadStats::bump(&stats.spawns);
             if !self.seen.insert(player.object_id) {
                 stats.error(kind::SPAWN_OF_SEEN);
+                self.note_violation(kind::SPAWN_OF_SEEN, own_id, player.object_id);
             }
         }
         Ok(())
@@ -523,12 +817,13 @@ impl ClientHandler for GameClient {
         _session: &SessionHandle,
         msg: SDespawn,
     ) -> Result<(), DispatchError> {
-        self.in_game(PacketId::SDespawn)?;
+        let own_id = self.in_game(PacketId::SDespawn)?;
         let stats = &self.shared.stats;
         for id in &msg.object_ids {
             LoadStats::bump(&stats.despawns);
             if !self.seen.remove(id) {
                 stats.error(kind::DESPAWN_OF_UNSEEN);
+                self.note_violation(kind::DESPAWN_OF_UNSEEN, own_id, *id);
             }
         }
         Ok(())
@@ -536,6 +831,10 @@ impl ClientHandler for GameClient {
 
     fn handle_s_move(&mut self, session: &SessionHandle, msg: SMove) -> Result<(), DispatchError> {
         let own_id = self.in_game(PacketId::SMove)?;
+        if let Some(told) = self.awaiting_first_move.take() {
+            let micros = u64::try_from(told.elapsed().as_micros()).unwrap_or(u64::MAX);
+            self.shared.stats.record_transfer_time(micros);
+        }
         let Some(info) = msg.info else {
             return Err(DispatchError::rejected(
                 PacketId::SMove.as_u16(),
@@ -556,7 +855,26 @@ impl ClientHandler for GameClient {
         // the stream: it is ignored, as the protocol says, not an error.
         if !self.seen.contains(&info.object_id) && session.max_datagram_size().is_none() {
             self.shared.stats.error(kind::MOVE_FROM_UNSEEN);
+            self.note_violation(kind::MOVE_FROM_UNSEEN, own_id, info.object_id);
         }
+        Ok(())
+    }
+
+    fn handle_s_transfer(
+        &mut self,
+        _session: &SessionHandle,
+        msg: STransfer,
+    ) -> Result<(), DispatchError> {
+        self.in_game(PacketId::STransfer)?;
+        if msg.addr.is_empty() || msg.token.is_empty() {
+            return Err(DispatchError::rejected(
+                PacketId::STransfer.as_u16(),
+                "S_TRANSFER without an address or a token",
+            ));
+        }
+        LoadStats::bump(&self.shared.stats.transfers_told);
+        // The node closes the connection after it; the client follows then.
+        self.transfer = Some((msg, Instant::now()));
         Ok(())
     }
 
@@ -612,11 +930,15 @@ impl PacketHandler for GameClient {
     fn on_connected(&mut self, session: &SessionHandle) {
         LoadStats::bump(&self.shared.stats.connected);
         self.phase = Phase::LoggingIn;
+        let peer = session.peer_addr();
+        self.node_index = self.shared.addrs.iter().position(|addr| *addr == peer);
         if !self.shared.nodes.is_empty() {
-            let peer = session.peer_addr();
-            self.node = self.shared.nodes.iter().position(|addr| *addr == peer);
+            self.node = self.node_index;
         }
-        let account = format!("{}{}", self.shared.account_prefix, self.index);
+        let account = match &self.arrival {
+            Arrival::Transfer { token, .. } => token.clone(),
+            _ => format!("{}{}", self.shared.account_prefix, self.index),
+        };
         let _ = session.send(make_packet(&CLogin { account }));
     }
 
@@ -645,9 +967,44 @@ impl PacketHandler for GameClient {
         LoadStats::bump(&stats.disconnected);
         let in_game = matches!(self.phase, Phase::InGame { .. });
         if stats.is_finishing() {
-            if !in_game {
+            // A carried connection not in game yet is still in transit,
+            // and counted so at the end.
+            if !in_game && !self.is_carried() {
                 self.fail(kind::NEVER_ENTERED);
             }
+            return;
+        }
+        if let Some((transfer, told)) = self.transfer.take() {
+            self.follow_transfer(transfer, told);
+            return;
+        }
+        if self.is_carried() && !in_game {
+            // This attempt ended before the client was in game again.
+            let what = self
+                .attempt_failure
+                .take()
+                .unwrap_or_else(|| "closed_before_entering".to_owned());
+            let carry = self.carry(self.arrival.clone(), self.attempt, self.reconnect_node);
+            self.shared.attempt_failed(carry, &what);
+            return;
+        }
+        let node_died = matches!(
+            reason,
+            DisconnectReason::ClosedByPeer
+                | DisconnectReason::Reset
+                | DisconnectReason::IoError { .. }
+        );
+        // A run against one server keeps its old meaning: a server that
+        // dies ends its sessions (and the run).
+        if in_game && node_died && self.shared.can_follow && self.shared.addrs.len() > 1 {
+            tracing::debug!(
+                session = self.index,
+                "disconnected ({reason}); reconnecting"
+            );
+            LoadStats::bump(&stats.in_transit);
+            let next = self.node_index.map_or(0, |node| node + 1) % self.shared.addrs.len();
+            let carry = self.carry(Arrival::Reconnect, 0, next);
+            self.shared.follow(carry, Duration::ZERO);
             return;
         }
         if in_game {

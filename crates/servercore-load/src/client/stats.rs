@@ -62,6 +62,14 @@ pub mod kind {
     /// Prefix of "the session was disconnected during the run", followed by
     /// [`servercore::DisconnectReason::name`].
     pub const DISCONNECT_PREFIX: &str = "disconnect:";
+    /// Prefix of "an `S_TRANSFER` could not be followed", followed by what
+    /// failed: `connect`, `login_refused:<reason>`, `closed_before_entering`,
+    /// `bad_address`, `unsupported_transport` (WebSocket and QUIC runs do
+    /// not follow).
+    pub const TRANSFER_FAILED_PREFIX: &str = "transfer_failed:";
+    /// A client whose node died (or whose transfer failed) and that found
+    /// no node to enter again within its attempts.
+    pub const RECONNECT_GAVE_UP: &str = "reconnect_gave_up";
 }
 
 /// The error kind of a refused login: `login_refused:<reason>`, or
@@ -78,7 +86,6 @@ pub fn login_refused(reason: servercore_protocol::LoginRefusal) -> String {
 }
 
 /// Counters and latency of one load run.
-#[derive(Default)]
 pub struct LoadStats {
     /// Sessions whose connection was established.
     pub connected: AtomicU64,
@@ -133,8 +140,26 @@ pub struct LoadStats {
     /// Deliveries from a sender on another node (runs over several nodes
     /// only).
     pub cross_deliveries: AtomicU64,
+    /// `S_TRANSFER`s received (each one a client told to move to another
+    /// node).
+    pub transfers_told: AtomicU64,
+    /// Transfers followed: the client entered the game on the new node.
+    pub transfers: AtomicU64,
+    /// Transfers that could not be followed (each attempt that failed).
+    pub transfer_errors: AtomicU64,
+    /// Clients that entered again after their node died (connection reset
+    /// or closed without a transfer).
+    pub reconnects: AtomicU64,
+    /// Reconnect attempts that failed (a dead node's address tried, a
+    /// login refused while the old node's lease ran out).
+    pub reconnect_attempts_failed: AtomicU64,
+    /// Clients between two connections now (told to transfer or cut off,
+    /// not yet in game again): not in game, not lost.
+    pub in_transit: AtomicU64,
     latency: Mutex<Latency>,
     move_latency: Mutex<Latency>,
+    /// From `S_TRANSFER` to the first `S_MOVE` from the new node.
+    transfer_time: Mutex<Histogram<u64>>,
     pub(crate) split: Mutex<super::nodes::SplitLatency>,
     errors: Mutex<BTreeMap<String, u64>>,
 }
@@ -168,7 +193,65 @@ impl Latency {
     }
 }
 
+impl Default for LoadStats {
+    fn default() -> Self {
+        LoadStats {
+            connected: AtomicU64::default(),
+            connect_failed: AtomicU64::default(),
+            logged_in: AtomicU64::default(),
+            entered: AtomicU64::default(),
+            gave_up: AtomicU64::default(),
+            failed_sessions: AtomicU64::default(),
+            disconnected: AtomicU64::default(),
+            lost_in_game: AtomicU64::default(),
+            last_disconnect_us: AtomicU64::default(),
+            sent: AtomicU64::default(),
+            deliveries: AtomicU64::default(),
+            own_echoes: AtomicU64::default(),
+            moves_sent: AtomicU64::default(),
+            move_deliveries: AtomicU64::default(),
+            own_moves: AtomicU64::default(),
+            spawns: AtomicU64::default(),
+            despawns: AtomicU64::default(),
+            largest_spawn_bytes: AtomicU64::default(),
+            corrections: AtomicU64::default(),
+            finishing: AtomicBool::default(),
+            local_deliveries: AtomicU64::default(),
+            cross_deliveries: AtomicU64::default(),
+            transfers_told: AtomicU64::default(),
+            transfers: AtomicU64::default(),
+            transfer_errors: AtomicU64::default(),
+            reconnects: AtomicU64::default(),
+            reconnect_attempts_failed: AtomicU64::default(),
+            in_transit: AtomicU64::default(),
+            latency: Mutex::default(),
+            move_latency: Mutex::default(),
+            transfer_time: Mutex::new(new_histogram()),
+            split: Mutex::default(),
+            errors: Mutex::default(),
+        }
+    }
+}
+
 impl LoadStats {
+    /// Adds one transfer-time sample (`S_TRANSFER` to the first `S_MOVE`
+    /// from the new node), in microseconds.
+    pub fn record_transfer_time(&self, micros: u64) {
+        self.transfer_time
+            .lock()
+            .saturating_record(micros.clamp(1, MAX_TRACKED_US));
+    }
+
+    /// A copy of the run's transfer-time histogram.
+    pub fn transfer_time_snapshot(&self) -> Histogram<u64> {
+        self.transfer_time.lock().clone()
+    }
+
+    /// Takes one off a counter that is above zero.
+    pub fn drop_one(counter: &AtomicU64) {
+        let _ = counter.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+    }
+
     /// Adds one chat latency sample, in microseconds.
     pub fn record_latency(&self, micros: u64) {
         self.latency.lock().record(micros);
