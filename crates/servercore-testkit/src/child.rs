@@ -34,6 +34,9 @@ pub struct ChildProcess {
     child: std::process::Child,
     lines: std::sync::mpsc::Receiver<String>,
     log: std::sync::Arc<std::sync::Mutex<String>>,
+    /// Disconnects once the stderr reader has read to the end (the
+    /// process exited and its last line is in `log`).
+    log_complete: std::sync::mpsc::Receiver<()>,
     /// Holds the ready file of [`ChildProcess::spawn_ready`].
     _ready_dir: Option<tempfile::TempDir>,
 }
@@ -63,7 +66,9 @@ impl ChildProcess {
         let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
         let stderr = child.stderr.take().unwrap();
         let sink = std::sync::Arc::clone(&log);
+        let (log_done, log_complete) = std::sync::mpsc::channel::<()>();
         std::thread::spawn(move || {
+            let _log_done = log_done;
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
                 let mut log = sink.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -75,6 +80,7 @@ impl ChildProcess {
             child,
             lines,
             log,
+            log_complete,
             _ready_dir: None,
         }
     }
@@ -172,11 +178,15 @@ impl ChildProcess {
         assert!(status.success(), "kill -{name}");
     }
 
-    /// Waits for the process to end, within `within`.
+    /// Waits for the process to end, within `within`; by then its whole
+    /// log has been read.
     pub fn wait_exit(&mut self, within: std::time::Duration) -> std::process::ExitStatus {
         let deadline = std::time::Instant::now() + within;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
+                // The reader may still be behind the exit: wait for the end
+                // of the pipe (bounded, in case a grandchild holds it).
+                let _ = self.log_complete.recv_timeout(Duration::from_secs(2));
                 return status;
             }
             assert!(
