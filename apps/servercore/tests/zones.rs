@@ -140,6 +140,11 @@ backend_tests!(
         servercore_missing = "nats_server",
         ignore = "needs nats-server on PATH (scripts/test-env installs it)"
     )]
+    a_player_that_moves_as_it_arrives_is_despawned_where_it_is_not_seen,
+    #[cfg_attr(
+        servercore_missing = "nats_server",
+        ignore = "needs nats-server on PATH (scripts/test-env installs it)"
+    )]
     transfer_tokens_are_refused_when_misused,
     #[cfg_attr(
         servercore_missing = "nats_server",
@@ -678,6 +683,66 @@ fn a_walker_is_handed_over_and_never_vanishes(backend: Backend) {
     assert_eq!(b.stats().transfers_in, 1);
     assert_eq!(a.stats().transfers_never_arrived, 0);
     drop((walker, west, east));
+    a.stop_and_join();
+    b.stop_and_join();
+}
+
+/// A walker handed over to b that moves the moment it is in game (back
+/// towards a, into a column a watcher on b does not see): the watcher, who
+/// saw it in b's first column while a still had it, is told it left, and
+/// spawns it once when it comes back; never a second spawn of a player
+/// it still has. (The arrival stays a tick where a's copy stood: moved at
+/// once, it left that cell without a departure anyone was told.)
+fn a_player_that_moves_as_it_arrives_is_despawned_where_it_is_not_seen(backend: Backend) {
+    let Some(Crossing {
+        a,
+        b,
+        west,
+        east,
+        mut walker,
+        _nats: _nats_kept,
+        _dir: _dir_kept,
+    }) = crossing(backend)
+    else {
+        return;
+    };
+    drop((west, east));
+    // On b, two columns east of the border column: it sees columns 10 to
+    // 12, not 9.
+    let mut watcher = Client::join(b.local_addr(), "watcher");
+    watcher.go_anywhere(1150.0, 500.0);
+    let k = walker.player_id;
+    for step in 1..=8 {
+        walker.go(900.0 + 20.0 * step as f32, 500.0);
+    }
+    let transfer = walker.expect_transfer();
+    watcher.wait_for(k, &Seen::Spawn(1000.0, 500.0));
+    walker.follow(&transfer);
+    // At once, before the tick that takes the arrival in: into column 9,
+    // a's by less than half a cell (no hand-over back).
+    walker.go(980.0, 500.0);
+    watcher.wait_for(k, &Seen::Despawn);
+    walker.go(1060.0, 500.0);
+    watcher.wait_for(k, &Seen::Spawn(1060.0, 500.0));
+    watcher.drain(Duration::from_millis(500));
+    let changes: Vec<Seen> = watcher
+        .of(k)
+        .into_iter()
+        .filter(|seen| !matches!(seen, Seen::Move(..)))
+        .collect();
+    assert_eq!(
+        changes,
+        vec![
+            Seen::Spawn(1000.0, 500.0),
+            Seen::Despawn,
+            Seen::Spawn(1060.0, 500.0)
+        ],
+        "the watcher's spawns and despawns of the walker: {:?}",
+        watcher.of(k)
+    );
+    let on = |node: &GameServer| node.world_snapshot().iter().any(|(id, _, _)| *id == k);
+    assert!(on(&b) && !on(&a));
+    drop((walker, watcher));
     a.stop_and_join();
     b.stop_and_join();
 }

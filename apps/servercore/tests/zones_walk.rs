@@ -100,22 +100,6 @@ fn three_hundred_walkers_on_three_nodes(backend: Backend) {
     assert!(follow["transfers"].as_u64().unwrap() > 10, "{report:#}");
     assert_eq!(follow["transfer_errors"], 0, "{report:#}");
     assert_eq!(report["sessions"]["connected"], 300, "{report:#}");
-    // Known open bug (docs/CLUSTER.md, limits): with three nodes a few
-    // receivers get a second S_SPAWN of a player handed over while it
-    // stood still in their view. Bounded here until it is fixed; every
-    // other rule holds strictly.
-    let doubles = report["errors"]["spawn_of_seen"].as_u64().unwrap_or(0);
-    let spawned = report["movement"]["players_spawned"].as_u64().unwrap();
-    eprintln!("spawn_of_seen: {doubles} of {spawned} spawns");
-    assert!(doubles * 100 <= spawned, "{report:#}");
-    assert_eq!(
-        report["errors_total"].as_u64().unwrap(),
-        doubles,
-        "{report:#}"
-    );
-    for kind in ["move_from_unseen", "despawn_of_unseen"] {
-        assert!(report["errors"].get(kind).is_none(), "{kind}: {report:#}");
-    }
-    assert_eq!(report["sessions"]["in_game_at_end"], 300, "{report:#}");
-    assert_eq!(follow["in_transit_at_end"], 0, "{report:#}");
+    assert_eq!(report["errors_total"], 0, "{report:#}");
+    assert_clean(&report, 300);
 }

@@ -182,6 +182,17 @@ impl Region {
         let mut i = 0;
         while i < self.entries.len() {
             let entry = &mut self.entries[i];
+            if entry.fresh && entry.prev.is_some() {
+                // Handed in from another node this tick: it ends the tick
+                // in the cell it entered, where the other node's copy
+                // departed to, so whoever saw that copy keeps it (moved
+                // at once, it would leave a cell whose departure no
+                // receiver is told). Its moves wait a tick in its inbox.
+                entry.range = None;
+                entry.move_count = 0;
+                i += 1;
+                continue;
+            }
             let taken = entry.seat.take();
             if let Some(frozen) = &mut entry.frozen {
                 // Handed over: still, its leave waits for the target.
