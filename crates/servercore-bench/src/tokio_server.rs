@@ -548,10 +548,10 @@ pub(super) async fn write_queued_quic(
             stream.clear();
         }
         for packet in moves {
-            if datagram.len() + packet.len() > max {
-                if connection.send_datagram(datagram.split().freeze()).is_err() {
-                    return;
-                }
+            if datagram.len() + packet.len() > max
+                && connection.send_datagram(datagram.split().freeze()).is_err()
+            {
+                return;
             }
             datagram.extend_from_slice(&packet);
         }
