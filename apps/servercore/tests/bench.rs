@@ -340,6 +340,11 @@ fn quick_quic_bench_runs_echo_and_move() {
         assert_eq!(result["errors_total"], 0, "{result}");
         assert!(result["deliveries"].as_u64().unwrap() > 0, "{result}");
         assert!(result["own_moves"].as_u64().unwrap() > 0, "{result}");
+        // Both servers send the moves as datagrams.
+        assert!(
+            result["moves_by_datagram"].as_u64().unwrap() > 0,
+            "{result}"
+        );
     }
 }
 
