@@ -151,6 +151,12 @@ fn run_transport(
         }
     };
     let plan = Plan::new(&args, open_file_limit, &mut notes)?;
+    if transport == Transport::Quic {
+        notes.push(
+            "over quic the TCP segment rows count only other TCP traffic of the machine (QUIC's UDP datagrams are not counted), and writes/delivery only the servers' stream writes (not their datagrams)"
+                .to_string(),
+        );
+    }
     let machine = procfs::MachineInfo::read();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(machine.cores)
