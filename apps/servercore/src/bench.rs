@@ -115,9 +115,11 @@ pub struct BenchArgs {
     pub soak_chat_interval_ms: u64,
 
     /// Transports to measure one after the other, comma-separated: tcp,
-    /// tls, ws (default tcp). Each gets its own tables, its baseline being
-    /// tokio over the same transport (tokio-rustls, tokio-tungstenite);
-    /// --json/--chart files get a -tls/-ws suffix. Idle runs on tcp only.
+    /// tls, ws, quic (default tcp). Each gets its own tables, its baseline
+    /// being tokio over the same transport (tokio-rustls,
+    /// tokio-tungstenite, tokio + quinn); --json/--chart files get a
+    /// -tls/-ws/-quic suffix. Idle runs on tcp only, move on tcp and quic
+    /// (moves as datagrams), broadcast on all but quic.
     #[arg(long, value_enum, value_delimiter = ',', value_name = "LIST")]
     pub transports: Vec<Transport>,
 

@@ -135,7 +135,8 @@ pub struct ServerArgs {
     pub max_new_accounts_per_min: u32,
 
     /// Most connections at once from one IP address (an IPv6 /64 counts as
-    /// one address); more are closed (0: unlimited).
+    /// one address); more are closed (0: unlimited, and the QUIC listener
+    /// then does not rate-limit new connections per address either).
     #[arg(long, value_name = "N", default_value_t = 64)]
     pub max_conns_per_ip: usize,
 

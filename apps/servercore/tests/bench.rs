@@ -255,6 +255,99 @@ fn quick_move_bench_measures_and_sweeps_each_server() {
     assert_eq!(report["settings"]["moves"]["tick_ms"], 50.0);
 }
 
+/// `bench echo move --transports quic --quick`: the engine's servers with
+/// their QUIC listener against the tokio + quinn baseline, the load over
+/// QUIC (the move clients' moves as datagrams): a row per server and
+/// client count, each with deliveries and without errors.
+#[test]
+fn quick_quic_bench_runs_echo_and_move() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("quic.json");
+    let mut child = Command::new(EXE)
+        .args(["bench", "echo", "move", "--transports", "quic", "--quick"])
+        .args(["--backends", "poll,tokio", "--workers", "1"])
+        .args(["--echo-clients", "2,4", "--move-players", "40"])
+        .args(["--capacity-steps", "40"])
+        .arg("--json")
+        .arg(&json)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("bench runs");
+    let stdout = child.stdout.take().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let out = std::thread::spawn(move || std::io::read_to_string(stdout).unwrap_or_default());
+    let err = std::thread::spawn(move || std::io::read_to_string(stderr).unwrap_or_default());
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("bench --transports quic ran past 120 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let (stdout, stderr) = (out.join().unwrap(), err.join().unwrap());
+    assert!(status.success(), "bench quic failed: {stdout}\n{stderr}");
+    for needle in [
+        "servercore bench over quic (baseline: tokio + quinn)",
+        "echo: 4 clients",
+        "move: 40 players",
+    ] {
+        assert!(
+            stdout.contains(needle),
+            "{needle:?} missing from:\n{stdout}"
+        );
+    }
+
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(report["settings"]["transport"], "quic", "{report:#}");
+    assert_eq!(
+        report["settings"]["scenarios"],
+        serde_json::json!(["echo", "move"])
+    );
+    let echo = report["echo"].as_array().unwrap();
+    let rows: Vec<(&str, u64)> = echo
+        .iter()
+        .map(|e| {
+            (
+                e["implementation"].as_str().unwrap(),
+                e["clients"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        [("poll", 2), ("poll", 4), ("tokio", 2), ("tokio", 4)],
+        "{report:#}"
+    );
+    for result in echo {
+        assert!(result["requests"].as_u64().unwrap() > 0, "{result}");
+        assert_eq!(result["errors"], serde_json::json!([]), "{result}");
+    }
+    let moves = report["moves"].as_array().unwrap();
+    let names: Vec<&str> = moves
+        .iter()
+        .map(|m| m["implementation"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["poll", "tokio"], "{report:#}");
+    for result in moves {
+        assert_eq!(result["entered"], 40, "{result}");
+        assert_eq!(result["errors_total"], 0, "{result}");
+        assert!(result["deliveries"].as_u64().unwrap() > 0, "{result}");
+        assert!(result["own_moves"].as_u64().unwrap() > 0, "{result}");
+        // Both servers send the moves as datagrams.
+        assert!(
+            result["moves_by_datagram"].as_u64().unwrap() > 0,
+            "{result}"
+        );
+    }
+}
+
 /// `bench move --crowd N`: everyone in one cell on both servers, no sweep.
 #[test]
 fn quick_crowd_bench_measures_both_servers() {

@@ -38,6 +38,7 @@ backend_tests!(
     )]
     aioquic_webtransport_session_plays,
     quic_connections_count_against_the_per_address_limit,
+    quic_handshake_rate_is_lifted_with_the_per_address_limit,
 );
 
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -65,6 +66,7 @@ struct Server {
     _process: ChildProcess,
     addr: SocketAddr,
     quic_addr: SocketAddr,
+    admin: Option<SocketAddr>,
 }
 
 impl Server {
@@ -99,6 +101,7 @@ impl Server {
             _process: process,
             addr: ready.addr,
             quic_addr: ready.quic.expect("the ready file names the QUIC listener"),
+            admin: ready.admin,
         }
     }
 }
@@ -423,4 +426,64 @@ fn quic_connections_count_against_the_per_address_limit(backend: Backend) {
         serde_json::json!({"login_refused:too_many_connections": 2}),
         "{report:#}"
     );
+}
+
+/// The value of the sample `name` on the server's `/metrics`.
+fn metric(admin: SocketAddr, name: &str) -> f64 {
+    let mut stream = std::net::TcpStream::connect(admin).expect("connect to /metrics");
+    stream.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).unwrap();
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+}
+
+/// `--max-conns-per-ip 0` (a load test from one machine) also lifts the
+/// QUIC listener's per-address handshake rate (20 a second, bursts of 40):
+/// 120 QUIC sessions from one address all enter and no Initial was
+/// ignored.
+fn quic_handshake_rate_is_lifted_with_the_per_address_limit(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = make_cert(dir.path());
+    let server = Server::start_with(
+        backend,
+        &cert,
+        &key,
+        &["--max-conns-per-ip", "0", "--admin", "127.0.0.1:0"],
+    );
+    let out = servercore()
+        .args(["--log", "warn", "client", "--sessions", "120"])
+        .args([
+            "--duration",
+            "300ms",
+            "--no-progress",
+            "--setup-timeout",
+            "30s",
+        ])
+        .args([
+            "--json",
+            "-",
+            "--quic",
+            &server.quic_addr.to_string(),
+            "--tls-ca",
+        ])
+        .arg(&cert)
+        .args(["--backend", backend.name()])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run servercore client");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let report: serde_json::Value = serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|_| panic!("{stdout}\n{}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(report["sessions"]["in_game_at_end"], 120, "{report:#}");
+    let admin = server
+        .admin
+        .expect("the ready file names the admin listener");
+    assert!(metric(admin, "servercore_quic_incoming_total") >= 120.0);
+    assert_eq!(metric(admin, "servercore_quic_rate_limited_total"), 0.0);
 }

@@ -188,6 +188,9 @@ async fn connect_all_over(
     progress: &Progress,
     connector: &Connector,
 ) -> anyhow::Result<Vec<ClientStream>> {
+    if let Connector::Quic(config) = connector {
+        return connect_all_quic(server, count, sources, progress, config).await;
+    }
     let streams = connect_all(server, count, sources, progress).await?;
     if let Connector::Tcp = connector {
         return Ok(streams.into_iter().map(ClientStream::Tcp).collect());
@@ -218,6 +221,41 @@ async fn connect_all_over(
         }
     }
     Ok(upgraded)
+}
+
+/// Opens `count` QUIC connections (handshake and stream each), or fails
+/// with the first error.
+async fn connect_all_quic(
+    server: SocketAddr,
+    count: usize,
+    sources: &Sources,
+    progress: &Progress,
+    config: &quinn::ClientConfig,
+) -> anyhow::Result<Vec<ClientStream>> {
+    progress.step("connecting (quic)", count as u64);
+    let mut streams = Vec::with_capacity(count);
+    let mut next = 0;
+    while next < count {
+        let end = (next + CONNECT_CONCURRENCY).min(count);
+        let mut batch = JoinSet::new();
+        for index in next..end {
+            let (source, config) = (sources.pick(index), config.clone());
+            batch.spawn(async move {
+                tokio::time::timeout(
+                    Duration::from_secs(20),
+                    Connector::connect_quic(&config, server, source),
+                )
+                .await
+                .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
+            });
+        }
+        while let Some(result) = batch.join_next().await {
+            progress.inc(1);
+            streams.push(result.context("connect task")?.context("QUIC connect")?);
+        }
+        next = end;
+    }
+    Ok(streams)
 }
 
 /// CPU time of the server and of this process over a measured window.

@@ -57,6 +57,10 @@ pub struct MoveResult {
     pub own_moves: u64,
     /// `S_MOVE` received in the window, by all players.
     pub deliveries: u64,
+    /// `S_MOVE`s that came by QUIC datagram, over the whole run (0 over
+    /// TCP).
+    #[serde(default)]
+    pub moves_by_datagram: u64,
     /// Deliveries per second of the window.
     pub deliveries_per_sec: f64,
     /// Server CPU per delivery, µs.
@@ -112,6 +116,7 @@ impl MoveResult {
             moves_sent: movement.moves_sent,
             own_moves: movement.own_moves,
             deliveries,
+            moves_by_datagram: movement.by_datagram,
             deliveries_per_sec: deliveries as f64 / seconds.max(1e-9),
             server_cpu_us_per_delivery: cpu.server_us_per(deliveries),
             cpu,
@@ -496,6 +501,7 @@ mod tests {
             moves_sent: 1000,
             own_moves: 1000,
             deliveries: 10_000,
+            moves_by_datagram: 0,
             deliveries_per_sec: 10_000.0,
             server_cpu_us_per_delivery: Some(cpu_us),
             cpu: WindowCpu::default(),

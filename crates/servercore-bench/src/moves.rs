@@ -12,6 +12,10 @@
 //! segments exactly over the client's measured window (a [`LoadObserver`]),
 //! and divides by the `S_MOVE` deliveries counted in that window.
 //!
+//! Over `--transports quic` the servers are the game server with its QUIC
+//! listener and the tokio world on a quinn endpoint, and the dummy clients
+//! connect over QUIC: moves go both ways as datagrams.
+//!
 //! Worlds ([`WorldShape`]): the fixed default world (2000 × 2000); a
 //! constant density (the world grows with the players, 1,000 per 2000 ×
 //! 2000); or a crowd (everyone in a world of one cell).
@@ -291,9 +295,21 @@ impl Bench {
         );
         let world_size = self.plan.moves.world.side(players);
         let mut spec = self.server_spec(variant.implementation, Scenario::Move);
-        // The world runs over plain TCP, at the plan's tick for every server.
-        spec.transport = super::Transport::Tcp;
-        spec.cert = None;
+        // The world runs over plain TCP or QUIC, at the plan's tick for
+        // every server.
+        let quic = self.transport == super::Transport::Quic;
+        if !quic {
+            spec.transport = super::Transport::Tcp;
+            spec.cert = None;
+        }
+        let quic_client = match (&self.cert_files, quic) {
+            (Some((cert, _)), true) => Some(servercore::QuicClientConfig::new(
+                servercore::transport::tls::client_config_from_pem(cert)?,
+                "localhost",
+            )),
+            (None, true) => anyhow::bail!("no certificate for the quic transport"),
+            _ => None,
+        };
         spec.send_coalescing = Some(Duration::ZERO);
         spec.tick = Some(self.plan.moves.tick);
         spec.world_size = Some(world_size);
@@ -314,6 +330,9 @@ impl Bench {
         config.setup_timeout = Duration::from_secs(60);
         config.drain_timeout = Duration::from_secs(3);
         config.account_prefix = "bench".to_owned();
+        // The dummy client over QUIC: its moves and the server's go as
+        // datagrams.
+        config.quic = quic_client;
         let mut probe = WindowProbe {
             server: &mut server,
             timing: Timing {

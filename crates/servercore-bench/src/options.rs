@@ -187,7 +187,8 @@ pub struct BenchOptions {
 
     /// Transports to measure, one after the other in this run (default:
     /// tcp). Over tls the baseline is tokio-rustls, over ws
-    /// tokio-tungstenite; the idle scenario runs on tcp only.
+    /// tokio-tungstenite, over quic tokio + quinn; the idle scenario runs
+    /// on tcp only, move on tcp and quic, broadcast on all but quic.
     pub transports: Vec<Transport>,
 
     /// The send interval of every chat and world server: the game server's

@@ -72,7 +72,7 @@ pub fn run_until(args: BenchOptions, stop: &servercore_load::StopSignal) -> anyh
     if transports.is_empty() {
         transports.push(Transport::Tcp);
     }
-    let cert = if transports.contains(&Transport::Tls) {
+    let cert = if transports.contains(&Transport::Tls) || transports.contains(&Transport::Quic) {
         Some(transport::DevCert::generate().context("generating the TLS certificate")?)
     } else {
         None
@@ -90,12 +90,24 @@ pub fn run_until(args: BenchOptions, stop: &servercore_load::StopSignal) -> anyh
                 .as_ref()
                 .map(|path| suffixed(path, transport.name()));
         }
-        if transport != Transport::Tcp {
-            // Idle measures memory and the world runs over TCP only.
-            one.scenarios
-                .retain(|s| *s != Scenario::Idle && *s != Scenario::Move);
-            if one.scenarios.is_empty() {
-                one.scenarios = vec![Scenario::Echo, Scenario::Broadcast];
+        match transport {
+            Transport::Tcp => {}
+            // Idle measures memory over TCP only; the world runs over TCP
+            // and QUIC (its moves as datagrams), and QUIC's chat is not
+            // compared (the minimal chat server has no QUIC listener).
+            Transport::Tls | Transport::Ws => {
+                one.scenarios
+                    .retain(|s| *s != Scenario::Idle && *s != Scenario::Move);
+                if one.scenarios.is_empty() {
+                    one.scenarios = vec![Scenario::Echo, Scenario::Broadcast];
+                }
+            }
+            Transport::Quic => {
+                one.scenarios
+                    .retain(|s| *s == Scenario::Echo || *s == Scenario::Move);
+                if one.scenarios.is_empty() {
+                    one.scenarios = vec![Scenario::Echo, Scenario::Move];
+                }
             }
         }
         failures += run_transport(one, transport, cert.as_ref(), stop)?;
@@ -139,6 +151,12 @@ fn run_transport(
         }
     };
     let plan = Plan::new(&args, open_file_limit, &mut notes)?;
+    if transport == Transport::Quic {
+        notes.push(
+            "over quic the TCP segment rows count only other TCP traffic of the machine (QUIC's UDP datagrams are not counted), and writes/delivery only the servers' stream writes (not their datagrams)"
+                .to_string(),
+        );
+    }
     let machine = procfs::MachineInfo::read();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(machine.cores)
@@ -163,6 +181,7 @@ fn run_transport(
         repeat: plan.repeat,
         warmup_seconds: plan.timing.warmup.as_secs_f64(),
         quick: args.quick,
+        transport: transport.name().to_string(),
         scenarios: plan
             .scenarios
             .iter()
@@ -201,9 +220,8 @@ fn run_transport(
     println!(
         "servercore bench over {}: {} cores, kernel {}, {}; load average {}",
         match transport {
-            Transport::Tcp => "tcp",
-            Transport::Tls => "tls (baseline: tokio-rustls)",
-            Transport::Ws => "ws (baseline: tokio-tungstenite)",
+            Transport::Tcp => "tcp".to_string(),
+            other => format!("{} (baseline: {})", other.name(), other.baseline()),
         },
         machine.cores,
         machine.kernel,

@@ -6,7 +6,10 @@
 //! for broadcast the sample game server (`servercore_game`, in-memory
 //! database, no idle timeout) or, with `--chat minimal`, the bench's own
 //! minimal chat server ([`super::engine_chat`]), and for move the sample
-//! game server with its default world. Tokio servers: see
+//! game server with its default world. Over QUIC the engine's servers
+//! serve `--addr` by UDP (QUIC listener, TLS from `--tls-cert`, no
+//! per-address handshake rate) with a plain TCP listener on any port
+//! beside it, and the first line names the UDP address. Tokio servers: see
 //! [`super::tokio_server`] and [`super::tokio_world`].
 //!
 //! Contract with the harness ([`super::child`]):
@@ -44,7 +47,7 @@ enum Running {
 impl Running {
     fn start(args: &BenchServerOptions) -> anyhow::Result<Running> {
         let tls = match args.transport {
-            Transport::Tls => Some(server_tls(
+            Transport::Tls | Transport::Quic => Some(server_tls(
                 args.tls_cert.as_deref(),
                 args.tls_key.as_deref(),
             )?),
@@ -65,6 +68,9 @@ impl Running {
                     Scenario::Soak => anyhow::bail!("the soak runs the engine's game server"),
                 };
                 let wire = match (&tls, args.transport) {
+                    (Some(tls), Transport::Quic) => {
+                        tokio_server::Wire::Quic(std::sync::Arc::clone(tls))
+                    }
                     (Some(tls), _) => tokio_server::Wire::Tls(std::sync::Arc::clone(tls)),
                     (None, Transport::Ws) => tokio_server::Wire::Ws,
                     _ => tokio_server::Wire::Tcp,
@@ -78,10 +84,18 @@ impl Running {
                 )?));
             }
         };
+        // Over QUIC the engine's servers listen on `addr` by UDP; their TCP
+        // listener takes any port and the harness is told the QUIC address.
+        let quic = args.transport == Transport::Quic;
+        let tcp_addr = if quic {
+            std::net::SocketAddr::new(args.addr.ip(), 0)
+        } else {
+            args.addr
+        };
         let service = match args.scenario {
             Scenario::Echo | Scenario::Idle => {
                 servercore_load::echo::start(servercore_load::echo::EchoConfig {
-                    addr: args.addr,
+                    addr: tcp_addr,
                     backend,
                     workers: args.workers,
                     max_sessions: args.max_sessions,
@@ -89,8 +103,20 @@ impl Running {
                     send_coalescing: args.send_coalescing.unwrap_or(Duration::ZERO),
                     transport,
                     ws_addr: None,
-                    quic: None,
+                    // Every benchmark client comes from one address: no
+                    // per-address handshake rate.
+                    quic: match (&tls, quic) {
+                        (Some(tls), true) => Some((
+                            args.addr,
+                            servercore::QuicConfig::new(std::sync::Arc::clone(tls))
+                                .handshakes_per_second(0, 1),
+                        )),
+                        _ => None,
+                    },
                 })?
+            }
+            Scenario::Broadcast if args.chat == ChatServer::Minimal && quic => {
+                anyhow::bail!("the minimal chat server has no QUIC listener")
             }
             Scenario::Broadcast if args.chat == ChatServer::Minimal => super::engine_chat::start(
                 args.addr,
@@ -141,7 +167,16 @@ impl Running {
                 // Every benchmark client comes from one address.
                 config.max_conns_per_ip = 0;
                 config.max_new_accounts_per_min = 0;
-                config.tls = tls;
+                if quic {
+                    // The QUIC listener on `addr` (without a per-address
+                    // handshake rate: max_conns_per_ip is 0), plain TCP
+                    // beside it.
+                    config.addr = tcp_addr;
+                    config.quic_addr = Some(args.addr);
+                    config.quic_tls = tls;
+                } else {
+                    config.tls = tls;
+                }
                 if args.transport == Transport::Ws {
                     // The game serves WebSocket on its second listener; the
                     // harness is told that one's address.
@@ -159,8 +194,11 @@ impl Running {
 
     fn local_addr(&self) -> std::net::SocketAddr {
         match self {
-            Running::Engine(service) => service.local_addr(),
-            Running::Game(server) => server.ws_addr().unwrap_or_else(|| server.local_addr()),
+            Running::Engine(service) => service.quic_addr().unwrap_or_else(|| service.local_addr()),
+            Running::Game(server) => server
+                .quic_addr()
+                .or_else(|| server.ws_addr())
+                .unwrap_or_else(|| server.local_addr()),
             Running::Tokio(server) => server.local_addr(),
         }
     }

@@ -22,6 +22,13 @@
 //! `tokio::io::split`); over WebSocket on a `tokio-tungstenite` stream: echo
 //! sends each binary message back, and the chat writer sends everything
 //! queued at once as one binary message.
+//!
+//! Over QUIC the server is a quinn [`Endpoint`](quinn::Endpoint) with a
+//! task per connection: the connection's first bidirectional stream
+//! carries the same packets (echo and chat run their loops on its two
+//! halves); the world ([`super::tokio_world::serve_quic`]) also takes
+//! `C_MOVE` by datagram, and its writer ([`write_queued_quic`]) sends the
+//! tick's `S_MOVE`s as datagrams, as many packets in each as fit.
 
 use std::collections::HashMap;
 use std::io::IoSlice;
@@ -52,7 +59,7 @@ pub enum Kind {
     Echo,
     /// The chat room of the broadcast scenario.
     Chat,
-    /// The world of the move scenario (plain TCP only).
+    /// The world of the move scenario (plain TCP and QUIC).
     World(WorldRules),
 }
 
@@ -97,6 +104,27 @@ impl TokioServer {
             builder.worker_threads(workers);
         }
         let runtime = builder.build()?;
+        let sessions = Arc::new(AtomicUsize::new(0));
+        if let Wire::Quic(tls) = &transport {
+            let config = super::transport::quic_server_config(tls)?;
+            let endpoint = {
+                let _entered = runtime.enter();
+                quinn::Endpoint::server(config, addr)?
+            };
+            let local_addr = endpoint.local_addr()?;
+            runtime.spawn(quic_accept_loop(
+                kind,
+                endpoint,
+                sessions.clone(),
+                writers.clone(),
+            ));
+            return Ok(TokioServer {
+                runtime,
+                local_addr,
+                sessions,
+                writers,
+            });
+        }
         let listener = runtime.block_on(async {
             let socket = if addr.is_ipv4() {
                 TcpSocket::new_v4()?
@@ -110,7 +138,6 @@ impl TokioServer {
             socket.listen(LISTEN_BACKLOG)
         })?;
         let local_addr = listener.local_addr()?;
-        let sessions = Arc::new(AtomicUsize::new(0));
         runtime.spawn(accept_loop(
             kind,
             listener,
@@ -166,6 +193,47 @@ pub enum Wire {
     Tls(Arc<rustls::ServerConfig>),
     /// `tokio-tungstenite`.
     Ws,
+    /// quinn, with this certificate.
+    Quic(Arc<rustls::ServerConfig>),
+}
+
+/// The QUIC server: a task per connection, which waits for the client's
+/// first bidirectional stream and serves it.
+async fn quic_accept_loop(
+    kind: Kind,
+    endpoint: quinn::Endpoint,
+    sessions: Arc<AtomicUsize>,
+    writers: Writers,
+) {
+    let room = Arc::new(Room::default());
+    let world = Arc::new(TokioWorld::new(match kind {
+        Kind::World(rules) => rules,
+        _ => WorldRules::default(),
+    }));
+    while let Some(incoming) = endpoint.accept().await {
+        let room = room.clone();
+        let world = world.clone();
+        let writers = writers.clone();
+        let sessions = sessions.clone();
+        tokio::spawn(async move {
+            let Ok(connection) = incoming.await else {
+                return;
+            };
+            let Ok((send, recv)) = connection.accept_bi().await else {
+                return;
+            };
+            sessions.fetch_add(1, Ordering::Relaxed);
+            let _counted = Counted(sessions);
+            match kind {
+                Kind::Echo => echo(tokio::io::join(recv, send)).await,
+                Kind::Chat => chat_halves(recv, send, room, writers).await,
+                Kind::World(_) => {
+                    tokio_world::serve_quic(connection.clone(), recv, send, world, writers).await
+                }
+            }
+            connection.close(0u32.into(), b"");
+        });
+    }
 }
 
 async fn accept_loop(
@@ -219,6 +287,7 @@ async fn accept_loop(
                         Kind::World(_) => {}
                     }
                 }
+                (Wire::Quic(_), _) => unreachable!("QUIC connections come from the endpoint"),
                 (Wire::Ws, kind) => {
                     let Ok(ws) = tokio_tungstenite::accept_async(stream).await else {
                         return;
@@ -427,6 +496,70 @@ pub(super) async fn write_queued<W: AsyncWrite + Unpin>(
         }
         batch.clear();
     }
+}
+
+/// The writer task of one QUIC session: [`write_queued`]'s batches, with
+/// the batch's `S_MOVE`s sent as datagrams (as many whole packets in each
+/// as the peer's datagram size takes, never one split) and the rest, in
+/// order, by one gathered write on the stream first. A peer without
+/// datagrams, or a packet too large for one, gets it on the stream.
+pub(super) async fn write_queued_quic(
+    connection: quinn::Connection,
+    mut writer: quinn::SendStream,
+    mut rx: mpsc::UnboundedReceiver<Bytes>,
+    writers: Writers,
+) {
+    const MAX_BATCH: usize = 1024;
+    let s_move = servercore_protocol::PacketId::SMove.as_u16();
+    let mut batch = Vec::with_capacity(64);
+    let mut stream = Vec::with_capacity(64);
+    let mut datagram = BytesMut::new();
+    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        if let Some(tick) = writers.tick {
+            let since = writers.epoch.elapsed().as_nanos();
+            let step = tick.as_nanos().max(1);
+            let next = u64::try_from((since / step + 1) * step).unwrap_or(u64::MAX);
+            tokio::time::sleep_until(writers.epoch + std::time::Duration::from_nanos(next)).await;
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(packet) => batch.push(packet),
+                    Err(_) => break,
+                }
+            }
+        }
+        let max = connection.max_datagram_size().unwrap_or(0);
+        let mut moves = Vec::new();
+        for packet in batch.drain(..) {
+            let is_move = packet.len() >= proto::HEADER_SIZE
+                && u16::from_le_bytes([packet[2], packet[3]]) == s_move;
+            if is_move && packet.len() <= max {
+                moves.push(packet);
+            } else {
+                stream.push(packet);
+            }
+        }
+        if !stream.is_empty() {
+            if write_all_vectored(&mut writer, &stream, &writers.writes)
+                .await
+                .is_err()
+            {
+                return;
+            }
+            stream.clear();
+        }
+        for packet in moves {
+            if datagram.len() + packet.len() > max
+                && connection.send_datagram(datagram.split().freeze()).is_err()
+            {
+                return;
+            }
+            datagram.extend_from_slice(&packet);
+        }
+        if !datagram.is_empty() && connection.send_datagram(datagram.split().freeze()).is_err() {
+            return;
+        }
+    }
+    let _ = writer.finish();
 }
 
 async fn write_all_vectored<W: AsyncWrite + Unpin>(

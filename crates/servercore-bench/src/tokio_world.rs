@@ -5,7 +5,9 @@
 //! - one task per connection reads and handles packets (the login and
 //!   enter of [`super::chat`], with in-memory accounts), and a writer task
 //!   per connection drains its unbounded channel of `Bytes` into one
-//!   gathered write ([`super::tokio_server`]'s writer);
+//!   gathered write ([`super::tokio_server`]'s writer); over QUIC the
+//!   connection task also takes `C_MOVE` datagrams, and the writer sends
+//!   the `S_MOVE`s as datagrams;
 //! - the whole world sits behind one `Mutex`: the players, their positions
 //!   and an interest grid of `cell × cell` squares; a player sees the
 //!   players of its 3×3 block of cells;
@@ -35,7 +37,7 @@ use tokio::sync::mpsc;
 
 use super::chat::{Action, ChatPeer, PlayerIds};
 use super::proto;
-use super::tokio_server::{write_queued, Writers};
+use super::tokio_server::{write_queued, write_queued_quic, Writers};
 
 /// How far a move may reach beyond `max_speed × dt`, in world units.
 const MOVE_SLACK: f32 = 50.0;
@@ -91,24 +93,13 @@ pub async fn serve(stream: TcpStream, shared: Arc<TokioWorld>, writers: Writers)
     let writer = tokio::spawn(write_queued(writer, rx, writers));
     let mut peer = ChatPeer::new();
     let mut buf = BytesMut::with_capacity(4096);
-    'read: loop {
+    loop {
         match reader.read_buf(&mut buf).await {
             Ok(0) | Err(_) => break,
             Ok(_) => {}
         }
-        loop {
-            let (len, handled) = match proto::split_frame(&buf) {
-                Ok(Some(frame)) => (
-                    frame.len,
-                    handle(&shared, &mut peer, &tx, frame.id, frame.body),
-                ),
-                Ok(None) => break,
-                Err(_) => break 'read,
-            };
-            buf.advance(len);
-            if handled.is_err() {
-                break 'read;
-            }
+        if handle_buffered(&shared, &mut peer, &tx, &mut buf).is_err() {
+            break;
         }
         buf.reserve(4096);
     }
@@ -117,6 +108,75 @@ pub async fn serve(stream: TcpStream, shared: Arc<TokioWorld>, writers: Writers)
     }
     drop(tx);
     let _ = writer.await;
+}
+
+/// One QUIC connection of the tokio world server: the packets of its first
+/// bidirectional stream as in [`serve`], and `C_MOVE`s by datagram (whole
+/// packets; other packets in a datagram are ignored), in one task that
+/// waits for either. The writer sends the `S_MOVE`s as datagrams.
+pub async fn serve_quic(
+    connection: quinn::Connection,
+    mut reader: quinn::RecvStream,
+    writer: quinn::SendStream,
+    shared: Arc<TokioWorld>,
+    writers: Writers,
+) {
+    let (tx, rx) = mpsc::unbounded_channel::<Bytes>();
+    let writer = tokio::spawn(write_queued_quic(connection.clone(), writer, rx, writers));
+    let mut peer = ChatPeer::new();
+    let mut buf = BytesMut::with_capacity(4096);
+    'read: loop {
+        tokio::select! {
+            read = reader.read_buf(&mut buf) => {
+                match read {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+                if handle_buffered(&shared, &mut peer, &tx, &mut buf).is_err() {
+                    break;
+                }
+                buf.reserve(4096);
+            }
+            datagram = connection.read_datagram() => {
+                let Ok(datagram) = datagram else {
+                    break;
+                };
+                let mut rest = &datagram[..];
+                while let Ok(Some(frame)) = proto::split_frame(rest) {
+                    if frame.id == PacketId::CMove.as_u16()
+                        && handle(&shared, &mut peer, &tx, frame.id, frame.body).is_err()
+                    {
+                        break 'read;
+                    }
+                    rest = &rest[frame.len..];
+                }
+            }
+        }
+    }
+    if let Some(player_id) = peer.player_id() {
+        shared.world().leave(player_id);
+    }
+    drop(tx);
+    let _ = writer.await;
+}
+
+/// Handles every whole packet at the front of `buf` and removes them;
+/// `Err` closes the connection.
+fn handle_buffered(
+    shared: &TokioWorld,
+    peer: &mut ChatPeer,
+    tx: &mpsc::UnboundedSender<Bytes>,
+    buf: &mut BytesMut,
+) -> Result<(), ()> {
+    loop {
+        let (len, handled) = match proto::split_frame(buf) {
+            Ok(Some(frame)) => (frame.len, handle(shared, peer, tx, frame.id, frame.body)),
+            Ok(None) => return Ok(()),
+            Err(_) => return Err(()),
+        };
+        buf.advance(len);
+        handled.map_err(|_| ())?;
+    }
 }
 
 /// Handles one packet; `Err` closes the connection.

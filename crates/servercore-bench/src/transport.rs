@@ -1,14 +1,16 @@
-//! The transports of the benchmarks (`--transports tcp,tls,ws`): the
-//! development certificate every TLS server of a run shares, the load
-//! generator's client streams (plain, `tokio-rustls`, and a small WebSocket
-//! client that sends each write as one masked binary message), and the
-//! engine's server transport for each.
+//! The transports of the benchmarks (`--transports tcp,tls,ws,quic`): the
+//! development certificate every TLS and QUIC server of a run shares, the
+//! load generator's client streams (plain, `tokio-rustls`, a small
+//! WebSocket client that sends each write as one masked binary message,
+//! and a quinn connection's first bidirectional stream), and the engine's
+//! server transport for each.
 //!
 //! The tokio baselines of TLS and WebSocket are `tokio-rustls` and
-//! `tokio-tungstenite` servers (see [`super::tokio_server`]).
+//! `tokio-tungstenite` servers, that of QUIC a quinn endpoint (see
+//! [`super::tokio_server`]).
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -32,6 +34,9 @@ pub enum Transport {
     Tls,
     /// WebSocket binary messages over TCP.
     Ws,
+    /// QUIC (quinn on both sides): one bidirectional stream per connection
+    /// carries the packets; the world's moves go as datagrams.
+    Quic,
 }
 
 impl Transport {
@@ -41,6 +46,17 @@ impl Transport {
             Transport::Tcp => "tcp",
             Transport::Tls => "tls",
             Transport::Ws => "ws",
+            Transport::Quic => "quic",
+        }
+    }
+
+    /// What the tokio baseline is on this transport, for the tables.
+    pub fn baseline(self) -> &'static str {
+        match self {
+            Transport::Tcp => "tokio",
+            Transport::Tls => "tokio-rustls",
+            Transport::Ws => "tokio-tungstenite",
+            Transport::Quic => "tokio + quinn",
         }
     }
 }
@@ -96,7 +112,8 @@ pub fn server_tls(
     )?)
 }
 
-/// The engine's transport for a benchmark server.
+/// The engine's transport for a benchmark server's TCP listener (plain
+/// for QUIC, whose listener is a UDP one beside it).
 pub fn engine_transport(
     transport: Transport,
     tls: Option<&Arc<rustls::ServerConfig>>,
@@ -119,6 +136,9 @@ pub enum Connector {
     Tls(tokio_rustls::TlsConnector),
     /// WebSocket to `/`.
     Ws,
+    /// QUIC to `localhost`: a quinn endpoint (one UDP socket) per
+    /// connection, as every player is a machine of its own.
+    Quic(quinn::ClientConfig),
 }
 
 impl Connector {
@@ -131,7 +151,41 @@ impl Connector {
                 let cert = cert.context("no certificate for the tls transport")?;
                 Connector::Tls(tokio_rustls::TlsConnector::from(cert.client_config()?))
             }
+            Transport::Quic => {
+                let cert = cert.context("no certificate for the quic transport")?;
+                Connector::Quic(quic_client_config(cert.client_config()?)?)
+            }
         })
+    }
+
+    /// Connects over QUIC from `source` and opens the connection's
+    /// bidirectional stream (the server sees it once the first bytes are
+    /// written).
+    pub async fn connect_quic(
+        config: &quinn::ClientConfig,
+        server: SocketAddr,
+        source: IpAddr,
+    ) -> io::Result<ClientStream> {
+        let bind = if source.is_ipv4() == server.is_ipv4() {
+            SocketAddr::new(source, 0)
+        } else if server.is_ipv4() {
+            (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+        } else {
+            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+        };
+        let mut endpoint = quinn::Endpoint::client(bind)?;
+        endpoint.set_default_client_config(config.clone());
+        let connection = endpoint
+            .connect(server, "localhost")
+            .map_err(io::Error::other)?
+            .await?;
+        let (send, recv) = connection.open_bi().await?;
+        Ok(ClientStream::Quic(Box::new(QuicStream {
+            send,
+            recv,
+            _connection: connection,
+            _endpoint: endpoint,
+        })))
     }
 
     /// Runs the transport's handshake on a connected stream.
@@ -145,6 +199,7 @@ impl Connector {
                 )))
             }
             Connector::Ws => Ok(ClientStream::Ws(WsClient::handshake(stream, server).await?)),
+            Connector::Quic(_) => Err(io::Error::other("QUIC runs over UDP, not a TCP stream")),
         }
     }
 }
@@ -157,6 +212,45 @@ pub enum ClientStream {
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
     /// WebSocket.
     Ws(WsClient),
+    /// A QUIC connection's bidirectional stream.
+    Quic(Box<QuicStream>),
+}
+
+/// The stream halves of one QUIC connection, with the connection and its
+/// endpoint kept alive as long as the stream.
+pub struct QuicStream {
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    _connection: quinn::Connection,
+    _endpoint: quinn::Endpoint,
+}
+
+/// The quinn client configuration of the load generator: the engine's ALPN
+/// (`servercore/1`), the certificate `tls` trusts.
+pub fn quic_client_config(tls: Arc<rustls::ClientConfig>) -> anyhow::Result<quinn::ClientConfig> {
+    let mut tls = (*tls).clone();
+    tls.alpn_protocols = vec![servercore::transport::quic::ALPN.to_vec()];
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
+        .context("the TLS configuration cannot serve QUIC")?;
+    Ok(quinn::ClientConfig::new(Arc::new(crypto)))
+}
+
+/// The quinn server configuration of the QUIC baseline: the certificate of
+/// `tls`, the engine's ALPN, and the engine listener's datagram buffers
+/// (64 KiB out, 4 KiB in: clients only send small `C_MOVE`s).
+pub fn quic_server_config(tls: &Arc<rustls::ServerConfig>) -> anyhow::Result<quinn::ServerConfig> {
+    let mut tls = (**tls).clone();
+    tls.alpn_protocols = vec![servercore::transport::quic::ALPN.to_vec()];
+    tls.max_early_data_size = 0;
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
+        .context("the TLS configuration cannot serve QUIC")?;
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    transport
+        .datagram_receive_buffer_size(Some(4096))
+        .datagram_send_buffer_size(64 * 1024);
+    server.transport_config(Arc::new(transport));
+    Ok(server)
 }
 
 impl AsyncRead for ClientStream {
@@ -169,6 +263,7 @@ impl AsyncRead for ClientStream {
             ClientStream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
             ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
             ClientStream::Ws(s) => Pin::new(s).poll_read(cx, buf),
+            ClientStream::Quic(s) => Pin::new(&mut s.recv).poll_read(cx, buf),
         }
     }
 }
@@ -183,6 +278,7 @@ impl AsyncWrite for ClientStream {
             ClientStream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
             ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
             ClientStream::Ws(s) => Pin::new(s).poll_write(cx, buf),
+            ClientStream::Quic(s) => AsyncWrite::poll_write(Pin::new(&mut s.send), cx, buf),
         }
     }
 
@@ -191,6 +287,7 @@ impl AsyncWrite for ClientStream {
             ClientStream::Tcp(s) => Pin::new(s).poll_flush(cx),
             ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
             ClientStream::Ws(s) => Pin::new(s).poll_flush(cx),
+            ClientStream::Quic(s) => Pin::new(&mut s.send).poll_flush(cx),
         }
     }
 
@@ -199,6 +296,7 @@ impl AsyncWrite for ClientStream {
             ClientStream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
             ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
             ClientStream::Ws(s) => Pin::new(s).poll_shutdown(cx),
+            ClientStream::Quic(s) => Pin::new(&mut s.send).poll_shutdown(cx),
         }
     }
 }

@@ -202,7 +202,8 @@ pub struct GameConfig {
     /// long (`None`: never).
     pub packet_deadline: Option<Duration>,
     /// Most connections at once from one IP address, an IPv6 /64 counting
-    /// as one (0: unlimited).
+    /// as one (0: unlimited, and then the QUIC listener does not limit new
+    /// connections per address either).
     pub max_conns_per_ip: usize,
     /// Most accounts one IP address (or IPv6 /64) may create per minute (0:
     /// unlimited).
@@ -874,10 +875,17 @@ pub fn start(config: GameConfig) -> anyhow::Result<GameServer> {
             .context("a QUIC listener needs a certificate (--tls-cert and --tls-key, or --quic-cert and --quic-key)")?;
         // Clients send only C_MOVEs by datagram, a few dozen bytes each: a
         // small window, and a datagram larger than it closes the connection.
-        let quic = QuicConfig::new(Arc::clone(tls))
+        let mut quic = QuicConfig::new(Arc::clone(tls))
             .datagram_ids([PacketId::CMove as u16])
             .datagram_receive_buffer(4096)
             .web_transport("/wt");
+        if config.max_conns_per_ip == 0 {
+            // No per-address limit means a load test from one machine:
+            // its hundreds of QUIC connections come from one address too,
+            // so the per-address handshake rate goes with the limit (the
+            // bound on handshakes at once and their deadline stay).
+            quic = quic.handshakes_per_second(0, 1);
+        }
         builder = builder.quic(quic_addr, quic);
     }
     let service = builder

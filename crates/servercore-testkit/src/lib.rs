@@ -8,7 +8,11 @@
 //! - [`logging`]: test logging and a capture of log lines;
 //! - [`client`]: a blocking game client speaking the protocol crate's
 //!   packets over TCP or TLS;
+//! - [`quic_client`]: a blocking game client over QUIC (stream and
+//!   datagrams);
 //! - [`child`]: a `servercore` child process and its ready file;
+//! - [`netns`]: a network namespace of the test's own whose `lo` loses
+//!   packets;
 //! - [`services`]: the real NATS and PostgreSQL the cluster and storage
 //!   tests run against;
 //! - [`probe`]: the build-time probe that marks tests needing a missing
@@ -29,6 +33,10 @@ pub mod client;
 pub mod logging;
 #[cfg(feature = "kit")]
 pub mod net;
+#[cfg(feature = "kit")]
+pub mod netns;
+#[cfg(feature = "kit")]
+pub mod quic_client;
 #[cfg(feature = "kit")]
 pub mod services;
 #[cfg(feature = "kit")]

@@ -42,6 +42,10 @@ pub struct Report {
     pub notes: Vec<String>,
 }
 
+fn default_transport() -> String {
+    "tcp".to_string()
+}
+
 /// The settings of a run, as used.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Settings {
@@ -53,6 +57,10 @@ pub struct Settings {
     pub warmup_seconds: f64,
     /// `--quick`.
     pub quick: bool,
+    /// The transport of this report (`tcp`, `tls`, `ws`, `quic`; reports
+    /// written before it was recorded were all tcp).
+    #[serde(default = "default_transport")]
+    pub transport: String,
     /// Scenarios run.
     pub scenarios: Vec<String>,
     /// Implementations compared, baseline last.
