@@ -9,6 +9,7 @@
 //! - [`client`]: a blocking game client speaking the protocol crate's
 //!   packets over TCP or TLS;
 //! - [`child`]: a `servercore` child process and its ready file;
+//! - [`cert`]: development certificates from `servercore cert`;
 //! - [`services`]: the real NATS and PostgreSQL the cluster and storage
 //!   tests run against;
 //! - [`probe`]: the build-time probe that marks tests needing a missing
@@ -21,6 +22,8 @@ pub mod probe;
 
 #[cfg(feature = "kit")]
 mod backend;
+#[cfg(feature = "kit")]
+pub mod cert;
 #[cfg(feature = "kit")]
 pub mod child;
 #[cfg(feature = "kit")]
