@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use servercore::packet::Packet;
 use servercore_protocol::{make_packet, CChat, CEnterGame, CLogin, CMove, ClientPacket, PosInfo};
+use servercore_testkit::cert::dev_cert;
 use servercore_testkit::child::ChildProcess;
 
 const EXE: &str = env!("CARGO_BIN_EXE_servercore");
@@ -261,18 +262,14 @@ fn browser_client_plays_over_webtransport() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let cert = Command::new(EXE)
-        .args(["cert", "--out"])
-        .arg(dir.path())
-        .output()
-        .expect("run servercore cert");
-    assert!(cert.status.success());
-    let printed = String::from_utf8_lossy(&cert.stdout);
+    let pair = dev_cert(EXE, dir.path());
     assert!(
-        printed.contains("ECDSA P-256, valid 13 days; SHA-256 "),
-        "{printed}"
+        pair.printed
+            .contains("ECDSA P-256, valid 13 days; SHA-256 "),
+        "{}",
+        pair.printed
     );
-    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let (cert, key) = (pair.cert, pair.key);
     let server = Server::start_with(&[
         "--quic-addr",
         "127.0.0.1:0",

@@ -44,6 +44,19 @@ fn server_exit(
     (status, lines, process.log())
 }
 
+/// Runs `server` with `extra` expecting it to fail at startup: exit code
+/// 1, nothing on stdout, and one `error: ` line on stderr, returned.
+fn server_error(backend: Backend, extra: &[&str]) -> String {
+    let (status, stdout, stderr) = server_exit(backend, extra);
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stdout.is_empty(), "{stdout:?}");
+    stderr
+        .lines()
+        .find(|line| line.starts_with("error: "))
+        .unwrap_or_else(|| panic!("no error line in {stderr}"))
+        .to_owned()
+}
+
 /// `--admin` on a port something else holds: the command fails naming the
 /// address, and never printed that it listens.
 fn admin_port_in_use_fails_before_the_banner(backend: Backend) {
@@ -77,13 +90,7 @@ fn admin_port_in_use_fails_before_the_banner(backend: Backend) {
 fn db_that_is_a_directory_says_so(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().to_str().unwrap();
-    let (status, stdout, stderr) = server_exit(backend, &["--db", path]);
-    assert_eq!(status.code(), Some(1), "{stderr}");
-    assert!(stdout.is_empty(), "{stdout:?}");
-    let error = stderr
-        .lines()
-        .find(|line| line.starts_with("error: "))
-        .unwrap_or_else(|| panic!("no error line in {stderr}"));
+    let error = server_error(backend, &["--db", path]);
     assert!(
         error.contains(&format!("{path} is a directory")),
         "the cause is named: {error}"
@@ -101,13 +108,7 @@ fn unreachable_postgres_says_connection_refused(backend: Backend) {
     let port = closed.local_addr().unwrap().port();
     drop(closed);
     let url = format!("postgres://nobody@127.0.0.1:{port}/nothing");
-    let (status, stdout, stderr) = server_exit(backend, &["--db", &url]);
-    assert_eq!(status.code(), Some(1), "{stderr}");
-    assert!(stdout.is_empty(), "{stdout:?}");
-    let error = stderr
-        .lines()
-        .find(|line| line.starts_with("error: "))
-        .unwrap_or_else(|| panic!("no error line in {stderr}"));
+    let error = server_error(backend, &["--db", &url]);
     assert!(
         error.to_lowercase().contains("connection refused"),
         "the cause is named: {error}"

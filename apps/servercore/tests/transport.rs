@@ -17,6 +17,7 @@ use servercore::Backend;
 use servercore_protocol::{make_packet, CLogin};
 
 use servercore_testkit::backend_tests;
+use servercore_testkit::cert::dev_cert;
 use servercore_testkit::child::ChildProcess;
 use servercore_testkit::client::{chat_of, GameClient};
 
@@ -36,19 +37,10 @@ fn servercore() -> Command {
     Command::new(env!("CARGO_BIN_EXE_servercore"))
 }
 
-/// Writes a development pair with `servercore cert`; returns (cert, key).
+/// A development pair from `servercore cert`: (cert, key).
 fn make_cert(dir: &Path) -> (PathBuf, PathBuf) {
-    let out = servercore()
-        .args(["cert", "--out"])
-        .arg(dir)
-        .output()
-        .expect("run servercore cert");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (dir.join("cert.pem"), dir.join("key.pem"))
+    let pair = dev_cert(env!("CARGO_BIN_EXE_servercore"), dir);
+    (pair.cert, pair.key)
 }
 
 /// A `servercore server` child; killed on drop.

@@ -13,6 +13,7 @@
 //! - [`child`]: a `servercore` child process and its ready file;
 //! - [`netns`]: a network namespace of the test's own whose `lo` loses
 //!   packets;
+//! - [`cert`]: development certificates from `servercore cert`;
 //! - [`services`]: the real NATS and PostgreSQL the cluster and storage
 //!   tests run against;
 //! - [`probe`]: the build-time probe that marks tests needing a missing
@@ -25,6 +26,8 @@ pub mod probe;
 
 #[cfg(feature = "kit")]
 mod backend;
+#[cfg(feature = "kit")]
+pub mod cert;
 #[cfg(feature = "kit")]
 pub mod child;
 #[cfg(feature = "kit")]
