@@ -216,7 +216,14 @@ impl Plan {
             .max(moves.players)
             + 1000;
         let zones = if scenarios.contains(&Scenario::Zones) {
-            crate::zones::ZonesPlan::new(args, &implementations, &timing, notes)?
+            let mut zones = crate::zones::ZonesPlan::new(args, &implementations, &timing, notes)?;
+            anyhow::ensure!(
+                zones.players <= usable,
+                "the open-file limit ({open_file_limit}) is too low for {} players",
+                zones.players
+            );
+            zones.steps.retain(|&n| n <= usable);
+            zones
         } else {
             crate::zones::ZonesPlan::new(args, &[Impl::Poll], &timing, &mut Vec::new())?
         };

@@ -117,6 +117,9 @@ impl ZonesPlan {
             .copied()
             .filter(|imp| *imp != Impl::Tokio)
             .collect();
+        if args.pin_server.is_some() {
+            notes.push("zones: --pin-server is not applied to the nodes (several processes share the cores)".into());
+        }
         if implementations.contains(&Impl::Tokio) {
             notes.push("zones: tokio has no cluster; the one-node run is the baseline".into());
         }

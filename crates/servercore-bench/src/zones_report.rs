@@ -237,13 +237,14 @@ pub fn zone_sections(
             let first = picked.iter().flatten().next().expect("one result");
             let mut section = Section::new(
                 format!(
-                    "zones on {backend}: {} players walking one world of {}² (1,000 per 2000², 100-unit cells) split over the nodes, {} moves/s at {} units/s, {} ms tick; window {:.1} s",
+                    "zones on {backend}: {} players walking one world of {}² (1,000 per 2000², 100-unit cells) split over the nodes, {} moves/s at {} units/s, {} ms tick; window {:.1} s after {:.1} s warm-up",
                     format_count(settings.players as f64),
                     format_count(f64::from(first.world_size)),
                     settings.move_rate,
                     settings.speed,
                     settings.tick_ms,
-                    first.seconds
+                    first.seconds,
+                    settings.warmup_seconds
                 ),
                 columns.clone(),
             );
