@@ -224,15 +224,20 @@ fn keep_stderr(
     (lines, thread)
 }
 
-/// Stops a child: SIGTERM, up to `timeout` for it to exit, then SIGKILL.
-/// Returns a note when the exit was not clean.
-fn stop_child(child: &mut Child, label: &str, timeout: Duration) -> Option<String> {
-    if let Ok(Some(status)) = child.try_wait() {
-        return (!status.success()).then(|| format!("{label} had exited with {status}"));
-    }
+/// Asks a child to stop (SIGTERM: a graceful stop).
+fn terminate(child: &Child) {
     let pid = nix::unistd::Pid::from_raw(child.id() as i32);
     let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-    let deadline = Instant::now() + timeout;
+}
+
+/// Waits until `deadline` for a child told to stop ([`terminate`]) to
+/// exit, then kills it. Returns a note when the exit was not clean.
+fn wait_stopped(
+    child: &mut Child,
+    label: &str,
+    deadline: Instant,
+    timeout: Duration,
+) -> Option<String> {
     loop {
         match child.try_wait() {
             Ok(Some(status)) if status.success() => return None,
@@ -570,20 +575,31 @@ impl Cluster {
     /// and of what the nodes logged.
     fn stop(mut self) -> Vec<String> {
         let mut notes = Vec::new();
+        // What the nodes log while they stop (a neighbour gone silent) is
+        // not news: only the lines from before count.
+        let before: Vec<usize> = self.nodes.iter().map(|n| n.stderr.lock().len()).collect();
+        // All at once: a node stopping while its neighbours still run
+        // would see them go silent.
+        for node in &self.nodes {
+            terminate(&node.child);
+        }
+        let timeout = Duration::from_secs(15);
+        let deadline = Instant::now() + timeout;
         for node in &mut self.nodes {
-            notes.extend(stop_child(
+            notes.extend(wait_stopped(
                 &mut node.child,
                 &format!("node {}", node.name),
-                Duration::from_secs(15),
+                deadline,
+                timeout,
             ));
         }
-        for node in &mut self.nodes {
+        for (node, before) in self.nodes.iter_mut().zip(before) {
             if let Some(thread) = node.thread.take() {
                 let _ = thread.join();
             }
             let lines = node.stderr.lock();
             // An open server says so at start; the benchmark's nodes are.
-            let unexpected: Vec<&String> = lines
+            let unexpected: Vec<&String> = lines[..before.min(lines.len())]
                 .iter()
                 .filter(|line| !line.contains("no --auth-secret"))
                 .collect();
