@@ -604,6 +604,8 @@ mod tests {
         assert!(!targets[1].met, "300 ms > 250 ms");
         assert!(!targets[2].met, "1.5× < 1.8×");
         assert_eq!(targets[2].implementation, "poll");
+        assert_eq!(targets[0].verdict(), "poll 2 nodes 120 ms met");
+        assert_eq!(targets[1].verdict(), "poll 3 nodes 300 ms MISSED by 20%");
     }
 
     #[test]

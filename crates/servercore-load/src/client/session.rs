@@ -21,6 +21,10 @@
 //!    own-move latency, and a position other than the one sent is a
 //!    correction (the walker then continues from the server's position); an
 //!    `S_MOVE` of a player not in the set is a `move_from_unseen` error.
+//!    Given the zones of one world across the run's nodes
+//!    ([`LoadConfig::zones`]), one in eight of the other players' `S_MOVE`s
+//!    is timed by the mover's `client_time_us` and sorted into local or
+//!    cross-border by where the mover stands.
 //!
 //! 8. `S_TRANSFER` (one world across nodes): the node hands the player to
 //!    another; the session remembers it, and when the node closes the
