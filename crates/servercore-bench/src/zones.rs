@@ -707,6 +707,15 @@ impl Bench {
             for &nodes in &plan.node_counts {
                 match self.zones_once(backend, nodes, plan.players, plan.window) {
                     Ok(result) => {
+                        let doubles = result.tolerated_double_spawns();
+                        if doubles > 0 {
+                            self.report.notes.push(format!(
+                                "zones {} players on {nodes} node(s), {}: {doubles} double spawn(s) of the known hand-over bug (docs/CLUSTER.md, Limits) out of {} spawns",
+                                plan.players,
+                                backend.name(),
+                                result.spawns
+                            ));
+                        }
                         if let Some(failure) = result.failure(u64::MAX) {
                             self.report.notes.push(format!(
                                 "zones {} players on {nodes} node(s), {}: {failure}",
@@ -962,6 +971,7 @@ impl Bench {
             transfer_errors: counts.transfer_errors,
             transfer_time: latency_of(&follow.transfer_time_us),
             reconnects: follow.reconnects,
+            spawns: movement.players_spawned,
             errors: report.errors.clone(),
             errors_total: report.errors_total,
         })

@@ -13,6 +13,10 @@ use super::report::{format_count, Latency, Section, TargetKind, TargetResult, Un
 /// Transfer p99 the issue asks for on loopback, µs.
 pub const TRANSFER_P99_TARGET_US: u64 = 250_000;
 
+/// The known hand-over bug's error (docs/CLUSTER.md, "Limits"): a watcher
+/// spawned a second time a player handed over while it stood in view.
+pub const KNOWN_DOUBLE_SPAWN: &str = "spawn_of_seen";
+
 /// Capacity of two nodes over one the issue asks for.
 pub const TWO_NODE_CAPACITY_TARGET: f64 = 1.8;
 
@@ -111,24 +115,40 @@ pub struct ZoneResult {
     pub transfer_time: Latency,
     /// Clients that reconnected by name (a transfer that failed).
     pub reconnects: u64,
-    /// Errors by kind (the client's kinds).
+    /// Players spawned to players in the window (each listed player of
+    /// an `S_SPAWN`).
+    #[serde(default)]
+    pub spawns: u64,
+    /// Errors by kind (the client's kinds), over the whole run.
     pub errors: BTreeMap<String, u64>,
     /// All errors.
     pub errors_total: u64,
 }
 
 impl ZoneResult {
+    /// The known hand-over bug's double spawns, when they are few (at most
+    /// 1 % of the window's spawns): counted and shown, but no reason for a
+    /// step to fail, since they say nothing of the load.
+    pub fn tolerated_double_spawns(&self) -> u64 {
+        let doubles = self.errors.get(KNOWN_DOUBLE_SPAWN).copied().unwrap_or(0);
+        if doubles * 100 <= self.spawns {
+            doubles
+        } else {
+            0
+        }
+    }
+
     /// Why this measurement does not hold a sweep step (`None`: it holds):
-    /// a player that did not enter, any error or failed transfer, no own
-    /// move back, more than 0.1 % of own moves lost, or own-move p99 above
-    /// `p99_limit_us`.
+    /// a player that did not enter, any error (but a few double spawns of
+    /// the known hand-over bug) or failed transfer, no own move back, more
+    /// than 0.1 % of own moves lost, or own-move p99 above `p99_limit_us`.
     pub fn failure(&self, p99_limit_us: u64) -> Option<String> {
         if self.entered < self.players as u64 {
             Some(format!(
                 "{} of {} players entered",
                 self.entered, self.players
             ))
-        } else if self.errors_total > 0 {
+        } else if self.errors_total > self.tolerated_double_spawns() {
             let kinds: Vec<String> = self
                 .errors
                 .iter()
@@ -384,6 +404,11 @@ pub fn zone_sections(
                     "errors",
                     Unit::Count,
                     pick(&|r| Some(r.errors_total as f64)),
+                )
+                .plain_row(
+                    "of which known double spawns (≤ 1 % of spawns)",
+                    Unit::Count,
+                    pick(&|r| Some(r.tolerated_double_spawns() as f64)),
                 );
             sections.push(section);
         }
@@ -579,6 +604,7 @@ mod tests {
                 ..Latency::default()
             },
             reconnects: 0,
+            spawns: 1_000,
             errors: BTreeMap::new(),
             errors_total: 0,
         }
@@ -621,6 +647,22 @@ mod tests {
             result(2, 1).failure(30_000).as_deref(),
             Some("own-move p99 40 ms")
         );
+        // A few double spawns of the known hand-over bug are tolerated,
+        // many are not, and any other error fails.
+        let mut doubles = result(2, 1);
+        doubles.errors.insert(KNOWN_DOUBLE_SPAWN.into(), 10);
+        doubles.errors_total = 10;
+        assert_eq!(doubles.failure(100_000), None);
+        doubles.errors.insert(KNOWN_DOUBLE_SPAWN.into(), 11);
+        doubles.errors_total = 11;
+        assert_eq!(
+            doubles.failure(100_000).as_deref(),
+            Some("errors: spawn_of_seen 11")
+        );
+        doubles.errors.insert(KNOWN_DOUBLE_SPAWN.into(), 1);
+        doubles.errors.insert("move_from_unseen".into(), 1);
+        doubles.errors_total = 2;
+        assert!(doubles.failure(100_000).is_some());
     }
 
     #[test]
