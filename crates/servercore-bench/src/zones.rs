@@ -780,7 +780,11 @@ impl Bench {
                 backend.name(),
                 format_rate(result.deliveries_per_sec),
                 format_micros(result.own_move.p99_us as f64),
-                format_micros(result.transfer_time.p99_us as f64),
+                if result.transfer_time.count > 0 {
+                    format_micros(result.transfer_time.p99_us as f64)
+                } else {
+                    "-".to_string()
+                },
                 result.server_cpu_cores,
                 result.load_cpu_cores,
                 if saturated {
