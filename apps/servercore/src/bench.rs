@@ -148,6 +148,12 @@ pub struct BenchArgs {
     /// so neither steals the other's core.
     #[arg(long, value_name = "CPU")]
     pub pin_server: Option<usize>,
+
+    /// zones: node counts one shared world is measured on, comma-separated,
+    /// each with the same players (--move-players; default 1,2,3). Needs
+    /// nats-server on PATH; the nodes run on the engine backends only.
+    #[arg(long, value_delimiter = ',', value_name = "LIST")]
+    pub zone_nodes: Vec<usize>,
 }
 
 /// `servercore bench-server` options (started by `bench`).
@@ -247,6 +253,7 @@ impl BenchArgs {
             density: self.density,
             crowd: self.crowd,
             pin_server: self.pin_server,
+            zone_nodes: self.zone_nodes.clone(),
         }
     }
 }

@@ -433,3 +433,110 @@ fn short_soak_passes_and_writes_its_series() {
     assert_eq!(report["failures"], serde_json::json!([]));
     assert_eq!(report["backend"], "poll");
 }
+
+/// `bench zones --quick --zone-nodes 1,2` end to end on one backend: its
+/// own nats-server and nodes, the players walking one world on one node
+/// and on two, a row per node count in the table and the JSON, deliveries
+/// on both, players handed over between the two nodes, no errors.
+fn quick_zones_bench_measures_one_and_two_nodes(backend: servercore::Backend) {
+    // The two backends take turns: each run is five processes on loopback.
+    static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _turn = TURN.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("zones.json");
+    let mut child = Command::new(EXE)
+        .args(["bench", "zones", "--quick", "--zone-nodes", "1,2"])
+        .args(["--backends", backend.name(), "--workers", "1"])
+        .arg("--json")
+        .arg(&json)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("bench runs");
+    let stdout = child.stdout.take().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let out = std::thread::spawn(move || std::io::read_to_string(stdout).unwrap_or_default());
+    let err = std::thread::spawn(move || std::io::read_to_string(stderr).unwrap_or_default());
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("bench zones ran past 180 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let (stdout, stderr) = (out.join().unwrap(), err.join().unwrap());
+    assert!(status.success(), "bench zones failed: {stdout}\n{stderr}");
+    for needle in [
+        &format!("zones on {}: 100 players", backend.name()),
+        "1 node",
+        "2 nodes",
+        "server CPU/delivery (all nodes)",
+        "node 2 CPU/own delivery",
+        "NATS msgs in/tick",
+        "NATS bytes out/tick",
+        "cross-border move p99 (sampled)",
+        "transfers/s",
+        "transfer p99",
+    ] {
+        assert!(
+            stdout.contains(needle),
+            "{needle:?} missing from:\n{stdout}"
+        );
+    }
+
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let zones = report["zones"].as_array().unwrap();
+    let nodes: Vec<u64> = zones.iter().map(|z| z["nodes"].as_u64().unwrap()).collect();
+    assert_eq!(nodes, [1, 2], "a row per node count: {report:#}");
+    for result in zones {
+        assert_eq!(result["implementation"], backend.name(), "{result}");
+        assert_eq!(result["entered"], 100, "{result}");
+        assert_eq!(result["errors_total"], 0, "{result}");
+        assert_eq!(result["transfer_errors"], 0, "{result}");
+        assert!(result["deliveries"].as_u64().unwrap() > 0, "{result}");
+        assert!(
+            result["own_move"]["count"].as_u64().unwrap() > 0,
+            "{result}"
+        );
+        let per_node = result["node_deliveries"].as_array().unwrap();
+        assert_eq!(per_node.len() as u64, result["nodes"].as_u64().unwrap());
+        assert!(
+            per_node.iter().all(|d| d.as_u64().unwrap_or(0) > 0),
+            "every node delivered: {result}"
+        );
+        assert!(
+            result["nats_in_msgs_per_tick"].as_f64().is_some(),
+            "{result}"
+        );
+    }
+    let (one, two) = (&zones[0], &zones[1]);
+    assert_eq!(one["errors_total"], 0, "no hand-over on one node: {one}");
+    assert_eq!(one["transfers"], 0, "one node hands nobody over: {one}");
+    assert!(two["transfers"].as_u64().unwrap() > 0, "{two}");
+    assert!(two["transfer_time"]["count"].as_u64().unwrap() > 0, "{two}");
+    // Two nodes send each other their border cells every tick.
+    assert!(
+        two["nats_in_msgs_per_tick"].as_f64().unwrap()
+            > one["nats_in_msgs_per_tick"].as_f64().unwrap(),
+        "{report:#}"
+    );
+    assert_eq!(
+        report["settings"]["zones"]["node_counts"],
+        serde_json::json!([1, 2])
+    );
+}
+
+servercore_testkit::backend_tests!(
+    #[cfg_attr(
+        servercore_missing = "nats_server",
+        ignore = "needs nats-server on PATH (scripts/test-env installs it)"
+    )]
+    quick_zones_bench_measures_one_and_two_nodes,
+);

@@ -19,6 +19,9 @@
 //!   system calls and context switches from `perf stat` (`--perf`);
 //! - [`report`] and [`chart`]: tables, targets, JSON and the SVG chart;
 //! - [`progress`]: the progress bar;
+//! - [`zones`]: one world over several `servercore server` nodes (its
+//!   own nats-server, the nodes, the move load following transfers), with
+//!   its records and tables in [`zones_report`];
 //! - [`soak`]: `bench soak`, the long churn run watched for leaks (its own
 //!   loop and report, not a comparison).
 //!
@@ -47,6 +50,8 @@ pub mod soak;
 mod tokio_server;
 mod tokio_world;
 mod transport;
+mod zones;
+mod zones_report;
 
 pub(crate) use measure::Bench;
 pub use options::{BenchOptions, BenchServerOptions, ChatServer, Impl, Scenario};

@@ -24,15 +24,19 @@ pub enum Scenario {
     /// The game server under a long churn of live clients, watched for
     /// leaks (--minutes; runs alone).
     Soak,
+    /// One world over 1, 2 and 3 nodes (--zone-nodes): CPU per delivery
+    /// per node, NATS traffic per tick, cross-border latency, transfers.
+    Zones,
 }
 
 impl Scenario {
     /// Every scenario, in run order.
-    pub const ALL: [Scenario; 4] = [
+    pub const ALL: [Scenario; 5] = [
         Scenario::Echo,
         Scenario::Broadcast,
         Scenario::Idle,
         Scenario::Move,
+        Scenario::Zones,
     ];
 
     /// What a run without scenarios named runs: all but move, whose
@@ -47,6 +51,7 @@ impl Scenario {
             Scenario::Idle => "idle",
             Scenario::Move => "move",
             Scenario::Soak => "soak",
+            Scenario::Zones => "zones",
         }
     }
 }
@@ -212,6 +217,10 @@ pub struct BenchOptions {
     /// Pin each server to this CPU and the load generator to the others
     /// (`None`: no pinning).
     pub pin_server: Option<usize>,
+
+    /// Zones scenario: the node counts one world is measured on, each
+    /// against the same players (default 1,2,3).
+    pub zone_nodes: Vec<usize>,
 }
 
 /// What one `servercore bench-server` process serves (started by the

@@ -35,6 +35,7 @@ pub(crate) struct Plan {
     pub(crate) tokio_tick: Option<Duration>,
     pub(crate) pin_server: Option<usize>,
     pub(crate) moves: MovePlan,
+    pub(crate) zones: crate::zones::ZonesPlan,
 }
 
 impl Plan {
@@ -214,6 +215,19 @@ impl Plan {
             .max(biggest_move)
             .max(moves.players)
             + 1000;
+        let zones = if scenarios.contains(&Scenario::Zones) {
+            let mut zones = crate::zones::ZonesPlan::new(args, &implementations, &timing, notes)?;
+            anyhow::ensure!(
+                zones.players <= usable,
+                "the open-file limit ({open_file_limit}) is too low for {} players",
+                zones.players
+            );
+            zones.steps.retain(|&n| n <= usable);
+            zones
+        } else {
+            crate::zones::ZonesPlan::new(args, &[Impl::Poll], &timing, &mut Vec::new())?
+        };
+        let max_sessions = max_sessions.max(zones.players + 1000);
         Ok(Plan {
             scenarios,
             implementations,
@@ -232,6 +246,7 @@ impl Plan {
             tokio_tick: args.tokio_tick,
             pin_server: args.pin_server,
             moves,
+            zones,
         })
     }
 }

@@ -13,7 +13,7 @@ use crate::options::*;
 use crate::plan::Plan;
 use crate::progress::Progress;
 use crate::report::{self, Report, Settings};
-use crate::{chart, move_report, procfs, soak, transport, Transport};
+use crate::{chart, move_report, procfs, soak, transport, zones_report, Transport};
 
 /// Runs one benchmark server until its stdin ends.
 pub fn run_server(args: BenchServerOptions) -> anyhow::Result<()> {
@@ -92,12 +92,14 @@ pub fn run_until(args: BenchOptions, stop: &servercore_load::StopSignal) -> anyh
         }
         match transport {
             Transport::Tcp => {}
-            // Idle measures memory over TCP only; the world runs over TCP
-            // and QUIC (its moves as datagrams), and QUIC's chat is not
-            // compared (the minimal chat server has no QUIC listener).
+            // Idle measures memory and the zones run their cluster over
+            // TCP only; the world runs over TCP and QUIC (its moves as
+            // datagrams), and QUIC's chat is not compared (the minimal
+            // chat server has no QUIC listener).
             Transport::Tls | Transport::Ws => {
-                one.scenarios
-                    .retain(|s| *s != Scenario::Idle && *s != Scenario::Move);
+                one.scenarios.retain(|s| {
+                    *s != Scenario::Idle && *s != Scenario::Move && *s != Scenario::Zones
+                });
                 if one.scenarios.is_empty() {
                     one.scenarios = vec![Scenario::Echo, Scenario::Broadcast];
                 }
@@ -216,6 +218,26 @@ fn run_transport(
                 capacity_window_seconds: plan.moves.step_window.as_secs_f64(),
                 capacity_p99_limit_us: plan.moves.p99_limit.as_micros() as u64,
             }),
+        zones: plan
+            .scenarios
+            .contains(&Scenario::Zones)
+            .then(|| zones_report::ZoneSettings {
+                players: plan.zones.players,
+                node_counts: plan.zones.node_counts.clone(),
+                backends: plan
+                    .zones
+                    .backends
+                    .iter()
+                    .map(|b| b.name().to_string())
+                    .collect(),
+                move_rate: plan.zones.move_rate,
+                speed: plan.zones.speed,
+                tick_ms: plan.zones.tick.as_secs_f64() * 1000.0,
+                warmup_seconds: plan.zones.warmup.as_secs_f64(),
+                capacity_steps: plan.zones.steps.clone(),
+                capacity_window_seconds: plan.zones.step_window.as_secs_f64(),
+                capacity_p99_limit_us: plan.zones.p99_limit.as_micros() as u64,
+            }),
     };
     println!(
         "servercore bench over {}: {} cores, kernel {}, {}; load average {}",
@@ -255,6 +277,8 @@ fn run_transport(
             idle_runs: Vec::new(),
             moves: Vec::new(),
             capacity: Vec::new(),
+            zones: Vec::new(),
+            zone_capacity: Vec::new(),
             targets: Vec::new(),
             notes,
         },
@@ -266,6 +290,17 @@ fn run_transport(
     };
     let mut skipped = 0usize;
     for scenario in bench.plan.scenarios.clone() {
+        if scenario == Scenario::Zones {
+            if stop.is_set() {
+                skipped += 1;
+                continue;
+            }
+            bench.zones();
+            for section in scenario_sections(&bench.report, scenario) {
+                bench.progress.println(&section.render());
+            }
+            continue;
+        }
         if scenario == Scenario::Move {
             bench.moves();
             for section in scenario_sections(&bench.report, scenario) {
@@ -284,7 +319,9 @@ fn run_transport(
                     Scenario::Echo => bench.echo(imp),
                     Scenario::Broadcast => bench.broadcast(imp),
                     Scenario::Idle => bench.idle(imp),
-                    Scenario::Move => unreachable!("the move scenario runs above"),
+                    Scenario::Move | Scenario::Zones => {
+                        unreachable!("the move and zones scenarios run above")
+                    }
                     Scenario::Soak => unreachable!("soak runs alone, before this loop"),
                 };
                 if let Err(error) = result {
@@ -305,7 +342,7 @@ fn run_transport(
                     Scenario::Echo => "server CPU/request",
                     Scenario::Broadcast => "server CPU/delivery",
                     Scenario::Idle => "RSS per session",
-                    Scenario::Move => "server CPU/delivery",
+                    Scenario::Move | Scenario::Zones => "server CPU/delivery",
                     Scenario::Soak => unreachable!("soak runs alone, before this loop"),
                 }
             ));
@@ -347,6 +384,11 @@ fn scenario_sections(report: &Report, scenario: Scenario) -> Vec<report::Section
             &report.moves,
             &report.capacity,
         ),
+        Scenario::Zones => zones_report::zone_sections(
+            report.settings.zones.as_ref(),
+            &report.zones,
+            &report.zone_capacity,
+        ),
         // The soak prints its own table and is never in a comparison report.
         Scenario::Soak => Vec::new(),
     }
@@ -359,7 +401,14 @@ fn finish_report(report: &mut Report, args: &BenchOptions) -> anyhow::Result<()>
     report
         .targets
         .extend(move_report::move_targets(&report.moves, &report.capacity));
-    for note in move_report::capacity_notes(&report.capacity) {
+    report.targets.extend(zones_report::zone_targets(
+        &report.zones,
+        &report.zone_capacity,
+    ));
+    for note in move_report::capacity_notes(&report.capacity)
+        .into_iter()
+        .chain(zones_report::zone_capacity_notes(&report.zone_capacity))
+    {
         if !report.notes.contains(&note) {
             report.notes.push(note);
         }

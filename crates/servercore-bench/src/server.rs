@@ -61,6 +61,7 @@ impl Running {
                 let kind = match args.scenario {
                     Scenario::Echo | Scenario::Idle => tokio_server::Kind::Echo,
                     Scenario::Broadcast => tokio_server::Kind::Chat,
+                    Scenario::Zones => anyhow::bail!("zones runs `servercore server` nodes"),
                     Scenario::Move => tokio_server::Kind::World(WorldRules {
                         size: args.world_size.unwrap_or(WorldRules::default().size),
                         ..WorldRules::default()
@@ -188,6 +189,7 @@ impl Running {
                 config.world.chat_rate = None;
                 return Ok(Running::Game(servercore_game::start(config)?));
             }
+            Scenario::Zones => anyhow::bail!("zones runs `servercore server` nodes"),
         };
         Ok(Running::Engine(service))
     }

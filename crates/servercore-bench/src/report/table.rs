@@ -35,6 +35,12 @@ pub struct Report {
     /// The move scenario's capacity sweep, one per server variant.
     #[serde(default)]
     pub capacity: Vec<crate::move_report::CapacityResult>,
+    /// Zones measurements, one per backend and node count.
+    #[serde(default)]
+    pub zones: Vec<crate::zones_report::ZoneResult>,
+    /// The zones scenario's capacity sweeps, one per backend and node count.
+    #[serde(default)]
+    pub zone_capacity: Vec<crate::zones_report::ZoneCapacity>,
     /// Targets, evaluated.
     pub targets: Vec<TargetResult>,
     /// Anything the run had to change or noticed (scaled-down counts,
@@ -82,6 +88,9 @@ pub struct Settings {
     /// The move scenario's settings.
     #[serde(default)]
     pub moves: Option<crate::move_report::MoveSettings>,
+    /// The zones scenario's settings.
+    #[serde(default)]
+    pub zones: Option<crate::zones_report::ZoneSettings>,
 }
 
 /// How a row's numbers are written.

@@ -18,6 +18,8 @@ pub enum TargetKind {
     BytesAtMost,
     /// measured / baseline must be at least `limit`.
     RatioAtLeast,
+    /// measured (µs) must be at most `limit`.
+    MicrosAtMost,
 }
 
 /// A target evaluated for one implementation.
@@ -50,11 +52,15 @@ impl TargetResult {
     ) -> TargetResult {
         let met = match kind {
             TargetKind::RatioAtLeast => measured >= limit,
-            TargetKind::RatioAtMost | TargetKind::BytesAtMost => measured <= limit,
+            TargetKind::RatioAtMost | TargetKind::BytesAtMost | TargetKind::MicrosAtMost => {
+                measured <= limit
+            }
         };
         let missed_by = match kind {
             TargetKind::RatioAtLeast => (1.0 - measured / limit) * 100.0,
-            TargetKind::RatioAtMost | TargetKind::BytesAtMost => (measured / limit - 1.0) * 100.0,
+            TargetKind::RatioAtMost | TargetKind::BytesAtMost | TargetKind::MicrosAtMost => {
+                (measured / limit - 1.0) * 100.0
+            }
         };
         TargetResult {
             description: description.to_string(),
@@ -74,6 +80,7 @@ impl TargetResult {
                 format!("{:.2}×", self.measured)
             }
             TargetKind::BytesAtMost => format_bytes(self.measured),
+            TargetKind::MicrosAtMost => format_micros(self.measured),
         };
         match self.missed_by_percent {
             None => format!("{} {value} met", self.implementation),

@@ -104,6 +104,39 @@ pub struct LoadConfig {
     /// Connect over QUIC instead (`addr` is then the UDP address): moves go
     /// both ways as datagrams where the server takes them.
     pub quic: Option<servercore::QuicClientConfig>,
+    /// The zones of one world across the nodes of [`Self::addrs`], in that
+    /// order (`None`: not split): with it, the move deliveries about other
+    /// players are sorted into local and cross-border by where the mover
+    /// stands, each with its latency ([`super::NodeSplit`]).
+    pub zones: Option<ZoneSplit>,
+}
+
+/// Where each node's zone of a shared world ends, for sorting move
+/// deliveries into local and cross-border ones.
+///
+/// Node `i` of the run's addresses owns `x` in `[bounds[i - 1], bounds[i])`
+/// (the first from 0, the last to the map's edge). A mover within `band`
+/// of a bound may still be on the node it came from (a player is handed
+/// over only once it is more than half a cell past the border), so its
+/// moves are left out of both sides.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ZoneSplit {
+    /// The x of each border between two zones, ascending: one fewer than
+    /// the nodes.
+    pub bounds: Vec<f32>,
+    /// Half a cell: how far past a border a player may stand and still be
+    /// simulated by the node on the other side.
+    pub band: f32,
+}
+
+impl ZoneSplit {
+    /// The node whose zone `x` is in, or `None` within `band` of a border.
+    pub fn node_of(&self, x: f32) -> Option<usize> {
+        if self.bounds.iter().any(|b| (x - b).abs() < self.band) {
+            return None;
+        }
+        Some(self.bounds.iter().take_while(|b| x >= **b).count())
+    }
 }
 
 impl LoadConfig {
@@ -132,6 +165,7 @@ impl LoadConfig {
             account_prefix: "dummy".to_owned(),
             transport: ClientTransport::plain(),
             quic: None,
+            zones: None,
         }
     }
 
@@ -324,6 +358,25 @@ mod tests {
         assert!(plan_source_addrs(v6, 100_000).is_empty());
         let remote: SocketAddr = "192.0.2.1:7777".parse().unwrap();
         assert!(plan_source_addrs(remote, 100_000).is_empty());
+    }
+
+    #[test]
+    fn zones_place_a_mover_on_a_node_or_in_a_border_band() {
+        let split = ZoneSplit {
+            bounds: vec![300.0, 600.0],
+            band: 50.0,
+        };
+        assert_eq!(split.node_of(0.0), Some(0));
+        assert_eq!(split.node_of(249.0), Some(0));
+        assert_eq!(split.node_of(251.0), None);
+        assert_eq!(split.node_of(349.0), None);
+        assert_eq!(split.node_of(350.0), Some(1));
+        assert_eq!(split.node_of(700.0), Some(2));
+        let one = ZoneSplit {
+            bounds: Vec::new(),
+            band: 50.0,
+        };
+        assert_eq!(one.node_of(10.0), Some(0));
     }
 
     #[test]

@@ -46,6 +46,7 @@ use super::nodes::{share, Clients, NodeSplit};
 use super::progress::Progress;
 use super::report::{
     human_duration, FollowSummary, LatencySummary, LoadReport, MoveSummary, SessionSummary,
+    ZoneLatency,
 };
 use super::session::{GameClient, RunShared};
 use super::stats::{kind, now_us, LoadStats};
@@ -92,6 +93,12 @@ pub struct WindowCounts {
     pub moves_sent: u64,
     /// `S_MOVE` received in the window.
     pub move_deliveries: u64,
+    /// `S_TRANSFER`s received in the window.
+    pub transfers_told: u64,
+    /// Transfers followed (in game on the new node) in the window.
+    pub transfers: u64,
+    /// Transfers that could not be followed, in the window.
+    pub transfer_errors: u64,
 }
 
 /// Hears when a run's measured window opens and closes (see
@@ -166,6 +173,7 @@ pub fn run_load_observed(
         stats.reset_window();
     }
     display.start_chat(config.duration, stats);
+    let follow_at_open = follow_counts(stats);
     observer.window_opened();
     let chat_start = Instant::now();
     let chat_start_us = now_us();
@@ -180,11 +188,15 @@ pub fn run_load_observed(
         all_gone = none_alive(&clients, stats);
     }
     shared.close_chat();
+    let follow_at_close = follow_counts(stats);
     observer.window_closed(WindowCounts {
         chats_sent: LoadStats::get(&stats.sent),
         chat_deliveries: LoadStats::get(&stats.deliveries),
         moves_sent: LoadStats::get(&stats.moves_sent),
         move_deliveries: LoadStats::get(&stats.move_deliveries),
+        transfers_told: follow_at_close[0].saturating_sub(follow_at_open[0]),
+        transfers: follow_at_close[1].saturating_sub(follow_at_open[1]),
+        transfer_errors: follow_at_close[2].saturating_sub(follow_at_open[2]),
     });
     let chat_time = if all_gone {
         // The rates are over the time anyone was there to send.
@@ -241,6 +253,16 @@ pub fn run_load_observed(
     );
     report.ended_early = ended_early;
     Ok(report)
+}
+
+/// The transfer counters (told, followed, failed), which run over the
+/// whole run: the window's are the difference of two readings.
+fn follow_counts(stats: &LoadStats) -> [u64; 3] {
+    [
+        LoadStats::get(&stats.transfers_told),
+        LoadStats::get(&stats.transfers),
+        LoadStats::get(&stats.transfer_errors),
+    ]
 }
 
 /// True once every connect was tried and no session is connected: nobody
@@ -445,6 +467,13 @@ fn build_report(
         errors_total: errors.values().sum(),
         errors,
         ended_early: None,
+        zone_latency: config.zones.as_ref().map(|_| {
+            let split = stats.move_split.lock();
+            ZoneLatency {
+                local_us: LatencySummary::from_histogram(&split.local),
+                cross_us: LatencySummary::from_histogram(&split.cross),
+            }
+        }),
         nodes: (clients.addrs.len() > 1).then(|| {
             let split = stats.split.lock();
             NodeSplit {

@@ -37,11 +37,11 @@ mod walk;
 pub use walk::Walker;
 
 pub use config::{
-    parse_duration, plan_source_addrs, LoadConfig, Scenario, SESSIONS_PER_SOURCE_ADDR,
+    parse_duration, plan_source_addrs, LoadConfig, Scenario, ZoneSplit, SESSIONS_PER_SOURCE_ADDR,
 };
 pub use load::{run_load, run_load_observed, run_load_until, LoadObserver, WindowCounts};
 pub use nodes::NodeSplit;
 pub use report::{
     count, human_duration, summary_table, FollowSummary, LatencySummary, LoadReport, MoveSummary,
-    SessionSummary,
+    SessionSummary, ZoneLatency,
 };

@@ -73,6 +73,24 @@ pub struct LoadReport {
     /// one that was told `S_TRANSFER`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub follow: Option<FollowSummary>,
+    /// Other players' moves, local against cross-border, for a run given
+    /// the world's zones ([`super::LoadConfig::zones`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone_latency: Option<ZoneLatency>,
+}
+
+/// The latency of other players' moves (the mover's `C_MOVE` sent until a
+/// watcher received its `S_MOVE`) split by where the mover stood: in the
+/// watcher's node's zone (local) or in another node's (cross-border, the
+/// move came through NATS, one tick late). A sample of the window's
+/// deliveries (one in eight); movers within half a cell of a border, whose
+/// node is not known from their position, are left out.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct ZoneLatency {
+    /// Moves of movers in the watcher's node's zone.
+    pub local_us: LatencySummary,
+    /// Moves of movers in another node's zone.
+    pub cross_us: LatencySummary,
 }
 
 /// Clients that moved between nodes: transfers followed (`S_TRANSFER`, one
@@ -83,7 +101,8 @@ pub struct FollowSummary {
     pub transfers_told: u64,
     /// Transfers followed: in game on the new node.
     pub transfers: u64,
-    /// From `S_TRANSFER` to the first `S_MOVE` received from the new node.
+    /// From `S_TRANSFER` to the first `S_MOVE` received from the new node
+    /// (with a warm-up, of the transfers told after it).
     pub transfer_time_us: LatencySummary,
     /// Transfers that could not be followed (the client then reconnected
     /// by name, or gave up).
@@ -338,6 +357,16 @@ impl LoadReport {
             }
             row("violations", count(f.violations));
         }
+        if let Some(z) = &self.zone_latency {
+            for (name, l) in [("local", &z.local_us), ("cross-border", &z.cross_us)] {
+                if l.samples > 0 {
+                    row(
+                        &format!("{name} move latency p50/p99 (sampled)"),
+                        format!("{} / {}", micros(l.p50), micros(l.p99)),
+                    );
+                }
+            }
+        }
         if self.errors.is_empty() {
             row("errors", "none".to_owned());
         } else {
@@ -581,6 +610,7 @@ mod tests {
             errors_total: 2,
             nodes: None,
             follow: None,
+            zone_latency: None,
         }
     }
 

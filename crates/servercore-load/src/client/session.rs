@@ -21,6 +21,10 @@
 //!    own-move latency, and a position other than the one sent is a
 //!    correction (the walker then continues from the server's position); an
 //!    `S_MOVE` of a player not in the set is a `move_from_unseen` error.
+//!    Given the zones of one world across the run's nodes
+//!    ([`LoadConfig::zones`]), one in eight of the other players' `S_MOVE`s
+//!    is timed by the mover's `client_time_us` and sorted into local or
+//!    cross-border by where the mover stands.
 //!
 //! 8. `S_TRANSFER` (one world across nodes): the node hands the player to
 //!    another; the session remembers it, and when the node closes the
@@ -83,6 +87,11 @@ const CORRECTION_EPSILON: f32 = 0.01;
 /// would cost the load generator more than the decoding.
 const DELIVERY_BATCH: u64 = 64;
 
+/// One in this many of the other players' moves is timed for the local
+/// and cross-border split: a lock and a histogram entry per delivery would
+/// cost the load generator more than the rest of the delivery.
+const MOVE_SPLIT_SAMPLE: u32 = 8;
+
 /// Attempts a client makes to get back into the game (after a transfer it
 /// could not follow, or its node's death) before it gives up.
 const MAX_FOLLOW_ATTEMPTS: u32 = 12;
@@ -117,6 +126,8 @@ pub struct RunShared {
     /// Whether this run's transport can follow a transfer (plain TCP or
     /// TLS to the advertised `addr`; not a WebSocket URL or QUIC).
     can_follow: bool,
+    /// The world's zones over `addrs`, when the run was given them.
+    zones: Option<super::config::ZoneSplit>,
     /// Violations logged so far.
     violations_logged: std::sync::atomic::AtomicU64,
     /// Where follow requests go (set once the follower runs).
@@ -220,6 +231,7 @@ impl RunShared {
             addrs: config.addrs(),
             can_follow: config.quic.is_none() && matches!(config.transport.name(), "tcp" | "tls"),
             follows: OnceLock::new(),
+            zones: config.zones.clone(),
             violations_logged: std::sync::atomic::AtomicU64::new(0),
         }
     }
@@ -517,6 +529,9 @@ pub struct GameClient {
     awaiting_first_move: Option<Instant>,
     /// Why this follow attempt failed before entering (set by a refusal).
     attempt_failure: Option<String>,
+    /// Other players' moves received on this connection: every
+    /// [`MOVE_SPLIT_SAMPLE`]th is sorted into local or cross-border.
+    others_moves: u32,
 }
 
 impl GameClient {
@@ -565,6 +580,7 @@ impl GameClient {
             transfer: None,
             awaiting_first_move: None,
             attempt_failure: None,
+            others_moves: 0,
         }
     }
 
@@ -582,6 +598,22 @@ impl GameClient {
     /// True for a connection that follows a transfer or reconnects.
     fn is_carried(&self) -> bool {
         !matches!(self.arrival, Arrival::First)
+    }
+
+    /// Times another player's move as local (the mover stands in this
+    /// connection's node's zone) or cross-border (in another node's, so it
+    /// came through NATS); a mover near a border is left out.
+    fn sort_move(&self, zones: &super::config::ZoneSplit, x: f32, client_time_us: u64) {
+        let (Some(here), Some(there)) = (self.node_index, zones.node_of(x)) else {
+            return;
+        };
+        let latency = now_us().saturating_sub(client_time_us).max(1);
+        let mut split = self.shared.stats.move_split.lock();
+        if here == there {
+            split.local.saturating_record(latency);
+        } else {
+            split.cross.saturating_record(latency);
+        }
     }
 
     /// Adds the move deliveries counted locally to the run's counter.
@@ -850,6 +882,12 @@ impl ClientHandler for GameClient {
             // date.
             self.flush_deliveries();
             return self.own_move(&info, msg.client_time_us);
+        }
+        if let Some(zones) = &self.shared.zones {
+            self.others_moves = self.others_moves.wrapping_add(1);
+            if msg.client_time_us != 0 && self.others_moves % MOVE_SPLIT_SAMPLE == 0 {
+                self.sort_move(zones, info.x, msg.client_time_us);
+            }
         }
         // Over QUIC a move comes by datagram and may overtake the spawn on
         // the stream: it is ignored, as the protocol says, not an error.

@@ -161,6 +161,9 @@ pub struct LoadStats {
     /// From `S_TRANSFER` to the first `S_MOVE` from the new node.
     transfer_time: Mutex<Histogram<u64>>,
     pub(crate) split: Mutex<super::nodes::SplitLatency>,
+    /// Latency of other players' moves, local against cross-border (a run
+    /// given the world's zones; sampled, see `session`).
+    pub(crate) move_split: Mutex<super::nodes::SplitLatency>,
     errors: Mutex<BTreeMap<String, u64>>,
 }
 
@@ -228,6 +231,7 @@ impl Default for LoadStats {
             move_latency: Mutex::default(),
             transfer_time: Mutex::new(new_histogram()),
             split: Mutex::default(),
+            move_split: Mutex::default(),
             errors: Mutex::default(),
         }
     }
@@ -263,8 +267,9 @@ impl LoadStats {
     }
 
     /// Starts the measured window: the traffic counters and latencies
-    /// counted so far (the warm-up's) are dropped. Session counters and
-    /// errors are kept.
+    /// counted so far (the warm-up's: own moves, chats, transfer times,
+    /// the local and cross-border split of moves) are dropped. Session
+    /// counters, transfer counts and errors are kept.
     pub fn reset_window(&self) {
         for counter in [
             &self.sent,
@@ -281,6 +286,10 @@ impl LoadStats {
         }
         *self.latency.lock() = Latency::default();
         *self.move_latency.lock() = Latency::default();
+        // A run's first tick hands over every player that entered on a node
+        // that does not own its position: the warm-up absorbs that burst.
+        self.transfer_time.lock().reset();
+        *self.move_split.lock() = super::nodes::SplitLatency::default();
     }
 
     /// Counts one error of `kind`.
