@@ -78,9 +78,13 @@ fn walkers_follow_transfers_between_two_nodes(backend: Backend) {
     assert_eq!(follow["transfers_told"], transfers, "{report:#}");
     assert_eq!(follow["transfer_errors"], 0, "{report:#}");
     assert_eq!(follow["reconnects"], 0, "{report:#}");
-    assert_eq!(
-        follow["transfer_time_us"]["samples"], transfers,
-        "one transfer time per transfer: {report:#}"
+    // At most one transfer time per transfer: one followed in the walk's
+    // last moments may see no S_MOVE on its new node before every walker
+    // stands still (the hold), and has none.
+    let timed = follow["transfer_time_us"]["samples"].as_u64().unwrap();
+    assert!(
+        timed <= transfers && timed * 10 >= transfers * 9,
+        "{timed} transfer times for {transfers} transfers: {report:#}"
     );
     assert!(follow["transfer_time_us"]["p99"].as_u64().unwrap() > 0);
     assert_eq!(report["errors_total"], 0, "{report:#}");
