@@ -11,6 +11,43 @@ use std::time::{Duration, Instant};
 
 const EXE: &str = env!("CARGO_BIN_EXE_servercore");
 
+/// Runs `servercore bench ARGS --json JSON` (stdin closed), killed past
+/// `within`; returns its stdout, or panics with both outputs when it fails.
+fn run_bench(args: &[&str], json: &std::path::Path, within: Duration) -> String {
+    let mut child = Command::new(EXE)
+        .arg("bench")
+        .args(args)
+        .arg("--json")
+        .arg(json)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("bench runs");
+    let stdout = child.stdout.take().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let out = std::thread::spawn(move || std::io::read_to_string(stdout).unwrap_or_default());
+    let err = std::thread::spawn(move || std::io::read_to_string(stderr).unwrap_or_default());
+    let deadline = Instant::now() + within;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("bench {args:?} ran past {within:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let (stdout, stderr) = (out.join().unwrap(), err.join().unwrap());
+    assert!(
+        status.success(),
+        "bench {args:?} failed: {stdout}\n{stderr}"
+    );
+    stdout
+}
+
 fn ask(stdin: &mut impl Write, stdout: &mut impl BufRead, line: &str) -> String {
     writeln!(stdin, "{line}").unwrap();
     stdin.flush().unwrap();
@@ -177,34 +214,22 @@ fn tiny_bench_run_writes_json_and_tables() {
 fn quick_move_bench_measures_and_sweeps_each_server() {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("move.json");
-    let mut child = Command::new(EXE)
-        .args(["bench", "move", "--quick", "--backends", "poll,tokio"])
-        .args(["--workers", "1", "--move-players", "60"])
-        .args(["--capacity-steps", "30,60"])
-        .arg("--json")
-        .arg(&json)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("bench runs");
-    let stdout = child.stdout.take().unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let out = std::thread::spawn(move || std::io::read_to_string(stdout).unwrap_or_default());
-    let err = std::thread::spawn(move || std::io::read_to_string(stderr).unwrap_or_default());
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("bench move ran past 120 s");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let (stdout, stderr) = (out.join().unwrap(), err.join().unwrap());
-    assert!(status.success(), "bench move failed: {stdout}\n{stderr}");
+    let stdout = run_bench(
+        &[
+            "move",
+            "--quick",
+            "--backends",
+            "poll,tokio",
+            "--workers",
+            "1",
+            "--move-players",
+            "60",
+            "--capacity-steps",
+            "30,60",
+        ],
+        &json,
+        Duration::from_secs(120),
+    );
     for needle in [
         "move: 60 players",
         "server CPU/delivery",
@@ -263,35 +288,27 @@ fn quick_move_bench_measures_and_sweeps_each_server() {
 fn quick_quic_bench_runs_echo_and_move() {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("quic.json");
-    let mut child = Command::new(EXE)
-        .args(["bench", "echo", "move", "--transports", "quic", "--quick"])
-        .args(["--backends", "poll,tokio", "--workers", "1"])
-        .args(["--echo-clients", "2,4", "--move-players", "40"])
-        .args(["--capacity-steps", "40"])
-        .arg("--json")
-        .arg(&json)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("bench runs");
-    let stdout = child.stdout.take().unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let out = std::thread::spawn(move || std::io::read_to_string(stdout).unwrap_or_default());
-    let err = std::thread::spawn(move || std::io::read_to_string(stderr).unwrap_or_default());
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("bench --transports quic ran past 120 s");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let (stdout, stderr) = (out.join().unwrap(), err.join().unwrap());
-    assert!(status.success(), "bench quic failed: {stdout}\n{stderr}");
+    let stdout = run_bench(
+        &[
+            "echo",
+            "move",
+            "--transports",
+            "quic",
+            "--quick",
+            "--backends",
+            "poll,tokio",
+            "--workers",
+            "1",
+            "--echo-clients",
+            "2,4",
+            "--move-players",
+            "40",
+            "--capacity-steps",
+            "40",
+        ],
+        &json,
+        Duration::from_secs(120),
+    );
     for needle in [
         "servercore bench over quic (baseline: tokio + quinn)",
         "echo: 4 clients",
@@ -353,19 +370,21 @@ fn quick_quic_bench_runs_echo_and_move() {
 fn quick_crowd_bench_measures_both_servers() {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("crowd.json");
-    let output = Command::new(EXE)
-        .args(["bench", "move", "--quick", "--backends", "poll,tokio"])
-        .args(["--workers", "1", "--crowd", "40", "--tick-ms", "100"])
-        .arg("--json")
-        .arg(&json)
-        .stdin(Stdio::null())
-        .output()
-        .expect("bench runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "bench move --crowd failed: {stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
+    let stdout = run_bench(
+        &[
+            "move",
+            "--quick",
+            "--backends",
+            "poll,tokio",
+            "--workers",
+            "1",
+            "--crowd",
+            "40",
+            "--tick-ms",
+            "100",
+        ],
+        &json,
+        Duration::from_secs(120),
     );
     assert!(
         stdout.contains("a crowd: a world of one 100 × 100 cell"),
@@ -398,19 +417,20 @@ fn quick_crowd_bench_measures_both_servers() {
 fn short_soak_passes_and_writes_its_series() {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("soak.json");
-    let output = Command::new(EXE)
-        .args(["bench", "soak", "--minutes", "0.1", "--soak-clients", "30"])
-        .args(["--backends", "poll", "--workers", "1"])
-        .arg("--json")
-        .arg(&json)
-        .stdin(Stdio::null())
-        .output()
-        .expect("bench soak runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "soak failed: {stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
+    let stdout = run_bench(
+        &[
+            "soak",
+            "--minutes",
+            "0.1",
+            "--soak-clients",
+            "30",
+            "--backends",
+            "poll",
+            "--workers",
+            "1",
+        ],
+        &json,
+        Duration::from_secs(120),
     );
     assert!(stdout.contains("soak passed"), "{stdout}");
     assert!(stdout.contains("RSS MiB"), "{stdout}");
@@ -444,34 +464,20 @@ fn quick_zones_bench_measures_one_and_two_nodes(backend: servercore::Backend) {
     let _turn = TURN.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("zones.json");
-    let mut child = Command::new(EXE)
-        .args(["bench", "zones", "--quick", "--zone-nodes", "1,2"])
-        .args(["--backends", backend.name(), "--workers", "1"])
-        .arg("--json")
-        .arg(&json)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("bench runs");
-    let stdout = child.stdout.take().unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let out = std::thread::spawn(move || std::io::read_to_string(stdout).unwrap_or_default());
-    let err = std::thread::spawn(move || std::io::read_to_string(stderr).unwrap_or_default());
-    let deadline = Instant::now() + Duration::from_secs(180);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("bench zones ran past 180 s");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let (stdout, stderr) = (out.join().unwrap(), err.join().unwrap());
-    assert!(status.success(), "bench zones failed: {stdout}\n{stderr}");
+    let stdout = run_bench(
+        &[
+            "zones",
+            "--quick",
+            "--zone-nodes",
+            "1,2",
+            "--backends",
+            backend.name(),
+            "--workers",
+            "1",
+        ],
+        &json,
+        Duration::from_secs(180),
+    );
     for needle in [
         &format!("zones on {}: 100 players", backend.name()),
         "1 node",

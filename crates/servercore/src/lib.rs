@@ -54,7 +54,7 @@ pub mod transport;
 pub use bytes::Bytes;
 pub use driver::{Backend, BackendError};
 pub use service::{
-    ClientService, ClientServiceBuilder, ConnectError, EngineMetrics, ServerService,
+    AdoptError, ClientService, ClientServiceBuilder, ConnectError, EngineMetrics, ServerService,
     ServerServiceBuilder, ServiceStats, SessionGroup, StartError, WorkerFailure, WorkerMetrics,
 };
 pub use session::{

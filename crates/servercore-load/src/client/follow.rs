@@ -3,19 +3,20 @@
 //! the token) or one whose node died (to the next address of the run).
 //!
 //! The run's first connections come from one client service per node
-//! (`nodes::Clients`); a service connects its sessions once, at its start,
-//! so each later connection is a service of its own: one session, one
-//! worker, small receive buffers. The follower thread starts them when
-//! they are due (a reconnect waits a little between attempts), and stops
-//! and joins each once its session has ended, so the services alive at any
-//! time are about the clients that moved at least once.
+//! (`nodes::Clients`), which connects its sessions once, at its start. The
+//! later ones all run in one more service of the run, started with no
+//! connection of its own: the follower thread connects each when it is due
+//! (a reconnect waits a little between attempts), to whichever node, and
+//! hands the stream to the service with the session the client carries
+//! over (`ClientService::adopt`). A client that moves costs one session,
+//! not a service.
 
+use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
-use parking_lot::Mutex;
 use servercore::packet::PacketSession;
 use servercore::ClientService;
 
@@ -32,12 +33,12 @@ pub(crate) struct Request {
     pub(crate) due: Instant,
 }
 
-/// A service is reaped once its session has ended and it is this old (a
-/// connected stream is handed to the worker a moment after the connect).
-const REAP_AFTER: Duration = Duration::from_millis(500);
-
-/// How often the thread looks for ended services when nothing is due.
+/// How often the thread wakes when nothing is due (to see the stop).
 const IDLE_WAKE: Duration = Duration::from_millis(100);
+
+/// Places in the followers' service beyond one per client of the run (old
+/// connections still closing).
+const SPARE_PLACES: usize = 64;
 
 /// The thread that opens the clients' later connections.
 pub(crate) struct Follower {
@@ -84,7 +85,7 @@ fn run(
     stopped: &Receiver<()>,
 ) {
     let mut pending: Vec<Request> = Vec::new();
-    let mut services: Vec<(ClientService, Instant)> = Vec::new();
+    let mut service: Option<ClientService> = None;
     loop {
         let now = Instant::now();
         let wait = pending
@@ -109,76 +110,83 @@ fn run(
         while index < pending.len() {
             if pending[index].due <= now {
                 let request = pending.swap_remove(index);
-                if let Some(service) = connect(config, shared, request) {
-                    services.push((service, now));
-                }
+                follow(config, shared, &mut service, request);
             } else {
                 index += 1;
             }
         }
-        services.retain(|(service, started)| {
-            let ended = started.elapsed() >= REAP_AFTER
-                && service.connecting_done()
-                && service.stats().active_sessions == 0;
-            if ended {
-                service.stop();
-                service.join();
-            }
-            !ended
-        });
     }
     // The run is over: what is still pending stays in transit.
-    for (service, _) in &services {
+    if let Some(service) = service {
         service.stop();
-    }
-    for (service, _) in &services {
         service.join();
     }
 }
 
-/// Connects `request`'s client: one service with one session, whose
-/// factory builds the client's next connection from what it carries. A
-/// connect that fails hands the client to its next attempt.
-fn connect(
-    config: &LoadConfig,
-    shared: &Arc<RunShared>,
-    request: Request,
-) -> Option<ClientService> {
-    let Request { carry, addr, .. } = request;
-    let slot = Arc::new(Mutex::new(Some(carry)));
+/// The service the followed connections run in, started at the first
+/// one (with no connection of its own).
+fn start_service(config: &LoadConfig, shared: &Arc<RunShared>) -> anyhow::Result<ClientService> {
     let packet_config = super::load::packet_config();
-    let factory = (Arc::clone(shared), Arc::clone(&slot));
-    let on_error = (Arc::clone(shared), Arc::clone(&slot));
-    let builder = ClientService::builder(addr.as_str())
+    let factory = Arc::clone(shared);
+    let mut builder = ClientService::builder(config.addr)
         .backend(config.backend)
-        .workers(1)
-        .sessions(1)
-        .receive_buffers(16 * 1024, 16)
-        .connect_timeout(config.connect_timeout)
+        .sessions(0)
+        .max_sessions(config.sessions + SPARE_PLACES)
         .transport(config.transport.clone())
         .shutdown_timeout(Duration::from_secs(2))
-        .on_connect_error(move |failure| {
-            tracing::debug!(addr = %failure.addr, error = %failure.error, "a follow connect failed");
-            if let Some(carry) = on_error.1.lock().take() {
-                on_error.0.attempt_failed(carry, "connect");
-            }
-        })
+        // Every session is adopted with its own; never called.
         .session(move || {
-            let client = match factory.1.lock().take() {
-                Some(carry) => GameClient::carried(Arc::clone(&factory.0), carry),
-                // One session per service: never reached.
-                None => GameClient::new(Arc::clone(&factory.0)),
-            };
-            PacketSession::new(client, packet_config.clone())
+            PacketSession::new(GameClient::new(Arc::clone(&factory)), packet_config.clone())
         });
-    match builder.start() {
-        Ok(service) => Some(service),
+    if let Some(workers) = config.workers {
+        builder = builder.workers(workers);
+    }
+    Ok(builder.start()?)
+}
+
+/// Connects `request`'s client and hands the stream, with the client's
+/// next connection, to the followers' service. A connect that fails hands
+/// the client to its next attempt.
+fn follow(
+    config: &LoadConfig,
+    shared: &Arc<RunShared>,
+    service: &mut Option<ClientService>,
+    request: Request,
+) {
+    let Request { carry, addr, .. } = request;
+    let Some(target) = addr.to_socket_addrs().ok().and_then(|mut all| all.next()) else {
+        tracing::debug!(%addr, "cannot follow to this address");
+        shared.attempt_failed(carry, "bad_address");
+        return;
+    };
+    let stream = match TcpStream::connect_timeout(&target, config.connect_timeout) {
+        Ok(stream) => stream,
         Err(error) => {
-            tracing::debug!(%addr, %error, "cannot follow to this address");
-            if let Some(carry) = slot.lock().take() {
-                shared.attempt_failed(carry, "bad_address");
-            }
-            None
+            tracing::debug!(%addr, %error, "a follow connect failed");
+            shared.attempt_failed(carry, "connect");
+            return;
         }
+    };
+    if service.is_none() {
+        match start_service(config, shared) {
+            Ok(started) => *service = Some(started),
+            Err(error) => {
+                tracing::warn!(%error, "cannot start the service for followed connections");
+                shared.attempt_failed(carry, "connect");
+                return;
+            }
+        }
+    }
+    let Some(service) = service.as_ref() else {
+        return;
+    };
+    let packet_config = super::load::packet_config();
+    let carried = Arc::clone(shared);
+    if let Err(error) = service.adopt(stream, move || {
+        PacketSession::new(GameClient::carried(carried, carry), packet_config)
+    }) {
+        // The client is lost with its session: the run is ending, or more
+        // clients move at once than the service has places for.
+        tracing::debug!(%addr, %error, "a followed connection was not taken");
     }
 }

@@ -35,6 +35,24 @@ pub struct ConnectError {
     pub error: io::Error,
 }
 
+/// Why [`ClientService::adopt`] did not take a stream.
+#[derive(Debug, thiserror::Error)]
+pub enum AdoptError {
+    /// Every place ([`ClientServiceBuilder::max_sessions`]) is taken, or
+    /// the service is stopping.
+    #[error("the client service is full or stopping")]
+    Full,
+    /// The service stopped before a worker took the stream.
+    #[error("the client service is stopping")]
+    Stopping,
+    /// The service's sessions run over QUIC, which adopts no TCP stream.
+    #[error("a QUIC client service adopts no TCP stream")]
+    Quic,
+    /// The stream has no peer address (it is not connected).
+    #[error("the stream is not connected: {0}")]
+    Socket(#[source] io::Error),
+}
+
 type ConnectErrorHook = Box<dyn Fn(&ConnectError) + Send + Sync>;
 
 /// Configures and starts a [`ClientService`].
@@ -44,6 +62,8 @@ pub struct ClientServiceBuilder {
     config: ServiceConfig,
     factory: Option<SessionFactory>,
     sessions: usize,
+    /// Places asked for with `max_sessions` (0: the connected ones only).
+    room: usize,
     sources: Vec<IpAddr>,
     connect_timeout: Duration,
     on_connect_error: Option<ConnectErrorHook>,
@@ -73,7 +93,16 @@ impl ClientServiceBuilder {
     /// How many sessions to connect (default 1).
     pub fn sessions(mut self, sessions: usize) -> Self {
         self.sessions = sessions;
-        self.config.max_sessions = sessions.max(1);
+        self.config.max_sessions = sessions.max(self.room).max(1);
+        self
+    }
+
+    /// Room for sessions beyond the ones it connects: streams the
+    /// application connects itself and hands over with
+    /// [`ClientService::adopt`] (default: the connected ones only).
+    pub fn max_sessions(mut self, sessions: usize) -> Self {
+        self.room = sessions;
+        self.config.max_sessions = sessions.max(self.sessions).max(1);
         self
     }
 
@@ -274,6 +303,7 @@ impl ClientService {
             config: ServiceConfig::default(),
             factory: None,
             sessions: 1,
+            room: 0,
             sources: Vec::new(),
             connect_timeout: Duration::from_secs(5),
             on_connect_error: None,
@@ -301,6 +331,33 @@ impl ClientService {
     /// connect over QUIC.
     pub fn quic_metrics(&self) -> Option<QuicMetrics> {
         self.quic.as_ref().map(|counters| counters.snapshot())
+    }
+
+    /// Runs one more session on `stream`, a connection the application
+    /// made itself (to this service's server or any other: a player that
+    /// moves between servers), with the session `make` builds on the
+    /// worker that takes it, instead of the factory's. The service's
+    /// transport (TLS, WebSocket) starts on it as on a connected one.
+    /// Fails, closing the stream, when the service is full
+    /// ([`ClientServiceBuilder::max_sessions`]) or stopping, or over QUIC.
+    pub fn adopt<S, F>(&self, stream: TcpStream, make: F) -> Result<(), AdoptError>
+    where
+        S: Session,
+        F: FnOnce() -> S + Send + 'static,
+    {
+        if self.quic.is_some() {
+            return Err(AdoptError::Quic);
+        }
+        let peer = stream.peer_addr().map_err(AdoptError::Socket)?;
+        if !self.engine.shared.try_reserve_session() {
+            return Err(AdoptError::Full);
+        }
+        let make: crate::session::SessionMaker = Box::new(move || Box::new(make()));
+        if self.engine.shared.hand_out_with(stream, peer, make) {
+            Ok(())
+        } else {
+            Err(AdoptError::Stopping)
+        }
     }
 
     engine_control_methods!();

@@ -162,6 +162,27 @@ impl EngineShared {
 }
 
 impl EngineShared {
+    /// Hands a connected stream with a reserved place, and what makes its
+    /// session, to a worker (round-robin). If that worker has already
+    /// stopped, the stream is closed and the place given back; returns
+    /// false then.
+    pub fn hand_out_with(
+        &self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        make: crate::session::SessionMaker,
+    ) -> bool {
+        let index = self.pick_worker();
+        if self.mailboxes[index]
+            .push_adopt_with(stream, peer, make)
+            .is_err()
+        {
+            self.release_session();
+            return false;
+        }
+        true
+    }
+
     /// Hands one end of a bridge (a QUIC connection's stream), whose place
     /// `try_reserve_session` reserved, to a worker (round-robin). If that
     /// worker has already stopped, the stream is closed and the place given

@@ -29,7 +29,7 @@ mod slots;
 mod tests;
 mod worker;
 
-pub use client::{ClientService, ClientServiceBuilder, ConnectError};
+pub use client::{AdoptError, ClientService, ClientServiceBuilder, ConnectError};
 pub use engine::{ServiceStats, WorkerFailure};
 pub use group::SessionGroup;
 pub use metrics::{EngineMetrics, WorkerMetrics};

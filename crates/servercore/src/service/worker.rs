@@ -39,7 +39,8 @@ use super::slots::Slots;
 use crate::driver::{poll::PollDriver, CloseMode, Driver, DriverConfig, ResolvedBackend, Token};
 use crate::log_throttle::LogThrottle;
 use crate::session::{
-    Bridged, DisconnectReason, Mailbox, Request, Session, SessionHandle, SessionId, SessionShared,
+    Bridged, DisconnectReason, Mailbox, Request, Session, SessionHandle, SessionId, SessionMaker,
+    SessionShared,
 };
 use crate::transport;
 use calls::{call, log_disconnect, panic_message, Placeholder};
@@ -323,10 +324,13 @@ impl Core {
                         self.drive(driver, slot);
                     }
                 }
-                Request::Adopt(stream, peer) => self.adopt(driver, stream, peer, None),
+                Request::Adopt(stream, peer) => self.adopt(driver, stream, peer, None, None),
+                Request::AdoptWith(stream, peer, make) => {
+                    self.adopt(driver, stream, peer, None, Some(make))
+                }
                 Request::AdoptBridged(stream, bridged) => {
                     let peer = bridged.peer;
-                    self.adopt(driver, stream, peer, Some(bridged))
+                    self.adopt(driver, stream, peer, Some(bridged), None)
                 }
                 Request::Broadcast(data) => self.broadcast(data),
                 Request::Stop => self.begin_stop(driver),
@@ -373,6 +377,7 @@ impl Core {
         stream: TcpStream,
         peer: SocketAddr,
         bridged: Option<Box<Bridged>>,
+        make: Option<SessionMaker>,
     ) {
         if self.stopping.is_some() {
             self.engine.release_session();
@@ -420,13 +425,16 @@ impl Core {
             Some(bridged) => shared.with_link(bridged.link),
             None => shared,
         });
-        let (session, factory_panic) =
-            match catch_unwind(AssertUnwindSafe(|| (self.engine.factory)())) {
-                Ok(session) => (session, None),
-                // The slot still holds an entry so that `Released` frees it
-                // through the usual path.
-                Err(panic) => (Box::new(Placeholder) as Box<dyn Session>, Some(panic)),
-            };
+        let factory = &self.engine.factory;
+        let (session, factory_panic) = match catch_unwind(AssertUnwindSafe(|| match make {
+            Some(make) => make(),
+            None => factory(),
+        })) {
+            Ok(session) => (session, None),
+            // The slot still holds an entry so that `Released` frees it
+            // through the usual path.
+            Err(panic) => (Box::new(Placeholder) as Box<dyn Session>, Some(panic)),
+        };
         let now = self.clock.now();
         let conn = Connection::new(Arc::clone(&shared), transport, self.timing, now);
         let handle = SessionHandle::from_shared(shared);
@@ -560,7 +568,7 @@ impl Core {
     fn apply_deferred<D: Driver>(&mut self, driver: &mut D) {
         while !self.deferred.is_empty() {
             for (stream, peer) in std::mem::take(&mut self.deferred.adopt) {
-                self.adopt(driver, stream, peer, None);
+                self.adopt(driver, stream, peer, None, None);
             }
             let mut drive = std::mem::take(&mut self.deferred.drive);
             for slot in drive.drain(..) {

@@ -17,6 +17,10 @@ use super::shared::SessionShared;
 use crate::driver::Wake;
 use crate::service::metrics::WorkerCounters;
 
+/// Makes one connection's session on its worker (sessions need not be
+/// `Send`; what makes them must).
+pub(crate) type SessionMaker = Box<dyn FnOnce() -> Box<dyn super::Session> + Send>;
+
 /// A request to the worker that owns a session.
 pub(crate) enum Request {
     /// The session has queued bytes to write.
@@ -25,6 +29,9 @@ pub(crate) enum Request {
     Disconnect(Arc<SessionShared>),
     /// Adopt a connected stream as a new session (round-robin hand-out).
     Adopt(TcpStream, SocketAddr),
+    /// Adopt a stream the application connected, with the session the
+    /// closure makes (on the worker), instead of the factory's.
+    AdoptWith(TcpStream, SocketAddr, SessionMaker),
     /// Adopt one end of a bridge to another transport (QUIC) as a new
     /// session.
     AdoptBridged(TcpStream, Box<Bridged>),
@@ -88,6 +95,22 @@ impl Mailbox {
         Ok(())
     }
 
+    /// Hands a stream with its own session maker to the worker, or gives
+    /// the stream back if the worker has left its loop.
+    pub(crate) fn push_adopt_with(
+        &self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        make: SessionMaker,
+    ) -> Result<(), TcpStream> {
+        let adopting = self.adopting.lock();
+        if !*adopting {
+            return Err(stream);
+        }
+        self.push(Request::AdoptWith(stream, peer, make));
+        Ok(())
+    }
+
     /// Hands a new bridged connection to the worker, or gives it back if
     /// the worker has left its loop.
     pub(crate) fn push_adopt_bridged(
@@ -110,7 +133,9 @@ impl Mailbox {
         let mut orphans = Vec::new();
         while let Some(request) = self.queue.pop() {
             match request {
-                Request::Adopt(stream, peer) => orphans.push((stream, peer)),
+                Request::Adopt(stream, peer) | Request::AdoptWith(stream, peer, _) => {
+                    orphans.push((stream, peer))
+                }
                 Request::AdoptBridged(stream, bridged) => orphans.push((stream, bridged.peer)),
                 _ => {}
             }

@@ -18,7 +18,7 @@ mod shared;
 
 pub use handle::{SendError, SessionHandle, SessionId};
 pub(crate) use link::{cut_datagrams, DatagramRefused, Link, Piece};
-pub(crate) use mailbox::{Bridged, Mailbox, Request};
+pub(crate) use mailbox::{Bridged, Mailbox, Request, SessionMaker};
 pub use reason::{DisconnectKind, DisconnectReason};
 pub(crate) use send_queue::Charge;
 pub use shared::OverflowPolicy;
