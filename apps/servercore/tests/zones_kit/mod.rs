@@ -118,6 +118,8 @@ pub struct World {
     pub nats: NatsServer,
     pub names: Vec<String>,
     pub nodes: Vec<Node>,
+    /// Arguments every node gets beyond the kit's own.
+    extra: Vec<String>,
     dir: tempfile::TempDir,
 }
 
@@ -125,6 +127,12 @@ impl World {
     /// nats-server and one node per name (None without nats-server); the
     /// nodes have heard each other when it returns.
     pub fn start(backend: Backend, names: &[&str]) -> Option<World> {
+        World::start_with(backend, names, &[])
+    }
+
+    /// The same, every node started with `extra` arguments too (e.g. a
+    /// WebSocket listener).
+    pub fn start_with(backend: Backend, names: &[&str], extra: &[&str]) -> Option<World> {
         let nats = NatsServer::start()?;
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("cluster.secret"), SECRET).unwrap();
@@ -133,6 +141,7 @@ impl World {
             nats,
             names: names.iter().map(|name| (*name).to_owned()).collect(),
             nodes: Vec::new(),
+            extra: extra.iter().map(|arg| (*arg).to_owned()).collect(),
             dir,
         };
         for name in names {
@@ -162,7 +171,8 @@ impl World {
                 .arg(self.dir.path().join("cluster.secret"))
                 .args(["--world-size", WORLD_SIZE, "--cell", CELL])
                 .args(["--max-conns-per-ip", "0", "--max-new-accounts-per-min", "0"])
-                .args(TIMING),
+                .args(TIMING)
+                .args(&self.extra),
             Duration::from_secs(20),
         );
         Node {
