@@ -19,7 +19,9 @@ mod zones_kit;
 use std::time::Duration;
 
 use servercore::Backend;
+use servercore_protocol::ClientPacket;
 use servercore_testkit::backend_tests;
+use servercore_testkit::client::GameClient;
 
 use zones_kit::{one_at_a_time, Walkers, World};
 
@@ -34,6 +36,11 @@ backend_tests!(
         ignore = "needs nats-server on PATH (scripts/test-env installs it)"
     )]
     a_node_killed_mid_walk_has_its_clients_reconnect,
+    #[cfg_attr(
+        servercore_missing = "nats_server",
+        ignore = "needs nats-server on PATH (scripts/test-env installs it)"
+    )]
+    a_killed_nodes_player_enters_where_it_was_last_saved,
     #[cfg_attr(
         servercore_missing = "nats_server",
         ignore = "needs nats-server on PATH (scripts/test-env installs it)"
@@ -114,6 +121,49 @@ fn a_node_killed_mid_walk_has_its_clients_reconnect(backend: Backend) {
     assert_rules_held(&report);
     let follow = &report["follow"];
     assert!(follow["reconnects"].as_u64().unwrap() > 0, "{report:#}");
+}
+
+/// A player on node X (the owner of where it stands) steps a few times,
+/// its position is saved (`--save-interval 1s`), and X is SIGKILLed: the
+/// player logs in again on the other node, which owns the whole map then,
+/// and enters exactly where it was last saved.
+fn a_killed_nodes_player_enters_where_it_was_last_saved(backend: Backend) {
+    let _turn = one_at_a_time();
+    let Some(mut world) = World::start_with(backend, &["a", "b"], &["--save-interval", "1s"])
+    else {
+        return;
+    };
+    let (mut client, entered) = GameClient::join(world.nodes[0].ready.addr, "saved");
+    let start = entered.player.and_then(|player| player.pos_info).unwrap();
+    // a owns x < 300 of the 600-unit map; a player standing in b's strip
+    // is handed over to b at once.
+    let owner = usize::from(start.x >= 300.0);
+    if owner == 1 {
+        let transfer = loop {
+            if let ClientPacket::STransfer(transfer) = client.recv() {
+                break transfer;
+            }
+        };
+        client = GameClient::connect(world.nodes[1].ready.addr);
+        client.join_as(&transfer.token);
+    }
+    let dy = if start.y > 300.0 { -10.0 } else { 10.0 };
+    let mut last = (start.x, start.y);
+    for _ in 0..5 {
+        last = client.step(0.0, dy);
+    }
+    // A save interval and a tick later it is saved.
+    std::thread::sleep(Duration::from_millis(2500));
+    let mut killed = world.nodes.remove(owner);
+    killed.process.signal("KILL");
+    killed.process.wait_exit(Duration::from_secs(5));
+    drop(client);
+    world.wait_split(1);
+    // The lease of the killed node expires (--lease-ms 3000) before the
+    // login on the survivor succeeds.
+    let (_again, entered) = GameClient::join(world.nodes[0].ready.addr, "saved");
+    let pos = entered.player.and_then(|player| player.pos_info).unwrap();
+    assert_eq!((pos.x, pos.y), last, "entered where it was last saved");
 }
 
 /// b is SIGSTOPped for 3 s (past the 1.5 s liveness timeout: a takes the
