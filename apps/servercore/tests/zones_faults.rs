@@ -135,9 +135,9 @@ fn a_killed_nodes_player_enters_where_it_was_last_saved(backend: Backend) {
     };
     let (mut client, entered) = GameClient::join(world.nodes[0].ready.addr, "saved");
     let start = entered.player.and_then(|player| player.pos_info).unwrap();
-    // a owns x < 300 of the 600-unit map; a player standing in b's strip
-    // is handed over to b at once.
-    let owner = usize::from(start.x >= 300.0);
+    // a owns x < 300 of the 600-unit map; a player standing more than
+    // half a cell (25) into b's strip is handed over to b at once.
+    let owner = usize::from(start.x > 325.0);
     if owner == 1 {
         let transfer = loop {
             if let ClientPacket::STransfer(transfer) = client.recv() {
