@@ -17,14 +17,13 @@
 //! Needs root and `ip netns` (skipped otherwise, failed instead with
 //! `SERVERCORE_REQUIRE_NETNS=1`). Every test runs on both backends.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use servercore::Backend;
 use servercore_protocol::ClientPacket;
 
 use servercore_testkit::backend_tests;
+use servercore_testkit::cert::dev_cert;
 use servercore_testkit::child::ChildProcess;
 use servercore_testkit::client::GameClient;
 use servercore_testkit::netns::NetNs;
@@ -41,24 +40,6 @@ const MOVE_INTERVAL: Duration = Duration::from_millis(80);
 const LOSS_PERCENT: u32 = 5;
 /// Delay where netem is there, ms.
 const DELAY_MS: u32 = 20;
-
-fn servercore() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_servercore"))
-}
-
-fn make_cert(dir: &Path) -> (PathBuf, PathBuf) {
-    let out = servercore()
-        .args(["cert", "--out"])
-        .arg(dir)
-        .output()
-        .expect("run servercore cert");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (dir.join("cert.pem"), dir.join("key.pem"))
-}
 
 /// The `client_time_us` of the player's own `S_MOVE`s among `packets`.
 fn own_moves(packets: impl IntoIterator<Item = ClientPacket>, player: u64, into: &mut Vec<u64>) {
@@ -77,7 +58,8 @@ fn own_moves_under_loss_tcp_stalls_quic_skips(backend: Backend) {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = make_cert(dir.path());
+    let pair = dev_cert(env!("CARGO_BIN_EXE_servercore"), dir.path());
+    let (cert, key) = (pair.cert, pair.key);
     let (_server, ready) = ChildProcess::spawn_ready(
         ns.command(env!("CARGO_BIN_EXE_servercore"))
             .args(["--log", "warn", "server", "--addr", "127.0.0.1:0"])

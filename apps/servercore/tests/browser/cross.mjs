@@ -11,25 +11,18 @@
 // BORDER_X is where the strips meet: the page starts on the node of its
 // side of it and walks to the other side.
 
-import { chromium } from "playwright-core";
+import { launch, openPage } from "./chromium.mjs";
 
 const [url, account, borderArg] = process.argv.slice(2);
 const border = Number(borderArg);
-const executablePath = process.env.CHROMIUM || "/usr/bin/chromium";
 const STEP_TIMEOUT = 20000;
 
 const result = { loaded: false, inGame: false, startX: null, followedBefore: [], followed: [],
   inGameAfter: false, movedAfter: false, errors: [] };
 
-const browser = await chromium.launch({
-  executablePath,
-  headless: true,
-  args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-});
+const browser = await launch();
 try {
-  const page = await browser.newPage({ viewport: { width: 1100, height: 720 } });
-  page.on("pageerror", (error) => result.errors.push(String(error)));
+  const page = await openPage(browser, result);
   await page.goto(url, { timeout: STEP_TIMEOUT });
   result.loaded = true;
 

@@ -9,26 +9,19 @@
 // browser) and the result says which transport it used and how many
 // datagrams it got.
 
-import { chromium } from "playwright-core";
+import { launch, openPage } from "./chromium.mjs";
 
 const [pageUrl, account, otherName, chatText, expectChat, screenshot, transport] = process.argv.slice(2);
 const webTransport = transport === "wt";
 const url = webTransport ? `${pageUrl}?transport=wt` : pageUrl;
-const executablePath = process.env.CHROMIUM || "/usr/bin/chromium";
 const STEP_TIMEOUT = 15000;
 
 const result = { loaded: false, inGame: false, moved: false, sawOther: false, otherMoved: false,
   chatSent: false, chatReceived: false, errors: [] };
 
-const browser = await chromium.launch({
-  executablePath,
-  headless: true,
-  args: ["--no-sandbox", "--disable-gpu", ...(webTransport ? [] : ["--disable-quic"]), "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-});
+const browser = await launch({ quic: webTransport });
 try {
-  const page = await browser.newPage({ viewport: { width: 1100, height: 720 } });
-  page.on("pageerror", (error) => result.errors.push(String(error)));
+  const page = await openPage(browser, result);
   await page.goto(url, { timeout: STEP_TIMEOUT });
   result.loaded = true;
 
